@@ -1,0 +1,103 @@
+//! The few values that the webhook, the init tool and the proxy must agree on.
+//!
+//! They follow Istio's numbers and names on purpose: users bring runbooks,
+//! dashboards and annotations written for Istio, and those keep working.
+#![forbid(unsafe_code)]
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// Outbound capture port: the pod's own outgoing TCP is redirected here.
+pub const PROXY_OUTBOUND_PORT: u16 = 15001;
+/// Inbound capture port: TCP arriving at the pod is redirected here.
+pub const PROXY_INBOUND_PORT: u16 = 15006;
+/// Proxy admin port: `/healthz/ready`, `/quitquitquit`.
+pub const PROXY_ADMIN_PORT: u16 = 15021;
+/// Proxy Prometheus port: `/stats/prometheus`.
+pub const PROXY_METRICS_PORT: u16 = 15090;
+/// Path of the proxy's readiness endpoint on the admin port.
+pub const PROXY_READY_PATH: &str = "/healthz/ready";
+/// Path of the proxy's Prometheus endpoint on the metrics port.
+pub const PROXY_METRICS_PATH: &str = "/stats/prometheus";
+/// Path that tells the proxy to drain and exit.
+pub const PROXY_QUIT_PATH: &str = "/quitquitquit";
+
+/// The uid (and default gid) the proxy runs as; its traffic is never captured.
+pub const PROXY_UID: u32 = 1337;
+/// The gid the proxy runs as.
+pub const PROXY_GID: u32 = 1337;
+
+/// Source address the proxy uses to reach the app on inbound (IPv4).
+/// The OUTPUT chain lets it through, so the connection is not captured twice.
+pub const INBOUND_PASSTHROUGH_V4: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 6);
+/// Source address the proxy uses to reach the app on inbound (IPv6).
+pub const INBOUND_PASSTHROUGH_V6: Ipv6Addr = Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6);
+
+/// The inbound passthrough source for the family of `dst`.
+pub fn inbound_passthrough_for(dst: IpAddr) -> IpAddr {
+    match dst {
+        IpAddr::V4(_) => IpAddr::V4(INBOUND_PASSTHROUGH_V4),
+        IpAddr::V6(_) => IpAddr::V6(INBOUND_PASSTHROUGH_V6),
+    }
+}
+
+/// nat-table chain names, as Istio names them, so `iptables -t nat -L` reads the same.
+pub mod chains {
+    pub const OUTPUT: &str = "ISTIO_OUTPUT";
+    pub const REDIRECT: &str = "ISTIO_REDIRECT";
+    pub const INBOUND: &str = "ISTIO_INBOUND";
+    pub const IN_REDIRECT: &str = "ISTIO_IN_REDIRECT";
+}
+
+/// Container names the injector adds.
+pub mod containers {
+    pub const INIT: &str = "istio-init";
+    pub const PROXY: &str = "istio-proxy";
+}
+
+/// Labels users already type.
+pub mod labels {
+    /// Namespace label: `enabled` turns injection on, `disabled` off.
+    pub const NAMESPACE_INJECTION: &str = "istio-injection";
+    /// Pod label (and annotation) `"true"`/`"false"`: per-pod override.
+    pub const INJECT: &str = "sidecar.istio.io/inject";
+}
+
+/// Annotations users already type, and the ones the injector writes.
+pub mod annotations {
+    pub const INJECT: &str = "sidecar.istio.io/inject";
+    pub const STATUS: &str = "sidecar.istio.io/status";
+    pub const PROXY_IMAGE: &str = "sidecar.istio.io/proxyImage";
+    pub const PROXY_CPU: &str = "sidecar.istio.io/proxyCPU";
+    pub const PROXY_MEMORY: &str = "sidecar.istio.io/proxyMemory";
+    pub const PROXY_CPU_LIMIT: &str = "sidecar.istio.io/proxyCPULimit";
+    pub const PROXY_MEMORY_LIMIT: &str = "sidecar.istio.io/proxyMemoryLimit";
+    pub const INCLUDE_OUTBOUND_IP_RANGES: &str = "traffic.sidecar.istio.io/includeOutboundIPRanges";
+    pub const EXCLUDE_OUTBOUND_IP_RANGES: &str = "traffic.sidecar.istio.io/excludeOutboundIPRanges";
+    pub const INCLUDE_INBOUND_PORTS: &str = "traffic.sidecar.istio.io/includeInboundPorts";
+    pub const EXCLUDE_INBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeInboundPorts";
+    pub const EXCLUDE_OUTBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeOutboundPorts";
+    pub const DEFAULT_CONTAINER: &str = "kubectl.kubernetes.io/default-container";
+    pub const PROMETHEUS_SCRAPE: &str = "prometheus.io/scrape";
+    pub const PROMETHEUS_PORT: &str = "prometheus.io/port";
+    pub const PROMETHEUS_PATH: &str = "prometheus.io/path";
+}
+
+/// Namespaces that are never injected, whatever their labels say.
+pub const NEVER_INJECTED_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passthrough_follows_family() {
+        assert_eq!(
+            inbound_passthrough_for("198.18.0.2".parse().unwrap()).to_string(),
+            "127.0.0.6"
+        );
+        assert_eq!(
+            inbound_passthrough_for("fd00::2".parse().unwrap()).to_string(),
+            "::6"
+        );
+    }
+}

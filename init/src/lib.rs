@@ -1,0 +1,2 @@
+//! mesh-init library (filled in by its issue).
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! mesh-proxy library (filled in by its issue).
+#![forbid(unsafe_code)]
