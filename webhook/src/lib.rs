@@ -1,2 +1,10 @@
-//! mesh-webhook library (filled in by its issue).
+//! mesh-webhook: the injection core shared by the HTTPS admission webhook and the offline
+//! `kube-inject` command, so the two entry points can never disagree.
 #![forbid(unsafe_code)]
+
+pub mod admission;
+pub mod cli;
+pub mod config;
+pub mod inject;
+pub mod kube_inject;
+pub mod workloads;

@@ -1,0 +1,1 @@
+//! Injection config (owned by the injection-core work).

@@ -1,0 +1,1 @@
+//! The injection core (owned by the injection-core work).

@@ -1,0 +1,1 @@
+//! Multi-document YAML rewriting (owned by the injection-core work).

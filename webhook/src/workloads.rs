@@ -1,0 +1,1 @@
+//! Pod templates inside workload kinds (owned by the injection-core work).
