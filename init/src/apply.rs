@@ -1,0 +1,523 @@
+//! Putting rendered rules into the kernel, and everything that touches the host.
+//!
+//! [`System`] is the small seam: the real implementation ([`Host`]) pipes text to
+//! `iptables-restore`/`ip6tables-restore` of the chosen backend; tests use a fake. The
+//! orchestration ([`install`], [`remove`]) is written against the trait: per family one
+//! `--noflush` transaction, and when the second family fails the first is put back as
+//! it was, so the pod's tables are never left half-done.
+
+use std::io::{ErrorKind, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::model::{Family, Settings};
+use crate::render;
+
+/// Which iptables flavour writes the rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// x_tables (`iptables-legacy-restore`), used with `-w`.
+    Legacy,
+    /// nf_tables (`iptables-nft-restore`).
+    Nft,
+}
+
+/// Things that can go wrong while touching the host; each message is one line that
+/// names the cause.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("{tool} not found on PATH: install the iptables package (apt-get install iptables)")]
+    ToolMissing { tool: String },
+    #[error(
+        "missing CAP_NET_ADMIN: the init container needs the NET_ADMIN (and NET_RAW) capabilities"
+    )]
+    MissingCapNetAdmin,
+    #[error("cannot run {tool}: {source}")]
+    Spawn {
+        tool: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{tool} failed ({status}): {stderr}")]
+    ToolFailed {
+        tool: String,
+        status: String,
+        stderr: String,
+    },
+    #[error(
+        "{family} rules failed ({cause}); the {done} rules applied just before were rolled back"
+    )]
+    RolledBack {
+        family: Family,
+        done: Family,
+        cause: Box<ApplyError>,
+    },
+    #[error(
+        "{family} rules failed ({cause}); rolling back the {done} rules also failed ({rollback})"
+    )]
+    RollbackFailed {
+        family: Family,
+        done: Family,
+        cause: Box<ApplyError>,
+        rollback: Box<ApplyError>,
+    },
+}
+
+/// The host operations mesh-init needs.
+pub trait System {
+    /// `iptables-save -t nat` (or ip6tables-save) output.
+    fn save_nat(&self, family: Family) -> Result<String, ApplyError>;
+    /// Feeds `input` to `iptables-restore --noflush` (or ip6tables-restore).
+    fn restore(&self, family: Family, input: &str) -> Result<(), ApplyError>;
+    /// Adds (or removes) the IPv6 inbound passthrough source `::6/128` on `lo`.
+    fn set_v6_passthrough(&self, present: bool) -> Result<(), ApplyError>;
+}
+
+/// Collapses a tool's stderr to one line, so errors stay one line.
+fn one_line(s: &str) -> String {
+    s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("Try `"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Finds `name` on PATH.
+pub fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// The real host: the iptables tools of one backend, and `ip` for `::6`.
+#[derive(Debug, Clone)]
+pub struct Host {
+    pub backend: Backend,
+}
+
+impl Host {
+    /// `iptables-legacy-restore` etc.; falls back to the plain name when the variant is
+    /// not installed (images that ship only one flavour).
+    fn tool(&self, family: Family, kind: &str) -> Result<String, ApplyError> {
+        let base = match family {
+            Family::V4 => "iptables",
+            Family::V6 => "ip6tables",
+        };
+        let flavour = match self.backend {
+            Backend::Legacy => "legacy",
+            Backend::Nft => "nft",
+        };
+        let variant = format!("{base}-{flavour}-{kind}");
+        if which(&variant).is_some() {
+            return Ok(variant);
+        }
+        let plain = format!("{base}-{kind}");
+        if which(&plain).is_some() {
+            return Ok(plain);
+        }
+        Err(ApplyError::ToolMissing { tool: plain })
+    }
+
+    fn run(&self, tool: &str, args: &[&str], stdin: Option<&str>) -> Result<String, ApplyError> {
+        let mut child = Command::new(tool)
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| match source.kind() {
+                ErrorKind::NotFound => ApplyError::ToolMissing {
+                    tool: tool.to_owned(),
+                },
+                _ => ApplyError::Spawn {
+                    tool: tool.to_owned(),
+                    source,
+                },
+            })?;
+        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            // A tool that dies early closes the pipe; its stderr says why, below.
+            let _ = pipe.write_all(input.as_bytes());
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|source| ApplyError::Spawn {
+                tool: tool.to_owned(),
+                source,
+            })?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            let stderr = one_line(&stderr);
+            if stderr.contains("Permission denied") || stderr.contains("Operation not permitted") {
+                return Err(ApplyError::MissingCapNetAdmin);
+            }
+            return Err(ApplyError::ToolFailed {
+                tool: tool.to_owned(),
+                status: out.status.to_string(),
+                stderr,
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl System for Host {
+    fn save_nat(&self, family: Family) -> Result<String, ApplyError> {
+        if self.backend == Backend::Legacy {
+            // Listing a legacy table loads it; when the kernel has no nat table here,
+            // nothing of ours can be in it, and we leave no table behind by asking.
+            let names = match family {
+                Family::V4 => "/proc/net/ip_tables_names",
+                Family::V6 => "/proc/net/ip6_tables_names",
+            };
+            if let Ok(list) = std::fs::read_to_string(names) {
+                if !list.lines().any(|t| t.trim() == "nat") {
+                    return Ok(String::new());
+                }
+            }
+        }
+        let tool = self.tool(family, "save")?;
+        self.run(&tool, &["-t", "nat"], None)
+    }
+
+    fn restore(&self, family: Family, input: &str) -> Result<(), ApplyError> {
+        let tool = self.tool(family, "restore")?;
+        let mut args = vec!["--noflush"];
+        if self.backend == Backend::Legacy {
+            // Wait for the xtables lock instead of failing when another tool holds it.
+            args.extend(["-w", "10"]);
+        }
+        tracing::debug!(%family, %tool, "iptables-restore input:\n{input}");
+        self.run(&tool, &args, Some(input)).map(|_| ())
+    }
+
+    fn set_v6_passthrough(&self, present: bool) -> Result<(), ApplyError> {
+        let addr = format!("{}/128", mesh_common::INBOUND_PASSTHROUGH_V6);
+        if present {
+            self.run("ip", &["-6", "addr", "replace", &addr, "dev", "lo"], None)
+                .map(|_| ())
+        } else if v6_passthrough_present(Path::new("/proc/net/if_inet6")) {
+            self.run("ip", &["-6", "addr", "del", &addr, "dev", "lo"], None)
+                .map(|_| ())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Reads a `/proc/net/if_inet6`-style file: one address per line, 32 hex digits, then
+/// ifindex, prefix length, scope, flags, interface name.
+fn if_inet6(path: &Path) -> Vec<(String, u8, String)> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let scope = u8::from_str_radix(f.get(3)?, 16).ok()?;
+            Some((f.first()?.to_string(), scope, f.get(5)?.to_string()))
+        })
+        .collect()
+}
+
+/// Whether the namespace has a global-scope IPv6 address on some interface other than
+/// `lo` (link-local does not count). A node or pod without IPv6 has none, or no file.
+pub fn pod_has_ipv6(if_inet6_path: &Path) -> bool {
+    if_inet6(if_inet6_path)
+        .iter()
+        .any(|(_, scope, ifname)| *scope == 0 && ifname != "lo")
+}
+
+fn v6_passthrough_present(if_inet6_path: &Path) -> bool {
+    if_inet6(if_inet6_path)
+        .iter()
+        .any(|(addr, _, ifname)| addr == "00000000000000000000000000000006" && ifname == "lo")
+}
+
+/// Whether this process holds CAP_NET_ADMIN, from the `CapEff:` line of a
+/// `/proc/self/status`-style file (unknown counts as held: the tool will say).
+pub fn has_cap_net_admin(status_path: &Path) -> bool {
+    const CAP_NET_ADMIN: u32 = 12;
+    let Ok(text) = std::fs::read_to_string(status_path) else {
+        return true;
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_none_or(|caps| caps & (1 << CAP_NET_ADMIN) != 0)
+}
+
+/// The effective uid and gid of this process, from `/proc/self/status`.
+pub fn effective_ids(status_path: &Path) -> Option<(u32, u32)> {
+    let text = std::fs::read_to_string(status_path).ok()?;
+    let field = |name: &str| -> Option<u32> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    Some((field("Uid:")?, field("Gid:")?))
+}
+
+fn count_rules(save: &str) -> usize {
+    save.lines().filter(|l| l.starts_with("-A ")).count()
+}
+
+/// Picks the backend the host already uses: kubelet's hint chains first, then whichever
+/// flavour holds more rules; on a tie (a fresh pod), the flavour `iptables` itself is.
+pub fn detect_backend() -> Backend {
+    let legacy_tables = std::fs::read_to_string("/proc/net/ip_tables_names").unwrap_or_default();
+    let legacy = if legacy_tables.trim().is_empty() {
+        String::new()
+    } else {
+        Host {
+            backend: Backend::Legacy,
+        }
+        .run("iptables-legacy-save", &[], None)
+        .unwrap_or_default()
+    };
+    let nft = Host {
+        backend: Backend::Nft,
+    }
+    .run("iptables-nft-save", &[], None)
+    .unwrap_or_default();
+    let hint = |s: &str| s.contains(":KUBE-IPTABLES-HINT") || s.contains(":KUBE-KUBELET-CANARY");
+    let choice = match (hint(&legacy), hint(&nft)) {
+        (true, false) => Backend::Legacy,
+        (false, true) => Backend::Nft,
+        _ => match count_rules(&legacy).cmp(&count_rules(&nft)) {
+            std::cmp::Ordering::Greater => Backend::Legacy,
+            std::cmp::Ordering::Less => Backend::Nft,
+            std::cmp::Ordering::Equal => default_backend(),
+        },
+    };
+    tracing::debug!(?choice, "iptables backend detected");
+    choice
+}
+
+fn default_backend() -> Backend {
+    let version = Command::new("iptables")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    if version.contains("legacy") {
+        Backend::Legacy
+    } else {
+        Backend::Nft
+    }
+}
+
+/// A transaction that puts our rules back the way `prior` (a nat dump) had them.
+fn restore_prior_text(prior: &str, current: &str) -> String {
+    if !render::has_ours(prior) {
+        return render::cleanup(&render::our_builtin_rules(current));
+    }
+    let mut s = render::cleanup(&render::our_builtin_rules(current));
+    // Re-create instead of delete: drop the -X lines and COMMIT, re-add prior rules.
+    s = s
+        .lines()
+        .filter(|l| !l.starts_with("-X ") && *l != "COMMIT")
+        .map(|l| format!("{l}\n"))
+        .collect();
+    for line in prior.lines() {
+        let ours_chain = crate::model::OUR_CHAINS
+            .iter()
+            .any(|c| line.starts_with(&format!("-A {c} ")));
+        if ours_chain {
+            s.push_str(line);
+            s.push('\n');
+        }
+    }
+    for line in render::our_builtin_rules(prior) {
+        s.push_str(&line);
+        s.push('\n');
+    }
+    s.push_str("COMMIT\n");
+    s
+}
+
+/// Installs `settings` for each family in `families`, atomically per family; when a
+/// later family fails, earlier ones are put back as they were.
+pub fn install(
+    sys: &dyn System,
+    settings: &Settings,
+    families: &[Family],
+) -> Result<(), ApplyError> {
+    let mut done: Vec<(Family, String)> = Vec::new();
+    for &family in families {
+        let step = || -> Result<String, ApplyError> {
+            let prior = sys.save_nat(family)?;
+            let text = render::install(
+                &settings.ruleset(family),
+                &render::our_builtin_rules(&prior),
+            );
+            if family == Family::V6 {
+                // Before the rules: if IPv6 cannot even hold `::6`, nothing has changed.
+                sys.set_v6_passthrough(true)?;
+            }
+            sys.restore(family, &text)?;
+            Ok(prior)
+        };
+        match step() {
+            Ok(prior) => {
+                tracing::info!(%family, "nat rules installed");
+                done.push((family, prior));
+            }
+            Err(cause) => {
+                let Some((prev, prior)) = done.pop() else {
+                    return Err(cause);
+                };
+                let rollback = sys
+                    .save_nat(prev)
+                    .and_then(|now| sys.restore(prev, &restore_prior_text(&prior, &now)));
+                return Err(match rollback {
+                    Ok(()) => ApplyError::RolledBack {
+                        family,
+                        done: prev,
+                        cause: Box::new(cause),
+                    },
+                    Err(e) => ApplyError::RollbackFailed {
+                        family,
+                        done: prev,
+                        cause: Box::new(cause),
+                        rollback: Box::new(e),
+                    },
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes our chains and built-in rules (and `::6` on lo) for each family.
+pub fn remove(sys: &dyn System, families: &[Family]) -> Result<(), ApplyError> {
+    for &family in families {
+        let now = sys.save_nat(family)?;
+        // Nothing of ours: touch nothing (not even create an empty nat table).
+        if render::has_ours(&now) {
+            sys.restore(family, &render::cleanup(&render::our_builtin_rules(&now)))?;
+        }
+        if family == Family::V6 {
+            sys.set_v6_passthrough(false)?;
+        }
+        tracing::info!(%family, "nat rules removed");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Flags;
+    use std::cell::RefCell;
+
+    #[derive(Default)]
+    struct Fake {
+        fail_v6: bool,
+        calls: RefCell<Vec<String>>,
+    }
+
+    impl System for Fake {
+        fn save_nat(&self, family: Family) -> Result<String, ApplyError> {
+            self.calls.borrow_mut().push(format!("save {family}"));
+            Ok("*nat\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -d 10.0.0.1/32 -j RETURN\nCOMMIT\n".into())
+        }
+        fn restore(&self, family: Family, input: &str) -> Result<(), ApplyError> {
+            self.calls
+                .borrow_mut()
+                .push(format!("restore {family} {}", input.lines().count()));
+            if self.fail_v6 && family == Family::V6 && input.contains("-A ISTIO_OUTPUT") {
+                return Err(ApplyError::ToolFailed {
+                    tool: "ip6tables-restore".into(),
+                    status: "exit status: 1".into(),
+                    stderr: "no nat table".into(),
+                });
+            }
+            Ok(())
+        }
+        fn set_v6_passthrough(&self, present: bool) -> Result<(), ApplyError> {
+            self.calls.borrow_mut().push(format!("::6 {present}"));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn second_family_failure_rolls_back_the_first() {
+        let fake = Fake {
+            fail_v6: true,
+            ..Fake::default()
+        };
+        let s = Settings::from_flags(&Flags::default()).unwrap();
+        let err = install(&fake, &s, &[Family::V4, Family::V6]).unwrap_err();
+        assert!(matches!(err, ApplyError::RolledBack { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains("IPv6") && msg.contains("rolled back"), "{msg}");
+        let calls = fake.calls.borrow();
+        assert_eq!(calls[0], "save IPv4");
+        assert!(
+            calls.last().unwrap().starts_with("restore IPv4"),
+            "{calls:?}"
+        );
+    }
+
+    #[test]
+    fn one_transaction_per_family_and_passthrough_for_v6() {
+        let fake = Fake::default();
+        let s = Settings::from_flags(&Flags::default()).unwrap();
+        install(&fake, &s, &[Family::V4, Family::V6]).unwrap();
+        let calls = fake.calls.borrow();
+        let restores = calls.iter().filter(|c| c.starts_with("restore")).count();
+        assert_eq!(restores, 2, "{calls:?}");
+        assert!(calls.contains(&"::6 true".to_string()));
+    }
+
+    #[test]
+    fn rollback_text_restores_prior_rules() {
+        let prior = "*nat\n:ISTIO_OUTPUT - [0:0]\n-A OUTPUT -m comment --comment mesh-init -j ISTIO_OUTPUT\n-A ISTIO_OUTPUT -d 1.2.3.4/32 -j RETURN\nCOMMIT\n";
+        let now = "*nat\n-A OUTPUT -m comment --comment mesh-init -j ISTIO_OUTPUT\nCOMMIT\n";
+        let t = restore_prior_text(prior, now);
+        assert!(t.contains("-D OUTPUT -m comment --comment mesh-init -j ISTIO_OUTPUT\n"));
+        assert!(t.contains("-A ISTIO_OUTPUT -d 1.2.3.4/32 -j RETURN\n"));
+        assert!(t.contains("-A OUTPUT -m comment --comment mesh-init -j ISTIO_OUTPUT\n"));
+        assert!(!t.contains("-X "));
+        let fresh = restore_prior_text("*nat\nCOMMIT\n", now);
+        assert!(fresh.contains("-X ISTIO_OUTPUT"));
+    }
+
+    #[test]
+    fn proc_parsers() {
+        let dir = tempfile::tempdir().unwrap();
+        let status = dir.path().join("status");
+        std::fs::write(
+            &status,
+            "Uid:\t0\t1000\t0\t0\nGid:\t5\t6\t0\t0\nCapEff:\t0000000000001000\n",
+        )
+        .unwrap();
+        assert!(has_cap_net_admin(&status));
+        assert_eq!(effective_ids(&status), Some((1000, 6)));
+        std::fs::write(&status, "CapEff:\t0000000000000000\n").unwrap();
+        assert!(!has_cap_net_admin(&status));
+        let inet6 = dir.path().join("if_inet6");
+        std::fs::write(
+            &inet6,
+            "00000000000000000000000000000001 01 80 10 80       lo\nfe800000000000000000000000000001 02 40 20 80     eth0\n",
+        )
+        .unwrap();
+        assert!(!pod_has_ipv6(&inet6), "loopback and link-local only");
+        std::fs::write(
+            &inet6,
+            "fd000198001800000000000000000001 02 40 00 80     eth0\n00000000000000000000000000000006 01 80 10 80       lo\n",
+        )
+        .unwrap();
+        assert!(pod_has_ipv6(&inet6));
+        assert!(v6_passthrough_present(&inet6));
+        assert!(!pod_has_ipv6(&dir.path().join("missing")));
+    }
+}
