@@ -1,1 +1,383 @@
-//! Injection config (owned by the injection-core work).
+//! The injection config: every value the injector writes into a pod comes from here.
+//!
+//! Read once from YAML (`--config FILE`, or the mounted ConfigMap for `serve`), validated,
+//! and hashed; the hash goes into the `sidecar.istio.io/status` annotation so a pod injected
+//! with a different config is re-injected, and one injected with the same config is left
+//! alone. Unknown keys are an error (a typo must not silently fall back to a default).
+
+use std::fmt;
+use std::path::Path;
+
+use mesh_common as common;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::inject::overrides::{parse_cidr_list, parse_port_list, parse_quantity};
+
+/// Whether the proxy runs as a native sidecar (an init container with `restartPolicy: Always`,
+/// Kubernetes >= 1.29) or as a regular container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NativeSidecars {
+    /// The webhook asks the API server for its version; kube-inject, which has no API server
+    /// to ask, uses regular sidecars.
+    #[default]
+    Auto,
+    True,
+    False,
+}
+
+impl NativeSidecars {
+    /// Resolve `auto` with what the caller knows about the cluster (`None`: cannot tell,
+    /// which means regular sidecars).
+    pub fn resolve(self, cluster_supports_native: Option<bool>) -> bool {
+        match self {
+            NativeSidecars::True => true,
+            NativeSidecars::False => false,
+            NativeSidecars::Auto => cluster_supports_native.unwrap_or(false),
+        }
+    }
+}
+
+impl Serialize for NativeSidecars {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            NativeSidecars::Auto => s.serialize_str("auto"),
+            NativeSidecars::True => s.serialize_bool(true),
+            NativeSidecars::False => s.serialize_bool(false),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for NativeSidecars {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = NativeSidecars;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(r#""auto", true or false"#)
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(if v {
+                    NativeSidecars::True
+                } else {
+                    NativeSidecars::False
+                })
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                match v {
+                    "auto" => Ok(NativeSidecars::Auto),
+                    "true" => Ok(NativeSidecars::True),
+                    "false" => Ok(NativeSidecars::False),
+                    other => Err(E::invalid_value(serde::de::Unexpected::Str(other), &self)),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// CPU and memory for one container (Kubernetes quantities, e.g. `100m`, `128Mi`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct ResourceAmounts {
+    pub cpu: Option<String>,
+    pub memory: Option<String>,
+}
+
+/// Requests and limits of one container.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct Resources {
+    pub requests: ResourceAmounts,
+    pub limits: ResourceAmounts,
+}
+
+/// The injection config. Every field has a built-in default (see [`InjectConfig::default`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct InjectConfig {
+    /// Image of the `istio-proxy` container (runs `mesh-proxy`); overridden per pod by
+    /// `sidecar.istio.io/proxyImage`.
+    pub proxy_image: String,
+    /// Image of the `istio-init` container (runs `mesh-init`).
+    pub init_image: String,
+    /// `imagePullPolicy` of both containers; unset leaves Kubernetes' default.
+    pub image_pull_policy: Option<String>,
+    /// Resources of `istio-proxy`; overridden per pod by `sidecar.istio.io/proxyCPU`,
+    /// `proxyMemory`, `proxyCPULimit`, `proxyMemoryLimit`.
+    pub proxy_resources: Resources,
+    /// Resources of `istio-init`.
+    pub init_resources: Resources,
+    /// `auto` | `true` | `false`.
+    pub native_sidecars: NativeSidecars,
+    /// uid the proxy runs as; its own traffic bypasses the capture.
+    pub proxy_uid: u32,
+    /// gid the proxy runs as.
+    pub proxy_gid: u32,
+    /// Port the outbound capture redirects to.
+    pub outbound_port: u16,
+    /// Port the inbound capture redirects to.
+    pub inbound_port: u16,
+    /// Proxy admin port (readiness, `/quitquitquit`).
+    pub admin_port: u16,
+    /// Proxy Prometheus port.
+    pub metrics_port: u16,
+    /// Default of `traffic.sidecar.istio.io/includeOutboundIPRanges` (`*` = all).
+    pub include_outbound_ip_ranges: String,
+    /// Default of `traffic.sidecar.istio.io/excludeOutboundIPRanges`.
+    pub exclude_outbound_ip_ranges: String,
+    /// Default of `traffic.sidecar.istio.io/includeInboundPorts` (`*` = all, empty = none).
+    pub include_inbound_ports: String,
+    /// Inbound ports never captured; the annotation's ports are added to these.
+    pub exclude_inbound_ports: String,
+    /// Default of `traffic.sidecar.istio.io/excludeOutboundPorts`.
+    pub exclude_outbound_ports: String,
+    /// Add `prometheus.io/*` annotations pointing at the proxy's metrics (unless the pod
+    /// already has its own).
+    pub prometheus_annotations: bool,
+    /// `RUST_LOG`-style log filter passed to the proxy; unset keeps the proxy's default.
+    pub proxy_log_level: Option<String>,
+}
+
+impl Default for InjectConfig {
+    fn default() -> Self {
+        let q = |s: &str| Some(s.to_string());
+        InjectConfig {
+            proxy_image: "ghcr.io/rust-mesh/mesh-proxy:0.1.0".into(),
+            init_image: "ghcr.io/rust-mesh/mesh-init:0.1.0".into(),
+            image_pull_policy: None,
+            proxy_resources: Resources {
+                requests: ResourceAmounts {
+                    cpu: q("100m"),
+                    memory: q("128Mi"),
+                },
+                limits: ResourceAmounts {
+                    cpu: q("2000m"),
+                    memory: q("1024Mi"),
+                },
+            },
+            init_resources: Resources {
+                requests: ResourceAmounts {
+                    cpu: q("10m"),
+                    memory: q("10Mi"),
+                },
+                limits: ResourceAmounts {
+                    cpu: q("100m"),
+                    memory: q("50Mi"),
+                },
+            },
+            native_sidecars: NativeSidecars::Auto,
+            proxy_uid: common::PROXY_UID,
+            proxy_gid: common::PROXY_GID,
+            outbound_port: common::PROXY_OUTBOUND_PORT,
+            inbound_port: common::PROXY_INBOUND_PORT,
+            admin_port: common::PROXY_ADMIN_PORT,
+            metrics_port: common::PROXY_METRICS_PORT,
+            include_outbound_ip_ranges: "*".into(),
+            exclude_outbound_ip_ranges: String::new(),
+            include_inbound_ports: "*".into(),
+            exclude_inbound_ports: format!(
+                "{},{}",
+                common::PROXY_METRICS_PORT,
+                common::PROXY_ADMIN_PORT
+            ),
+            exclude_outbound_ports: String::new(),
+            prometheus_annotations: true,
+            proxy_log_level: None,
+        }
+    }
+}
+
+/// Why a config could not be used. Display names the file (origin) and the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read injection config {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("injection config {origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("injection config {origin}: field `{field}`: {reason}")]
+    Invalid {
+        origin: String,
+        field: String,
+        reason: String,
+    },
+}
+
+impl InjectConfig {
+    /// Parse and validate a config from YAML text; `origin` (usually the file name) is named
+    /// in errors. An empty document means all defaults.
+    pub fn from_yaml_str(s: &str, origin: &str) -> Result<Self, ConfigError> {
+        let is_empty = s
+            .lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#') || l.trim() == "---");
+        let cfg: InjectConfig = if is_empty {
+            InjectConfig::default()
+        } else {
+            serde_saphyr::from_str(s).map_err(|e| ConfigError::Parse {
+                origin: origin.to_string(),
+                message: e.to_string(),
+            })?
+        };
+        cfg.validate(origin)?;
+        Ok(cfg)
+    }
+
+    /// Read, parse and validate a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_yaml_str(&text, &path.display().to_string())
+    }
+
+    /// A stable hash of everything in the config (hex, 16 characters). Two configs that would
+    /// inject differently hash differently.
+    pub fn hash(&self) -> String {
+        // serde_json serializes struct fields in declaration order: stable across runs.
+        let canonical = serde_json::to_vec(self).unwrap_or_default();
+        let digest = Sha256::digest(&canonical);
+        hex16(&digest)
+    }
+
+    fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |field: &str, reason: String| ConfigError::Invalid {
+            origin: origin.to_string(),
+            field: field.to_string(),
+            reason,
+        };
+        if self.proxy_image.trim().is_empty() {
+            return Err(invalid("proxyImage", "must not be empty".into()));
+        }
+        if self.init_image.trim().is_empty() {
+            return Err(invalid("initImage", "must not be empty".into()));
+        }
+        if let Some(p) = &self.image_pull_policy
+            && !matches!(p.as_str(), "Always" | "IfNotPresent" | "Never")
+        {
+            return Err(invalid(
+                "imagePullPolicy",
+                format!("{p:?} is not Always, IfNotPresent or Never"),
+            ));
+        }
+        for (field, r) in [
+            ("proxyResources", &self.proxy_resources),
+            ("initResources", &self.init_resources),
+        ] {
+            for (sub, v) in [
+                ("requests.cpu", &r.requests.cpu),
+                ("requests.memory", &r.requests.memory),
+                ("limits.cpu", &r.limits.cpu),
+                ("limits.memory", &r.limits.memory),
+            ] {
+                if let Some(v) = v {
+                    parse_quantity(v).map_err(|e| invalid(&format!("{field}.{sub}"), e))?;
+                }
+            }
+        }
+        for (field, port) in [
+            ("outboundPort", self.outbound_port),
+            ("inboundPort", self.inbound_port),
+            ("adminPort", self.admin_port),
+            ("metricsPort", self.metrics_port),
+        ] {
+            if port == 0 {
+                return Err(invalid(field, "must be 1-65535".into()));
+            }
+        }
+        parse_cidr_list(&self.include_outbound_ip_ranges, true)
+            .map_err(|e| invalid("includeOutboundIPRanges", e))?;
+        parse_cidr_list(&self.exclude_outbound_ip_ranges, false)
+            .map_err(|e| invalid("excludeOutboundIPRanges", e))?;
+        parse_port_list(&self.include_inbound_ports, true)
+            .map_err(|e| invalid("includeInboundPorts", e))?;
+        parse_port_list(&self.exclude_inbound_ports, false)
+            .map_err(|e| invalid("excludeInboundPorts", e))?;
+        parse_port_list(&self.exclude_outbound_ports, false)
+            .map_err(|e| invalid("excludeOutboundPorts", e))?;
+        Ok(())
+    }
+}
+
+/// First 16 hex characters of a digest.
+pub(crate) fn hex16(digest: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(16);
+    for b in digest.iter().take(8) {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        let c = InjectConfig::from_yaml_str("# nothing\n", "t").unwrap();
+        assert_eq!(c, InjectConfig::default());
+        assert_eq!(c.exclude_inbound_ports, "15090,15021");
+    }
+
+    #[test]
+    fn native_sidecars_accepts_bool_and_strings() {
+        for (text, want) in [
+            ("nativeSidecars: auto", NativeSidecars::Auto),
+            ("nativeSidecars: true", NativeSidecars::True),
+            ("nativeSidecars: \"true\"", NativeSidecars::True),
+            ("nativeSidecars: false", NativeSidecars::False),
+            ("nativeSidecars: \"false\"", NativeSidecars::False),
+        ] {
+            let c = InjectConfig::from_yaml_str(text, "t").unwrap();
+            assert_eq!(c.native_sidecars, want, "{text}");
+        }
+        let e = InjectConfig::from_yaml_str("nativeSidecars: maybe", "t").unwrap_err();
+        assert!(e.to_string().contains("maybe"), "{e}");
+    }
+
+    #[test]
+    fn unknown_field_is_an_error_naming_it() {
+        let e = InjectConfig::from_yaml_str("proxyImagee: x\n", "cfg.yaml").unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("cfg.yaml") && msg.contains("proxyImagee"), "{msg}");
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        for (text, field) in [
+            ("proxyResources: {requests: {cpu: lots}}", "proxyResources.requests.cpu"),
+            ("excludeInboundPorts: \"*\"", "excludeInboundPorts"),
+            ("includeOutboundIPRanges: 10.0.0.0/33", "includeOutboundIPRanges"),
+            ("imagePullPolicy: Sometimes", "imagePullPolicy"),
+            ("proxyImage: \"\"", "proxyImage"),
+        ] {
+            let e = InjectConfig::from_yaml_str(text, "t").unwrap_err();
+            assert!(e.to_string().contains(field), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn hash_is_stable_and_tracks_changes() {
+        let a = InjectConfig::default();
+        assert_eq!(a.hash(), InjectConfig::default().hash());
+        assert_eq!(a.hash().len(), 16);
+        let b = InjectConfig {
+            proxy_image: "other:1".into(),
+            ..InjectConfig::default()
+        };
+        assert_ne!(a.hash(), b.hash());
+    }
+
+    #[test]
+    fn native_resolution() {
+        assert!(!NativeSidecars::Auto.resolve(None));
+        assert!(NativeSidecars::Auto.resolve(Some(true)));
+        assert!(!NativeSidecars::False.resolve(Some(true)));
+        assert!(NativeSidecars::True.resolve(Some(false)));
+    }
+}

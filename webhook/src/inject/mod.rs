@@ -1,1 +1,195 @@
-//! The injection core (owned by the injection-core work).
+//! The injection core: a pod template in, a decision and an RFC 6902 patch out.
+//!
+//! Pure and deterministic: no I/O, no clock, no randomness. The admission server returns the
+//! patch to the API server; `kube-inject` applies the very same patch to the raw YAML
+//! document at the template's path. Because both entry points use one patch, they cannot
+//! disagree.
+//!
+//! How it works: the template stays a raw `serde_json::Value` (so fields our Kubernetes types
+//! do not model are never dropped). k8s-openapi types read and validate it and build our
+//! containers. The core builds the *desired* template (a clone of the input with our
+//! changes) and then emits a small patch touching only `/metadata/annotations`,
+//! `/spec/initContainers`, `/spec/containers` and `/spec/volumes`: `add .../-` when items are
+//! only appended, a whole-array `replace` when the order changes, `add` of a missing array or
+//! annotation map, per-key `add`/`replace` of annotations (JSON-pointer escaped, e.g.
+//! `sidecar.istio.io~1status`). Applying the patch to the input yields exactly the desired
+//! template (a property the golden tests check for every case).
+//!
+//! The status annotation `sidecar.istio.io/status` is JSON:
+//! `{"initContainers":[..],"containers":[..],"volumes":[..],"annotations":[..],
+//!   "configHash":"..","overrides":{"istio-proxy":{..}}}`.
+//! `initContainers`/`containers`/`volumes` name what was added (Istio's keys, so a pod
+//! injected by Istio can be re-injected or uninjected by us); `annotations` names the
+//! annotations we added (default-container, prometheus.io/*) so uninject removes exactly
+//! those; `configHash` hashes the injection config together with everything else that
+//! shapes the result (native or regular sidecar, the honoured annotations' values), so any
+//! change that would inject differently triggers re-injection; `overrides` (only present
+//! when the user had one) keeps the user's own `istio-proxy`/`istio-init` container as they
+//! wrote it, so re-injection and uninject restore it instead of losing it.
+
+pub mod containers;
+pub mod overrides;
+pub mod patch;
+pub mod policy;
+pub mod status;
+
+use std::fmt;
+
+use serde_json::Value;
+
+use crate::config::InjectConfig;
+
+/// What the caller knows about the namespace's wish for injection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NamespacePolicy {
+    /// Webhook: the API server's namespace/object selectors already chose this pod; inject
+    /// unless the pod opts out (label, or annotation when there is no label).
+    Selected,
+    /// Namespace labelled `istio-injection=enabled`: inject unless the pod opts out.
+    Enabled,
+    /// Namespace labelled `istio-injection=disabled`: never inject.
+    Disabled,
+    /// Namespace without the label: inject only when the pod *label* says `true`.
+    Unlabelled,
+    /// kube-inject: no namespace information; inject unless the pod opts out, as
+    /// `istioctl kube-inject` does.
+    Unknown,
+}
+
+/// One injection request.
+#[derive(Debug, Clone, Copy)]
+pub struct InjectRequest<'a> {
+    /// An object with `metadata` and `spec`: a Pod, or a workload's pod template.
+    pub template: &'a Value,
+    /// The namespace, when known (pod's own, the workload's, or the admission request's).
+    pub namespace: Option<&'a str>,
+    pub namespace_policy: NamespacePolicy,
+    /// Proxy as a native sidecar; the caller resolves `nativeSidecars: auto`.
+    pub native_sidecars: bool,
+}
+
+/// Why a pod was left alone. `Display` is the human reason (kube-inject prints it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SkipReason {
+    /// `kube-system`, `kube-public`, `kube-node-lease`.
+    SystemNamespace(String),
+    /// `spec.hostNetwork: true`: capturing would rewrite the node's own iptables.
+    HostNetwork,
+    /// The pod label `sidecar.istio.io/inject` says `false`.
+    LabelOptOut,
+    /// The annotation `sidecar.istio.io/inject` says `false` (and no label overrides it).
+    AnnotationOptOut,
+    /// The namespace is labelled `istio-injection=disabled`.
+    NamespaceDisabled,
+    /// Unlabelled namespace and no pod label asking for injection.
+    NotSelected,
+    /// Only used by uninject: nothing records an injection.
+    NotInjected,
+}
+
+impl fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use mesh_common::{annotations, labels};
+        match self {
+            SkipReason::SystemNamespace(ns) => {
+                write!(f, "namespace {ns} is never injected")
+            }
+            SkipReason::HostNetwork => write!(f, "pod uses hostNetwork: true"),
+            SkipReason::LabelOptOut => write!(f, "pod label {}=false", labels::INJECT),
+            SkipReason::AnnotationOptOut => {
+                write!(f, "pod annotation {}=false", annotations::INJECT)
+            }
+            SkipReason::NamespaceDisabled => write!(
+                f,
+                "namespace is labelled {}=disabled",
+                labels::NAMESPACE_INJECTION
+            ),
+            SkipReason::NotSelected => write!(
+                f,
+                "namespace is not labelled {}=enabled and the pod has no {}=true label",
+                labels::NAMESPACE_INJECTION,
+                labels::INJECT
+            ),
+            SkipReason::NotInjected => write!(f, "no {} annotation", annotations::STATUS),
+        }
+    }
+}
+
+/// The core's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Skipped(SkipReason),
+    /// Already injected with the same config: nothing to do.
+    Unchanged,
+    /// RFC 6902 operations relative to the template root.
+    Patched(Vec<json_patch::PatchOperation>),
+}
+
+/// A pod that cannot be injected as asked. `Display` names the annotation or field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InjectError {
+    #[error("annotation {annotation}: invalid value {value:?}: {reason}")]
+    InvalidAnnotation {
+        annotation: String,
+        value: String,
+        reason: String,
+    },
+    #[error("invalid pod: {field}: {reason}")]
+    InvalidPod { field: String, reason: String },
+}
+
+/// Decide and, when injecting, return the patch. See the module docs.
+pub fn inject(req: &InjectRequest<'_>, cfg: &InjectConfig) -> Result<Outcome, InjectError> {
+    let desired = match desired_injected(req, cfg)? {
+        Desired::Skip(r) => return Ok(Outcome::Skipped(r)),
+        Desired::Unchanged => return Ok(Outcome::Unchanged),
+        Desired::Template(t) => t,
+    };
+    Ok(Outcome::Patched(patch::diff(req.template, &desired)))
+}
+
+/// Remove exactly what the status annotation records (and restore a user's overridden
+/// container). `Skipped(NotInjected)` when there is no status annotation.
+pub fn uninject(template: &Value) -> Result<Outcome, InjectError> {
+    let view = policy::PodView::read(template)?;
+    if view.status.is_none() {
+        return Ok(Outcome::Skipped(SkipReason::NotInjected));
+    }
+    let removed = status::remove_injection(template, &view)?;
+    Ok(Outcome::Patched(patch::diff(template, &removed)))
+}
+
+/// The desired template, or why there is none.
+pub(crate) enum Desired {
+    Skip(SkipReason),
+    Unchanged,
+    Template(Value),
+}
+
+/// The injected template (used by [`inject`], and by tests that check the patch).
+pub(crate) fn desired_injected(
+    req: &InjectRequest<'_>,
+    cfg: &InjectConfig,
+) -> Result<Desired, InjectError> {
+    let view = policy::PodView::read(req.template)?;
+    if let Some(reason) = policy::skip_reason(req, &view)? {
+        return Ok(Desired::Skip(reason));
+    }
+    let ov = overrides::Overrides::read(&view.annotations, cfg)?;
+    let hash = status::injection_hash(cfg, req.native_sidecars, &view.annotations);
+    let base = match &view.status {
+        Some(st) if st.config_hash.as_deref() == Some(hash.as_str()) => {
+            return Ok(Desired::Unchanged);
+        }
+        Some(_) => status::remove_injection(req.template, &view)?,
+        None => req.template.clone(),
+    };
+    let built = containers::Built::new(cfg, &ov, req.native_sidecars)?;
+    Ok(Desired::Template(status::apply_injection(
+        &base,
+        &built,
+        cfg,
+        hash,
+        req.native_sidecars,
+    )?))
+}

@@ -1,0 +1,302 @@
+//! The `istio-init` and `istio-proxy` containers, built with the Kubernetes types and then
+//! serialized to JSON; plus merging a user's own container of the same name into ours.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    ObjectFieldSelector, Probe, ResourceRequirements, SecurityContext,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use mesh_common::{PROXY_READY_PATH, containers};
+use serde_json::{Map, Value};
+
+use super::InjectError;
+use super::overrides::Overrides;
+use crate::config::{InjectConfig, ResourceAmounts};
+
+/// Our two containers, as JSON.
+#[derive(Debug, Clone)]
+pub struct Built {
+    pub init: Value,
+    pub proxy: Value,
+}
+
+impl Built {
+    pub fn new(cfg: &InjectConfig, ov: &Overrides, native: bool) -> Result<Self, InjectError> {
+        let to_value = |c: Container| {
+            serde_json::to_value(c).map_err(|e| InjectError::InvalidPod {
+                field: "spec".into(),
+                reason: format!("cannot serialize injected container: {e}"),
+            })
+        };
+        Ok(Built {
+            init: to_value(init_container(cfg, ov))?,
+            proxy: to_value(proxy_container(cfg, ov, native))?,
+        })
+    }
+}
+
+/// The `mesh-init` arguments, in the order and spelling of `istio-iptables`.
+pub fn init_args(cfg: &InjectConfig, ov: &Overrides) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "-p",
+        &cfg.outbound_port.to_string(),
+        "-z",
+        &cfg.inbound_port.to_string(),
+        "-u",
+        &cfg.proxy_uid.to_string(),
+        "-m",
+        "REDIRECT",
+        "-i",
+        &ov.include_outbound_cidrs,
+        "-x",
+        &ov.exclude_outbound_cidrs,
+        "-b",
+        &ov.include_inbound_ports,
+        "-d",
+        &ov.exclude_inbound_ports,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if cfg.proxy_gid != cfg.proxy_uid {
+        args.extend(["-g".to_string(), cfg.proxy_gid.to_string()]);
+    }
+    if !ov.exclude_outbound_ports.is_empty() {
+        args.extend(["-o".to_string(), ov.exclude_outbound_ports.clone()]);
+    }
+    args
+}
+
+fn init_container(cfg: &InjectConfig, ov: &Overrides) -> Container {
+    Container {
+        name: containers::INIT.to_string(),
+        image: Some(cfg.init_image.clone()),
+        image_pull_policy: cfg.image_pull_policy.clone(),
+        command: Some(vec!["mesh-init".to_string()]),
+        args: Some(init_args(cfg, ov)),
+        resources: Some(resources(&cfg.init_resources.requests, &cfg.init_resources.limits)),
+        // iptables needs NET_ADMIN and NET_RAW and nothing else; it runs as root, and says so
+        // on the container, or a pod-level runAsNonRoot would stop it from starting.
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                add: Some(vec!["NET_ADMIN".into(), "NET_RAW".into()]),
+                drop: Some(vec!["ALL".into()]),
+            }),
+            privileged: Some(false),
+            read_only_root_filesystem: Some(false),
+            run_as_group: Some(0),
+            run_as_non_root: Some(false),
+            run_as_user: Some(0),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn proxy_container(cfg: &InjectConfig, ov: &Overrides, native: bool) -> Container {
+    let field_env = |name: &str, path: &str| EnvVar {
+        name: name.to_string(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                api_version: Some("v1".into()),
+                field_path: path.to_string(),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut env = vec![
+        field_env("POD_NAME", "metadata.name"),
+        field_env("POD_NAMESPACE", "metadata.namespace"),
+        field_env("INSTANCE_IP", "status.podIP"),
+        field_env("SERVICE_ACCOUNT", "spec.serviceAccountName"),
+    ];
+    if let Some(level) = &cfg.proxy_log_level {
+        env.push(EnvVar {
+            name: "RUST_LOG".into(),
+            value: Some(level.clone()),
+            ..Default::default()
+        });
+    }
+    let http_get = |path: &str| HTTPGetAction {
+        path: Some(path.to_string()),
+        port: IntOrString::Int(i32::from(cfg.admin_port)),
+        ..Default::default()
+    };
+    let readiness = Probe {
+        http_get: Some(http_get(PROXY_READY_PATH)),
+        initial_delay_seconds: Some(1),
+        period_seconds: Some(2),
+        timeout_seconds: Some(3),
+        failure_threshold: Some(30),
+        ..Default::default()
+    };
+    // A native sidecar's startup probe holds the app containers back until the proxy is
+    // ready, so the app's first connections are not refused.
+    let startup = native.then(|| Probe {
+        http_get: Some(http_get(PROXY_READY_PATH)),
+        period_seconds: Some(1),
+        timeout_seconds: Some(3),
+        failure_threshold: Some(600),
+        ..Default::default()
+    });
+    let requests = ResourceAmounts {
+        cpu: ov.requests_cpu.clone(),
+        memory: ov.requests_memory.clone(),
+    };
+    let limits = ResourceAmounts {
+        cpu: ov.limits_cpu.clone(),
+        memory: ov.limits_memory.clone(),
+    };
+    Container {
+        name: containers::PROXY.to_string(),
+        image: Some(ov.proxy_image.clone()),
+        image_pull_policy: cfg.image_pull_policy.clone(),
+        command: Some(vec!["mesh-proxy".to_string()]),
+        args: Some(vec![
+            "--outbound-port".into(),
+            cfg.outbound_port.to_string(),
+            "--inbound-port".into(),
+            cfg.inbound_port.to_string(),
+            "--admin-addr".into(),
+            format!("0.0.0.0:{}", cfg.admin_port),
+            "--metrics-addr".into(),
+            format!("0.0.0.0:{}", cfg.metrics_port),
+        ]),
+        env: Some(env),
+        ports: Some(vec![ContainerPort {
+            container_port: i32::from(cfg.metrics_port),
+            name: Some("http-envoy-prom".into()),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        readiness_probe: Some(readiness),
+        startup_probe: startup,
+        resources: Some(resources(&requests, &limits)),
+        restart_policy: native.then(|| "Always".to_string()),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                add: None,
+                drop: Some(vec!["ALL".into()]),
+            }),
+            privileged: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_group: Some(i64::from(cfg.proxy_gid)),
+            run_as_non_root: Some(true),
+            run_as_user: Some(i64::from(cfg.proxy_uid)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn resources(requests: &ResourceAmounts, limits: &ResourceAmounts) -> ResourceRequirements {
+    let map = |r: &ResourceAmounts| {
+        let mut m = BTreeMap::new();
+        if let Some(c) = &r.cpu {
+            m.insert("cpu".to_string(), Quantity(c.clone()));
+        }
+        if let Some(c) = &r.memory {
+            m.insert("memory".to_string(), Quantity(c.clone()));
+        }
+        (!m.is_empty()).then_some(m)
+    };
+    ResourceRequirements {
+        requests: map(requests),
+        limits: map(limits),
+        ..Default::default()
+    }
+}
+
+/// Merge a user's container of the same name into ours: the user's fields win, fields we do
+/// not set (or do not know) are kept; objects merge recursively; `env`, `ports` and
+/// `volumeMounts` merge item by item (by name, containerPort, mountPath), like a strategic
+/// merge patch would; other lists are replaced by the user's.
+pub fn merge_override(ours: &Value, user: &Value) -> Value {
+    merge_value(ours, user, "")
+}
+
+fn merge_value(ours: &Value, user: &Value, key: &str) -> Value {
+    match (ours, user) {
+        (Value::Object(a), Value::Object(b)) => {
+            let mut out: Map<String, Value> = a.clone();
+            for (k, v) in b {
+                let merged = match a.get(k) {
+                    Some(ov) => merge_value(ov, v, k),
+                    None => v.clone(),
+                };
+                out.insert(k.clone(), merged);
+            }
+            Value::Object(out)
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            let id = match key {
+                "env" => "name",
+                "ports" => "containerPort",
+                "volumeMounts" => "mountPath",
+                _ => return user.clone(),
+            };
+            let mut out = a.clone();
+            for item in b {
+                let pos = item
+                    .get(id)
+                    .and_then(|want| out.iter().position(|o| o.get(id) == Some(want)));
+                match pos {
+                    Some(i) => out[i] = item.clone(),
+                    None => out.push(item.clone()),
+                }
+            }
+            Value::Array(out)
+        }
+        _ => user.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn default_init_args_match_istio() {
+        let cfg = InjectConfig::default();
+        let ov = Overrides::read(&BTreeMap::new(), &cfg).unwrap();
+        assert_eq!(
+            init_args(&cfg, &ov).join(" "),
+            "-p 15001 -z 15006 -u 1337 -m REDIRECT -i * -x  -b * -d 15090,15021"
+        );
+    }
+
+    #[test]
+    fn override_merge_keeps_ours_and_unknown_fields() {
+        let ours = json!({
+            "name": "istio-proxy", "image": "ours",
+            "env": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}],
+            "securityContext": {"runAsUser": 1337, "readOnlyRootFilesystem": true},
+            "args": ["--x"]
+        });
+        let user = json!({
+            "name": "istio-proxy", "image": "theirs",
+            "env": [{"name": "B", "value": "two"}, {"name": "C", "value": "3"}],
+            "securityContext": {"readOnlyRootFilesystem": false},
+            "args": ["--y"], "futureField": {"x": 1}
+        });
+        let m = merge_override(&ours, &user);
+        assert_eq!(m["image"], "theirs");
+        assert_eq!(
+            m["env"],
+            json!([{"name": "A", "value": "1"}, {"name": "B", "value": "two"}, {"name": "C", "value": "3"}])
+        );
+        assert_eq!(
+            m["securityContext"],
+            json!({"runAsUser": 1337, "readOnlyRootFilesystem": false})
+        );
+        assert_eq!(m["args"], json!(["--y"]));
+        assert_eq!(m["futureField"], json!({"x": 1}));
+    }
+}

@@ -1,0 +1,333 @@
+//! The status annotation: write it when injecting, read it to detect a previous injection,
+//! and remove exactly what it records. Format: see the `inject` module docs.
+
+use std::collections::BTreeMap;
+
+use mesh_common::{PROXY_METRICS_PATH, annotations as ann, containers};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+
+use super::containers::{Built, merge_override};
+use super::overrides::HONOURED;
+use super::policy::PodView;
+use super::InjectError;
+use crate::config::{InjectConfig, hex16};
+
+/// A user's own container that was merged into ours, and where it was.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OverrideRecord {
+    /// `containers` or `initContainers`.
+    pub field: String,
+    pub index: usize,
+    pub container: Value,
+}
+
+/// The parsed `sidecar.istio.io/status` annotation. Unknown keys (Istio's `revision`,
+/// `imagePullSecrets` as null) are accepted.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub init_containers: Vec<String>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub containers: Vec<String>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub volumes: Vec<String>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub image_pull_secrets: Vec<String>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub annotations: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<OverrideRecord>,
+}
+
+fn null_as_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Ok(Option::<Vec<String>>::deserialize(d)?.unwrap_or_default())
+}
+
+impl Status {
+    pub fn parse(s: &str) -> Result<Self, InjectError> {
+        serde_json::from_str(s).map_err(|e| InjectError::InvalidAnnotation {
+            annotation: ann::STATUS.to_string(),
+            value: s.to_string(),
+            reason: format!("not the JSON this injector writes: {e}"),
+        })
+    }
+
+    fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// Hash of everything that shapes an injection: the config, native or regular sidecar, and
+/// the honoured annotations' values. Equal hash means re-injecting would change nothing.
+pub fn injection_hash(
+    cfg: &InjectConfig,
+    native: bool,
+    annotations: &BTreeMap<String, String>,
+) -> String {
+    let mut h = Sha256::new();
+    h.update(cfg.hash().as_bytes());
+    h.update(if native { "\0native" } else { "\0regular" });
+    for k in HONOURED {
+        if let Some(v) = annotations.get(k) {
+            h.update(b"\0");
+            h.update(k.as_bytes());
+            h.update(b"=");
+            h.update(v.as_bytes());
+        }
+    }
+    hex16(&h.finalize())
+}
+
+fn pod_err(field: &str, reason: &str) -> InjectError {
+    InjectError::InvalidPod {
+        field: field.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+fn name_of(c: &Value) -> Option<&str> {
+    c.get("name").and_then(Value::as_str)
+}
+
+fn take_array(spec: &Map<String, Value>, key: &str) -> Result<Vec<Value>, InjectError> {
+    match spec.get(key) {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(a)) => Ok(a.clone()),
+        Some(_) => Err(pod_err(&format!("spec.{key}"), "must be a list")),
+    }
+}
+
+/// Store `items` under `key`; an empty list removes the key when `drop_empty`.
+fn put_array(spec: &mut Map<String, Value>, key: &str, items: Vec<Value>, drop_empty: bool) {
+    if items.is_empty() && drop_empty {
+        spec.shift_remove(key);
+    } else {
+        spec.insert(key.to_string(), Value::Array(items));
+    }
+}
+
+fn spec_mut(t: &mut Value) -> Result<&mut Map<String, Value>, InjectError> {
+    t.get_mut("spec")
+        .and_then(Value::as_object_mut)
+        .ok_or_else(|| pod_err("spec", "must be a mapping"))
+}
+
+/// The annotations map, created when missing (metadata too).
+fn annotations_mut(t: &mut Value) -> Result<&mut Map<String, Value>, InjectError> {
+    let root = t
+        .as_object_mut()
+        .ok_or_else(|| pod_err("template", "must be a mapping"))?;
+    let meta = root
+        .entry("metadata")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if meta.is_null() {
+        *meta = Value::Object(Map::new());
+    }
+    let meta = meta
+        .as_object_mut()
+        .ok_or_else(|| pod_err("metadata", "must be a mapping"))?;
+    let ann = meta
+        .entry("annotations")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if ann.is_null() {
+        *ann = Value::Object(Map::new());
+    }
+    ann.as_object_mut()
+        .ok_or_else(|| pod_err("metadata.annotations", "must be a mapping"))
+}
+
+/// The template without what the status annotation records; a recorded user override is
+/// put back where it was.
+pub fn remove_injection(template: &Value, view: &PodView) -> Result<Value, InjectError> {
+    let Some(status) = &view.status else {
+        return Ok(template.clone());
+    };
+    let mut t = template.clone();
+    let spec = spec_mut(&mut t)?;
+    let ours: Vec<&str> = status
+        .containers
+        .iter()
+        .chain(&status.init_containers)
+        .map(String::as_str)
+        .collect();
+    let keep = |c: &Value| !name_of(c).is_some_and(|n| ours.contains(&n));
+
+    let had_init = spec.contains_key("initContainers");
+    let mut init: Vec<Value> = take_array(spec, "initContainers")?
+        .into_iter()
+        .filter(keep)
+        .collect();
+    let mut apps: Vec<Value> = take_array(spec, "containers")?
+        .into_iter()
+        .filter(keep)
+        .collect();
+    let mut restore: Vec<&OverrideRecord> = status.overrides.iter().collect();
+    restore.sort_by_key(|r| r.index);
+    // Inserting in increasing original index restores each list exactly.
+    for r in restore {
+        let list = if r.field == "initContainers" {
+            &mut init
+        } else {
+            &mut apps
+        };
+        let at = r.index.min(list.len());
+        list.insert(at, r.container.clone());
+    }
+    if had_init {
+        put_array(spec, "initContainers", init, true);
+    }
+    spec.insert("containers".into(), Value::Array(apps));
+
+    for (key, names) in [
+        ("volumes", &status.volumes),
+        ("imagePullSecrets", &status.image_pull_secrets),
+    ] {
+        if names.is_empty() || !spec.contains_key(key) {
+            continue;
+        }
+        let kept: Vec<Value> = take_array(spec, key)?
+            .into_iter()
+            .filter(|v| !name_of(v).is_some_and(|n| names.iter().any(|x| x == n)))
+            .collect();
+        put_array(spec, key, kept, true);
+    }
+
+    if let Some(meta) = t.get_mut("metadata").and_then(Value::as_object_mut) {
+        let empty = match meta.get_mut("annotations").and_then(Value::as_object_mut) {
+            Some(a) => {
+                a.shift_remove(ann::STATUS);
+                for k in &status.annotations {
+                    a.shift_remove(k.as_str());
+                }
+                a.is_empty()
+            }
+            None => false,
+        };
+        if empty {
+            meta.shift_remove("annotations");
+        }
+    }
+    Ok(t)
+}
+
+/// Add our containers and annotations to a template that carries no injection.
+pub fn apply_injection(
+    base: &Value,
+    built: &Built,
+    cfg: &InjectConfig,
+    config_hash: String,
+    native: bool,
+) -> Result<Value, InjectError> {
+    let mut t = base.clone();
+    let spec = spec_mut(&mut t)?;
+    let mut init = take_array(spec, "initContainers")?;
+    let mut apps = take_array(spec, "containers")?;
+
+    // A user's container named like ours is an override: take it out, merge it into ours.
+    let mut overrides: Vec<OverrideRecord> = Vec::new();
+    let mut user_init: Option<Value> = None;
+    let mut user_proxy: Option<Value> = None;
+    for (field, list) in [("initContainers", &mut init), ("containers", &mut apps)] {
+        let mut i = 0;
+        let mut removed = 0;
+        while i < list.len() {
+            let name = name_of(&list[i]).unwrap_or_default().to_string();
+            let slot = if name == containers::INIT {
+                &mut user_init
+            } else if name == containers::PROXY {
+                &mut user_proxy
+            } else {
+                i += 1;
+                continue;
+            };
+            if slot.is_some() {
+                return Err(pod_err(
+                    &format!("spec.{field}"),
+                    &format!("more than one container named {name}"),
+                ));
+            }
+            let c = list.remove(i);
+            overrides.push(OverrideRecord {
+                field: field.to_string(),
+                // Index in the list as the user wrote it, so restoring in index order
+                // puts everything back where it was.
+                index: i + removed,
+                container: c.clone(),
+            });
+            removed += 1;
+            *slot = Some(c);
+        }
+    }
+    let first_app = apps
+        .first()
+        .and_then(name_of)
+        .ok_or_else(|| {
+            pod_err(
+                "spec.containers",
+                "no application container (only the proxy's own)",
+            )
+        })?
+        .to_string();
+    for c in apps.iter().chain(&init) {
+        let n = name_of(c).unwrap_or_default();
+        if n == containers::INIT || n == containers::PROXY {
+            return Err(pod_err("spec", &format!("duplicate container {n}")));
+        }
+    }
+
+    let init_c = match &user_init {
+        Some(u) => merge_override(&built.init, u),
+        None => built.init.clone(),
+    };
+    let proxy_c = match &user_proxy {
+        Some(u) => merge_override(&built.proxy, u),
+        None => built.proxy.clone(),
+    };
+    let status = if native {
+        init.splice(0..0, [init_c, proxy_c]);
+        Status {
+            init_containers: vec![containers::INIT.into(), containers::PROXY.into()],
+            ..Default::default()
+        }
+    } else {
+        init.push(init_c);
+        apps.push(proxy_c);
+        Status {
+            init_containers: vec![containers::INIT.into()],
+            containers: vec![containers::PROXY.into()],
+            ..Default::default()
+        }
+    };
+    spec.insert("initContainers".into(), Value::Array(init));
+    spec.insert("containers".into(), Value::Array(apps));
+
+    let a = annotations_mut(&mut t)?;
+    let mut added: Vec<String> = Vec::new();
+    let mut set = |a: &mut Map<String, Value>, k: &str, v: String| {
+        a.insert(k.to_string(), Value::String(v));
+        added.push(k.to_string());
+    };
+    if !a.contains_key(ann::DEFAULT_CONTAINER) {
+        set(a, ann::DEFAULT_CONTAINER, first_app);
+    }
+    let prom = [ann::PROMETHEUS_SCRAPE, ann::PROMETHEUS_PORT, ann::PROMETHEUS_PATH];
+    if cfg.prometheus_annotations && !prom.iter().any(|k| a.contains_key(*k)) {
+        set(a, ann::PROMETHEUS_SCRAPE, "true".into());
+        set(a, ann::PROMETHEUS_PORT, cfg.metrics_port.to_string());
+        set(a, ann::PROMETHEUS_PATH, PROXY_METRICS_PATH.into());
+    }
+    let status = Status {
+        annotations: added,
+        config_hash: Some(config_hash),
+        overrides,
+        ..status
+    };
+    a.insert(ann::STATUS.into(), json!(status.to_json()));
+    Ok(t)
+}
