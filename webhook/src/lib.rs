@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod bootstrap;
 pub mod cli;
 pub mod config;
 pub mod inject;
