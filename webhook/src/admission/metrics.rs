@@ -1,0 +1,340 @@
+//! The injector's Prometheus metrics, under the names Istio's injector exports so existing
+//! dashboards keep working. One struct, created at startup, shared by every request; labels
+//! come from small fixed sets (never pod names or namespaces).
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// How one `/inject` request ended, as the `result` label of
+/// `sidecar_injection_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestResult {
+    /// An AdmissionReview was answered with `allowed: true`.
+    Allowed,
+    /// An AdmissionReview was answered with `allowed: false` (bad annotation).
+    Denied,
+    /// 400: the body was not an AdmissionReview.
+    BadRequest,
+    /// 415: wrong Content-Type.
+    UnsupportedMediaType,
+    /// 413: body over the limit.
+    TooLarge,
+}
+
+impl RequestResult {
+    const ALL: [RequestResult; 5] = [
+        RequestResult::Allowed,
+        RequestResult::Denied,
+        RequestResult::BadRequest,
+        RequestResult::UnsupportedMediaType,
+        RequestResult::TooLarge,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestResult::Allowed => "allowed",
+            RequestResult::Denied => "denied",
+            RequestResult::BadRequest => "bad_request",
+            RequestResult::UnsupportedMediaType => "unsupported_media_type",
+            RequestResult::TooLarge => "too_large",
+        }
+    }
+}
+
+/// Why a pod was not injected, as the `reason` label of `sidecar_injection_skip_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SkipLabel {
+    /// The injection policy (labels, annotations, namespace, hostNetwork) said no.
+    Policy,
+    /// Already injected with the same config: nothing to change.
+    Unchanged,
+    /// Not a Pod, or not a CREATE.
+    NotPodCreate,
+}
+
+impl SkipLabel {
+    const ALL: [SkipLabel; 3] = [
+        SkipLabel::Policy,
+        SkipLabel::Unchanged,
+        SkipLabel::NotPodCreate,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipLabel::Policy => "policy",
+            SkipLabel::Unchanged => "unchanged",
+            SkipLabel::NotPodCreate => "not_pod_create",
+        }
+    }
+}
+
+/// What failed, as the `type` label of `sidecar_injection_failure_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureLabel {
+    /// The request body could not be read as an AdmissionReview.
+    Review,
+    /// The pod asked for something invalid (a malformed annotation).
+    Inject,
+    /// The patch could not be serialized.
+    Patch,
+}
+
+impl FailureLabel {
+    const ALL: [FailureLabel; 3] = [
+        FailureLabel::Review,
+        FailureLabel::Inject,
+        FailureLabel::Patch,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureLabel::Review => "review",
+            FailureLabel::Inject => "inject",
+            FailureLabel::Patch => "patch",
+        }
+    }
+}
+
+/// Upper bounds (seconds) of the latency histogram buckets.
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+#[derive(Debug, Default)]
+struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    /// Sum in nanoseconds, so it can be an integer atomic.
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        for (bound, bucket) in BUCKETS.iter().zip(&self.buckets) {
+            if secs <= *bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+}
+
+/// Every metric the admission server exports.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    requests: [AtomicU64; RequestResult::ALL.len()],
+    success: AtomicU64,
+    skip: [AtomicU64; SkipLabel::ALL.len()],
+    failure: [AtomicU64; FailureLabel::ALL.len()],
+    time: Histogram,
+    config_reloads_ok: AtomicU64,
+    config_reloads_failed: AtomicU64,
+    cert_reloads_ok: AtomicU64,
+    cert_reloads_failed: AtomicU64,
+}
+
+fn index_of<T: PartialEq>(all: &[T], v: &T) -> usize {
+    all.iter().position(|x| x == v).unwrap_or(0)
+}
+
+impl Metrics {
+    pub fn request(&self, r: RequestResult) {
+        self.requests[index_of(&RequestResult::ALL, &r)].fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn success(&self) {
+        self.success.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn skip(&self, r: SkipLabel) {
+        self.skip[index_of(&SkipLabel::ALL, &r)].fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn failure(&self, t: FailureLabel) {
+        self.failure[index_of(&FailureLabel::ALL, &t)].fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn observe_time(&self, d: Duration) {
+        self.time.observe(d);
+    }
+    pub fn config_reload(&self, ok: bool) {
+        let c = if ok {
+            &self.config_reloads_ok
+        } else {
+            &self.config_reloads_failed
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn cert_reload(&self, ok: bool) {
+        let c = if ok {
+            &self.cert_reloads_ok
+        } else {
+            &self.cert_reloads_failed
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Prometheus text exposition format (version 0.0.4).
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        // Writing to a String cannot fail; the results are ignored on purpose.
+        let _ = writeln!(
+            out,
+            "# HELP sidecar_injection_requests_total Total number of sidecar injection requests, by result."
+        );
+        let _ = writeln!(out, "# TYPE sidecar_injection_requests_total counter");
+        for (r, c) in RequestResult::ALL.iter().zip(&self.requests) {
+            let _ = writeln!(
+                out,
+                "sidecar_injection_requests_total{{result=\"{}\"}} {}",
+                r.as_str(),
+                get(c)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP sidecar_injection_success_total Total number of successful sidecar injections."
+        );
+        let _ = writeln!(out, "# TYPE sidecar_injection_success_total counter");
+        let _ = writeln!(
+            out,
+            "sidecar_injection_success_total {}",
+            get(&self.success)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP sidecar_injection_skip_total Total number of skipped sidecar injections, by reason."
+        );
+        let _ = writeln!(out, "# TYPE sidecar_injection_skip_total counter");
+        for (r, c) in SkipLabel::ALL.iter().zip(&self.skip) {
+            let _ = writeln!(
+                out,
+                "sidecar_injection_skip_total{{reason=\"{}\"}} {}",
+                r.as_str(),
+                get(c)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP sidecar_injection_failure_total Total number of failed sidecar injections, by type."
+        );
+        let _ = writeln!(out, "# TYPE sidecar_injection_failure_total counter");
+        for (t, c) in FailureLabel::ALL.iter().zip(&self.failure) {
+            let _ = writeln!(
+                out,
+                "sidecar_injection_failure_total{{type=\"{}\"}} {}",
+                t.as_str(),
+                get(c)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP sidecar_injection_time_seconds Time taken to answer an injection request."
+        );
+        let _ = writeln!(out, "# TYPE sidecar_injection_time_seconds histogram");
+        for (bound, c) in BUCKETS.iter().zip(&self.time.buckets) {
+            let _ = writeln!(
+                out,
+                "sidecar_injection_time_seconds_bucket{{le=\"{bound}\"}} {}",
+                get(c)
+            );
+        }
+        let count = get(&self.time.count);
+        let _ = writeln!(
+            out,
+            "sidecar_injection_time_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let sum = get(&self.time.sum_nanos) as f64 / 1e9;
+        let _ = writeln!(out, "sidecar_injection_time_seconds_sum {sum}");
+        let _ = writeln!(out, "sidecar_injection_time_seconds_count {count}");
+        for (name, help, ok, failed) in [
+            (
+                "mesh_webhook_config_reloads_total",
+                "Injection config reloads from disk, by result.",
+                &self.config_reloads_ok,
+                &self.config_reloads_failed,
+            ),
+            (
+                "mesh_webhook_cert_reloads_total",
+                "Serving certificate reloads from disk, by result.",
+                &self.cert_reloads_ok,
+                &self.cert_reloads_failed,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} counter");
+            let _ = writeln!(out, "{name}{{result=\"ok\"}} {}", get(ok));
+            let _ = writeln!(out, "{name}{{result=\"failed\"}} {}", get(failed));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(text: &str, series: &str) -> String {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("series {series} missing in\n{text}"))
+            .to_string()
+    }
+
+    #[test]
+    fn counters_and_histogram_render_with_istio_names() {
+        let m = Metrics::default();
+        m.request(RequestResult::Allowed);
+        m.request(RequestResult::Allowed);
+        m.request(RequestResult::TooLarge);
+        m.success();
+        m.skip(SkipLabel::Policy);
+        m.failure(FailureLabel::Inject);
+        m.observe_time(Duration::from_micros(700));
+        m.observe_time(Duration::from_millis(30));
+        let t = m.render();
+        assert_eq!(
+            value(&t, "sidecar_injection_requests_total{result=\"allowed\"}"),
+            "2"
+        );
+        assert_eq!(
+            value(&t, "sidecar_injection_requests_total{result=\"too_large\"}"),
+            "1"
+        );
+        assert_eq!(
+            value(&t, "sidecar_injection_requests_total{result=\"denied\"}"),
+            "0"
+        );
+        assert_eq!(value(&t, "sidecar_injection_success_total"), "1");
+        assert_eq!(
+            value(&t, "sidecar_injection_skip_total{reason=\"policy\"}"),
+            "1"
+        );
+        assert_eq!(
+            value(&t, "sidecar_injection_failure_total{type=\"inject\"}"),
+            "1"
+        );
+        assert_eq!(
+            value(&t, "sidecar_injection_time_seconds_bucket{le=\"0.0005\"}"),
+            "0"
+        );
+        assert_eq!(
+            value(&t, "sidecar_injection_time_seconds_bucket{le=\"0.001\"}"),
+            "1"
+        );
+        assert_eq!(
+            value(&t, "sidecar_injection_time_seconds_bucket{le=\"0.05\"}"),
+            "2"
+        );
+        assert_eq!(
+            value(&t, "sidecar_injection_time_seconds_bucket{le=\"+Inf\"}"),
+            "2"
+        );
+        assert_eq!(value(&t, "sidecar_injection_time_seconds_count"), "2");
+        let sum: f64 = value(&t, "sidecar_injection_time_seconds_sum")
+            .parse()
+            .unwrap();
+        assert!((sum - 0.0307).abs() < 1e-9, "{sum}");
+    }
+}

@@ -1,0 +1,289 @@
+//! The HTTP side: the axum router (usable without a socket in tests) and the TLS accept
+//! loop with graceful shutdown. Per-connection failures (handshake, reset, timeout) are
+//! logged and end only that connection.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt as _;
+use tracing::Instrument as _;
+
+use super::handler::{self, Decision, Settings};
+use super::metrics::{FailureLabel, RequestResult, SkipLabel};
+use super::state::AppState;
+
+/// A TLS handshake that has not finished by then is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client that has not sent its request headers by then is dropped.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The routes: `POST /inject`, `GET /healthz`, `GET /readyz`, `GET /metrics`.
+pub fn router(state: Arc<AppState>) -> Router {
+    let limit = state.max_body_bytes;
+    Router::new()
+        .route("/inject", post(inject))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    match state.ready() {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
+}
+
+fn plain(status: StatusCode, msg: String) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        msg,
+    )
+        .into_response()
+}
+
+async fn inject(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    let span = tracing::info_span!(
+        "admission",
+        uid = tracing::field::Empty,
+        namespace = tracing::field::Empty,
+        name = tracing::field::Empty
+    );
+    let m = &state.metrics;
+    let resp = span.in_scope(|| {
+        if !is_json(&headers) {
+            m.request(RequestResult::UnsupportedMediaType);
+            let got = headers
+                .get(header::CONTENT_TYPE)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .unwrap_or_else(|| "none".to_string());
+            tracing::warn!(content_type = %got, "rejected: Content-Type must be application/json");
+            return plain(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("Content-Type must be application/json, got {got}\n"),
+            );
+        }
+        let body = match body {
+            Ok(b) => b,
+            Err(rej) => {
+                let status = rej.status();
+                if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    m.request(RequestResult::TooLarge);
+                    tracing::warn!(
+                        limit = state.max_body_bytes,
+                        "rejected: body over the limit"
+                    );
+                    return plain(
+                        status,
+                        format!("request body larger than {} bytes\n", state.max_body_bytes),
+                    );
+                }
+                m.request(RequestResult::BadRequest);
+                m.failure(FailureLabel::Review);
+                tracing::warn!(error = %rej, "rejected: cannot read the body");
+                return plain(status, format!("cannot read the request body: {rej}\n"));
+            }
+        };
+        let cfg = state.config();
+        let settings = Settings {
+            native_sidecars: state.native_sidecars(&cfg),
+        };
+        match handler::review(&body, &cfg, settings) {
+            Err(e) => {
+                m.request(RequestResult::BadRequest);
+                m.failure(FailureLabel::Review);
+                tracing::warn!(error = %e, "rejected: not an AdmissionReview");
+                plain(StatusCode::BAD_REQUEST, format!("{e}\n"))
+            }
+            Ok(answer) => {
+                let span = tracing::Span::current();
+                span.record("uid", answer.subject.uid.as_str());
+                span.record("namespace", answer.subject.namespace.as_str());
+                span.record("name", answer.subject.name.as_str());
+                match &answer.decision {
+                    Decision::Injected { operations } => {
+                        m.request(RequestResult::Allowed);
+                        m.success();
+                        tracing::info!(
+                            operations,
+                            native_sidecars = settings.native_sidecars,
+                            "sidecar injected"
+                        );
+                    }
+                    Decision::Unchanged => {
+                        m.request(RequestResult::Allowed);
+                        m.skip(SkipLabel::Unchanged);
+                        tracing::debug!("already injected with this config");
+                    }
+                    Decision::Skipped(why) => {
+                        m.request(RequestResult::Allowed);
+                        m.skip(SkipLabel::Policy);
+                        tracing::debug!(reason = %why, "injection skipped");
+                    }
+                    Decision::NotPodCreate => {
+                        m.request(RequestResult::Allowed);
+                        m.skip(SkipLabel::NotPodCreate);
+                        tracing::debug!("not a Pod CREATE; allowed untouched");
+                    }
+                    Decision::Denied(msg) => {
+                        m.request(RequestResult::Denied);
+                        m.failure(FailureLabel::Inject);
+                        tracing::warn!(message = %msg, "pod denied");
+                    }
+                }
+                ([(header::CONTENT_TYPE, "application/json")], answer.body).into_response()
+            }
+        }
+    });
+    m.observe_time(started.elapsed());
+    resp
+}
+
+/// Accept TLS connections on `listener` and serve `router` on each until `shutdown`
+/// resolves; then stop accepting, let in-flight requests finish for up to `grace`, and
+/// return.
+pub async fn serve(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    router: Router,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut conns = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let span = tracing::debug_span!("conn", %peer);
+                    conns.spawn(
+                        connection(stream, peer, acceptor.clone(), router.clone(), stop_rx.clone())
+                            .instrument(span),
+                    );
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning; keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let in_flight = conns.len();
+    tracing::info!(in_flight, grace = ?grace, "shutting down: no longer accepting, draining connections");
+    let _ = stop_tx.send(true);
+    let drained =
+        tokio::time::timeout(grace, async { while conns.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tracing::warn!(
+            left = conns.len(),
+            "grace period over; closing the remaining connections"
+        );
+        conns.shutdown().await;
+    }
+    tracing::info!("stopped");
+}
+
+/// Resolves once shutdown began (or the server is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+async fn connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    router: Router,
+    mut stop: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let tls = tokio::select! {
+        r = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => match r {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::warn!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(%peer, "TLS handshake timed out");
+                return;
+            }
+        },
+        () = stopped(&mut stop) => return,
+    };
+    let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+        let router = router.clone();
+        async move { Ok::<_, Infallible>(router.oneshot(req).await.unwrap_or_else(|e| match e {})) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(tls), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = stopped(&mut stop) => {
+            // Finish the request in flight (if any), then close.
+            conn.as_mut().graceful_shutdown();
+            conn.as_mut().await
+        }
+    };
+    if let Err(e) = result {
+        // Resets and timeouts are a normal way for a client connection to end.
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
