@@ -1,0 +1,125 @@
+//! Shared by the deploy_* tests: find kubectl, render deploy/ with it, read
+//! docker/images.env. Never skips: a missing kubectl or KUBECONFIG fails the test with
+//! the steps that provide it.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("webhook/ has a parent")
+        .to_owned()
+}
+
+/// kubectl from `KUBECTL`, else kube-local's (`~/.kube-local/bin/kubectl`).
+pub fn kubectl() -> PathBuf {
+    if let Some(k) = std::env::var_os("KUBECTL") {
+        let k = PathBuf::from(k);
+        assert!(k.is_file(), "KUBECTL={} is not a file", k.display());
+        return k;
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let local = home.join(".kube-local/bin/kubectl");
+    assert!(
+        local.is_file(),
+        "no kubectl: set KUBECTL, or build kube-local's with ../shared/kube-local/setup.sh \
+         (it installs {})",
+        local.display()
+    );
+    local
+}
+
+pub fn require_kubeconfig() -> String {
+    std::env::var("KUBECONFIG").unwrap_or_else(|_| {
+        panic!(
+            "KUBECONFIG is not set: this test needs a real API server. Start one with \
+             ../shared/kube-local/setup.sh && ../shared/kube-local/start.sh and \
+             export KUBECONFIG=$HOME/.kube-local/run/kubeconfig (as .ci/run does)"
+        )
+    })
+}
+
+/// Runs kubectl with `args`, feeding `stdin`; panics with its output when it fails.
+pub fn kubectl_run(args: &[&str], stdin: Option<&str>) -> String {
+    use std::io::Write;
+    let mut child = Command::new(kubectl())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start kubectl");
+    {
+        let mut pipe = child.stdin.take().expect("stdin");
+        if let Some(s) = stdin {
+            pipe.write_all(s.as_bytes()).expect("write kubectl stdin");
+        }
+    }
+    let out = child.wait_with_output().expect("wait for kubectl");
+    assert!(
+        out.status.success(),
+        "kubectl {} failed ({}):\n{}{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("kubectl output is UTF-8")
+}
+
+/// `kubectl kustomize <repo>/<dir>`: the rendered YAML.
+pub fn render_yaml(dir: &str) -> String {
+    let path = repo_root().join(dir);
+    kubectl_run(&["kustomize", path.to_str().expect("UTF-8 path")], None)
+}
+
+/// The rendered objects, in order.
+pub fn render(dir: &str) -> Vec<Value> {
+    let yaml = render_yaml(dir);
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&yaml)
+        .unwrap_or_else(|e| panic!("rendered {dir} is not YAML: {e}"));
+    let docs: Vec<Value> = docs.into_iter().filter(|d| !d.is_null()).collect();
+    assert!(!docs.is_empty(), "{dir} rendered nothing");
+    docs
+}
+
+pub fn find<'a>(objs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objs.iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("rendered manifests have no {kind} {name}"))
+}
+
+pub fn kinds(objs: &[Value]) -> Vec<String> {
+    objs.iter()
+        .map(|o| {
+            format!(
+                "{}/{}",
+                o["kind"].as_str().unwrap_or("?"),
+                o["metadata"]["name"].as_str().unwrap_or("?")
+            )
+        })
+        .collect()
+}
+
+/// docker/images.env as a map.
+pub fn images_env() -> BTreeMap<String, String> {
+    let path = repo_root().join("docker/images.env");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (k, v) = l
+                .split_once('=')
+                .unwrap_or_else(|| panic!("{}: not KEY=value: {l}", path.display()));
+            (k.to_owned(), v.to_owned())
+        })
+        .collect()
+}
