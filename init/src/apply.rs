@@ -174,10 +174,10 @@ impl System for Host {
                 Family::V4 => "/proc/net/ip_tables_names",
                 Family::V6 => "/proc/net/ip6_tables_names",
             };
-            if let Ok(list) = std::fs::read_to_string(names) {
-                if !list.lines().any(|t| t.trim() == "nat") {
-                    return Ok(String::new());
-                }
+            if let Ok(list) = std::fs::read_to_string(names)
+                && !list.lines().any(|t| t.trim() == "nat")
+            {
+                return Ok(String::new());
             }
         }
         let tool = self.tool(family, "save")?;

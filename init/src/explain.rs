@@ -196,8 +196,10 @@ mod tests {
     use crate::model::{Flags, Settings};
 
     fn rs(f: impl FnOnce(&mut Flags), fam: Family) -> Ruleset {
-        let mut fl = Flags::default();
-        fl.exclude_inbound_ports = "15090,15021".into();
+        let mut fl = Flags {
+            exclude_inbound_ports: "15090,15021".into(),
+            ..Flags::default()
+        };
         f(&mut fl);
         Settings::from_flags(&fl).unwrap().ruleset(fam)
     }

@@ -5,6 +5,8 @@
 //! [`explain`] evaluates for one connection. [`apply`] is the only module that touches
 //! the host (spawning the iptables tools), and [`verify`] proves the result.
 #![forbid(unsafe_code)]
+// Unit tests may unwrap: a panic there is a test failure with a line number.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod apply;
 pub mod cli;
@@ -143,10 +145,11 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), Error> {
         apply::remove(&host, &families)?;
         // IPv6 rules may remain from an earlier run even when the pod has no IPv6 now;
         // on a node without IPv6 there is nothing to remove, so that is not an error.
-        if run.ipv6 == Ipv6Mode::Auto && !families.contains(&Family::V6) {
-            if let Err(e) = apply::remove(&host, &[Family::V6]) {
-                tracing::debug!(error = %e, "no IPv6 rules removed");
-            }
+        if run.ipv6 == Ipv6Mode::Auto
+            && !families.contains(&Family::V6)
+            && let Err(e) = apply::remove(&host, &[Family::V6])
+        {
+            tracing::debug!(error = %e, "no IPv6 rules removed");
         }
         return Ok(());
     }

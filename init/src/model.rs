@@ -679,7 +679,8 @@ mod tests {
 
     #[test]
     fn errors_name_their_flag() {
-        let cases: Vec<(Box<dyn Fn(&mut Flags)>, &str)> = vec![
+        type Edit = Box<dyn Fn(&mut Flags)>;
+        let cases: Vec<(Edit, &str)> = vec![
             (Box::new(|f| f.exclude_outbound_cidrs = "*".into()), "-x/"),
             (
                 Box::new(|f| f.exclude_outbound_cidrs = "10.0.0.0/33".into()),

@@ -106,8 +106,10 @@ mod tests {
 
     #[test]
     fn refuses_a_sentinel_the_rules_would_not_capture() {
-        let mut f = Flags::default();
-        f.exclude_outbound_cidrs = "192.0.2.0/24".into();
+        let f = Flags {
+            exclude_outbound_cidrs: "192.0.2.0/24".into(),
+            ..Flags::default()
+        };
         let s = Settings::from_flags(&f).unwrap();
         let err = verify(
             &s,

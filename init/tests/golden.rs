@@ -4,6 +4,8 @@
 //! `--dry-run` output must both equal them. `UPDATE_GOLDEN=1` rewrites the files; a
 //! missing golden or one without its `.args` fails the run.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;

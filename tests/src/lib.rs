@@ -6,4 +6,5 @@
 //! installing the tools (`.ci/run`).
 
 pub mod bins;
+pub mod init_support;
 pub mod netns;
