@@ -268,11 +268,21 @@ fn scenario(backend: &'static str, v6: bool) {
         };
         net.pod.output_ok(
             &tool,
-            &["-t", "nat", "-A", "OUTPUT", "-d", dst, "-j", "RETURN"],
+            &["-w", "-t", "nat", "-A", "OUTPUT", "-d", dst, "-j", "RETURN"],
         );
         net.pod.output_ok(
             &tool,
-            &["-t", "nat", "-A", "PREROUTING", "-s", dst, "-j", "RETURN"],
+            &[
+                "-w",
+                "-t",
+                "nat",
+                "-A",
+                "PREROUTING",
+                "-s",
+                dst,
+                "-j",
+                "RETURN",
+            ],
         );
     }
     let baseline = net.dump();
