@@ -70,15 +70,17 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// A client config that trusts only `ca`.
+/// A client config that trusts only `ca`. Session resumption is off, so every request is
+/// a full handshake that verifies the certificate served at that moment.
 pub fn client_config(ca: &CertificateDer<'static>) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.clone()).unwrap();
-    let cfg = rustls::ClientConfig::builder_with_provider(provider())
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
+    cfg.resumption = rustls::client::Resumption::disabled();
     Arc::new(cfg)
 }
 
