@@ -1,0 +1,200 @@
+//! `mesh-webhook serve` as a process: it says where it listens, serves verified TLS, and on
+//! SIGTERM stops accepting, finishes the request in flight, and exits 0.
+#![allow(clippy::unwrap_used)]
+
+mod server_support;
+
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::ServerName;
+use server_support::{Pki, app_pod, client_config, pod_review, request};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(args: &[&str]) -> Proc {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mesh-webhook"))
+        .arg("serve")
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            eprintln!("[mesh-webhook] {line}");
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    Proc { child, lines }
+}
+
+impl Proc {
+    fn wait_line(&self, what: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.contains(what) => return l,
+                Ok(_) => {}
+                Err(_) => panic!("no log line containing {what:?} within {timeout:?}"),
+            }
+        }
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "did not exit within {timeout:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap());
+        nix::sys::signal::kill(pid, sig).unwrap();
+    }
+}
+
+fn listen_addr(line: &str) -> SocketAddr {
+    let v = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("addr="))
+        .unwrap_or_else(|| panic!("no addr= in {line:?}"));
+    v.parse().unwrap()
+}
+
+#[tokio::test]
+async fn sigterm_stops_accepting_and_finishes_the_request_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new("process CA");
+    let (cert, key) = pki.write(dir.path());
+    let mut p = spawn(&[
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        "--addr",
+        "127.0.0.1:0",
+        "--native-sidecars",
+        "false",
+        "--shutdown-grace",
+        "10s",
+    ]);
+    let addr = listen_addr(&p.wait_line("listening", Duration::from_secs(30)));
+    let tls = client_config(&pki.ca_der);
+    assert_eq!(
+        request(addr, tls.clone(), "GET", "/healthz", None, vec![])
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+
+    // Start a request and send only half of its body.
+    let body = serde_json::to_vec(&pod_review("in-flight", "bookinfo", app_pod())).unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut stream = tokio_rustls::TlsConnector::from(tls.clone())
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /inject HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let half = body.len() / 2;
+    stream.write_all(&body[..half]).await.unwrap();
+    stream.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    p.signal(nix::sys::signal::Signal::SIGTERM);
+    p.wait_line("shutting down", Duration::from_secs(10));
+    // No new connections once shutdown began.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "still accepting connections after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        p.child.try_wait().unwrap().is_none(),
+        "exited with a request in flight"
+    );
+
+    // The request in flight still gets its full answer.
+    stream.write_all(&body[half..]).await.unwrap();
+    stream.flush().await.unwrap();
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut reply)).await;
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains("\"uid\":\"in-flight\""), "{reply}");
+    assert!(reply.contains("\"patch\""), "{reply}");
+
+    let st = p.wait_exit(Duration::from_secs(10));
+    assert!(st.success(), "exit status {st}");
+}
+
+#[test]
+fn bad_flags_and_files_fail_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mesh-webhook"))
+        .args([
+            "serve",
+            "--cert",
+            "/nonexistent/tls.crt",
+            "--key",
+            "/nonexistent/tls.key",
+            "--addr",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/tls.crt"), "{err}");
+
+    let pki = Pki::new("x");
+    let (cert, key) = pki.write(dir.path());
+    let out = Command::new(env!("CARGO_BIN_EXE_mesh-webhook"))
+        .args([
+            "serve",
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+            "--max-body-bytes",
+            "lots",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--max-body-bytes"), "{err}");
+}
