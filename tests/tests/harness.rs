@@ -28,14 +28,13 @@ fn linked_namespaces_talk_and_vanish() {
                 s.write_all(&buf).expect("echo");
                 peer
             });
-            let peer = a.run(|| {
+            a.run(|| {
                 let mut c = TcpStream::connect(server_addr).expect("connect from a");
                 c.write_all(b"ping").expect("write");
                 let mut buf = [0u8; 4];
                 c.read_exact(&mut buf).expect("read echo");
                 assert_eq!(&buf, b"ping");
             });
-            let _ = peer;
             let seen = server.join().expect("server thread");
             assert!(
                 seen.ip().to_string().ends_with(":1") || seen.ip().to_string() == "198.18.0.1",
