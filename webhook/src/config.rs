@@ -123,8 +123,10 @@ pub struct InjectConfig {
     /// Proxy Prometheus port.
     pub metrics_port: u16,
     /// Default of `traffic.sidecar.istio.io/includeOutboundIPRanges` (`*` = all).
+    #[serde(rename = "includeOutboundIPRanges")]
     pub include_outbound_ip_ranges: String,
     /// Default of `traffic.sidecar.istio.io/excludeOutboundIPRanges`.
+    #[serde(rename = "excludeOutboundIPRanges")]
     pub exclude_outbound_ip_ranges: String,
     /// Default of `traffic.sidecar.istio.io/includeInboundPorts` (`*` = all, empty = none).
     pub include_inbound_ports: String,
@@ -219,7 +221,7 @@ impl InjectConfig {
         } else {
             serde_saphyr::from_str(s).map_err(|e| ConfigError::Parse {
                 origin: origin.to_string(),
-                message: e.to_string(),
+                message: e.without_snippet().to_string(),
             })?
         };
         cfg.validate(origin)?;

@@ -26,16 +26,32 @@ pub struct Built {
 impl Built {
     pub fn new(cfg: &InjectConfig, ov: &Overrides, native: bool) -> Result<Self, InjectError> {
         let to_value = |c: Container| {
-            serde_json::to_value(c).map_err(|e| InjectError::InvalidPod {
-                field: "spec".into(),
-                reason: format!("cannot serialize injected container: {e}"),
-            })
+            serde_json::to_value(c)
+                .map(readable_order)
+                .map_err(|e| InjectError::InvalidPod {
+                    field: "spec".into(),
+                    reason: format!("cannot serialize injected container: {e}"),
+                })
         };
         Ok(Built {
             init: to_value(init_container(cfg, ov))?,
             proxy: to_value(proxy_container(cfg, ov, native))?,
         })
     }
+}
+
+/// k8s-openapi writes fields alphabetically; put the ones people look for first, as
+/// `kubectl` users are used to reading them.
+fn readable_order(v: Value) -> Value {
+    let Value::Object(mut m) = v else { return v };
+    let mut out = Map::new();
+    for k in ["name", "image", "imagePullPolicy", "command", "args"] {
+        if let Some(x) = m.shift_remove(k) {
+            out.insert(k.to_string(), x);
+        }
+    }
+    out.extend(m);
+    Value::Object(out)
 }
 
 /// The `mesh-init` arguments, in the order and spelling of `istio-iptables`.

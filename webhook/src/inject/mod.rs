@@ -148,6 +148,18 @@ pub fn inject(req: &InjectRequest<'_>, cfg: &InjectConfig) -> Result<Outcome, In
     Ok(Outcome::Patched(patch::diff(req.template, &desired)))
 }
 
+/// The template [`inject`]'s patch produces, or `None` when it would not patch. For tests
+/// and tools that want the result rather than the patch.
+pub fn desired_template(
+    req: &InjectRequest<'_>,
+    cfg: &InjectConfig,
+) -> Result<Option<Value>, InjectError> {
+    Ok(match desired_injected(req, cfg)? {
+        Desired::Template(t) => Some(t),
+        Desired::Skip(_) | Desired::Unchanged => None,
+    })
+}
+
 /// Remove exactly what the status annotation records (and restore a user's overridden
 /// container). `Skipped(NotInjected)` when there is no status annotation.
 pub fn uninject(template: &Value) -> Result<Outcome, InjectError> {
@@ -155,7 +167,7 @@ pub fn uninject(template: &Value) -> Result<Outcome, InjectError> {
     if view.status.is_none() {
         return Ok(Outcome::Skipped(SkipReason::NotInjected));
     }
-    let removed = status::remove_injection(template, &view)?;
+    let removed = status::remove_injection(template, &view, true)?;
     Ok(Outcome::Patched(patch::diff(template, &removed)))
 }
 
@@ -181,11 +193,12 @@ pub(crate) fn desired_injected(
         Some(st) if st.config_hash.as_deref() == Some(hash.as_str()) => {
             return Ok(Desired::Unchanged);
         }
-        Some(_) => status::remove_injection(req.template, &view)?,
+        Some(_) => status::remove_injection(req.template, &view, false)?,
         None => req.template.clone(),
     };
     let built = containers::Built::new(cfg, &ov, req.native_sidecars)?;
     Ok(Desired::Template(status::apply_injection(
+        req.template,
         &base,
         &built,
         cfg,

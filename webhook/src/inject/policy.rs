@@ -39,6 +39,9 @@ impl PodView {
             .get("spec")
             .ok_or_else(|| invalid("spec", "missing".into()))?;
         let spec = PodSpec::deserialize(spec_value).map_err(|e| invalid("spec", e.to_string()))?;
+        if !spec_value.get("containers").is_some_and(Value::is_array) {
+            return Err(invalid("spec.containers", "missing".into()));
+        }
         for (field, list) in [
             ("spec.containers", Some(&spec.containers)),
             ("spec.initContainers", spec.init_containers.as_ref()),
@@ -209,7 +212,7 @@ mod tests {
         for (t, field) in [
             (json!([]), "template"),
             (json!({"metadata": {}}), "spec"),
-            (json!({"spec": {}}), "spec"),
+            (json!({"spec": {}}), "spec.containers"),
             (json!({"spec": {"containers": "x"}}), "spec"),
             (
                 json!({"metadata": {"annotations": {"a": 1}}, "spec": {"containers": []}}),

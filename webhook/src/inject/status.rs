@@ -35,7 +35,11 @@ pub struct Status {
     pub containers: Vec<String>,
     #[serde(default, deserialize_with = "null_as_empty")]
     pub volumes: Vec<String>,
-    #[serde(default, deserialize_with = "null_as_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_empty",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub image_pull_secrets: Vec<String>,
     #[serde(default, deserialize_with = "null_as_empty")]
     pub annotations: Vec<String>,
@@ -143,8 +147,13 @@ fn annotations_mut(t: &mut Value) -> Result<&mut Map<String, Value>, InjectError
 }
 
 /// The template without what the status annotation records; a recorded user override is
-/// put back where it was.
-pub fn remove_injection(template: &Value, view: &PodView) -> Result<Value, InjectError> {
+/// put back where it was. With `drop_empty`, lists and the annotation map left empty are
+/// removed (uninject); without, they stay in place so re-injection keeps the key order.
+pub fn remove_injection(
+    template: &Value,
+    view: &PodView,
+    drop_empty: bool,
+) -> Result<Value, InjectError> {
     let Some(status) = &view.status else {
         return Ok(template.clone());
     };
@@ -180,7 +189,7 @@ pub fn remove_injection(template: &Value, view: &PodView) -> Result<Value, Injec
         list.insert(at, r.container.clone());
     }
     if had_init {
-        put_array(spec, "initContainers", init, true);
+        put_array(spec, "initContainers", init, drop_empty);
     }
     spec.insert("containers".into(), Value::Array(apps));
 
@@ -195,7 +204,7 @@ pub fn remove_injection(template: &Value, view: &PodView) -> Result<Value, Injec
             .into_iter()
             .filter(|v| !name_of(v).is_some_and(|n| names.iter().any(|x| x == n)))
             .collect();
-        put_array(spec, key, kept, true);
+        put_array(spec, key, kept, drop_empty);
     }
 
     if let Some(meta) = t.get_mut("metadata").and_then(Value::as_object_mut) {
@@ -205,7 +214,7 @@ pub fn remove_injection(template: &Value, view: &PodView) -> Result<Value, Injec
                 for k in &status.annotations {
                     a.shift_remove(k.as_str());
                 }
-                a.is_empty()
+                a.is_empty() && drop_empty
             }
             None => false,
         };
@@ -218,6 +227,7 @@ pub fn remove_injection(template: &Value, view: &PodView) -> Result<Value, Injec
 
 /// Add our containers and annotations to a template that carries no injection.
 pub fn apply_injection(
+    original: &Value,
     base: &Value,
     built: &Built,
     cfg: &InjectConfig,
@@ -306,6 +316,17 @@ pub fn apply_injection(
     };
     spec.insert("initContainers".into(), Value::Array(init));
     spec.insert("containers".into(), Value::Array(apps));
+    // Lists a previous injection's removal emptied (say, Istio's volumes) go away.
+    for key in ["volumes", "imagePullSecrets"] {
+        let emptied = spec.get(key).and_then(Value::as_array).is_some_and(Vec::is_empty)
+            && original
+                .pointer(&format!("/spec/{key}"))
+                .and_then(Value::as_array)
+                .is_some_and(|a| !a.is_empty());
+        if emptied {
+            spec.shift_remove(key);
+        }
+    }
 
     let a = annotations_mut(&mut t)?;
     let mut added: Vec<String> = Vec::new();
