@@ -9,3 +9,4 @@ pub mod config;
 pub mod inject;
 pub mod kube_inject;
 pub mod workloads;
+pub mod yaml;
