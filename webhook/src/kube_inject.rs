@@ -61,12 +61,10 @@ pub enum KubeInjectError {
         column: usize,
         message: String,
     },
-    #[error("{pos}: {source}")]
-    Inject {
-        pos: DocPos,
-        #[source]
-        source: InjectError,
-    },
+    // The core's error is part of this message, so it is not also a `source` (anyhow's
+    // `{:#}` would print it twice).
+    #[error("{pos}: {error}")]
+    Inject { pos: DocPos, error: InjectError },
     #[error("{pos}: {reason}")]
     Document { pos: DocPos, reason: String },
 }
@@ -212,14 +210,14 @@ fn rewrite_document(
             ),
             Mode::Uninject => inject::uninject(template),
         };
-        let outcome = outcome.map_err(|source| {
+        let outcome = outcome.map_err(|error| {
             let mut pos = doc_pos(doc, index, Some(label.clone()));
-            if let InjectError::InvalidAnnotation { annotation, .. } = &source
+            if let InjectError::InvalidAnnotation { annotation, .. } = &error
                 && let Some(line) = annotation_line(doc, annotation)
             {
                 pos.line = line;
             }
-            KubeInjectError::Inject { pos, source }
+            KubeInjectError::Inject { pos, error }
         })?;
         match outcome {
             Outcome::Skipped(reason) => {
