@@ -149,6 +149,7 @@ pub fn server_config(store: Arc<CertStore>) -> Result<Arc<ServerConfig>, CertErr
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

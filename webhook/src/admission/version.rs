@@ -160,6 +160,7 @@ pub async fn keep_probing(state: Arc<AppState>, kubeconfig: Option<PathBuf>, eve
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
