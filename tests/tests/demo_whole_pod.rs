@@ -2,6 +2,7 @@
 //! the binaries this `cargo test --workspace` built: the app's request must reach the
 //! server through mesh-proxy (the script exits non-zero unless the proxy's outbound
 //! counter moved), and nothing may be left behind, also when a step fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -819,6 +819,7 @@ fn issue_leaf(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

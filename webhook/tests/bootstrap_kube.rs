@@ -4,6 +4,7 @@
 //! works with exactly the RBAC that deploy/ grants.
 //!
 //! These tests never skip: without KUBECONFIG they fail and say how to start kube-local.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};

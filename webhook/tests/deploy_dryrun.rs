@@ -4,6 +4,7 @@
 //! named on stderr as not checked: policy/v1 PodDisruptionBudget (Kubernetes >= 1.21)
 //! and cert-manager.io objects (need cert-manager's CRDs); the strict typed parse in
 //! deploy_manifests.rs covers those.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
 
 mod deploy_support;
 

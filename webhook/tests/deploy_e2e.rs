@@ -7,6 +7,7 @@
 //! kube-local has no scheduler or kubelet: pods stay Pending, which is all this needs.
 //! The registration is scoped to this run's namespaces by one extra namespaceSelector
 //! expression (`mesh-e2e-run`), so pods elsewhere never reach this short-lived server.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
 
 mod deploy_support;
 

@@ -4,6 +4,7 @@
 //! that matter (selectors, ports, identities, RBAC scope, security) are what they must
 //! be. Images must be the ones docker/images.env names. Needs kubectl (KUBECTL or
 //! kube-local's); fails, never skips, without it.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
 
 mod deploy_support;
 
