@@ -66,6 +66,9 @@ pub struct ServeArgs {
     /// How often the API server's version is asked again (nativeSidecars: auto).
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     pub version_recheck: Duration,
+    /// `--self-signed` and its options: make, share and rotate the certificate ourselves.
+    #[command(flatten)]
+    pub self_signed: crate::bootstrap::SelfSignedArgs,
 }
 
 /// `250ms`, `2s`, `10m` or a bare number of seconds.
@@ -100,6 +103,8 @@ pub enum StartError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("self-signed certificates: {0}")]
+    Bootstrap(#[from] crate::bootstrap::BootstrapError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -145,6 +150,13 @@ fn read_config(path: &std::path::Path) -> Result<(InjectConfig, Vec<u8>), StartE
 
 /// Load certificate and config, bind, and start serving in the background.
 pub async fn start(args: ServeArgs) -> Result<Running, StartError> {
+    let mut background = Vec::new();
+    if args.self_signed.self_signed {
+        // Writes --cert/--key from the shared Secret (creating it if needed) before we
+        // load them; its rotation loop rewrites them later, and watch_certs follows.
+        let opts = args.self_signed.options(&args.cert, &args.key);
+        background.push(crate::bootstrap::start(opts).await?);
+    }
     let (key, cert_pem, key_pem) = certs::load_pair(&args.cert, &args.key)?;
     let (config, config_bytes) = match &args.config {
         Some(p) => {
@@ -178,7 +190,6 @@ pub async fn start(args: ServeArgs) -> Result<Running, StartError> {
         source,
     })?;
 
-    let mut background = Vec::new();
     background.push(tokio::spawn(watch_certs(
         args.cert.clone(),
         args.key.clone(),
