@@ -4,7 +4,7 @@
 # iptables-legacy-restore, plus the ip6tables variants). It must run as uid 0 with
 # NET_ADMIN and NET_RAW (the injector asks for exactly those), so no USER here.
 # Build from the repository root: docker/build.sh (names from docker/images.env).
-FROM rust:1.89-bookworm AS build
+FROM rust:1-bookworm AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends musl-tools \
  && rm -rf /var/lib/apt/lists/* \

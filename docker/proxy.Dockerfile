@@ -2,7 +2,7 @@
 # mesh-proxy: the transparent sidecar proxy. Static binary on an empty base; runs as uid
 # and gid 1337, whose traffic the pod's iptables rules let through uncaptured.
 # Build from the repository root: docker/build.sh (names from docker/images.env).
-FROM rust:1.89-bookworm AS build
+FROM rust:1-bookworm AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends musl-tools \
  && rm -rf /var/lib/apt/lists/* \

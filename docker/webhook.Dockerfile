@@ -2,7 +2,7 @@
 # mesh-webhook: the sidecar injector (admission webhook + kube-inject). Static binary on
 # an empty base, non-root (uid 65532, as deploy/ runs it), read-only root filesystem.
 # Build from the repository root: docker/build.sh (names from docker/images.env).
-FROM rust:1.89-bookworm AS build
+FROM rust:1-bookworm AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends musl-tools \
  && rm -rf /var/lib/apt/lists/* \
