@@ -1,6 +1,6 @@
 //! `mesh-webhook serve` as a process: it says where it listens, serves verified TLS, and on
 //! SIGTERM stops accepting, finishes the request in flight, and exits 0.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod server_support;
 
@@ -197,4 +197,144 @@ fn bad_flags_and_files_fail_with_a_clear_message() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--max-body-bytes"), "{err}");
+}
+
+fn unique(prefix: &str) -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        % 1_000_000;
+    format!("{prefix}-{}-{t}", std::process::id() % 100_000)
+}
+
+/// `serve --self-signed` against a REAL API server (KUBECONFIG; kube-local in CI): before
+/// it listens, the certificate is in the shared Secret and on disk, caBundle is patched into
+/// our webhook configuration, and the server presents a certificate that verifies against
+/// that CA under the Service's DNS name.
+#[tokio::test]
+async fn serve_self_signed_publishes_its_ca_and_serves_with_it() {
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    use k8s_openapi::api::core::v1::{Namespace, Secret};
+    use kube::api::{Api, DeleteParams, PostParams};
+
+    assert!(
+        std::env::var_os("KUBECONFIG").is_some(),
+        "KUBECONFIG is not set: this test needs a real API server. Start one with \
+         ../shared/kube-local/setup.sh && ../shared/kube-local/start.sh and \
+         export KUBECONFIG=$HOME/.kube-local/run/kubeconfig (as .ci/run does)"
+    );
+    let client = kube::Client::try_default().await.unwrap();
+    let ns = unique("mesh-serve-ss");
+    let mwc_name = unique("mesh-serve-ss-injector");
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let mwcs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    // A webhook nothing selects, so it never touches anything else in the cluster.
+    let mwc = serde_json::json!({
+        "metadata": {"name": mwc_name},
+        "webhooks": [{
+            "name": "inject.mesh-serve-ss.example",
+            "clientConfig": {"url": "https://127.0.0.1:9/inject"},
+            "admissionReviewVersions": ["v1"],
+            "sideEffects": "None",
+            "failurePolicy": "Ignore",
+            "namespaceSelector": {"matchLabels": {"mesh-serve-ss-never": "true"}},
+            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}]
+        }]
+    });
+    mwcs.create(
+        &PostParams::default(),
+        &serde_json::from_value(mwc).unwrap(),
+    )
+    .await
+    .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (
+        dir.path().join("certs/tls.crt"),
+        dir.path().join("certs/tls.key"),
+    );
+    let (ns2, mwc2, client2) = (ns.clone(), mwc_name.clone(), client.clone());
+    let body = tokio::spawn(async move {
+        let mut p = spawn(&[
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+            "--addr",
+            "127.0.0.1:0",
+            "--native-sidecars",
+            "false",
+            "--self-signed",
+            "--namespace",
+            &ns2,
+            "--secret-name",
+            "mesh-webhook-certs",
+            "--service-name",
+            "mesh-webhook",
+            "--webhook-config-name",
+            &mwc2,
+        ]);
+        let addr = listen_addr(&p.wait_line("listening", Duration::from_secs(60)));
+        let secret = Api::<Secret>::namespaced(client2.clone(), &ns2)
+            .get("mesh-webhook-certs")
+            .await
+            .unwrap();
+        let data = secret.data.unwrap();
+        let ca_pem = String::from_utf8(data["ca.crt"].0.clone()).unwrap();
+        let bundle = data["ca-bundle.crt"].0.clone();
+        assert_eq!(
+            std::fs::read(&cert).unwrap(),
+            data["tls.crt"].0,
+            "the served file is the Secret's"
+        );
+        let got = Api::<MutatingWebhookConfiguration>::all(client2)
+            .get(&mwc2)
+            .await
+            .unwrap();
+        let hook = &got.webhooks.unwrap()[0];
+        assert_eq!(
+            hook.client_config.ca_bundle.as_ref().unwrap().0,
+            bundle,
+            "caBundle patched"
+        );
+
+        use rustls_pki_types::pem::PemObject as _;
+        let ca = rustls_pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap();
+        let tls = client_config(&ca);
+        let name = format!("mesh-webhook.{ns2}.svc");
+        let a =
+            server_support::request_as(addr, tls.clone(), &name, "GET", "/readyz", None, vec![])
+                .await
+                .unwrap();
+        assert_eq!(a.status, 200, "{}", a.text());
+        let review = serde_json::to_vec(&pod_review("ss", "default", app_pod())).unwrap();
+        let a = server_support::request_as(
+            addr,
+            tls,
+            &name,
+            "POST",
+            "/inject",
+            Some("application/json"),
+            review,
+        )
+        .await
+        .unwrap();
+        assert!(a.text().contains("\"patch\""), "{}", a.text());
+        p.signal(nix::sys::signal::Signal::SIGTERM);
+        assert!(p.wait_exit(Duration::from_secs(20)).success());
+    })
+    .await;
+    let _ = mwcs.delete(&mwc_name, &DeleteParams::default()).await;
+    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
+    if let Err(e) = body {
+        std::panic::resume_unwind(e.into_panic());
+    }
 }

@@ -111,12 +111,26 @@ pub async fn request(
     content_type: Option<&str>,
     body: Vec<u8>,
 ) -> Result<Answer, String> {
+    request_as(addr, tls, "localhost", method, path, content_type, body).await
+}
+
+/// One request over a fresh TLS connection that verifies the server as `server_name`.
+#[allow(clippy::too_many_arguments)]
+pub async fn request_as(
+    addr: std::net::SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+    server_name: &str,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: Vec<u8>,
+) -> Result<Answer, String> {
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let connector = tokio_rustls::TlsConnector::from(tls);
     let stream = connector
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .connect(ServerName::try_from(server_name.to_string()).unwrap(), tcp)
         .await
         .map_err(|e| format!("TLS handshake: {e}"))?;
     let (mut send, conn) =
@@ -127,7 +141,7 @@ pub async fn request(
     let mut req = hyper::Request::builder()
         .method(method)
         .uri(path)
-        .header("host", "localhost");
+        .header("host", server_name);
     if let Some(ct) = content_type {
         req = req.header("content-type", ct);
     }
