@@ -504,3 +504,52 @@ async fn startup_errors_name_the_file() {
     let err = admission::start(args).await.unwrap_err().to_string();
     assert!(err.contains("bad.yaml"), "{err}");
 }
+
+#[tokio::test]
+async fn a_body_that_never_arrives_gets_408_and_the_server_keeps_serving() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new("test CA");
+    let (cert, key) = pki.write(dir.path());
+    let mut args = serve_args(&cert, &key);
+    args.body_timeout = Duration::from_millis(300);
+    let server = admission::start(args).await.unwrap();
+    let (addr, tls) = (server.addr, client_config(&pki.ca_der));
+
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut stream = tokio_rustls::TlsConnector::from(tls.clone())
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    stream
+        .write_all(
+            b"POST /inject HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+              Content-Length: 1000\r\n\r\n{\"apiVersion\":",
+        )
+        .await
+        .unwrap();
+    stream.flush().await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+        .await
+        .expect("no answer to a stalled body")
+        .unwrap();
+    let reply = String::from_utf8_lossy(&buf[..n]);
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+
+    let out = inject(addr, tls.clone(), "after-408", app_pod()).await;
+    assert_eq!(names(&out, "containers"), ["reviews", "istio-proxy"]);
+    let m = request(addr, tls, "GET", "/metrics", None, vec![])
+        .await
+        .unwrap();
+    assert!(
+        m.text()
+            .contains("sidecar_injection_requests_total{result=\"timeout\"} 1"),
+        "{}",
+        m.text()
+    );
+    server.shutdown().await;
+}

@@ -20,15 +20,18 @@ pub enum RequestResult {
     UnsupportedMediaType,
     /// 413: body over the limit.
     TooLarge,
+    /// 408: body not received in time.
+    Timeout,
 }
 
 impl RequestResult {
-    const ALL: [RequestResult; 5] = [
+    const ALL: [RequestResult; 6] = [
         RequestResult::Allowed,
         RequestResult::Denied,
         RequestResult::BadRequest,
         RequestResult::UnsupportedMediaType,
         RequestResult::TooLarge,
+        RequestResult::Timeout,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -38,6 +41,7 @@ impl RequestResult {
             RequestResult::BadRequest => "bad_request",
             RequestResult::UnsupportedMediaType => "unsupported_media_type",
             RequestResult::TooLarge => "too_large",
+            RequestResult::Timeout => "timeout",
         }
     }
 }

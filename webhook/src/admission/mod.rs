@@ -57,6 +57,9 @@ pub struct ServeArgs {
     /// Largest accepted AdmissionReview body, in bytes; larger ones get 413.
     #[arg(long, default_value_t = DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
+    /// How long a client may take to send a request body before it gets 408.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub body_timeout: Duration,
     /// How long in-flight requests may take to finish after SIGTERM (e.g. 15s, 500ms).
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -170,11 +173,10 @@ pub async fn start(args: ServeArgs) -> Result<Running, StartError> {
         hash = %config.hash(),
         "injection config loaded"
     );
-    let state = Arc::new(AppState::new(
-        config,
-        args.native_sidecars,
-        args.max_body_bytes,
-    ));
+    let state = Arc::new(
+        AppState::new(config, args.native_sidecars, args.max_body_bytes)
+            .with_body_timeout(args.body_timeout),
+    );
     let store = Arc::new(certs::CertStore::new(key));
     let tls = certs::server_config(store.clone())?;
     state.set_tls_loaded();

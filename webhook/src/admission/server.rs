@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -34,13 +34,11 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The routes: `POST /inject`, `GET /healthz`, `GET /readyz`, `GET /metrics`.
 pub fn router(state: Arc<AppState>) -> Router {
-    let limit = state.max_body_bytes;
     Router::new()
         .route("/inject", post(inject))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
 
@@ -87,11 +85,35 @@ fn plain(status: StatusCode, msg: String) -> Response {
         .into_response()
 }
 
-async fn inject(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> Response {
+/// Why the body could not be read.
+enum BodyError {
+    TooLarge,
+    Timeout,
+    Broken(String),
+}
+
+async fn read_body(
+    body: axum::body::Body,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, BodyError> {
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Err(_) => Err(BodyError::Timeout),
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(e)) => {
+            let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            while let Some(s) = src {
+                if s.is::<http_body_util::LengthLimitError>() {
+                    return Err(BodyError::TooLarge);
+                }
+                src = s.source();
+            }
+            Err(BodyError::Broken(e.to_string()))
+        }
+    }
+}
+
+async fn inject(State(state): State<Arc<AppState>>, req: axum::extract::Request) -> Response {
     let started = Instant::now();
     let span = tracing::info_span!(
         "admission",
@@ -99,41 +121,63 @@ async fn inject(
         namespace = tracing::field::Empty,
         name = tracing::field::Empty
     );
+    let resp = answer_review(&state, req).instrument(span).await;
+    state.metrics.observe_time(started.elapsed());
+    resp
+}
+
+async fn answer_review(state: &AppState, req: axum::extract::Request) -> Response {
     let m = &state.metrics;
-    let resp = span.in_scope(|| {
-        if !is_json(&headers) {
-            m.request(RequestResult::UnsupportedMediaType);
-            let got = headers
-                .get(header::CONTENT_TYPE)
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-                .unwrap_or_else(|| "none".to_string());
-            tracing::warn!(content_type = %got, "rejected: Content-Type must be application/json");
+    let (parts, body) = req.into_parts();
+    let headers = &parts.headers;
+    // Checked before reading a byte of the body.
+    if !is_json(headers) {
+        m.request(RequestResult::UnsupportedMediaType);
+        let got = headers
+            .get(header::CONTENT_TYPE)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_else(|| "none".to_string());
+        tracing::warn!(content_type = %got, "rejected: Content-Type must be application/json");
+        return plain(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Content-Type must be application/json, got {got}\n"),
+        );
+    }
+    let body = match read_body(body, state.max_body_bytes, state.body_timeout).await {
+        Ok(b) => b,
+        Err(BodyError::TooLarge) => {
+            m.request(RequestResult::TooLarge);
+            tracing::warn!(
+                limit = state.max_body_bytes,
+                "rejected: body over the limit"
+            );
             return plain(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                format!("Content-Type must be application/json, got {got}\n"),
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body larger than {} bytes\n", state.max_body_bytes),
             );
         }
-        let body = match body {
-            Ok(b) => b,
-            Err(rej) => {
-                let status = rej.status();
-                if status == StatusCode::PAYLOAD_TOO_LARGE {
-                    m.request(RequestResult::TooLarge);
-                    tracing::warn!(
-                        limit = state.max_body_bytes,
-                        "rejected: body over the limit"
-                    );
-                    return plain(
-                        status,
-                        format!("request body larger than {} bytes\n", state.max_body_bytes),
-                    );
-                }
-                m.request(RequestResult::BadRequest);
-                m.failure(FailureLabel::Review);
-                tracing::warn!(error = %rej, "rejected: cannot read the body");
-                return plain(status, format!("cannot read the request body: {rej}\n"));
-            }
-        };
+        Err(BodyError::Timeout) => {
+            m.request(RequestResult::Timeout);
+            tracing::warn!(timeout = ?state.body_timeout, "rejected: request body not received in time");
+            return plain(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "request body not received within {:?}\n",
+                    state.body_timeout
+                ),
+            );
+        }
+        Err(BodyError::Broken(e)) => {
+            m.request(RequestResult::BadRequest);
+            m.failure(FailureLabel::Review);
+            tracing::warn!(error = %e, "rejected: cannot read the body");
+            return plain(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the request body: {e}\n"),
+            );
+        }
+    };
+    {
         let cfg = state.config();
         let settings = Settings {
             native_sidecars: state.native_sidecars(&cfg),
@@ -184,9 +228,7 @@ async fn inject(
                 ([(header::CONTENT_TYPE, "application/json")], answer.body).into_response()
             }
         }
-    });
-    m.observe_time(started.elapsed());
-    resp
+    }
 }
 
 /// Accept TLS connections on `listener` and serve `router` on each until `shutdown`

@@ -38,6 +38,10 @@ pub enum ClusterSupport {
     NotNative,
 }
 
+/// Default time allowed to receive a request body; the API server's own webhook timeout is
+/// at most 30 s, and a review is a few kilobytes.
+pub const DEFAULT_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 const UNKNOWN: u8 = 0;
 const NATIVE: u8 = 1;
 const NOT_NATIVE: u8 = 2;
@@ -53,6 +57,8 @@ pub struct AppState {
     tls_loaded: AtomicBool,
     pub metrics: Metrics,
     pub max_body_bytes: usize,
+    /// How long a client may take to send its request body (slow senders get 408).
+    pub body_timeout: std::time::Duration,
 }
 
 impl AppState {
@@ -69,7 +75,14 @@ impl AppState {
             tls_loaded: AtomicBool::new(false),
             metrics: Metrics::default(),
             max_body_bytes,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
         }
+    }
+
+    /// Replace the body timeout (default [`DEFAULT_BODY_TIMEOUT`]).
+    pub fn with_body_timeout(mut self, t: std::time::Duration) -> Self {
+        self.body_timeout = t;
+        self
     }
 
     pub fn config(&self) -> Arc<InjectConfig> {
