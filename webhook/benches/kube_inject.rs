@@ -27,7 +27,8 @@ fn main() {
     let mut times: Vec<Duration> = Vec::with_capacity(RUNS);
     for _ in 0..RUNS {
         let t = Instant::now();
-        let out = kube_inject::rewrite(std::hint::black_box(&input), mode).expect("kube-inject failed");
+        let out =
+            kube_inject::rewrite(std::hint::black_box(&input), mode).expect("kube-inject failed");
         times.push(t.elapsed());
         std::hint::black_box(out);
     }

@@ -11,12 +11,18 @@ use crate::config::InjectConfig;
 use crate::kube_inject::{self, Mode};
 
 #[derive(Debug, Parser)]
-#[command(name = "mesh-webhook", version, about = "Sidecar injector: admission webhook and offline kube-inject")]
+#[command(
+    name = "mesh-webhook",
+    version,
+    about = "Sidecar injector: admission webhook and offline kube-inject"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
 
+// Parsed once per process: the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the HTTPS mutating admission webhook.
@@ -97,7 +103,8 @@ fn kube_inject_cmd(args: &KubeInjectArgs) -> anyhow::Result<()> {
 
 fn kube_uninject_cmd(args: &KubeUninjectArgs) -> anyhow::Result<()> {
     let input = read_input(&args.file)?;
-    let r = kube_inject::rewrite(&input, Mode::Uninject).with_context(|| source_name(&args.file))?;
+    let r =
+        kube_inject::rewrite(&input, Mode::Uninject).with_context(|| source_name(&args.file))?;
     for n in &r.notes {
         eprintln!("{n}");
     }
@@ -149,6 +156,7 @@ fn write_output(path: Option<&Path>, text: &str) -> anyhow::Result<()> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use clap::CommandFactory;

@@ -316,6 +316,7 @@ pub(crate) fn hex16(digest: &[u8]) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -346,15 +347,24 @@ mod tests {
     fn unknown_field_is_an_error_naming_it() {
         let e = InjectConfig::from_yaml_str("proxyImagee: x\n", "cfg.yaml").unwrap_err();
         let msg = e.to_string();
-        assert!(msg.contains("cfg.yaml") && msg.contains("proxyImagee"), "{msg}");
+        assert!(
+            msg.contains("cfg.yaml") && msg.contains("proxyImagee"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn bad_values_name_the_field() {
         for (text, field) in [
-            ("proxyResources: {requests: {cpu: lots}}", "proxyResources.requests.cpu"),
+            (
+                "proxyResources: {requests: {cpu: lots}}",
+                "proxyResources.requests.cpu",
+            ),
             ("excludeInboundPorts: \"*\"", "excludeInboundPorts"),
-            ("includeOutboundIPRanges: 10.0.0.0/33", "includeOutboundIPRanges"),
+            (
+                "includeOutboundIPRanges: 10.0.0.0/33",
+                "includeOutboundIPRanges",
+            ),
             ("imagePullPolicy: Sometimes", "imagePullPolicy"),
             ("proxyImage: \"\"", "proxyImage"),
         ] {

@@ -124,7 +124,14 @@ pub fn rewrite(input: &str, mode: Mode<'_>) -> Result<Rewrite, KubeInjectError> 
 fn guess_label(text: &str) -> Option<String> {
     let value = |l: &str, key: &str| {
         l.strip_prefix(key)
-            .map(|v| v.split(" #").next().unwrap_or("").trim().trim_matches(['"', '\'']).to_string())
+            .map(|v| {
+                v.split(" #")
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .trim_matches(['"', '\''])
+                    .to_string()
+            })
             .filter(|v| !v.is_empty())
     };
     let kind = text.lines().find_map(|l| value(l, "kind:"))?;
@@ -227,12 +234,13 @@ fn rewrite_document(
                 "document {index} ({label}): already injected with this config, unchanged"
             )),
             Outcome::Patched(ops) => {
-                let target = value.pointer_mut(&pointer).ok_or_else(|| {
-                    KubeInjectError::Document {
-                        pos: doc_pos(doc, index, Some(label.clone())),
-                        reason: format!("template vanished at {pointer}"),
-                    }
-                })?;
+                let target =
+                    value
+                        .pointer_mut(&pointer)
+                        .ok_or_else(|| KubeInjectError::Document {
+                            pos: doc_pos(doc, index, Some(label.clone())),
+                            reason: format!("template vanished at {pointer}"),
+                        })?;
                 json_patch::patch(target, &ops).map_err(|e| KubeInjectError::Document {
                     pos: doc_pos(doc, index, Some(label.clone())),
                     reason: format!("internal error applying the injection patch: {e}"),
@@ -262,6 +270,7 @@ pub fn generate_deployments(n: usize) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

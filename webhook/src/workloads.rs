@@ -45,7 +45,8 @@ fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
 /// `Kind/name` of an object, for messages.
 pub fn describe(obj: &Value) -> String {
     let kind = str_at(obj, &["kind"]).unwrap_or("(no kind)");
-    match str_at(obj, &["metadata", "name"]).or_else(|| str_at(obj, &["metadata", "generateName"])) {
+    match str_at(obj, &["metadata", "name"]).or_else(|| str_at(obj, &["metadata", "generateName"]))
+    {
         Some(name) => format!("{kind}/{name}"),
         None => kind.to_string(),
     }
@@ -103,6 +104,7 @@ fn one(obj: &Value, base: &str, prefix: &str) -> Result<Option<TemplateRef>, Wor
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use serde_json::json;
@@ -111,9 +113,18 @@ mod tests {
     fn kinds_and_paths() {
         let spec = json!({"containers": []});
         let cases = [
-            (json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "a"}, "spec": spec}), ""),
-            (json!({"apiVersion": "apps/v1", "kind": "Deployment", "spec": {"template": {"spec": spec}}}), "/spec/template"),
-            (json!({"apiVersion": "batch/v1beta1", "kind": "CronJob", "spec": {"jobTemplate": {"spec": {"template": {"spec": spec}}}}}), "/spec/jobTemplate/spec/template"),
+            (
+                json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "a"}, "spec": spec}),
+                "",
+            ),
+            (
+                json!({"apiVersion": "apps/v1", "kind": "Deployment", "spec": {"template": {"spec": spec}}}),
+                "/spec/template",
+            ),
+            (
+                json!({"apiVersion": "batch/v1beta1", "kind": "CronJob", "spec": {"jobTemplate": {"spec": {"template": {"spec": spec}}}}}),
+                "/spec/jobTemplate/spec/template",
+            ),
         ];
         for (doc, ptr) in cases {
             let t = find_templates(&doc).unwrap();

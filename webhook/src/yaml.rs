@@ -57,9 +57,8 @@ pub fn split_documents(input: &str) -> Vec<RawDoc<'_>> {
     let mut docs = Vec::new();
     let mut start = 0usize;
     let mut start_line = 1usize;
-    let mut line_no = 1usize;
     let mut offset = 0usize;
-    for line in input.split_inclusive('\n') {
+    for (line_no, line) in (1usize..).zip(input.split_inclusive('\n')) {
         if is_marker(line) && offset > start {
             docs.push(RawDoc {
                 text: &input[start..offset],
@@ -70,7 +69,6 @@ pub fn split_documents(input: &str) -> Vec<RawDoc<'_>> {
             start_line = line_no;
         }
         offset += line.len();
-        line_no += 1;
     }
     if offset > start || docs.is_empty() {
         docs.push(RawDoc {
@@ -129,6 +127,7 @@ pub fn to_yaml(value: &Value) -> Result<String, String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use serde_json::json;
@@ -144,7 +143,10 @@ mod tests {
         assert!(d[1].has_marker);
         assert_eq!(d[2].first_line, 7);
         assert_eq!(d.iter().map(|d| d.text).collect::<String>(), s);
-        assert_eq!(parse_document(&d[1]).unwrap().unwrap(), json!({"b": "---x\ntext\n"}));
+        assert_eq!(
+            parse_document(&d[1]).unwrap().unwrap(),
+            json!({"b": "---x\ntext\n"})
+        );
     }
 
     #[test]
@@ -169,7 +171,10 @@ mod tests {
     fn yaml11_scalars_read_like_kubernetes() {
         let d = split_documents("mode: 0644\nflag: yes\nport: 8080\nname: \"0755\"\n");
         let v = parse_document(&d[0]).unwrap().unwrap();
-        assert_eq!(v, json!({"mode": 420, "flag": true, "port": 8080, "name": "0755"}));
+        assert_eq!(
+            v,
+            json!({"mode": 420, "flag": true, "port": 8080, "name": "0755"})
+        );
     }
 
     /// Strings a YAML 1.1 reader (kubectl) would take for booleans, numbers or null must be
@@ -177,12 +182,64 @@ mod tests {
     #[test]
     fn ambiguous_strings_round_trip_as_strings() {
         let tricky = [
-            "on", "off", "yes", "no", "y", "n", "Y", "N", "true", "False", "YES", "null", "~",
-            "Null", "", "0755", "0644", "0x1F", "1e3", "1_000", "12:30", "3.14", ".5", ".inf",
-            "-.Inf", ".NaN", "123", "-1", "+1", "2001-12-14", "2001-12-14t21:59:43.10-05:00",
-            "*", "&a", "!tag", "@x", "`x", "- x", "? x", ": x", "a: b", "a #b", "#c", "[x]",
-            "{x}", "x,y", "'q'", "\"d\"", " lead", "trail ", "multi\nline", "tab\there", "%p",
-            "---", "...", "|", ">", "=", "<<",
+            "on",
+            "off",
+            "yes",
+            "no",
+            "y",
+            "n",
+            "Y",
+            "N",
+            "true",
+            "False",
+            "YES",
+            "null",
+            "~",
+            "Null",
+            "",
+            "0755",
+            "0644",
+            "0x1F",
+            "1e3",
+            "1_000",
+            "12:30",
+            "3.14",
+            ".5",
+            ".inf",
+            "-.Inf",
+            ".NaN",
+            "123",
+            "-1",
+            "+1",
+            "2001-12-14",
+            "2001-12-14t21:59:43.10-05:00",
+            "*",
+            "&a",
+            "!tag",
+            "@x",
+            "`x",
+            "- x",
+            "? x",
+            ": x",
+            "a: b",
+            "a #b",
+            "#c",
+            "[x]",
+            "{x}",
+            "x,y",
+            "'q'",
+            "\"d\"",
+            " lead",
+            "trail ",
+            "multi\nline",
+            "tab\there",
+            "%p",
+            "---",
+            "...",
+            "|",
+            ">",
+            "=",
+            "<<",
         ];
         for s in tricky {
             let v = json!({"k": s, "list": [s]});

@@ -15,6 +15,7 @@
 //! order included) the template `desired_template` describes, and putting those templates
 //! back into the documents must give the golden output. Running kube-inject on the golden
 //! output must change nothing (idempotence).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -143,7 +144,11 @@ fn golden_corpus() {
             panic!("unexpected file in testdata/inject: {name}");
         }
     }
-    assert!(names.len() >= 30, "the corpus shrank: {} cases", names.len());
+    assert!(
+        names.len() >= 30,
+        "the corpus shrank: {} cases",
+        names.len()
+    );
 
     let mut failures = Vec::new();
     for name in &names {

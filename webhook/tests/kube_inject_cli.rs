@@ -1,5 +1,6 @@
 //! `mesh-webhook kube-inject` / `kube-uninject` as a user runs them: the real binary, files,
 //! standard input and output, exit codes and messages.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -42,7 +43,10 @@ fn stdin_to_stdout() {
     let y = text(&out.stdout);
     assert!(y.contains("name: istio-proxy"), "{y}");
     assert!(y.contains("name: istio-init"), "{y}");
-    assert!(y.contains("kubectl.kubernetes.io/default-container: web"), "{y}");
+    assert!(
+        y.contains("kubectl.kubernetes.io/default-container: web"),
+        "{y}"
+    );
     assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
 }
 
@@ -53,12 +57,19 @@ fn twice_equals_once_and_uninject_restores() {
     let twice = run(&["kube-inject", "-f", "-"], Some(&once));
     assert!(twice.status.success());
     assert_eq!(text(&twice.stdout), once);
-    assert!(text(&twice.stderr).contains("already injected"), "{}", text(&twice.stderr));
+    assert!(
+        text(&twice.stderr).contains("already injected"),
+        "{}",
+        text(&twice.stderr)
+    );
     let back = run(&["kube-uninject", "-f", "-"], Some(&once));
     assert!(back.status.success(), "{}", text(&back.stderr));
     let back = text(&back.stdout);
     assert!(!back.contains("istio"), "{back}");
-    assert_eq!(back, "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\nspec:\n  containers:\n  - name: web\n    image: nginx\n");
+    assert_eq!(
+        back,
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\nspec:\n  containers:\n  - name: web\n    image: nginx\n"
+    );
 }
 
 #[test]
@@ -69,8 +80,14 @@ fn skip_reasons_on_stderr() {
     let out = run(&["kube-inject", "-f", "-"], Some(&input));
     assert!(out.status.success());
     let err = text(&out.stderr);
-    assert!(err.contains("document 2 (Pod/host): skipped: pod uses hostNetwork: true"), "{err}");
-    assert!(err.contains("document 3 (Pod/optout): skipped: pod label sidecar.istio.io/inject=false"), "{err}");
+    assert!(
+        err.contains("document 2 (Pod/host): skipped: pod uses hostNetwork: true"),
+        "{err}"
+    );
+    assert!(
+        err.contains("document 3 (Pod/optout): skipped: pod label sidecar.istio.io/inject=false"),
+        "{err}"
+    );
     // Skipped documents are copied verbatim.
     assert!(text(&out.stdout).contains("  containers: [{name: h, image: h}]\n"));
 }
@@ -97,7 +114,9 @@ fn output_file_is_written_and_untouched_on_error() {
     assert!(out.stdout.is_empty());
     let err = text(&out.stderr);
     assert!(
-        err.contains("document 2 (Pod/bad), line 15: annotation traffic.sidecar.istio.io/excludeInboundPorts"),
+        err.contains(
+            "document 2 (Pod/bad), line 15: annotation traffic.sidecar.istio.io/excludeInboundPorts"
+        ),
         "{err}"
     );
     assert_eq!(std::fs::read_to_string(&out_path).unwrap(), written);
@@ -105,7 +124,10 @@ fn output_file_is_written_and_untouched_on_error() {
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
 
     // Invalid YAML: the same guarantees.
-    let out = run(&["kube-inject", "-f", "-", "-o", out_s], Some("a: 1\n---\nkind: Pod\nmetadata: {name: [x\n"));
+    let out = run(
+        &["kube-inject", "-f", "-", "-o", out_s],
+        Some("a: 1\n---\nkind: Pod\nmetadata: {name: [x\n"),
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty());
     let err = text(&out.stderr);
@@ -121,22 +143,35 @@ fn invalid_yaml_writes_nothing_to_stdout() {
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
     let err = text(&out.stderr);
-    assert!(err.contains("err-invalid-yaml.yaml: document 2 (Pod/broken), line 11"), "{err}");
+    assert!(
+        err.contains("err-invalid-yaml.yaml: document 2 (Pod/broken), line 11"),
+        "{err}"
+    );
 }
 
 #[test]
 fn missing_input_and_bad_config_are_named() {
     let out = run(&["kube-inject", "-f", "/nonexistent/app.yaml"], None);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("/nonexistent/app.yaml"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("/nonexistent/app.yaml"),
+        "{}",
+        text(&out.stderr)
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("mesh.yaml");
     std::fs::write(&cfg, "proxyImage: x\nnativeSidecar: true\n").unwrap();
-    let out = run(&["kube-inject", "-f", "-", "--config", cfg.to_str().unwrap()], Some(POD));
+    let out = run(
+        &["kube-inject", "-f", "-", "--config", cfg.to_str().unwrap()],
+        Some(POD),
+    );
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
-    assert!(err.contains("mesh.yaml") && err.contains("nativeSidecar"), "{err}");
+    assert!(
+        err.contains("mesh.yaml") && err.contains("nativeSidecar"),
+        "{err}"
+    );
     assert!(out.stdout.is_empty());
 
     // Usage errors are clap's (exit 2).
@@ -148,8 +183,15 @@ fn missing_input_and_bad_config_are_named() {
 fn config_file_is_used() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("mesh.yaml");
-    std::fs::write(&cfg, "proxyImage: registry.example.com/proxy:7\nnativeSidecars: true\n").unwrap();
-    let out = run(&["kube-inject", "-f", "-", "--config", cfg.to_str().unwrap()], Some(POD));
+    std::fs::write(
+        &cfg,
+        "proxyImage: registry.example.com/proxy:7\nnativeSidecars: true\n",
+    )
+    .unwrap();
+    let out = run(
+        &["kube-inject", "-f", "-", "--config", cfg.to_str().unwrap()],
+        Some(POD),
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let y = text(&out.stdout);
     assert!(y.contains("image: registry.example.com/proxy:7"), "{y}");
@@ -165,7 +207,11 @@ fn bookstore_example_injects_every_deployment() {
     let y = text(&out.stdout);
     let deployments = y.matches("\nkind: Deployment\n").count();
     assert_eq!(deployments, 6);
-    assert_eq!(y.matches("  - name: istio-proxy\n").count(), deployments, "{y}");
+    assert_eq!(
+        y.matches("  - name: istio-proxy\n").count(),
+        deployments,
+        "{y}"
+    );
     assert_eq!(y.matches("\nkind: Service\n").count(), 4);
     for v in ["reviews-v1", "reviews-v2", "reviews-v3"] {
         assert!(y.contains(&format!("name: {v}\n")), "{v}");

@@ -93,7 +93,10 @@ fn init_container(cfg: &InjectConfig, ov: &Overrides) -> Container {
         image_pull_policy: cfg.image_pull_policy.clone(),
         command: Some(vec!["mesh-init".to_string()]),
         args: Some(init_args(cfg, ov)),
-        resources: Some(resources(&cfg.init_resources.requests, &cfg.init_resources.limits)),
+        resources: Some(resources(
+            &cfg.init_resources.requests,
+            &cfg.init_resources.limits,
+        )),
         // iptables needs NET_ADMIN and NET_RAW and nothing else; it runs as root, and says so
         // on the container, or a pod-level runAsNonRoot would stop it from starting.
         security_context: Some(SecurityContext {
@@ -274,6 +277,7 @@ fn merge_value(ours: &Value, user: &Value, key: &str) -> Value {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use serde_json::json;

@@ -163,7 +163,8 @@ fn resource_pair(
             }
         }
     };
-    let from_cfg = |v: Option<&str>| v.and_then(|s| parse_quantity(s).ok().map(|q| (s.to_string(), q)));
+    let from_cfg =
+        |v: Option<&str>| v.and_then(|s| parse_quantity(s).ok().map(|q| (s.to_string(), q)));
     let ann_req = parsed(request)?;
     let ann_lim = parsed(limit)?;
     let out = match (ann_req, ann_lim) {
@@ -287,12 +288,15 @@ pub fn parse_quantity(s: &str) -> Result<f64, String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     #[test]
     fn quantities() {
-        for ok in ["100m", "0.5", "1", "128Mi", "1Gi", "2G", "1e3", "1E-2", "+1", ".5", "10k"] {
+        for ok in [
+            "100m", "0.5", "1", "128Mi", "1Gi", "2G", "1e3", "1E-2", "+1", ".5", "10k",
+        ] {
             assert!(parse_quantity(ok).is_ok(), "{ok}");
         }
         for bad in ["", "lots", "-1", "1.2.3", "10mb", "1e", "Mi", "1 Mi", "1ki"] {
@@ -345,7 +349,10 @@ mod tests {
     fn exclude_inbound_ports_merge_with_config() {
         let cfg = InjectConfig::default();
         let mut a = BTreeMap::new();
-        a.insert(ann::EXCLUDE_INBOUND_PORTS.to_string(), "8081,15021".to_string());
+        a.insert(
+            ann::EXCLUDE_INBOUND_PORTS.to_string(),
+            "8081,15021".to_string(),
+        );
         let o = Overrides::read(&a, &cfg).unwrap();
         assert_eq!(o.exclude_inbound_ports, "15090,15021,8081");
     }

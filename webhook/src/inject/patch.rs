@@ -13,7 +13,12 @@ use json_patch::{AddOperation, PatchOperation, RemoveOperation, ReplaceOperation
 use serde_json::{Map, Value};
 
 /// Spec fields the injector may change.
-const SPEC_LISTS: [&str; 4] = ["initContainers", "containers", "volumes", "imagePullSecrets"];
+const SPEC_LISTS: [&str; 4] = [
+    "initContainers",
+    "containers",
+    "volumes",
+    "imagePullSecrets",
+];
 
 pub fn diff(old: &Value, new: &Value) -> Vec<PatchOperation> {
     let mut ops = Vec::new();
@@ -57,7 +62,7 @@ fn removes_inner_key(old: &Value, new: &Value) -> bool {
     let (Some(o), Some(n)) = (old.as_object(), new.as_object()) else {
         return false;
     };
-    let last = o.keys().last();
+    let last = o.keys().next_back();
     o.keys().any(|k| !n.contains_key(k) && Some(k) != last)
 }
 
@@ -66,8 +71,7 @@ fn identical(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Object(x), Value::Object(y)) => {
             x.len() == y.len()
-                && x
-                    .iter()
+                && x.iter()
                     .zip(y.iter())
                     .all(|((ka, va), (kb, vb))| ka == kb && identical(va, vb))
         }
@@ -78,7 +82,12 @@ fn identical(a: &Value, b: &Value) -> bool {
     }
 }
 
-fn diff_list(path: &[&str], old: Option<&Value>, new: Option<&Value>, ops: &mut Vec<PatchOperation>) {
+fn diff_list(
+    path: &[&str],
+    old: Option<&Value>,
+    new: Option<&Value>,
+    ops: &mut Vec<PatchOperation>,
+) {
     match (old, new) {
         (None, None) => {}
         (None, Some(n)) => ops.push(add(path, n.clone())),
@@ -89,7 +98,11 @@ fn diff_list(path: &[&str], old: Option<&Value>, new: Option<&Value>, ops: &mut 
             }
             match (o.as_array(), n.as_array()) {
                 (Some(oa), Some(na))
-                    if na.len() > oa.len() && identical(&Value::Array(oa.clone()), &Value::Array(na[..oa.len()].to_vec())) =>
+                    if na.len() > oa.len()
+                        && identical(
+                            &Value::Array(oa.clone()),
+                            &Value::Array(na[..oa.len()].to_vec()),
+                        ) =>
                 {
                     let mut end = path.to_vec();
                     end.push("-");
@@ -130,7 +143,10 @@ fn diff_annotations(o: &Map<String, Value>, n: &Map<String, Value>, ops: &mut Ve
     // Per-key ops keep the order only if `n` is `o`'s keys, in order, then new keys.
     let keeps_order = o.len() <= n.len() && o.keys().zip(n.keys()).all(|(a, b)| a == b);
     if !keeps_order {
-        return ops.push(replace(&["metadata", "annotations"], Value::Object(n.clone())));
+        return ops.push(replace(
+            &["metadata", "annotations"],
+            Value::Object(n.clone()),
+        ));
     }
     for (k, v) in n {
         match o.get(k) {
@@ -142,6 +158,7 @@ fn diff_annotations(o: &Map<String, Value>, n: &Map<String, Value>, ops: &mut Ve
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use serde_json::json;
@@ -150,7 +167,10 @@ mod tests {
         let ops = diff(&old, &new);
         let mut applied = old.clone();
         json_patch::patch(&mut applied, &ops).unwrap();
-        assert!(identical(&applied, &new), "{applied}\n!=\n{new}\nops: {ops:?}");
+        assert!(
+            identical(&applied, &new),
+            "{applied}\n!=\n{new}\nops: {ops:?}"
+        );
         ops
     }
 
@@ -161,7 +181,10 @@ mod tests {
             json!({"metadata": {"annotations": {"a": "1", "sidecar.istio.io/status": "{}"}}, "spec": {}}),
         );
         let text = serde_json::to_string(&ops).unwrap();
-        assert!(text.contains("/metadata/annotations/sidecar.istio.io~1status"), "{text}");
+        assert!(
+            text.contains("/metadata/annotations/sidecar.istio.io~1status"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -172,9 +195,18 @@ mod tests {
                    "spec": {"containers": [{"name": "a"}, {"name": "p"}], "initContainers": [{"name": "i"}]}}),
         );
         let text = serde_json::to_string(&ops).unwrap();
-        assert!(text.contains(r#""op":"add","path":"/spec/containers/-""#), "{text}");
-        assert!(text.contains(r#""op":"add","path":"/spec/initContainers""#), "{text}");
-        assert!(text.contains(r#""op":"add","path":"/metadata/annotations""#), "{text}");
+        assert!(
+            text.contains(r#""op":"add","path":"/spec/containers/-""#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#""op":"add","path":"/spec/initContainers""#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#""op":"add","path":"/metadata/annotations""#),
+            "{text}"
+        );
         let ops = check(
             json!({"spec": {"initContainers": [{"name": "u"}], "containers": []}}),
             json!({"spec": {"initContainers": [{"name": "i"}, {"name": "u"}], "containers": []}}),

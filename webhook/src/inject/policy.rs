@@ -33,7 +33,9 @@ impl PodView {
         }
         let meta = match template.get("metadata") {
             None | Some(Value::Null) => ObjectMeta::default(),
-            Some(m) => ObjectMeta::deserialize(m).map_err(|e| invalid("metadata", e.to_string()))?,
+            Some(m) => {
+                ObjectMeta::deserialize(m).map_err(|e| invalid("metadata", e.to_string()))?
+            }
         };
         let spec_value = template
             .get("spec")
@@ -126,6 +128,7 @@ fn parse_switch(v: &str) -> Option<bool> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use serde_json::json;
@@ -196,7 +199,11 @@ mod tests {
 
     #[test]
     fn bad_switch_value_names_the_annotation() {
-        let p = pod(json!({}), json!({"sidecar.istio.io/inject": "maybe"}), false);
+        let p = pod(
+            json!({}),
+            json!({"sidecar.istio.io/inject": "maybe"}),
+            false,
+        );
         let req = InjectRequest {
             template: &p,
             namespace: None,

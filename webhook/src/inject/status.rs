@@ -8,10 +8,10 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
+use super::InjectError;
 use super::containers::{Built, merge_override};
 use super::overrides::HONOURED;
 use super::policy::PodView;
-use super::InjectError;
 use crate::config::{InjectConfig, hex16};
 
 /// A user's own container that was merged into ours, and where it was.
@@ -318,7 +318,10 @@ pub fn apply_injection(
     spec.insert("containers".into(), Value::Array(apps));
     // Lists a previous injection's removal emptied (say, Istio's volumes) go away.
     for key in ["volumes", "imagePullSecrets"] {
-        let emptied = spec.get(key).and_then(Value::as_array).is_some_and(Vec::is_empty)
+        let emptied = spec
+            .get(key)
+            .and_then(Value::as_array)
+            .is_some_and(Vec::is_empty)
             && original
                 .pointer(&format!("/spec/{key}"))
                 .and_then(Value::as_array)
@@ -337,7 +340,11 @@ pub fn apply_injection(
     if !a.contains_key(ann::DEFAULT_CONTAINER) {
         set(a, ann::DEFAULT_CONTAINER, first_app);
     }
-    let prom = [ann::PROMETHEUS_SCRAPE, ann::PROMETHEUS_PORT, ann::PROMETHEUS_PATH];
+    let prom = [
+        ann::PROMETHEUS_SCRAPE,
+        ann::PROMETHEUS_PORT,
+        ann::PROMETHEUS_PATH,
+    ];
     if cfg.prometheus_annotations && !prom.iter().any(|k| a.contains_key(*k)) {
         set(a, ann::PROMETHEUS_SCRAPE, "true".into());
         set(a, ann::PROMETHEUS_PORT, cfg.metrics_port.to_string());
