@@ -445,3 +445,42 @@ async fn auto_mode_follows_what_the_cluster_supports() {
     s.set_cluster_support(ClusterSupport::NotNative);
     assert_eq!(inject(s.clone()).await, ["istio-init"]);
 }
+#[test]
+fn the_test_patch_applier_follows_rfc6902() {
+    let doc = serde_json::json!({"foo": ["bar", "baz"], "a/b": 1, "m~n": 2});
+    let p = serde_json::json!([
+        {"op": "add", "path": "/foo/1", "value": "qux"},
+        {"op": "add", "path": "/foo/-", "value": "end"},
+        {"op": "replace", "path": "/a~1b", "value": 3},
+        {"op": "remove", "path": "/m~0n"},
+        {"op": "copy", "from": "/foo/0", "path": "/c"},
+        {"op": "move", "from": "/c", "path": "/d"},
+        {"op": "test", "path": "/d", "value": "bar"}
+    ]);
+    assert_eq!(
+        server_support::apply_patch(&doc, &p).unwrap(),
+        serde_json::json!({"foo": ["bar", "qux", "baz", "end"], "a/b": 3, "d": "bar"})
+    );
+    // Adding under a missing parent is an error, as RFC 6902 says.
+    assert!(
+        server_support::apply_patch(
+            &doc,
+            &serde_json::json!([{"op": "add", "path": "/x/y", "value": 1}])
+        )
+        .is_err()
+    );
+    assert!(
+        server_support::apply_patch(
+            &doc,
+            &serde_json::json!([{"op": "remove", "path": "/foo/5"}])
+        )
+        .is_err()
+    );
+    assert!(
+        server_support::apply_patch(
+            &doc,
+            &serde_json::json!([{"op": "test", "path": "/a~1b", "value": 2}])
+        )
+        .is_err()
+    );
+}

@@ -29,6 +29,8 @@ use super::state::AppState;
 
 /// A TLS handshake that has not finished by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bodies larger than this are reviewed on the blocking pool.
+const LARGE_BODY: usize = 256 * 1024;
 /// A client that has not sent its request headers by then is dropped.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -182,7 +184,23 @@ async fn answer_review(state: &AppState, req: axum::extract::Request) -> Respons
         let settings = Settings {
             native_sidecars: state.native_sidecars(&cfg),
         };
-        match handler::review(&body, &cfg, settings) {
+        let reviewed = if body.len() > LARGE_BODY {
+            // Parsing megabytes takes milliseconds: keep it off the async workers so small
+            // reviews and health checks are not stuck behind it.
+            let cfg = cfg.clone();
+            match tokio::task::spawn_blocking(move || handler::review(&body, &cfg, settings)).await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    m.failure(FailureLabel::Review);
+                    tracing::error!(error = %e, "review task failed");
+                    return plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n".into());
+                }
+            }
+        } else {
+            handler::review(&body, &cfg, settings)
+        };
+        match reviewed {
             Err(e) => {
                 m.request(RequestResult::BadRequest);
                 m.failure(FailureLabel::Review);
