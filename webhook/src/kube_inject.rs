@@ -217,7 +217,14 @@ fn rewrite_document(
             ),
             Mode::Uninject => inject::uninject(template),
         };
-        let outcome = outcome.map_err(|error| {
+        let outcome = outcome.map_err(|mut error| {
+            // Name fields from the document's root (`spec.template.spec...`), not the template's.
+            if let InjectError::InvalidPod { field, .. } = &mut error
+                && !pointer.is_empty()
+            {
+                let prefix = pointer.trim_start_matches('/').replace('/', ".");
+                *field = format!("{prefix}.{field}");
+            }
             let mut pos = doc_pos(doc, index, Some(label.clone()));
             if let InjectError::InvalidAnnotation { annotation, .. } = &error
                 && let Some(line) = annotation_line(doc, annotation)

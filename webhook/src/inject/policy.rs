@@ -31,6 +31,21 @@ impl PodView {
         if !template.is_object() {
             return Err(invalid("template", "must be a mapping".into()));
         }
+        // A common slip (`prometheus.io/port: 8080` unquoted) deserves a precise message.
+        for map in ["labels", "annotations"] {
+            let entries = template
+                .get("metadata")
+                .and_then(|m| m.get(map))
+                .and_then(Value::as_object);
+            for (k, v) in entries.into_iter().flatten() {
+                if !v.is_string() {
+                    return Err(invalid(
+                        &format!("metadata.{map}[{k}]"),
+                        format!("value {v} must be a string (quote it)"),
+                    ));
+                }
+            }
+        }
         let meta = match template.get("metadata") {
             None | Some(Value::Null) => ObjectMeta::default(),
             Some(m) => {
@@ -40,7 +55,7 @@ impl PodView {
         let spec_value = template
             .get("spec")
             .ok_or_else(|| invalid("spec", "missing".into()))?;
-        let spec = PodSpec::deserialize(spec_value).map_err(|e| invalid("spec", e.to_string()))?;
+        let spec = typed::<PodSpec>(spec_value, "spec")?;
         if !spec_value.get("containers").is_some_and(Value::is_array) {
             return Err(invalid("spec.containers", "missing".into()));
         }
@@ -66,6 +81,21 @@ impl PodView {
             status,
         })
     }
+}
+
+/// Read a value with a Kubernetes type; the error names the field (`spec.containers[0].args`).
+fn typed<'a, T: Deserialize<'a>>(v: &'a Value, root: &str) -> Result<T, InjectError> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        InjectError::InvalidPod {
+            field: if path == "." {
+                root.to_string()
+            } else {
+                format!("{root}.{path}")
+            },
+            reason: e.into_inner().to_string(),
+        }
+    })
 }
 
 /// `Some(reason)` when the pod must be left alone.
@@ -220,10 +250,14 @@ mod tests {
             (json!([]), "template"),
             (json!({"metadata": {}}), "spec"),
             (json!({"spec": {}}), "spec.containers"),
-            (json!({"spec": {"containers": "x"}}), "spec"),
+            (json!({"spec": {"containers": "x"}}), "spec.containers"),
+            (
+                json!({"spec": {"containers": [{"name": "a", "args": [{"k": 1}]}]}}),
+                "spec.containers[0].args[0]",
+            ),
             (
                 json!({"metadata": {"annotations": {"a": 1}}, "spec": {"containers": []}}),
-                "metadata",
+                "metadata.annotations[a]",
             ),
         ] {
             let e = PodView::read(&t).unwrap_err();
