@@ -197,6 +197,7 @@ fn rewrite_document(
         pointer,
         label,
         namespace,
+        kind,
     } in templates
     {
         let Some(template) = value.pointer(&pointer) else {
@@ -253,6 +254,20 @@ fn rewrite_document(
                     reason: format!("internal error applying the injection patch: {e}"),
                 })?;
                 changed += 1;
+                if let Mode::Inject {
+                    native_sidecars: false,
+                    cfg,
+                } = mode
+                    && (kind == "Job" || kind == "CronJob")
+                {
+                    notes.push(format!(
+                        "document {index} ({label}): note: with a regular sidecar the Job's pod \
+                         completes only once something calls POST :{}{} on the proxy; \
+                         `nativeSidecars: true` (Kubernetes >= 1.29) needs nothing",
+                        cfg.admin_port,
+                        mesh_common::PROXY_QUIT_PATH
+                    ));
+                }
             }
         }
     }

@@ -11,6 +11,8 @@ pub struct TemplateRef {
     pub label: String,
     /// The template's namespace, or its workload's.
     pub namespace: Option<String>,
+    /// The workload's kind (`Pod`, `Deployment`, ... `CronJob`).
+    pub kind: String,
 }
 
 /// Why a document that should hold a pod template does not.
@@ -100,6 +102,7 @@ fn one(obj: &Value, base: &str, prefix: &str) -> Result<Option<TemplateRef>, Wor
         pointer,
         label,
         namespace,
+        kind: kind.to_string(),
     }))
 }
 

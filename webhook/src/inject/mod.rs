@@ -15,17 +15,28 @@
 //! `sidecar.istio.io~1status`). Applying the patch to the input yields exactly the desired
 //! template (a property the golden tests check for every case).
 //!
-//! The status annotation `sidecar.istio.io/status` is JSON:
-//! `{"initContainers":[..],"containers":[..],"volumes":[..],"annotations":[..],
-//!   "configHash":"..","overrides":{"istio-proxy":{..}}}`.
-//! `initContainers`/`containers`/`volumes` name what was added (Istio's keys, so a pod
-//! injected by Istio can be re-injected or uninjected by us); `annotations` names the
-//! annotations we added (default-container, prometheus.io/*) so uninject removes exactly
-//! those; `configHash` hashes the injection config together with everything else that
-//! shapes the result (native or regular sidecar, the honoured annotations' values), so any
-//! change that would inject differently triggers re-injection; `overrides` (only present
-//! when the user had one) keeps the user's own `istio-proxy`/`istio-init` container as they
-//! wrote it, so re-injection and uninject restore it instead of losing it.
+//! The status annotation `sidecar.istio.io/status` is JSON, for example
+//! `{"initContainers":["istio-init"],"containers":["istio-proxy"],"volumes":[],
+//!   "annotations":["kubectl.kubernetes.io/default-container","prometheus.io/scrape",..],
+//!   "configHash":"f450c6f223f211dd"}` (plus `"overrides":[..]` when the user had one).
+//! - `initContainers`, `containers`, `volumes` (and `imagePullSecrets` when present) name
+//!   what was added, with Istio's keys, so a pod injected by Istio can be re-injected or
+//!   uninjected by us (its volumes are removed too). We add no volumes ourselves.
+//! - `annotations` names the annotations we added (default-container and `prometheus.io/*`,
+//!   never one the user had set), so uninject removes exactly those.
+//! - `configHash` hashes the injection config together with everything else that shapes the
+//!   result: native or regular sidecar, and the honoured annotations' values. Equal hash:
+//!   [`Outcome::Unchanged`]. Any other hash (or none, as with Istio's status): the recorded
+//!   injection is removed and redone. So editing `sidecar.istio.io/proxyCPU` on an injected
+//!   template and re-running kube-inject applies it.
+//! - `overrides` keeps each user container named `istio-proxy`/`istio-init` as the user
+//!   wrote it, with its list (`containers`/`initContainers`) and index, so re-injection
+//!   re-merges it and uninject puts it back exactly where it was.
+//!
+//! Deviations from the requested API shape: none in signatures. Additions:
+//! [`desired_template`] (the template the patch produces, for tests and tools),
+//! [`SkipReason::NotInjected`] (uninject of a pod without status), and the `policy`,
+//! `overrides`, `containers`, `status`, `patch` submodules are public for reuse.
 
 pub mod containers;
 pub mod overrides;
