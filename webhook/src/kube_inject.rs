@@ -218,14 +218,9 @@ fn rewrite_document(
             ),
             Mode::Uninject => inject::uninject(template),
         };
-        let outcome = outcome.map_err(|mut error| {
-            // Name fields from the document's root (`spec.template.spec...`), not the template's.
-            if let InjectError::InvalidPod { field, .. } = &mut error
-                && !pointer.is_empty()
-            {
-                let prefix = pointer.trim_start_matches('/').replace('/', ".");
-                *field = format!("{prefix}.{field}");
-            }
+        // The core's message is kept verbatim (fields relative to the pod template), so it
+        // reads the same as the webhook's denial.
+        let outcome = outcome.map_err(|error| {
             let mut pos = doc_pos(doc, index, Some(label.clone()));
             if let InjectError::InvalidAnnotation { annotation, .. } = &error
                 && let Some(line) = annotation_line(doc, annotation)
