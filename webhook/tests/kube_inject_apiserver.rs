@@ -1,0 +1,268 @@
+//! kube-inject's output is accepted by a real API server, read back by Kubernetes' own YAML
+//! parser (YAML 1.1: where unquoted `on`, `yes`, `0755` would change type), and validated
+//! by it: container ports, probes, quantities (request <= limit), security contexts, names.
+//!
+//! Needs a real API server through `KUBECONFIG` (kube-local v1.20.2 in CI, as .ci/run sets
+//! it up) and fails loudly without one. It creates one namespace, removed on drop, and
+//! otherwise only runs `kubectl apply --dry-run=server`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use mesh_webhook::config::InjectConfig;
+use mesh_webhook::kube_inject::{self, Mode};
+use mesh_webhook::yaml;
+use serde_json::Value;
+
+fn require_kubeconfig() {
+    assert!(
+        std::env::var_os("KUBECONFIG").is_some(),
+        "KUBECONFIG is not set: this test needs a real API server. Start one with \
+         ../shared/kube-local/setup.sh && ../shared/kube-local/start.sh and \
+         export KUBECONFIG=$HOME/.kube-local/run/kubeconfig (as .ci/run does)"
+    );
+}
+
+/// kubectl from `KUBECTL`, else kube-local's, else the one on PATH.
+fn kubectl() -> PathBuf {
+    if let Some(k) = std::env::var_os("KUBECTL") {
+        return PathBuf::from(k);
+    }
+    let local = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default()
+        .join(".kube-local/bin/kubectl");
+    if local.is_file() {
+        local
+    } else {
+        PathBuf::from("kubectl")
+    }
+}
+
+/// Run kubectl; `Err(output)` when it fails.
+fn kubectl_try(args: &[&str], stdin: Option<&str>) -> Result<String, String> {
+    let mut child = Command::new(kubectl())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start kubectl");
+    {
+        let mut pipe = child.stdin.take().unwrap();
+        if let Some(s) = stdin {
+            pipe.write_all(s.as_bytes()).unwrap();
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() {
+        Ok(stdout)
+    } else {
+        Err(format!(
+            "kubectl {args:?} failed: {}{stdout}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// A namespace of our own, deleted on drop (also when the test fails).
+struct TestNamespace(String);
+
+impl TestNamespace {
+    fn new() -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let name = format!("kube-inject-{}-{nanos}", std::process::id());
+        kubectl_try(&["create", "namespace", &name], None).unwrap();
+        TestNamespace(name)
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let _ = kubectl_try(&["delete", "namespace", &self.0, "--wait=false"], None);
+    }
+}
+
+fn testdata(rel: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)).unwrap()
+}
+
+/// Every object of a stream (List items flattened), moved into `ns`; Namespaces dropped.
+fn objects_in(stream: &str, ns: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    for doc in yaml::split_documents(stream) {
+        let Some(v) = yaml::parse_document(&doc).unwrap() else {
+            continue;
+        };
+        let items = match v.get("items").and_then(Value::as_array) {
+            Some(items) => items.clone(),
+            None => vec![v],
+        };
+        for mut o in items {
+            if o["kind"] == "Namespace" {
+                continue;
+            }
+            o["metadata"]["namespace"] = Value::String(ns.to_string());
+            out.push(o);
+        }
+    }
+    out
+}
+
+/// Inject, then have the API server validate (dry run) everything; returns what it answered.
+fn server_dry_run(input: &str, ns: &str) -> Vec<Value> {
+    let cfg = InjectConfig::default();
+    let injected = kube_inject::rewrite(
+        input,
+        Mode::Inject {
+            cfg: &cfg,
+            native_sidecars: false,
+        },
+    )
+    .unwrap()
+    .output;
+    // Send YAML, not JSON: the point is that Kubernetes' YAML reader gets what we meant.
+    let objs = objects_in(&injected, ns);
+    let stream: Vec<String> = objs.iter().map(|o| yaml::to_yaml(o).unwrap()).collect();
+    let answer = kubectl_try(
+        &["apply", "--dry-run=server", "-o", "json", "-f", "-"],
+        Some(&stream.join("---\n")),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n--- sent:\n{}", stream.join("---\n")));
+    let v: Value = serde_json::from_str(&answer).unwrap();
+    match v.get("items").and_then(Value::as_array) {
+        Some(items) => items.clone(),
+        None => vec![v],
+    }
+}
+
+fn pod_spec(o: &Value) -> &Value {
+    if o["kind"] == "Pod" {
+        &o["spec"]
+    } else {
+        &o["spec"]["template"]["spec"]
+    }
+}
+
+#[test]
+fn injected_manifests_pass_api_server_validation() {
+    require_kubeconfig();
+    let ns = TestNamespace::new();
+
+    // The example app, and golden inputs covering the annotations and layouts a v1.20
+    // server can validate (native sidecars need >= 1.29; unknown-field cases are
+    // deliberately invalid for a server).
+    let mut inputs = vec![testdata("../examples/bookstore.yaml")];
+    for case in [
+        "pod-basic",
+        "pod-existing-annotations",
+        "pod-user-init-containers",
+        "annotations-traffic",
+        "annotations-inbound-none",
+        "annotations-proxy",
+        "annotations-proxy-limit-only",
+        "config-custom",
+        "override-istio-proxy-first",
+        "label-wins-over-annotation",
+        "istio-injected",
+        "list",
+        "pod-no-metadata",
+        "yaml-quoting",
+    ] {
+        inputs.push(testdata(&format!("testdata/inject/{case}.yaml")));
+    }
+    let mut injected_pods = 0;
+    for input in &inputs {
+        for o in server_dry_run(input, &ns.0) {
+            if !matches!(
+                o["kind"].as_str(),
+                Some("Pod" | "Deployment" | "ReplicaSet")
+            ) {
+                continue;
+            }
+            let spec = pod_spec(&o);
+            let names: Vec<&str> = spec["containers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .chain(spec["initContainers"].as_array().into_iter().flatten())
+                .filter_map(|c| c["name"].as_str())
+                .collect();
+            if names.contains(&"istio-proxy") {
+                assert!(names.contains(&"istio-init"), "{names:?}");
+                injected_pods += 1;
+            }
+        }
+    }
+    assert!(
+        injected_pods >= 15,
+        "only {injected_pods} injected pods checked"
+    );
+}
+
+/// The strings a YAML 1.1 reader would retype come back from the API server unchanged,
+/// and `defaultMode: 0644` means what it meant (420).
+#[test]
+fn api_server_reads_our_yaml_as_we_meant_it() {
+    require_kubeconfig();
+    let ns = TestNamespace::new();
+    let out = server_dry_run(&testdata("testdata/inject/yaml-quoting.yaml"), &ns.0);
+    let deploy = out.iter().find(|o| o["kind"] == "Deployment").unwrap();
+    let spec = pod_spec(deploy);
+    let env: Vec<(&str, &str)> = spec["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap(),
+                e["value"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        env,
+        [
+            ("A", "on"),
+            ("B", "0755"),
+            ("C", "1e3"),
+            ("D", "~"),
+            ("E", "null"),
+            ("F", ""),
+            ("G", "12:30"),
+            ("H", "y"),
+            ("I", "multi\nline\n")
+        ]
+    );
+    assert_eq!(spec["volumes"][0]["configMap"]["defaultMode"], 420);
+    let labels = &deploy["spec"]["template"]["metadata"]["labels"];
+    assert_eq!(labels["on"], "yes");
+    let args = spec["initContainers"][0]["args"].as_array().unwrap();
+    assert_eq!(
+        args.iter().map(|a| a.as_str().unwrap()).collect::<Vec<_>>(),
+        [
+            "-p",
+            "15001",
+            "-z",
+            "15006",
+            "-u",
+            "1337",
+            "-m",
+            "REDIRECT",
+            "-i",
+            "*",
+            "-x",
+            "",
+            "-b",
+            "*",
+            "-d",
+            "15090,15021"
+        ]
+    );
+}
