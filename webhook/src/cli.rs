@@ -2,6 +2,7 @@
 //! the `serve` arguments live in `admission::ServeArgs`.
 
 use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -147,7 +148,14 @@ fn write_output(path: Option<&Path>, text: &str) -> anyhow::Result<()> {
     };
     let mut tmp = tempfile::NamedTempFile::new_in(dir)
         .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
+    // A temporary file is private (0600); give the result the mode the file had, or the
+    // usual 0644 for a new one.
+    let mode = match std::fs::metadata(path) {
+        Ok(m) => m.permissions(),
+        Err(_) => std::fs::Permissions::from_mode(0o644),
+    };
     tmp.write_all(text.as_bytes())
+        .and_then(|()| tmp.as_file().set_permissions(mode))
         .and_then(|()| tmp.as_file().sync_all())
         .with_context(|| format!("cannot write {}", path.display()))?;
     tmp.persist(path)

@@ -284,12 +284,6 @@ pub fn apply_injection(
             )
         })?
         .to_string();
-    for c in apps.iter().chain(&init) {
-        let n = name_of(c).unwrap_or_default();
-        if n == containers::INIT || n == containers::PROXY {
-            return Err(pod_err("spec", &format!("duplicate container {n}")));
-        }
-    }
 
     let init_c = match &user_init {
         Some(u) => merge_override(&built.init, u),
