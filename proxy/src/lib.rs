@@ -1,2 +1,234 @@
-//! mesh-proxy library (filled in by its issue).
+//! mesh-proxy: the transparent L4 sidecar.
+//!
+//! Connections redirected by the pod's nat rules land on the outbound (15001) or
+//! inbound (15006) listener; the proxy reads where each was really going
+//! ([`orig_dst`]), refuses loops, connects there ([`forward`]) and copies bytes both
+//! ways ([`splice`] or a small buffer), while [`metrics`] and [`admin`] tell operators
+//! what passed. [`Proxy`] ties the pieces together; `main.rs` only parses flags,
+//! starts logging and a single-threaded runtime, and waits for signals.
 #![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod cli;
+pub mod forward;
+pub mod listener;
+pub mod metrics;
+pub mod orig_dst;
+pub mod splice;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::admin::{AdminState, Endpoint};
+use crate::cli::Config;
+use crate::forward::Shared;
+use crate::listener::ConnTracker;
+use crate::metrics::{Direction, Metrics};
+use crate::orig_dst::OriginalDst;
+
+/// Starting the proxy failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        addr: SocketAddr,
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The addresses the proxy really listens on (ports resolved when 0 was asked for).
+#[derive(Debug, Clone)]
+pub struct BoundAddrs {
+    pub outbound: Vec<SocketAddr>,
+    pub inbound: Vec<SocketAddr>,
+    pub admin: SocketAddr,
+    pub metrics: SocketAddr,
+}
+
+/// Starts the drain from anywhere (a signal handler, a test).
+#[derive(Debug, Clone)]
+pub struct DrainTrigger(watch::Sender<bool>);
+
+impl DrainTrigger {
+    pub fn drain(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+/// How the drain ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Connections still open when `--drain-timeout` ran out (closed by exiting).
+    pub cut: usize,
+}
+
+/// A proxy with every listener bound, not yet serving.
+#[derive(Debug)]
+pub struct Proxy {
+    shared: Arc<Shared>,
+    admin: Arc<AdminState>,
+    capture: Vec<(TcpListener, Direction)>,
+    admin_listener: TcpListener,
+    metrics_listener: TcpListener,
+    addrs: BoundAddrs,
+    tracker: Arc<ConnTracker>,
+}
+
+fn bind_one(addr: SocketAddr, what: &'static str) -> Result<TcpListener, ProxyError> {
+    listener::bind(addr).map_err(|source| ProxyError::Bind { addr, what, source })
+}
+
+fn ipv6_unavailable(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(nix::libc::EAFNOSUPPORT | nix::libc::EADDRNOTAVAIL | nix::libc::EPROTONOSUPPORT)
+    )
+}
+
+impl Proxy {
+    /// Binds every listener; nothing is accepted until [`Proxy::run`].
+    pub async fn bind(config: Config, orig_dst: Arc<dyn OriginalDst>) -> Result<Proxy, ProxyError> {
+        let mut capture = Vec::new();
+        let mut addrs = BoundAddrs {
+            outbound: Vec::new(),
+            inbound: Vec::new(),
+            admin: config.admin_addr,
+            metrics: config.metrics_addr,
+        };
+        for (direction, list, what) in [
+            (Direction::Outbound, &config.outbound, "outbound"),
+            (Direction::Inbound, &config.inbound, "inbound"),
+        ] {
+            for &addr in list {
+                let l = match listener::bind(addr) {
+                    Ok(l) => l,
+                    Err(e) if addr.is_ipv6() && !config.ipv6_required && ipv6_unavailable(&e) => {
+                        warn!(%addr, error = %e, "IPv6 unavailable; listening on IPv4 only");
+                        continue;
+                    }
+                    Err(source) => return Err(ProxyError::Bind { addr, what, source }),
+                };
+                let bound =
+                    l.local_addr()
+                        .map_err(|source| ProxyError::Bind { addr, what, source })?;
+                match direction {
+                    Direction::Outbound => addrs.outbound.push(bound),
+                    Direction::Inbound => addrs.inbound.push(bound),
+                }
+                capture.push((l, direction));
+            }
+        }
+        let admin_listener = bind_one(config.admin_addr, "admin")?;
+        let metrics_listener = bind_one(config.metrics_addr, "metrics")?;
+        addrs.admin = admin_listener.local_addr().unwrap_or(config.admin_addr);
+        addrs.metrics = metrics_listener.local_addr().unwrap_or(config.metrics_addr);
+
+        let metrics = Arc::new(Metrics::new(config.identity.clone()));
+        let own_listeners = addrs
+            .outbound
+            .iter()
+            .chain(&addrs.inbound)
+            .copied()
+            .collect();
+        let shared = Arc::new(Shared {
+            config,
+            metrics: metrics.clone(),
+            orig_dst,
+            own_listeners,
+        });
+        let admin = Arc::new(AdminState {
+            ready: Default::default(),
+            metrics,
+            drain: watch::channel(false).0,
+        });
+        Ok(Proxy {
+            shared,
+            admin,
+            capture,
+            admin_listener,
+            metrics_listener,
+            addrs,
+            tracker: Arc::new(ConnTracker::default()),
+        })
+    }
+
+    pub fn addrs(&self) -> &BoundAddrs {
+        &self.addrs
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.shared.metrics.clone()
+    }
+
+    pub fn drain_trigger(&self) -> DrainTrigger {
+        DrainTrigger(self.admin.drain.clone())
+    }
+
+    /// Serves until a drain is triggered (signal, `/quitquitquit`, [`DrainTrigger`]),
+    /// then stops accepting and waits up to `--drain-timeout` for open connections.
+    pub async fn run(self) -> DrainReport {
+        let Proxy {
+            shared,
+            admin,
+            capture,
+            admin_listener,
+            metrics_listener,
+            addrs,
+            tracker,
+        } = self;
+        let admin_task = tokio::spawn(admin::serve(admin_listener, Endpoint::Admin, admin.clone()));
+        let metrics_task = tokio::spawn(admin::serve(
+            metrics_listener,
+            Endpoint::Metrics,
+            admin.clone(),
+        ));
+        let mut loops = Vec::new();
+        for (l, direction) in capture {
+            loops.push(tokio::spawn(listener::accept_loop(
+                l,
+                direction,
+                shared.clone(),
+                tracker.clone(),
+                admin.drain.subscribe(),
+            )));
+        }
+        admin.ready.store(true, Ordering::Release);
+        info!(
+            outbound = ?addrs.outbound,
+            inbound = ?addrs.inbound,
+            admin = %addrs.admin,
+            metrics = %addrs.metrics,
+            copy_mode = ?shared.config.copy_mode,
+            "ready"
+        );
+        for l in loops {
+            let _ = l.await;
+        }
+        let open = tracker.active();
+        info!(open, timeout = ?shared.config.drain_timeout, "draining: listeners closed");
+        let cut = match tokio::time::timeout(shared.config.drain_timeout, tracker.wait_idle()).await
+        {
+            Ok(()) => 0,
+            Err(_) => tracker.active(),
+        };
+        if cut > 0 {
+            warn!(cut, "drain timeout reached; closing remaining connections");
+        } else {
+            info!("drained");
+        }
+        admin_task.abort();
+        metrics_task.abort();
+        DrainReport { cut }
+    }
+}
+
+#[cfg(test)]
+mod proxy_tests;

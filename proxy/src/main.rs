@@ -1,1 +1,56 @@
-fn main() {}
+//! `mesh-proxy`: parse flags, start logging and a single-threaded runtime, serve until
+//! SIGTERM / SIGINT / `POST /quitquitquit`, drain, exit 0.
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use mesh_proxy::cli::Args;
+use mesh_proxy::listener::raise_fd_limit;
+use mesh_proxy::orig_dst::KernelOriginalDst;
+use mesh_proxy::{DrainTrigger, Proxy};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{info, warn};
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_max_level(args.log_level)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let config = args.into_config().context("invalid configuration")?;
+    info!(?config, "starting");
+    match raise_fd_limit() {
+        Ok(limit) => info!(limit, "open files limit"),
+        Err(e) => warn!(error = %e, "cannot raise the open files limit"),
+    }
+    // One thread: the proxy's work is moving descriptors and (with splice) asking the
+    // kernel to move pages; a single event loop keeps memory and latency low.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let proxy = Proxy::bind(config, Arc::new(KernelOriginalDst)).await?;
+        let trigger = proxy.drain_trigger();
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        tokio::spawn(drain_on_signal(trigger, async move {
+            tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            }
+        }));
+        let report = proxy.run().await;
+        info!(cut = report.cut, "exiting");
+        anyhow::Ok(())
+    })
+}
+
+async fn drain_on_signal(trigger: DrainTrigger, signal: impl Future<Output = &'static str>) {
+    let name = signal.await;
+    info!(signal = name, "draining");
+    trigger.drain();
+}

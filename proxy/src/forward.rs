@@ -1,0 +1,469 @@
+//! One accepted connection, start to end: find where it was going, refuse loops,
+//! connect upstream (inbound from the passthrough source), copy both ways with
+//! half-close, count, log.
+
+use std::io::{self, Write as _};
+use std::net::{Shutdown, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use socket2::SockRef;
+use tokio::net::{TcpSocket, TcpStream};
+use tracing::{debug, info, warn};
+
+use crate::cli::{AccessLogFormat, Config, CopyMode};
+use crate::metrics::{
+    ConnectErrorKind, Direction, Metrics, RefusalReason, ResponseFlags, TcpSeries,
+};
+use crate::orig_dst::OriginalDst;
+use crate::splice::{SpliceEnd, splice_one_way};
+
+/// Size of the user-space buffer of one direction in buffered mode (allocated on the
+/// first byte, so idle connections cost nothing).
+const BUFFER: usize = 16 * 1024;
+
+/// What every connection handler shares.
+#[derive(Debug)]
+pub struct Shared {
+    pub config: Config,
+    pub metrics: Arc<Metrics>,
+    pub orig_dst: Arc<dyn OriginalDst>,
+    /// The addresses our capture listeners are really bound to.
+    pub own_listeners: Vec<SocketAddr>,
+}
+
+/// Connecting upstream failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("binding passthrough source {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("connect timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("connect failed: {0}")]
+    Io(#[source] io::Error),
+}
+
+impl ConnectError {
+    pub fn kind(&self) -> ConnectErrorKind {
+        match self {
+            ConnectError::Bind { .. } => ConnectErrorKind::Bind,
+            ConnectError::Timeout(_) => ConnectErrorKind::Timeout,
+            ConnectError::Io(e) => match e.kind() {
+                io::ErrorKind::ConnectionRefused => ConnectErrorKind::Refused,
+                io::ErrorKind::ConnectionReset => ConnectErrorKind::Reset,
+                io::ErrorKind::TimedOut => ConnectErrorKind::Timeout,
+                io::ErrorKind::NetworkUnreachable | io::ErrorKind::HostUnreachable => {
+                    ConnectErrorKind::Unreachable
+                }
+                _ => ConnectErrorKind::Other,
+            },
+        }
+    }
+}
+
+/// Is `orig` (seen on a connection accepted at `local`) one of our own listeners?
+/// Forwarding it would connect the proxy to itself, forever.
+pub fn is_own_listener(orig: SocketAddr, local: SocketAddr, listeners: &[SocketAddr]) -> bool {
+    if orig == local {
+        // Not redirected at all: someone dialled the listener itself.
+        return true;
+    }
+    listeners.iter().any(|l| {
+        l.port() == orig.port()
+            && (l.ip() == orig.ip()
+                || (l.ip().is_unspecified()
+                    && (orig.ip().is_loopback()
+                        || orig.ip().is_unspecified()
+                        || orig.ip() == local.ip())))
+    })
+}
+
+/// Connects to `dst`: outbound directly, inbound from the passthrough source address
+/// (127.0.0.6 or ::6), which the capture rules let through.
+pub async fn connect(
+    direction: Direction,
+    dst: SocketAddr,
+    timeout: Duration,
+) -> Result<TcpStream, ConnectError> {
+    let socket = match dst {
+        SocketAddr::V4(_) => TcpSocket::new_v4(),
+        SocketAddr::V6(_) => TcpSocket::new_v6(),
+    }
+    .map_err(ConnectError::Io)?;
+    if direction == Direction::Inbound {
+        let addr = SocketAddr::new(mesh_common::inbound_passthrough_for(dst.ip()), 0);
+        socket
+            .bind(addr)
+            .map_err(|source| ConnectError::Bind { addr, source })?;
+    }
+    let stream = tokio::time::timeout(timeout, socket.connect(dst))
+        .await
+        .map_err(|_| ConnectError::Timeout(timeout))?
+        .map_err(ConnectError::Io)?;
+    // The proxy must not add Nagle delays of its own: the apps' sockets decide.
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// Closes `stream` with a reset (SO_LINGER 0), as a refused connection would look.
+pub fn reset(stream: TcpStream) {
+    let _ = SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+    drop(stream);
+}
+
+/// How a forwarded connection ended.
+#[derive(Debug)]
+pub struct Transfer {
+    /// Client to upstream bytes delivered.
+    pub received: u64,
+    /// Upstream to client bytes delivered.
+    pub sent: u64,
+    /// The first error that ended it (a reset, usually); None for a clean close.
+    pub error: Option<io::Error>,
+}
+
+/// Copies both ways until both directions reach end of stream; each direction ends on
+/// its own and half-closes the other side. An error in either direction resets both
+/// sockets, so a reset propagates as one.
+pub async fn duplex(
+    client: &TcpStream,
+    upstream: &TcpStream,
+    mode: CopyMode,
+    series: &TcpSeries,
+) -> Transfer {
+    let received = AtomicU64::new(0);
+    let sent = AtomicU64::new(0);
+    let error = {
+        let up = one_way(client, upstream, mode, &series.received, &received);
+        let down = one_way(upstream, client, mode, &series.sent, &sent);
+        tokio::pin!(up, down);
+        let (mut up_done, mut down_done) = (false, false);
+        let mut error = None;
+        while !(up_done && down_done) {
+            let r = tokio::select! {
+                r = &mut up, if !up_done => { up_done = true; r }
+                r = &mut down, if !down_done => { down_done = true; r }
+            };
+            if let Err(e) = r {
+                error = Some(e);
+                break;
+            }
+        }
+        error
+    };
+    if error.is_some() {
+        for s in [client, upstream] {
+            let _ = SockRef::from(s).set_linger(Some(Duration::ZERO));
+        }
+    }
+    Transfer {
+        received: received.load(Ordering::Relaxed),
+        sent: sent.load(Ordering::Relaxed),
+        error,
+    }
+}
+
+/// One direction to end of stream, then a FIN on the other side.
+async fn one_way(
+    from: &TcpStream,
+    to: &TcpStream,
+    mode: CopyMode,
+    counter: &AtomicU64,
+    total: &AtomicU64,
+) -> io::Result<()> {
+    match mode {
+        CopyMode::Splice => match splice_one_way(from, to, counter, total).await? {
+            SpliceEnd::Eof(_) => {}
+            SpliceEnd::NoPipe(e) => {
+                debug!(error = %e, "no pipe for splice, copying through a buffer");
+                buffered_one_way(from, to, counter, total).await?;
+            }
+        },
+        CopyMode::Buffered => buffered_one_way(from, to, counter, total).await?,
+    }
+    match SockRef::from(to).shutdown(Shutdown::Write) {
+        Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(e),
+        _ => Ok(()),
+    }
+}
+
+async fn buffered_one_way(
+    from: &TcpStream,
+    to: &TcpStream,
+    counter: &AtomicU64,
+    total: &AtomicU64,
+) -> io::Result<()> {
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        from.readable().await?;
+        if buf.is_empty() {
+            buf = vec![0; BUFFER];
+        }
+        let n = match from.try_read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
+        let mut off = 0;
+        while off < n {
+            to.writable().await?;
+            match to.try_write(&buf[off..n]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(m) => {
+                    off += m;
+                    counter.fetch_add(m as u64, Ordering::Relaxed);
+                    total.fetch_add(m as u64, Ordering::Relaxed);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Handles one accepted connection to the end.
+pub async fn handle(
+    shared: Arc<Shared>,
+    client: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    direction: Direction,
+) {
+    let started = SystemTime::now();
+    let clock = Instant::now();
+    let metrics = &shared.metrics;
+    let orig = match shared.orig_dst.original_dst(&client, local) {
+        Ok(orig) => orig,
+        Err(e) => {
+            warn!(error = %e, "no original destination; refusing");
+            metrics.refused(direction, RefusalReason::NoOriginalDst);
+            reset(client);
+            return;
+        }
+    };
+    if is_own_listener(orig, local, &shared.own_listeners) {
+        warn!(dst = %orig, "original destination is the proxy's own listener; refusing");
+        metrics.refused(direction, RefusalReason::Loop);
+        reset(client);
+        return;
+    }
+    let _ = client.set_nodelay(true);
+    let connect_started = Instant::now();
+    let upstream = match connect(direction, orig, shared.config.connect_timeout).await {
+        Ok(u) => u,
+        Err(e) => {
+            let kind = e.kind();
+            info!(dst = %orig, error = %e, "upstream connect failed; resetting client");
+            metrics.connect_error(direction, kind);
+            let series = metrics.tcp_series(direction, orig.port(), ResponseFlags::UpstreamFailure);
+            series.opened.fetch_add(1, Ordering::Relaxed);
+            series.closed.fetch_add(1, Ordering::Relaxed);
+            reset(client);
+            access_log(
+                &shared.config,
+                &LogLine {
+                    started,
+                    duration: clock.elapsed(),
+                    direction,
+                    peer,
+                    orig,
+                    upstream_local: None,
+                    received: 0,
+                    sent: 0,
+                    flags: ResponseFlags::UpstreamFailure,
+                    error: Some(kind.as_str()),
+                },
+            );
+            return;
+        }
+    };
+    metrics.connect_latency(direction, connect_started.elapsed());
+    let upstream_local = upstream.local_addr().ok();
+    debug!(dst = %orig, "connected upstream");
+    let series = metrics.tcp_series(direction, orig.port(), ResponseFlags::None);
+    series.opened.fetch_add(1, Ordering::Relaxed);
+    let transfer = duplex(&client, &upstream, shared.config.copy_mode, &series).await;
+    series.closed.fetch_add(1, Ordering::Relaxed);
+    debug!(
+        received = transfer.received,
+        sent = transfer.sent,
+        error = transfer.error.as_ref().map(tracing::field::display),
+        "connection closed"
+    );
+    access_log(
+        &shared.config,
+        &LogLine {
+            started,
+            duration: clock.elapsed(),
+            direction,
+            peer,
+            orig,
+            upstream_local,
+            received: transfer.received,
+            sent: transfer.sent,
+            flags: ResponseFlags::None,
+            error: transfer.error.as_ref().map(|e| error_kind(e)),
+        },
+    );
+}
+
+fn error_kind(e: &io::Error) -> &'static str {
+    match e.kind() {
+        io::ErrorKind::ConnectionReset => "reset",
+        io::ErrorKind::BrokenPipe => "broken_pipe",
+        io::ErrorKind::TimedOut => "timeout",
+        _ => "other",
+    }
+}
+
+/// One access-log record.
+#[derive(Debug)]
+pub struct LogLine {
+    pub started: SystemTime,
+    pub duration: Duration,
+    pub direction: Direction,
+    pub peer: SocketAddr,
+    pub orig: SocketAddr,
+    pub upstream_local: Option<SocketAddr>,
+    pub received: u64,
+    pub sent: u64,
+    pub flags: ResponseFlags,
+    pub error: Option<&'static str>,
+}
+
+impl LogLine {
+    /// The JSON object, on one line. Every value is a number, an address or a fixed
+    /// word, so none needs escaping.
+    pub fn to_json(&self) -> String {
+        let start_ms = self
+            .started
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        let upstream = self
+            .upstream_local
+            .map(|a| format!("\"{a}\""))
+            .unwrap_or_else(|| "null".to_owned());
+        let error = self
+            .error
+            .map(|e| format!("\"{e}\""))
+            .unwrap_or_else(|| "null".to_owned());
+        format!(
+            "{{\"start_time_ms\":{start_ms},\"duration_ms\":{},\"direction\":\"{}\",\"downstream_peer\":\"{}\",\"original_dst\":\"{}\",\"upstream_local\":{upstream},\"bytes_received\":{},\"bytes_sent\":{},\"response_flags\":\"{}\",\"error\":{error}}}",
+            self.duration.as_millis(),
+            self.direction,
+            self.peer,
+            self.orig,
+            self.received,
+            self.sent,
+            self.flags.as_str(),
+        )
+    }
+}
+
+fn access_log(config: &Config, line: &LogLine) {
+    if config.access_log == Some(AccessLogFormat::Json) {
+        let mut text = line.to_json();
+        text.push('\n');
+        let _ = std::io::stdout().lock().write_all(text.as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn loop_detection() {
+        let listeners = [a("0.0.0.0:15001"), a("[::]:15001"), a("0.0.0.0:15006")];
+        // Redirected outbound to a real service: fine.
+        assert!(!is_own_listener(
+            a("198.18.1.2:80"),
+            a("127.0.0.1:15001"),
+            &listeners
+        ));
+        // Dialled the listener directly (no redirect).
+        assert!(is_own_listener(
+            a("198.18.0.2:15006"),
+            a("198.18.0.2:15006"),
+            &listeners
+        ));
+        // Inbound to the pod's own IP on the outbound port.
+        assert!(is_own_listener(
+            a("198.18.0.2:15001"),
+            a("198.18.0.2:15006"),
+            &listeners
+        ));
+        // Loopback on a capture port.
+        assert!(is_own_listener(
+            a("127.0.0.1:15006"),
+            a("127.0.0.1:15001"),
+            &listeners
+        ));
+        assert!(is_own_listener(
+            a("[::1]:15001"),
+            a("[::1]:15001"),
+            &listeners
+        ));
+        // Another host's port 15001 is not us.
+        assert!(!is_own_listener(
+            a("198.18.1.2:15001"),
+            a("127.0.0.1:15001"),
+            &listeners
+        ));
+        // A listener bound to one address matches that address only.
+        let bound = [a("127.0.0.1:40000")];
+        assert!(is_own_listener(
+            a("127.0.0.1:40000"),
+            a("127.0.0.1:40001"),
+            &bound
+        ));
+        assert!(!is_own_listener(
+            a("127.0.0.2:40000"),
+            a("127.0.0.1:40001"),
+            &bound
+        ));
+    }
+
+    #[test]
+    fn connect_error_kinds() {
+        let e = ConnectError::Io(io::ErrorKind::ConnectionRefused.into());
+        assert_eq!(e.kind(), ConnectErrorKind::Refused);
+        assert_eq!(
+            ConnectError::Timeout(Duration::from_secs(1)).kind(),
+            ConnectErrorKind::Timeout
+        );
+        let e = ConnectError::Io(io::ErrorKind::HostUnreachable.into());
+        assert_eq!(e.kind(), ConnectErrorKind::Unreachable);
+    }
+
+    #[test]
+    fn access_log_line_is_json() {
+        let l = LogLine {
+            started: UNIX_EPOCH + Duration::from_millis(1234),
+            duration: Duration::from_millis(56),
+            direction: Direction::Inbound,
+            peer: a("198.18.0.1:5555"),
+            orig: a("[fd00::2]:8080"),
+            upstream_local: None,
+            received: 10,
+            sent: 20,
+            flags: ResponseFlags::UpstreamFailure,
+            error: Some("refused"),
+        };
+        assert_eq!(
+            l.to_json(),
+            "{\"start_time_ms\":1234,\"duration_ms\":56,\"direction\":\"inbound\",\"downstream_peer\":\"198.18.0.1:5555\",\"original_dst\":\"[fd00::2]:8080\",\"upstream_local\":null,\"bytes_received\":10,\"bytes_sent\":20,\"response_flags\":\"UF\",\"error\":\"refused\"}"
+        );
+    }
+}

@@ -1,0 +1,182 @@
+//! Capture listeners and their accept loops: one task and one tracing span per
+//! connection, a connection limit that refuses the excess, and a back-off when the
+//! process runs out of file descriptors (instead of spinning on a listener that stays
+//! readable).
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::forward::{self, Shared};
+use crate::metrics::{AcceptErrorKind, Direction, Metrics, RefusalReason};
+
+const LISTEN_BACKLOG: i32 = 4096;
+const BACKOFF_MIN: Duration = Duration::from_millis(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Binds a listening socket; IPv6 sockets are IPv6-only so the IPv4 one can share the
+/// port.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Raises the soft open-files limit to the hard one: each connection holds two sockets
+/// and, while bytes flow, two pipes. Returns the new soft limit.
+pub fn raise_fd_limit() -> io::Result<u64> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(io::Error::from)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(io::Error::from)?;
+    }
+    Ok(hard.max(soft))
+}
+
+/// Counts open connections and wakes the drain when the last one ends.
+#[derive(Debug, Default)]
+pub struct ConnTracker {
+    active: AtomicUsize,
+    idle: Notify,
+}
+
+impl ConnTracker {
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// Waits until no connection is open.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.active() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Held by a connection's task for as long as the connection lives.
+#[derive(Debug)]
+pub struct ConnGuard {
+    tracker: Arc<ConnTracker>,
+    metrics: Arc<Metrics>,
+    direction: Direction,
+}
+
+impl ConnGuard {
+    fn new(tracker: Arc<ConnTracker>, metrics: Arc<Metrics>, direction: Direction) -> ConnGuard {
+        tracker.active.fetch_add(1, Ordering::AcqRel);
+        metrics.connection_started(direction);
+        ConnGuard {
+            tracker,
+            metrics,
+            direction,
+        }
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.metrics.connection_ended(self.direction);
+        if self.tracker.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.tracker.idle.notify_waiters();
+        }
+    }
+}
+
+fn is_fd_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(nix::libc::EMFILE | nix::libc::ENFILE | nix::libc::ENOBUFS | nix::libc::ENOMEM)
+    )
+}
+
+/// Accepts on `listener` until the drain starts; the listener is closed on return, so
+/// new connections are refused by the kernel from then on.
+pub async fn accept_loop(
+    listener: TcpListener,
+    direction: Direction,
+    shared: Arc<Shared>,
+    tracker: Arc<ConnTracker>,
+    mut drain: watch::Receiver<bool>,
+) {
+    let local = match listener.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            warn!(error = %e, %direction, "listener has no local address");
+            return;
+        }
+    };
+    let max = shared.config.max_connections;
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        if *drain.borrow_and_update() {
+            break;
+        }
+        let accepted = tokio::select! {
+            biased;
+            changed = drain.changed() => {
+                if changed.is_err() {
+                    break; // the proxy is gone
+                }
+                continue;
+            }
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff = BACKOFF_MIN;
+                if tracker.active() >= max {
+                    debug!(%peer, %direction, max, "connection limit reached; refusing");
+                    shared.metrics.refused(direction, RefusalReason::Limit);
+                    forward::reset(stream);
+                    continue;
+                }
+                let guard = ConnGuard::new(tracker.clone(), shared.metrics.clone(), direction);
+                // The address the kernel handed the connection to (after REDIRECT).
+                let conn_local = stream.local_addr().unwrap_or(local);
+                let span = info_span!("conn", %direction, %peer);
+                let shared = shared.clone();
+                tokio::spawn(
+                    async move {
+                        forward::handle(shared, stream, peer, conn_local, direction).await;
+                        drop(guard);
+                    }
+                    .instrument(span),
+                );
+            }
+            Err(e) if is_fd_exhaustion(&e) => {
+                shared.metrics.accept_error(AcceptErrorKind::FdExhausted);
+                warn!(error = %e, %direction, backoff_ms = backoff.as_millis() as u64, "accept: out of file descriptors; backing off");
+                tokio::select! {
+                    changed = drain.changed() => if changed.is_err() { break },
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+            Err(e) => {
+                // ECONNABORTED and friends: the next connection is unaffected.
+                shared.metrics.accept_error(AcceptErrorKind::Other);
+                debug!(error = %e, %direction, "accept failed");
+            }
+        }
+    }
+    debug!(%local, %direction, "listener closed for drain");
+}

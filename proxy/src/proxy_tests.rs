@@ -1,0 +1,378 @@
+//! Whole-proxy tests on loopback: port 0 everywhere, and a fake original destination
+//! instead of iptables.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use crate::cli::{Config, CopyMode};
+use crate::metrics::{ConnectErrorKind, Direction, Metrics, RefusalReason, ResponseFlags};
+use crate::orig_dst::{FixedOriginalDst, OriginalDst};
+use crate::{BoundAddrs, DrainReport, DrainTrigger, Proxy};
+
+struct Running {
+    addrs: BoundAddrs,
+    metrics: Arc<Metrics>,
+    drain: DrainTrigger,
+    task: JoinHandle<DrainReport>,
+}
+
+async fn start(config: Config, dst: Arc<dyn OriginalDst>) -> Running {
+    let proxy = Proxy::bind(config, dst).await.unwrap();
+    let running = Running {
+        addrs: proxy.addrs().clone(),
+        metrics: proxy.metrics(),
+        drain: proxy.drain_trigger(),
+        task: tokio::spawn(proxy.run()),
+    };
+    tokio::task::yield_now().await;
+    running
+}
+
+fn fixed(addr: SocketAddr) -> Arc<dyn OriginalDst> {
+    Arc::new(FixedOriginalDst(addr))
+}
+
+/// A server that, per connection, reads to EOF, then answers `reply:<n bytes>` and
+/// closes. Reports each peer address.
+async fn half_close_server() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<SocketAddr>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, peer) = l.accept().await.unwrap();
+            let _ = tx.send(peer);
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                s.read_to_end(&mut got).await.unwrap();
+                s.write_all(format!("reply:{}", got.len()).as_bytes())
+                    .await
+                    .unwrap();
+                s.shutdown().await.unwrap();
+            });
+        }
+    });
+    (addr, rx)
+}
+
+fn series_value(m: &Metrics, d: Direction, port: u16, flags: ResponseFlags) -> [u64; 4] {
+    let s = m.tcp_series(d, port, flags);
+    [
+        s.opened.load(Ordering::Relaxed),
+        s.closed.load(Ordering::Relaxed),
+        s.received.load(Ordering::Relaxed),
+        s.sent.load(Ordering::Relaxed),
+    ]
+}
+
+async fn wait_for(mut f: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("condition not reached in 5s");
+}
+
+async fn expect_reset(mut c: TcpStream) {
+    let mut buf = [0u8; 16];
+    let r = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
+        .await
+        .expect("client saw neither data nor a reset");
+    match r {
+        Err(e) => assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "{e}"),
+        Ok(n) => panic!("expected a reset, read {n} bytes (0 = clean close)"),
+    }
+}
+
+async fn half_close_round_trip(mode: CopyMode) {
+    let (server, _) = half_close_server().await;
+    let mut config = Config::loopback();
+    config.copy_mode = mode;
+    let p = start(config, fixed(server)).await;
+    let mut c = TcpStream::connect(p.addrs.outbound[0]).await.unwrap();
+    let payload = vec![7u8; 1_000_000];
+    c.write_all(&payload).await.unwrap();
+    // Half-close: the server sees EOF and can still answer.
+    c.shutdown().await.unwrap();
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).await.unwrap();
+    assert_eq!(answer, "reply:1000000");
+    wait_for(|| p.metrics.active(Direction::Outbound) == 0).await;
+    assert_eq!(
+        series_value(
+            &p.metrics,
+            Direction::Outbound,
+            server.port(),
+            ResponseFlags::None
+        ),
+        [1, 1, 1_000_000, 13]
+    );
+}
+
+#[tokio::test]
+async fn half_close_propagates_with_splice() {
+    half_close_round_trip(CopyMode::Splice).await;
+}
+
+#[tokio::test]
+async fn half_close_propagates_buffered() {
+    half_close_round_trip(CopyMode::Buffered).await;
+}
+
+#[tokio::test]
+async fn server_half_close_lets_client_keep_sending() {
+    // The server speaks first and shuts down writing; the client still sends after
+    // seeing EOF, and the server still receives it.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = l.local_addr().unwrap();
+    let srv = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        s.write_all(b"hello").await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+        got
+    });
+    let p = start(Config::loopback(), fixed(server)).await;
+    let mut c = TcpStream::connect(p.addrs.outbound[0]).await.unwrap();
+    let mut greeting = Vec::new();
+    c.read_to_end(&mut greeting).await.unwrap();
+    assert_eq!(greeting, b"hello");
+    c.write_all(b"late words").await.unwrap();
+    c.shutdown().await.unwrap();
+    assert_eq!(srv.await.unwrap(), b"late words");
+}
+
+#[tokio::test]
+async fn own_listener_is_refused_not_looped() {
+    // Bind first, then point the fake original destination at our own listener.
+    let proxy = Proxy::bind(Config::loopback(), fixed("127.0.0.1:1".parse().unwrap()))
+        .await
+        .unwrap();
+    let own = proxy.addrs().outbound[0];
+    drop(proxy);
+    let mut config = Config::loopback();
+    config.outbound = vec![own];
+    let p = start(config, fixed(own)).await;
+    let c = TcpStream::connect(own).await.unwrap();
+    expect_reset(c).await;
+    assert_eq!(
+        p.metrics.refusals(Direction::Outbound, RefusalReason::Loop),
+        1
+    );
+    wait_for(|| p.metrics.active(Direction::Outbound) == 0).await;
+    assert_eq!(
+        p.metrics
+            .connect_errors(Direction::Outbound, ConnectErrorKind::Other),
+        0
+    );
+}
+
+#[tokio::test]
+async fn refused_upstream_resets_the_client() {
+    // A port with nothing listening: bind, learn the port, close.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let p = start(Config::loopback(), fixed(closed)).await;
+    let c = TcpStream::connect(p.addrs.outbound[0]).await.unwrap();
+    expect_reset(c).await;
+    assert_eq!(
+        p.metrics
+            .connect_errors(Direction::Outbound, ConnectErrorKind::Refused),
+        1
+    );
+    let uf = series_value(
+        &p.metrics,
+        Direction::Outbound,
+        closed.port(),
+        ResponseFlags::UpstreamFailure,
+    );
+    assert_eq!(uf, [1, 1, 0, 0]);
+}
+
+#[tokio::test]
+async fn connect_timeout_resets_the_client() {
+    // A listener whose accept queue is full drops further SYNs: connects hang.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    socket.listen(0).unwrap();
+    let blackhole = socket.local_addr().unwrap().as_socket().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(s)) =
+            tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(blackhole)).await
+        {
+            fillers.push(s);
+        }
+    }
+    let mut config = Config::loopback();
+    config.connect_timeout = Duration::from_millis(300);
+    let p = start(config, fixed(blackhole)).await;
+    let c = TcpStream::connect(p.addrs.outbound[0]).await.unwrap();
+    expect_reset(c).await;
+    assert_eq!(
+        p.metrics
+            .connect_errors(Direction::Outbound, ConnectErrorKind::Timeout),
+        1
+    );
+    drop(socket);
+}
+
+#[tokio::test]
+async fn inbound_connects_from_passthrough_source() {
+    let (server, mut peers) = half_close_server().await;
+    let p = start(Config::loopback(), fixed(server)).await;
+    let mut c = TcpStream::connect(p.addrs.inbound[0]).await.unwrap();
+    c.write_all(b"abc").await.unwrap();
+    c.shutdown().await.unwrap();
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).await.unwrap();
+    assert_eq!(answer, "reply:3");
+    let peer = peers.recv().await.unwrap();
+    assert_eq!(
+        peer.ip(),
+        std::net::IpAddr::V4(mesh_common::INBOUND_PASSTHROUGH_V4)
+    );
+    wait_for(|| p.metrics.active(Direction::Inbound) == 0).await;
+    assert_eq!(
+        series_value(
+            &p.metrics,
+            Direction::Inbound,
+            server.port(),
+            ResponseFlags::None
+        ),
+        [1, 1, 3, 7]
+    );
+}
+
+#[tokio::test]
+async fn connection_limit_refuses_the_excess() {
+    let (server, _) = half_close_server().await;
+    let mut config = Config::loopback();
+    config.max_connections = 1;
+    let p = start(config, fixed(server)).await;
+    let mut first = TcpStream::connect(p.addrs.outbound[0]).await.unwrap();
+    wait_for(|| p.metrics.active(Direction::Outbound) == 1).await;
+    let second = TcpStream::connect(p.addrs.outbound[0]).await.unwrap();
+    expect_reset(second).await;
+    assert_eq!(
+        p.metrics
+            .refusals(Direction::Outbound, RefusalReason::Limit),
+        1
+    );
+    // The first one is unaffected.
+    first.write_all(b"x").await.unwrap();
+    first.shutdown().await.unwrap();
+    let mut answer = String::new();
+    first.read_to_string(&mut answer).await.unwrap();
+    assert_eq!(answer, "reply:1");
+}
+
+#[tokio::test]
+async fn drain_stops_accepting_and_lets_open_connections_finish() {
+    let (server, _) = half_close_server().await;
+    let p = start(Config::loopback(), fixed(server)).await;
+    let mut open = TcpStream::connect(p.addrs.outbound[0]).await.unwrap();
+    wait_for(|| p.metrics.active(Direction::Outbound) == 1).await;
+    p.drain.drain();
+    // New connections are refused by the kernel once the listener is closed.
+    let addr = p.addrs.outbound[0];
+    let mut refused = false;
+    for _ in 0..100 {
+        if TcpStream::connect(addr).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(refused, "listener still accepting after drain");
+    assert!(!p.task.is_finished(), "proxy exited with a connection open");
+    open.write_all(b"last").await.unwrap();
+    open.shutdown().await.unwrap();
+    let mut answer = String::new();
+    open.read_to_string(&mut answer).await.unwrap();
+    assert_eq!(answer, "reply:4");
+    let report = tokio::time::timeout(Duration::from_secs(5), p.task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(report, DrainReport { cut: 0 });
+}
+
+#[tokio::test]
+async fn drain_timeout_cuts_what_is_left() {
+    let (server, _) = half_close_server().await;
+    let mut config = Config::loopback();
+    config.drain_timeout = Duration::from_millis(200);
+    let p = start(config, fixed(server)).await;
+    let _open = TcpStream::connect(p.addrs.outbound[0]).await.unwrap();
+    wait_for(|| p.metrics.active(Direction::Outbound) == 1).await;
+    p.drain.drain();
+    let report = tokio::time::timeout(Duration::from_secs(5), p.task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(report, DrainReport { cut: 1 });
+}
+
+#[tokio::test]
+async fn upstream_reset_reaches_the_client() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (s, _) = l.accept().await.unwrap();
+        let mut buf = [0u8; 4];
+        s.readable().await.unwrap();
+        let _ = s.try_read(&mut buf);
+        crate::forward::reset(s);
+    });
+    let p = start(Config::loopback(), fixed(server)).await;
+    let mut c = TcpStream::connect(p.addrs.outbound[0]).await.unwrap();
+    c.write_all(b"ping").await.unwrap();
+    expect_reset(c).await;
+}
+
+#[tokio::test]
+async fn metrics_endpoint_shows_bytes_that_passed() {
+    let (server, _) = half_close_server().await;
+    let p = start(Config::loopback(), fixed(server)).await;
+    let mut c = TcpStream::connect(p.addrs.outbound[0]).await.unwrap();
+    c.write_all(&[1u8; 12345]).await.unwrap();
+    c.shutdown().await.unwrap();
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).await.unwrap();
+    wait_for(|| p.metrics.active(Direction::Outbound) == 0).await;
+    let mut m = TcpStream::connect(p.addrs.metrics).await.unwrap();
+    m.write_all(b"GET /stats/prometheus HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    m.read_to_string(&mut text).await.unwrap();
+    let port = format!("destination_port=\"{}\"", server.port());
+    let find = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name) && l.contains(&port))
+            .unwrap_or_else(|| panic!("{name} missing in:\n{text}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(find("istio_tcp_received_bytes_total{"), "12345");
+    assert_eq!(find("istio_tcp_sent_bytes_total{"), "11");
+    assert_eq!(find("istio_tcp_connections_opened_total{"), "1");
+    assert_eq!(find("istio_tcp_connections_closed_total{"), "1");
+}
