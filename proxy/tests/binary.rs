@@ -2,6 +2,8 @@
 //! out-of-descriptors behaviour. (Data paths through the kernel redirect are covered
 //! by the netns tests in the workspace's `tests/` crate.)
 
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
