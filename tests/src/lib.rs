@@ -8,3 +8,4 @@
 pub mod bins;
 pub mod init_support;
 pub mod netns;
+pub mod proxy_support;
