@@ -1,6 +1,7 @@
 //! The `istio-init` and `istio-proxy` containers, built with the Kubernetes types and then
 //! serialized to JSON; plus merging a user's own container of the same name into ours.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
@@ -23,7 +24,36 @@ pub struct Built {
     pub proxy: Value,
 }
 
+thread_local! {
+    /// The last containers built on this thread, by (config hash, overrides, native). Most
+    /// pods of a file or a cluster share all three, and building (k8s-openapi types, then
+    /// JSON) is the most expensive step of an injection. Invisible to callers: same inputs,
+    /// same output.
+    static LAST: RefCell<Option<(String, Overrides, bool, Built)>> = const { RefCell::new(None) };
+}
+
 impl Built {
+    /// [`Built::new`] through a one-entry per-thread cache; `config_hash` is `cfg.hash()`.
+    pub fn cached(
+        cfg: &InjectConfig,
+        config_hash: &str,
+        ov: &Overrides,
+        native: bool,
+    ) -> Result<Self, InjectError> {
+        let hit = LAST.with_borrow(|last| match last {
+            Some((h, o, n, b)) if h == config_hash && o == ov && *n == native => Some(b.clone()),
+            _ => None,
+        });
+        if let Some(b) = hit {
+            return Ok(b);
+        }
+        let b = Built::new(cfg, ov, native)?;
+        LAST.with_borrow_mut(|last| {
+            *last = Some((config_hash.to_string(), ov.clone(), native, b.clone()));
+        });
+        Ok(b)
+    }
+
     pub fn new(cfg: &InjectConfig, ov: &Overrides, native: bool) -> Result<Self, InjectError> {
         let to_value = |c: Container| {
             serde_json::to_value(c)

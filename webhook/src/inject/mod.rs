@@ -199,7 +199,8 @@ pub(crate) fn desired_injected(
         return Ok(Desired::Skip(reason));
     }
     let ov = overrides::Overrides::read(&view.annotations, cfg)?;
-    let hash = status::injection_hash(cfg, req.native_sidecars, &view.annotations);
+    let config_hash = cfg.hash();
+    let hash = status::injection_hash(&config_hash, req.native_sidecars, &view.annotations);
     let base = match &view.status {
         Some(st) if st.config_hash.as_deref() == Some(hash.as_str()) => {
             return Ok(Desired::Unchanged);
@@ -207,10 +208,10 @@ pub(crate) fn desired_injected(
         Some(_) => status::remove_injection(req.template, &view, false)?,
         None => req.template.clone(),
     };
-    let built = containers::Built::new(cfg, &ov, req.native_sidecars)?;
+    let built = containers::Built::cached(cfg, &config_hash, &ov, req.native_sidecars)?;
     Ok(Desired::Template(status::apply_injection(
         req.template,
-        &base,
+        base,
         &built,
         cfg,
         hash,

@@ -98,11 +98,7 @@ fn diff_list(
             }
             match (o.as_array(), n.as_array()) {
                 (Some(oa), Some(na))
-                    if na.len() > oa.len()
-                        && identical(
-                            &Value::Array(oa.clone()),
-                            &Value::Array(na[..oa.len()].to_vec()),
-                        ) =>
+                    if na.len() > oa.len() && oa.iter().zip(na).all(|(a, b)| identical(a, b)) =>
                 {
                     let mut end = path.to_vec();
                     end.push("-");

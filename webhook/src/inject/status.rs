@@ -70,12 +70,12 @@ impl Status {
 /// Hash of everything that shapes an injection: the config, native or regular sidecar, and
 /// the honoured annotations' values. Equal hash means re-injecting would change nothing.
 pub fn injection_hash(
-    cfg: &InjectConfig,
+    config_hash: &str,
     native: bool,
     annotations: &BTreeMap<String, String>,
 ) -> String {
     let mut h = Sha256::new();
-    h.update(cfg.hash().as_bytes());
+    h.update(config_hash.as_bytes());
     h.update(if native { "\0native" } else { "\0regular" });
     for k in HONOURED {
         if let Some(v) = annotations.get(k) {
@@ -99,11 +99,19 @@ fn name_of(c: &Value) -> Option<&str> {
     c.get("name").and_then(Value::as_str)
 }
 
-fn take_array(spec: &Map<String, Value>, key: &str) -> Result<Vec<Value>, InjectError> {
-    match spec.get(key) {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::Array(a)) => Ok(a.clone()),
-        Some(_) => Err(pod_err(&format!("spec.{key}"), "must be a list")),
+/// Move a list out of `spec` (leaving `null` in its place, so re-inserting keeps the key's
+/// position); a missing or `null` list is empty.
+fn take_array(spec: &mut Map<String, Value>, key: &str) -> Result<Vec<Value>, InjectError> {
+    let Some(slot) = spec.get_mut(key) else {
+        return Ok(Vec::new());
+    };
+    match slot.take() {
+        Value::Null => Ok(Vec::new()),
+        Value::Array(a) => Ok(a),
+        other => {
+            *slot = other;
+            Err(pod_err(&format!("spec.{key}"), "must be a list"))
+        }
     }
 }
 
@@ -228,13 +236,13 @@ pub fn remove_injection(
 /// Add our containers and annotations to a template that carries no injection.
 pub fn apply_injection(
     original: &Value,
-    base: &Value,
+    base: Value,
     built: &Built,
     cfg: &InjectConfig,
     config_hash: String,
     native: bool,
 ) -> Result<Value, InjectError> {
-    let mut t = base.clone();
+    let mut t = base;
     let spec = spec_mut(&mut t)?;
     let mut init = take_array(spec, "initContainers")?;
     let mut apps = take_array(spec, "containers")?;
