@@ -19,9 +19,15 @@ use crate::metrics::{
 use crate::orig_dst::OriginalDst;
 use crate::splice::{SpliceEnd, splice_one_way};
 
-/// Size of the user-space buffer of one direction in buffered mode (allocated on the
-/// first byte, so idle connections cost nothing).
-const BUFFER: usize = 16 * 1024;
+/// Size of the per-thread scratch buffer of buffered mode. Connections own no buffer
+/// of their own: only bytes the destination could not take at once are kept per
+/// connection, and only until they drain, so idle connections cost nothing.
+const SCRATCH_SIZE: usize = 128 * 1024;
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0; SCRATCH_SIZE].into_boxed_slice());
+}
 
 /// What every connection handler shares.
 #[derive(Debug)]
@@ -198,31 +204,55 @@ async fn buffered_one_way(
     counter: &AtomicU64,
     total: &AtomicU64,
 ) -> io::Result<()> {
-    let mut buf: Vec<u8> = Vec::new();
+    let count = |m: usize| {
+        counter.fetch_add(m as u64, Ordering::Relaxed);
+        total.fetch_add(m as u64, Ordering::Relaxed);
+    };
+    // Bytes read but not yet accepted by `to`; empty (and unallocated) almost always.
+    let mut pending: Vec<u8> = Vec::new();
     loop {
-        from.readable().await?;
-        if buf.is_empty() {
-            buf = vec![0; BUFFER];
-        }
-        let n = match from.try_read(&mut buf) {
-            Ok(0) => return Ok(()),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        };
-        let mut off = 0;
-        while off < n {
+        while !pending.is_empty() {
             to.writable().await?;
-            match to.try_write(&buf[off..n]) {
+            match to.try_write(&pending) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(m) => {
-                    off += m;
-                    counter.fetch_add(m as u64, Ordering::Relaxed);
-                    total.fetch_add(m as u64, Ordering::Relaxed);
+                    pending.drain(..m);
+                    count(m);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e),
             }
+        }
+        pending = Vec::new(); // give the memory back while idle
+        from.readable().await?;
+        // Read into the thread's scratch buffer and write straight on; only what the
+        // destination cannot take now is kept, per connection, until it drains.
+        let step = SCRATCH.with_borrow_mut(|buf| -> io::Result<bool> {
+            let n = match from.try_read(buf) {
+                Ok(0) => return Ok(false),
+                Ok(n) => n,
+                Err(e) => return Err(e),
+            };
+            let mut off = 0;
+            while off < n {
+                match to.try_write(&buf[off..n]) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(m) => {
+                        off += m;
+                        count(m);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            pending.extend_from_slice(&buf[off..n]);
+            Ok(true)
+        });
+        match step {
+            Ok(true) => {}
+            Ok(false) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
         }
     }
 }
@@ -284,7 +314,11 @@ pub async fn handle(
         }
     };
     metrics.connect_latency(direction, connect_started.elapsed());
-    let upstream_local = upstream.local_addr().ok();
+    let upstream_local = if shared.config.access_log.is_some() {
+        upstream.local_addr().ok()
+    } else {
+        None
+    };
     debug!(dst = %orig, "connected upstream");
     let series = metrics.tcp_series(direction, orig.port(), ResponseFlags::None);
     series.opened.fetch_add(1, Ordering::Relaxed);

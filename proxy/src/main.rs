@@ -26,12 +26,19 @@ fn main() -> anyhow::Result<()> {
         Ok(limit) => info!(limit, "open files limit"),
         Err(e) => warn!(error = %e, "cannot raise the open files limit"),
     }
-    // One thread: the proxy's work is moving descriptors and (with splice) asking the
-    // kernel to move pages; a single event loop keeps memory and latency low.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    // One thread by default: a sidecar's event loop mostly waits on the kernel, and a
+    // single thread keeps memory and latency lowest.
+    let runtime = if config.worker_threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.worker_threads)
+            .enable_all()
+            .build()
+    }
+    .context("starting the async runtime")?;
     runtime.block_on(async move {
         let proxy = Proxy::bind(config, Arc::new(KernelOriginalDst)).await?;
         let trigger = proxy.drain_trigger();

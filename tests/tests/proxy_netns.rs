@@ -45,9 +45,9 @@ fn pattern_client(addr: SocketAddr, seed: u64, len: usize) -> u64 {
     got
 }
 
-fn outbound(world_ip: &str, pod_ip: &str, len: usize) {
+fn outbound(world_ip: &str, pod_ip: &str, len: usize, proxy_args: &[&str]) {
     let net = PodWorld::new();
-    let _proxy = net.start_proxy(&[]);
+    let _proxy = net.start_proxy(proxy_args);
     let server_addr = sock(world_ip, 8080);
     let listener = net
         .world
@@ -92,13 +92,13 @@ fn outbound(world_ip: &str, pod_ip: &str, len: usize) {
 }
 
 #[test]
-fn outbound_ipv4_carries_64mib_each_way_intact() {
-    outbound(WORLD_V4, POD_V4, BIG);
+fn outbound_ipv4_carries_64mib_each_way_intact_with_splice() {
+    outbound(WORLD_V4, POD_V4, BIG, &["--copy-mode", "splice"]);
 }
 
 #[test]
-fn outbound_ipv6_carries_64mib_each_way_intact() {
-    outbound(WORLD_V6, POD_V6, BIG);
+fn outbound_ipv6_carries_64mib_each_way_intact_buffered() {
+    outbound(WORLD_V6, POD_V6, BIG, &["--copy-mode", "buffered"]);
 }
 
 fn inbound(pod_ip: &str, world_ip: &str, passthrough: &str) {

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# mesh-proxy benchmark: direct vs mesh-proxy (splice and buffered) vs HAProxy, in
+# network namespaces this script creates and deletes. Needs root, iproute2, iptables,
+# haproxy, python3, setpriv.
+#
+#   bench/proxy/run.sh                 # release build, 3 reps x 2 s per workload
+#   BENCH_REPS=5 BENCH_SECONDS=3 bench/proxy/run.sh
+#   MESH_PROXY_BIN=/path/to/mesh-proxy bench/proxy/run.sh   # measure another build
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+[ "$(id -u)" = 0 ] || { echo "run as root (network namespaces, iptables)" >&2; exit 1; }
+for tool in ip iptables-restore haproxy python3 setpriv; do
+    command -v "$tool" >/dev/null || { echo "missing tool: $tool" >&2; exit 1; }
+done
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/work/target-proxy}"
+if [ -z "${MESH_PROXY_BIN:-}" ]; then
+    cargo build --release -p mesh-proxy -p mesh-init >&2
+    MESH_PROXY_BIN="$CARGO_TARGET_DIR/release/mesh-proxy"
+fi
+MESH_INIT_BIN="${MESH_INIT_BIN:-$CARGO_TARGET_DIR/release/mesh-init}"
+[ -x "$MESH_INIT_BIN" ] || cargo build --release -p mesh-init >&2
+exec python3 bench/proxy/bench.py run "$MESH_PROXY_BIN" "$MESH_INIT_BIN"
