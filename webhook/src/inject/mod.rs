@@ -202,7 +202,12 @@ pub(crate) fn desired_injected(
     let config_hash = cfg.hash();
     let hash = status::injection_hash(&config_hash, req.native_sidecars, &view.annotations);
     let base = match &view.status {
-        Some(st) if st.config_hash.as_deref() == Some(hash.as_str()) => {
+        // Same hash, and everything the status records is still there (someone may have
+        // deleted the proxy by hand): nothing to do.
+        Some(st)
+            if st.config_hash.as_deref() == Some(hash.as_str())
+                && status::recorded_containers_present(req.template, st) =>
+        {
             return Ok(Desired::Unchanged);
         }
         Some(_) => status::remove_injection(req.template, &view, false)?,

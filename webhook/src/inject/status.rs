@@ -154,6 +154,21 @@ fn annotations_mut(t: &mut Value) -> Result<&mut Map<String, Value>, InjectError
         .ok_or_else(|| pod_err("metadata.annotations", "must be a mapping"))
 }
 
+/// Whether every container the status records is in the template (in either list).
+pub fn recorded_containers_present(template: &Value, status: &Status) -> bool {
+    let names: Vec<&str> = ["containers", "initContainers"]
+        .iter()
+        .filter_map(|k| template.get("spec")?.get(*k)?.as_array())
+        .flatten()
+        .filter_map(name_of)
+        .collect();
+    status
+        .containers
+        .iter()
+        .chain(&status.init_containers)
+        .all(|n| names.contains(&n.as_str()))
+}
+
 /// The template without what the status annotation records; a recorded user override is
 /// put back where it was. With `drop_empty`, lists and the annotation map left empty are
 /// removed (uninject); without, they stay in place so re-injection keeps the key order.
