@@ -8,12 +8,15 @@
 //! How it works: the template stays a raw `serde_json::Value` (so fields our Kubernetes types
 //! do not model are never dropped). k8s-openapi types read and validate it and build our
 //! containers. The core builds the *desired* template (a clone of the input with our
-//! changes) and then emits a small patch touching only `/metadata/annotations`,
-//! `/spec/initContainers`, `/spec/containers` and `/spec/volumes`: `add .../-` when items are
-//! only appended, a whole-array `replace` when the order changes, `add` of a missing array or
-//! annotation map, per-key `add`/`replace` of annotations (JSON-pointer escaped, e.g.
-//! `sidecar.istio.io~1status`). Applying the patch to the input yields exactly the desired
-//! template (a property the golden tests check for every case).
+//! changes) and then emits a small patch touching only `/metadata/annotations` and the
+//! `/spec` lists `initContainers`, `containers`, `volumes`, `imagePullSecrets`: `add .../-`
+//! when items are only appended, a whole-array `replace` when the order changes, `add` of a
+//! missing array or annotation map, per-key `add`/`replace` of annotations (JSON-pointer
+//! escaped, e.g. `sidecar.istio.io~1status`). Removing a key that is not its map's last
+//! (only re-injection and uninject do) replaces that map, `/metadata` or `/spec`, whole,
+//! because a json-patch `remove` would reorder the keys. Applying the patch to the input
+//! yields exactly the desired template, key order included (the golden tests check this
+//! for every case). A `Patched` patch is never empty.
 //!
 //! The status annotation `sidecar.istio.io/status` is JSON, for example
 //! `{"initContainers":["istio-init"],"containers":["istio-proxy"],"volumes":[],
@@ -25,8 +28,8 @@
 //! - `annotations` names the annotations we added (default-container and `prometheus.io/*`,
 //!   never one the user had set), so uninject removes exactly those.
 //! - `configHash` hashes the injection config together with everything else that shapes the
-//!   result: native or regular sidecar, and the honoured annotations' values. Equal hash:
-//!   [`Outcome::Unchanged`]. Any other hash (or none, as with Istio's status): the recorded
+//!   result: native or regular sidecar, and the honoured annotations' values. Equal hash
+//!   (and the recorded containers still there): [`Outcome::Unchanged`]. Any other hash (or none, as with Istio's status): the recorded
 //!   injection is removed and redone. So editing `sidecar.istio.io/proxyCPU` on an injected
 //!   template and re-running kube-inject applies it.
 //! - `overrides` keeps each user container named `istio-proxy`/`istio-init` as the user
