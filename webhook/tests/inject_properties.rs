@@ -1,0 +1,230 @@
+//! Properties of the injection core over every combination of a set of pod shapes:
+//! metadata (absent, empty, user annotations, the user's own default-container and
+//! prometheus annotations), init containers (absent, empty, one, two), app containers with
+//! and without a user `istio-proxy`/`istio-init` at various positions, native or regular
+//! sidecars, and two configs.
+//!
+//! For each: the patch applied to the input is exactly (key order included) the desired
+//! template; injecting the result again is `Unchanged`; re-injecting it with another config
+//! gives exactly what injecting the original with that config gives; uninjecting gives the
+//! original back (up to empty lists and maps that injection had to create).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
+
+use mesh_webhook::config::{InjectConfig, NativeSidecars};
+use mesh_webhook::inject::{self, InjectRequest, NamespacePolicy, Outcome};
+use serde_json::{Map, Value, json};
+
+fn text(v: &Value) -> String {
+    serde_json::to_string(v).unwrap()
+}
+
+fn metadata_variants() -> Vec<Option<Value>> {
+    vec![
+        None,
+        Some(json!({"name": "p"})),
+        Some(json!({"name": "p", "annotations": {}, "labels": {"app": "p"}})),
+        Some(
+            json!({"name": "p", "annotations": {"team": "a", "traffic.sidecar.istio.io/excludeOutboundPorts": "5432"}}),
+        ),
+        Some(
+            json!({"annotations": {"kubectl.kubernetes.io/default-container": "helper",
+                                    "prometheus.io/path": "/m"}, "name": "p"}),
+        ),
+    ]
+}
+
+fn init_variants() -> Vec<Option<Value>> {
+    vec![
+        None,
+        Some(json!([])),
+        Some(json!([{"name": "migrate", "image": "m"}])),
+        Some(
+            json!([{"name": "a", "image": "a"}, {"name": "istio-init", "image": "custom-init"}, {"name": "b", "image": "b"}]),
+        ),
+    ]
+}
+
+fn container_variants() -> Vec<Value> {
+    vec![
+        json!([{"name": "app", "image": "app"}]),
+        json!([{"name": "app", "image": "app"}, {"name": "helper", "image": "h", "x-unknown": 1}]),
+        json!([{"name": "istio-proxy", "image": "mine", "env": [{"name": "X", "value": "1"}]}, {"name": "app", "image": "app"}]),
+        json!([{"name": "app", "image": "app"}, {"name": "istio-proxy", "resources": {"limits": {"memory": "1Gi"}}}, {"name": "tail", "image": "t"}]),
+    ]
+}
+
+fn pods() -> Vec<Value> {
+    let mut out = Vec::new();
+    for meta in metadata_variants() {
+        for init in init_variants() {
+            for containers in container_variants() {
+                let mut pod = Map::new();
+                if let Some(m) = &meta {
+                    pod.insert("metadata".into(), m.clone());
+                }
+                let mut spec = Map::new();
+                spec.insert("serviceAccountName".into(), json!("sa"));
+                if let Some(i) = &init {
+                    spec.insert("initContainers".into(), i.clone());
+                }
+                spec.insert("containers".into(), containers.clone());
+                spec.insert("futureField".into(), json!({"keep": true}));
+                pod.insert("spec".into(), Value::Object(spec));
+                out.push(Value::Object(pod));
+            }
+        }
+    }
+    out
+}
+
+fn configs() -> Vec<InjectConfig> {
+    vec![
+        InjectConfig::default(),
+        InjectConfig {
+            proxy_image: "registry.example.com/proxy:2".into(),
+            native_sidecars: NativeSidecars::True,
+            ..InjectConfig::default()
+        },
+    ]
+}
+
+fn req(t: &Value, native: bool) -> InjectRequest<'_> {
+    InjectRequest {
+        template: t,
+        namespace: Some("shop"),
+        namespace_policy: NamespacePolicy::Selected,
+        native_sidecars: native,
+    }
+}
+
+/// Inject and check patch == desired; returns the injected template.
+fn inject_checked(t: &Value, cfg: &InjectConfig, native: bool) -> Value {
+    let Outcome::Patched(ops) = inject::inject(&req(t, native), cfg).unwrap() else {
+        panic!("not patched: {t}")
+    };
+    assert!(!ops.is_empty());
+    let desired = inject::desired_template(&req(t, native), cfg)
+        .unwrap()
+        .unwrap();
+    let mut patched = t.clone();
+    json_patch::patch(&mut patched, &ops).unwrap();
+    assert_eq!(
+        text(&patched),
+        text(&desired),
+        "patch != desired for {t}\nops: {}",
+        serde_json::to_string(&ops).unwrap()
+    );
+    patched
+}
+
+/// Drop what injection had to create and uninject cannot know was not there: empty
+/// `initContainers`/annotation maps and an empty `metadata`.
+fn normalized(mut v: Value) -> Value {
+    let obj = v.as_object_mut().unwrap();
+    if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut)
+        && m.get("annotations").is_some_and(|a| a == &json!({}))
+    {
+        m.shift_remove("annotations");
+    }
+    if obj.get("metadata").is_some_and(|m| m == &json!({})) {
+        obj.shift_remove("metadata");
+    }
+    let spec = obj.get_mut("spec").unwrap().as_object_mut().unwrap();
+    if spec.get("initContainers").is_some_and(|i| i == &json!([])) {
+        spec.shift_remove("initContainers");
+    }
+    v
+}
+
+#[test]
+fn inject_reinject_uninject_properties() {
+    let cfgs = configs();
+    let mut checked = 0;
+    for pod in pods() {
+        for (ci, cfg) in cfgs.iter().enumerate() {
+            for native in [false, true] {
+                let injected = inject_checked(&pod, cfg, native);
+
+                // Idempotent.
+                assert_eq!(
+                    inject::inject(&req(&injected, native), cfg).unwrap(),
+                    Outcome::Unchanged,
+                    "{pod}"
+                );
+
+                // Re-injection with the other config (and the other layout) equals a fresh
+                // injection of the original with it.
+                let other = &cfgs[1 - ci];
+                for other_native in [false, true] {
+                    let re = inject_checked(&injected, other, other_native);
+                    let fresh = inject_checked(&pod, other, other_native);
+                    assert_eq!(
+                        text(&re),
+                        text(&fresh),
+                        "re-injection differs from fresh injection for {pod}"
+                    );
+                }
+
+                // Uninject restores the original.
+                let Outcome::Patched(ops) = inject::uninject(&injected).unwrap() else {
+                    panic!("uninject did nothing")
+                };
+                let mut back = injected.clone();
+                json_patch::patch(&mut back, &ops).unwrap();
+                assert_eq!(
+                    text(&normalized(back)),
+                    text(&normalized(pod.clone())),
+                    "uninject did not restore {pod}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 5 * 4 * 4 * 2 * 2);
+}
+
+#[test]
+fn layout_is_as_the_contract_says() {
+    for pod in pods() {
+        let cfg = InjectConfig::default();
+        let user_init: Vec<String> = pod["spec"]["initContainers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["name"].as_str())
+            .filter(|n| *n != "istio-init")
+            .map(str::to_string)
+            .collect();
+        let names = |v: &Value, k: &str| -> Vec<String> {
+            v["spec"][k]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| c["name"].as_str().unwrap().to_string())
+                .collect()
+        };
+        // Regular: user init containers, then istio-init; proxy last among containers.
+        let r = inject_checked(&pod, &cfg, false);
+        let mut want_init = user_init.clone();
+        want_init.push("istio-init".into());
+        assert_eq!(names(&r, "initContainers"), want_init);
+        let c = names(&r, "containers");
+        assert_eq!(c.last().map(String::as_str), Some("istio-proxy"));
+        assert_eq!(c.iter().filter(|n| *n == "istio-proxy").count(), 1);
+        // The default container is the first app container, unless the user chose one.
+        let dc = &r["metadata"]["annotations"]["kubectl.kubernetes.io/default-container"];
+        match pod["metadata"]["annotations"]["kubectl.kubernetes.io/default-container"].as_str() {
+            Some(user) => assert_eq!(dc, user),
+            None => assert_eq!(dc, c[0].as_str()),
+        }
+        // Native: istio-init, istio-proxy (restartPolicy Always) at the head.
+        let n = inject_checked(&pod, &cfg, true);
+        let mut want = vec!["istio-init".to_string(), "istio-proxy".to_string()];
+        want.extend(user_init);
+        assert_eq!(names(&n, "initContainers"), want);
+        assert_eq!(n["spec"]["initContainers"][1]["restartPolicy"], "Always");
+        assert!(!names(&n, "containers").contains(&"istio-proxy".to_string()));
+        // Unknown fields survive.
+        assert_eq!(n["spec"]["futureField"], json!({"keep": true}));
+    }
+}
