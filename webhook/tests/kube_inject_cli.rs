@@ -105,7 +105,10 @@ fn output_file_is_written_and_untouched_on_error() {
     assert!(written.contains("istio-proxy"));
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&out_path).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode, 0o644, "a new -o file gets the usual mode, not the temp file's 0600");
+    assert_eq!(
+        mode, 0o644,
+        "a new -o file gets the usual mode, not the temp file's 0600"
+    );
 
     // A bad annotation in the second document: non-zero exit, message naming the document,
     // its kind/name, the line and the annotation; nothing on stdout; the file untouched.
