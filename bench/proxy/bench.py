@@ -33,7 +33,6 @@ import threading
 import time
 
 PORT_ID, PORT_BULK, PORT_ECHO, PORT_CONN, PORT_HOLD = 5000, 5001, 5002, 5003, 5004
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def raise_nofile():
@@ -567,8 +566,9 @@ def run_main(argv):
         if "haproxy" in b.modes:
             paths.append(b.check_path("haproxy", True))
         print(report(results, rss, paths, reps, seconds))
-        with open(os.path.join(HERE, "results.json"), "w") as f:
-            json.dump({"results": results, "rss_kb": rss}, f, indent=1)
+        if os.environ.get("BENCH_JSON"):
+            with open(os.environ["BENCH_JSON"], "w") as f:
+                json.dump({"results": results, "rss_kb": rss}, f, indent=1)
     finally:
         b.teardown()
 

@@ -6,6 +6,7 @@
 #   bench/proxy/run.sh                 # release build, 3 reps x 2 s per workload
 #   BENCH_REPS=5 BENCH_SECONDS=3 bench/proxy/run.sh
 #   MESH_PROXY_BIN=/path/to/mesh-proxy bench/proxy/run.sh   # measure another build
+#   BENCH_MODES=direct,mesh,mesh-splice,mesh-2t,haproxy  BENCH_JSON=/tmp/r.json  (raw numbers)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 [ "$(id -u)" = 0 ] || { echo "run as root (network namespaces, iptables)" >&2; exit 1; }
