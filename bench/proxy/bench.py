@@ -352,8 +352,7 @@ class Bench:
         if srv.stdout.readline().strip() != "ready":
             raise RuntimeError("bench server did not start")
         as_proxy = ["setpriv", "--reuid=1337", "--regid=1337", "--clear-groups"]
-        common = ["--admin-addr", "127.0.0.1:15021", "--metrics-addr", "127.0.0.1:15090",
-                  "--log-level", "warn"]
+        common = ["--admin-addr", "127.0.0.1:15021", "--metrics-addr", "127.0.0.1:15090"]
         for m in self.modes:
             if m in MESH_VARIANTS:
                 self.start(m, as_proxy + [self.proxy_bin] + MESH_VARIANTS[m] + common)

@@ -79,8 +79,9 @@ pub struct Args {
     /// Listen on IPv6 too.
     #[arg(long, value_enum, default_value_t = Ipv6Mode::Auto)]
     pub ipv6: Ipv6Mode,
-    /// Log level: error, warn, info, debug or trace.
-    #[arg(long, env = "MESH_PROXY_LOG", default_value = "info", value_parser = parse_level)]
+    /// Log level: error, warn, info, debug or trace. `warn`, like Istio's proxies: at
+    /// `info` every connection also gets a tracing span, which costs memory and time.
+    #[arg(long, env = "MESH_PROXY_LOG", default_value = "warn", value_parser = parse_level)]
     pub log_level: tracing::Level,
     /// Pod name (the downward API sets POD_NAME).
     #[arg(long, env = "POD_NAME", hide_env_values = true)]
@@ -263,6 +264,10 @@ mod tests {
 
     #[test]
     fn defaults_follow_istio_ports() {
+        let a = Args::try_parse_from(["mesh-proxy"]).unwrap();
+        if std::env::var_os("MESH_PROXY_LOG").is_none() {
+            assert_eq!(a.log_level, tracing::Level::WARN);
+        }
         let c = parse(&[]).unwrap();
         assert_eq!(c.outbound[0].to_string(), "0.0.0.0:15001");
         assert_eq!(c.outbound[1].to_string(), "[::]:15001");
