@@ -13,7 +13,7 @@ cd "$(dirname "$0")/../.."
 for tool in ip iptables-restore haproxy python3 setpriv; do
     command -v "$tool" >/dev/null || { echo "missing tool: $tool" >&2; exit 1; }
 done
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/work/target-proxy}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$(pwd)/target}"
 if [ -z "${MESH_PROXY_BIN:-}" ]; then
     cargo build --release -p mesh-proxy -p mesh-init >&2
     MESH_PROXY_BIN="$CARGO_TARGET_DIR/release/mesh-proxy"
