@@ -819,7 +819,6 @@ fn issue_leaf(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

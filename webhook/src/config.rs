@@ -316,7 +316,6 @@ pub(crate) fn hex16(digest: &[u8]) -> String {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

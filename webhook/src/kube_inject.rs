@@ -287,7 +287,6 @@ pub fn generate_deployments(n: usize) -> String {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

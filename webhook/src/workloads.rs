@@ -107,7 +107,6 @@ fn one(obj: &Value, base: &str, prefix: &str) -> Result<Option<TemplateRef>, Wor
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use serde_json::json;

@@ -127,7 +127,6 @@ pub fn to_yaml(value: &Value) -> Result<String, String> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use serde_json::json;

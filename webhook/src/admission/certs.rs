@@ -149,7 +149,6 @@ pub fn server_config(store: Arc<CertStore>) -> Result<Arc<ServerConfig>, CertErr
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

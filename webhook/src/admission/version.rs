@@ -160,7 +160,6 @@ pub async fn keep_probing(state: Arc<AppState>, kubeconfig: Option<PathBuf>, eve
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

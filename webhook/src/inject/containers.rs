@@ -307,7 +307,6 @@ fn merge_value(ours: &Value, user: &Value, key: &str) -> Value {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use serde_json::json;

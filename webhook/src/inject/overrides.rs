@@ -288,7 +288,6 @@ pub fn parse_quantity(s: &str) -> Result<f64, String> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -154,7 +154,6 @@ fn diff_annotations(o: &Map<String, Value>, n: &Map<String, Value>, ops: &mut Ve
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use serde_json::json;
