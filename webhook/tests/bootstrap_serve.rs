@@ -7,31 +7,13 @@
 
 mod deploy_support;
 
-use std::net::{Ipv4Addr, TcpListener};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use deploy_support::{kubectl_run, require_kubeconfig};
+use deploy_support::{ServerProcess, free_port, kubectl_run, require_kubeconfig};
 use serde_json::{Value, json};
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start(ns: &str, webhook: &str, dir: &std::path::Path, port: u16) -> Server {
+fn start(ns: &str, webhook: &str, dir: &std::path::Path, port: u16) -> ServerProcess {
     std::fs::create_dir_all(dir).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_mesh-webhook"))
         .args(["serve", "--self-signed", "--service-name=mesh-webhook"])
@@ -45,7 +27,7 @@ fn start(ns: &str, webhook: &str, dir: &std::path::Path, port: u16) -> Server {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start mesh-webhook serve --self-signed");
-    Server(child)
+    ServerProcess(child)
 }
 
 /// GET /readyz through curl, verifying the server with `ca` as `host`.

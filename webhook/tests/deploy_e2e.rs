@@ -11,22 +11,15 @@
 
 mod deploy_support;
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use deploy_support::{find, images_env, kubectl_run, render, require_kubeconfig};
+use deploy_support::{
+    ServerProcess, find, free_port, images_env, kubectl_run, render, require_kubeconfig,
+};
 use rcgen::{CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
 use serde_json::{Value, json};
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Deletes the webhook registration even when the test fails, so no later pod creation
 /// is sent to a server that is gone.
@@ -43,14 +36,6 @@ impl Drop for Registration {
             ])
             .output();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// CA + serving certificate for 127.0.0.1.
@@ -130,7 +115,7 @@ fn pods_created_with_kubectl_are_stored_injected_exactly_where_istio_would_injec
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start mesh-webhook serve");
-    let mut server = Server(child);
+    let mut server = ServerProcess(child);
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(SocketAddr::from((Ipv4Addr::LOCALHOST, port))).is_err() {
         if let Ok(Some(status)) = server.0.try_wait() {

@@ -7,66 +7,15 @@
 //! otherwise only runs `kubectl apply --dry-run=server`.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 
+mod deploy_support;
+
+use deploy_support::{kubectl_try, require_kubeconfig};
 use mesh_webhook::config::InjectConfig;
 use mesh_webhook::kube_inject::{self, Mode};
 use mesh_webhook::yaml;
 use serde_json::Value;
-
-fn require_kubeconfig() {
-    assert!(
-        std::env::var_os("KUBECONFIG").is_some(),
-        "KUBECONFIG is not set: this test needs a real API server. Start one with \
-         ../shared/kube-local/setup.sh && ../shared/kube-local/start.sh and \
-         export KUBECONFIG=$HOME/.kube-local/run/kubeconfig (as .ci/run does)"
-    );
-}
-
-/// kubectl from `KUBECTL`, else kube-local's, else the one on PATH.
-fn kubectl() -> PathBuf {
-    if let Some(k) = std::env::var_os("KUBECTL") {
-        return PathBuf::from(k);
-    }
-    let local = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_default()
-        .join(".kube-local/bin/kubectl");
-    if local.is_file() {
-        local
-    } else {
-        PathBuf::from("kubectl")
-    }
-}
-
-/// Run kubectl; `Err(output)` when it fails.
-fn kubectl_try(args: &[&str], stdin: Option<&str>) -> Result<String, String> {
-    let mut child = Command::new(kubectl())
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start kubectl");
-    {
-        let mut pipe = child.stdin.take().unwrap();
-        if let Some(s) = stdin {
-            pipe.write_all(s.as_bytes()).unwrap();
-        }
-    }
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    if out.status.success() {
-        Ok(stdout)
-    } else {
-        Err(format!(
-            "kubectl {args:?} failed: {}{stdout}",
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
 
 /// A namespace of our own, deleted on drop (also when the test fails).
 struct TestNamespace(String);

@@ -4,8 +4,9 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
 
@@ -46,8 +47,8 @@ pub fn require_kubeconfig() -> String {
     })
 }
 
-/// Runs kubectl with `args`, feeding `stdin`; panics with its output when it fails.
-pub fn kubectl_run(args: &[&str], stdin: Option<&str>) -> String {
+/// Runs kubectl with `args`, feeding `stdin`; `Err` carries its output when it fails.
+pub fn kubectl_try(args: &[&str], stdin: Option<&str>) -> Result<String, String> {
     use std::io::Write;
     let mut child = Command::new(kubectl())
         .args(args)
@@ -63,15 +64,41 @@ pub fn kubectl_run(args: &[&str], stdin: Option<&str>) -> String {
         }
     }
     let out = child.wait_with_output().expect("wait for kubectl");
-    assert!(
-        out.status.success(),
-        "kubectl {} failed ({}):\n{}{}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("kubectl output is UTF-8")
+    let stdout = String::from_utf8(out.stdout).expect("kubectl output is UTF-8");
+    if out.status.success() {
+        Ok(stdout)
+    } else {
+        Err(format!(
+            "kubectl {} failed ({}):\n{stdout}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// Runs kubectl with `args`, feeding `stdin`; panics with its output when it fails.
+pub fn kubectl_run(args: &[&str], stdin: Option<&str>) -> String {
+    kubectl_try(args, stdin).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A server process started by a test: killed (by its own PID) and reaped on drop.
+pub struct ServerProcess(pub Child);
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .expect("bind 127.0.0.1:0")
+        .local_addr()
+        .expect("local_addr")
+        .port()
 }
 
 /// `kubectl kustomize <repo>/<dir>`: the rendered YAML.
