@@ -2,7 +2,7 @@
 # Time to apply the default (injected) ruleset with mesh-init, in a throwaway network
 # namespace per run, next to feeding the same text to iptables-restore directly.
 #
-#   sudo bench/init-apply.sh [RUNS]          (default 21 runs per measurement)
+#   bench/init-apply.sh [RUNS]   (as root)          (default 21 runs per measurement)
 #   MESH_INIT=path/to/mesh-init BACKENDS="nft legacy" bench/init-apply.sh
 #
 # mesh-init does per family: read the nat table (iptables-save), one iptables-restore

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole data path of one injected pod on one Linux machine, no cluster needed.
 #
-#   sudo demo/whole-pod.sh
+#   demo/whole-pod.sh            (as root)
 #
 # What it does, step by step (each printed as it happens):
 #  1. two network namespaces, "pod" (198.18.0.2) and "server" (198.18.0.1), joined by a
