@@ -5,9 +5,11 @@ Topology (made here, deleted on exit, also on failure):
 
     world ns  (servers; 198.18.<i>.1 and fd00:198:18:<i>::1 on link i)
       |-- veth -- pod ns "direct"        no capture rules
-      |-- veth -- pod ns "mesh"          mesh-init rules + mesh-proxy (splice) as uid 1337
-      |-- veth -- pod ns "mesh-buffered" mesh-init rules + mesh-proxy --copy-mode buffered
+      |-- veth -- pod ns "mesh"          mesh-init rules + mesh-proxy (default flags) as uid 1337
+      |-- veth -- pod ns "mesh-static"   the same, statically linked binary
+      |-- veth -- pod ns "mesh-splice"   the same with --copy-mode splice
       `-- veth -- pod ns "haproxy"       mesh-init rules + haproxy mode tcp, server 0.0.0.0:0
+(BENCH_MODES picks which; see MESH_VARIANTS.)
 
 Clients run in a pod and dial the world address; in the proxied pods the kernel
 redirects the connection to :15001 and the proxy forwards it to the original
@@ -307,7 +309,8 @@ class Bench:
         self.seconds, self.reps = seconds, reps
         tag = f"{os.getpid() % 100000}"
         self.world = f"mbw{tag}"
-        self.modes = os.environ.get("BENCH_MODES", "direct,mesh,mesh-splice,haproxy").split(",")
+        self.modes = os.environ.get("BENCH_MODES",
+                                    "direct,mesh,mesh-static,mesh-splice,haproxy").split(",")
         unknown = [m for m in self.modes if m not in MESH_VARIANTS and m not in ("direct", "haproxy")]
         if unknown or self.modes[0] != "direct":
             raise SystemExit(f"BENCH_MODES must start with direct; unknown: {unknown}")
@@ -355,7 +358,12 @@ class Bench:
         common = ["--admin-addr", "127.0.0.1:15021", "--metrics-addr", "127.0.0.1:15090"]
         for m in self.modes:
             if m in MESH_VARIANTS:
-                self.start(m, as_proxy + [self.proxy_bin] + MESH_VARIANTS[m] + common)
+                binary = self.proxy_bin
+                if m == "mesh-static":
+                    binary = os.environ.get("MESH_PROXY_STATIC_BIN", "")
+                    if not binary:
+                        raise SystemExit("mesh-static needs MESH_PROXY_STATIC_BIN (run.sh sets it)")
+                self.start(m, as_proxy + [binary] + MESH_VARIANTS[m] + common)
         if "haproxy" in self.modes:
             cfg = os.path.join(self.tmp, "haproxy.cfg")
             with open(cfg, "w") as f:
@@ -483,6 +491,7 @@ class Bench:
 # mesh-proxy variants a run can include (BENCH_MODES); "mesh" is the default build.
 MESH_VARIANTS = {
     "mesh": [],
+    "mesh-static": [],  # same flags, statically linked binary (MESH_PROXY_STATIC_BIN)
     "mesh-splice": ["--copy-mode", "splice"],
     "mesh-buffered": ["--copy-mode", "buffered"],
     "mesh-2t": ["--worker-threads", "2"],

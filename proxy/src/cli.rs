@@ -6,11 +6,10 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
 use mesh_common::{PROXY_ADMIN_PORT, PROXY_INBOUND_PORT, PROXY_METRICS_PORT, PROXY_OUTBOUND_PORT};
 
 /// How bytes are moved between the two sockets of a connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CopyMode {
     /// Zero-copy `splice(2)` through a pipe per direction (Linux); falls back to
     /// buffered copying for a connection whose pipe cannot be made.
@@ -20,14 +19,14 @@ pub enum CopyMode {
 }
 
 /// Access log format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AccessLogFormat {
     /// One JSON object per closed connection, on stdout.
     Json,
 }
 
 /// Whether to listen on IPv6 as well as IPv4.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ipv6Mode {
     /// Listen on IPv6 when the kernel supports it; IPv4 only otherwise.
     Auto,
@@ -37,62 +36,285 @@ pub enum Ipv6Mode {
     Off,
 }
 
-#[derive(Parser, Debug, Clone)]
-#[command(
-    name = "mesh-proxy",
-    version,
-    about = "Transparent L4 sidecar proxy: forwards redirected TCP to its original destination"
-)]
+/// The command line, parsed but not yet validated as a whole.
+///
+/// Parsed by hand rather than with clap: a sidecar runs in every pod, and clap's code
+/// alone made up about a tenth of the resident memory of an idle proxy.
+#[derive(Debug, Clone)]
 pub struct Args {
     /// Port of the outbound capture listener (the pod's own outgoing TCP lands here).
-    #[arg(long, default_value_t = PROXY_OUTBOUND_PORT)]
     pub outbound_port: u16,
     /// Port of the inbound capture listener (TCP arriving at the pod lands here).
-    #[arg(long, default_value_t = PROXY_INBOUND_PORT)]
     pub inbound_port: u16,
     /// Admin address: `GET /healthz/ready`, `POST /quitquitquit`.
-    #[arg(long, default_value_t = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), PROXY_ADMIN_PORT))]
     pub admin_addr: SocketAddr,
     /// Prometheus address: `GET /stats/prometheus`.
-    #[arg(long, default_value_t = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), PROXY_METRICS_PORT))]
     pub metrics_addr: SocketAddr,
-    /// Give up connecting upstream after this long (e.g. `5s`, `500ms`); the client is reset.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    /// Give up connecting upstream after this long; the client is reset.
     pub connect_timeout: Duration,
     /// On SIGTERM or /quitquitquit, wait this long for open connections to finish.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
     /// Open connections beyond this number are refused with a reset.
-    #[arg(long, default_value_t = 16384, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
     /// Write one access-log line per closed connection on stdout.
-    #[arg(long, value_enum)]
     pub access_log: Option<AccessLogFormat>,
-    /// How bytes are copied between client and upstream. `buffered` (one shared
-    /// scratch buffer per thread) measured faster than `splice` here for bulk, latency
-    /// and new connections alike: see bench/proxy/README.md.
-    #[arg(long, value_enum, default_value_t = CopyMode::Buffered)]
+    /// How bytes are copied between client and upstream.
     pub copy_mode: CopyMode,
-    /// Runtime threads. One is enough for a sidecar and keeps memory lowest.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    /// Runtime threads.
     pub worker_threads: u16,
     /// Listen on IPv6 too.
-    #[arg(long, value_enum, default_value_t = Ipv6Mode::Auto)]
     pub ipv6: Ipv6Mode,
-    /// Log level: error, warn, info, debug or trace. `warn`, like Istio's proxies: at
-    /// `info` every connection also gets a tracing span, which costs memory and time.
-    #[arg(long, env = "MESH_PROXY_LOG", default_value = "warn", value_parser = parse_level)]
+    /// Log level.
     pub log_level: tracing::Level,
     /// Pod name (the downward API sets POD_NAME).
-    #[arg(long, env = "POD_NAME", hide_env_values = true)]
     pub pod_name: Option<String>,
     /// Pod namespace (the downward API sets POD_NAMESPACE).
-    #[arg(long, env = "POD_NAMESPACE", hide_env_values = true)]
     pub pod_namespace: Option<String>,
     /// Workload name, as Istio's injector sets it; defaults to the pod name.
-    #[arg(long, env = "ISTIO_META_WORKLOAD_NAME", hide_env_values = true)]
     pub workload_name: Option<String>,
 }
+
+/// What the command line asked for.
+#[derive(Debug, Clone)]
+pub enum Command {
+    Run(Box<Args>),
+    Help,
+    Version,
+}
+
+/// The usage text of `--help`.
+pub const HELP: &str = "\
+Transparent L4 sidecar proxy: forwards redirected TCP to its original destination
+
+Usage: mesh-proxy [OPTIONS]
+
+Options:
+      --outbound-port <PORT>     Outbound capture listener port [default: 15001]
+      --inbound-port <PORT>      Inbound capture listener port [default: 15006]
+      --admin-addr <ADDR>        GET /healthz/ready, POST /quitquitquit [default: 0.0.0.0:15021]
+      --metrics-addr <ADDR>      GET /stats/prometheus [default: 0.0.0.0:15090]
+      --connect-timeout <DUR>    Give up connecting upstream after this long (500ms, 5s, 1m);
+                                 the client is reset [default: 5s]
+      --drain-timeout <DUR>      On SIGTERM or /quitquitquit, wait this long for open
+                                 connections to finish [default: 30s]
+      --max-connections <N>      Open connections beyond this are refused with a reset
+                                 [default: 16384]
+      --access-log <FORMAT>      One line per closed connection on stdout [possible: json]
+      --copy-mode <MODE>         splice or buffered; see bench/proxy/README.md [default: buffered]
+      --worker-threads <N>       Runtime threads, 1-64 [default: 1]
+      --ipv6 <MODE>              auto, on or off [default: auto]
+      --log-level <LEVEL>        error, warn, info, debug or trace; at info every connection
+                                 gets a tracing span [env: MESH_PROXY_LOG] [default: warn]
+      --pod-name <NAME>          Pod name [env: POD_NAME]
+      --pod-namespace <NS>       Pod namespace [env: POD_NAMESPACE]
+      --workload-name <NAME>     Workload name; defaults to the pod name
+                                 [env: ISTIO_META_WORKLOAD_NAME]
+  -h, --help                     Print help
+  -V, --version                  Print version
+";
+
+/// A command-line argument that cannot be used; the message names the flag.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ArgError {
+    #[error("unknown argument `{0}` (see --help)")]
+    Unknown(String),
+    #[error("{0} needs a value")]
+    MissingValue(&'static str),
+    #[error("invalid value `{value}` for {flag}: {reason}")]
+    Invalid {
+        flag: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+fn parse_enum<T: Copy>(s: &str, choices: &[(&str, T)]) -> Result<T, String> {
+    choices
+        .iter()
+        .find(|(name, _)| *name == s)
+        .map(|(_, v)| *v)
+        .ok_or_else(|| {
+            let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
+            format!("expected one of {}", names.join(", "))
+        })
+}
+
+fn parse_num<T>(s: &str, min: T, max: T) -> Result<T, String>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display,
+{
+    match s.parse::<T>() {
+        Ok(v) if v >= min && v <= max => Ok(v),
+        _ => Err(format!("expected a number from {min} to {max}")),
+    }
+}
+
+impl Args {
+    /// The defaults, with the environment-backed values taken from `env`.
+    fn defaults(env: &dyn Fn(&str) -> Option<String>) -> Result<Args, ArgError> {
+        let log_level = match env("MESH_PROXY_LOG") {
+            Some(v) => parse_level(&v).map_err(|reason| ArgError::Invalid {
+                flag: "--log-level (MESH_PROXY_LOG)",
+                value: v,
+                reason,
+            })?,
+            None => tracing::Level::WARN,
+        };
+        Ok(Args {
+            outbound_port: PROXY_OUTBOUND_PORT,
+            inbound_port: PROXY_INBOUND_PORT,
+            admin_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), PROXY_ADMIN_PORT),
+            metrics_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), PROXY_METRICS_PORT),
+            connect_timeout: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(30),
+            max_connections: 16384,
+            access_log: None,
+            copy_mode: CopyMode::Buffered,
+            worker_threads: 1,
+            ipv6: Ipv6Mode::Auto,
+            log_level,
+            pod_name: env("POD_NAME"),
+            pod_namespace: env("POD_NAMESPACE"),
+            workload_name: env("ISTIO_META_WORKLOAD_NAME"),
+        })
+    }
+
+    /// Parses the process's arguments and environment; prints help, version or the
+    /// error and exits when there is nothing to run.
+    pub fn parse() -> Args {
+        match Args::command_from(std::env::args(), &|k| std::env::var(k).ok()) {
+            Ok(Command::Run(a)) => *a,
+            Ok(Command::Help) => {
+                print!("{HELP}");
+                std::process::exit(0)
+            }
+            Ok(Command::Version) => {
+                println!("mesh-proxy {}", env!("CARGO_PKG_VERSION"));
+                std::process::exit(0)
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::exit(2)
+            }
+        }
+    }
+
+    /// Parses `args` (the first is the program name) with the process environment.
+    pub fn try_parse_from<I, S>(args: I) -> Result<Args, ArgError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        match Args::command_from(args, &|k| std::env::var(k).ok())? {
+            Command::Run(a) => Ok(*a),
+            Command::Help | Command::Version => Err(ArgError::Unknown("--help".into())),
+        }
+    }
+
+    /// Parses `args` (the first is the program name), reading environment-backed
+    /// values through `env`.
+    pub fn command_from<I, S>(
+        args: I,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Command, ArgError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut a = Args::defaults(env)?;
+        let mut it = args.into_iter().map(Into::into).skip(1);
+        while let Some(arg) = it.next() {
+            if arg == "-h" || arg == "--help" {
+                return Ok(Command::Help);
+            }
+            if arg == "-V" || arg == "--version" {
+                return Ok(Command::Version);
+            }
+            let (name, inline) = match arg.split_once('=') {
+                Some((n, v)) if n.starts_with("--") => (n.to_owned(), Some(v.to_owned())),
+                _ => (arg.clone(), None),
+            };
+            let flag: &'static str = match FLAGS.iter().find(|f| **f == name) {
+                Some(f) => f,
+                None => return Err(ArgError::Unknown(arg)),
+            };
+            let value = match inline.or_else(|| it.next()) {
+                Some(v) => v,
+                None => return Err(ArgError::MissingValue(flag)),
+            };
+            a.set(flag, &value).map_err(|reason| ArgError::Invalid {
+                flag,
+                value: value.clone(),
+                reason,
+            })?;
+        }
+        Ok(Command::Run(Box::new(a)))
+    }
+
+    fn set(&mut self, flag: &str, v: &str) -> Result<(), String> {
+        let addr = |v: &str| {
+            v.parse::<SocketAddr>()
+                .map_err(|_| "expected an address like 0.0.0.0:15021 or [::]:15021".to_owned())
+        };
+        match flag {
+            "--outbound-port" => self.outbound_port = parse_num(v, 0, u16::MAX)?,
+            "--inbound-port" => self.inbound_port = parse_num(v, 0, u16::MAX)?,
+            "--admin-addr" => self.admin_addr = addr(v)?,
+            "--metrics-addr" => self.metrics_addr = addr(v)?,
+            "--connect-timeout" => self.connect_timeout = parse_duration(v)?,
+            "--drain-timeout" => self.drain_timeout = parse_duration(v)?,
+            "--max-connections" => self.max_connections = parse_num(v, 1, u32::MAX)?,
+            "--access-log" => {
+                self.access_log = Some(parse_enum(v, &[("json", AccessLogFormat::Json)])?)
+            }
+            "--copy-mode" => {
+                self.copy_mode = parse_enum(
+                    v,
+                    &[
+                        ("splice", CopyMode::Splice),
+                        ("buffered", CopyMode::Buffered),
+                    ],
+                )?
+            }
+            "--worker-threads" => self.worker_threads = parse_num(v, 1, 64)?,
+            "--ipv6" => {
+                self.ipv6 = parse_enum(
+                    v,
+                    &[
+                        ("auto", Ipv6Mode::Auto),
+                        ("on", Ipv6Mode::On),
+                        ("off", Ipv6Mode::Off),
+                    ],
+                )?
+            }
+            "--log-level" => self.log_level = parse_level(v)?,
+            "--pod-name" => self.pod_name = Some(v.to_owned()),
+            "--pod-namespace" => self.pod_namespace = Some(v.to_owned()),
+            "--workload-name" => self.workload_name = Some(v.to_owned()),
+            other => return Err(format!("internal error: unhandled flag {other}")),
+        }
+        Ok(())
+    }
+}
+
+/// Every flag that takes a value.
+const FLAGS: [&str; 15] = [
+    "--outbound-port",
+    "--inbound-port",
+    "--admin-addr",
+    "--metrics-addr",
+    "--connect-timeout",
+    "--drain-timeout",
+    "--max-connections",
+    "--access-log",
+    "--copy-mode",
+    "--worker-threads",
+    "--ipv6",
+    "--log-level",
+    "--pod-name",
+    "--pod-namespace",
+    "--workload-name",
+];
 
 /// Who this proxy reports itself as in metric labels.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -238,36 +460,71 @@ fn parse_level(s: &str) -> Result<tracing::Level, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
-    fn parse(args: &[&str]) -> Result<Config, String> {
+    /// Parses with an empty environment.
+    fn args(args: &[&str]) -> Result<Command, ArgError> {
         let mut all = vec!["mesh-proxy"];
         all.extend_from_slice(args);
-        // Keep the environment out: clear the env-backed values explicitly.
-        let mut a = Args::try_parse_from(all).map_err(|e| e.to_string())?;
-        if !args.iter().any(|x| x.starts_with("--pod-name")) {
-            a.pod_name = None;
+        Args::command_from(all, &|_| None)
+    }
+
+    fn parse(list: &[&str]) -> Result<Config, String> {
+        match args(list).map_err(|e| e.to_string())? {
+            Command::Run(a) => a.into_config().map_err(|e| e.to_string()),
+            other => Err(format!("not a run: {other:?}")),
         }
-        if !args.iter().any(|x| x.starts_with("--pod-namespace")) {
-            a.pod_namespace = None;
-        }
-        if !args.iter().any(|x| x.starts_with("--workload-name")) {
-            a.workload_name = None;
-        }
-        a.into_config().map_err(|e| e.to_string())
     }
 
     #[test]
-    fn clap_definition_is_consistent() {
-        Args::command().debug_assert();
+    fn every_flag_is_documented_and_handled() {
+        for flag in FLAGS {
+            assert!(
+                HELP.contains(&format!("{flag} <")),
+                "{flag} missing from --help"
+            );
+            let mut a = Args::defaults(&|_| None).unwrap();
+            // An empty value is wrong for most flags, but never "unhandled".
+            if let Err(e) = a.set(flag, "") {
+                assert!(!e.contains("internal error"), "{flag}: {e}");
+            }
+        }
+        assert!(matches!(args(&["--help"]), Ok(Command::Help)));
+        assert!(matches!(args(&["-V"]), Ok(Command::Version)));
+    }
+
+    #[test]
+    fn environment_backs_identity_and_log_level() {
+        let env = |k: &str| match k {
+            "POD_NAME" => Some("web-1".to_owned()),
+            "POD_NAMESPACE" => Some("shop".to_owned()),
+            "MESH_PROXY_LOG" => Some("debug".to_owned()),
+            _ => None,
+        };
+        let Command::Run(a) = Args::command_from(["mesh-proxy"], &env).unwrap() else {
+            panic!("not a run")
+        };
+        assert_eq!(a.log_level, tracing::Level::DEBUG);
+        let c = a.into_config().unwrap();
+        assert_eq!(c.identity.workload, "web-1");
+        assert_eq!(c.identity.namespace, "shop");
+        // A flag wins over the environment.
+        let Command::Run(a) =
+            Args::command_from(["mesh-proxy", "--log-level", "error"], &env).unwrap()
+        else {
+            panic!("not a run")
+        };
+        assert_eq!(a.log_level, tracing::Level::ERROR);
+        let bad = |k: &str| (k == "MESH_PROXY_LOG").then(|| "loud".to_owned());
+        let e = Args::command_from(["mesh-proxy"], &bad).unwrap_err();
+        assert!(e.to_string().contains("MESH_PROXY_LOG"), "{e}");
     }
 
     #[test]
     fn defaults_follow_istio_ports() {
-        let a = Args::try_parse_from(["mesh-proxy"]).unwrap();
-        if std::env::var_os("MESH_PROXY_LOG").is_none() {
-            assert_eq!(a.log_level, tracing::Level::WARN);
-        }
+        let Command::Run(a) = args(&[]).unwrap() else {
+            panic!("not a run")
+        };
+        assert_eq!(a.log_level, tracing::Level::WARN);
         let c = parse(&[]).unwrap();
         assert_eq!(c.outbound[0].to_string(), "0.0.0.0:15001");
         assert_eq!(c.outbound[1].to_string(), "[::]:15001");
@@ -292,8 +549,7 @@ mod tests {
             "250ms",
             "--drain-timeout",
             "1m",
-            "--max-connections",
-            "10",
+            "--max-connections=10",
             "--access-log",
             "json",
             "--copy-mode",
@@ -338,6 +594,12 @@ mod tests {
         assert!(e.contains("--connect-timeout"), "{e}");
         let e = parse(&["--copy-mode", "mmap"]).unwrap_err();
         assert!(e.contains("--copy-mode"), "{e}");
+        let e = parse(&["--worker-threads", "65"]).unwrap_err();
+        assert!(e.contains("--worker-threads"), "{e}");
+        let e = parse(&["--admin-addr"]).unwrap_err();
+        assert!(e.contains("--admin-addr needs a value"), "{e}");
+        let e = parse(&["--no-such-flag"]).unwrap_err();
+        assert!(e.contains("--no-such-flag"), "{e}");
     }
 
     #[test]

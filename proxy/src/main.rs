@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::Parser;
 use mesh_proxy::cli::Args;
 use mesh_proxy::listener::raise_fd_limit;
 use mesh_proxy::orig_dst::KernelOriginalDst;
