@@ -359,10 +359,10 @@ class Bench:
         for m in self.modes:
             if m in MESH_VARIANTS:
                 binary = self.proxy_bin
-                if m == "mesh-static":
-                    binary = os.environ.get("MESH_PROXY_STATIC_BIN", "")
+                if m in ALT_BINARIES:
+                    binary = os.environ.get(ALT_BINARIES[m], "")
                     if not binary:
-                        raise SystemExit("mesh-static needs MESH_PROXY_STATIC_BIN (run.sh sets it)")
+                        raise SystemExit(f"mode {m} needs {ALT_BINARIES[m]}")
                 self.start(m, as_proxy + [binary] + MESH_VARIANTS[m] + common)
         if "haproxy" in self.modes:
             cfg = os.path.join(self.tmp, "haproxy.cfg")
@@ -492,10 +492,16 @@ class Bench:
 MESH_VARIANTS = {
     "mesh": [],
     "mesh-static": [],  # same flags, statically linked binary (MESH_PROXY_STATIC_BIN)
+    "mesh-base": [],  # same flags, another build to compare against (MESH_PROXY_BASE_BIN)
+    "mesh-base-splice": ["--copy-mode", "splice"],  # that build with splice
     "mesh-splice": ["--copy-mode", "splice"],
     "mesh-buffered": ["--copy-mode", "buffered"],
     "mesh-2t": ["--worker-threads", "2"],
 }
+
+# Modes that run another mesh-proxy binary, named by an environment variable.
+ALT_BINARIES = {"mesh-static": "MESH_PROXY_STATIC_BIN", "mesh-base": "MESH_PROXY_BASE_BIN",
+                "mesh-base-splice": "MESH_PROXY_BASE_BIN"}
 
 HAPROXY_CFG = """global
     maxconn 8000

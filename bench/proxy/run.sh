@@ -10,7 +10,8 @@
 #
 # `mesh-static` is the same code linked statically (`-C target-feature=+crt-static`, glibc),
 # standing in for the shipped image's static musl build (docker/proxy.Dockerfile); it is
-# built only when a mode asks for it (MESH_PROXY_STATIC_BIN overrides).
+# built only when a mode asks for it (MESH_PROXY_STATIC_BIN overrides). `mesh-base` runs
+# MESH_PROXY_BASE_BIN (e.g. a copy of an earlier build) for before/after in one run.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 [ "$(id -u)" = 0 ] || { echo "run as root (network namespaces, iptables)" >&2; exit 1; }

@@ -2,22 +2,33 @@
 //! space. The syscalls go through nix's safe wrappers (`pipe2`, `splice`), so no
 //! `unsafe` is needed here either.
 //!
-//! The pipe is made lazily, on the first byte, so an idle connection costs no pipe.
-//! Each transfer first fills the pipe from the source, then drains it completely into
-//! the destination before reading again; because the pipe is always empty when we read,
-//! `EAGAIN` on the read side can only mean "the socket has nothing", and on the write
-//! side only "the socket buffer is full".
+//! The pipe is made lazily, on the first byte, so an idle connection costs no pipe; it
+//! starts at the kernel's default size (64 KiB) and is grown to [`BULK_PIPE_SIZE`] the
+//! first time it fills up, so only bulk transfers hold a large pipe (pipe capacity counts
+//! against the user's `pipe-user-pages-soft` quota whether used or not).
+//!
+//! Each round first fills the pipe from the source until the socket has nothing more or
+//! the pipe is full, then drains the pipe into the destination until it is empty or the
+//! socket's send buffer is full; it only waits on the kernel (and clears the readiness
+//! it waits on) when a socket really said `EAGAIN`. With an empty pipe, `EAGAIN` on the
+//! read side can only mean "the socket has nothing"; with bytes in the pipe it may also
+//! mean "the pipe is full" (a pipe holds pages, not bytes), so then the readiness is kept
+//! and the pipe drained first.
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use nix::fcntl::{OFlag, SpliceFFlags, splice};
+use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-/// Bytes asked for per splice from the socket (the pipe's default capacity).
-const CHUNK: usize = 64 * 1024;
+/// The kernel's default pipe capacity.
+const DEFAULT_PIPE_SIZE: usize = 64 * 1024;
+
+/// What a pipe is grown to once it has filled up (the default `pipe-max-size`, so an
+/// unprivileged proxy may ask for it).
+pub const BULK_PIPE_SIZE: usize = 1024 * 1024;
 
 /// A non-blocking pipe used as the in-kernel buffer of one direction.
 #[derive(Debug)]
@@ -31,6 +42,13 @@ impl Pipe {
         let (read, write) =
             nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).map_err(io::Error::from)?;
         Ok(Pipe { read, write })
+    }
+
+    /// Asks the kernel to make the pipe hold `size` bytes; returns the capacity it got.
+    pub fn resize(&self, size: usize) -> io::Result<usize> {
+        let size = i32::try_from(size).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let got = fcntl(&self.write, FcntlArg::F_SETPIPE_SZ(size)).map_err(io::Error::from)?;
+        usize::try_from(got).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))
     }
 
     /// Moves up to `len` bytes from `src` into the pipe; 0 means end of stream.
@@ -70,6 +88,14 @@ pub enum SpliceEnd {
     NoPipe(io::Error),
 }
 
+/// What the next round waits for.
+#[derive(Clone, Copy)]
+enum Wait {
+    Readable,
+    Writable,
+    Nothing,
+}
+
 /// Copies `from` to `to` until end of stream, adding delivered bytes to `counter`
 /// as they pass. Does not shut anything down: the caller owns half-close.
 pub async fn splice_one_way(
@@ -80,8 +106,18 @@ pub async fn splice_one_way(
 ) -> io::Result<SpliceEnd> {
     let mut pipe: Option<Pipe> = None;
     let mut delivered: u64 = 0;
+    let mut capacity = DEFAULT_PIPE_SIZE;
+    let mut grown = false;
+    // Bytes in the pipe, not yet delivered.
+    let mut pending: usize = 0;
+    let mut eof = false;
+    let mut wait = Wait::Readable;
     loop {
-        from.readable().await?;
+        match wait {
+            Wait::Readable => from.readable().await?,
+            Wait::Writable => to.writable().await?,
+            Wait::Nothing => {}
+        }
         let p = match &pipe {
             Some(p) => p,
             None => match Pipe::new() {
@@ -89,15 +125,39 @@ pub async fn splice_one_way(
                 Err(e) => return Ok(SpliceEnd::NoPipe(e)),
             },
         };
-        let n = match from.try_io(Interest::READABLE, || p.fill_from(from, CHUNK)) {
-            Ok(0) => return Ok(SpliceEnd::Eof(delivered)),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        };
-        let mut pending = n;
+        let mut read_blocked = false;
+        let mut full = false;
+        while !eof && pending < capacity {
+            let free = capacity - pending;
+            let r = from.try_io(Interest::READABLE, || match p.fill_from(from, free) {
+                // Maybe only the pipe is full: keep the socket's readiness.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && pending > 0 => Ok(None),
+                r => r.map(Some),
+            });
+            match r {
+                Ok(Some(0)) => eof = true,
+                Ok(Some(n)) => pending += n,
+                Ok(None) => {
+                    full = true;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    read_blocked = true;
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if (full || pending >= capacity) && !grown {
+            // A bulk transfer: give it a bigger pipe (fewer, larger rounds). Without
+            // one it simply goes on at the current size.
+            grown = true;
+            if let Ok(size) = p.resize(BULK_PIPE_SIZE) {
+                capacity = size.max(pending);
+            }
+        }
+        let mut write_blocked = false;
         while pending > 0 {
-            to.writable().await?;
             match to.try_io(Interest::WRITABLE, || p.drain_to(to, pending)) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(m) => {
@@ -106,10 +166,23 @@ pub async fn splice_one_way(
                     counter.fetch_add(m as u64, Ordering::Relaxed);
                     total.fetch_add(m as u64, Ordering::Relaxed);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    write_blocked = true;
+                    break;
+                }
                 Err(e) => return Err(e),
             }
         }
+        if eof && pending == 0 {
+            return Ok(SpliceEnd::Eof(delivered));
+        }
+        wait = if write_blocked {
+            Wait::Writable
+        } else if read_blocked {
+            Wait::Readable
+        } else {
+            Wait::Nothing
+        };
     }
 }
 
@@ -150,6 +223,12 @@ mod tests {
         drop(a);
         std::thread::sleep(std::time::Duration::from_millis(20));
         assert_eq!(pipe.fill_from(&b, 1024).unwrap(), 0, "EOF reads as 0");
+    }
+
+    #[test]
+    fn pipe_grows_to_the_bulk_size() {
+        let pipe = Pipe::new().unwrap();
+        assert!(pipe.resize(BULK_PIPE_SIZE).unwrap() >= BULK_PIPE_SIZE);
     }
 
     #[tokio::test]
