@@ -16,6 +16,9 @@ pub enum CopyMode {
     Splice,
     /// Read into a small user-space buffer, write it out.
     Buffered,
+    /// Buffered for small messages (cheapest per message and per connection); a
+    /// direction whose read fills the 16 KiB buffer is bulk and moves to `splice`.
+    Adaptive,
 }
 
 /// Access log format.
@@ -100,7 +103,9 @@ Options:
       --max-connections <N>      Open connections beyond this are refused with a reset
                                  [default: 16384]
       --access-log <FORMAT>      One line per closed connection on stdout [possible: json]
-      --copy-mode <MODE>         splice or buffered; see bench/proxy/README.md [default: buffered]
+      --copy-mode <MODE>         adaptive (buffered for small messages, splice(2) once a
+                                 direction is bulk), splice or buffered; see
+                                 bench/proxy/README.md [default: adaptive]
       --worker-threads <N>       Runtime threads, 1-64 [default: 1]
       --ipv6 <MODE>              auto, on or off [default: auto]
       --log-level <LEVEL>        error, warn, info, debug or trace; at info every connection
@@ -169,7 +174,7 @@ impl Args {
             drain_timeout: Duration::from_secs(30),
             max_connections: 16384,
             access_log: None,
-            copy_mode: CopyMode::Buffered,
+            copy_mode: CopyMode::Adaptive,
             worker_threads: 1,
             ipv6: Ipv6Mode::Auto,
             log_level,
@@ -419,7 +424,7 @@ impl Config {
             drain_timeout: Duration::from_secs(30),
             max_connections: 16384,
             access_log: None,
-            copy_mode: CopyMode::Buffered,
+            copy_mode: CopyMode::Adaptive,
             worker_threads: 1,
             identity: Identity::unknown(),
         }
@@ -531,7 +536,7 @@ mod tests {
         assert_eq!(c.inbound[0].to_string(), "0.0.0.0:15006");
         assert_eq!(c.admin_addr.to_string(), "0.0.0.0:15021");
         assert_eq!(c.metrics_addr.to_string(), "0.0.0.0:15090");
-        assert_eq!(c.copy_mode, CopyMode::Buffered);
+        assert_eq!(c.copy_mode, CopyMode::Adaptive);
         assert_eq!(c.worker_threads, 1);
         assert_eq!(c.connect_timeout, Duration::from_secs(5));
         assert_eq!(c.identity, Identity::unknown());

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use socket2::SockRef;
+use tokio::io::Interest;
 use tokio::net::{TcpSocket, TcpStream};
 use tracing::{debug, info, warn};
 
@@ -23,6 +24,15 @@ use crate::splice::{SpliceEnd, splice_one_way};
 /// of their own: only bytes the destination could not take at once are kept per
 /// connection, and only until they drain, so idle connections cost nothing.
 const SCRATCH_SIZE: usize = 128 * 1024;
+
+/// Adaptive mode reads at most this much through the scratch buffer (so only this much
+/// of it is ever touched); a read that fills it marks the direction as bulk, which then
+/// moves to `splice(2)`.
+const ADAPTIVE_READ: usize = 16 * 1024;
+
+/// Reads shorter than this (and shorter than asked for) are taken as "the socket is
+/// drained", saving the `read` that would return EAGAIN.
+const SMALL_READ: usize = 16 * 1024;
 
 thread_local! {
     static SCRATCH: std::cell::RefCell<Box<[u8]>> =
@@ -101,6 +111,8 @@ pub async fn connect(
         SocketAddr::V6(_) => TcpSocket::new_v6(),
     }
     .map_err(ConnectError::Io)?;
+    // The proxy must not add Nagle delays of its own: the apps' sockets decide.
+    let _ = socket.set_nodelay(true);
     if direction == Direction::Inbound {
         let addr = SocketAddr::new(mesh_common::inbound_passthrough_for(dst.ip()), 0);
         socket
@@ -111,8 +123,6 @@ pub async fn connect(
         .await
         .map_err(|_| ConnectError::Timeout(timeout))?
         .map_err(ConnectError::Io)?;
-    // The proxy must not add Nagle delays of its own: the apps' sockets decide.
-    let _ = stream.set_nodelay(true);
     Ok(stream)
 }
 
@@ -182,15 +192,25 @@ async fn one_way(
     counter: &AtomicU64,
     total: &AtomicU64,
 ) -> io::Result<()> {
-    match mode {
-        CopyMode::Splice => match splice_one_way(from, to, counter, total).await? {
+    let spliced = match mode {
+        CopyMode::Splice => true,
+        CopyMode::Buffered => {
+            buffered_one_way(from, to, counter, total, SCRATCH_SIZE, false).await?;
+            false
+        }
+        CopyMode::Adaptive => {
+            buffered_one_way(from, to, counter, total, ADAPTIVE_READ, true).await?
+                == BufferedEnd::Bulk
+        }
+    };
+    if spliced {
+        match splice_one_way(from, to, counter, total).await? {
             SpliceEnd::Eof(_) => {}
             SpliceEnd::NoPipe(e) => {
                 debug!(error = %e, "no pipe for splice, copying through a buffer");
-                buffered_one_way(from, to, counter, total).await?;
+                buffered_one_way(from, to, counter, total, SCRATCH_SIZE, false).await?;
             }
-        },
-        CopyMode::Buffered => buffered_one_way(from, to, counter, total).await?,
+        }
     }
     match SockRef::from(to).shutdown(Shutdown::Write) {
         Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(e),
@@ -198,12 +218,28 @@ async fn one_way(
     }
 }
 
+/// Why [`buffered_one_way`] returned.
+#[derive(Debug, PartialEq, Eq)]
+enum BufferedEnd {
+    /// The source reached end of stream.
+    Eof,
+    /// A read filled the whole buffer and everything read has been delivered: a bulk
+    /// transfer, better spliced (only when asked to stop for it).
+    Bulk,
+}
+
+/// Copies through the thread's scratch buffer, reading at most `read_size` at a time.
+/// With `stop_on_bulk`, returns [`BufferedEnd::Bulk`] after a read that filled
+/// `read_size`, once its bytes are delivered.
 async fn buffered_one_way(
     from: &TcpStream,
     to: &TcpStream,
     counter: &AtomicU64,
     total: &AtomicU64,
-) -> io::Result<()> {
+    read_size: usize,
+    stop_on_bulk: bool,
+) -> io::Result<BufferedEnd> {
+    let mut bulk = false;
     let count = |m: usize| {
         counter.fetch_add(m as u64, Ordering::Relaxed);
         total.fetch_add(m as u64, Ordering::Relaxed);
@@ -224,15 +260,37 @@ async fn buffered_one_way(
             }
         }
         pending = Vec::new(); // give the memory back while idle
+        if bulk && stop_on_bulk {
+            return Ok(BufferedEnd::Bulk);
+        }
         from.readable().await?;
         // Read into the thread's scratch buffer and write straight on; only what the
         // destination cannot take now is kept, per connection, until it drains.
-        let step = SCRATCH.with_borrow_mut(|buf| -> io::Result<bool> {
-            let n = match from.try_read(buf) {
-                Ok(0) => return Ok(false),
-                Ok(n) => n,
-                Err(e) => return Err(e),
+        let step = SCRATCH.with_borrow_mut(|scratch| -> io::Result<Option<usize>> {
+            let buf = &mut scratch[..read_size.min(SCRATCH_SIZE)];
+            let mut got = None;
+            // A short read means the socket's receive queue is empty now (epoll(7)):
+            // for a small message, report it as WouldBlock to `try_io`, which then
+            // clears the readiness (unless an event arrived meanwhile), so the next read
+            // waits for new data instead of costing a `read` that returns EAGAIN.
+            // After a large read more is likely on its way: read again at once.
+            let r = from.try_io(Interest::READABLE, || {
+                let n = from.try_read(buf)?;
+                got = Some(n);
+                if n > 0 && n < buf.len().min(SMALL_READ) {
+                    Err(io::ErrorKind::WouldBlock.into())
+                } else {
+                    Ok(())
+                }
+            });
+            let n = match (got, r) {
+                (Some(n), _) => n,
+                (None, Err(e)) => return Err(e),
+                (None, Ok(())) => return Err(io::ErrorKind::WouldBlock.into()),
             };
+            if n == 0 {
+                return Ok(None);
+            }
             let mut off = 0;
             while off < n {
                 match to.try_write(&buf[off..n]) {
@@ -246,29 +304,30 @@ async fn buffered_one_way(
                 }
             }
             pending.extend_from_slice(&buf[off..n]);
-            Ok(true)
+            Ok(Some(n))
         });
         match step {
-            Ok(true) => {}
-            Ok(false) => return Ok(()),
+            Ok(Some(n)) => bulk = n >= read_size,
+            Ok(None) => return Ok(BufferedEnd::Eof),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
         }
     }
 }
 
-/// Handles one accepted connection to the end.
+/// Handles one accepted connection (accepted by the listener bound to `listen_addr`,
+/// whose sockets are `TCP_NODELAY` already) to the end.
 pub async fn handle(
     shared: Arc<Shared>,
     client: TcpStream,
     peer: SocketAddr,
-    local: SocketAddr,
+    listen_addr: SocketAddr,
     direction: Direction,
 ) {
     let started = SystemTime::now();
     let clock = Instant::now();
     let metrics = &shared.metrics;
-    let orig = match shared.orig_dst.original_dst(&client, local) {
+    let orig = match shared.orig_dst.original_dst(&client, listen_addr) {
         Ok(orig) => orig,
         Err(e) => {
             warn!(error = %e, "no original destination; refusing");
@@ -277,13 +336,17 @@ pub async fn handle(
             return;
         }
     };
-    if is_own_listener(orig, local, &shared.own_listeners) {
-        warn!(dst = %orig, "original destination is the proxy's own listener; refusing");
-        metrics.refused(direction, RefusalReason::Loop);
-        reset(client);
-        return;
+    // A loop needs the original port to be one of our listeners' ports; only then is
+    // the connection's own local address (after REDIRECT) worth a `getsockname`.
+    if shared.own_listeners.iter().any(|l| l.port() == orig.port()) {
+        let local = client.local_addr().unwrap_or(listen_addr);
+        if is_own_listener(orig, local, &shared.own_listeners) {
+            warn!(dst = %orig, "original destination is the proxy's own listener; refusing");
+            metrics.refused(direction, RefusalReason::Loop);
+            reset(client);
+            return;
+        }
     }
-    let _ = client.set_nodelay(true);
     let connect_started = Instant::now();
     let upstream = match connect(direction, orig, shared.config.connect_timeout).await {
         Ok(u) => u,

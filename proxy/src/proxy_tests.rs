@@ -128,6 +128,13 @@ async fn half_close_propagates_buffered() {
     half_close_round_trip(CopyMode::Buffered).await;
 }
 
+/// 1 MB upload: starts buffered, turns to splice once a read fills the buffer; the
+/// 13-byte answer stays buffered.
+#[tokio::test]
+async fn half_close_propagates_adaptive() {
+    half_close_round_trip(CopyMode::Adaptive).await;
+}
+
 #[tokio::test]
 async fn server_half_close_lets_client_keep_sending() {
     // The server speaks first and shuts down writing; the client still sends after

@@ -97,6 +97,11 @@ fn outbound_ipv4_carries_64mib_each_way_intact_with_splice() {
 }
 
 #[test]
+fn outbound_ipv4_carries_64mib_each_way_intact_with_default_adaptive_copy() {
+    outbound(WORLD_V4, POD_V4, BIG, &[]);
+}
+
+#[test]
 fn outbound_ipv6_carries_64mib_each_way_intact_buffered() {
     outbound(WORLD_V6, POD_V6, BIG, &["--copy-mode", "buffered"]);
 }
