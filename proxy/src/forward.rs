@@ -161,9 +161,19 @@ pub async fn duplex(
         let (mut up_done, mut down_done) = (false, false);
         let mut error = None;
         while !(up_done && down_done) {
+            // A finished direction half-closes its destination, unless the other
+            // direction is finished too: then both sockets are about to be closed, and
+            // close(2) sends the same FIN (nothing is left unread: the other side's
+            // EOF has been read), saving a `shutdown` per connection.
             let r = tokio::select! {
-                r = &mut up, if !up_done => { up_done = true; r }
-                r = &mut down, if !down_done => { down_done = true; r }
+                r = &mut up, if !up_done => {
+                    up_done = true;
+                    r.and_then(|()| if down_done { Ok(()) } else { half_close(upstream) })
+                }
+                r = &mut down, if !down_done => {
+                    down_done = true;
+                    r.and_then(|()| if up_done { Ok(()) } else { half_close(client) })
+                }
             };
             if let Err(e) = r {
                 error = Some(e);
@@ -184,7 +194,15 @@ pub async fn duplex(
     }
 }
 
-/// One direction to end of stream, then a FIN on the other side.
+/// Sends a FIN to `to`: no more bytes are coming its way.
+fn half_close(to: &TcpStream) -> io::Result<()> {
+    match SockRef::from(to).shutdown(Shutdown::Write) {
+        Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// One direction to end of stream (the caller half-closes the destination).
 async fn one_way(
     from: &TcpStream,
     to: &TcpStream,
@@ -212,10 +230,7 @@ async fn one_way(
             }
         }
     }
-    match SockRef::from(to).shutdown(Shutdown::Write) {
-        Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(e),
-        _ => Ok(()),
-    }
+    Ok(())
 }
 
 /// Why [`buffered_one_way`] returned.
