@@ -276,6 +276,7 @@ impl Args {
                 self.copy_mode = parse_enum(
                     v,
                     &[
+                        ("adaptive", CopyMode::Adaptive),
                         ("splice", CopyMode::Splice),
                         ("buffered", CopyMode::Buffered),
                     ],
@@ -579,6 +580,19 @@ mod tests {
         assert_eq!(c.worker_threads, 2);
         assert_eq!(c.identity.workload, "web-7d9f-abc");
         assert_eq!(c.identity.namespace, "shop");
+    }
+
+    #[test]
+    fn every_copy_mode_in_the_help_parses() {
+        assert_eq!(parse(&[]).unwrap().copy_mode, CopyMode::Adaptive);
+        for (name, mode) in [
+            ("adaptive", CopyMode::Adaptive),
+            ("splice", CopyMode::Splice),
+            ("buffered", CopyMode::Buffered),
+        ] {
+            assert!(HELP.contains(name), "{name} missing from --help");
+            assert_eq!(parse(&["--copy-mode", name]).unwrap().copy_mode, mode);
+        }
     }
 
     #[test]
