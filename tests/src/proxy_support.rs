@@ -19,26 +19,6 @@ pub const WORLD_V4: &str = "198.18.0.1";
 pub const POD_V6: &str = "fd00:198:18::2";
 pub const WORLD_V6: &str = "fd00:198:18::1";
 
-/// The arguments the injector gives `istio-init`.
-pub const INIT_ARGS: [&str; 16] = [
-    "-p",
-    "15001",
-    "-z",
-    "15006",
-    "-u",
-    "1337",
-    "-m",
-    "REDIRECT",
-    "-i",
-    "*",
-    "-x",
-    "",
-    "-b",
-    "*",
-    "-d",
-    "15090,15021",
-];
-
 /// `ip:port`, with brackets for IPv6.
 pub fn sock(ip: &str, port: u16) -> SocketAddr {
     let ip: std::net::IpAddr = ip.parse().expect("ip");
@@ -63,7 +43,7 @@ impl PodWorld {
             &world,
             &["198.18.0.1/24", "fd00:198:18::1/64"],
         );
-        pod.output_ok(bin("mesh-init"), &INIT_ARGS);
+        pod.output_ok(bin("mesh-init"), &crate::INJECTED_INIT_ARGS);
         PodWorld { pod, world }
     }
 

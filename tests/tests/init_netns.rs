@@ -11,24 +11,7 @@ use mesh_tests::bins::bin;
 use mesh_tests::init_support::{Landing, Server, connect_as, nat_dump, rule_lines};
 use mesh_tests::netns::{Netns, link, require_root_and_tools};
 
-const DEFAULT: &[&str] = &[
-    "-p",
-    "15001",
-    "-z",
-    "15006",
-    "-u",
-    "1337",
-    "-m",
-    "REDIRECT",
-    "-i",
-    "*",
-    "-x",
-    "",
-    "-b",
-    "*",
-    "-d",
-    "15090,15021",
-];
+const DEFAULT: &[&str] = &mesh_tests::INJECTED_INIT_ARGS;
 
 struct Net {
     pod: Netns,
