@@ -40,5 +40,5 @@ if [ -z "${KUBECONFIG:-}" ]; then
     export KUBECTL="${KUBECTL:-$HOME/.kube-local/bin/kubectl}"
 fi
 
-echo "==== cargo test --workspace $*"
-cargo test --workspace "$@"
+echo "==== cargo test --workspace --no-fail-fast $*"
+cargo test --workspace --no-fail-fast "$@"

@@ -24,7 +24,11 @@ fn run(args: &[&str], stdin: Option<&str>) -> Output {
         .unwrap();
     let mut input = child.stdin.take().unwrap();
     if let Some(s) = stdin {
-        input.write_all(s.as_bytes()).unwrap();
+        // A command that fails before reading its input (a bad --config, say) closes the
+        // pipe: that write error is expected, and the exit status and stderr tell the story.
+        if let Err(e) = input.write_all(s.as_bytes()) {
+            assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "write stdin: {e}");
+        }
     }
     drop(input);
     child.wait_with_output().unwrap()

@@ -60,7 +60,14 @@ pub fn kubectl_try(args: &[&str], stdin: Option<&str>) -> Result<String, String>
     {
         let mut pipe = child.stdin.take().expect("stdin");
         if let Some(s) = stdin {
-            pipe.write_all(s.as_bytes()).expect("write kubectl stdin");
+            // kubectl may exit (with its error on stderr) before reading all of it.
+            if let Err(e) = pipe.write_all(s.as_bytes()) {
+                assert_eq!(
+                    e.kind(),
+                    std::io::ErrorKind::BrokenPipe,
+                    "kubectl stdin: {e}"
+                );
+            }
         }
     }
     let out = child.wait_with_output().expect("wait for kubectl");
