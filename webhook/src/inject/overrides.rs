@@ -191,23 +191,36 @@ fn resource_pair(
     Ok((out.0.map(|x| x.0), out.1.map(|x| x.0)))
 }
 
-/// Validate a comma-separated CIDR list; `*` (alone) means all when `allow_star`.
-/// Returns the normalized list (trimmed items joined with `,`).
-pub fn parse_cidr_list(s: &str, allow_star: bool) -> Result<String, String> {
+/// Splits a comma-separated list into trimmed, non-empty items; `None` stands for `*`
+/// (alone, and only when `allow_star`). `what` names the items in the mixed-`*` error.
+fn list_items<'a>(
+    s: &'a str,
+    allow_star: bool,
+    what: &str,
+) -> Result<Option<Vec<&'a str>>, String> {
     let items: Vec<&str> = s
         .split(',')
         .map(str::trim)
         .filter(|i| !i.is_empty())
         .collect();
-    if items.contains(&"*") {
-        if !allow_star {
-            return Err("`*` is not allowed in an exclude list".into());
-        }
-        if items.len() > 1 {
-            return Err("`*` cannot be combined with other ranges".into());
-        }
-        return Ok("*".into());
+    if !items.contains(&"*") {
+        return Ok(Some(items));
     }
+    if !allow_star {
+        return Err("`*` is not allowed in an exclude list".into());
+    }
+    if items.len() > 1 {
+        return Err(format!("`*` cannot be combined with other {what}"));
+    }
+    Ok(None)
+}
+
+/// Validate a comma-separated CIDR list; `*` (alone) means all when `allow_star`.
+/// Returns the normalized list (trimmed items joined with `,`).
+pub fn parse_cidr_list(s: &str, allow_star: bool) -> Result<String, String> {
+    let Some(items) = list_items(s, allow_star, "ranges")? else {
+        return Ok("*".into());
+    };
     for i in &items {
         i.parse::<IpNet>()
             .map_err(|_| format!("{i:?} is not a CIDR (like 10.0.0.0/8 or fd00::/8)"))?;
@@ -217,20 +230,9 @@ pub fn parse_cidr_list(s: &str, allow_star: bool) -> Result<String, String> {
 
 /// Validate a comma-separated port list (1-65535); `*` (alone) means all when `allow_star`.
 pub fn parse_port_list(s: &str, allow_star: bool) -> Result<String, String> {
-    let items: Vec<&str> = s
-        .split(',')
-        .map(str::trim)
-        .filter(|i| !i.is_empty())
-        .collect();
-    if items.contains(&"*") {
-        if !allow_star {
-            return Err("`*` is not allowed in an exclude list".into());
-        }
-        if items.len() > 1 {
-            return Err("`*` cannot be combined with other ports".into());
-        }
+    let Some(items) = list_items(s, allow_star, "ports")? else {
         return Ok("*".into());
-    }
+    };
     let mut out = Vec::with_capacity(items.len());
     for i in items {
         match i.parse::<u16>() {
