@@ -14,8 +14,8 @@ use mesh_webhook::admission;
 use rustls_pki_types::pem::PemObject as _;
 use serde_json::Value;
 use server_support::{
-    Pki, app_pod, apply_patch, client_config, eventually, names, patch_of, pod_review, request,
-    response_of, serve_args, served_cert,
+    Pki, app_pod, apply_patch, client_config, eventually, eventually_metric, names, patch_of,
+    pod_review, request, response_of, serve_args, served_cert,
 };
 
 async fn inject(
@@ -356,20 +356,11 @@ async fn rotated_certificate_is_served_without_restart() {
             ("tls.key", first.key_pem.as_bytes()),
         ],
     );
-    eventually(
+    eventually_metric(
+        addr,
+        tls1.clone(),
+        "mesh_webhook_cert_reloads_total{result=\"failed\"} 1",
         "the mismatched pair to be rejected",
-        Duration::from_secs(10),
-        || {
-            let tls1 = tls1.clone();
-            async move {
-                let m = request(addr, tls1, "GET", "/metrics", None, vec![])
-                    .await
-                    .ok()?;
-                m.text()
-                    .contains("mesh_webhook_cert_reloads_total{result=\"failed\"} 1")
-                    .then_some(())
-            }
-        },
     )
     .await;
     assert_eq!(
@@ -459,20 +450,11 @@ async fn injection_config_is_reloaded_and_a_broken_one_is_ignored() {
         "..v3",
         &[("config.yaml", b"proxyImag: example/proxy:three\n")],
     );
-    eventually(
+    eventually_metric(
+        addr,
+        tls.clone(),
+        "mesh_webhook_config_reloads_total{result=\"failed\"} 1",
         "the broken config to be rejected",
-        Duration::from_secs(10),
-        || {
-            let tls = tls.clone();
-            async move {
-                let m = request(addr, tls, "GET", "/metrics", None, vec![])
-                    .await
-                    .ok()?;
-                m.text()
-                    .contains("mesh_webhook_config_reloads_total{result=\"failed\"} 1")
-                    .then_some(())
-            }
-        },
     )
     .await;
     let out = inject(addr, tls.clone(), "c3", app_pod()).await;

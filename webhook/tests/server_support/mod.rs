@@ -456,6 +456,25 @@ where
     }
 }
 
+/// Polls `GET /metrics` until its text contains `line`, or panics after 10 s naming `what`.
+pub async fn eventually_metric(
+    addr: std::net::SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+    line: &str,
+    what: &str,
+) {
+    eventually(what, Duration::from_secs(10), || {
+        let tls = tls.clone();
+        async move {
+            let m = request(addr, tls, "GET", "/metrics", None, vec![])
+                .await
+                .ok()?;
+            m.text().contains(line).then_some(())
+        }
+    })
+    .await
+}
+
 /// A plain Pod as a ReplicaSet controller creates it (generateName, no namespace).
 pub fn app_pod() -> Value {
     json!({
