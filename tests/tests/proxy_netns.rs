@@ -290,6 +290,54 @@ fn refused_upstream_is_seen_as_a_reset() {
 }
 
 #[test]
+fn unanswered_connect_times_out_into_a_reset() {
+    let net = PodWorld::new();
+    // The world silently drops SYNs to port 7300: the upstream connect can only time out.
+    for tool in ["iptables", "ip6tables"] {
+        net.world.output_ok(
+            tool,
+            &[
+                "-w", "-A", "INPUT", "-p", "tcp", "--dport", "7300", "-j", "DROP",
+            ],
+        );
+    }
+    let _proxy = net.start_proxy(&["--connect-timeout", "600ms"]);
+    for ip in [WORLD_V4, WORLD_V6] {
+        let started = std::time::Instant::now();
+        let c = net
+            .pod
+            .run(|| TcpStream::connect(sock(ip, 7300)).expect("the proxy accepts first"));
+        expect_reset(c);
+        let waited = started.elapsed();
+        // The reset comes when --connect-timeout runs out: not at once (that would be a
+        // refusal) and well before the kernel's own SYN retries give up (about 2 min).
+        assert!(
+            waited >= Duration::from_millis(550) && waited < Duration::from_secs(4),
+            "{ip}: reset after {waited:?}, expected about 600ms"
+        );
+    }
+    let text = net.metrics();
+    assert_eq!(
+        metric(
+            &text,
+            "mesh_proxy_connect_errors_total",
+            &["direction=\"outbound\"", "kind=\"timeout\""]
+        ),
+        2,
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "istio_tcp_connections_opened_total",
+            &["response_flags=\"UF\"", "destination_port=\"7300\""]
+        ),
+        2,
+        "{text}"
+    );
+}
+
+#[test]
 fn sigterm_drains_open_connections_then_exits_zero() {
     let net = PodWorld::new();
     let mut proxy = net.start_proxy(&["--access-log", "json", "--drain-timeout", "20s"]);
