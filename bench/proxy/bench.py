@@ -5,9 +5,10 @@ Topology (made here, deleted on exit, also on failure):
 
     world ns  (servers; 198.18.<i>.1 and fd00:198:18:<i>::1 on link i)
       |-- veth -- pod ns "direct"        no capture rules
-      |-- veth -- pod ns "mesh"          mesh-init rules + mesh-proxy (default flags) as uid 1337
-      |-- veth -- pod ns "mesh-static"   the same, statically linked binary
-      |-- veth -- pod ns "mesh-splice"   the same with --copy-mode splice
+      |-- veth -- pod ns "mesh"          mesh-init rules + mesh-proxy as shipped (static musl
+      |                                  build, default flags) as uid 1337
+      |-- veth -- pod ns "mesh-glibc"    the same code built by plain `cargo build --release`
+      |-- veth -- pod ns "mesh-splice"   the shipped build with --copy-mode splice
       `-- veth -- pod ns "haproxy"       mesh-init rules + haproxy mode tcp, server 0.0.0.0:0
 (BENCH_MODES picks which; see MESH_VARIANTS.)
 
@@ -17,281 +18,27 @@ destination. Every mode is first checked to reach the dialled address (the serve
 reports the address it was reached at and the peer it saw; a proxied connection is
 seen from a different source port than the client's own, a direct one from the same).
 
-Roles: `bench.py run` (orchestrator, as root), `bench.py server`, `bench.py client ...`.
+The server and the clients are `mesh-loadgen` (bench/loadgen, Rust, blocking sockets);
+this script only builds the topology, runs the workloads in turn and reports.
 """
 
 import json
 import os
 import random
 import resource
-import selectors
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
 
-PORT_ID, PORT_BULK, PORT_ECHO, PORT_CONN, PORT_HOLD = 5000, 5001, 5002, 5003, 5004
+PORT_ID = 5000  # mesh-loadgen's identity port (its default base port)
 
 
 def raise_nofile():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-# ---------------------------------------------------------------- server (world ns)
-
-def serve_forever(port, handler, inline=False):
-    for family, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
-        s = socket.socket(family, socket.SOCK_STREAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        s.bind((host, port))
-        s.listen(4096)
-
-        def loop(s=s):
-            while True:
-                c, peer = s.accept()
-                c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                if inline:
-                    handler(c, peer)
-                else:
-                    threading.Thread(target=handler, args=(c, peer), daemon=True).start()
-
-        threading.Thread(target=loop, daemon=True).start()
-
-
-def h_identity(c, peer):
-    data = c.recv(256).decode()
-    local = c.getsockname()
-    c.sendall(json.dumps({"local": [local[0], local[1]], "peer": [peer[0], peer[1]],
-                          "client_said": data}).encode())
-    c.close()
-
-
-def h_bulk(c, peer):
-    buf = bytearray(1 << 20)
-    total = 0
-    while True:
-        n = c.recv_into(buf)
-        if n == 0:
-            break
-        total += n
-    c.sendall(str(total).encode())
-    c.close()
-
-
-def h_echo(c, peer):
-    while True:
-        d = c.recv(64)
-        if not d:
-            break
-        c.sendall(d)
-    c.close()
-
-
-def h_conn(c, peer):
-    d = c.recv(64)
-    if d:
-        c.sendall(d)
-    c.close()
-
-
-def hold_server(port):
-    """Accepts many connections, answers the first message of each, keeps them open."""
-    sel = selectors.DefaultSelector()
-    for family, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
-        s = socket.socket(family, socket.SOCK_STREAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        s.bind((host, port))
-        s.listen(4096)
-        s.setblocking(False)
-        sel.register(s, selectors.EVENT_READ, "listen")
-
-    def loop():
-        while True:
-            for key, _ in sel.select():
-                if key.data == "listen":
-                    try:
-                        c, _ = key.fileobj.accept()
-                    except BlockingIOError:
-                        continue
-                    c.setblocking(False)
-                    sel.register(c, selectors.EVENT_READ, "conn")
-                else:
-                    c = key.fileobj
-                    try:
-                        d = c.recv(64)
-                    except (BlockingIOError, ConnectionError):
-                        d = b""
-                    if d:
-                        try:
-                            c.send(d)
-                        except OSError:
-                            pass
-                    else:
-                        sel.unregister(c)
-                        c.close()
-
-    threading.Thread(target=loop, daemon=True).start()
-
-
-def server_main():
-    raise_nofile()
-    serve_forever(PORT_ID, h_identity, inline=True)
-    serve_forever(PORT_BULK, h_bulk)
-    serve_forever(PORT_ECHO, h_echo)
-    serve_forever(PORT_CONN, h_conn, inline=True)
-    hold_server(PORT_HOLD)
-    print("ready", flush=True)
-    while True:
-        time.sleep(3600)
-
-
-# ---------------------------------------------------------------- client (pod ns)
-
-def connect(host, port):
-    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-    s = socket.socket(fam, socket.SOCK_STREAM)
-    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    s.settimeout(30)
-    s.connect((host, port))
-    return s
-
-
-def c_identity(host):
-    s = connect(host, PORT_ID)
-    mine = s.getsockname()
-    s.sendall(json.dumps([mine[0], mine[1]]).encode())
-    data = b""
-    while True:
-        d = s.recv(4096)
-        if not d:
-            break
-        data += d
-    s.close()
-    r = json.loads(data)
-    return {"dialled": [host, PORT_ID], "reached": r["local"], "server_saw": r["peer"],
-            "client_local": [mine[0], mine[1]]}
-
-
-def c_bulk(host, streams, seconds):
-    results = [0] * streams
-    chunk = memoryview(bytearray(os.urandom(1 << 16)) * 16)  # 1 MiB
-    deadline = time.monotonic() + seconds
-
-    def one(i):
-        s = connect(host, PORT_BULK)
-        while time.monotonic() < deadline:
-            s.sendall(chunk)
-        s.shutdown(socket.SHUT_WR)
-        data = b""
-        while True:
-            d = s.recv(64)
-            if not d:
-                break
-            data += d
-        results[i] = int(data)
-        s.close()
-
-    t0 = time.monotonic()
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(streams)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.monotonic() - t0
-    total = sum(results)
-    return {"bytes": total, "seconds": elapsed, "gbit_s": total * 8 / elapsed / 1e9}
-
-
-def c_latency(host, seconds):
-    s = connect(host, PORT_ECHO)
-    msg = b"x" * 64
-    samples = []
-    for _ in range(200):  # warm up
-        s.sendall(msg)
-        got = 0
-        while got < 64:
-            got += len(s.recv(64 - got))
-    deadline = time.monotonic() + seconds
-    pc = time.perf_counter_ns
-    while time.monotonic() < deadline:
-        t = pc()
-        s.sendall(msg)
-        got = 0
-        while got < 64:
-            got += len(s.recv(64 - got))
-        samples.append(pc() - t)
-    s.close()
-    samples.sort()
-    q = lambda p: samples[min(len(samples) - 1, int(p * len(samples)))] / 1000.0
-    return {"n": len(samples), "p50_us": q(0.5), "p99_us": q(0.99), "p999_us": q(0.999)}
-
-
-def c_connrate(host, seconds):
-    msg = b"y" * 64
-    n = 0
-    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-    deadline = time.monotonic() + seconds
-    t0 = time.monotonic()
-    while time.monotonic() < deadline:
-        s = socket.socket(fam, socket.SOCK_STREAM)
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        s.settimeout(10)
-        s.connect((host, PORT_CONN))
-        s.sendall(msg)
-        got = 0
-        while got < 64:
-            d = s.recv(64 - got)
-            if not d:
-                raise RuntimeError("connection closed early")
-            got += len(d)
-        s.close()
-        n += 1
-    return {"conns": n, "per_s": n / (time.monotonic() - t0)}
-
-
-def c_hold(host, count, hold_file):
-    """Opens `count` connections, one exchange each, holds them until hold_file is gone."""
-    raise_nofile()
-    socks = []
-    for _ in range(count):
-        s = connect(host, PORT_HOLD)
-        s.sendall(b"z" * 64)
-        got = 0
-        while got < 64:
-            got += len(s.recv(64 - got))
-        socks.append(s)
-    print(json.dumps({"open": len(socks)}), flush=True)
-    while os.path.exists(hold_file):
-        time.sleep(0.05)
-    for s in socks:
-        s.close()
-    return {"closed": len(socks)}
-
-
-def client_main(argv):
-    kind, host = argv[0], argv[1]
-    if kind == "identity":
-        r = c_identity(host)
-    elif kind == "bulk":
-        r = c_bulk(host, int(argv[2]), float(argv[3]))
-    elif kind == "latency":
-        r = c_latency(host, float(argv[2]))
-    elif kind == "connrate":
-        r = c_connrate(host, float(argv[2]))
-    elif kind == "hold":
-        r = c_hold(host, int(argv[2]), argv[3])
-    else:
-        raise SystemExit(f"unknown client workload {kind}")
-    print(json.dumps(r), flush=True)
 
 
 # ---------------------------------------------------------------- orchestrator
@@ -304,13 +51,13 @@ def sh(*args, check=True, **kw):
 
 
 class Bench:
-    def __init__(self, proxy_bin, init_bin, seconds, reps):
-        self.proxy_bin, self.init_bin = proxy_bin, init_bin
+    def __init__(self, proxy_bin, init_bin, loadgen_bin, seconds, reps):
+        self.proxy_bin, self.init_bin, self.loadgen = proxy_bin, init_bin, loadgen_bin
         self.seconds, self.reps = seconds, reps
         tag = f"{os.getpid() % 100000}"
         self.world = f"mbw{tag}"
         self.modes = os.environ.get("BENCH_MODES",
-                                    "direct,mesh,mesh-static,mesh-splice,haproxy").split(",")
+                                    "direct,mesh,mesh-glibc,mesh-splice,haproxy").split(",")
         unknown = [m for m in self.modes if m not in MESH_VARIANTS and m not in ("direct", "haproxy")]
         if unknown or self.modes[0] != "direct":
             raise SystemExit(f"BENCH_MODES must start with direct; unknown: {unknown}")
@@ -349,7 +96,7 @@ class Bench:
                 sh(*self.ns_exec(pod, self.init_bin, "-p", "15001", "-z", "15006", "-u", "1337",
                                  "-m", "REDIRECT", "-i", "*", "-x", "", "-b", "*",
                                  "-d", "15090,15021"))
-        srv = subprocess.Popen(self.ns_exec(self.world, sys.executable, __file__, "server"),
+        srv = subprocess.Popen(self.ns_exec(self.world, self.loadgen, "server"),
                                stdout=subprocess.PIPE, text=True)
         self.procs["server"] = srv
         if srv.stdout.readline().strip() != "ready":
@@ -393,7 +140,7 @@ class Bench:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def client(self, mode, *args, timeout=120):
-        r = sh(*self.ns_exec(self.pods[mode], sys.executable, __file__, "client", *args),
+        r = sh(*self.ns_exec(self.pods[mode], self.loadgen, "client", *args),
                timeout=timeout)
         return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -450,7 +197,7 @@ class Bench:
         return rows
 
     def run(self):
-        results = {m: {"bulk1": [], "bulk8": [], "lat": [], "conn": [], "cpu_per_gb": []}
+        results = {m: {"bulk1": [], "bulk8": [], "lat": [], "conn": [], "conn4": [], "cpu_per_gb": []}
                    for m in self.modes}
         s = self.seconds
         for rep in range(self.reps):
@@ -467,6 +214,8 @@ class Bench:
                 results[mode]["bulk8"].append(self.client(mode, "bulk", host, "8", str(s))["gbit_s"])
                 results[mode]["lat"].append(self.client(mode, "latency", host, str(s)))
                 results[mode]["conn"].append(self.client(mode, "connrate", host, str(s))["per_s"])
+                results[mode]["conn4"].append(
+                    self.client(mode, "connrate", host, str(s), "4")["per_s"])
                 print(f"  rep {rep + 1}/{self.reps} {mode:13s} bulk1 {b1['gbit_s']:6.2f} Gbit/s",
                       file=sys.stderr, flush=True)
         rss = {}
@@ -474,7 +223,7 @@ class Bench:
             idle = self.rss_kb(mode)
             hold_file = os.path.join(self.tmp, f"hold-{mode}")
             open(hold_file, "w").close()
-            p = subprocess.Popen(self.ns_exec(self.pods[mode], sys.executable, __file__, "client",
+            p = subprocess.Popen(self.ns_exec(self.pods[mode], self.loadgen, "client",
                                               "hold", self.world_ip(mode), "1000", hold_file),
                                  stdout=subprocess.PIPE, text=True)
             line = p.stdout.readline()
@@ -491,7 +240,7 @@ class Bench:
 # mesh-proxy variants a run can include (BENCH_MODES); "mesh" is the default build.
 MESH_VARIANTS = {
     "mesh": [],
-    "mesh-static": [],  # same flags, statically linked binary (MESH_PROXY_STATIC_BIN)
+    "mesh-glibc": [],  # same flags, dynamically linked glibc build (MESH_PROXY_GLIBC_BIN)
     "mesh-base": [],  # same flags, another build to compare against (MESH_PROXY_BASE_BIN)
     "mesh-base-splice": ["--copy-mode", "splice"],  # that build with splice
     "mesh-splice": ["--copy-mode", "splice"],
@@ -500,7 +249,7 @@ MESH_VARIANTS = {
 }
 
 # Modes that run another mesh-proxy binary, named by an environment variable.
-ALT_BINARIES = {"mesh-static": "MESH_PROXY_STATIC_BIN", "mesh-base": "MESH_PROXY_BASE_BIN",
+ALT_BINARIES = {"mesh-glibc": "MESH_PROXY_GLIBC_BIN", "mesh-base": "MESH_PROXY_BASE_BIN",
                 "mesh-base-splice": "MESH_PROXY_BASE_BIN"}
 
 HAPROXY_CFG = """global
@@ -527,7 +276,8 @@ def report(results, rss, paths, reps, seconds):
     d = results["direct"]
     base = {"bulk1": med(d["bulk1"]), "bulk8": med(d["bulk8"]),
             "p50": med([x["p50_us"] for x in d["lat"]]), "p99": med([x["p99_us"] for x in d["lat"]]),
-            "p999": med([x["p999_us"] for x in d["lat"]]), "conn": med(d["conn"])}
+            "p999": med([x["p999_us"] for x in d["lat"]]), "conn": med(d["conn"]),
+            "conn4": med(d["conn4"])}
     out = []
     out.append(f"mesh-proxy benchmark: {reps} interleaved repetitions, {seconds:g} s per workload, "
                f"medians (ratio to direct)\n")
@@ -542,32 +292,35 @@ def report(results, rss, paths, reps, seconds):
                    f"client port {r['client_local'][1]} server saw port {r['server_saw'][1]}")
     out.append("")
     hdr = ("| mode | bulk 1 stream Gbit/s | bulk 8 streams Gbit/s | RR p50 µs | RR p99 µs | "
-           "RR p99.9 µs | new conn/s | CPU s/GB | RSS idle KiB | RSS 1000 conns KiB |")
+           "RR p99.9 µs | new conn/s 1 client | new conn/s 4 clients | CPU s/GB | RSS idle KiB "
+           "| RSS 1000 conns KiB |")
     out.append(hdr)
-    out.append("|" + "---|" * 10)
+    out.append("|" + "---|" * 11)
     for mode in results:
         r = results[mode]
         b1, b8 = med(r["bulk1"]), med(r["bulk8"])
         p50 = med([x["p50_us"] for x in r["lat"]])
         p99 = med([x["p99_us"] for x in r["lat"]])
         p999 = med([x["p999_us"] for x in r["lat"]])
-        conn = med(r["conn"])
+        conn, conn4 = med(r["conn"]), med(r["conn4"])
         cpu = med(r["cpu_per_gb"]) if r["cpu_per_gb"] else None
         idle, busy = rss.get(mode, (None, None))
         out.append(
             f"| {mode} | {b1:.2f} ({b1 / base['bulk1']:.2f}) | {b8:.2f} ({b8 / base['bulk8']:.2f}) "
             f"| {p50:.1f} ({p50 / base['p50']:.2f}) | {p99:.1f} ({p99 / base['p99']:.2f}) "
             f"| {p999:.1f} ({p999 / base['p999']:.2f}) | {conn:.0f} ({conn / base['conn']:.2f}) "
+            f"| {conn4:.0f} ({conn4 / base['conn4']:.2f}) "
             f"| {'-' if cpu is None else f'{cpu:.2f}'} | {'-' if idle is None else idle} "
             f"| {'-' if busy is None else busy} |")
     return "\n".join(out)
 
 
 def run_main(argv):
-    proxy_bin, init_bin = argv[0], argv[1]
+    proxy_bin, init_bin, loadgen_bin = argv[0], argv[1], argv[2]
+    raise_nofile()  # the servers and the hold client inherit it
     seconds = float(os.environ.get("BENCH_SECONDS", "2"))
     reps = int(os.environ.get("BENCH_REPS", "3"))
-    b = Bench(proxy_bin, init_bin, seconds, reps)
+    b = Bench(proxy_bin, init_bin, loadgen_bin, seconds, reps)
 
     def on_signal(*_):
         raise KeyboardInterrupt
@@ -588,12 +341,6 @@ def run_main(argv):
 
 
 if __name__ == "__main__":
-    role = sys.argv[1] if len(sys.argv) > 1 else ""
-    if role == "server":
-        server_main()
-    elif role == "client":
-        client_main(sys.argv[2:])
-    elif role == "run":
-        run_main(sys.argv[2:])
-    else:
-        raise SystemExit("usage: bench.py run PROXY_BIN INIT_BIN | server | client ...")
+    if len(sys.argv) != 5 or sys.argv[1] != "run":
+        raise SystemExit("usage: bench.py run PROXY_BIN INIT_BIN LOADGEN_BIN (see run.sh)")
+    run_main(sys.argv[2:])
