@@ -36,6 +36,14 @@ import time
 PORT_ID = 5000  # mesh-loadgen's identity port (its default base port)
 
 
+def busy_cpu_seconds():
+    """CPU seconds the whole machine has spent busy (all CPUs, everything but idle and
+    iowait), from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def raise_nofile():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -197,7 +205,8 @@ class Bench:
         return rows
 
     def run(self):
-        results = {m: {"bulk1": [], "bulk8": [], "lat": [], "conn": [], "conn4": [], "cpu_per_gb": []}
+        results = {m: {"bulk1": [], "bulk8": [], "lat": [], "conn": [], "conn4": [], "cpu_per_gb": [],
+                      "machine1": [], "machine8": []}
                    for m in self.modes}
         s = self.seconds
         for rep in range(self.reps):
@@ -205,13 +214,17 @@ class Bench:
             random.shuffle(order)
             for mode in order:
                 host = self.world_ip(mode)
-                c0 = self.cpu_seconds(mode)
+                c0, m0 = self.cpu_seconds(mode), busy_cpu_seconds()
                 b1 = self.client(mode, "bulk", host, "1", str(s))
-                c1 = self.cpu_seconds(mode)
+                c1, m1 = self.cpu_seconds(mode), busy_cpu_seconds()
                 results[mode]["bulk1"].append(b1["gbit_s"])
+                results[mode]["machine1"].append((m1 - m0) / (b1["bytes"] / 1e9))
                 if mode != "direct":
                     results[mode]["cpu_per_gb"].append((c1 - c0) / (b1["bytes"] / 1e9))
-                results[mode]["bulk8"].append(self.client(mode, "bulk", host, "8", str(s))["gbit_s"])
+                b8 = self.client(mode, "bulk", host, "8", str(s))
+                m8 = busy_cpu_seconds()
+                results[mode]["bulk8"].append(b8["gbit_s"])
+                results[mode]["machine8"].append((m8 - m1) / (b8["bytes"] / 1e9))
                 results[mode]["lat"].append(self.client(mode, "latency", host, str(s)))
                 results[mode]["conn"].append(self.client(mode, "connrate", host, str(s))["per_s"])
                 results[mode]["conn4"].append(
@@ -312,6 +325,18 @@ def report(results, rss, paths, reps, seconds):
             f"| {conn4:.0f} ({conn4 / base['conn4']:.2f}) "
             f"| {'-' if cpu is None else f'{cpu:.2f}'} | {'-' if idle is None else idle} "
             f"| {'-' if busy is None else busy} |")
+    ncpu = os.cpu_count() or 1
+    out.append("")
+    out.append(f"whole machine ({ncpu} CPUs) during bulk: busy CPU seconds per GB moved "
+               f"(client + server + proxy + kernel), and the share of the machine that was busy:")
+    for mode in results:
+        r = results[mode]
+        parts = []
+        for key, label, tp in (("machine1", "1 stream", "bulk1"), ("machine8", "8 streams", "bulk8")):
+            per_gb = med(r[key])
+            busy_share = per_gb * med(r[tp]) / 8 / ncpu  # s/GB * GB/s / CPUs
+            parts.append(f"{label} {per_gb:.2f} s/GB ({busy_share:.0%} busy)")
+        out.append(f"  {mode:13s} " + ", ".join(parts))
     return "\n".join(out)
 
 
