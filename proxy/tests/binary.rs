@@ -33,7 +33,19 @@ impl Drop for Proc {
     }
 }
 
+/// Starts the proxy on four free ports. A port found free can be taken by another
+/// test's connection before the proxy binds it; the proxy then exits with the bind
+/// error, and we try again with other ports.
 fn start(extra: &[&str]) -> Proc {
+    for _ in 0..5 {
+        if let Some(p) = try_start(extra) {
+            return p;
+        }
+    }
+    panic!("mesh-proxy exited at start five times (ports taken?)");
+}
+
+fn try_start(extra: &[&str]) -> Option<Proc> {
     let (out, inb, adm, met) = (free_port(), free_port(), free_port(), free_port());
     let admin: SocketAddr = format!("127.0.0.1:{adm}").parse().unwrap();
     let metrics: SocketAddr = format!("127.0.0.1:{met}").parse().unwrap();
@@ -48,7 +60,7 @@ fn start(extra: &[&str]) -> Proc {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let p = Proc {
+    let mut p = Proc {
         child,
         admin,
         metrics,
@@ -57,7 +69,10 @@ fn start(extra: &[&str]) -> Proc {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Ok((200, _)) = http(p.admin, "GET", "/healthz/ready") {
-            return p;
+            return Some(p);
+        }
+        if p.child.try_wait().unwrap().is_some() {
+            return None;
         }
         assert!(Instant::now() < deadline, "proxy never became ready");
         std::thread::sleep(Duration::from_millis(20));
