@@ -258,7 +258,7 @@ MESH_VARIANTS = {
     "mesh-base-splice": ["--copy-mode", "splice"],  # that build with splice
     "mesh-splice": ["--copy-mode", "splice"],
     "mesh-buffered": ["--copy-mode", "buffered"],
-    "mesh-2t": ["--worker-threads", "2"],
+    "mesh-1t": ["--worker-threads", "1"],
 }
 
 # Modes that run another mesh-proxy binary, named by an environment variable.

@@ -5,7 +5,7 @@
 #   bench/proxy/run.sh                 # release builds, 3 reps x 2 s per workload
 #   BENCH_REPS=5 BENCH_SECONDS=3 bench/proxy/run.sh
 #   MESH_PROXY_BIN=/path/to/mesh-proxy bench/proxy/run.sh   # measure another build as `mesh`
-#   BENCH_MODES=direct,mesh,mesh-glibc,mesh-splice,mesh-2t,haproxy  BENCH_JSON=/tmp/r.json
+#   BENCH_MODES=direct,mesh,mesh-glibc,mesh-splice,mesh-1t,haproxy  BENCH_JSON=/tmp/r.json
 #
 # `mesh` (and its flag variants) runs the binary the image ships: the static musl build
 # of docker/proxy.Dockerfile (`--target x86_64-unknown-linux-musl`; this script adds the

@@ -63,7 +63,7 @@ pub struct Args {
     pub access_log: Option<AccessLogFormat>,
     /// How bytes are copied between client and upstream.
     pub copy_mode: CopyMode,
-    /// Runtime threads.
+    /// Event-loop threads.
     pub worker_threads: u16,
     /// Listen on IPv6 too.
     pub ipv6: Ipv6Mode,
@@ -106,7 +106,9 @@ Options:
       --copy-mode <MODE>         adaptive (buffered for small messages, splice(2) once a
                                  direction is bulk), splice or buffered; see
                                  bench/proxy/README.md [default: adaptive]
-      --worker-threads <N>       Runtime threads, 1-64 [default: 1]
+      --worker-threads <N>       Event-loop threads, 1-64, each with its own listeners on the
+                                 capture ports (SO_REUSEPORT); Istio's sidecar default
+                                 concurrency [default: 2]
       --ipv6 <MODE>              auto, on or off [default: auto]
       --log-level <LEVEL>        error, warn, info, debug or trace; at info every connection
                                  gets a tracing span [env: MESH_PROXY_LOG] [default: warn]
@@ -175,7 +177,7 @@ impl Args {
             max_connections: 16384,
             access_log: None,
             copy_mode: CopyMode::Adaptive,
-            worker_threads: 1,
+            worker_threads: 2,
             ipv6: Ipv6Mode::Auto,
             log_level,
             pod_name: env("POD_NAME"),
@@ -538,7 +540,7 @@ mod tests {
         assert_eq!(c.admin_addr.to_string(), "0.0.0.0:15021");
         assert_eq!(c.metrics_addr.to_string(), "0.0.0.0:15090");
         assert_eq!(c.copy_mode, CopyMode::Adaptive);
-        assert_eq!(c.worker_threads, 1);
+        assert_eq!(c.worker_threads, 2);
         assert_eq!(c.connect_timeout, Duration::from_secs(5));
         assert_eq!(c.identity, Identity::unknown());
         assert!(c.access_log.is_none());
@@ -561,7 +563,7 @@ mod tests {
             "--copy-mode",
             "splice",
             "--worker-threads",
-            "2",
+            "3",
             "--ipv6",
             "off",
             "--pod-name",
@@ -577,7 +579,7 @@ mod tests {
         assert_eq!(c.max_connections, 10);
         assert_eq!(c.access_log, Some(AccessLogFormat::Json));
         assert_eq!(c.copy_mode, CopyMode::Splice);
-        assert_eq!(c.worker_threads, 2);
+        assert_eq!(c.worker_threads, 3);
         assert_eq!(c.identity.workload, "web-7d9f-abc");
         assert_eq!(c.identity.namespace, "shop");
     }

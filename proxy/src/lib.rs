@@ -4,8 +4,9 @@
 //! inbound (15006) listener; the proxy reads where each was really going
 //! ([`orig_dst`]), refuses loops, connects there ([`forward`]) and copies bytes both
 //! ways ([`splice`] or a small buffer), while [`metrics`] and [`admin`] tell operators
-//! what passed. [`Proxy`] ties the pieces together; `main.rs` only parses flags,
-//! starts logging and a single-threaded runtime, and waits for signals.
+//! what passed. [`Proxy`] ties the pieces together, with one single-threaded event
+//! loop per [`workers`] thread; `main.rs` only parses flags, starts logging and the
+//! first runtime, and waits for signals.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -15,6 +16,7 @@ pub mod listener;
 pub mod metrics;
 pub mod orig_dst;
 pub mod splice;
+pub mod workers;
 
 use std::io;
 use std::net::SocketAddr;
@@ -31,6 +33,7 @@ use crate::forward::Shared;
 use crate::listener::ConnTracker;
 use crate::metrics::{Direction, Metrics};
 use crate::orig_dst::OriginalDst;
+use crate::workers::Worker;
 
 /// Starting the proxy failed.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +42,12 @@ pub enum ProxyError {
     Bind {
         addr: SocketAddr,
         what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot start worker thread {index}: {source}")]
+    Worker {
+        index: usize,
         #[source]
         source: io::Error,
     },
@@ -80,6 +89,10 @@ pub struct Proxy {
     metrics_listener: TcpListener,
     addrs: BoundAddrs,
     tracker: Arc<ConnTracker>,
+    /// The other event-loop threads (`--worker-threads` - 1), bound, not accepting yet.
+    workers: Vec<Worker>,
+    /// Tells the workers that the proxy no longer waits for their connections.
+    stop: watch::Sender<bool>,
 }
 
 fn bind_one(addr: SocketAddr, what: &'static str) -> Result<TcpListener, ProxyError> {
@@ -94,8 +107,12 @@ fn ipv6_unavailable(e: &io::Error) -> bool {
 }
 
 impl Proxy {
-    /// Binds every listener; nothing is accepted until [`Proxy::run`].
+    /// Binds every listener (one set per worker thread) and starts the workers' threads;
+    /// nothing is accepted until [`Proxy::run`].
     pub async fn bind(config: Config, orig_dst: Arc<dyn OriginalDst>) -> Result<Proxy, ProxyError> {
+        let threads = config.worker_threads.max(1);
+        // Several threads share each capture port through SO_REUSEPORT.
+        let shared_port = threads > 1;
         let mut capture = Vec::new();
         let mut addrs = BoundAddrs {
             outbound: Vec::new(),
@@ -108,7 +125,8 @@ impl Proxy {
             (Direction::Inbound, &config.inbound, "inbound"),
         ] {
             for &addr in list {
-                let l = match listener::bind(addr) {
+                let l = match listener::bind_std(addr, shared_port).and_then(TcpListener::from_std)
+                {
                     Ok(l) => l,
                     Err(e) if addr.is_ipv6() && !config.ipv6_required && ipv6_unavailable(&e) => {
                         warn!(%addr, error = %e, "IPv6 unavailable; listening on IPv4 only");
@@ -149,6 +167,34 @@ impl Proxy {
             metrics,
             drain: watch::channel(false).0,
         });
+        let tracker = Arc::new(ConnTracker::default());
+        let stop = watch::channel(false).0;
+        let mut workers = Vec::with_capacity(threads - 1);
+        for index in 1..threads {
+            let mut listeners = Vec::with_capacity(capture.len());
+            for (l, direction) in &capture {
+                let addr = l
+                    .local_addr()
+                    .map_err(|source| ProxyError::Worker { index, source })?;
+                let l = listener::bind_std(addr, true).map_err(|source| ProxyError::Bind {
+                    addr,
+                    what: "worker thread",
+                    source,
+                })?;
+                listeners.push((l, *direction));
+            }
+            let worker = Worker::spawn(
+                index,
+                listeners,
+                shared.clone(),
+                tracker.clone(),
+                admin.drain.subscribe(),
+                stop.subscribe(),
+            )
+            .await
+            .map_err(|source| ProxyError::Worker { index, source })?;
+            workers.push(worker);
+        }
         Ok(Proxy {
             shared,
             admin,
@@ -156,7 +202,9 @@ impl Proxy {
             admin_listener,
             metrics_listener,
             addrs,
-            tracker: Arc::new(ConnTracker::default()),
+            tracker,
+            workers,
+            stop,
         })
     }
 
@@ -183,6 +231,8 @@ impl Proxy {
             metrics_listener,
             addrs,
             tracker,
+            workers,
+            stop,
         } = self;
         let admin_task = tokio::spawn(admin::serve(admin_listener, Endpoint::Admin, admin.clone()));
         let metrics_task = tokio::spawn(admin::serve(
@@ -200,8 +250,10 @@ impl Proxy {
                 admin.drain.subscribe(),
             )));
         }
+        let threads: Vec<_> = workers.into_iter().map(Worker::start).collect();
         admin.ready.store(true, Ordering::Release);
         info!(
+            threads = threads.len() + 1,
             outbound = ?addrs.outbound,
             inbound = ?addrs.inbound,
             admin = %addrs.admin,
@@ -226,6 +278,11 @@ impl Proxy {
         }
         admin_task.abort();
         metrics_task.abort();
+        stop.send_replace(true);
+        for t in threads {
+            // The workers end as soon as they see `stop`.
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
         DrainReport { cut }
     }
 }

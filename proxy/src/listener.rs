@@ -21,21 +21,33 @@ const LISTEN_BACKLOG: i32 = 4096;
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-/// Binds a listening socket; IPv6 sockets are IPv6-only so the IPv4 one can share the
-/// port. `TCP_NODELAY` is set on the listener, and Linux copies it to every accepted
-/// socket, which saves a `setsockopt` per connection: the proxy must not add Nagle
-/// delays of its own.
-pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+/// Binds a listening socket, not yet registered with any runtime; IPv6 sockets are
+/// IPv6-only so the IPv4 one can share the port. `TCP_NODELAY` is set on the listener,
+/// and Linux copies it to every accepted socket, which saves a `setsockopt` per
+/// connection: the proxy must not add Nagle delays of its own.
+///
+/// With `shared_port`, the socket joins the port's `SO_REUSEPORT` group: each worker
+/// thread binds its own listener on the same address and the kernel spreads new
+/// connections over them (only sockets of the same user can join the group).
+pub fn bind_std(addr: SocketAddr, shared_port: bool) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
     socket.set_reuse_address(true)?;
+    if shared_port {
+        socket.set_reuse_port(true)?;
+    }
     socket.set_tcp_nodelay(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
+}
+
+/// [`bind_std`] for a port of its own, registered with the current runtime.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    TcpListener::from_std(bind_std(addr, false)?)
 }
 
 /// Raises the soft open-files limit to the hard one: each connection holds two sockets

@@ -1,4 +1,4 @@
-//! `mesh-proxy`: parse flags, start logging and a single-threaded runtime, serve until
+//! `mesh-proxy`: parse flags, start logging and the runtime, serve until
 //! SIGTERM / SIGINT / `POST /quitquitquit`, drain, exit 0.
 #![forbid(unsafe_code)]
 
@@ -25,19 +25,13 @@ fn main() -> anyhow::Result<()> {
         Ok(limit) => info!(limit, "open files limit"),
         Err(e) => warn!(error = %e, "cannot raise the open files limit"),
     }
-    // One thread by default: a sidecar's event loop mostly waits on the kernel, and a
-    // single thread keeps memory and latency lowest.
-    let runtime = if config.worker_threads <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(config.worker_threads)
-            .enable_all()
-            .build()
-    }
-    .context("starting the async runtime")?;
+    // This thread's single-threaded runtime serves the admin endpoints and one share of
+    // the capture listeners; `--worker-threads` above 1 adds threads of the same kind,
+    // each with listeners of its own (see `mesh_proxy::workers`).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     runtime.block_on(async move {
         let proxy = Proxy::bind(config, Arc::new(KernelOriginalDst)).await?;
         let trigger = proxy.drain_trigger();

@@ -319,6 +319,90 @@ async fn drain_stops_accepting_and_lets_open_connections_finish() {
     assert_eq!(report, DrainReport { cut: 0 });
 }
 
+/// Remembers which thread looked up each connection's destination: the thread that
+/// accepted it.
+#[derive(Debug)]
+struct RecordThread {
+    dst: SocketAddr,
+    seen: std::sync::Mutex<Vec<String>>,
+}
+
+impl OriginalDst for RecordThread {
+    fn original_dst(
+        &self,
+        _: &TcpStream,
+        _: SocketAddr,
+    ) -> Result<SocketAddr, crate::orig_dst::OrigDstError> {
+        let name = std::thread::current()
+            .name()
+            .unwrap_or("unnamed")
+            .to_owned();
+        self.seen.lock().unwrap().push(name);
+        Ok(self.dst)
+    }
+}
+
+#[tokio::test]
+async fn worker_threads_share_the_ports_and_the_drain() {
+    let (server, _) = half_close_server().await;
+    let mut config = Config::loopback();
+    config.worker_threads = 3;
+    let dst = Arc::new(RecordThread {
+        dst: server,
+        seen: Default::default(),
+    });
+    let p = start(config, dst.clone()).await;
+    for _ in 0..60 {
+        let mut c = TcpStream::connect(p.addrs.outbound[0]).await.unwrap();
+        c.write_all(b"abc").await.unwrap();
+        c.shutdown().await.unwrap();
+        let mut answer = String::new();
+        c.read_to_string(&mut answer).await.unwrap();
+        assert_eq!(answer, "reply:3");
+    }
+    let threads: std::collections::BTreeSet<String> =
+        dst.seen.lock().unwrap().iter().cloned().collect();
+    // The kernel hashes each connection to one of the three listeners: with 60
+    // connections, all three threads take some (missing one: p < 1e-10).
+    assert_eq!(threads.len(), 3, "{threads:?}");
+    assert!(threads.contains("mesh-proxy-1") && threads.contains("mesh-proxy-2"));
+    wait_for(|| p.metrics.active(Direction::Outbound) == 0).await;
+    assert_eq!(
+        series_value(
+            &p.metrics,
+            Direction::Outbound,
+            server.port(),
+            ResponseFlags::None
+        )[..2],
+        [60, 60]
+    );
+
+    // The drain closes every thread's listener and waits for their connections.
+    let mut open = TcpStream::connect(p.addrs.outbound[0]).await.unwrap();
+    wait_for(|| p.metrics.active(Direction::Outbound) == 1).await;
+    p.drain.drain();
+    let mut refused = false;
+    for _ in 0..100 {
+        if TcpStream::connect(p.addrs.outbound[0]).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(refused, "a listener still accepts after the drain");
+    assert!(!p.task.is_finished(), "proxy exited with a connection open");
+    open.write_all(b"last").await.unwrap();
+    open.shutdown().await.unwrap();
+    let mut answer = String::new();
+    open.read_to_string(&mut answer).await.unwrap();
+    assert_eq!(answer, "reply:4");
+    let report = tokio::time::timeout(Duration::from_secs(5), p.task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(report, DrainReport { cut: 0 });
+}
+
 #[tokio::test]
 async fn drain_timeout_cuts_what_is_left() {
     let (server, _) = half_close_server().await;
