@@ -72,6 +72,16 @@ fn series_value(m: &Metrics, d: Direction, port: u16, flags: ResponseFlags) -> [
     ]
 }
 
+/// Sends `payload`, half-closes, and reads the answer to the end (what a
+/// `half_close_server` says).
+async fn upload_then_answer(c: &mut TcpStream, payload: &[u8]) -> String {
+    c.write_all(payload).await.unwrap();
+    c.shutdown().await.unwrap();
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).await.unwrap();
+    answer
+}
+
 async fn wait_for(mut f: impl FnMut() -> bool) {
     for _ in 0..500 {
         if f() {
@@ -100,11 +110,8 @@ async fn half_close_round_trip(mode: CopyMode) {
     let p = start(config, fixed(server)).await;
     let mut c = TcpStream::connect(p.addrs.outbound[0]).await.unwrap();
     let payload = vec![7u8; 1_000_000];
-    c.write_all(&payload).await.unwrap();
     // Half-close: the server sees EOF and can still answer.
-    c.shutdown().await.unwrap();
-    let mut answer = String::new();
-    c.read_to_string(&mut answer).await.unwrap();
+    let answer = upload_then_answer(&mut c, &payload).await;
     assert_eq!(answer, "reply:1000000");
     wait_for(|| p.metrics.active(Direction::Outbound) == 0).await;
     assert_eq!(
@@ -243,10 +250,7 @@ async fn inbound_connects_from_passthrough_source() {
     let (server, mut peers) = half_close_server().await;
     let p = start(Config::loopback(), fixed(server)).await;
     let mut c = TcpStream::connect(p.addrs.inbound[0]).await.unwrap();
-    c.write_all(b"abc").await.unwrap();
-    c.shutdown().await.unwrap();
-    let mut answer = String::new();
-    c.read_to_string(&mut answer).await.unwrap();
+    let answer = upload_then_answer(&mut c, b"abc").await;
     assert_eq!(answer, "reply:3");
     let peer = peers.recv().await.unwrap();
     assert_eq!(
@@ -281,21 +285,17 @@ async fn connection_limit_refuses_the_excess() {
         1
     );
     // The first one is unaffected.
-    first.write_all(b"x").await.unwrap();
-    first.shutdown().await.unwrap();
-    let mut answer = String::new();
-    first.read_to_string(&mut answer).await.unwrap();
+    let answer = upload_then_answer(&mut first, b"x").await;
     assert_eq!(answer, "reply:1");
 }
 
-#[tokio::test]
-async fn drain_stops_accepting_and_lets_open_connections_finish() {
-    let (server, _) = half_close_server().await;
-    let p = start(Config::loopback(), fixed(server)).await;
+/// With one connection open (to a `half_close_server`), drains `p`: new connections
+/// must be refused by the kernel (every listener closed), the open one must still be
+/// served, and the proxy must then exit with nothing cut.
+async fn drain_with_one_connection_open(p: Running) {
     let mut open = TcpStream::connect(p.addrs.outbound[0]).await.unwrap();
     wait_for(|| p.metrics.active(Direction::Outbound) == 1).await;
     p.drain.drain();
-    // New connections are refused by the kernel once the listener is closed.
     let addr = p.addrs.outbound[0];
     let mut refused = false;
     for _ in 0..100 {
@@ -305,18 +305,22 @@ async fn drain_stops_accepting_and_lets_open_connections_finish() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(refused, "listener still accepting after drain");
+    assert!(refused, "a listener still accepts after the drain");
     assert!(!p.task.is_finished(), "proxy exited with a connection open");
-    open.write_all(b"last").await.unwrap();
-    open.shutdown().await.unwrap();
-    let mut answer = String::new();
-    open.read_to_string(&mut answer).await.unwrap();
+    let answer = upload_then_answer(&mut open, b"last").await;
     assert_eq!(answer, "reply:4");
     let report = tokio::time::timeout(Duration::from_secs(5), p.task)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(report, DrainReport { cut: 0 });
+}
+
+#[tokio::test]
+async fn drain_stops_accepting_and_lets_open_connections_finish() {
+    let (server, _) = half_close_server().await;
+    let p = start(Config::loopback(), fixed(server)).await;
+    drain_with_one_connection_open(p).await;
 }
 
 /// Remembers which thread looked up each connection's destination: the thread that
@@ -354,10 +358,7 @@ async fn worker_threads_share_the_ports_and_the_drain() {
     let p = start(config, dst.clone()).await;
     for _ in 0..60 {
         let mut c = TcpStream::connect(p.addrs.outbound[0]).await.unwrap();
-        c.write_all(b"abc").await.unwrap();
-        c.shutdown().await.unwrap();
-        let mut answer = String::new();
-        c.read_to_string(&mut answer).await.unwrap();
+        let answer = upload_then_answer(&mut c, b"abc").await;
         assert_eq!(answer, "reply:3");
     }
     let threads: std::collections::BTreeSet<String> =
@@ -376,31 +377,8 @@ async fn worker_threads_share_the_ports_and_the_drain() {
         )[..2],
         [60, 60]
     );
-
     // The drain closes every thread's listener and waits for their connections.
-    let mut open = TcpStream::connect(p.addrs.outbound[0]).await.unwrap();
-    wait_for(|| p.metrics.active(Direction::Outbound) == 1).await;
-    p.drain.drain();
-    let mut refused = false;
-    for _ in 0..100 {
-        if TcpStream::connect(p.addrs.outbound[0]).await.is_err() {
-            refused = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(refused, "a listener still accepts after the drain");
-    assert!(!p.task.is_finished(), "proxy exited with a connection open");
-    open.write_all(b"last").await.unwrap();
-    open.shutdown().await.unwrap();
-    let mut answer = String::new();
-    open.read_to_string(&mut answer).await.unwrap();
-    assert_eq!(answer, "reply:4");
-    let report = tokio::time::timeout(Duration::from_secs(5), p.task)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(report, DrainReport { cut: 0 });
+    drain_with_one_connection_open(p).await;
 }
 
 #[tokio::test]

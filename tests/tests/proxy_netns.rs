@@ -269,23 +269,31 @@ fn refused_upstream_is_seen_as_a_reset() {
             .run(|| TcpStream::connect(sock(ip, 9)).expect("the proxy accepts first"));
         expect_reset(c);
     }
-    let text = net.metrics();
+    assert_upstream_failures(&net.metrics(), "refused", 9, 2);
+}
+
+/// The metrics show `n` outbound connect errors of `kind`, each also counted as an
+/// opened connection to `port` flagged UF (upstream failure), as Istio reports them.
+fn assert_upstream_failures(text: &str, kind: &str, port: u16, n: u64) {
+    let kind = format!("kind=\"{kind}\"");
     assert_eq!(
         metric(
-            &text,
+            text,
             "mesh_proxy_connect_errors_total",
-            &["direction=\"outbound\"", "kind=\"refused\""]
+            &["direction=\"outbound\"", &kind]
         ),
-        2,
+        n,
         "{text}"
     );
+    let port = format!("destination_port=\"{port}\"");
     assert_eq!(
         metric(
-            &text,
+            text,
             "istio_tcp_connections_opened_total",
-            &["response_flags=\"UF\"", "destination_port=\"9\""]
+            &["response_flags=\"UF\"", &port]
         ),
-        2
+        n,
+        "{text}"
     );
 }
 
@@ -316,25 +324,7 @@ fn unanswered_connect_times_out_into_a_reset() {
             "{ip}: reset after {waited:?}, expected about 600ms"
         );
     }
-    let text = net.metrics();
-    assert_eq!(
-        metric(
-            &text,
-            "mesh_proxy_connect_errors_total",
-            &["direction=\"outbound\"", "kind=\"timeout\""]
-        ),
-        2,
-        "{text}"
-    );
-    assert_eq!(
-        metric(
-            &text,
-            "istio_tcp_connections_opened_total",
-            &["response_flags=\"UF\"", "destination_port=\"7300\""]
-        ),
-        2,
-        "{text}"
-    );
+    assert_upstream_failures(&net.metrics(), "timeout", 7300, 2);
 }
 
 #[test]

@@ -95,13 +95,13 @@ pub fn serve(ips: &[IpAddr], ports: Ports) -> io::Result<()> {
         let echo = bind(ports.echo())?;
         let conn = bind(ports.conn())?;
         let hold = bind(ports.hold())?;
-        accept_inline(identity, serve_identity)?;
-        accept_threaded(bulk, serve_bulk)?;
-        accept_threaded(echo, serve_echo)?;
+        accept_on(identity, Handling::Inline, serve_identity)?;
+        accept_on(bulk, Handling::Threaded, serve_bulk)?;
+        accept_on(echo, Handling::Threaded, serve_echo)?;
         for _ in 0..CONN_ACCEPTORS {
-            accept_inline(conn.try_clone()?, serve_conn)?;
+            accept_on(conn.try_clone()?, Handling::Inline, serve_conn)?;
         }
-        accept_threaded(hold, serve_hold)?;
+        accept_on(hold, Handling::Threaded, serve_hold)?;
     }
     Ok(())
 }
@@ -112,41 +112,44 @@ fn backoff() {
     thread::sleep(Duration::from_millis(5));
 }
 
-/// One thread accepts and handles each connection itself (short exchanges).
-fn accept_inline(
-    listener: TcpListener,
-    handler: fn(TcpStream) -> io::Result<()>,
-) -> io::Result<()> {
-    spawn_handler(move || {
-        for stream in listener.incoming() {
-            match stream {
-                // A connection that fails (reset, refused by a proxy) ends alone.
-                Ok(s) => {
-                    let _ = s.set_nodelay(true).and_then(|()| handler(s));
-                }
-                Err(_) => backoff(),
-            }
-        }
-    })
+/// How a port's connections are handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Handling {
+    /// By the accepting thread itself (short exchanges).
+    Inline,
+    /// Each on a thread of its own (long-lived connections).
+    Threaded,
 }
 
-/// One thread accepts; each connection gets a thread of its own.
-fn accept_threaded(
+/// One thread accepts on `listener` until the process ends; a connection that fails
+/// (reset, refused by a proxy) ends alone.
+fn accept_on(
     listener: TcpListener,
+    handling: Handling,
     handler: fn(TcpStream) -> io::Result<()>,
 ) -> io::Result<()> {
     spawn_handler(move || {
         for stream in listener.incoming() {
-            match stream {
-                Ok(s) => {
-                    if s.set_nodelay(true).is_ok() {
-                        // Out of threads: drop this connection, keep serving the others.
-                        let _ = spawn_handler(move || {
-                            let _ = handler(s);
-                        });
-                    }
+            let s = match stream {
+                Ok(s) => s,
+                Err(_) => {
+                    backoff();
+                    continue;
                 }
-                Err(_) => backoff(),
+            };
+            if s.set_nodelay(true).is_err() {
+                continue;
+            }
+            match handling {
+                Handling::Inline => {
+                    let _ = handler(s);
+                }
+                Handling::Threaded => {
+                    // Out of threads: drop this connection, keep serving the others.
+                    let _ = spawn_handler(move || {
+                        let _ = handler(s);
+                    });
+                }
             }
         }
     })
