@@ -103,6 +103,8 @@ async fn sigterm_stops_accepting_and_finishes_the_request_in_flight() {
         "false",
         "--shutdown-grace",
         "10s",
+        "--shutdown-delay",
+        "1s",
     ]);
     let addr = listen_addr(&p.wait_line("listening", Duration::from_secs(30)));
     let tls = client_config(&pki.ca_der);
@@ -132,7 +134,33 @@ async fn sigterm_stops_accepting_and_finishes_the_request_in_flight() {
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     p.signal(nix::sys::signal::Signal::SIGTERM);
+    // During the shutdown delay: not ready, so the Service stops routing here, but a
+    // request that still arrives is served.
+    p.wait_line("shutdown delay", Duration::from_secs(10));
+    let signalled = Instant::now();
+    let ready = request(addr, tls.clone(), "GET", "/readyz", None, vec![])
+        .await
+        .unwrap();
+    assert_eq!(ready.status, 503, "{}", ready.text());
+    assert!(ready.text().contains("shutting down"), "{}", ready.text());
+    let late = serde_json::to_vec(&pod_review("late", "bookinfo", app_pod())).unwrap();
+    let a = request(
+        addr,
+        tls.clone(),
+        "POST",
+        "/inject",
+        Some("application/json"),
+        late,
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert!(a.text().contains("\"patch\""), "{}", a.text());
     p.wait_line("shutting down", Duration::from_secs(10));
+    assert!(
+        signalled.elapsed() >= Duration::from_millis(500),
+        "stopped accepting before the 1s shutdown delay ran out"
+    );
     // No new connections once shutdown began.
     let deadline = Instant::now() + Duration::from_secs(5);
     while tokio::net::TcpStream::connect(addr).await.is_ok() {

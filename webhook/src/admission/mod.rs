@@ -60,7 +60,14 @@ pub struct ServeArgs {
     /// How long a client may take to send a request body before it gets 408.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub body_timeout: Duration,
-    /// How long in-flight requests may take to finish after SIGTERM (e.g. 15s, 500ms).
+    /// After SIGTERM, keep accepting and serving this long while /readyz answers 503, so
+    /// endpoints and kube-proxy stop sending requests here before the listener closes
+    /// (with failurePolicy Fail, a refused connection fails a pod's creation). A second
+    /// signal ends the delay early.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_delay: Duration,
+    /// How long in-flight requests may take to finish once the listener is closed after
+    /// SIGTERM and the shutdown delay (e.g. 15s, 500ms).
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
     /// How often the certificate, key and config files are checked for changes.
@@ -335,9 +342,21 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let delay = args.shutdown_delay;
     rt.block_on(async {
         let running = start(args).await?;
         termination().await;
+        if !delay.is_zero() {
+            running.state.set_shutting_down();
+            tracing::info!(
+                ?delay,
+                "not ready any more; serving on for the shutdown delay"
+            );
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = termination() => tracing::info!("ending the shutdown delay early"),
+            }
+        }
         running.shutdown().await;
         anyhow::Ok(())
     })
@@ -360,6 +379,7 @@ mod tests {
         assert_eq!(t.serve.addr.to_string(), "0.0.0.0:9443");
         assert_eq!(t.serve.max_body_bytes, 8 * 1024 * 1024);
         assert_eq!(t.serve.shutdown_grace, Duration::from_secs(15));
+        assert_eq!(t.serve.shutdown_delay, Duration::from_secs(5));
         assert_eq!(t.serve.native_sidecars, None);
         let t = T::try_parse_from([
             "x",

@@ -55,6 +55,8 @@ pub struct AppState {
     /// Set once the first version probe finished (or when none is needed).
     probe_settled: AtomicBool,
     tls_loaded: AtomicBool,
+    /// Set on SIGTERM: /readyz fails while requests are still served (shutdown delay).
+    shutting_down: AtomicBool,
     pub metrics: Metrics,
     pub max_body_bytes: usize,
     /// How long a client may take to send its request body (slow senders get 408).
@@ -73,6 +75,7 @@ impl AppState {
             cluster: AtomicU8::new(UNKNOWN),
             probe_settled: AtomicBool::new(native_override.is_some()),
             tls_loaded: AtomicBool::new(false),
+            shutting_down: AtomicBool::new(false),
             metrics: Metrics::default(),
             max_body_bytes,
             body_timeout: DEFAULT_BODY_TIMEOUT,
@@ -140,10 +143,18 @@ impl AppState {
         self.tls_loaded.store(true, Ordering::Release);
     }
 
+    /// From now on /readyz fails, so the Service stops routing here; serving goes on.
+    pub fn set_shutting_down(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+    }
+
     /// Ready once the certificate is loaded and, when the cluster's version matters, the
     /// first attempt to learn it has finished (whatever it found), so early pods do not
     /// get regular sidecars merely because we had not asked yet.
     pub fn ready(&self) -> Result<(), &'static str> {
+        if self.shutting_down.load(Ordering::Acquire) {
+            return Err("shutting down");
+        }
         if !self.tls_loaded.load(Ordering::Acquire) {
             return Err("serving certificate not loaded");
         }
