@@ -40,5 +40,10 @@ if [ -z "${KUBECONFIG:-}" ]; then
     export KUBECTL="${KUBECTL:-$HOME/.kube-local/bin/kubectl}"
 fi
 
-echo "==== cargo test --workspace --no-fail-fast $*"
-cargo test --workspace --no-fail-fast "$@"
+# --workspace would override a -p given here, so it is added only without one.
+scope=(--workspace)
+for arg in "$@"; do
+    case "$arg" in -p|-p*|--package|--package=*) scope=() ;; esac
+done
+echo "==== cargo test ${scope[*]:+${scope[*]} }--no-fail-fast $*"
+cargo test "${scope[@]}" --no-fail-fast "$@"
