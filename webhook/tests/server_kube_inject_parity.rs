@@ -14,7 +14,7 @@ use mesh_webhook::admission;
 use mesh_webhook::{workloads, yaml};
 use serde_json::{Value, json};
 use server_support::{
-    Pki, apply_patch, client_config, pod_review, request, response_of, serve_args,
+    Pki, apply_patch, client_config, pod_review, post_inject, request, response_of, serve_args,
 };
 
 fn corpus() -> PathBuf {
@@ -134,16 +134,7 @@ async fn webhook_patches_give_the_kube_inject_goldens() {
                 let ns = t.namespace.clone().unwrap_or_else(|| "default".to_string());
                 let uid = format!("{name}-{i}-{}", t.pointer);
                 let body = serde_json::to_vec(&pod_review(&uid, &ns, pod.clone())).unwrap();
-                let a = request(
-                    addr,
-                    tls.clone(),
-                    "POST",
-                    "/inject",
-                    Some("application/json"),
-                    body,
-                )
-                .await
-                .unwrap();
+                let a = post_inject(addr, tls.clone(), body).await;
                 if a.status != 200 {
                     failures.push(format!(
                         "{name}: {}: HTTP {} {}",

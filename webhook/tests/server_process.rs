@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
-use server_support::{Pki, app_pod, client_config, pod_review, request};
+use server_support::{Pki, app_pod, client_config, pod_review, post_inject, request};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 struct Proc {
@@ -144,16 +144,7 @@ async fn sigterm_stops_accepting_and_finishes_the_request_in_flight() {
     assert_eq!(ready.status, 503, "{}", ready.text());
     assert!(ready.text().contains("shutting down"), "{}", ready.text());
     let late = serde_json::to_vec(&pod_review("late", "bookinfo", app_pod())).unwrap();
-    let a = request(
-        addr,
-        tls.clone(),
-        "POST",
-        "/inject",
-        Some("application/json"),
-        late,
-    )
-    .await
-    .unwrap();
+    let a = post_inject(addr, tls.clone(), late).await;
     assert_eq!(a.status, 200, "{}", a.text());
     assert!(a.text().contains("\"patch\""), "{}", a.text());
     p.wait_line("shutting down", Duration::from_secs(10));

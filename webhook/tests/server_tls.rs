@@ -15,7 +15,7 @@ use rustls_pki_types::pem::PemObject as _;
 use serde_json::Value;
 use server_support::{
     Pki, app_pod, apply_patch, client_config, eventually, eventually_metric, names, patch_of,
-    pod_review, request, response_of, serve_args, served_cert,
+    pod_review, post_inject, request, response_of, serve_args, served_cert,
 };
 
 async fn inject(
@@ -25,9 +25,7 @@ async fn inject(
     pod: Value,
 ) -> Value {
     let body = serde_json::to_vec(&pod_review(uid, "bookinfo", pod.clone())).unwrap();
-    let a = request(addr, tls, "POST", "/inject", Some("application/json"), body)
-        .await
-        .unwrap();
+    let a = post_inject(addr, tls, body).await;
     assert_eq!(a.status, 200, "{}", a.text());
     assert_eq!(a.content_type, "application/json");
     let resp = response_of(&a.json(), uid);
@@ -151,16 +149,7 @@ async fn bad_input_gets_400_415_413_and_the_server_keeps_serving() {
     .await
     .unwrap();
     assert_eq!(a.status, 400, "{}", a.text());
-    let a = request(
-        addr,
-        tls.clone(),
-        "POST",
-        "/inject",
-        Some("application/json"),
-        b"{\"kind\":\"Pod\"}".to_vec(),
-    )
-    .await
-    .unwrap();
+    let a = post_inject(addr, tls.clone(), b"{\"kind\":\"Pod\"}".to_vec()).await;
     assert_eq!(a.status, 400, "{}", a.text());
     let a = request(
         addr,
@@ -179,44 +168,17 @@ async fn bad_input_gets_400_415_413_and_the_server_keeps_serving() {
     big.pop();
     big.extend(std::iter::repeat_n(b' ', 9 << 20));
     big.push(b'}');
-    let a = request(
-        addr,
-        tls.clone(),
-        "POST",
-        "/inject",
-        Some("application/json"),
-        big,
-    )
-    .await
-    .unwrap();
+    let a = post_inject(addr, tls.clone(), big).await;
     assert_eq!(a.status, 413, "{}", a.text());
     // Just under the limit is fine.
     let mut under = good.clone();
     under.pop();
     under.extend(std::iter::repeat_n(b' ', (8 << 20) - good.len() - 16));
     under.push(b'}');
-    let a = request(
-        addr,
-        tls.clone(),
-        "POST",
-        "/inject",
-        Some("application/json"),
-        under,
-    )
-    .await
-    .unwrap();
+    let a = post_inject(addr, tls.clone(), under).await;
     assert_eq!(a.status, 200, "{}", a.text());
 
-    let a = request(
-        addr,
-        tls.clone(),
-        "POST",
-        "/inject",
-        Some("application/json"),
-        good,
-    )
-    .await
-    .unwrap();
+    let a = post_inject(addr, tls.clone(), good).await;
     assert_eq!(a.status, 200);
     assert!(patch_of(&response_of(&a.json(), "good")).is_some());
     assert_eq!(

@@ -19,8 +19,8 @@ use hyper::body::Bytes;
 use mesh_webhook::admission::{self, state::ClusterSupport};
 use serde_json::json;
 use server_support::{
-    Pki, app_pod, apply_patch, client_config, eventually, names, patch_of, pod_review, request,
-    response_of,
+    Pki, app_pod, apply_patch, client_config, eventually, names, patch_of, pod_review, post_inject,
+    request, response_of,
 };
 
 /// An HTTPS stand-in for the API server: `GET /version` answers `status` with `body`.
@@ -125,9 +125,7 @@ async fn auto_injection(kubeconfig: Option<&Path>) -> (ClusterSupport, Vec<Strin
     })
     .await;
     let body = serde_json::to_vec(&pod_review("v", "default", app_pod())).unwrap();
-    let a = request(addr, tls, "POST", "/inject", Some("application/json"), body)
-        .await
-        .unwrap();
+    let a = post_inject(addr, tls, body).await;
     let out = apply_patch(&app_pod(), &patch_of(&response_of(&a.json(), "v")).unwrap()).unwrap();
     let support = server.state.cluster_support();
     server.shutdown().await;

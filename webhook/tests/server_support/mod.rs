@@ -114,6 +114,18 @@ pub async fn request(
     request_as(addr, tls, "localhost", method, path, content_type, body).await
 }
 
+/// `POST /inject` with a JSON body, as the API server sends it; panics if the request
+/// cannot be made (the answer's status is for the caller to check).
+pub async fn post_inject(
+    addr: std::net::SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+    body: Vec<u8>,
+) -> Answer {
+    request(addr, tls, "POST", "/inject", Some("application/json"), body)
+        .await
+        .unwrap_or_else(|e| panic!("POST /inject: {e}"))
+}
+
 /// One request over a fresh TLS connection that verifies the server as `server_name`.
 #[allow(clippy::too_many_arguments)]
 pub async fn request_as(
