@@ -82,6 +82,28 @@ pub mod annotations {
     pub const PROMETHEUS_PATH: &str = "prometheus.io/path";
 }
 
+/// The arguments the injector gives `istio-init` (`mesh-init`) with the built-in config and
+/// no traffic annotations, in `istio-iptables`' order and spelling: capture all outbound
+/// and inbound TCP except the proxy's own admin and metrics ports.
+pub const DEFAULT_INIT_ARGS: [&str; 16] = [
+    "-p",
+    "15001",
+    "-z",
+    "15006",
+    "-u",
+    "1337",
+    "-m",
+    "REDIRECT",
+    "-i",
+    "*",
+    "-x",
+    "",
+    "-b",
+    "*",
+    "-d",
+    "15090,15021",
+];
+
 /// Namespaces that are never injected, whatever their labels say.
 pub const NEVER_INJECTED_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
 

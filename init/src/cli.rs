@@ -167,26 +167,9 @@ mod tests {
 
     #[test]
     fn injected_args_parse_like_istio_iptables() {
-        let cli = Cli::try_parse_from([
-            "mesh-init",
-            "-p",
-            "15001",
-            "-z",
-            "15006",
-            "-u",
-            "1337",
-            "-m",
-            "REDIRECT",
-            "-i",
-            "*",
-            "-x",
-            "",
-            "-b",
-            "*",
-            "-d",
-            "15090,15021",
-        ])
-        .unwrap();
+        let cli =
+            Cli::try_parse_from(std::iter::once("mesh-init").chain(mesh_common::DEFAULT_INIT_ARGS))
+                .unwrap();
         assert!(cli.command.is_none());
         assert_eq!(cli.capture.exclude_outbound_cidrs, "");
         assert_eq!(cli.capture.exclude_inbound_ports, "15090,15021");

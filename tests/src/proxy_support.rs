@@ -43,7 +43,7 @@ impl PodWorld {
             &world,
             &["198.18.0.1/24", "fd00:198:18::1/64"],
         );
-        pod.output_ok(bin("mesh-init"), &crate::INJECTED_INIT_ARGS);
+        pod.output_ok(bin("mesh-init"), &mesh_common::DEFAULT_INIT_ARGS);
         PodWorld { pod, world }
     }
 

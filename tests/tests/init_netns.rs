@@ -11,7 +11,7 @@ use mesh_tests::bins::bin;
 use mesh_tests::init_support::{Landing, Server, connect_as, nat_dump, rule_lines};
 use mesh_tests::netns::{Netns, link, require_root_and_tools};
 
-const DEFAULT: &[&str] = &mesh_tests::INJECTED_INIT_ARGS;
+const DEFAULT: &[&str] = &mesh_common::DEFAULT_INIT_ARGS;
 
 struct Net {
     pod: Netns,

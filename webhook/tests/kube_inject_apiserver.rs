@@ -195,23 +195,6 @@ fn api_server_reads_our_yaml_as_we_meant_it() {
     let args = spec["initContainers"][0]["args"].as_array().unwrap();
     assert_eq!(
         args.iter().map(|a| a.as_str().unwrap()).collect::<Vec<_>>(),
-        [
-            "-p",
-            "15001",
-            "-z",
-            "15006",
-            "-u",
-            "1337",
-            "-m",
-            "REDIRECT",
-            "-i",
-            "*",
-            "-x",
-            "",
-            "-b",
-            "*",
-            "-d",
-            "15090,15021"
-        ]
+        mesh_common::DEFAULT_INIT_ARGS
     );
 }

@@ -315,10 +315,7 @@ mod tests {
     fn default_init_args_match_istio() {
         let cfg = InjectConfig::default();
         let ov = Overrides::read(&BTreeMap::new(), &cfg).unwrap();
-        assert_eq!(
-            init_args(&cfg, &ov).join(" "),
-            "-p 15001 -z 15006 -u 1337 -m REDIRECT -i * -x  -b * -d 15090,15021"
-        );
+        assert_eq!(init_args(&cfg, &ov), mesh_common::DEFAULT_INIT_ARGS);
     }
 
     #[test]
