@@ -183,19 +183,16 @@ impl Metrics {
         let mut out = String::with_capacity(4096);
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         // Writing to a String cannot fail; the results are ignored on purpose.
-        let _ = writeln!(
-            out,
-            "# HELP sidecar_injection_requests_total Total number of sidecar injection requests, by result."
+        counter_family(
+            &mut out,
+            "sidecar_injection_requests_total",
+            "Total number of sidecar injection requests, by result.",
+            "result",
+            RequestResult::ALL
+                .iter()
+                .map(|r| r.as_str())
+                .zip(&self.requests),
         );
-        let _ = writeln!(out, "# TYPE sidecar_injection_requests_total counter");
-        for (r, c) in RequestResult::ALL.iter().zip(&self.requests) {
-            let _ = writeln!(
-                out,
-                "sidecar_injection_requests_total{{result=\"{}\"}} {}",
-                r.as_str(),
-                get(c)
-            );
-        }
         let _ = writeln!(
             out,
             "# HELP sidecar_injection_success_total Total number of successful sidecar injections."
@@ -206,32 +203,23 @@ impl Metrics {
             "sidecar_injection_success_total {}",
             get(&self.success)
         );
-        let _ = writeln!(
-            out,
-            "# HELP sidecar_injection_skip_total Total number of skipped sidecar injections, by reason."
+        counter_family(
+            &mut out,
+            "sidecar_injection_skip_total",
+            "Total number of skipped sidecar injections, by reason.",
+            "reason",
+            SkipLabel::ALL.iter().map(|r| r.as_str()).zip(&self.skip),
         );
-        let _ = writeln!(out, "# TYPE sidecar_injection_skip_total counter");
-        for (r, c) in SkipLabel::ALL.iter().zip(&self.skip) {
-            let _ = writeln!(
-                out,
-                "sidecar_injection_skip_total{{reason=\"{}\"}} {}",
-                r.as_str(),
-                get(c)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP sidecar_injection_failure_total Total number of failed sidecar injections, by type."
+        counter_family(
+            &mut out,
+            "sidecar_injection_failure_total",
+            "Total number of failed sidecar injections, by type.",
+            "type",
+            FailureLabel::ALL
+                .iter()
+                .map(|t| t.as_str())
+                .zip(&self.failure),
         );
-        let _ = writeln!(out, "# TYPE sidecar_injection_failure_total counter");
-        for (t, c) in FailureLabel::ALL.iter().zip(&self.failure) {
-            let _ = writeln!(
-                out,
-                "sidecar_injection_failure_total{{type=\"{}\"}} {}",
-                t.as_str(),
-                get(c)
-            );
-        }
         let _ = writeln!(
             out,
             "# HELP sidecar_injection_time_seconds Time taken to answer an injection request."
@@ -266,12 +254,35 @@ impl Metrics {
                 &self.cert_reloads_failed,
             ),
         ] {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} counter");
-            let _ = writeln!(out, "{name}{{result=\"ok\"}} {}", get(ok));
-            let _ = writeln!(out, "{name}{{result=\"failed\"}} {}", get(failed));
+            counter_family(
+                &mut out,
+                name,
+                help,
+                "result",
+                [("ok", ok), ("failed", failed)],
+            );
         }
         out
+    }
+}
+
+/// One counter family: its HELP and TYPE lines, then one series per `label` value.
+fn counter_family<'a>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    label: &str,
+    series: impl IntoIterator<Item = (&'a str, &'a AtomicU64)>,
+) {
+    // Writing to a String cannot fail; the results are ignored on purpose.
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} counter");
+    for (value, c) in series {
+        let _ = writeln!(
+            out,
+            "{name}{{{label}=\"{value}\"}} {}",
+            c.load(Ordering::Relaxed)
+        );
     }
 }
 
