@@ -6,26 +6,16 @@
 //! These tests never skip: without KUBECONFIG they fail and say how to start kube-local.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
 
+mod deploy_support;
+
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
 
+use deploy_support::unique;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, DeleteParams, PostParams};
 use mesh_webhook::bootstrap::{self, BootstrapOptions, Material};
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-fn unique(prefix: &str) -> String {
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let t = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_millis()
-        % 1_000_000;
-    format!("{prefix}-{}-{t}-{n}", std::process::id() % 100_000)
-}
 
 async fn client() -> kube::Client {
     assert!(

@@ -8,9 +8,9 @@
 mod deploy_support;
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use deploy_support::{ServerProcess, free_port, kubectl_run, require_kubeconfig};
+use deploy_support::{ServerProcess, free_port, kubectl_run, require_kubeconfig, run_id};
 use serde_json::{Value, json};
 
 fn start(ns: &str, webhook: &str, dir: &std::path::Path, port: u16) -> ServerProcess {
@@ -69,15 +69,7 @@ fn ca_bundle(webhook: &str) -> Vec<String> {
 #[test]
 fn serve_self_signed_bootstraps_then_serves_what_the_ca_bundle_trusts() {
     require_kubeconfig();
-    let run = format!(
-        "{}-{}",
-        std::process::id() % 100_000,
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap()
-            .as_millis()
-            % 1_000_000
-    );
+    let run = run_id();
     let ns = format!("mesh-bs-serve-{run}");
     let webhook = format!("mesh-bs-serve-{run}");
     kubectl_run(&["create", "namespace", &ns], None);

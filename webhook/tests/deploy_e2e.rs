@@ -13,10 +13,10 @@ mod deploy_support;
 
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use deploy_support::{
-    ServerProcess, find, free_port, images_env, kubectl_run, render, require_kubeconfig,
+    ServerProcess, find, free_port, images_env, kubectl_run, render, require_kubeconfig, run_id,
 };
 use rcgen::{CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
 use serde_json::{Value, json};
@@ -84,15 +84,7 @@ fn pods_created_with_kubectl_are_stored_injected_exactly_where_istio_would_injec
     require_kubeconfig();
     let objs = render("deploy");
     let images = images_env();
-    let run = format!(
-        "{}-{}",
-        std::process::id() % 100_000,
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap()
-            .as_millis()
-            % 1_000_000
-    );
+    let run = run_id();
 
     // The server, with deploy/'s injection config.
     let dir = tempfile::tempdir().unwrap();

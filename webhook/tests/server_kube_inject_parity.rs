@@ -14,7 +14,7 @@ use mesh_webhook::admission;
 use mesh_webhook::{workloads, yaml};
 use serde_json::{Value, json};
 use server_support::{
-    Pki, apply_patch, client_config, pod_review, post_inject, request, response_of, serve_args,
+    Pki, apply_patch, client_config, pod_review, post_inject, response_of, serve_args,
 };
 
 fn corpus() -> PathBuf {
@@ -110,18 +110,8 @@ async fn webhook_patches_give_the_kube_inject_goldens() {
         }
         let server = admission::start(args).await.unwrap();
         let addr = server.addr;
-        server_support::eventually("readiness", std::time::Duration::from_secs(20), || {
-            let tls = tls.clone();
-            async move {
-                (request(addr, tls, "GET", "/readyz", None, vec![])
-                    .await
-                    .ok()?
-                    .status
-                    == 200)
-                    .then_some(())
-            }
-        })
-        .await;
+        server_support::eventually_ready(addr, tls.clone(), std::time::Duration::from_secs(20))
+            .await;
 
         let golden_docs = injected.as_deref().map(|g| parse_all(g).unwrap());
         let mut denial: Option<String> = None;

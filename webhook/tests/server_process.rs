@@ -2,16 +2,21 @@
 //! SIGTERM stops accepting, finishes the request in flight, and exits 0.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod deploy_support;
 mod server_support;
 
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use deploy_support::unique;
 use rustls::pki_types::ServerName;
-use server_support::{Pki, app_pod, client_config, pod_review, post_inject, request};
+use server_support::{
+    Pki, app_pod, base_serve_flags, client_config, pod_review, post_inject, request,
+};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 struct Proc {
@@ -26,10 +31,12 @@ impl Drop for Proc {
     }
 }
 
-fn spawn(args: &[&str]) -> Proc {
+/// `mesh-webhook serve` with the tests' base flags for `cert`/`key`, then `extra`.
+fn spawn(cert: &Path, key: &Path, extra: &[&str]) -> Proc {
     let mut child = Command::new(env!("CARGO_BIN_EXE_mesh-webhook"))
         .arg("serve")
-        .args(args)
+        .args(base_serve_flags(cert, key))
+        .args(extra)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -92,20 +99,11 @@ async fn sigterm_stops_accepting_and_finishes_the_request_in_flight() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new("process CA");
     let (cert, key) = pki.write(dir.path());
-    let mut p = spawn(&[
-        "--cert",
-        cert.to_str().unwrap(),
-        "--key",
-        key.to_str().unwrap(),
-        "--addr",
-        "127.0.0.1:0",
-        "--native-sidecars",
-        "false",
-        "--shutdown-grace",
-        "10s",
-        "--shutdown-delay",
-        "1s",
-    ]);
+    let mut p = spawn(
+        &cert,
+        &key,
+        &["--shutdown-grace", "10s", "--shutdown-delay", "1s"],
+    );
     let addr = listen_addr(&p.wait_line("listening", Duration::from_secs(30)));
     let tls = client_config(&pki.ca_der);
     assert_eq!(
@@ -218,15 +216,6 @@ fn bad_flags_and_files_fail_with_a_clear_message() {
     assert!(err.contains("--max-body-bytes"), "{err}");
 }
 
-fn unique(prefix: &str) -> String {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis()
-        % 1_000_000;
-    format!("{prefix}-{}-{t}", std::process::id() % 100_000)
-}
-
 /// `serve --self-signed` against a REAL API server (KUBECONFIG; kube-local in CI): before
 /// it listens, the certificate is in the shared Secret and on disk, caBundle is patched into
 /// our webhook configuration, and the server presents a certificate that verifies against
@@ -282,25 +271,21 @@ async fn serve_self_signed_publishes_its_ca_and_serves_with_it() {
     );
     let (ns2, mwc2, client2) = (ns.clone(), mwc_name.clone(), client.clone());
     let body = tokio::spawn(async move {
-        let mut p = spawn(&[
-            "--cert",
-            cert.to_str().unwrap(),
-            "--key",
-            key.to_str().unwrap(),
-            "--addr",
-            "127.0.0.1:0",
-            "--native-sidecars",
-            "false",
-            "--self-signed",
-            "--namespace",
-            &ns2,
-            "--secret-name",
-            "mesh-webhook-certs",
-            "--service-name",
-            "mesh-webhook",
-            "--webhook-config-name",
-            &mwc2,
-        ]);
+        let mut p = spawn(
+            &cert,
+            &key,
+            &[
+                "--self-signed",
+                "--namespace",
+                &ns2,
+                "--secret-name",
+                "mesh-webhook-certs",
+                "--service-name",
+                "mesh-webhook",
+                "--webhook-config-name",
+                &mwc2,
+            ],
+        );
         let addr = listen_addr(&p.wait_line("listening", Duration::from_secs(60)));
         let secret = Api::<Secret>::namespaced(client2.clone(), &ns2)
             .get("mesh-webhook-certs")

@@ -19,8 +19,8 @@ use hyper::body::Bytes;
 use mesh_webhook::admission::{self, state::ClusterSupport};
 use serde_json::json;
 use server_support::{
-    Pki, app_pod, apply_patch, client_config, eventually, names, patch_of, pod_review, post_inject,
-    request, response_of,
+    Pki, app_pod, apply_patch, client_config, eventually_ready, names, patch_of, pod_review,
+    post_inject, response_of,
 };
 
 /// An HTTPS stand-in for the API server: `GET /version` answers `status` with `body`.
@@ -112,18 +112,7 @@ async fn auto_injection(kubeconfig: Option<&Path>) -> (ClusterSupport, Vec<Strin
     args.kubeconfig = kubeconfig.map(Path::to_path_buf);
     let server = admission::start(args).await.unwrap();
     let (addr, tls) = (server.addr, client_config(&pki.ca_der));
-    eventually("readiness", Duration::from_secs(30), || {
-        let tls = tls.clone();
-        async move {
-            (request(addr, tls, "GET", "/readyz", None, vec![])
-                .await
-                .ok()?
-                .status
-                == 200)
-                .then_some(())
-        }
-    })
-    .await;
+    eventually_ready(addr, tls.clone(), Duration::from_secs(30)).await;
     let body = serde_json::to_vec(&pod_review("v", "default", app_pod())).unwrap();
     let a = post_inject(addr, tls, body).await;
     let out = apply_patch(&app_pod(), &patch_of(&response_of(&a.json(), "v")).unwrap()).unwrap();

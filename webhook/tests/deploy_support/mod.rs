@@ -10,6 +10,23 @@ use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
 
+/// A suffix no other run (nor an earlier call in this one) uses for the objects a test
+/// creates in the shared API server: process id, milliseconds, a counter.
+pub fn run_id() -> String {
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() % 1_000_000)
+        .unwrap_or(0);
+    format!("{}-{t}-{n}", std::process::id() % 100_000)
+}
+
+/// `prefix-<run_id>`: a name for an object in the shared API server.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", run_id())
+}
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

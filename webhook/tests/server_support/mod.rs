@@ -424,15 +424,10 @@ pub fn apply_patch(doc: &Value, patch: &Value) -> Result<Value, String> {
 // ---------------------------------------------------------------------------------------
 // Server in-process
 
-pub fn serve_args(cert: &Path, key: &Path) -> mesh_webhook::admission::ServeArgs {
-    use clap::Parser;
-    #[derive(Parser)]
-    struct A {
-        #[command(flatten)]
-        serve: mesh_webhook::admission::ServeArgs,
-    }
-    let a = A::try_parse_from([
-        "serve",
+/// The `serve` flags every test server starts with: its certificate and key, a free
+/// loopback port, and regular sidecars (no API server version to ask).
+pub fn base_serve_flags(cert: &Path, key: &Path) -> Vec<String> {
+    [
         "--cert",
         cert.to_str().unwrap(),
         "--key",
@@ -441,11 +436,26 @@ pub fn serve_args(cert: &Path, key: &Path) -> mesh_webhook::admission::ServeArgs
         "127.0.0.1:0",
         "--native-sidecars",
         "false",
-        "--reload-interval",
-        "100ms",
-        "--shutdown-grace",
-        "2s",
-    ])
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// [`base_serve_flags`] for an in-process server, checking files often and giving
+/// in-flight requests 2 s at shutdown.
+pub fn serve_args(cert: &Path, key: &Path) -> mesh_webhook::admission::ServeArgs {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct A {
+        #[command(flatten)]
+        serve: mesh_webhook::admission::ServeArgs,
+    }
+    let flags = base_serve_flags(cert, key);
+    let a = A::try_parse_from(
+        std::iter::once("serve")
+            .chain(flags.iter().map(String::as_str))
+            .chain(["--reload-interval", "100ms", "--shutdown-grace", "2s"]),
+    )
     .unwrap();
     a.serve
 }
@@ -466,6 +476,26 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Polls `GET /readyz` until it answers 200, or panics after `timeout`.
+pub async fn eventually_ready(
+    addr: std::net::SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+    timeout: Duration,
+) {
+    eventually("readiness", timeout, || {
+        let tls = tls.clone();
+        async move {
+            (request(addr, tls, "GET", "/readyz", None, vec![])
+                .await
+                .ok()?
+                .status
+                == 200)
+                .then_some(())
+        }
+    })
+    .await;
 }
 
 /// Polls `GET /metrics` until its text contains `line`, or panics after 10 s naming `what`.
