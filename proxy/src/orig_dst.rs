@@ -77,10 +77,10 @@ mod tests {
     use super::*;
 
     /// Without a redirect the kernel either has no record (ENOENT) or, when conntrack
-    /// tracks loopback, reports the address that was dialled. Both are the truth.
-    #[tokio::test]
-    async fn kernel_reports_dialled_address_or_no_redirect() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    /// tracks loopback, reports the address that was dialled. Both are the truth; any
+    /// other error means the wrong option was asked for the socket's family.
+    async fn unredirected_connection_on(bind: &str) {
+        let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let _client = TcpStream::connect(addr).await.unwrap();
         let (accepted, _) = listener.accept().await.unwrap();
@@ -92,15 +92,12 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn kernel_reports_dialled_address_or_no_redirect() {
+        unredirected_connection_on("127.0.0.1:0").await;
+    }
+
+    #[tokio::test]
     async fn ipv6_socket_uses_ipv6_option() {
-        let listener = tokio::net::TcpListener::bind("[::1]:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let _client = TcpStream::connect(addr).await.unwrap();
-        let (accepted, _) = listener.accept().await.unwrap();
-        match KernelOriginalDst.original_dst(&accepted, addr) {
-            Ok(dst) => assert_eq!(dst, addr),
-            Err(OrigDstError::NotRedirected(_)) => {}
-            Err(e) => panic!("unexpected error: {e}"),
-        }
+        unredirected_connection_on("[::1]:0").await;
     }
 }

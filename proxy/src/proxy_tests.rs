@@ -72,6 +72,14 @@ fn series_value(m: &Metrics, d: Direction, port: u16, flags: ResponseFlags) -> [
     ]
 }
 
+/// The proxy's drain report, which must come within 5 s.
+async fn drain_report(task: JoinHandle<DrainReport>) -> DrainReport {
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("the proxy did not finish its drain within 5 s")
+        .expect("the proxy task panicked")
+}
+
 /// Sends `payload`, half-closes, and reads the answer to the end (what a
 /// `half_close_server` says).
 async fn upload_then_answer(c: &mut TcpStream, payload: &[u8]) -> String {
@@ -309,10 +317,7 @@ async fn drain_with_one_connection_open(p: Running) {
     assert!(!p.task.is_finished(), "proxy exited with a connection open");
     let answer = upload_then_answer(&mut open, b"last").await;
     assert_eq!(answer, "reply:4");
-    let report = tokio::time::timeout(Duration::from_secs(5), p.task)
-        .await
-        .unwrap()
-        .unwrap();
+    let report = drain_report(p.task).await;
     assert_eq!(report, DrainReport { cut: 0 });
 }
 
@@ -390,10 +395,7 @@ async fn drain_timeout_cuts_what_is_left() {
     let _open = TcpStream::connect(p.addrs.outbound[0]).await.unwrap();
     wait_for(|| p.metrics.active(Direction::Outbound) == 1).await;
     p.drain.drain();
-    let report = tokio::time::timeout(Duration::from_secs(5), p.task)
-        .await
-        .unwrap()
-        .unwrap();
+    let report = drain_report(p.task).await;
     assert_eq!(report, DrainReport { cut: 1 });
 }
 
