@@ -4,6 +4,13 @@
 //! dashboards and annotations written for Istio, and those keep working.
 #![forbid(unsafe_code)]
 
+pub mod contract;
+pub mod duration;
+pub mod fs;
+pub mod lists;
+pub mod log;
+pub mod prom;
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Outbound capture port: the pod's own outgoing TCP is redirected here.

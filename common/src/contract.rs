@@ -1,0 +1,190 @@
+//! The contract between the injector and the two binaries it writes command lines for:
+//! every flag and environment variable the injector puts into `istio-init` and
+//! `istio-proxy`, spelled once. The injector builds its containers from these names, the
+//! binaries parse them, and `tests/tests/contract.rs` feeds every injected container's
+//! `args` and `env` to the real parsers.
+
+/// `mesh-init`, run as the `istio-init` container: `istio-iptables`' flags.
+pub mod init {
+    /// The binary the init container runs.
+    pub const BINARY: &str = "mesh-init";
+
+    /// A flag with its short and long spelling, dashes included.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Flag {
+        /// `-p`: what the injector writes (as `istio-iptables` args read).
+        pub short: &'static str,
+        /// `--proxy-port`.
+        pub long: &'static str,
+    }
+
+    pub const PROXY_PORT: Flag = Flag {
+        short: "-p",
+        long: "--proxy-port",
+    };
+    pub const INBOUND_CAPTURE_PORT: Flag = Flag {
+        short: "-z",
+        long: "--inbound-capture-port",
+    };
+    pub const PROXY_UID: Flag = Flag {
+        short: "-u",
+        long: "--proxy-uid",
+    };
+    pub const PROXY_GID: Flag = Flag {
+        short: "-g",
+        long: "--proxy-gid",
+    };
+    pub const MODE: Flag = Flag {
+        short: "-m",
+        long: "--mode",
+    };
+    pub const INBOUND_PORTS: Flag = Flag {
+        short: "-b",
+        long: "--inbound-ports",
+    };
+    pub const EXCLUDE_INBOUND_PORTS: Flag = Flag {
+        short: "-d",
+        long: "--exclude-inbound-ports",
+    };
+    pub const OUTBOUND_PORTS: Flag = Flag {
+        short: "-q",
+        long: "--outbound-ports",
+    };
+    pub const EXCLUDE_OUTBOUND_PORTS: Flag = Flag {
+        short: "-o",
+        long: "--exclude-outbound-ports",
+    };
+    pub const INCLUDE_OUTBOUND_CIDRS: Flag = Flag {
+        short: "-i",
+        long: "--include-outbound-cidrs",
+    };
+    pub const EXCLUDE_OUTBOUND_CIDRS: Flag = Flag {
+        short: "-x",
+        long: "--exclude-outbound-cidrs",
+    };
+    pub const KUBE_VIRT_INTERFACES: Flag = Flag {
+        short: "-k",
+        long: "--kube-virt-interfaces",
+    };
+
+    /// Every capture flag.
+    pub const CAPTURE_FLAGS: [Flag; 12] = [
+        PROXY_PORT,
+        INBOUND_CAPTURE_PORT,
+        PROXY_UID,
+        PROXY_GID,
+        MODE,
+        INBOUND_PORTS,
+        EXCLUDE_INBOUND_PORTS,
+        OUTBOUND_PORTS,
+        EXCLUDE_OUTBOUND_PORTS,
+        INCLUDE_OUTBOUND_CIDRS,
+        EXCLUDE_OUTBOUND_CIDRS,
+        KUBE_VIRT_INTERFACES,
+    ];
+
+    /// The only interception mode supported.
+    pub const MODE_REDIRECT: &str = "REDIRECT";
+}
+
+/// `mesh-proxy`, run as the `istio-proxy` container.
+pub mod proxy {
+    /// The binary the sidecar container runs.
+    pub const BINARY: &str = "mesh-proxy";
+
+    /// Long flags (each takes a value).
+    pub mod flag {
+        pub const OUTBOUND_PORT: &str = "--outbound-port";
+        pub const INBOUND_PORT: &str = "--inbound-port";
+        pub const ADMIN_ADDR: &str = "--admin-addr";
+        pub const METRICS_ADDR: &str = "--metrics-addr";
+        pub const CONNECT_TIMEOUT: &str = "--connect-timeout";
+        pub const DRAIN_TIMEOUT: &str = "--drain-timeout";
+        pub const MAX_CONNECTIONS: &str = "--max-connections";
+        pub const ACCESS_LOG: &str = "--access-log";
+        pub const COPY_MODE: &str = "--copy-mode";
+        pub const WORKER_THREADS: &str = "--worker-threads";
+        pub const IPV6: &str = "--ipv6";
+        pub const LOG_LEVEL: &str = "--log-level";
+        pub const POD_NAME: &str = "--pod-name";
+        pub const POD_NAMESPACE: &str = "--pod-namespace";
+        pub const INSTANCE_IP: &str = "--instance-ip";
+        pub const SERVICE_ACCOUNT: &str = "--service-account";
+        pub const WORKLOAD_NAME: &str = "--workload-name";
+
+        /// Every flag that takes a value.
+        pub const ALL: [&str; 17] = [
+            OUTBOUND_PORT,
+            INBOUND_PORT,
+            ADMIN_ADDR,
+            METRICS_ADDR,
+            CONNECT_TIMEOUT,
+            DRAIN_TIMEOUT,
+            MAX_CONNECTIONS,
+            ACCESS_LOG,
+            COPY_MODE,
+            WORKER_THREADS,
+            IPV6,
+            LOG_LEVEL,
+            POD_NAME,
+            POD_NAMESPACE,
+            INSTANCE_IP,
+            SERVICE_ACCOUNT,
+            WORKLOAD_NAME,
+        ];
+    }
+
+    /// Environment variables (the injector sets them, mostly through the downward API).
+    pub mod env {
+        /// Log filter, in the grammar of [`crate::log`]; same as `--log-level`.
+        pub const LOG: &str = "MESH_PROXY_LOG";
+        /// `metadata.name`.
+        pub const POD_NAME: &str = "POD_NAME";
+        /// `metadata.namespace`.
+        pub const POD_NAMESPACE: &str = "POD_NAMESPACE";
+        /// `status.podIP`.
+        pub const INSTANCE_IP: &str = "INSTANCE_IP";
+        /// `spec.serviceAccountName`.
+        pub const SERVICE_ACCOUNT: &str = "SERVICE_ACCOUNT";
+        /// The workload (Deployment, StatefulSet, ...) name, under Istio's name for it.
+        pub const WORKLOAD_NAME: &str = "ISTIO_META_WORKLOAD_NAME";
+
+        /// Every variable the proxy reads.
+        pub const ALL: [&str; 6] = [
+            LOG,
+            POD_NAME,
+            POD_NAMESPACE,
+            INSTANCE_IP,
+            SERVICE_ACCOUNT,
+            WORKLOAD_NAME,
+        ];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_flags_are_distinct_and_well_formed() {
+        for (i, a) in init::CAPTURE_FLAGS.iter().enumerate() {
+            assert!(a.short.len() == 2 && a.short.starts_with('-'), "{a:?}");
+            assert!(a.long.starts_with("--") && a.long.len() > 3, "{a:?}");
+            for b in &init::CAPTURE_FLAGS[i + 1..] {
+                assert!(a.short != b.short && a.long != b.long, "{a:?} vs {b:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn proxy_flags_and_env_are_distinct() {
+        let mut f = proxy::flag::ALL.to_vec();
+        f.sort_unstable();
+        f.dedup();
+        assert_eq!(f.len(), proxy::flag::ALL.len());
+        let mut e = proxy::env::ALL.to_vec();
+        e.sort_unstable();
+        e.dedup();
+        assert_eq!(e.len(), proxy::env::ALL.len());
+    }
+}
