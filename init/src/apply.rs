@@ -11,7 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use crate::model::{Family, Settings};
-use crate::render;
+use crate::{probe, render};
+
+// The /proc probes live in `probe`; their old paths keep working.
+pub use crate::probe::{effective_ids, has_cap_net_admin, pod_has_ipv6};
 
 /// Which iptables flavour writes the rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -167,18 +170,13 @@ impl Host {
 
 impl System for Host {
     fn save_nat(&self, family: Family) -> Result<String, ApplyError> {
-        if self.backend == Backend::Legacy {
-            // Listing a legacy table loads it; when the kernel has no nat table here,
-            // nothing of ours can be in it, and we leave no table behind by asking.
-            let names = match family {
-                Family::V4 => "/proc/net/ip_tables_names",
-                Family::V6 => "/proc/net/ip6_tables_names",
-            };
-            if let Ok(list) = std::fs::read_to_string(names)
-                && !list.lines().any(|t| t.trim() == "nat")
-            {
-                return Ok(String::new());
-            }
+        // Listing a legacy table loads it; when the kernel has no nat table here,
+        // nothing of ours can be in it, and we leave no table behind by asking.
+        if self.backend == Backend::Legacy
+            && probe::legacy_nat_loaded(Path::new(probe::legacy_table_names_path(family)))
+                == Some(false)
+        {
+            return Ok(String::new());
         }
         let tool = self.tool(family, "save")?;
         self.run(&tool, &["-t", "nat"], None)
@@ -200,69 +198,13 @@ impl System for Host {
         if present {
             self.run("ip", &["-6", "addr", "replace", &addr, "dev", "lo"], None)
                 .map(|_| ())
-        } else if v6_passthrough_present(Path::new("/proc/net/if_inet6")) {
+        } else if probe::v6_passthrough_present(Path::new(probe::IF_INET6)) {
             self.run("ip", &["-6", "addr", "del", &addr, "dev", "lo"], None)
                 .map(|_| ())
         } else {
             Ok(())
         }
     }
-}
-
-/// Reads a `/proc/net/if_inet6`-style file: one address per line, 32 hex digits, then
-/// ifindex, prefix length, scope, flags, interface name.
-fn if_inet6(path: &Path) -> Vec<(String, u8, String)> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Vec::new();
-    };
-    text.lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let scope = u8::from_str_radix(f.get(3)?, 16).ok()?;
-            Some((f.first()?.to_string(), scope, f.get(5)?.to_string()))
-        })
-        .collect()
-}
-
-/// Whether the namespace has a global-scope IPv6 address on some interface other than
-/// `lo` (link-local does not count). A node or pod without IPv6 has none, or no file.
-pub fn pod_has_ipv6(if_inet6_path: &Path) -> bool {
-    if_inet6(if_inet6_path)
-        .iter()
-        .any(|(_, scope, ifname)| *scope == 0 && ifname != "lo")
-}
-
-fn v6_passthrough_present(if_inet6_path: &Path) -> bool {
-    if_inet6(if_inet6_path)
-        .iter()
-        .any(|(addr, _, ifname)| addr == "00000000000000000000000000000006" && ifname == "lo")
-}
-
-/// Whether this process holds CAP_NET_ADMIN, from the `CapEff:` line of a
-/// `/proc/self/status`-style file (unknown counts as held: the tool will say).
-pub fn has_cap_net_admin(status_path: &Path) -> bool {
-    const CAP_NET_ADMIN: u32 = 12;
-    let Ok(text) = std::fs::read_to_string(status_path) else {
-        return true;
-    };
-    text.lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .is_none_or(|caps| caps & (1 << CAP_NET_ADMIN) != 0)
-}
-
-/// The effective uid and gid of this process, from `/proc/self/status`.
-pub fn effective_ids(status_path: &Path) -> Option<(u32, u32)> {
-    let text = std::fs::read_to_string(status_path).ok()?;
-    let field = |name: &str| -> Option<u32> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
-    };
-    Some((field("Uid:")?, field("Gid:")?))
 }
 
 fn count_rules(save: &str) -> usize {
@@ -272,8 +214,9 @@ fn count_rules(save: &str) -> usize {
 /// Picks the backend the host already uses: kubelet's hint chains first, then whichever
 /// flavour holds more rules; on a tie (a fresh pod), the flavour `iptables` itself is.
 pub fn detect_backend() -> Backend {
-    let legacy_tables = std::fs::read_to_string("/proc/net/ip_tables_names").unwrap_or_default();
-    let legacy = if legacy_tables.trim().is_empty() {
+    let legacy_loaded =
+        probe::legacy_tables_loaded(Path::new(probe::legacy_table_names_path(Family::V4)));
+    let legacy = if !legacy_loaded {
         String::new()
     } else {
         Host {
@@ -489,35 +432,5 @@ mod tests {
         assert!(!t.contains("-X "));
         let fresh = restore_prior_text("*nat\nCOMMIT\n", now);
         assert!(fresh.contains("-X ISTIO_OUTPUT"));
-    }
-
-    #[test]
-    fn proc_parsers() {
-        let dir = tempfile::tempdir().unwrap();
-        let status = dir.path().join("status");
-        std::fs::write(
-            &status,
-            "Uid:\t0\t1000\t0\t0\nGid:\t5\t6\t0\t0\nCapEff:\t0000000000001000\n",
-        )
-        .unwrap();
-        assert!(has_cap_net_admin(&status));
-        assert_eq!(effective_ids(&status), Some((1000, 6)));
-        std::fs::write(&status, "CapEff:\t0000000000000000\n").unwrap();
-        assert!(!has_cap_net_admin(&status));
-        let inet6 = dir.path().join("if_inet6");
-        std::fs::write(
-            &inet6,
-            "00000000000000000000000000000001 01 80 10 80       lo\nfe800000000000000000000000000001 02 40 20 80     eth0\n",
-        )
-        .unwrap();
-        assert!(!pod_has_ipv6(&inet6), "loopback and link-local only");
-        std::fs::write(
-            &inet6,
-            "fd000198001800000000000000000001 02 40 00 80     eth0\n00000000000000000000000000000006 01 80 10 80       lo\n",
-        )
-        .unwrap();
-        assert!(pod_has_ipv6(&inet6));
-        assert!(v6_passthrough_present(&inet6));
-        assert!(!pod_has_ipv6(&dir.path().join("missing")));
     }
 }

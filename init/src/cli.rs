@@ -68,7 +68,8 @@ pub struct CaptureArgs {
     /// Outbound CIDRs never captured (`*` is an error).
     #[arg(short = 'x', long = "exclude-outbound-cidrs", default_value = "")]
     pub exclude_outbound_cidrs: String,
-    /// Interfaces (e.g. KubeVirt taps) whose traffic is never inbound-captured.
+    /// Interfaces (e.g. KubeVirt taps) whose arriving traffic is a VM's outbound: captured
+    /// for the -i destinations (IPv4 and IPv6), never inbound-captured.
     #[arg(short = 'k', long = "kube-virt-interfaces", default_value = "")]
     pub kube_virt_interfaces: String,
 }
@@ -175,6 +176,76 @@ mod tests {
         assert_eq!(cli.capture.exclude_inbound_ports, "15090,15021");
         assert_eq!(cli.run.ipv6, Ipv6Mode::Auto);
         assert_eq!(cli.run.backend, None);
+    }
+
+    /// The flags the injector writes (`mesh_common::contract::init`) are exactly the
+    /// capture flags clap knows, letter and name alike.
+    #[test]
+    fn capture_flags_match_the_contract() {
+        use mesh_common::contract::init::CAPTURE_FLAGS;
+        let cmd = Cli::command();
+        let clap_flags: Vec<(String, String)> = cmd
+            .get_arguments()
+            .filter_map(|a| {
+                Some((
+                    format!("-{}", a.get_short()?),
+                    format!("--{}", a.get_long()?),
+                ))
+            })
+            .collect();
+        for flag in CAPTURE_FLAGS {
+            let arg = cmd
+                .get_arguments()
+                .find(|a| a.get_long().map(|l| format!("--{l}")).as_deref() == Some(flag.long))
+                .unwrap_or_else(|| panic!("{} is in the contract but not in clap", flag.long));
+            assert_eq!(
+                arg.get_short().map(|c| format!("-{c}")).as_deref(),
+                Some(flag.short),
+                "{}",
+                flag.long
+            );
+            assert!(
+                arg.get_action().takes_values(),
+                "{} takes a value, as the injector writes it",
+                flag.long
+            );
+        }
+        // Every capture flag of clap (the ones CaptureArgs defines) is in the contract.
+        let capture = CaptureArgs::augment_args(clap::Command::new("capture"));
+        for arg in capture.get_arguments() {
+            let long = arg.get_long().map(|l| format!("--{l}"));
+            let short = arg.get_short().map(|c| format!("-{c}"));
+            assert!(
+                CAPTURE_FLAGS
+                    .iter()
+                    .any(|f| Some(f.long) == long.as_deref() && Some(f.short) == short.as_deref()),
+                "clap capture flag {short:?}/{long:?} is not in mesh_common::contract::init"
+            );
+        }
+        assert_eq!(
+            capture.get_arguments().count(),
+            CAPTURE_FLAGS.len(),
+            "one clap flag per contract flag"
+        );
+        // `explain` takes the same flags, spelled the same.
+        let explain = cmd.find_subcommand("explain").expect("explain subcommand");
+        for flag in CAPTURE_FLAGS {
+            assert!(
+                explain.get_arguments().any(|a| {
+                    a.get_long().map(|l| format!("--{l}")).as_deref() == Some(flag.long)
+                        && a.get_short().map(|c| format!("-{c}")).as_deref() == Some(flag.short)
+                }),
+                "explain lacks {}/{}",
+                flag.short,
+                flag.long
+            );
+        }
+        // And no other flag of the top-level command steals a contract letter.
+        for (short, long) in &clap_flags {
+            if let Some(f) = CAPTURE_FLAGS.iter().find(|f| f.short == short) {
+                assert_eq!(f.long, long, "{short} is the contract's {}", f.long);
+            }
+        }
     }
 
     #[test]

@@ -84,10 +84,15 @@ fn matches(m: &Match, p: &Packet) -> bool {
         Match::OutIface(i) => {
             matches!(&p.direction, Direction::Outbound { out_iface, .. } if out_iface == i)
         }
+        // Connections explained here are TCP.
         Match::Tcp => true,
+        Match::Udp => false,
         Match::DPort(port) => p.dst.port() == *port,
+        // The owner match needs a local socket: it never matches in PREROUTING.
         Match::Uid(u) => matches!(p.direction, Direction::Outbound { uid, .. } if uid == *u),
+        Match::NotUid(u) => matches!(p.direction, Direction::Outbound { uid, .. } if uid != *u),
         Match::Gid(g) => matches!(p.direction, Direction::Outbound { gid, .. } if gid == *g),
+        Match::NotGid(g) => matches!(p.direction, Direction::Outbound { gid, .. } if gid != *g),
     }
 }
 
@@ -225,12 +230,65 @@ mod tests {
         let e = explain(&r, &out(1337, "198.18.0.2:80", "eth0"));
         assert_eq!(e.outcome, Outcome::Pass);
         assert!(e.rule.unwrap().contains("--uid-owner 1337 -j RETURN"));
+        // As in Istio, the app's traffic on lo is returned by the first uid's lo rule,
+        // before the localhost rule is reached.
+        let e = explain(&r, &out(1000, "127.0.0.1:80", "lo"));
+        assert_eq!(e.outcome, Outcome::Pass);
+        assert_eq!(
+            e.rule.as_deref(),
+            Some("-A ISTIO_OUTPUT -o lo -m owner ! --uid-owner 1337 -j RETURN")
+        );
+        // With a loopback -i entry there is no lo rule: localhost decides.
+        let r = rs(
+            |f| f.include_outbound_cidrs = "127.1.2.3/32".into(),
+            Family::V4,
+        );
         let e = explain(&r, &out(1000, "127.0.0.1:80", "lo"));
         assert_eq!(e.outcome, Outcome::Pass);
         assert_eq!(
             e.rule.as_deref(),
             Some("-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN")
         );
+        let e = explain(&r, &out(1000, "127.1.2.3:80", "lo"));
+        assert_eq!(e.outcome, Outcome::Redirect(15001));
+    }
+
+    #[test]
+    fn proxy_gid_alone_does_not_send_the_pod_ip_to_inbound() {
+        let pkt = |dst: &str, uid: u32, gid: u32, iface: &str| Packet {
+            dst: dst.parse().unwrap(),
+            src: None,
+            direction: Direction::Outbound {
+                uid,
+                gid,
+                out_iface: iface.into(),
+            },
+        };
+        for (fam, pod_ip, remote) in [
+            (Family::V4, "198.18.0.1:8080", "198.18.0.2:80"),
+            (Family::V6, "[fd00:198:18::1]:8080", "[fd00:198:18::2]:80"),
+        ] {
+            let r = rs(|_| {}, fam);
+            // Another uid with the proxy's gid, to the pod's own IP: direct, as in Istio.
+            let e = explain(&r, &pkt(pod_ip, 1000, 1337, "lo"));
+            assert_eq!(e.outcome, Outcome::Pass, "{fam}: {e}");
+            assert_eq!(
+                e.rule.as_deref(),
+                Some("-A ISTIO_OUTPUT -o lo -m owner ! --uid-owner 1337 -j RETURN")
+            );
+            // The proxy's uid with another gid: inbound capture.
+            let e = explain(&r, &pkt(pod_ip, 1337, 1000, "lo"));
+            assert_eq!(e.outcome, Outcome::Redirect(15006), "{fam}: {e}");
+            // Leaving the pod, the gid alone still exempts.
+            let e = explain(&r, &pkt(remote, 1000, 1337, "eth0"));
+            assert_eq!(e.outcome, Outcome::Pass, "{fam}: {e}");
+            assert_eq!(
+                e.rule.as_deref(),
+                Some("-A ISTIO_OUTPUT -m owner --gid-owner 1337 -j RETURN")
+            );
+            let e = explain(&r, &pkt(remote, 1000, 1000, "eth0"));
+            assert_eq!(e.outcome, Outcome::Redirect(15001), "{fam}: {e}");
+        }
     }
 
     #[test]

@@ -3,7 +3,12 @@
 //! The rules are data first: flags -> [`model::Settings`] -> per-family
 //! [`model::Ruleset`], which [`render`] prints as `iptables-restore` input and
 //! [`explain`] evaluates for one connection. [`apply`] is the only module that touches
-//! the host (spawning the iptables tools), and [`verify`] proves the result.
+//! the host (spawning the iptables tools), [`probe`] reads what it needs to know of the
+//! host from `/proc`, and [`verify`] proves the result.
+//!
+//! Module layout: [`cli`] (clap), [`model`] (`settings`: flags -> settings; `rules`: the
+//! rule vocabulary; `build`: settings -> rulesets), [`render`], [`explain`], [`apply`],
+//! [`probe`], [`verify`].
 #![forbid(unsafe_code)]
 // Unit tests may unwrap: a panic there is a test failure with a line number.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -12,6 +17,7 @@ pub mod apply;
 pub mod cli;
 pub mod explain;
 pub mod model;
+pub mod probe;
 pub mod render;
 pub mod verify;
 
@@ -96,7 +102,7 @@ fn families_for(mode: Ipv6Mode) -> Vec<Family> {
     let v6 = match mode {
         Ipv6Mode::On => true,
         Ipv6Mode::Off => false,
-        Ipv6Mode::Auto => apply::pod_has_ipv6(Path::new("/proc/net/if_inet6")),
+        Ipv6Mode::Auto => probe::pod_has_ipv6(Path::new(probe::IF_INET6)),
     };
     if v6 {
         vec![Family::V4, Family::V6]
@@ -128,7 +134,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), Error> {
         out.write_all(dry_run_text(&settings, &families, run.cleanup).as_bytes())?;
         return Ok(());
     }
-    if !apply::has_cap_net_admin(Path::new("/proc/self/status")) {
+    if !probe::has_cap_net_admin(Path::new(probe::SELF_STATUS)) {
         return Err(ApplyError::MissingCapNetAdmin.into());
     }
     let backend = run.backend.unwrap_or_else(apply::detect_backend);
@@ -155,7 +161,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), Error> {
     }
     apply::install(&host, &settings, &families)?;
     if run.verify {
-        let (uid, gid) = apply::effective_ids(Path::new("/proc/self/status")).unwrap_or((0, 0));
+        let (uid, gid) = probe::effective_ids(Path::new(probe::SELF_STATUS)).unwrap_or((0, 0));
         for family in families {
             let dst = run
                 .verify_dst

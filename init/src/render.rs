@@ -41,12 +41,20 @@ pub fn rule_spec(rule: &Rule, builtin: bool) -> String {
             let _ = write!(s, " -o {i}");
         }
     }
-    if m.contains(&Match::Tcp) {
-        s.push_str(" -p tcp");
+    let proto = if m.contains(&Match::Tcp) {
+        Some("tcp")
+    } else if m.contains(&Match::Udp) {
+        Some("udp")
+    } else {
+        None
+    };
+    if let Some(p) = proto {
+        let _ = write!(s, " -p {p}");
     }
     for x in m {
         if let Match::DPort(p) = x {
-            let _ = write!(s, " -m tcp --dport {p}");
+            // iptables-save names the protocol's match module before its options.
+            let _ = write!(s, " -m {} --dport {p}", proto.unwrap_or("tcp"));
         }
     }
     for x in m {
@@ -54,8 +62,14 @@ pub fn rule_spec(rule: &Rule, builtin: bool) -> String {
             Match::Uid(u) => {
                 let _ = write!(s, " -m owner --uid-owner {u}");
             }
+            Match::NotUid(u) => {
+                let _ = write!(s, " -m owner ! --uid-owner {u}");
+            }
             Match::Gid(g) => {
                 let _ = write!(s, " -m owner --gid-owner {g}");
+            }
+            Match::NotGid(g) => {
+                let _ = write!(s, " -m owner ! --gid-owner {g}");
             }
             _ => {}
         }

@@ -175,6 +175,40 @@ fn bad_flags_fail_with_one_line_naming_the_flag_and_touch_nothing() {
 }
 
 #[test]
+fn bare_address_in_a_cidr_flag_is_refused_naming_the_flag_and_the_fix() {
+    for (args, flag, fix) in [
+        (
+            ["-x", "10.0.0.1"],
+            "-x/--exclude-outbound-cidrs",
+            "10.0.0.1/32",
+        ),
+        (
+            ["-i", "fd00::7"],
+            "-i/--include-outbound-cidrs",
+            "fd00::7/128",
+        ),
+    ] {
+        for dry_run in [false, true] {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_mesh-init"));
+            if dry_run {
+                cmd.arg("--dry-run");
+            }
+            let out = cmd
+                .args(args)
+                .env("PATH", "/nonexistent")
+                .output()
+                .expect("run mesh-init");
+            assert_eq!(out.status.code(), Some(1), "{args:?}");
+            assert!(out.stdout.is_empty(), "{args:?}: nothing rendered");
+            let err = String::from_utf8(out.stderr).unwrap();
+            assert_eq!(err.lines().count(), 1, "{err}");
+            assert!(err.contains(flag), "{args:?}: {err}");
+            assert!(err.contains(&format!("write {fix}")), "{args:?}: {err}");
+        }
+    }
+}
+
+#[test]
 fn explain_subcommand_prints_the_outcome() {
     let out = Command::new(env!("CARGO_BIN_EXE_mesh-init"))
         .args(["explain", "--uid", "1000", "--dst", "198.18.0.2:80"])

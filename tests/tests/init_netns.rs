@@ -134,6 +134,52 @@ impl Net {
             .collect()
     }
 
+    /// `mesh-init --backend <this backend> <args>`, which must succeed.
+    fn init_on_backend(&self, args: &[&str]) {
+        let mut all = vec!["--backend", self.backend];
+        all.extend_from_slice(args);
+        self.init_ok(&all);
+    }
+
+    /// The rules of `chain` in the kernel now, in the order the kernel walks them (in a
+    /// built-in chain, only ours: those with our comment).
+    fn chain_in_kernel(&self, chain: &str) -> Vec<String> {
+        let prefix = format!("-A {chain} ");
+        self.dump()
+            .lines()
+            .filter(|l| l.starts_with(&prefix))
+            .filter(|l| chain.starts_with("ISTIO_") || l.contains("--comment mesh-init "))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The rules of `chain` that `--dry-run` renders, in order, as `iptables-save`
+    /// prints them (`-I PREROUTING n` inserts come first, in their final order).
+    fn chain_rendered(&self, args: &[&str], chain: &str) -> Vec<String> {
+        let mut all = vec!["--dry-run"];
+        all.extend_from_slice(args);
+        let out = self.pod.output_ok(bin("mesh-init"), &all);
+        let text = String::from_utf8(out.stdout).expect("utf8");
+        let section = if self.v6 { "# IPv6" } else { "# IPv4" };
+        let mut in_section = false;
+        let mut inserted = Vec::new();
+        let mut appended = Vec::new();
+        for line in text.lines() {
+            if line.starts_with("# IPv") {
+                in_section = line.starts_with(section);
+            } else if in_section {
+                if let Some(rest) = line.strip_prefix(&format!("-I {chain} ")) {
+                    let spec = rest.split_once(' ').expect("position").1;
+                    inserted.push(format!("-A {chain} {spec}"));
+                } else if line.starts_with(&format!("-A {chain} ")) {
+                    appended.push(line.to_owned());
+                }
+            }
+        }
+        inserted.extend(appended);
+        inserted
+    }
+
     fn sock(&self, ip: IpAddr, port: u16) -> SocketAddr {
         SocketAddr::new(ip, port)
     }
@@ -368,6 +414,8 @@ fn scenario(backend: &'static str, v6: bool) {
     expect(&net, f, Who::Passthrough, pod_8080, "app");
     expect(&net, f, Who::Pod(1337, 1337), pod_8080, "inbound"); // proxy -> own pod IP
     expect(&net, f, Who::Pod(1000, 1000), pod_8080, "app"); // app -> own pod IP, on lo
+    expect(&net, f, Who::Pod(1000, 1337), pod_8080, "app"); // proxy gid only: direct (Istio)
+    expect(&net, f, Who::Pod(1337, 1000), pod_8080, "inbound"); // proxy uid only
 
     // Excludes; a re-run with other flags replaces our rules cleanly.
     let r2_net = format!("{}/{}", net.r2, if v6 { 128 } else { 32 });
@@ -466,6 +514,181 @@ fn scenario(backend: &'static str, v6: bool) {
             "::6 left on lo"
         );
     }
+}
+
+fn tools_for(backend: &str, v6: bool) {
+    let fam = if v6 { "ip6tables" } else { "iptables" };
+    require_root_and_tools(&[
+        "ip",
+        &format!("{fam}-{backend}"),
+        &format!("{fam}-{backend}-save"),
+        &format!("{fam}-{backend}-restore"),
+    ]);
+}
+
+/// Istio's owner rules in the kernel: per proxy uid, then per gid, "to a local
+/// non-loopback address -> inbound capture", "on lo but not this owner -> direct",
+/// "this owner -> exempt"; `-o` ports before all of them.
+fn owners(backend: &'static str, v6: bool) {
+    tools_for(backend, v6);
+    let net = Net::new(backend, v6);
+    let _servers = [
+        Server::start(&net.pod, net.any(15001), "outbound"),
+        Server::start(&net.pod, net.any(15006), "inbound"),
+        Server::start(&net.pod, net.any(8080), "app"),
+        Server::start(&net.pod, net.any(5432), "pod-db"),
+        Server::start(&net.remote, net.any(80), "remote"),
+    ];
+    let pod_8080 = net.sock(net.pod_ip, 8080);
+    let pod_5432 = net.sock(net.pod_ip, 5432);
+    let r1_80 = net.sock(net.r1, 80);
+
+    let f = DEFAULT;
+    net.init_on_backend(f);
+    assert_eq!(
+        net.chain_in_kernel("ISTIO_OUTPUT"),
+        net.chain_rendered(f, "ISTIO_OUTPUT"),
+        "the kernel walks ISTIO_OUTPUT in the rendered (Istio's) order"
+    );
+    // Another uid with the proxy's gid, to the pod's own IP: not captured (before the
+    // fix, the gid's inbound rule came before the uid's lo RETURN and captured it).
+    expect(&net, f, Who::Pod(1000, 1337), pod_8080, "app");
+    // The proxy's uid to the pod's own IP is inbound-captured whatever its gid.
+    expect(&net, f, Who::Pod(1337, 1000), pod_8080, "inbound");
+    expect(&net, f, Who::Pod(1337, 1337), pod_8080, "inbound");
+    expect(&net, f, Who::Pod(1000, 1000), pod_8080, "app");
+    // Leaving the pod: the uid and the gid each exempt, the app is captured.
+    expect(&net, f, Who::Pod(1337, 1337), r1_80, "remote");
+    expect(&net, f, Who::Pod(1337, 1000), r1_80, "remote");
+    expect(&net, f, Who::Pod(1000, 1337), r1_80, "remote");
+    expect(&net, f, Who::Pod(1000, 1000), r1_80, "outbound");
+    expect(&net, f, Who::Passthrough, pod_8080, "app");
+
+    // -o comes first: the proxy calling its own pod IP on an excluded port goes direct.
+    let f: &[&str] = &["-o", "5432"];
+    net.init_on_backend(f);
+    assert_eq!(
+        net.chain_in_kernel("ISTIO_OUTPUT"),
+        net.chain_rendered(f, "ISTIO_OUTPUT")
+    );
+    expect(&net, f, Who::Pod(1337, 1337), pod_5432, "pod-db");
+    expect(&net, f, Who::Pod(1337, 1337), pod_8080, "inbound");
+
+    // Two proxy uids: as in Istio, the first uid's lo RETURN lets the second uid's call
+    // to the pod's own IP go direct; leaving the pod, both are exempt.
+    let f: &[&str] = &["-u", "1337,1500"];
+    net.init_on_backend(f);
+    expect(&net, f, Who::Pod(1337, 1337), pod_8080, "inbound");
+    expect(&net, f, Who::Pod(1500, 1500), pod_8080, "app");
+    expect(&net, f, Who::Pod(1500, 1500), r1_80, "remote");
+    expect(&net, f, Who::Pod(1000, 1000), r1_80, "outbound");
+
+    net.init_on_backend(&["--cleanup"]);
+    assert!(
+        net.chain_in_kernel("ISTIO_OUTPUT").is_empty(),
+        "--cleanup left rules"
+    );
+}
+
+/// `-k`: what arrives on a KubeVirt interface is the VM's outbound traffic: captured to
+/// the outbound port (for `-i`'s destinations of this family), never inbound-captured.
+fn kube_virt(backend: &'static str, v6: bool) {
+    tools_for(backend, v6);
+    let net = Net::new(backend, v6);
+    let _servers = [
+        Server::start(&net.pod, net.any(15001), "outbound"),
+        Server::start(&net.pod, net.any(15006), "inbound"),
+        Server::start(&net.pod, net.any(8080), "app"),
+    ];
+    let pod_8080 = net.sock(net.pod_ip, 8080);
+    let pod_if = net.pod_if.clone();
+    let host = if v6 { 128 } else { 32 };
+    let pod_net = format!("{}/{host}", net.pod_ip);
+    let r2_net = format!("{}/{host}", net.r2);
+    let other_family = if v6 {
+        "198.18.0.0/24"
+    } else {
+        "fd00:198:18::/64"
+    };
+
+    // Without -k, a peer's connection is inbound.
+    net.init_on_backend(DEFAULT);
+    expect(&net, DEFAULT, Who::Remote, pod_8080, "inbound");
+
+    let f: &[&str] = &["-k", &pod_if];
+    net.init_on_backend(f);
+    let prerouting = net.chain_in_kernel("PREROUTING");
+    assert_eq!(prerouting, net.chain_rendered(f, "PREROUTING"));
+    assert!(
+        prerouting[0].contains(&format!("-i {pod_if} "))
+            && prerouting[0].ends_with("-j ISTIO_REDIRECT")
+            && prerouting[1].contains(&format!("-i {pod_if} "))
+            && prerouting[1].ends_with("-j RETURN"),
+        "-k capture, then -k RETURN, at the top of PREROUTING: {prerouting:?}"
+    );
+    expect(&net, f, Who::Remote, pod_8080, "outbound");
+
+    // -i of this family: included destinations are captured, the rest go direct.
+    let f: &[&str] = &["-k", &pod_if, "-i", &pod_net];
+    net.init_on_backend(f);
+    expect(&net, f, Who::Remote, pod_8080, "outbound");
+    let f: &[&str] = &["-k", &pod_if, "-i", &r2_net];
+    net.init_on_backend(f);
+    expect(&net, f, Who::Remote, pod_8080, "app");
+    // -i of the other family only: nothing of this family is captured from the VM.
+    let f: &[&str] = &["-k", &pod_if, "-i", other_family];
+    net.init_on_backend(f);
+    expect(&net, f, Who::Remote, pod_8080, "app");
+    // -x plays no part on -k, as in Istio: with -i '*' the VM's traffic is captured.
+    let f: &[&str] = &["-k", &pod_if, "-x", &pod_net];
+    net.init_on_backend(f);
+    expect(&net, f, Who::Remote, pod_8080, "outbound");
+
+    net.init_on_backend(&["--cleanup"]);
+    assert!(
+        net.chain_in_kernel("PREROUTING").is_empty(),
+        "--cleanup left rules"
+    );
+}
+
+#[test]
+fn owners_nft_ipv4() {
+    owners("nft", false);
+}
+
+#[test]
+fn owners_nft_ipv6() {
+    owners("nft", true);
+}
+
+#[test]
+fn owners_legacy_ipv4() {
+    owners("legacy", false);
+}
+
+#[test]
+fn owners_legacy_ipv6() {
+    owners("legacy", true);
+}
+
+#[test]
+fn kube_virt_nft_ipv4() {
+    kube_virt("nft", false);
+}
+
+#[test]
+fn kube_virt_nft_ipv6() {
+    kube_virt("nft", true);
+}
+
+#[test]
+fn kube_virt_legacy_ipv4() {
+    kube_virt("legacy", false);
+}
+
+#[test]
+fn kube_virt_legacy_ipv6() {
+    kube_virt("legacy", true);
 }
 
 #[test]

@@ -1,0 +1,416 @@
+//! The ruleset builder: [`Settings`] -> the per-family [`Ruleset`], rule for rule in
+//! istio-iptables' order (`tools/istio-iptables/pkg/capture/run.go`), so that
+//! `iptables -t nat -S` in a pod reads as it does under Istio.
+//!
+//! Not built (mesh-proxy has no use for them): Istio's inbound tunnel port (15008, HBONE)
+//! exceptions, DNS capture, TPROXY, owner-group filters, `--exclude-interfaces`.
+
+use ipnet::IpNet;
+use mesh_common::{PROXY_ADMIN_PORT, PROXY_METRICS_PORT, chains};
+
+use super::rules::{Family, Match, Rule, Ruleset, Target};
+use super::settings::{CidrSet, PortSet, Settings, dedup};
+
+impl Settings {
+    /// Inbound ports that `-b '*'` never captures: the excluded ones, then the proxy's
+    /// admin and metrics ports (so probes and scrapes reach the proxy itself).
+    pub fn inbound_returns(&self) -> Vec<u16> {
+        let mut v = self.exclude_inbound_ports.clone();
+        v.extend([PROXY_METRICS_PORT, PROXY_ADMIN_PORT]);
+        dedup(v)
+    }
+
+    /// Outbound include networks of one family; `None` means all.
+    fn include_for(&self, family: Family) -> Option<Vec<IpNet>> {
+        match &self.include_outbound {
+            CidrSet::All => None,
+            CidrSet::List(l) => Some(l.iter().filter(|n| family.contains(n)).copied().collect()),
+        }
+    }
+
+    /// The rules for one family, in the order the kernel walks them.
+    pub fn ruleset(&self, family: Family) -> Ruleset {
+        let include = self.include_for(family);
+        let prerouting = self.prerouting(include.as_deref());
+        Ruleset {
+            family,
+            prerouting_inserted: prerouting.len() - usize::from(self.inbound != PortSet::None),
+            prerouting,
+            output: vec![Rule::new(
+                vec![],
+                Target::Jump(chains::OUTPUT),
+                "all locally generated traffic enters ISTIO_OUTPUT",
+            )],
+            chains: vec![
+                (chains::INBOUND, self.inbound_chain()),
+                (
+                    chains::REDIRECT,
+                    vec![Rule::new(
+                        vec![Match::Tcp],
+                        Target::Redirect(self.proxy_port),
+                        "redirect to the proxy's outbound port",
+                    )],
+                ),
+                (
+                    chains::IN_REDIRECT,
+                    vec![Rule::new(
+                        vec![Match::Tcp],
+                        Target::Redirect(self.inbound_capture_port),
+                        "redirect to the proxy's inbound port",
+                    )],
+                ),
+                (
+                    chains::OUTPUT,
+                    self.output_chain(family, include.as_deref()),
+                ),
+            ],
+        }
+    }
+
+    /// ISTIO_OUTPUT, in istio-iptables' order: `-o` port exclusions first ("must be
+    /// applied before connections back to self are redirected"), the inbound
+    /// passthrough source, then for each proxy uid and after them each gid the same
+    /// three rules, localhost, `-x`, `-q`, `-i`.
+    fn output_chain(&self, family: Family, include: Option<&[IpNet]>) -> Vec<Rule> {
+        let lo = || Match::OutIface("lo".into());
+        let localhost = family.localhost();
+        let mut out = Vec::new();
+        for p in &self.exclude_outbound_ports {
+            out.push(Rule::new(
+                vec![Match::Tcp, Match::DPort(*p)],
+                Target::Return,
+                "excluded outbound port (-o)",
+            ));
+            out.push(Rule::new(
+                vec![Match::Udp, Match::DPort(*p)],
+                Target::Return,
+                "excluded outbound port (-o), UDP",
+            ));
+        }
+        out.push(Rule::new(
+            vec![Match::Src(family.passthrough()), lo()],
+            Target::Return,
+            "inbound passthrough: the proxy reaches the app from the passthrough source",
+        ));
+        const UID_WHY: [&str; 3] = [
+            "proxy uid calling a local non-loopback address (the pod's own IP, e.g. through a Service VIP): inbound capture",
+            "not the proxy uid, on lo (the app calling the pod's own addresses): goes direct",
+            "proxy uid is exempt (any protocol), so its own traffic never loops",
+        ];
+        const GID_WHY: [&str; 3] = [
+            "proxy gid calling a local non-loopback address (the pod's own IP, e.g. through a Service VIP): inbound capture",
+            "not the proxy gid, on lo (the app calling the pod's own addresses): goes direct",
+            "proxy gid is exempt (any protocol), so its own traffic never loops",
+        ];
+        // All uids first, then all gids, three rules each.
+        let owners = self
+            .proxy_uids
+            .iter()
+            .map(|u| (Match::Uid(*u), Match::NotUid(*u), UID_WHY))
+            .chain(
+                self.proxy_gids
+                    .iter()
+                    .map(|g| (Match::Gid(*g), Match::NotGid(*g), GID_WHY)),
+            );
+        for (owner, not_owner, [to_self, on_lo, exempt]) in owners {
+            out.push(Rule::new(
+                vec![Match::NotDst(localhost), lo(), Match::Tcp, owner.clone()],
+                Target::Jump(chains::IN_REDIRECT),
+                to_self,
+            ));
+            // With a loopback -i entry, app traffic on lo must reach the -i rules.
+            if !self.include_outbound_loopback {
+                out.push(Rule::new(vec![lo(), not_owner], Target::Return, on_lo));
+            }
+            out.push(Rule::new(vec![owner], Target::Return, exempt));
+        }
+        out.push(Rule::new(
+            vec![Match::Dst(localhost)],
+            Target::Return,
+            "loopback destination goes direct",
+        ));
+        for n in self.exclude_outbound.iter().filter(|n| family.contains(n)) {
+            out.push(Rule::new(
+                vec![Match::Dst(*n)],
+                Target::Return,
+                "excluded outbound CIDR (-x)",
+            ));
+        }
+        for p in &self.include_outbound_ports {
+            out.push(Rule::new(
+                vec![Match::Tcp, Match::DPort(*p)],
+                Target::Jump(chains::REDIRECT),
+                "included outbound port (-q): outbound capture",
+            ));
+        }
+        match include {
+            None => out.push(Rule::new(
+                vec![],
+                Target::Jump(chains::REDIRECT),
+                "all other outbound traffic is captured (-i '*')",
+            )),
+            Some(list) => {
+                for n in list {
+                    out.push(Rule::new(
+                        vec![Match::Dst(*n)],
+                        Target::Jump(chains::REDIRECT),
+                        "included outbound CIDR (-i): outbound capture",
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// ISTIO_INBOUND.
+    fn inbound_chain(&self) -> Vec<Rule> {
+        let mut inbound = Vec::new();
+        match &self.inbound {
+            PortSet::All => {
+                for p in self.inbound_returns() {
+                    inbound.push(Rule::new(
+                        vec![Match::Tcp, Match::DPort(p)],
+                        Target::Return,
+                        "excluded inbound port (-d, or the proxy's own admin/metrics port)",
+                    ));
+                }
+                inbound.push(Rule::new(
+                    vec![Match::Tcp],
+                    Target::Jump(chains::IN_REDIRECT),
+                    "all other inbound TCP is captured (-b '*')",
+                ));
+            }
+            PortSet::List(ports) => {
+                for p in ports {
+                    inbound.push(Rule::new(
+                        vec![Match::Tcp, Match::DPort(*p)],
+                        Target::Jump(chains::IN_REDIRECT),
+                        "included inbound port (-b): inbound capture",
+                    ));
+                }
+            }
+            PortSet::None => {}
+        }
+        inbound
+    }
+
+    /// Our rules in PREROUTING: the `-k` rules at the top, then the jump into
+    /// ISTIO_INBOUND (when there is inbound capture).
+    ///
+    /// istio-iptables inserts every `-k` rule at position 1: first a RETURN per
+    /// interface, then (per family, from that family's `-i`) the captures, per CIDR and
+    /// interface, or one per interface for `-i '*'`. Each insert lands above the earlier
+    /// ones, so the chain holds them in reverse; we write that final order. `-x` plays no
+    /// part here, as in Istio: with `-i '*'` everything a VM sends is captured.
+    fn prerouting(&self, include: Option<&[IpNet]>) -> Vec<Rule> {
+        let ifaces = &self.kube_virt_interfaces;
+        let i = |iface: &String| Match::InIface(iface.clone());
+        let mut inserted = Vec::new();
+        for iface in ifaces {
+            inserted.push(Rule::new(
+                vec![i(iface)],
+                Target::Return,
+                "kube-virt interface (-k) is never inbound-captured",
+            ));
+        }
+        match include {
+            None => {
+                for iface in ifaces {
+                    inserted.push(Rule::new(
+                        vec![i(iface)],
+                        Target::Jump(chains::REDIRECT),
+                        "kube-virt interface (-k) traffic is outbound for the VM: outbound capture (-i '*')",
+                    ));
+                }
+            }
+            Some(list) => {
+                for n in list {
+                    for iface in ifaces {
+                        inserted.push(Rule::new(
+                            vec![i(iface), Match::Dst(*n)],
+                            Target::Jump(chains::REDIRECT),
+                            "kube-virt interface (-k) to an included CIDR (-i): outbound capture",
+                        ));
+                    }
+                }
+            }
+        }
+        inserted.reverse();
+        let mut prerouting = inserted;
+        if self.inbound != PortSet::None {
+            prerouting.push(Rule::new(
+                vec![Match::Tcp],
+                Target::Jump(chains::INBOUND),
+                "inbound TCP enters ISTIO_INBOUND",
+            ));
+        }
+        prerouting
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Flags;
+
+    fn flags(f: impl FnOnce(&mut Flags)) -> Settings {
+        let mut fl = Flags::default();
+        f(&mut fl);
+        Settings::from_flags(&fl).unwrap()
+    }
+
+    #[test]
+    fn cidrs_split_per_family() {
+        let s = flags(|f| f.include_outbound_cidrs = "fd00::/8".into());
+        let v4 = s.ruleset(Family::V4);
+        assert!(
+            !v4.chain(chains::OUTPUT)
+                .iter()
+                .any(|r| r.target == Target::Jump(chains::REDIRECT)),
+            "an IPv6-only -i captures no IPv4"
+        );
+        let v6 = s.ruleset(Family::V6);
+        assert!(
+            v6.chain(chains::OUTPUT)
+                .iter()
+                .any(|r| r.target == Target::Jump(chains::REDIRECT))
+        );
+    }
+
+    #[test]
+    fn no_inbound_means_no_prerouting_jump() {
+        let s = flags(|f| f.inbound_ports = "".into());
+        let r = s.ruleset(Family::V4);
+        assert!(r.prerouting.is_empty());
+        assert!(r.chain(chains::INBOUND).is_empty());
+    }
+
+    /// Owner rules, as (target, matches) pairs, in chain order.
+    fn owner_rules(r: &Ruleset) -> Vec<String> {
+        r.chain(chains::OUTPUT)
+            .iter()
+            .filter(|r| {
+                r.matches.iter().any(|m| {
+                    matches!(
+                        m,
+                        Match::Uid(_) | Match::NotUid(_) | Match::Gid(_) | Match::NotGid(_)
+                    )
+                })
+            })
+            .map(|r| format!("{:?} {:?}", r.matches, r.target))
+            .collect()
+    }
+
+    #[test]
+    fn istio_order_three_rules_per_uid_then_per_gid() {
+        let s = flags(|f| {
+            f.proxy_uid = "3,4".into();
+            f.proxy_gid = Some("1,2".into());
+        });
+        for family in Family::ALL {
+            let r = s.ruleset(family);
+            let lo = family.localhost();
+            let want: Vec<String> = [
+                (Match::Uid(3), Match::NotUid(3)),
+                (Match::Uid(4), Match::NotUid(4)),
+                (Match::Gid(1), Match::NotGid(1)),
+                (Match::Gid(2), Match::NotGid(2)),
+            ]
+            .into_iter()
+            .flat_map(|(own, not_own)| {
+                [
+                    format!(
+                        "{:?} {:?}",
+                        vec![
+                            Match::NotDst(lo),
+                            Match::OutIface("lo".into()),
+                            Match::Tcp,
+                            own.clone()
+                        ],
+                        Target::Jump(chains::IN_REDIRECT)
+                    ),
+                    format!(
+                        "{:?} {:?}",
+                        vec![Match::OutIface("lo".into()), not_own],
+                        Target::Return
+                    ),
+                    format!("{:?} {:?}", vec![own], Target::Return),
+                ]
+            })
+            .collect();
+            assert_eq!(owner_rules(&r), want, "{family}");
+        }
+    }
+
+    #[test]
+    fn excluded_ports_come_first_then_passthrough() {
+        let s = flags(|f| f.exclude_outbound_ports = "5432".into());
+        let out = s.ruleset(Family::V6);
+        let out = out.chain(chains::OUTPUT);
+        assert_eq!(out[0].matches, vec![Match::Tcp, Match::DPort(5432)]);
+        assert_eq!(out[1].matches, vec![Match::Udp, Match::DPort(5432)]);
+        assert_eq!(out[2].matches[0], Match::Src(Family::V6.passthrough()));
+    }
+
+    #[test]
+    fn loopback_include_drops_the_lo_returns_in_both_families() {
+        let s = flags(|f| f.include_outbound_cidrs = "127.1.2.3/32".into());
+        for family in Family::ALL {
+            let r = s.ruleset(family);
+            assert!(
+                !r.chain(chains::OUTPUT)
+                    .iter()
+                    .any(|r| r.matches.iter().any(|m| matches!(m, Match::NotUid(_)))),
+                "{family}"
+            );
+        }
+    }
+
+    #[test]
+    fn kube_virt_rules_in_istio_final_order_for_both_families() {
+        let s = flags(|f| {
+            f.kube_virt_interfaces = "eth1,eth2".into();
+            f.include_outbound_cidrs = "10.0.0.0/8,fd00::/8".into();
+            f.exclude_outbound_cidrs = "10.1.0.0/16".into();
+        });
+        let v4 = s.ruleset(Family::V4);
+        let net: IpNet = "10.0.0.0/8".parse().unwrap();
+        let m = |r: &Rule| (r.matches.clone(), r.target);
+        let got: Vec<_> = v4.prerouting.iter().map(m).collect();
+        let eth = |n: &str| Match::InIface(n.into());
+        let redirect = Target::Jump(chains::REDIRECT);
+        assert_eq!(
+            got,
+            vec![
+                (vec![eth("eth2"), Match::Dst(net)], redirect),
+                (vec![eth("eth1"), Match::Dst(net)], redirect),
+                (vec![eth("eth2")], Target::Return),
+                (vec![eth("eth1")], Target::Return),
+                (vec![Match::Tcp], Target::Jump(chains::INBOUND)),
+            ]
+        );
+        assert_eq!(v4.prerouting_inserted, 4);
+        let v6 = s.ruleset(Family::V6);
+        let net6: IpNet = "fd00::/8".parse().unwrap();
+        assert_eq!(
+            v6.prerouting[0].matches,
+            vec![eth("eth2"), Match::Dst(net6)]
+        );
+        assert_eq!(v6.prerouting_inserted, 4);
+
+        let all = flags(|f| f.kube_virt_interfaces = "tap0".into());
+        for family in Family::ALL {
+            let r = all.ruleset(family);
+            let got: Vec<_> = r.prerouting.iter().map(m).collect();
+            assert_eq!(
+                got,
+                vec![
+                    (vec![eth("tap0")], redirect),
+                    (vec![eth("tap0")], Target::Return),
+                    (vec![Match::Tcp], Target::Jump(chains::INBOUND)),
+                ],
+                "{family}"
+            );
+        }
+    }
+}
