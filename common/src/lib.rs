@@ -78,6 +78,8 @@ pub mod annotations {
     pub const PROXY_MEMORY: &str = "sidecar.istio.io/proxyMemory";
     pub const PROXY_CPU_LIMIT: &str = "sidecar.istio.io/proxyCPULimit";
     pub const PROXY_MEMORY_LIMIT: &str = "sidecar.istio.io/proxyMemoryLimit";
+    /// Per-pod proxy log filter (grammar: [`crate::log`]); wins over `proxyLogLevel`.
+    pub const LOG_LEVEL: &str = "sidecar.istio.io/logLevel";
     pub const INCLUDE_OUTBOUND_IP_RANGES: &str = "traffic.sidecar.istio.io/includeOutboundIPRanges";
     pub const EXCLUDE_OUTBOUND_IP_RANGES: &str = "traffic.sidecar.istio.io/excludeOutboundIPRanges";
     pub const INCLUDE_INBOUND_PORTS: &str = "traffic.sidecar.istio.io/includeInboundPorts";

@@ -9,10 +9,12 @@ use std::fmt;
 use std::path::Path;
 
 use mesh_common as common;
+use mesh_common::lists::{self, Star};
+use mesh_common::log::LogFilter;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::inject::overrides::{parse_cidr_list, parse_port_list, parse_quantity};
+use crate::quantity::parse_quantity;
 
 /// Whether the proxy runs as a native sidecar (an init container with `restartPolicy: Always`,
 /// Kubernetes >= 1.29) or as a regular container.
@@ -137,7 +139,9 @@ pub struct InjectConfig {
     /// Add `prometheus.io/*` annotations pointing at the proxy's metrics (unless the pod
     /// already has its own).
     pub prometheus_annotations: bool,
-    /// `RUST_LOG`-style log filter passed to the proxy; unset keeps the proxy's default.
+    /// The proxy's log filter (`mesh_common::log`'s grammar: a level such as `info`, or
+    /// `warn,mesh_proxy=debug`), passed in its `MESH_PROXY_LOG`; overridden per pod by
+    /// `sidecar.istio.io/logLevel`. Unset keeps the proxy's default.
     pub proxy_log_level: Option<String>,
 }
 
@@ -291,16 +295,32 @@ impl InjectConfig {
                 return Err(invalid(field, "must be 1-65535".into()));
             }
         }
-        parse_cidr_list(&self.include_outbound_ip_ranges, true)
-            .map_err(|e| invalid("includeOutboundIPRanges", e))?;
-        parse_cidr_list(&self.exclude_outbound_ip_ranges, false)
-            .map_err(|e| invalid("excludeOutboundIPRanges", e))?;
-        parse_port_list(&self.include_inbound_ports, true)
-            .map_err(|e| invalid("includeInboundPorts", e))?;
-        parse_port_list(&self.exclude_inbound_ports, false)
-            .map_err(|e| invalid("excludeInboundPorts", e))?;
-        parse_port_list(&self.exclude_outbound_ports, false)
-            .map_err(|e| invalid("excludeOutboundPorts", e))?;
+        let list = |field: &str, r: Result<(), lists::ListError>| {
+            r.map_err(|e| invalid(field, e.to_string()))
+        };
+        list(
+            "includeOutboundIPRanges",
+            lists::cidrs(&self.include_outbound_ip_ranges, Star::Allowed).map(drop),
+        )?;
+        list(
+            "excludeOutboundIPRanges",
+            lists::cidrs(&self.exclude_outbound_ip_ranges, Star::Refused).map(drop),
+        )?;
+        list(
+            "includeInboundPorts",
+            lists::ports(&self.include_inbound_ports, Star::Allowed).map(drop),
+        )?;
+        list(
+            "excludeInboundPorts",
+            lists::ports(&self.exclude_inbound_ports, Star::Refused).map(drop),
+        )?;
+        list(
+            "excludeOutboundPorts",
+            lists::ports(&self.exclude_outbound_ports, Star::Refused).map(drop),
+        )?;
+        if let Some(level) = &self.proxy_log_level {
+            LogFilter::parse(level).map_err(|e| invalid("proxyLogLevel", e.to_string()))?;
+        }
         Ok(())
     }
 }
@@ -366,10 +386,40 @@ mod tests {
             ),
             ("imagePullPolicy: Sometimes", "imagePullPolicy"),
             ("proxyImage: \"\"", "proxyImage"),
+            ("proxyLogLevel: loud", "proxyLogLevel"),
+            ("proxyLogLevel: \"info,mesh-proxy=debug\"", "proxyLogLevel"),
+            (
+                "excludeOutboundIPRanges: 10.0.0.1",
+                "excludeOutboundIPRanges",
+            ),
         ] {
             let e = InjectConfig::from_yaml_str(text, "t").unwrap_err();
             assert!(e.to_string().contains(field), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn proxy_log_level_uses_the_one_log_grammar() {
+        for ok in [
+            "debug",
+            "WARNING",
+            "critical",
+            "warn,mesh_proxy=debug",
+            "mesh_proxy=trace",
+        ] {
+            let c = InjectConfig::from_yaml_str(&format!("proxyLogLevel: \"{ok}\""), "t").unwrap();
+            assert_eq!(c.proxy_log_level.as_deref(), Some(ok));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("inject.yaml");
+        std::fs::write(&path, "proxyLogLevel: verbose\n").unwrap();
+        let msg = InjectConfig::load(&path).unwrap_err().to_string();
+        assert!(
+            msg.contains(&path.display().to_string())
+                && msg.contains("proxyLogLevel")
+                && msg.contains("verbose"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -5,8 +5,10 @@
 pub mod admission;
 pub mod bootstrap;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod inject;
 pub mod kube_inject;
+pub mod quantity;
 pub mod workloads;
 pub mod yaml;

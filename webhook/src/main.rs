@@ -4,5 +4,5 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = mesh_webhook::cli::Cli::parse();
-    mesh_webhook::cli::run(cli)
+    mesh_webhook::commands::run(cli)
 }

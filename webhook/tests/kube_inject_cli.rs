@@ -190,6 +190,24 @@ fn missing_input_and_bad_config_are_named() {
 }
 
 #[test]
+fn bad_proxy_log_level_names_the_field_and_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("mesh.yaml");
+    std::fs::write(&cfg, "proxyLogLevel: chatty\n").unwrap();
+    let out = run(
+        &["kube-inject", "-f", "-", "--config", cfg.to_str().unwrap()],
+        Some(POD),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("mesh.yaml") && err.contains("proxyLogLevel") && err.contains("chatty"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
 fn config_file_is_used() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("mesh.yaml");

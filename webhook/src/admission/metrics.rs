@@ -2,9 +2,10 @@
 //! dashboards keep working. One struct, created at startup, shared by every request; labels
 //! come from small fixed sets (never pod names or namespaces).
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use mesh_common::prom::{self, Histogram, Kind, Unit};
 
 /// How one `/inject` request ended, as the `result` label of
 /// `sidecar_injection_requests_total`.
@@ -101,44 +102,38 @@ impl FailureLabel {
 }
 
 /// Upper bounds (seconds) of the latency histogram buckets.
-const BUCKETS: [f64; 12] = [
+static BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
-#[derive(Debug, Default)]
-struct Histogram {
-    buckets: [AtomicU64; BUCKETS.len()],
-    count: AtomicU64,
-    /// Sum in nanoseconds, so it can be an integer atomic.
-    sum_nanos: AtomicU64,
-}
-
-impl Histogram {
-    fn observe(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        for (bound, bucket) in BUCKETS.iter().zip(&self.buckets) {
-            if secs <= *bound {
-                bucket.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
-    }
-}
-
 /// Every metric the admission server exports.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
     requests: [AtomicU64; RequestResult::ALL.len()],
     success: AtomicU64,
     skip: [AtomicU64; SkipLabel::ALL.len()],
     failure: [AtomicU64; FailureLabel::ALL.len()],
-    time: Histogram,
+    time: Histogram<{ BUCKETS.len() }>,
     config_reloads_ok: AtomicU64,
     config_reloads_failed: AtomicU64,
     cert_reloads_ok: AtomicU64,
     cert_reloads_failed: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            requests: Default::default(),
+            success: AtomicU64::new(0),
+            skip: Default::default(),
+            failure: Default::default(),
+            time: Histogram::new(&BUCKETS, Unit::Seconds),
+            config_reloads_ok: AtomicU64::new(0),
+            config_reloads_failed: AtomicU64::new(0),
+            cert_reloads_ok: AtomicU64::new(0),
+            cert_reloads_failed: AtomicU64::new(0),
+        }
+    }
 }
 
 fn index_of<T: PartialEq>(all: &[T], v: &T) -> usize {
@@ -181,9 +176,7 @@ impl Metrics {
     /// Prometheus text exposition format (version 0.0.4).
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        // Writing to a String cannot fail; the results are ignored on purpose.
-        counter_family(
+        prom::counter_family(
             &mut out,
             "sidecar_injection_requests_total",
             "Total number of sidecar injection requests, by result.",
@@ -193,24 +186,26 @@ impl Metrics {
                 .map(|r| r.as_str())
                 .zip(&self.requests),
         );
-        let _ = writeln!(
-            out,
-            "# HELP sidecar_injection_success_total Total number of successful sidecar injections."
+        prom::header(
+            &mut out,
+            "sidecar_injection_success_total",
+            "Total number of successful sidecar injections.",
+            Kind::Counter,
         );
-        let _ = writeln!(out, "# TYPE sidecar_injection_success_total counter");
-        let _ = writeln!(
-            out,
-            "sidecar_injection_success_total {}",
-            get(&self.success)
+        prom::sample(
+            &mut out,
+            "sidecar_injection_success_total",
+            "",
+            self.success.load(Ordering::Relaxed),
         );
-        counter_family(
+        prom::counter_family(
             &mut out,
             "sidecar_injection_skip_total",
             "Total number of skipped sidecar injections, by reason.",
             "reason",
             SkipLabel::ALL.iter().map(|r| r.as_str()).zip(&self.skip),
         );
-        counter_family(
+        prom::counter_family(
             &mut out,
             "sidecar_injection_failure_total",
             "Total number of failed sidecar injections, by type.",
@@ -220,26 +215,14 @@ impl Metrics {
                 .map(|t| t.as_str())
                 .zip(&self.failure),
         );
-        let _ = writeln!(
-            out,
-            "# HELP sidecar_injection_time_seconds Time taken to answer an injection request."
+        prom::header(
+            &mut out,
+            "sidecar_injection_time_seconds",
+            "Time taken to answer an injection request.",
+            Kind::Histogram,
         );
-        let _ = writeln!(out, "# TYPE sidecar_injection_time_seconds histogram");
-        for (bound, c) in BUCKETS.iter().zip(&self.time.buckets) {
-            let _ = writeln!(
-                out,
-                "sidecar_injection_time_seconds_bucket{{le=\"{bound}\"}} {}",
-                get(c)
-            );
-        }
-        let count = get(&self.time.count);
-        let _ = writeln!(
-            out,
-            "sidecar_injection_time_seconds_bucket{{le=\"+Inf\"}} {count}"
-        );
-        let sum = get(&self.time.sum_nanos) as f64 / 1e9;
-        let _ = writeln!(out, "sidecar_injection_time_seconds_sum {sum}");
-        let _ = writeln!(out, "sidecar_injection_time_seconds_count {count}");
+        self.time
+            .write(&mut out, "sidecar_injection_time_seconds", "");
         for (name, help, ok, failed) in [
             (
                 "mesh_webhook_config_reloads_total",
@@ -254,7 +237,7 @@ impl Metrics {
                 &self.cert_reloads_failed,
             ),
         ] {
-            counter_family(
+            prom::counter_family(
                 &mut out,
                 name,
                 help,
@@ -263,26 +246,6 @@ impl Metrics {
             );
         }
         out
-    }
-}
-
-/// One counter family: its HELP and TYPE lines, then one series per `label` value.
-fn counter_family<'a>(
-    out: &mut String,
-    name: &str,
-    help: &str,
-    label: &str,
-    series: impl IntoIterator<Item = (&'a str, &'a AtomicU64)>,
-) {
-    // Writing to a String cannot fail; the results are ignored on purpose.
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} counter");
-    for (value, c) in series {
-        let _ = writeln!(
-            out,
-            "{name}{{{label}=\"{value}\"}} {}",
-            c.load(Ordering::Relaxed)
-        );
     }
 }
 
@@ -351,5 +314,72 @@ mod tests {
             .parse()
             .unwrap();
         assert!((sum - 0.0307).abs() < 1e-9, "{sum}");
+    }
+
+    /// The whole exposition, byte for byte as it was before it moved onto
+    /// `mesh_common::prom` (dashboards and scrapers parse it).
+    #[test]
+    fn render_is_byte_identical() {
+        let m = Metrics::default();
+        m.request(RequestResult::Allowed);
+        m.request(RequestResult::Denied);
+        m.request(RequestResult::Timeout);
+        m.success();
+        m.skip(SkipLabel::Unchanged);
+        m.failure(FailureLabel::Patch);
+        m.observe_time(Duration::from_micros(700));
+        m.observe_time(Duration::from_millis(30));
+        m.observe_time(Duration::from_secs(3));
+        m.config_reload(true);
+        m.cert_reload(false);
+        let want = "\
+# HELP sidecar_injection_requests_total Total number of sidecar injection requests, by result.\n\
+# TYPE sidecar_injection_requests_total counter\n\
+sidecar_injection_requests_total{result=\"allowed\"} 1\n\
+sidecar_injection_requests_total{result=\"denied\"} 1\n\
+sidecar_injection_requests_total{result=\"bad_request\"} 0\n\
+sidecar_injection_requests_total{result=\"unsupported_media_type\"} 0\n\
+sidecar_injection_requests_total{result=\"too_large\"} 0\n\
+sidecar_injection_requests_total{result=\"timeout\"} 1\n\
+# HELP sidecar_injection_success_total Total number of successful sidecar injections.\n\
+# TYPE sidecar_injection_success_total counter\n\
+sidecar_injection_success_total 1\n\
+# HELP sidecar_injection_skip_total Total number of skipped sidecar injections, by reason.\n\
+# TYPE sidecar_injection_skip_total counter\n\
+sidecar_injection_skip_total{reason=\"policy\"} 0\n\
+sidecar_injection_skip_total{reason=\"unchanged\"} 1\n\
+sidecar_injection_skip_total{reason=\"not_pod_create\"} 0\n\
+# HELP sidecar_injection_failure_total Total number of failed sidecar injections, by type.\n\
+# TYPE sidecar_injection_failure_total counter\n\
+sidecar_injection_failure_total{type=\"review\"} 0\n\
+sidecar_injection_failure_total{type=\"inject\"} 0\n\
+sidecar_injection_failure_total{type=\"patch\"} 1\n\
+# HELP sidecar_injection_time_seconds Time taken to answer an injection request.\n\
+# TYPE sidecar_injection_time_seconds histogram\n\
+sidecar_injection_time_seconds_bucket{le=\"0.0005\"} 0\n\
+sidecar_injection_time_seconds_bucket{le=\"0.001\"} 1\n\
+sidecar_injection_time_seconds_bucket{le=\"0.0025\"} 1\n\
+sidecar_injection_time_seconds_bucket{le=\"0.005\"} 1\n\
+sidecar_injection_time_seconds_bucket{le=\"0.01\"} 1\n\
+sidecar_injection_time_seconds_bucket{le=\"0.025\"} 1\n\
+sidecar_injection_time_seconds_bucket{le=\"0.05\"} 2\n\
+sidecar_injection_time_seconds_bucket{le=\"0.1\"} 2\n\
+sidecar_injection_time_seconds_bucket{le=\"0.25\"} 2\n\
+sidecar_injection_time_seconds_bucket{le=\"0.5\"} 2\n\
+sidecar_injection_time_seconds_bucket{le=\"1\"} 2\n\
+sidecar_injection_time_seconds_bucket{le=\"2.5\"} 2\n\
+sidecar_injection_time_seconds_bucket{le=\"+Inf\"} 3\n\
+sidecar_injection_time_seconds_sum 3.0307\n\
+sidecar_injection_time_seconds_count 3\n\
+# HELP mesh_webhook_config_reloads_total Injection config reloads from disk, by result.\n\
+# TYPE mesh_webhook_config_reloads_total counter\n\
+mesh_webhook_config_reloads_total{result=\"ok\"} 1\n\
+mesh_webhook_config_reloads_total{result=\"failed\"} 0\n\
+# HELP mesh_webhook_cert_reloads_total Serving certificate reloads from disk, by result.\n\
+# TYPE mesh_webhook_cert_reloads_total counter\n\
+mesh_webhook_cert_reloads_total{result=\"ok\"} 0\n\
+mesh_webhook_cert_reloads_total{result=\"failed\"} 1\n\
+";
+        assert_eq!(m.render(), want);
     }
 }

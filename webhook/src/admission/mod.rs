@@ -8,6 +8,8 @@
 //! - [`watch`]: noticing that mounted files changed (symlink swaps included).
 //! - [`version`]: the API server's version, for `nativeSidecars: auto`.
 //! - [`state`], [`metrics`]: what requests share.
+//!
+//! The `serve` flags ([`ServeArgs`]) are defined with every other flag in [`crate::cli`].
 
 pub mod certs;
 pub mod handler;
@@ -27,79 +29,8 @@ use tokio::task::JoinHandle;
 
 use crate::config::{ConfigError, InjectConfig};
 
-pub use state::{AppState, NativeMode};
-
-/// Default limit on an AdmissionReview body; the API server's own limit is 3 MiB objects.
-pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
-
-/// Arguments of `mesh-webhook serve`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct ServeArgs {
-    /// PEM certificate chain served to the API server; re-read when it changes on disk.
-    #[arg(long)]
-    pub cert: PathBuf,
-    /// PEM private key matching --cert; re-read when it changes on disk.
-    #[arg(long)]
-    pub key: PathBuf,
-    /// Address to listen on.
-    #[arg(long, default_value = "0.0.0.0:9443")]
-    pub addr: SocketAddr,
-    /// Injection config (YAML); built-in defaults when absent. Re-read when it changes.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// Override the config's `nativeSidecars` (auto asks the API server for its version).
-    #[arg(long, value_enum)]
-    pub native_sidecars: Option<NativeMode>,
-    /// Kubeconfig used to ask the API server's version (default: in-cluster, then
-    /// KUBECONFIG, then ~/.kube/config).
-    #[arg(long)]
-    pub kubeconfig: Option<PathBuf>,
-    /// Largest accepted AdmissionReview body, in bytes; larger ones get 413.
-    #[arg(long, default_value_t = DEFAULT_MAX_BODY_BYTES)]
-    pub max_body_bytes: usize,
-    /// How long a client may take to send a request body before it gets 408.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    pub body_timeout: Duration,
-    /// After SIGTERM, keep accepting and serving this long while /readyz answers 503, so
-    /// endpoints and kube-proxy stop sending requests here before the listener closes
-    /// (with failurePolicy Fail, a refused connection fails a pod's creation). A second
-    /// signal ends the delay early.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
-    pub shutdown_delay: Duration,
-    /// How long in-flight requests may take to finish once the listener is closed after
-    /// SIGTERM and the shutdown delay (e.g. 15s, 500ms).
-    #[arg(long, default_value = "15s", value_parser = parse_duration)]
-    pub shutdown_grace: Duration,
-    /// How often the certificate, key and config files are checked for changes.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
-    pub reload_interval: Duration,
-    /// How often the API server's version is asked again (nativeSidecars: auto).
-    #[arg(long, default_value = "10m", value_parser = parse_duration)]
-    pub version_recheck: Duration,
-    /// `--self-signed` and its options: make, share and rotate the certificate ourselves.
-    #[command(flatten)]
-    pub self_signed: crate::bootstrap::SelfSignedArgs,
-}
-
-/// `250ms`, `2s`, `10m` or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (use e.g. 500ms, 2s, 10m)"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
-    };
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
-}
+pub use crate::cli::{DEFAULT_MAX_BODY_BYTES, NativeMode, ServeArgs};
+pub use state::AppState;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -360,60 +291,4 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         running.shutdown().await;
         anyhow::Ok(())
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::Parser;
-
-    #[derive(Debug, Parser)]
-    struct T {
-        #[command(flatten)]
-        serve: ServeArgs,
-    }
-
-    #[test]
-    fn flags_parse_with_defaults() {
-        let t = T::try_parse_from(["x", "--cert", "c.pem", "--key", "k.pem"]).unwrap();
-        assert_eq!(t.serve.addr.to_string(), "0.0.0.0:9443");
-        assert_eq!(t.serve.max_body_bytes, 8 * 1024 * 1024);
-        assert_eq!(t.serve.shutdown_grace, Duration::from_secs(15));
-        assert_eq!(t.serve.shutdown_delay, Duration::from_secs(5));
-        assert_eq!(t.serve.native_sidecars, None);
-        let t = T::try_parse_from([
-            "x",
-            "--cert",
-            "c",
-            "--key",
-            "k",
-            "--native-sidecars",
-            "true",
-            "--shutdown-grace",
-            "500ms",
-        ])
-        .unwrap();
-        assert_eq!(t.serve.native_sidecars, Some(NativeMode::True));
-        assert_eq!(t.serve.shutdown_grace, Duration::from_millis(500));
-        assert!(
-            T::try_parse_from([
-                "x",
-                "--cert",
-                "c",
-                "--key",
-                "k",
-                "--shutdown-grace",
-                "5 parsecs"
-            ])
-            .is_err()
-        );
-        assert!(T::try_parse_from(["x", "--key", "k"]).is_err());
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
-        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
-        assert!(parse_duration("abc").unwrap_err().contains("abc"));
-    }
 }

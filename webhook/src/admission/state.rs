@@ -8,16 +8,7 @@ use crate::config::{InjectConfig, NativeSidecars};
 
 use super::metrics::Metrics;
 
-/// `--native-sidecars`: overrides the config's `nativeSidecars` when given.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum NativeMode {
-    /// Decide from the API server's version (>= 1.29 means native).
-    Auto,
-    /// Always inject the proxy as a native sidecar (init container, restartPolicy Always).
-    True,
-    /// Always inject the proxy as a regular container.
-    False,
-}
+pub use crate::cli::NativeMode;
 
 impl From<NativeSidecars> for NativeMode {
     fn from(n: NativeSidecars) -> Self {

@@ -10,10 +10,11 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use mesh_common::contract::{init, proxy};
 use mesh_common::{PROXY_READY_PATH, containers};
 use serde_json::{Map, Value};
 
-use super::InjectError;
+use super::error::InjectError;
 use super::overrides::Overrides;
 use crate::config::{InjectConfig, ResourceAmounts};
 
@@ -84,34 +85,31 @@ fn readable_order(v: Value) -> Value {
     Value::Object(out)
 }
 
-/// The `mesh-init` arguments, in the order and spelling of `istio-iptables`.
+/// The `mesh-init` arguments, in the order and spelling of `istio-iptables` (flag names
+/// from `mesh_common::contract::init`, which `mesh-init` parses).
 pub fn init_args(cfg: &InjectConfig, ov: &Overrides) -> Vec<String> {
+    let pair = |f: init::Flag, v: &str| [f.short.to_string(), v.to_string()];
     let mut args: Vec<String> = [
-        "-p",
-        &cfg.outbound_port.to_string(),
-        "-z",
-        &cfg.inbound_port.to_string(),
-        "-u",
-        &cfg.proxy_uid.to_string(),
-        "-m",
-        "REDIRECT",
-        "-i",
-        &ov.include_outbound_cidrs,
-        "-x",
-        &ov.exclude_outbound_cidrs,
-        "-b",
-        &ov.include_inbound_ports,
-        "-d",
-        &ov.exclude_inbound_ports,
+        pair(init::PROXY_PORT, &cfg.outbound_port.to_string()),
+        pair(init::INBOUND_CAPTURE_PORT, &cfg.inbound_port.to_string()),
+        pair(init::PROXY_UID, &ov.proxy_uid.to_string()),
+        pair(init::MODE, init::MODE_REDIRECT),
+        pair(init::INCLUDE_OUTBOUND_CIDRS, &ov.include_outbound_cidrs),
+        pair(init::EXCLUDE_OUTBOUND_CIDRS, &ov.exclude_outbound_cidrs),
+        pair(init::INBOUND_PORTS, &ov.include_inbound_ports),
+        pair(init::EXCLUDE_INBOUND_PORTS, &ov.exclude_inbound_ports),
     ]
-    .iter()
-    .map(|s| s.to_string())
+    .into_iter()
+    .flatten()
     .collect();
-    if cfg.proxy_gid != cfg.proxy_uid {
-        args.extend(["-g".to_string(), cfg.proxy_gid.to_string()]);
+    if ov.proxy_gid != ov.proxy_uid {
+        args.extend(pair(init::PROXY_GID, &ov.proxy_gid.to_string()));
     }
     if !ov.exclude_outbound_ports.is_empty() {
-        args.extend(["-o".to_string(), ov.exclude_outbound_ports.clone()]);
+        args.extend(pair(
+            init::EXCLUDE_OUTBOUND_PORTS,
+            &ov.exclude_outbound_ports,
+        ));
     }
     args
 }
@@ -121,7 +119,7 @@ fn init_container(cfg: &InjectConfig, ov: &Overrides) -> Container {
         name: containers::INIT.to_string(),
         image: Some(cfg.init_image.clone()),
         image_pull_policy: cfg.image_pull_policy.clone(),
-        command: Some(vec!["mesh-init".to_string()]),
+        command: Some(vec![init::BINARY.to_string()]),
         args: Some(init_args(cfg, ov)),
         resources: Some(resources(
             &cfg.init_resources.requests,
@@ -159,14 +157,14 @@ fn proxy_container(cfg: &InjectConfig, ov: &Overrides, native: bool) -> Containe
         ..Default::default()
     };
     let mut env = vec![
-        field_env("POD_NAME", "metadata.name"),
-        field_env("POD_NAMESPACE", "metadata.namespace"),
-        field_env("INSTANCE_IP", "status.podIP"),
-        field_env("SERVICE_ACCOUNT", "spec.serviceAccountName"),
+        field_env(proxy::env::POD_NAME, "metadata.name"),
+        field_env(proxy::env::POD_NAMESPACE, "metadata.namespace"),
+        field_env(proxy::env::INSTANCE_IP, "status.podIP"),
+        field_env(proxy::env::SERVICE_ACCOUNT, "spec.serviceAccountName"),
     ];
-    if let Some(level) = &cfg.proxy_log_level {
+    if let Some(level) = &ov.proxy_log_level {
         env.push(EnvVar {
-            name: "RUST_LOG".into(),
+            name: proxy::env::LOG.into(),
             value: Some(level.clone()),
             ..Default::default()
         });
@@ -205,15 +203,15 @@ fn proxy_container(cfg: &InjectConfig, ov: &Overrides, native: bool) -> Containe
         name: containers::PROXY.to_string(),
         image: Some(ov.proxy_image.clone()),
         image_pull_policy: cfg.image_pull_policy.clone(),
-        command: Some(vec!["mesh-proxy".to_string()]),
+        command: Some(vec![proxy::BINARY.to_string()]),
         args: Some(vec![
-            "--outbound-port".into(),
+            proxy::flag::OUTBOUND_PORT.into(),
             cfg.outbound_port.to_string(),
-            "--inbound-port".into(),
+            proxy::flag::INBOUND_PORT.into(),
             cfg.inbound_port.to_string(),
-            "--admin-addr".into(),
+            proxy::flag::ADMIN_ADDR.into(),
             format!("0.0.0.0:{}", cfg.admin_port),
-            "--metrics-addr".into(),
+            proxy::flag::METRICS_ADDR.into(),
             format!("0.0.0.0:{}", cfg.metrics_port),
         ]),
         env: Some(env),
@@ -235,9 +233,11 @@ fn proxy_container(cfg: &InjectConfig, ov: &Overrides, native: bool) -> Containe
             }),
             privileged: Some(false),
             read_only_root_filesystem: Some(true),
-            run_as_group: Some(i64::from(cfg.proxy_gid)),
+            // The effective ids (a user override's, when it sets them): the same ones
+            // istio-init's -u/-g exclude from capture.
+            run_as_group: Some(i64::from(ov.proxy_gid)),
             run_as_non_root: Some(true),
-            run_as_user: Some(i64::from(cfg.proxy_uid)),
+            run_as_user: Some(i64::from(ov.proxy_uid)),
             ..Default::default()
         }),
         ..Default::default()
@@ -316,6 +316,26 @@ mod tests {
         let cfg = InjectConfig::default();
         let ov = Overrides::read(&BTreeMap::new(), &cfg).unwrap();
         assert_eq!(init_args(&cfg, &ov), mesh_common::DEFAULT_INIT_ARGS);
+    }
+
+    #[test]
+    fn init_args_follow_the_effective_uid_and_gid() {
+        let cfg = InjectConfig::default();
+        let mut ov = Overrides::read(&BTreeMap::new(), &cfg).unwrap();
+        ov.proxy_uid = 1234;
+        let args = init_args(&cfg, &ov);
+        let after = |flag: &str| {
+            let i = args.iter().position(|a| a == flag).unwrap();
+            args[i + 1].clone()
+        };
+        assert_eq!(after("-u"), "1234");
+        assert_eq!(after("-g"), "1337");
+        ov.proxy_gid = 1234;
+        let args = init_args(&cfg, &ov);
+        assert!(!args.contains(&"-g".to_string()), "{args:?}");
+        let proxy = proxy_container(&cfg, &ov, false);
+        let sc = proxy.security_context.unwrap();
+        assert_eq!((sc.run_as_user, sc.run_as_group), (Some(1234), Some(1234)));
     }
 
     #[test]

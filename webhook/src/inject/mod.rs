@@ -38,119 +38,39 @@
 //!
 //! Deviations from the requested API shape: none in signatures. Additions:
 //! [`desired_template`] (the template the patch produces, for tests and tools),
-//! [`SkipReason::NotInjected`] (uninject of a pod without status), and the `policy`,
-//! `overrides`, `containers`, `status`, `patch` submodules are public for reuse.
+//! [`SkipReason::NotInjected`] (uninject of a pod without status), and the submodules
+//! are public for reuse.
+//!
+//! Submodules, in dependency order (each uses only those above it; this module uses them
+//! all and none uses it):
+//! - [`error`], [`request`]: the types of the API above ([`InjectError`], [`InjectRequest`],
+//!   [`Outcome`], ...);
+//! - [`overrides`]: the honoured annotations, validated and merged with the config;
+//! - [`status`]: the status annotation (format and hash);
+//! - [`view`]: the typed, validated view of a template (reads the status annotation);
+//! - [`policy`]: inject or not;
+//! - [`identity`]: the proxy's effective uid/gid (a user's `istio-proxy` override);
+//! - [`containers`]: our two containers, and merging a user's override into one;
+//! - [`rewrite`]: adding an injection to a template, or removing a recorded one;
+//! - [`patch`]: from (input, desired) templates to the RFC 6902 patch.
 
 pub mod containers;
+pub mod error;
+pub mod identity;
 pub mod overrides;
 pub mod patch;
 pub mod policy;
+pub mod request;
+pub mod rewrite;
 pub mod status;
-
-use std::fmt;
+pub mod view;
 
 use serde_json::Value;
 
 use crate::config::InjectConfig;
 
-/// What the caller knows about the namespace's wish for injection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NamespacePolicy {
-    /// Webhook: the API server's namespace/object selectors already chose this pod; inject
-    /// unless the pod opts out (label, or annotation when there is no label).
-    Selected,
-    /// Namespace labelled `istio-injection=enabled`: inject unless the pod opts out.
-    Enabled,
-    /// Namespace labelled `istio-injection=disabled`: never inject.
-    Disabled,
-    /// Namespace without the label: inject only when the pod *label* says `true`.
-    Unlabelled,
-    /// kube-inject: no namespace information; inject unless the pod opts out, as
-    /// `istioctl kube-inject` does.
-    Unknown,
-}
-
-/// One injection request.
-#[derive(Debug, Clone, Copy)]
-pub struct InjectRequest<'a> {
-    /// An object with `metadata` and `spec`: a Pod, or a workload's pod template.
-    pub template: &'a Value,
-    /// The namespace, when known (pod's own, the workload's, or the admission request's).
-    pub namespace: Option<&'a str>,
-    pub namespace_policy: NamespacePolicy,
-    /// Proxy as a native sidecar; the caller resolves `nativeSidecars: auto`.
-    pub native_sidecars: bool,
-}
-
-/// Why a pod was left alone. `Display` is the human reason (kube-inject prints it).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SkipReason {
-    /// `kube-system`, `kube-public`, `kube-node-lease`.
-    SystemNamespace(String),
-    /// `spec.hostNetwork: true`: capturing would rewrite the node's own iptables.
-    HostNetwork,
-    /// The pod label `sidecar.istio.io/inject` says `false`.
-    LabelOptOut,
-    /// The annotation `sidecar.istio.io/inject` says `false` (and no label overrides it).
-    AnnotationOptOut,
-    /// The namespace is labelled `istio-injection=disabled`.
-    NamespaceDisabled,
-    /// Unlabelled namespace and no pod label asking for injection.
-    NotSelected,
-    /// Only used by uninject: nothing records an injection.
-    NotInjected,
-}
-
-impl fmt::Display for SkipReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        use mesh_common::{annotations, labels};
-        match self {
-            SkipReason::SystemNamespace(ns) => {
-                write!(f, "namespace {ns} is never injected")
-            }
-            SkipReason::HostNetwork => write!(f, "pod uses hostNetwork: true"),
-            SkipReason::LabelOptOut => write!(f, "pod label {}=false", labels::INJECT),
-            SkipReason::AnnotationOptOut => {
-                write!(f, "pod annotation {}=false", annotations::INJECT)
-            }
-            SkipReason::NamespaceDisabled => write!(
-                f,
-                "namespace is labelled {}=disabled",
-                labels::NAMESPACE_INJECTION
-            ),
-            SkipReason::NotSelected => write!(
-                f,
-                "namespace is not labelled {}=enabled and the pod has no {}=true label",
-                labels::NAMESPACE_INJECTION,
-                labels::INJECT
-            ),
-            SkipReason::NotInjected => write!(f, "no {} annotation", annotations::STATUS),
-        }
-    }
-}
-
-/// The core's answer.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
-    Skipped(SkipReason),
-    /// Already injected with the same config: nothing to do.
-    Unchanged,
-    /// RFC 6902 operations relative to the template root.
-    Patched(Vec<json_patch::PatchOperation>),
-}
-
-/// A pod that cannot be injected as asked. `Display` names the annotation or field.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum InjectError {
-    #[error("annotation {annotation}: invalid value {value:?}: {reason}")]
-    InvalidAnnotation {
-        annotation: String,
-        value: String,
-        reason: String,
-    },
-    #[error("invalid pod: {field}: {reason}")]
-    InvalidPod { field: String, reason: String },
-}
+pub use error::InjectError;
+pub use request::{InjectRequest, NamespacePolicy, Outcome, SkipReason};
 
 /// Decide and, when injecting, return the patch. See the module docs.
 pub fn inject(req: &InjectRequest<'_>, cfg: &InjectConfig) -> Result<Outcome, InjectError> {
@@ -177,11 +97,11 @@ pub fn desired_template(
 /// Remove exactly what the status annotation records (and restore a user's overridden
 /// container). `Skipped(NotInjected)` when there is no status annotation.
 pub fn uninject(template: &Value) -> Result<Outcome, InjectError> {
-    let view = policy::PodView::read(template)?;
+    let view = view::PodView::read(template)?;
     if view.status.is_none() {
         return Ok(Outcome::Skipped(SkipReason::NotInjected));
     }
-    let removed = status::remove_injection(template, &view, true)?;
+    let removed = rewrite::remove_injection(template, &view, true)?;
     Ok(Outcome::Patched(patch::diff(template, &removed)))
 }
 
@@ -197,11 +117,11 @@ pub(crate) fn desired_injected(
     req: &InjectRequest<'_>,
     cfg: &InjectConfig,
 ) -> Result<Desired, InjectError> {
-    let view = policy::PodView::read(req.template)?;
+    let view = view::PodView::read(req.template)?;
     if let Some(reason) = policy::skip_reason(req, &view)? {
         return Ok(Desired::Skip(reason));
     }
-    let ov = overrides::Overrides::read(&view.annotations, cfg)?;
+    let mut ov = overrides::Overrides::read(&view.annotations, cfg)?;
     let config_hash = cfg.hash();
     let hash = status::injection_hash(&config_hash, req.native_sidecars, &view.annotations);
     let base = match &view.status {
@@ -209,15 +129,18 @@ pub(crate) fn desired_injected(
         // deleted the proxy by hand): nothing to do.
         Some(st)
             if st.config_hash.as_deref() == Some(hash.as_str())
-                && status::recorded_containers_present(req.template, st) =>
+                && rewrite::recorded_containers_present(req.template, st) =>
         {
             return Ok(Desired::Unchanged);
         }
-        Some(_) => status::remove_injection(req.template, &view, false)?,
+        Some(_) => rewrite::remove_injection(req.template, &view, false)?,
         None => req.template.clone(),
     };
+    // From the template without a previous injection: its `istio-proxy`, if any, is the
+    // user's own override as they wrote it.
+    (ov.proxy_uid, ov.proxy_gid) = identity::effective_proxy_ids(&base, cfg)?;
     let built = containers::Built::cached(cfg, &config_hash, &ov, req.native_sidecars)?;
-    Ok(Desired::Template(status::apply_injection(
+    Ok(Desired::Template(rewrite::apply_injection(
         req.template,
         base,
         &built,

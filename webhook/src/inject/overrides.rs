@@ -1,16 +1,24 @@
 //! The honoured `traffic.sidecar.istio.io/*` and `sidecar.istio.io/*` annotations, parsed
 //! and validated into typed overrides. A malformed value is an error naming the annotation.
+//! The list grammar (ports, CIDRs, `*`) is `mesh_common::lists`', the log grammar
+//! `mesh_common::log`'s: the binaries that read the injected flags parse the same way.
 
 use std::collections::BTreeMap;
 
-use ipnet::IpNet;
 use mesh_common::annotations as ann;
+use mesh_common::lists::{self, List, ListError, Star};
+use mesh_common::log::LogFilter;
 
-use super::InjectError;
+use super::error::InjectError;
 use crate::config::InjectConfig;
+use crate::quantity::parse_quantity;
+
+/// Istio's per-pod proxy log level, in the grammar of `mesh_common::log`; it wins over
+/// the config's `proxyLogLevel`.
+pub const LOG_LEVEL: &str = ann::LOG_LEVEL;
 
 /// The annotations that shape the injected containers (and so the status hash).
-pub const HONOURED: [&str; 10] = [
+pub const HONOURED: [&str; 11] = [
     ann::INCLUDE_OUTBOUND_IP_RANGES,
     ann::EXCLUDE_OUTBOUND_IP_RANGES,
     ann::INCLUDE_INBOUND_PORTS,
@@ -21,6 +29,7 @@ pub const HONOURED: [&str; 10] = [
     ann::PROXY_MEMORY,
     ann::PROXY_CPU_LIMIT,
     ann::PROXY_MEMORY_LIMIT,
+    LOG_LEVEL,
 ];
 
 /// Everything per-pod that changes what we inject, already merged with the config.
@@ -41,6 +50,34 @@ pub struct Overrides {
     pub exclude_inbound_ports: String,
     /// `-o`: port list, possibly empty.
     pub exclude_outbound_ports: String,
+    /// The proxy's log filter (canonical form), from `sidecar.istio.io/logLevel` or the
+    /// config's `proxyLogLevel`; `None` keeps the proxy's default.
+    pub proxy_log_level: Option<String>,
+    /// `-u`: the uid the proxy runs as. The config's `proxyUid` unless the user's own
+    /// `istio-proxy` container says otherwise (see [`super::identity`]).
+    pub proxy_uid: u32,
+    /// `-g` (written when it differs from the uid): the proxy's gid.
+    pub proxy_gid: u32,
+}
+
+/// A list from an annotation (an error naming it) or, when not annotated, from the config's
+/// default (validated when the config was loaded).
+fn list_value<T: std::fmt::Display>(
+    annotations: &BTreeMap<String, String>,
+    key: &str,
+    default: &str,
+    parse: impl Fn(&str) -> Result<List<T>, ListError>,
+) -> Result<String, InjectError> {
+    match annotations.get(key) {
+        Some(v) => parse(v)
+            .map(|l| l.to_arg())
+            .map_err(|e| InjectError::InvalidAnnotation {
+                annotation: key.to_string(),
+                value: v.clone(),
+                reason: e.to_string(),
+            }),
+        None => Ok(parse(default).map(|l| l.to_arg()).unwrap_or_default()),
+    }
 }
 
 impl Overrides {
@@ -54,39 +91,38 @@ impl Overrides {
             value: v.to_string(),
             reason,
         };
-        let cidrs = |k: &str, default: &str, allow_star: bool| -> Result<String, InjectError> {
-            match get(k) {
-                Some(v) => parse_cidr_list(v, allow_star).map_err(|r| bad(k, v, r)),
-                None => Ok(parse_cidr_list(default, allow_star).unwrap_or_default()),
-            }
+        let cidrs = |k: &str, default: &str, star: Star| {
+            list_value(annotations, k, default, |s| lists::cidrs(s, star))
         };
-        let ports = |k: &str, default: &str, allow_star: bool| -> Result<String, InjectError> {
-            match get(k) {
-                Some(v) => parse_port_list(v, allow_star).map_err(|r| bad(k, v, r)),
-                None => Ok(parse_port_list(default, allow_star).unwrap_or_default()),
-            }
+        let ports = |k: &str, default: &str, star: Star| {
+            list_value(annotations, k, default, |s| lists::ports(s, star))
         };
 
         let include_outbound_cidrs = cidrs(
             ann::INCLUDE_OUTBOUND_IP_RANGES,
             &cfg.include_outbound_ip_ranges,
-            true,
+            Star::Allowed,
         )?;
         let exclude_outbound_cidrs = cidrs(
             ann::EXCLUDE_OUTBOUND_IP_RANGES,
             &cfg.exclude_outbound_ip_ranges,
-            false,
+            Star::Refused,
         )?;
-        let include_inbound_ports =
-            ports(ann::INCLUDE_INBOUND_PORTS, &cfg.include_inbound_ports, true)?;
+        let include_inbound_ports = ports(
+            ann::INCLUDE_INBOUND_PORTS,
+            &cfg.include_inbound_ports,
+            Star::Allowed,
+        )?;
         let exclude_outbound_ports = ports(
             ann::EXCLUDE_OUTBOUND_PORTS,
             &cfg.exclude_outbound_ports,
-            false,
+            Star::Refused,
         )?;
         // The proxy's own ports are always excluded from inbound capture; the annotation adds.
-        let base = parse_port_list(&cfg.exclude_inbound_ports, false).unwrap_or_default();
-        let extra = ports(ann::EXCLUDE_INBOUND_PORTS, "", false)?;
+        let base = lists::ports(&cfg.exclude_inbound_ports, Star::Refused)
+            .map(|l| l.to_arg())
+            .unwrap_or_default();
+        let extra = ports(ann::EXCLUDE_INBOUND_PORTS, "", Star::Refused)?;
         let mut merged: Vec<&str> = Vec::new();
         for p in base.split(',').chain(extra.split(',')) {
             if !p.is_empty() && !merged.contains(&p) {
@@ -108,6 +144,19 @@ impl Overrides {
                 t.to_string()
             }
             None => cfg.proxy_image.clone(),
+        };
+
+        // Written in its canonical form (`warning` -> `warn`): what the proxy is handed is
+        // exactly what was validated here.
+        let proxy_log_level = match get(LOG_LEVEL) {
+            Some(v) => Some(
+                LogFilter::parse(v)
+                    .map_err(|e| bad(LOG_LEVEL, v, e.to_string()))?
+                    .to_string(),
+            ),
+            None => cfg.proxy_log_level.as_deref().map(|v| {
+                LogFilter::parse(v).map_or_else(|_| v.trim().to_string(), |f| f.to_string())
+            }),
         };
 
         let r = &cfg.proxy_resources;
@@ -135,6 +184,9 @@ impl Overrides {
             include_inbound_ports,
             exclude_inbound_ports,
             exclude_outbound_ports,
+            proxy_log_level,
+            proxy_uid: cfg.proxy_uid,
+            proxy_gid: cfg.proxy_gid,
         })
     }
 }
@@ -191,139 +243,76 @@ fn resource_pair(
     Ok((out.0.map(|x| x.0), out.1.map(|x| x.0)))
 }
 
-/// Splits a comma-separated list into trimmed, non-empty items; `None` stands for `*`
-/// (alone, and only when `allow_star`). `what` names the items in the mixed-`*` error.
-fn list_items<'a>(
-    s: &'a str,
-    allow_star: bool,
-    what: &str,
-) -> Result<Option<Vec<&'a str>>, String> {
-    let items: Vec<&str> = s
-        .split(',')
-        .map(str::trim)
-        .filter(|i| !i.is_empty())
-        .collect();
-    if !items.contains(&"*") {
-        return Ok(Some(items));
-    }
-    if !allow_star {
-        return Err("`*` is not allowed in an exclude list".into());
-    }
-    if items.len() > 1 {
-        return Err(format!("`*` cannot be combined with other {what}"));
-    }
-    Ok(None)
-}
-
-/// Validate a comma-separated CIDR list; `*` (alone) means all when `allow_star`.
-/// Returns the normalized list (trimmed items joined with `,`).
-pub fn parse_cidr_list(s: &str, allow_star: bool) -> Result<String, String> {
-    let Some(items) = list_items(s, allow_star, "ranges")? else {
-        return Ok("*".into());
-    };
-    for i in &items {
-        i.parse::<IpNet>()
-            .map_err(|_| format!("{i:?} is not a CIDR (like 10.0.0.0/8 or fd00::/8)"))?;
-    }
-    Ok(items.join(","))
-}
-
-/// Validate a comma-separated port list (1-65535); `*` (alone) means all when `allow_star`.
-pub fn parse_port_list(s: &str, allow_star: bool) -> Result<String, String> {
-    let Some(items) = list_items(s, allow_star, "ports")? else {
-        return Ok("*".into());
-    };
-    let mut out = Vec::with_capacity(items.len());
-    for i in items {
-        match i.parse::<u16>() {
-            Ok(p) if p > 0 => out.push(p.to_string()),
-            _ => return Err(format!("{i:?} is not a port (1-65535)")),
-        }
-    }
-    Ok(out.join(","))
-}
-
-/// Validate a Kubernetes resource quantity (`100m`, `1.5`, `128Mi`, `1e3`, `2G`) and return
-/// its approximate value, for comparisons. Negative quantities are refused.
-pub fn parse_quantity(s: &str) -> Result<f64, String> {
-    let t = s.trim();
-    let err = || format!("{s:?} is not a Kubernetes quantity (like 100m, 0.5, 128Mi, 1G)");
-    let num_end = t
-        .char_indices()
-        .find(|&(i, c)| !(c.is_ascii_digit() || c == '.' || (i == 0 && c == '+')))
-        .map_or(t.len(), |(i, _)| i);
-    let (num, suffix) = t.split_at(num_end);
-    let num = num.strip_prefix('+').unwrap_or(num);
-    if num.is_empty() || num == "." || num.matches('.').count() > 1 {
-        return Err(err());
-    }
-    let value: f64 = num.parse().map_err(|_| err())?;
-    let factor: f64 = match suffix {
-        "" => 1.0,
-        "n" => 1e-9,
-        "u" => 1e-6,
-        "m" => 1e-3,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "E" => 1e18,
-        "Ki" => 1024.0,
-        "Mi" => 1024f64.powi(2),
-        "Gi" => 1024f64.powi(3),
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        "Ei" => 1024f64.powi(6),
-        e if e.starts_with(['e', 'E']) => {
-            let exp = &e[1..];
-            let digits = exp.strip_prefix(['+', '-']).unwrap_or(exp);
-            if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit()) {
-                return Err(err());
-            }
-            let exp: i32 = exp.parse().map_err(|_| err())?;
-            10f64.powi(exp)
-        }
-        _ => return Err(err()),
-    };
-    Ok(value * factor)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quantities() {
-        for ok in [
-            "100m", "0.5", "1", "128Mi", "1Gi", "2G", "1e3", "1E-2", "+1", ".5", "10k",
-        ] {
-            assert!(parse_quantity(ok).is_ok(), "{ok}");
-        }
-        for bad in ["", "lots", "-1", "1.2.3", "10mb", "1e", "Mi", "1 Mi", "1ki"] {
-            assert!(parse_quantity(bad).is_err(), "{bad}");
-        }
-        assert_eq!(parse_quantity("1Ki").unwrap(), 1024.0);
-        assert!(parse_quantity("100m").unwrap() < parse_quantity("1").unwrap());
-    }
+    use mesh_common::lists;
 
     #[test]
     fn ports_and_cidrs() {
-        assert_eq!(parse_port_list(" 80, 443 ", false).unwrap(), "80,443");
-        assert_eq!(parse_port_list("*", true).unwrap(), "*");
-        assert_eq!(parse_port_list("", true).unwrap(), "");
-        assert!(parse_port_list("*", false).is_err());
-        assert!(parse_port_list("0", false).is_err());
-        assert!(parse_port_list("65536", false).is_err());
-        assert!(parse_port_list("http", false).is_err());
-        assert!(parse_port_list("*,80", true).is_err());
+        // The list grammar is mesh_common::lists'; these are the injector's uses of it.
+        let ports = |s: &str, star| lists::ports(s, star).map(|l| l.to_arg());
+        let cidrs = |s: &str, star| lists::cidrs(s, star).map(|l| l.to_arg());
+        assert_eq!(ports(" 80, 443 ", Star::Refused).unwrap(), "80,443");
+        assert_eq!(ports("*", Star::Allowed).unwrap(), "*");
+        assert_eq!(ports("", Star::Allowed).unwrap(), "");
+        assert!(ports("*", Star::Refused).is_err());
+        assert!(ports("0", Star::Refused).is_err());
+        assert!(ports("65536", Star::Refused).is_err());
+        assert!(ports("http", Star::Refused).is_err());
+        assert!(ports("*,80", Star::Allowed).is_err());
         assert_eq!(
-            parse_cidr_list("10.0.0.0/8, fd00::/8", false).unwrap(),
+            cidrs("10.0.0.0/8, fd00::/8", Star::Refused).unwrap(),
             "10.0.0.0/8,fd00::/8"
         );
-        assert!(parse_cidr_list("10.0.0.0/33", true).is_err());
-        assert!(parse_cidr_list("10.0.0.1", true).is_err());
-        assert!(parse_cidr_list("*", false).is_err());
+        assert!(cidrs("10.0.0.0/33", Star::Allowed).is_err());
+        assert!(cidrs("10.0.0.1", Star::Allowed).is_err());
+        assert!(cidrs("*", Star::Refused).is_err());
+    }
+
+    #[test]
+    fn annotated_lists_are_errors_naming_the_annotation() {
+        let cfg = InjectConfig::default();
+        for (k, v, why) in [
+            (
+                ann::INCLUDE_OUTBOUND_IP_RANGES,
+                "10.0.0.1",
+                "write 10.0.0.1/32",
+            ),
+            (ann::EXCLUDE_OUTBOUND_IP_RANGES, "*", "exclude list"),
+            (ann::INCLUDE_INBOUND_PORTS, "80,*", "combined"),
+            (ann::EXCLUDE_INBOUND_PORTS, "http", "not a port"),
+            (ann::EXCLUDE_OUTBOUND_PORTS, "0", "not a port"),
+        ] {
+            let a = BTreeMap::from([(k.to_string(), v.to_string())]);
+            let e = Overrides::read(&a, &cfg).unwrap_err().to_string();
+            assert!(e.contains(k) && e.contains(why), "{k}={v}: {e}");
+        }
+    }
+
+    #[test]
+    fn log_level_annotation_overrides_the_config() {
+        let cfg = InjectConfig {
+            proxy_log_level: Some("info".into()),
+            ..InjectConfig::default()
+        };
+        let o = Overrides::read(&BTreeMap::new(), &cfg).unwrap();
+        assert_eq!(o.proxy_log_level.as_deref(), Some("info"));
+        let a = BTreeMap::from([(
+            LOG_LEVEL.to_string(),
+            "Warning, mesh_proxy=debug".to_string(),
+        )]);
+        let o = Overrides::read(&a, &cfg).unwrap();
+        assert_eq!(o.proxy_log_level.as_deref(), Some("warn,mesh_proxy=debug"));
+        let a = BTreeMap::from([(LOG_LEVEL.to_string(), "loud".to_string())]);
+        let e = Overrides::read(&a, &cfg).unwrap_err().to_string();
+        assert!(e.contains(LOG_LEVEL) && e.contains("loud"), "{e}");
+        assert!(
+            Overrides::read(&BTreeMap::new(), &InjectConfig::default())
+                .unwrap()
+                .proxy_log_level
+                .is_none()
+        );
     }
 
     #[test]

@@ -1,0 +1,14 @@
+//! The core's one error type: a pod that cannot be injected as asked.
+
+/// A pod that cannot be injected as asked. `Display` names the annotation or field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InjectError {
+    #[error("annotation {annotation}: invalid value {value:?}: {reason}")]
+    InvalidAnnotation {
+        annotation: String,
+        value: String,
+        reason: String,
+    },
+    #[error("invalid pod: {field}: {reason}")]
+    InvalidPod { field: String, reason: String },
+}

@@ -1,0 +1,300 @@
+//! The template rewrite: add our containers and annotations to a template, or remove
+//! exactly what a status annotation records (putting a user's overridden container back).
+
+use mesh_common::{PROXY_METRICS_PATH, annotations as ann, containers};
+use serde_json::{Map, Value, json};
+
+use super::containers::{Built, merge_override};
+use super::error::InjectError;
+use super::status::{OverrideRecord, Status};
+use super::view::PodView;
+use crate::config::InjectConfig;
+
+fn pod_err(field: &str, reason: &str) -> InjectError {
+    InjectError::InvalidPod {
+        field: field.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+fn name_of(c: &Value) -> Option<&str> {
+    c.get("name").and_then(Value::as_str)
+}
+
+/// Move a list out of `spec` (leaving `null` in its place, so re-inserting keeps the key's
+/// position); a missing or `null` list is empty.
+fn take_array(spec: &mut Map<String, Value>, key: &str) -> Result<Vec<Value>, InjectError> {
+    let Some(slot) = spec.get_mut(key) else {
+        return Ok(Vec::new());
+    };
+    match slot.take() {
+        Value::Null => Ok(Vec::new()),
+        Value::Array(a) => Ok(a),
+        other => {
+            *slot = other;
+            Err(pod_err(&format!("spec.{key}"), "must be a list"))
+        }
+    }
+}
+
+/// Store `items` under `key`; an empty list removes the key when `drop_empty`.
+fn put_array(spec: &mut Map<String, Value>, key: &str, items: Vec<Value>, drop_empty: bool) {
+    if items.is_empty() && drop_empty {
+        spec.shift_remove(key);
+    } else {
+        spec.insert(key.to_string(), Value::Array(items));
+    }
+}
+
+fn spec_mut(t: &mut Value) -> Result<&mut Map<String, Value>, InjectError> {
+    t.get_mut("spec")
+        .and_then(Value::as_object_mut)
+        .ok_or_else(|| pod_err("spec", "must be a mapping"))
+}
+
+/// The annotations map, created when missing (metadata too).
+fn annotations_mut(t: &mut Value) -> Result<&mut Map<String, Value>, InjectError> {
+    let root = t
+        .as_object_mut()
+        .ok_or_else(|| pod_err("template", "must be a mapping"))?;
+    let meta = root
+        .entry("metadata")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if meta.is_null() {
+        *meta = Value::Object(Map::new());
+    }
+    let meta = meta
+        .as_object_mut()
+        .ok_or_else(|| pod_err("metadata", "must be a mapping"))?;
+    let ann = meta
+        .entry("annotations")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if ann.is_null() {
+        *ann = Value::Object(Map::new());
+    }
+    ann.as_object_mut()
+        .ok_or_else(|| pod_err("metadata.annotations", "must be a mapping"))
+}
+
+/// Whether every container the status records is in the template (in either list).
+pub fn recorded_containers_present(template: &Value, status: &Status) -> bool {
+    let names: Vec<&str> = ["containers", "initContainers"]
+        .iter()
+        .filter_map(|k| template.get("spec")?.get(*k)?.as_array())
+        .flatten()
+        .filter_map(name_of)
+        .collect();
+    status
+        .containers
+        .iter()
+        .chain(&status.init_containers)
+        .all(|n| names.contains(&n.as_str()))
+}
+
+/// The template without what the status annotation records; a recorded user override is
+/// put back where it was. With `drop_empty`, lists and the annotation map left empty are
+/// removed (uninject); without, they stay in place so re-injection keeps the key order.
+pub fn remove_injection(
+    template: &Value,
+    view: &PodView,
+    drop_empty: bool,
+) -> Result<Value, InjectError> {
+    let Some(status) = &view.status else {
+        return Ok(template.clone());
+    };
+    let mut t = template.clone();
+    let spec = spec_mut(&mut t)?;
+    let ours: Vec<&str> = status
+        .containers
+        .iter()
+        .chain(&status.init_containers)
+        .map(String::as_str)
+        .collect();
+    let keep = |c: &Value| !name_of(c).is_some_and(|n| ours.contains(&n));
+
+    let had_init = spec.contains_key("initContainers");
+    let mut init: Vec<Value> = take_array(spec, "initContainers")?
+        .into_iter()
+        .filter(keep)
+        .collect();
+    let mut apps: Vec<Value> = take_array(spec, "containers")?
+        .into_iter()
+        .filter(keep)
+        .collect();
+    let mut restore: Vec<&OverrideRecord> = status.overrides.iter().collect();
+    restore.sort_by_key(|r| r.index);
+    // Inserting in increasing original index restores each list exactly.
+    for r in restore {
+        let list = if r.field == "initContainers" {
+            &mut init
+        } else {
+            &mut apps
+        };
+        let at = r.index.min(list.len());
+        list.insert(at, r.container.clone());
+    }
+    if had_init {
+        put_array(spec, "initContainers", init, drop_empty);
+    }
+    spec.insert("containers".into(), Value::Array(apps));
+
+    for (key, names) in [
+        ("volumes", &status.volumes),
+        ("imagePullSecrets", &status.image_pull_secrets),
+    ] {
+        if names.is_empty() || !spec.contains_key(key) {
+            continue;
+        }
+        let kept: Vec<Value> = take_array(spec, key)?
+            .into_iter()
+            .filter(|v| !name_of(v).is_some_and(|n| names.iter().any(|x| x == n)))
+            .collect();
+        put_array(spec, key, kept, drop_empty);
+    }
+
+    if let Some(meta) = t.get_mut("metadata").and_then(Value::as_object_mut) {
+        let empty = match meta.get_mut("annotations").and_then(Value::as_object_mut) {
+            Some(a) => {
+                a.shift_remove(ann::STATUS);
+                for k in &status.annotations {
+                    a.shift_remove(k.as_str());
+                }
+                a.is_empty() && drop_empty
+            }
+            None => false,
+        };
+        if empty {
+            meta.shift_remove("annotations");
+        }
+    }
+    Ok(t)
+}
+
+/// Add our containers and annotations to a template that carries no injection.
+pub fn apply_injection(
+    original: &Value,
+    base: Value,
+    built: &Built,
+    cfg: &InjectConfig,
+    config_hash: String,
+    native: bool,
+) -> Result<Value, InjectError> {
+    let mut t = base;
+    let spec = spec_mut(&mut t)?;
+    let mut init = take_array(spec, "initContainers")?;
+    let mut apps = take_array(spec, "containers")?;
+
+    // A user's container named like ours is an override: take it out, merge it into ours.
+    let mut overrides: Vec<OverrideRecord> = Vec::new();
+    let mut user_init: Option<Value> = None;
+    let mut user_proxy: Option<Value> = None;
+    for (field, list) in [("initContainers", &mut init), ("containers", &mut apps)] {
+        let mut i = 0;
+        let mut removed = 0;
+        while i < list.len() {
+            let name = name_of(&list[i]).unwrap_or_default().to_string();
+            let slot = if name == containers::INIT {
+                &mut user_init
+            } else if name == containers::PROXY {
+                &mut user_proxy
+            } else {
+                i += 1;
+                continue;
+            };
+            if slot.is_some() {
+                return Err(pod_err(
+                    &format!("spec.{field}"),
+                    &format!("more than one container named {name}"),
+                ));
+            }
+            let c = list.remove(i);
+            overrides.push(OverrideRecord {
+                field: field.to_string(),
+                // Index in the list as the user wrote it, so restoring in index order
+                // puts everything back where it was.
+                index: i + removed,
+                container: c.clone(),
+            });
+            removed += 1;
+            *slot = Some(c);
+        }
+    }
+    let first_app = apps
+        .first()
+        .and_then(name_of)
+        .ok_or_else(|| {
+            pod_err(
+                "spec.containers",
+                "no application container (only the proxy's own)",
+            )
+        })?
+        .to_string();
+
+    let init_c = match &user_init {
+        Some(u) => merge_override(&built.init, u),
+        None => built.init.clone(),
+    };
+    let proxy_c = match &user_proxy {
+        Some(u) => merge_override(&built.proxy, u),
+        None => built.proxy.clone(),
+    };
+    let status = if native {
+        init.splice(0..0, [init_c, proxy_c]);
+        Status {
+            init_containers: vec![containers::INIT.into(), containers::PROXY.into()],
+            ..Default::default()
+        }
+    } else {
+        init.push(init_c);
+        apps.push(proxy_c);
+        Status {
+            init_containers: vec![containers::INIT.into()],
+            containers: vec![containers::PROXY.into()],
+            ..Default::default()
+        }
+    };
+    spec.insert("initContainers".into(), Value::Array(init));
+    spec.insert("containers".into(), Value::Array(apps));
+    // Lists a previous injection's removal emptied (say, Istio's volumes) go away.
+    for key in ["volumes", "imagePullSecrets"] {
+        let emptied = spec
+            .get(key)
+            .and_then(Value::as_array)
+            .is_some_and(Vec::is_empty)
+            && original
+                .pointer(&format!("/spec/{key}"))
+                .and_then(Value::as_array)
+                .is_some_and(|a| !a.is_empty());
+        if emptied {
+            spec.shift_remove(key);
+        }
+    }
+
+    let a = annotations_mut(&mut t)?;
+    let mut added: Vec<String> = Vec::new();
+    let mut set = |a: &mut Map<String, Value>, k: &str, v: String| {
+        a.insert(k.to_string(), Value::String(v));
+        added.push(k.to_string());
+    };
+    if !a.contains_key(ann::DEFAULT_CONTAINER) {
+        set(a, ann::DEFAULT_CONTAINER, first_app);
+    }
+    let prom = [
+        ann::PROMETHEUS_SCRAPE,
+        ann::PROMETHEUS_PORT,
+        ann::PROMETHEUS_PATH,
+    ];
+    if cfg.prometheus_annotations && !prom.iter().any(|k| a.contains_key(*k)) {
+        set(a, ann::PROMETHEUS_SCRAPE, "true".into());
+        set(a, ann::PROMETHEUS_PORT, cfg.metrics_port.to_string());
+        set(a, ann::PROMETHEUS_PATH, PROXY_METRICS_PATH.into());
+    }
+    let status = Status {
+        annotations: added,
+        config_hash: Some(config_hash),
+        overrides,
+        ..status
+    };
+    a.insert(ann::STATUS.into(), json!(status.to_json()));
+    Ok(t)
+}
