@@ -147,16 +147,40 @@ pub mod proxy {
         /// `spec.serviceAccountName`.
         pub const SERVICE_ACCOUNT: &str = "SERVICE_ACCOUNT";
         /// The workload (Deployment, StatefulSet, ...) name, under Istio's name for it.
+        /// A literal, derived at injection time as Istio derives it (a ReplicaSet's pod:
+        /// the Deployment). Absent when there is no name to give (a bare pod with only
+        /// `generateName`).
         pub const WORKLOAD_NAME: &str = "ISTIO_META_WORKLOAD_NAME";
+        /// The owning workload as Istio writes it:
+        /// `kubernetes://apis/<apiVersion>/namespaces/<ns>/<lowercase kind>s/<name>`. The
+        /// injector writes the namespace as `$(POD_NAMESPACE)`, which the kubelet expands
+        /// (dependent env var), so the value is right however the pod got its namespace.
+        /// Absent when the workload has no name.
+        pub const OWNER: &str = "ISTIO_META_OWNER";
+        /// Canonical service: label `service.istio.io/canonical-name`, else
+        /// `app.kubernetes.io/name`, else `app`, else the workload name.
+        pub const CANONICAL_SERVICE: &str = "CANONICAL_SERVICE";
+        /// Canonical revision: label `service.istio.io/canonical-revision`, else
+        /// `app.kubernetes.io/version`, else `version`, else `latest` (always set).
+        pub const CANONICAL_REVISION: &str = "CANONICAL_REVISION";
+        /// The pod's `app` label, when it has one (else absent: the proxy says `unknown`).
+        pub const APP_NAME: &str = "APP_NAME";
+        /// The pod's `version` label, when it has one (else absent).
+        pub const APP_VERSION: &str = "APP_VERSION";
 
         /// Every variable the proxy reads.
-        pub const ALL: [&str; 6] = [
+        pub const ALL: [&str; 11] = [
             LOG,
             POD_NAME,
             POD_NAMESPACE,
             INSTANCE_IP,
             SERVICE_ACCOUNT,
             WORKLOAD_NAME,
+            OWNER,
+            CANONICAL_SERVICE,
+            CANONICAL_REVISION,
+            APP_NAME,
+            APP_VERSION,
         ];
     }
 }

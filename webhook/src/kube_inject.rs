@@ -198,6 +198,7 @@ fn rewrite_document(
         label,
         namespace,
         kind,
+        workload,
     } in templates
     {
         let Some(template) = value.pointer(&pointer) else {
@@ -213,6 +214,7 @@ fn rewrite_document(
                     namespace: namespace.as_deref(),
                     namespace_policy: NamespacePolicy::Unknown,
                     native_sidecars,
+                    workload: workload.as_ref(),
                 },
                 cfg,
             ),

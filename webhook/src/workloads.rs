@@ -2,6 +2,8 @@
 
 use serde_json::Value;
 
+use crate::inject::{Workload, workload};
+
 /// A pod template found in a document.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TemplateRef {
@@ -13,6 +15,11 @@ pub struct TemplateRef {
     pub namespace: Option<String>,
     /// The workload's kind (`Pod`, `Deployment`, ... `CronJob`).
     pub kind: String,
+    /// The workload, for [`crate::inject::InjectRequest::workload`]: the document's own
+    /// name and kind, with the apiVersion its controller writes into its pods'
+    /// ownerReferences (see [`workload::for_document`]); `None` for a Pod, whose workload
+    /// the core derives from its metadata as the webhook does.
+    pub workload: Option<Workload>,
 }
 
 /// Why a document that should hold a pod template does not.
@@ -98,11 +105,13 @@ fn one(obj: &Value, base: &str, prefix: &str) -> Result<Option<TemplateRef>, Wor
         pointer.push('/');
         pointer.push_str(k);
     }
+    let name = str_at(obj, &["metadata", "name"]).unwrap_or_default();
     Ok(Some(TemplateRef {
         pointer,
         label,
         namespace,
         kind: kind.to_string(),
+        workload: workload::for_document(kind, name),
     }))
 }
 
@@ -133,6 +142,22 @@ mod tests {
             assert_eq!(t.len(), 1);
             assert_eq!(t[0].pointer, ptr);
         }
+        // The document names the workload (a Pod's is derived by the core); a CronJob
+        // still in batch/v1beta1 is named as its Jobs' pods will show it.
+        let cron = json!({"apiVersion": "batch/v1beta1", "kind": "CronJob", "metadata": {"name": "c"},
+                          "spec": {"jobTemplate": {"spec": {"template": {"spec": spec}}}}});
+        let t = find_templates(&cron).unwrap();
+        assert_eq!(
+            t[0].workload,
+            Some(Workload {
+                name: "c".into(),
+                kind: "CronJob".into(),
+                api_version: "batch/v1".into()
+            })
+        );
+        let pod =
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": spec});
+        assert_eq!(find_templates(&pod).unwrap()[0].workload, None);
         let crd = json!({"apiVersion": "example.com/v1", "kind": "Deployment", "spec": {}});
         assert!(find_templates(&crd).unwrap().is_empty());
         let svc = json!({"apiVersion": "v1", "kind": "Service"});

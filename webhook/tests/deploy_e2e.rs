@@ -232,6 +232,64 @@ fn pods_created_with_kubectl_are_stored_injected_exactly_where_istio_would_injec
         failures.join("\n")
     );
 
+    // A pod as a Deployment's ReplicaSet creates it (generateName, the controller
+    // ownerReference, pod-template-hash): the proxy is told the Deployment, not the pod.
+    let rs_pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {
+            "generateName": "reviews-v1-5d8f7c9b4-", "namespace": on,
+            "labels": {"app": "reviews", "version": "v1", "pod-template-hash": "5d8f7c9b4"},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                "name": "reviews-v1-5d8f7c9b4", "uid": "2f1b8c4e-7d3a-4b6e-9c0d-1a2b3c4d5e6f",
+                "controller": true, "blockOwnerDeletion": true}]
+        },
+        "spec": {"containers": [{"name": "app", "image": "example/app:1"}]}
+    });
+    let stored: Value = serde_json::from_str(&kubectl_run(
+        &["create", "-f", "-", "-o", "json"],
+        Some(&rs_pod.to_string()),
+    ))
+    .unwrap();
+    let proxy = stored["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(stored["spec"]["initContainers"].as_array().unwrap())
+        .find(|c| c["name"] == "istio-proxy")
+        .expect("the ReplicaSet's pod is injected")
+        .clone();
+    let env: Vec<(String, String)> = proxy["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e.get("value").is_some())
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().to_owned(),
+                e["value"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String)> = [
+        ("ISTIO_META_WORKLOAD_NAME", "reviews-v1"),
+        (
+            "ISTIO_META_OWNER",
+            // Stored as written; the kubelet expands $(POD_NAMESPACE) when it starts the
+            // container.
+            "kubernetes://apis/apps/v1/namespaces/$(POD_NAMESPACE)/deployments/reviews-v1",
+        ),
+        ("CANONICAL_SERVICE", "reviews"),
+        ("CANONICAL_REVISION", "v1"),
+        ("APP_NAME", "reviews"),
+        ("APP_VERSION", "v1"),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect();
+    for w in &want {
+        assert!(env.contains(w), "{w:?} not in the stored proxy env {env:?}");
+    }
+
     for n in [&on, &off, &none] {
         let _ = Command::new(deploy_support::kubectl())
             .args(["delete", "namespace", n, "--wait=false"])

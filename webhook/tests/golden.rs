@@ -88,7 +88,8 @@ fn parse_all(s: &str) -> Vec<Value> {
         .collect()
 }
 
-/// The core, called per template the way the webhook calls it; returns the documents with
+/// The core, called per template the way the webhook calls it (with the workload
+/// kube-inject names for the document); returns the documents with
 /// every template replaced by the patched one, after checking patch == desired.
 fn through_core(case: &Case) -> Vec<Value> {
     let mut docs = parse_all(&case.input);
@@ -103,6 +104,7 @@ fn through_core(case: &Case) -> Vec<Value> {
                     namespace: t.namespace.as_deref(),
                     namespace_policy: NamespacePolicy::Unknown,
                     native_sidecars: case.native(),
+                    workload: t.workload.as_ref(),
                 };
                 (
                     inject::inject(&req, &case.cfg).unwrap(),
@@ -218,6 +220,7 @@ fn patch_escapes_status_annotation_key() {
         namespace: Some("default"),
         namespace_policy: NamespacePolicy::Selected,
         native_sidecars: false,
+        workload: None,
     };
     let Outcome::Patched(ops) = inject::inject(&req, &InjectConfig::default()).unwrap() else {
         panic!("not patched")

@@ -94,6 +94,7 @@ fn req(t: &Value, native: bool) -> InjectRequest<'_> {
         namespace: Some("shop"),
         namespace_policy: NamespacePolicy::Selected,
         native_sidecars: native,
+        workload: None,
     }
 }
 

@@ -1,9 +1,12 @@
 //! The webhook and kube-inject never disagree: every case of the golden corpus
 //! (webhook/testdata/inject/, new files picked up automatically) goes through the REAL
-//! HTTPS server as Pod AdmissionReviews, one per pod template (workload templates wrapped
-//! as Pods), and the returned patch, applied with the test's own RFC 6902 applier, must
-//! give exactly the pod template in `<case>.yaml.injected`. Cases whose kube-inject run
-//! fails on an annotation must be denied by the webhook with the same message.
+//! HTTPS server as Pod AdmissionReviews, one per pod template (a workload's template
+//! wrapped as the Pod its controller creates: generateName, a controller ownerReference,
+//! the controller's labels), and the returned patch, applied with the test's own RFC 6902
+//! applier, must give exactly (once what the wrapper added is taken off again) the pod
+//! template in `<case>.yaml.injected`; that injected template, wrapped the same way, must
+//! then come back from the webhook unchanged. Cases whose kube-inject run fails on an
+//! annotation must be denied by the webhook with the same message.
 #![allow(clippy::unwrap_used)]
 
 mod server_support;
@@ -46,19 +49,167 @@ fn header(input: &str) -> (Option<String>, bool) {
     (cfg, uninject)
 }
 
-/// A template as the Pod the API server would show the webhook.
-fn as_pod(doc: &Value, pointer: &str) -> Value {
-    let t = doc.pointer(pointer).unwrap();
-    if pointer.is_empty() {
-        return t.clone();
+/// What [`as_pod`] added to a template, so exactly that can be taken off the result.
+#[derive(Default)]
+struct Added {
+    /// The template had no `metadata`.
+    metadata: bool,
+    /// Keys added to `metadata` (`generateName`, `ownerReferences`, ...).
+    keys: Vec<&'static str>,
+    /// The template had no `metadata.labels`.
+    labels_map: bool,
+    /// Labels added to `metadata.labels`.
+    labels: Vec<&'static str>,
+}
+
+impl Added {
+    /// `pod` without what was added (the webhook only touches annotations and the spec).
+    fn strip(&self, pod: &mut Value) {
+        let Some(meta) = pod.get_mut("metadata").and_then(Value::as_object_mut) else {
+            return;
+        };
+        for k in &self.keys {
+            meta.shift_remove(*k);
+        }
+        if let Some(labels) = meta.get_mut("labels").and_then(Value::as_object_mut) {
+            for k in &self.labels {
+                labels.shift_remove(*k);
+            }
+            if self.labels_map && labels.is_empty() {
+                meta.shift_remove("labels");
+            }
+        }
+        if self.metadata && meta.is_empty() {
+            pod.as_object_mut().unwrap().shift_remove("metadata");
+        }
+    }
+}
+
+/// A template as the Pod the API server shows the webhook at CREATE: a Pod document as
+/// it is; a workload's template with what its controller adds when it creates the pod
+/// (`generateName`, the namespace, an `ownerReference` with `controller: true` to the
+/// ReplicaSet `<name>-<hash>` of a Deployment, to the Job `<name>-<scheduled minute>` of
+/// a CronJob, or to the workload itself, and the controller's labels, such as
+/// `pod-template-hash`), and what was added.
+fn as_pod(doc: &Value, t: &workloads::TemplateRef, ns: &str) -> (Value, Added) {
+    let tpl = doc.pointer(&t.pointer).unwrap();
+    let mut added = Added::default();
+    if t.pointer.is_empty() {
+        return (tpl.clone(), added);
     }
     let mut pod = json!({"apiVersion": "v1", "kind": "Pod"});
     for k in ["metadata", "spec"] {
-        if let Some(v) = t.get(k) {
+        if let Some(v) = tpl.get(k) {
             pod[k] = v.clone();
         }
     }
-    pod
+    let name = t.workload.as_ref().map_or("", |w| w.name.as_str());
+    if name.is_empty() {
+        // A workload the API server would not accept: no controller to mimic.
+        return (pod, added);
+    }
+    const HASH: &str = "7d4b9c6f58";
+    const REVISION: &str = "6c9f7d5b8";
+    const UID: &str = "0b6a3c3e-5f41-4d7e-9a1c-2f3e4d5c6b7a";
+    let cron_job = format!("{name}-29123456");
+    let (owner_kind, owner_api, owner, pod_name, labels): (
+        &str,
+        &str,
+        String,
+        _,
+        Vec<(&str, String)>,
+    ) = match t.kind.as_str() {
+        "Deployment" => (
+            "ReplicaSet",
+            "apps/v1",
+            format!("{name}-{HASH}"),
+            None,
+            vec![("pod-template-hash", HASH.to_string())],
+        ),
+        "ReplicaSet" => ("ReplicaSet", "apps/v1", name.to_string(), None, vec![]),
+        "StatefulSet" => (
+            "StatefulSet",
+            "apps/v1",
+            name.to_string(),
+            Some(format!("{name}-0")),
+            vec![
+                ("controller-revision-hash", format!("{name}-{REVISION}")),
+                ("statefulset.kubernetes.io/pod-name", format!("{name}-0")),
+            ],
+        ),
+        "DaemonSet" => (
+            "DaemonSet",
+            "apps/v1",
+            name.to_string(),
+            None,
+            vec![
+                ("controller-revision-hash", REVISION.to_string()),
+                ("pod-template-generation", "1".to_string()),
+            ],
+        ),
+        "ReplicationController" => (
+            "ReplicationController",
+            "v1",
+            name.to_string(),
+            None,
+            vec![],
+        ),
+        "Job" => (
+            "Job",
+            "batch/v1",
+            name.to_string(),
+            None,
+            vec![
+                ("controller-uid", UID.to_string()),
+                ("job-name", name.to_string()),
+            ],
+        ),
+        "CronJob" => (
+            "Job",
+            "batch/v1",
+            cron_job.clone(),
+            None,
+            vec![
+                ("controller-uid", UID.to_string()),
+                ("job-name", cron_job.clone()),
+            ],
+        ),
+        other => panic!("{}: no controller known for kind {other}", t.label),
+    };
+    if pod.get("metadata").is_none_or(Value::is_null) {
+        pod["metadata"] = json!({});
+        added.metadata = true;
+    }
+    let meta = pod["metadata"].as_object_mut().unwrap();
+    let mut add = |meta: &mut serde_json::Map<String, Value>, k: &'static str, v: Value| {
+        if !meta.contains_key(k) {
+            meta.insert(k.to_string(), v);
+            added.keys.push(k);
+        }
+    };
+    if let Some(n) = pod_name {
+        add(meta, "name", json!(n));
+    }
+    add(meta, "generateName", json!(format!("{owner}-")));
+    add(meta, "namespace", json!(ns));
+    add(
+        meta,
+        "ownerReferences",
+        json!([{"apiVersion": owner_api, "kind": owner_kind, "name": owner, "uid": UID,
+                "controller": true, "blockOwnerDeletion": true}]),
+    );
+    if meta.get("labels").is_none_or(Value::is_null) {
+        meta.insert("labels".into(), json!({}));
+        added.labels_map = true;
+    }
+    let map = meta["labels"].as_object_mut().unwrap();
+    for (k, v) in labels {
+        if !map.contains_key(k) {
+            map.insert(k.to_string(), json!(v));
+            added.labels.push(k);
+        }
+    }
+    (pod, added)
 }
 
 /// `metadata` and `spec` only: what a template and the Pod made from it share.
@@ -82,6 +233,7 @@ async fn webhook_patches_give_the_kube_inject_goldens() {
     assert!(names.len() >= 30, "corpus too small: {}", names.len());
 
     let (mut compared, mut denied, mut not_applicable) = (0usize, 0usize, Vec::new());
+    let mut unchanged = 0usize;
     let mut failures = Vec::new();
     for name in &names {
         let input = std::fs::read_to_string(corpus().join(name)).unwrap();
@@ -120,8 +272,8 @@ async fn webhook_patches_give_the_kube_inject_goldens() {
                 continue;
             };
             for t in templates {
-                let pod = as_pod(doc, &t.pointer);
                 let ns = t.namespace.clone().unwrap_or_else(|| "default".to_string());
+                let (pod, added) = as_pod(doc, &t, &ns);
                 let uid = format!("{name}-{i}-{}", t.pointer);
                 let body = serde_json::to_vec(&pod_review(&uid, &ns, pod.clone())).unwrap();
                 let a = post_inject(addr, tls.clone(), body).await;
@@ -143,7 +295,7 @@ async fn webhook_patches_give_the_kube_inject_goldens() {
                     denial.get_or_insert(msg);
                     continue;
                 }
-                let out = match server_support::patch_of(&resp) {
+                let mut out = match server_support::patch_of(&resp) {
                     Some(p) => match apply_patch(&pod, &p) {
                         Ok(v) => v,
                         Err(e) => {
@@ -155,6 +307,7 @@ async fn webhook_patches_give_the_kube_inject_goldens() {
                     None => pod.clone(),
                 };
                 let Some(golden) = &golden_docs else { continue };
+                added.strip(&mut out);
                 let want = template_part(golden[i].pointer(&t.pointer).unwrap());
                 let got = template_part(&out);
                 if want != got {
@@ -166,6 +319,26 @@ async fn webhook_patches_give_the_kube_inject_goldens() {
                     ));
                 } else {
                     compared += 1;
+                }
+                // kube-inject's output reaching the webhook (`kubectl apply` of it in an
+                // injected namespace) is left alone: same workload, same values, same hash.
+                let (again, _) = as_pod(&golden[i], &t, &ns);
+                let again_uid = format!("{uid}-again");
+                let body = serde_json::to_vec(&pod_review(&again_uid, &ns, again)).unwrap();
+                let a = post_inject(addr, tls.clone(), body).await;
+                let resp = response_of(&a.json(), &again_uid);
+                if resp["allowed"] != true {
+                    failures.push(format!(
+                        "{name}: {}: the webhook denies kube-inject's output: {}",
+                        t.label, resp["status"]
+                    ));
+                } else if let Some(p) = server_support::patch_of(&resp) {
+                    failures.push(format!(
+                        "{name}: {}: the webhook patches kube-inject's output again: {p}",
+                        t.label
+                    ));
+                } else {
+                    unchanged += 1;
                 }
             }
         }
@@ -196,7 +369,7 @@ async fn webhook_patches_give_the_kube_inject_goldens() {
         server.shutdown().await;
     }
     eprintln!(
-        "parity: {compared} pod templates identical, {denied} error cases denied alike; not applicable: {not_applicable:#?}"
+        "parity: {compared} pod templates identical, {unchanged} kube-injected ones left alone, {denied} error cases denied alike; not applicable: {not_applicable:#?}"
     );
     assert!(
         failures.is_empty(),
@@ -205,5 +378,9 @@ async fn webhook_patches_give_the_kube_inject_goldens() {
         failures.join("\n\n")
     );
     assert!(compared >= 30, "too few templates compared: {compared}");
+    assert!(
+        unchanged >= 30,
+        "too few kube-injected templates re-reviewed: {unchanged}"
+    );
     assert!(denied >= 10, "too few error cases compared: {denied}");
 }

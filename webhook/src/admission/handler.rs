@@ -172,6 +172,8 @@ pub fn review(body: &[u8], cfg: &InjectConfig, settings: Settings) -> Result<Ans
         namespace: req.namespace.as_deref(),
         namespace_policy: NamespacePolicy::Selected,
         native_sidecars: settings.native_sidecars,
+        // Derived from the pod's ownerReferences and labels, as Istio's webhook does.
+        workload: None,
     };
     let (decision, out) = match inject::inject(&ireq, cfg) {
         Ok(Outcome::Patched(ops)) if !ops.is_empty() => {

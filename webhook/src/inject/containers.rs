@@ -71,6 +71,30 @@ impl Built {
     }
 }
 
+/// `proxy` (our built container) with the pod's identity env (see [`super::workload`])
+/// right after our downward-API variables, so `$(POD_NAMESPACE)` in a value refers to a
+/// variable defined before it, as the kubelet requires to expand it.
+pub fn with_identity_env(mut proxy: Value, identity: &[(&str, String)]) -> Value {
+    if identity.is_empty() {
+        return proxy;
+    }
+    let Some(env) = proxy.get_mut("env").and_then(Value::as_array_mut) else {
+        return proxy;
+    };
+    let at = env
+        .iter()
+        .position(|e| e.get("name").and_then(Value::as_str) == Some(proxy::env::SERVICE_ACCOUNT))
+        .map_or(env.len(), |i| i + 1);
+    let entries = identity.iter().map(|(name, value)| {
+        let mut e = Map::new();
+        e.insert("name".into(), Value::String((*name).to_string()));
+        e.insert("value".into(), Value::String(value.clone()));
+        Value::Object(e)
+    });
+    env.splice(at..at, entries);
+    proxy
+}
+
 /// k8s-openapi writes fields alphabetically; put the ones people look for first, as
 /// `kubectl` users are used to reading them.
 fn readable_order(v: Value) -> Value {

@@ -21,20 +21,32 @@
 //! The status annotation `sidecar.istio.io/status` is JSON, for example
 //! `{"initContainers":["istio-init"],"containers":["istio-proxy"],"volumes":[],
 //!   "annotations":["kubectl.kubernetes.io/default-container","prometheus.io/scrape",..],
-//!   "configHash":"f450c6f223f211dd"}` (plus `"overrides":[..]` when the user had one).
+//!   "configHash":"08f4374dc2f9e0fa"}` (plus `"overrides":[..]` when the user had one).
 //! - `initContainers`, `containers`, `volumes` (and `imagePullSecrets` when present) name
 //!   what was added, with Istio's keys, so a pod injected by Istio can be re-injected or
 //!   uninjected by us (its volumes are removed too). We add no volumes ourselves.
 //! - `annotations` names the annotations we added (default-container and `prometheus.io/*`,
 //!   never one the user had set), so uninject removes exactly those.
 //! - `configHash` hashes the injection config together with everything else that shapes the
-//!   result: native or regular sidecar, and the honoured annotations' values. Equal hash
+//!   result: native or regular sidecar, the honoured annotations' values, and the values of
+//!   the proxy's identity env (below). Equal hash
 //!   (and the recorded containers still there): [`Outcome::Unchanged`]. Any other hash (or none, as with Istio's status): the recorded
 //!   injection is removed and redone. So editing `sidecar.istio.io/proxyCPU` on an injected
 //!   template and re-running kube-inject applies it.
 //! - `overrides` keeps each user container named `istio-proxy`/`istio-init` as the user
 //!   wrote it, with its list (`containers`/`initContainers`) and index, so re-injection
 //!   re-merges it and uninject puts it back exactly where it was.
+//!
+//! The proxy's identity: `istio-proxy` gets, as literal env values computed here, the
+//! workload the pod belongs to as Istio derives it (`ISTIO_META_WORKLOAD_NAME`,
+//! `ISTIO_META_OWNER`), its canonical service and revision (`CANONICAL_SERVICE`,
+//! `CANONICAL_REVISION`) and its `app` / `version` labels (`APP_NAME`, `APP_VERSION`); see
+//! [`workload`]. The workload is [`InjectRequest::workload`] when the caller names it
+//! (kube-inject: the document's), else derived from the template's metadata as the API
+//! server shows the pod to the webhook (controller `ownerReferences`, `pod-template-hash`).
+//! Hashing the values, not their inputs, is what lets the webhook leave a kube-injected
+//! Deployment's pod alone: it derives the same Deployment from the pod's ReplicaSet that
+//! kube-inject read from the document. Uninject removes them with the container.
 //!
 //! Deviations from the requested API shape: none in signatures. Additions:
 //! [`desired_template`] (the template the patch produces, for tests and tools),
@@ -48,6 +60,7 @@
 //! - [`overrides`]: the honoured annotations, validated and merged with the config;
 //! - [`status`]: the status annotation (format and hash);
 //! - [`view`]: the typed, validated view of a template (reads the status annotation);
+//! - [`workload`]: the workload a pod belongs to, and the proxy's identity env;
 //! - [`policy`]: inject or not;
 //! - [`identity`]: the proxy's effective uid/gid (a user's `istio-proxy` override);
 //! - [`containers`]: our two containers, and merging a user's override into one;
@@ -64,13 +77,14 @@ pub mod request;
 pub mod rewrite;
 pub mod status;
 pub mod view;
+pub mod workload;
 
 use serde_json::Value;
 
 use crate::config::InjectConfig;
 
 pub use error::InjectError;
-pub use request::{InjectRequest, NamespacePolicy, Outcome, SkipReason};
+pub use request::{InjectRequest, NamespacePolicy, Outcome, SkipReason, Workload};
 
 /// Decide and, when injecting, return the patch. See the module docs.
 pub fn inject(req: &InjectRequest<'_>, cfg: &InjectConfig) -> Result<Outcome, InjectError> {
@@ -122,8 +136,22 @@ pub(crate) fn desired_injected(
         return Ok(Desired::Skip(reason));
     }
     let mut ov = overrides::Overrides::read(&view.annotations, cfg)?;
+    let derived;
+    let wl = match req.workload {
+        Some(w) => w,
+        None => {
+            derived = workload::derive(&view);
+            &derived
+        }
+    };
+    let identity = workload::proxy_env(wl, &view.labels);
     let config_hash = cfg.hash();
-    let hash = status::injection_hash(&config_hash, req.native_sidecars, &view.annotations);
+    let hash = status::injection_hash(
+        &config_hash,
+        req.native_sidecars,
+        &view.annotations,
+        &identity,
+    );
     let base = match &view.status {
         // Same hash, and everything the status records is still there (someone may have
         // deleted the proxy by hand): nothing to do.
@@ -139,7 +167,8 @@ pub(crate) fn desired_injected(
     // From the template without a previous injection: its `istio-proxy`, if any, is the
     // user's own override as they wrote it.
     (ov.proxy_uid, ov.proxy_gid) = identity::effective_proxy_ids(&base, cfg)?;
-    let built = containers::Built::cached(cfg, &config_hash, &ov, req.native_sidecars)?;
+    let mut built = containers::Built::cached(cfg, &config_hash, &ov, req.native_sidecars)?;
+    built.proxy = containers::with_identity_env(built.proxy, &identity);
     Ok(Desired::Template(rewrite::apply_injection(
         req.template,
         base,

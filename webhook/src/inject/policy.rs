@@ -83,6 +83,7 @@ mod tests {
             namespace: ns,
             namespace_policy: policy,
             native_sidecars: false,
+            workload: None,
         };
         let view = PodView::read(p).unwrap();
         skip_reason(&req, &view).unwrap()
@@ -146,6 +147,7 @@ mod tests {
             namespace: None,
             namespace_policy: NamespacePolicy::Unknown,
             native_sidecars: false,
+            workload: None,
         };
         let e = skip_reason(&req, &PodView::read(&p).unwrap()).unwrap_err();
         assert!(e.to_string().contains("sidecar.istio.io/inject"), "{e}");

@@ -22,6 +22,20 @@ pub enum NamespacePolicy {
     Unknown,
 }
 
+/// The workload a pod belongs to, as Istio names it (its `DeploymentMeta` and `TypeMeta`):
+/// what `ISTIO_META_WORKLOAD_NAME`, `ISTIO_META_OWNER` and the canonical service fall back
+/// on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Workload {
+    /// `reviews-v1`; empty when there is none to give (a bare pod with only
+    /// `generateName`): the variables that need it are then left out.
+    pub name: String,
+    /// `Deployment`, `StatefulSet`, ... `CronJob`, `Pod`.
+    pub kind: String,
+    /// `apps/v1`, `batch/v1`, `v1`.
+    pub api_version: String,
+}
+
 /// One injection request.
 #[derive(Debug, Clone, Copy)]
 pub struct InjectRequest<'a> {
@@ -32,6 +46,12 @@ pub struct InjectRequest<'a> {
     pub namespace_policy: NamespacePolicy,
     /// Proxy as a native sidecar; the caller resolves `nativeSidecars: auto`.
     pub native_sidecars: bool,
+    /// The workload the template belongs to, when the caller knows it: kube-inject passes
+    /// the document's own (see [`crate::workloads::TemplateRef::workload`]). `None` (the
+    /// webhook, and kube-inject for a bare Pod): derived from the template's metadata
+    /// (controller `ownerReferences`, `pod-template-hash`, name) as Istio derives it from
+    /// the pod the API server shows the webhook; see [`super::workload::derive()`].
+    pub workload: Option<&'a Workload>,
 }
 
 /// Why a pod was left alone. `Display` is the human reason (kube-inject prints it).

@@ -66,12 +66,16 @@ impl Status {
     }
 }
 
-/// Hash of everything that shapes an injection: the config, native or regular sidecar, and
-/// the honoured annotations' values. Equal hash means re-injecting would change nothing.
+/// Hash of everything that shapes an injection: the config, native or regular sidecar, the
+/// honoured annotations' values, and the proxy's identity env (workload, owner, canonical
+/// service and revision, app and version: the values, so what changes them, a label or
+/// the owner, re-injects, and the webhook and kube-inject agree whenever the values do).
+/// Equal hash means re-injecting would change nothing.
 pub fn injection_hash(
     config_hash: &str,
     native: bool,
     annotations: &BTreeMap<String, String>,
+    identity: &[(&str, String)],
 ) -> String {
     let mut h = Sha256::new();
     h.update(config_hash.as_bytes());
@@ -83,6 +87,12 @@ pub fn injection_hash(
             h.update(b"=");
             h.update(v.as_bytes());
         }
+    }
+    for (k, v) in identity {
+        h.update(b"\0env:");
+        h.update(k.as_bytes());
+        h.update(b"=");
+        h.update(v.as_bytes());
     }
     hex16(&h.finalize())
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::PodSpec;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use mesh_common::annotations;
 use serde::Deserialize;
 use serde_json::Value;
@@ -15,6 +15,12 @@ use super::status::Status;
 /// What the core reads from a template, validated by the Kubernetes types.
 #[derive(Debug)]
 pub struct PodView {
+    /// `metadata.name` (empty when absent, as with only `generateName`).
+    pub name: String,
+    /// `metadata.generateName` (empty when absent).
+    pub generate_name: String,
+    /// `metadata.ownerReferences` (what the webhook sees for a controller's pod).
+    pub owner_references: Vec<OwnerReference>,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
     pub host_network: bool,
@@ -75,6 +81,9 @@ impl PodView {
             None => None,
         };
         Ok(PodView {
+            name: meta.name.unwrap_or_default(),
+            generate_name: meta.generate_name.unwrap_or_default(),
+            owner_references: meta.owner_references.unwrap_or_default(),
             labels: meta.labels.unwrap_or_default(),
             annotations,
             host_network: spec.host_network.unwrap_or(false),
