@@ -104,7 +104,14 @@ pub fn rewrite(input: &str, mode: Mode<'_>) -> Result<Rewrite, KubeInjectError> 
         }
         changed += n;
         if doc.has_marker {
-            out.push_str(doc.text.split_inclusive('\n').next().unwrap_or("---\n"));
+            // Keep the marker line (and its comment), but not content that started on it:
+            // the document is written again below.
+            match doc.text.split_inclusive('\n').next() {
+                Some(first) if yaml::is_bare_marker(first) && first.ends_with('\n') => {
+                    out.push_str(first)
+                }
+                _ => out.push_str("---\n"),
+            }
         }
         let text = yaml::to_yaml(&value).map_err(|reason| KubeInjectError::Document {
             pos: doc_pos(&doc, index, None),
@@ -159,7 +166,9 @@ fn doc_pos(doc: &RawDoc<'_>, index: usize, label: Option<String>) -> DocPos {
         .enumerate()
         .position(|(i, l)| {
             let t = l.trim();
-            !(t.is_empty() || t.starts_with('#') || (i == 0 && doc.has_marker))
+            !(t.is_empty()
+                || t.starts_with('#')
+                || (i == 0 && doc.has_marker && yaml::is_bare_marker(l)))
         })
         .unwrap_or(0);
     DocPos {

@@ -24,11 +24,12 @@ pub struct RawDoc<'a> {
 }
 
 impl RawDoc<'_> {
-    /// Only blank lines, comments and the marker: not a document.
+    /// Only blank lines, comments and a bare marker: not a document. A marker line with
+    /// content after it (`--- {kind: Pod, ...}`) starts a document.
     pub fn is_empty(&self) -> bool {
         self.text.lines().enumerate().all(|(i, l)| {
             let t = l.trim();
-            t.is_empty() || t.starts_with('#') || (i == 0 && self.has_marker && is_marker(l))
+            t.is_empty() || t.starts_with('#') || (i == 0 && self.has_marker && is_bare_marker(l))
         })
     }
 }
@@ -46,6 +47,15 @@ fn is_marker(line: &str) -> bool {
     let line = line.trim_end_matches(['\r', '\n']);
     line.strip_prefix("---")
         .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t']))
+}
+
+/// A `---` line with nothing after it but blanks or a comment.
+pub fn is_bare_marker(line: &str) -> bool {
+    is_marker(line)
+        && line.strip_prefix("---").is_some_and(|rest| {
+            let rest = rest.trim();
+            rest.is_empty() || rest.starts_with('#')
+        })
 }
 
 fn starts_with_marker(text: &str) -> bool {

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use mesh_common::annotations as ann;
+use mesh_common::containers;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -54,11 +55,34 @@ fn null_as_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Erro
 
 impl Status {
     pub fn parse(s: &str) -> Result<Self, InjectError> {
-        serde_json::from_str(s).map_err(|e| InjectError::InvalidAnnotation {
+        let invalid = |reason: String| InjectError::InvalidAnnotation {
             annotation: ann::STATUS.to_string(),
             value: s.to_string(),
-            reason: format!("not the JSON this injector writes: {e}"),
-        })
+            reason,
+        };
+        let status: Status = serde_json::from_str(s)
+            .map_err(|e| invalid(format!("not the JSON this injector writes: {e}")))?;
+        // Uninject and re-injection put override records back into the pod as written:
+        // only a container of ours, in one of the two container lists, may come back.
+        for (i, r) in status.overrides.iter().enumerate() {
+            if r.field != "containers" && r.field != "initContainers" {
+                return Err(invalid(format!(
+                    "overrides[{i}].field is {:?}, not containers or initContainers",
+                    r.field
+                )));
+            }
+            let name = r.container.get("name").and_then(Value::as_str);
+            if !matches!(name, Some(containers::PROXY | containers::INIT))
+                || !r.container.is_object()
+            {
+                return Err(invalid(format!(
+                    "overrides[{i}].container is not a container named {} or {}",
+                    containers::PROXY,
+                    containers::INIT
+                )));
+            }
+        }
+        Ok(status)
     }
 
     pub(crate) fn to_json(&self) -> String {
@@ -95,4 +119,36 @@ pub fn injection_hash(
         h.update(v.as_bytes());
     }
     hex16(&h.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn override_records_must_be_our_containers_in_a_container_list() {
+        let ok = r#"{"containers":["istio-proxy"],"overrides":[{"field":"containers","index":1,"container":{"name":"istio-proxy","image":"mine"}}]}"#;
+        assert_eq!(Status::parse(ok).unwrap().overrides.len(), 1);
+        for (bad, why) in [
+            (
+                r#"{"overrides":[{"field":"","index":1,"container":{}}]}"#,
+                "overrides[0].field",
+            ),
+            (
+                r#"{"overrides":[{"field":"containers","index":1,"container":{}}]}"#,
+                "overrides[0].container",
+            ),
+            (
+                r#"{"overrides":[{"field":"containers","index":0,"container":{"name":"app"}}]}"#,
+                "overrides[0].container",
+            ),
+            (
+                r#"{"overrides":[{"field":"volumes","index":0,"container":{"name":"istio-proxy"}}]}"#,
+                "overrides[0].field",
+            ),
+        ] {
+            let e = Status::parse(bad).unwrap_err().to_string();
+            assert!(e.contains(ann::STATUS) && e.contains(why), "{bad}: {e}");
+        }
+    }
 }
