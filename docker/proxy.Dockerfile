@@ -1,21 +1,11 @@
-# syntax=docker/dockerfile:1
-# mesh-proxy: the transparent sidecar proxy. Static binary on an empty base; runs as uid
-# and gid 1337, whose traffic the pod's iptables rules let through uncaptured.
-# Build from the repository root: docker/build.sh (names from docker/images.env).
-FROM rust:1-bookworm AS build
-RUN apt-get update \
- && apt-get install -y --no-install-recommends musl-tools \
- && rm -rf /var/lib/apt/lists/* \
- && rustup target add x86_64-unknown-linux-musl
-WORKDIR /src
-COPY . .
-RUN --mount=type=cache,target=/usr/local/cargo/registry \
-    --mount=type=cache,target=/src/target \
-    cargo build --release --locked --target x86_64-unknown-linux-musl -p mesh-proxy \
- && install -D target/x86_64-unknown-linux-musl/release/mesh-proxy /out/mesh-proxy
-
+# mesh-proxy: the transparent sidecar proxy. The static musl binary (built on the host by
+# docker/build.sh, which puts it alone in the build context) on an empty base; runs as uid
+# and gid 1337, whose traffic the pod's iptables rules let through uncaptured. Classic
+# builder, nothing pulled: `docker/build.sh` (the release build is docker/release/).
 FROM scratch
-COPY --from=build /out/mesh-proxy /usr/local/bin/mesh-proxy
+COPY mesh-proxy /usr/local/bin/mesh-proxy
+# The injector runs `command: [mesh-proxy]`: found through PATH.
+ENV PATH=/usr/local/bin
 USER 1337:1337
 EXPOSE 15001 15006 15021 15090
 ENTRYPOINT ["/usr/local/bin/mesh-proxy"]

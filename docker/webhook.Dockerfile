@@ -1,21 +1,10 @@
-# syntax=docker/dockerfile:1
-# mesh-webhook: the sidecar injector (admission webhook + kube-inject). Static binary on
-# an empty base, non-root (uid 65532, as deploy/ runs it), read-only root filesystem.
-# Build from the repository root: docker/build.sh (names from docker/images.env).
-FROM rust:1-bookworm AS build
-RUN apt-get update \
- && apt-get install -y --no-install-recommends musl-tools \
- && rm -rf /var/lib/apt/lists/* \
- && rustup target add x86_64-unknown-linux-musl
-WORKDIR /src
-COPY . .
-RUN --mount=type=cache,target=/usr/local/cargo/registry \
-    --mount=type=cache,target=/src/target \
-    cargo build --release --locked --target x86_64-unknown-linux-musl -p mesh-webhook \
- && install -D target/x86_64-unknown-linux-musl/release/mesh-webhook /out/mesh-webhook
-
+# mesh-webhook: the sidecar injector (admission webhook + kube-inject). The static musl
+# binary (built on the host by docker/build.sh, alone in the build context) on an empty
+# base, non-root (uid 65532, as deploy/ runs it), read-only root filesystem. Classic
+# builder, nothing pulled: `docker/build.sh` (the release build is docker/release/).
 FROM scratch
-COPY --from=build /out/mesh-webhook /usr/local/bin/mesh-webhook
+COPY mesh-webhook /usr/local/bin/mesh-webhook
+ENV PATH=/usr/local/bin
 USER 65532:65532
 EXPOSE 9443
 ENTRYPOINT ["/usr/local/bin/mesh-webhook"]

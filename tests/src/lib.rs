@@ -7,5 +7,6 @@
 
 pub mod bins;
 pub mod init_support;
+pub mod kube_node;
 pub mod netns;
 pub mod proxy_support;
