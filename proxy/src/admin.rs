@@ -266,7 +266,7 @@ async fn read_request(stream: &mut TcpStream) -> std::io::Result<Result<Request,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::Identity;
+    use crate::config::Identity;
 
     fn state() -> AdminState {
         AdminState {

@@ -1,32 +1,21 @@
-//! Command line and environment, parsed once into a typed, validated [`Config`].
+//! Command line and environment, parsed once into a typed, validated
+//! [`crate::config::Config`].
 //!
-//! Tests build a [`Config`] from argument lists (`Args::try_parse_from`) or directly,
-//! never by changing the process environment.
+//! Every flag and environment variable name comes from
+//! [`mesh_common::contract::proxy`], the names the injector writes, and every variable
+//! is read through the `env` closure of [`Args::command_from`], so tests (and the
+//! workspace's contract test) parse with an environment of their own, never by changing
+//! the process's.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
+use mesh_common::contract::proxy::env as var;
+use mesh_common::contract::proxy::flag;
+use mesh_common::log::LogFilter;
 use mesh_common::{PROXY_ADMIN_PORT, PROXY_INBOUND_PORT, PROXY_METRICS_PORT, PROXY_OUTBOUND_PORT};
 
-/// How bytes are moved between the two sockets of a connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CopyMode {
-    /// Zero-copy `splice(2)` through a pipe per direction (Linux); falls back to
-    /// buffered copying for a connection whose pipe cannot be made.
-    Splice,
-    /// Read into a small user-space buffer, write it out.
-    Buffered,
-    /// Buffered for small messages (cheapest per message and per connection); a
-    /// direction whose read fills the 16 KiB buffer is bulk and moves to `splice`.
-    Adaptive,
-}
-
-/// Access log format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AccessLogFormat {
-    /// One JSON object per closed connection, on stdout.
-    Json,
-}
+use crate::config::{AccessLogFormat, Config, CopyMode, Identity, UNKNOWN};
 
 /// Whether to listen on IPv6 as well as IPv4.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,7 +48,7 @@ pub struct Args {
     pub drain_timeout: Duration,
     /// Open connections beyond this number are refused with a reset.
     pub max_connections: u32,
-    /// Write one access-log line per closed connection on stdout.
+    /// Write one access-log line per connection on stdout.
     pub access_log: Option<AccessLogFormat>,
     /// How bytes are copied between client and upstream.
     pub copy_mode: CopyMode,
@@ -67,25 +56,44 @@ pub struct Args {
     pub worker_threads: u16,
     /// Listen on IPv6 too.
     pub ipv6: Ipv6Mode,
-    /// Log level.
-    pub log_level: tracing::Level,
+    /// What to log: a level, optionally with `target=level` directives
+    /// ([`mesh_common::log`]'s grammar).
+    pub log_filter: LogFilter,
     /// Pod name (the downward API sets POD_NAME).
     pub pod_name: Option<String>,
     /// Pod namespace (the downward API sets POD_NAMESPACE).
     pub pod_namespace: Option<String>,
+    /// Pod IP (the downward API sets INSTANCE_IP); `None` when unset or empty.
+    pub instance_ip: Option<IpAddr>,
+    /// The pod's ServiceAccount (SERVICE_ACCOUNT).
+    pub service_account: Option<String>,
     /// Workload name, as Istio's injector sets it; defaults to the pod name.
     pub workload_name: Option<String>,
+    /// The owning workload, as Istio writes it (ISTIO_META_OWNER; environment only).
+    pub owner: Option<String>,
+    /// Canonical service (CANONICAL_SERVICE; environment only).
+    pub canonical_service: Option<String>,
+    /// Canonical revision (CANONICAL_REVISION; environment only).
+    pub canonical_revision: Option<String>,
+    /// The pod's `app` label (APP_NAME; environment only).
+    pub app_name: Option<String>,
+    /// The pod's `version` label (APP_VERSION; environment only).
+    pub app_version: Option<String>,
 }
 
 /// What the command line asked for.
 #[derive(Debug, Clone)]
 pub enum Command {
+    /// Run the proxy with these arguments.
     Run(Box<Args>),
+    /// `--help`: print [`HELP`].
     Help,
+    /// `--version`.
     Version,
 }
 
-/// The usage text of `--help`.
+/// The usage text of `--help`. Its flag and variable names are the contract's
+/// (`mesh_common::contract::proxy`); a unit test holds them together.
 pub const HELP: &str = "\
 Transparent L4 sidecar proxy: forwards redirected TCP to its original destination
 
@@ -102,7 +110,7 @@ Options:
                                  connections to finish [default: 30s]
       --max-connections <N>      Open connections beyond this are refused with a reset
                                  [default: 16384]
-      --access-log <FORMAT>      One line per closed connection on stdout [possible: json]
+      --access-log <FORMAT>      One line per connection on stdout [possible: json]
       --copy-mode <MODE>         adaptive (buffered for small messages, splice(2) once a
                                  direction is bulk), splice or buffered; see
                                  bench/proxy/README.md [default: adaptive]
@@ -110,17 +118,29 @@ Options:
                                  capture ports (SO_REUSEPORT); Istio's sidecar default
                                  concurrency [default: 2]
       --ipv6 <MODE>              auto, on or off [default: auto]
-      --log-level <LEVEL>        error, warn, info, debug or trace; at info every connection
-                                 gets a tracing span [env: MESH_PROXY_LOG] [default: warn]
+      --log-level <FILTER>       A level (trace, debug, info, warn|warning, error|critical,
+                                 off), optionally with target=level directives, e.g.
+                                 warn,mesh_proxy=debug; at info every connection gets a
+                                 tracing span [env: MESH_PROXY_LOG] [default: warn]
       --pod-name <NAME>          Pod name [env: POD_NAME]
       --pod-namespace <NS>       Pod namespace [env: POD_NAMESPACE]
+      --instance-ip <IP>         Pod IP; empty means unset [env: INSTANCE_IP]
+      --service-account <NAME>   The pod's ServiceAccount [env: SERVICE_ACCOUNT]
       --workload-name <NAME>     Workload name; defaults to the pod name
                                  [env: ISTIO_META_WORKLOAD_NAME]
   -h, --help                     Print help
   -V, --version                  Print version
+
+Environment (set by the injector; empty means unset):
+  ISTIO_META_OWNER               The owning workload, as Istio writes it
+  CANONICAL_SERVICE              Canonical service name
+  CANONICAL_REVISION             Canonical revision
+  APP_NAME                       The pod's app label
+  APP_VERSION                    The pod's version label
 ";
 
-/// A command-line argument that cannot be used; the message names the flag.
+/// A command-line argument or environment variable that cannot be used; the message
+/// names the flag (and the variable).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ArgError {
     #[error("unknown argument `{0}` (see --help)")]
@@ -129,6 +149,13 @@ pub enum ArgError {
     MissingValue(&'static str),
     #[error("invalid value `{value}` for {flag}: {reason}")]
     Invalid {
+        flag: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("invalid value `{value}` for {flag} ({var}): {reason}")]
+    InvalidEnv {
+        var: &'static str,
         flag: &'static str,
         value: String,
         reason: String,
@@ -156,17 +183,53 @@ where
     }
 }
 
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    mesh_common::duration::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_log_filter(s: &str) -> Result<LogFilter, String> {
+    LogFilter::parse(s).map_err(|e| e.to_string())
+}
+
+/// An IP address; empty (or blanks) means unset.
+fn parse_ip(s: &str) -> Result<Option<IpAddr>, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(None);
+    }
+    s.parse()
+        .map(Some)
+        .map_err(|_| "expected an IP address such as 10.1.2.3 or fd00::2".to_owned())
+}
+
+/// Reads `name` through `env` and parses it with `parse`; an error names the variable
+/// and the flag it stands for.
+fn from_env<T>(
+    env: &dyn Fn(&str) -> Option<String>,
+    name: &'static str,
+    flag: &'static str,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<Option<T>, ArgError> {
+    match env(name) {
+        None => Ok(None),
+        Some(value) => match parse(&value) {
+            Ok(v) => Ok(Some(v)),
+            Err(reason) => Err(ArgError::InvalidEnv {
+                var: name,
+                flag,
+                value,
+                reason,
+            }),
+        },
+    }
+}
+
 impl Args {
     /// The defaults, with the environment-backed values taken from `env`.
     fn defaults(env: &dyn Fn(&str) -> Option<String>) -> Result<Args, ArgError> {
-        let log_level = match env("MESH_PROXY_LOG") {
-            Some(v) => parse_level(&v).map_err(|reason| ArgError::Invalid {
-                flag: "--log-level (MESH_PROXY_LOG)",
-                value: v,
-                reason,
-            })?,
-            None => tracing::Level::WARN,
-        };
+        let log_filter =
+            from_env(env, var::LOG, flag::LOG_LEVEL, parse_log_filter)?.unwrap_or_default();
+        let instance_ip = from_env(env, var::INSTANCE_IP, flag::INSTANCE_IP, parse_ip)?.flatten();
         Ok(Args {
             outbound_port: PROXY_OUTBOUND_PORT,
             inbound_port: PROXY_INBOUND_PORT,
@@ -179,10 +242,17 @@ impl Args {
             copy_mode: CopyMode::Adaptive,
             worker_threads: 2,
             ipv6: Ipv6Mode::Auto,
-            log_level,
-            pod_name: env("POD_NAME"),
-            pod_namespace: env("POD_NAMESPACE"),
-            workload_name: env("ISTIO_META_WORKLOAD_NAME"),
+            log_filter,
+            pod_name: env(var::POD_NAME),
+            pod_namespace: env(var::POD_NAMESPACE),
+            instance_ip,
+            service_account: env(var::SERVICE_ACCOUNT),
+            workload_name: env(var::WORKLOAD_NAME),
+            owner: env(var::OWNER),
+            canonical_service: env(var::CANONICAL_SERVICE),
+            canonical_revision: env(var::CANONICAL_REVISION),
+            app_name: env(var::APP_NAME),
+            app_version: env(var::APP_VERSION),
         })
     }
 
@@ -219,7 +289,7 @@ impl Args {
     }
 
     /// Parses `args` (the first is the program name), reading environment-backed
-    /// values through `env`.
+    /// values through `env` (and only through it).
     pub fn command_from<I, S>(
         args: I,
         env: &dyn Fn(&str) -> Option<String>,
@@ -241,7 +311,7 @@ impl Args {
                 Some((n, v)) if n.starts_with("--") => (n.to_owned(), Some(v.to_owned())),
                 _ => (arg.clone(), None),
             };
-            let flag: &'static str = match FLAGS.iter().find(|f| **f == name) {
+            let flag: &'static str = match flag::ALL.iter().find(|f| **f == name) {
                 Some(f) => f,
                 None => return Err(ArgError::Unknown(arg)),
             };
@@ -258,23 +328,23 @@ impl Args {
         Ok(Command::Run(Box::new(a)))
     }
 
-    fn set(&mut self, flag: &str, v: &str) -> Result<(), String> {
+    fn set(&mut self, name: &str, v: &str) -> Result<(), String> {
         let addr = |v: &str| {
             v.parse::<SocketAddr>()
                 .map_err(|_| "expected an address like 0.0.0.0:15021 or [::]:15021".to_owned())
         };
-        match flag {
-            "--outbound-port" => self.outbound_port = parse_num(v, 0, u16::MAX)?,
-            "--inbound-port" => self.inbound_port = parse_num(v, 0, u16::MAX)?,
-            "--admin-addr" => self.admin_addr = addr(v)?,
-            "--metrics-addr" => self.metrics_addr = addr(v)?,
-            "--connect-timeout" => self.connect_timeout = parse_duration(v)?,
-            "--drain-timeout" => self.drain_timeout = parse_duration(v)?,
-            "--max-connections" => self.max_connections = parse_num(v, 1, u32::MAX)?,
-            "--access-log" => {
+        match name {
+            flag::OUTBOUND_PORT => self.outbound_port = parse_num(v, 0, u16::MAX)?,
+            flag::INBOUND_PORT => self.inbound_port = parse_num(v, 0, u16::MAX)?,
+            flag::ADMIN_ADDR => self.admin_addr = addr(v)?,
+            flag::METRICS_ADDR => self.metrics_addr = addr(v)?,
+            flag::CONNECT_TIMEOUT => self.connect_timeout = parse_duration(v)?,
+            flag::DRAIN_TIMEOUT => self.drain_timeout = parse_duration(v)?,
+            flag::MAX_CONNECTIONS => self.max_connections = parse_num(v, 1, u32::MAX)?,
+            flag::ACCESS_LOG => {
                 self.access_log = Some(parse_enum(v, &[("json", AccessLogFormat::Json)])?)
             }
-            "--copy-mode" => {
+            flag::COPY_MODE => {
                 self.copy_mode = parse_enum(
                     v,
                     &[
@@ -284,8 +354,8 @@ impl Args {
                     ],
                 )?
             }
-            "--worker-threads" => self.worker_threads = parse_num(v, 1, 64)?,
-            "--ipv6" => {
+            flag::WORKER_THREADS => self.worker_threads = parse_num(v, 1, 64)?,
+            flag::IPV6 => {
                 self.ipv6 = parse_enum(
                     v,
                     &[
@@ -295,72 +365,16 @@ impl Args {
                     ],
                 )?
             }
-            "--log-level" => self.log_level = parse_level(v)?,
-            "--pod-name" => self.pod_name = Some(v.to_owned()),
-            "--pod-namespace" => self.pod_namespace = Some(v.to_owned()),
-            "--workload-name" => self.workload_name = Some(v.to_owned()),
+            flag::LOG_LEVEL => self.log_filter = parse_log_filter(v)?,
+            flag::POD_NAME => self.pod_name = Some(v.to_owned()),
+            flag::POD_NAMESPACE => self.pod_namespace = Some(v.to_owned()),
+            flag::INSTANCE_IP => self.instance_ip = parse_ip(v)?,
+            flag::SERVICE_ACCOUNT => self.service_account = Some(v.to_owned()),
+            flag::WORKLOAD_NAME => self.workload_name = Some(v.to_owned()),
             other => return Err(format!("internal error: unhandled flag {other}")),
         }
         Ok(())
     }
-}
-
-/// Every flag that takes a value.
-const FLAGS: [&str; 15] = [
-    "--outbound-port",
-    "--inbound-port",
-    "--admin-addr",
-    "--metrics-addr",
-    "--connect-timeout",
-    "--drain-timeout",
-    "--max-connections",
-    "--access-log",
-    "--copy-mode",
-    "--worker-threads",
-    "--ipv6",
-    "--log-level",
-    "--pod-name",
-    "--pod-namespace",
-    "--workload-name",
-];
-
-/// Who this proxy reports itself as in metric labels.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Identity {
-    pub workload: String,
-    pub namespace: String,
-}
-
-impl Identity {
-    pub fn unknown() -> Identity {
-        Identity {
-            workload: UNKNOWN.to_owned(),
-            namespace: UNKNOWN.to_owned(),
-        }
-    }
-}
-
-/// The label value Istio uses when it cannot tell.
-pub const UNKNOWN: &str = "unknown";
-
-/// Everything the proxy needs, validated.
-#[derive(Clone, Debug)]
-pub struct Config {
-    /// Outbound listen addresses (IPv4 first, then IPv6 if any).
-    pub outbound: Vec<SocketAddr>,
-    /// Inbound listen addresses.
-    pub inbound: Vec<SocketAddr>,
-    /// Whether failing to bind the IPv6 listeners is fatal.
-    pub ipv6_required: bool,
-    pub admin_addr: SocketAddr,
-    pub metrics_addr: SocketAddr,
-    pub connect_timeout: Duration,
-    pub drain_timeout: Duration,
-    pub max_connections: usize,
-    pub access_log: Option<AccessLogFormat>,
-    pub copy_mode: CopyMode,
-    pub worker_threads: usize,
-    pub identity: Identity,
 }
 
 /// A configuration value that cannot be used.
@@ -408,66 +422,22 @@ impl Args {
             identity: Identity {
                 workload,
                 namespace,
+                pod_ip: self.instance_ip,
+                service_account: non_empty(self.service_account),
+                owner: non_empty(self.owner),
+                canonical_service: non_empty(self.canonical_service),
+                canonical_revision: non_empty(self.canonical_revision),
+                app: non_empty(self.app_name),
+                version: non_empty(self.app_version),
             },
         })
     }
 }
 
-impl Config {
-    /// Everything on 127.0.0.1 with kernel-chosen ports: for tests.
-    pub fn loopback() -> Config {
-        let lo = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
-        Config {
-            outbound: vec![lo],
-            inbound: vec![lo],
-            ipv6_required: false,
-            admin_addr: lo,
-            metrics_addr: lo,
-            connect_timeout: Duration::from_secs(5),
-            drain_timeout: Duration::from_secs(30),
-            max_connections: 16384,
-            access_log: None,
-            copy_mode: CopyMode::Adaptive,
-            worker_threads: 1,
-            identity: Identity::unknown(),
-        }
-    }
-}
-
-/// Parses `250ms`, `5s`, `2m` or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(i) => (&s[..i], &s[i..]),
-        None => (s, "s"),
-    };
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration (expected e.g. 500ms, 5s, 1m)"))?;
-    let secs = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        other => {
-            return Err(format!(
-                "unknown duration unit `{other}` in `{s}` (use ms, s or m)"
-            ));
-        }
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("`{s}` is not a valid duration"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
-fn parse_level(s: &str) -> Result<tracing::Level, String> {
-    s.parse()
-        .map_err(|_| format!("`{s}` is not a log level (error, warn, info, debug, trace)"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mesh_common::log::Level;
 
     /// Parses with an empty environment.
     fn args(args: &[&str]) -> Result<Command, ArgError> {
@@ -483,9 +453,18 @@ mod tests {
         }
     }
 
+    fn run_args(list: &[&str], env: &dyn Fn(&str) -> Option<String>) -> Args {
+        let mut all = vec!["mesh-proxy"];
+        all.extend_from_slice(list);
+        match Args::command_from(all, env) {
+            Ok(Command::Run(a)) => *a,
+            other => panic!("not a run: {other:?}"),
+        }
+    }
+
     #[test]
     fn every_flag_is_documented_and_handled() {
-        for flag in FLAGS {
+        for flag in flag::ALL {
             assert!(
                 HELP.contains(&format!("{flag} <")),
                 "{flag} missing from --help"
@@ -500,6 +479,77 @@ mod tests {
         assert!(matches!(args(&["-V"]), Ok(Command::Version)));
     }
 
+    /// A valid value for each contract flag.
+    fn sample_value(f: &str) -> &'static str {
+        match f {
+            flag::OUTBOUND_PORT => "15001",
+            flag::INBOUND_PORT => "15006",
+            flag::ADMIN_ADDR => "127.0.0.1:15021",
+            flag::METRICS_ADDR => "[::]:15090",
+            flag::CONNECT_TIMEOUT => "250ms",
+            flag::DRAIN_TIMEOUT => "1m",
+            flag::MAX_CONNECTIONS => "10",
+            flag::ACCESS_LOG => "json",
+            flag::COPY_MODE => "splice",
+            flag::WORKER_THREADS => "3",
+            flag::IPV6 => "off",
+            flag::LOG_LEVEL => "warning,mesh_proxy=debug",
+            flag::POD_NAME => "web-7d9f-abc",
+            flag::POD_NAMESPACE => "shop",
+            flag::INSTANCE_IP => "198.18.0.2",
+            flag::SERVICE_ACCOUNT => "web-sa",
+            flag::WORKLOAD_NAME => "web",
+            other => panic!("no sample value for contract flag {other}: add one"),
+        }
+    }
+
+    #[test]
+    fn every_contract_flag_is_accepted_and_in_the_help() {
+        for f in flag::ALL {
+            assert!(
+                HELP.contains(&format!("      {f} <")),
+                "{f} missing from --help"
+            );
+            let v = sample_value(f);
+            // Both spellings: `--flag value` and `--flag=value`.
+            parse(&[f, v]).unwrap_or_else(|e| panic!("{f} {v}: {e}"));
+            parse(&[&format!("{f}={v}")]).unwrap_or_else(|e| panic!("{f}={v}: {e}"));
+        }
+        // And the help offers nothing the contract does not list.
+        for line in HELP.lines() {
+            if let Some(rest) = line.trim_start().strip_prefix("--")
+                && let Some((name, _)) = rest.split_once(" <")
+            {
+                let name = format!("--{name}");
+                assert!(
+                    flag::ALL.contains(&name.as_str()),
+                    "{name} is not in the contract"
+                );
+            }
+        }
+        // Every variable, behind its flag or in the environment section.
+        for v in var::ALL {
+            let listed = HELP.contains(&format!("[env: {v}]"))
+                || HELP.lines().any(|l| l.starts_with(&format!("  {v} ")));
+            assert!(listed, "{v} missing from --help");
+        }
+    }
+
+    #[test]
+    fn every_contract_variable_is_read_through_the_closure() {
+        let asked = std::cell::RefCell::new(Vec::new());
+        let env = |k: &str| {
+            asked.borrow_mut().push(k.to_owned());
+            None
+        };
+        Args::command_from(["mesh-proxy"], &env).unwrap();
+        let mut asked = asked.into_inner();
+        asked.sort();
+        let mut want: Vec<String> = var::ALL.iter().map(|v| v.to_string()).collect();
+        want.sort();
+        assert_eq!(asked, want);
+    }
+
     #[test]
     fn environment_backs_identity_and_log_level() {
         let env = |k: &str| match k {
@@ -508,23 +558,92 @@ mod tests {
             "MESH_PROXY_LOG" => Some("debug".to_owned()),
             _ => None,
         };
-        let Command::Run(a) = Args::command_from(["mesh-proxy"], &env).unwrap() else {
-            panic!("not a run")
-        };
-        assert_eq!(a.log_level, tracing::Level::DEBUG);
+        let a = run_args(&[], &env);
+        assert_eq!(a.log_filter.default, Level::Debug);
         let c = a.into_config().unwrap();
         assert_eq!(c.identity.workload, "web-1");
         assert_eq!(c.identity.namespace, "shop");
         // A flag wins over the environment.
-        let Command::Run(a) =
-            Args::command_from(["mesh-proxy", "--log-level", "error"], &env).unwrap()
-        else {
-            panic!("not a run")
-        };
-        assert_eq!(a.log_level, tracing::Level::ERROR);
+        let a = run_args(&["--log-level", "error"], &env);
+        assert_eq!(a.log_filter.default, Level::Error);
         let bad = |k: &str| (k == "MESH_PROXY_LOG").then(|| "loud".to_owned());
         let e = Args::command_from(["mesh-proxy"], &bad).unwrap_err();
         assert!(e.to_string().contains("MESH_PROXY_LOG"), "{e}");
+    }
+
+    #[test]
+    fn log_level_takes_the_common_filter_grammar() {
+        let a = run_args(&["--log-level", "info,mesh_proxy=debug"], &|_| None);
+        assert_eq!(a.log_filter.to_string(), "info,mesh_proxy=debug");
+        let env = |k: &str| (k == var::LOG).then(|| "warning,mesh_proxy::admin=trace".to_owned());
+        let a = run_args(&[], &env);
+        assert_eq!(a.log_filter.default, Level::Warn);
+        assert_eq!(
+            a.log_filter.targets,
+            vec![("mesh_proxy::admin".to_owned(), Level::Trace)]
+        );
+        let e = parse(&["--log-level", "info,mesh-proxy=debug"]).unwrap_err();
+        assert!(e.contains("--log-level") && e.contains("mesh-proxy"), "{e}");
+    }
+
+    #[test]
+    fn instance_ip_and_service_account_reach_the_identity() {
+        let env = |k: &str| match k {
+            "INSTANCE_IP" => Some("198.18.0.2".to_owned()),
+            "SERVICE_ACCOUNT" => Some("web-sa".to_owned()),
+            _ => None,
+        };
+        let c = run_args(&[], &env).into_config().unwrap();
+        assert_eq!(c.identity.pod_ip, Some("198.18.0.2".parse().unwrap()));
+        assert_eq!(c.identity.service_account.as_deref(), Some("web-sa"));
+        // Flags win over the environment.
+        let c = run_args(
+            &["--instance-ip", "fd00::2", "--service-account=other"],
+            &env,
+        )
+        .into_config()
+        .unwrap();
+        assert_eq!(c.identity.pod_ip, Some("fd00::2".parse().unwrap()));
+        assert_eq!(c.identity.service_account.as_deref(), Some("other"));
+        // Empty means unset.
+        let empty = |k: &str| matches!(k, "INSTANCE_IP" | "SERVICE_ACCOUNT").then(String::new);
+        let c = run_args(&[], &empty).into_config().unwrap();
+        assert_eq!(
+            (c.identity.pod_ip, c.identity.service_account),
+            (None, None)
+        );
+        // Not an IP: the error names the variable (and the flag behind it).
+        let bad = |k: &str| (k == "INSTANCE_IP").then(|| "pod-ip".to_owned());
+        let e = Args::command_from(["mesh-proxy"], &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("INSTANCE_IP") && e.contains("pod-ip"), "{e}");
+        let e = parse(&["--instance-ip", "10.0.0.300"]).unwrap_err();
+        assert!(e.contains("--instance-ip"), "{e}");
+    }
+
+    #[test]
+    fn injected_workload_metadata_reaches_the_identity() {
+        let env = |k: &str| {
+            let v = match k {
+                "ISTIO_META_OWNER" => "kubernetes://apis/apps/v1/namespaces/shop/deployments/web",
+                "CANONICAL_SERVICE" => "web",
+                "CANONICAL_REVISION" => "v2",
+                "APP_NAME" => "web-app",
+                "APP_VERSION" => "",
+                _ => return None,
+            };
+            Some(v.to_owned())
+        };
+        let id = run_args(&[], &env).into_config().unwrap().identity;
+        assert_eq!(
+            id.owner.as_deref(),
+            Some("kubernetes://apis/apps/v1/namespaces/shop/deployments/web")
+        );
+        assert_eq!(id.canonical_service.as_deref(), Some("web"));
+        assert_eq!(id.canonical_revision.as_deref(), Some("v2"));
+        assert_eq!(id.app.as_deref(), Some("web-app"));
+        assert_eq!(id.version, None, "empty means unset");
     }
 
     #[test]
@@ -532,7 +651,8 @@ mod tests {
         let Command::Run(a) = args(&[]).unwrap() else {
             panic!("not a run")
         };
-        assert_eq!(a.log_level, tracing::Level::WARN);
+        assert_eq!(a.log_filter, LogFilter::default());
+        assert_eq!(a.log_filter.default, Level::Warn);
         let c = parse(&[]).unwrap();
         assert_eq!(c.outbound[0].to_string(), "0.0.0.0:15001");
         assert_eq!(c.outbound[1].to_string(), "[::]:15001");
@@ -623,12 +743,15 @@ mod tests {
         assert!(e.contains("--no-such-flag"), "{e}");
     }
 
+    /// Durations are `mesh_common::duration`'s grammar (which has its own tests).
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert!(parse_duration("").is_err());
-        assert!(parse_duration("5h").is_err());
+        let d = |v: &str| parse(&["--drain-timeout", v]).map(|c| c.drain_timeout);
+        assert_eq!(d("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(d("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(d("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(d("1h"), Ok(Duration::from_secs(3600)));
+        assert!(d("").is_err());
+        assert!(d("5d").is_err());
     }
 }

@@ -1,21 +1,32 @@
 //! mesh-proxy: the transparent L4 sidecar.
 //!
 //! Connections redirected by the pod's nat rules land on the outbound (15001) or
-//! inbound (15006) listener; the proxy reads where each was really going
-//! ([`orig_dst`]), refuses loops, connects there ([`forward`]) and copies bytes both
-//! ways ([`splice`] or a small buffer), while [`metrics`] and [`admin`] tell operators
-//! what passed. [`Proxy`] ties the pieces together, with one single-threaded event
-//! loop per [`workers`] thread; `main.rs` only parses flags, starts logging and the
-//! first runtime, and waits for signals.
+//! inbound (15006) listener ([`listener`]); each gets a [`record::ConnRecord`] and is
+//! handled by [`flow`], split by [`direction::Direction`] first and by protocol second:
+//! the flow reads where the connection was really going ([`orig_dst`]), refuses loops,
+//! connects there, and hands both sockets to the copy engine ([`copy`]: generic over
+//! streams, `splice(2)` for plain TCP). The record counts the connection in
+//! [`metrics`] and writes its [`access_log`] line, once; [`admin`] serves readiness,
+//! the drain and the metrics. [`Proxy`] ties the pieces together, with one
+//! single-threaded event loop per [`workers`] thread; `main.rs` only parses flags
+//! ([`cli`] into a [`config::Config`]), starts [`logging`] and the first runtime, and
+//! waits for signals.
 #![forbid(unsafe_code)]
 
+pub mod access_log;
+pub mod addrs;
 pub mod admin;
 pub mod cli;
-pub mod forward;
+pub mod config;
+pub mod copy;
+pub mod direction;
+pub mod flow;
 pub mod listener;
+pub mod logging;
 pub mod metrics;
 pub mod orig_dst;
-pub mod splice;
+pub mod record;
+pub mod rlimit;
 pub mod workers;
 
 use std::io;
@@ -27,11 +38,14 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::access_log::AccessLog;
+use crate::addrs::ListenAddr;
 use crate::admin::{AdminState, Endpoint};
-use crate::cli::Config;
-use crate::forward::Shared;
+use crate::config::Config;
+use crate::direction::Direction;
+use crate::flow::Shared;
 use crate::listener::ConnTracker;
-use crate::metrics::{Direction, Metrics};
+use crate::metrics::Metrics;
 use crate::orig_dst::OriginalDst;
 use crate::workers::Worker;
 
@@ -108,8 +122,20 @@ fn ipv6_unavailable(e: &io::Error) -> bool {
 
 impl Proxy {
     /// Binds every listener (one set per worker thread) and starts the workers' threads;
-    /// nothing is accepted until [`Proxy::run`].
+    /// nothing is accepted until [`Proxy::run`]. Access-log lines (`--access-log`) go
+    /// to stdout.
     pub async fn bind(config: Config, orig_dst: Arc<dyn OriginalDst>) -> Result<Proxy, ProxyError> {
+        let access_log = AccessLog::stdout(config.access_log);
+        Proxy::bind_with_access_log(config, orig_dst, access_log).await
+    }
+
+    /// [`Proxy::bind`] with access-log lines going to `access_log`
+    /// ([`AccessLog::capture`] keeps them in memory).
+    pub async fn bind_with_access_log(
+        config: Config,
+        orig_dst: Arc<dyn OriginalDst>,
+        access_log: AccessLog,
+    ) -> Result<Proxy, ProxyError> {
         let threads = config.worker_threads.max(1);
         // Several threads share each capture port through SO_REUSEPORT.
         let shared_port = threads > 1;
@@ -154,13 +180,14 @@ impl Proxy {
             .outbound
             .iter()
             .chain(&addrs.inbound)
-            .copied()
+            .map(|&a| ListenAddr(a))
             .collect();
         let shared = Arc::new(Shared {
             config,
             metrics: metrics.clone(),
             orig_dst,
             own_listeners,
+            access_log,
         });
         let admin = Arc::new(AdminState {
             ready: Default::default(),

@@ -12,10 +12,13 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{debug, info_span, warn};
 
-use crate::forward::{self, Shared};
-use crate::metrics::{AcceptErrorKind, Direction, Metrics, RefusalReason};
+use crate::addrs::{ClientAddr, ListenAddr};
+use crate::direction::Direction;
+use crate::flow::{self, Shared};
+use crate::metrics::{AcceptErrorKind, Metrics, RefusalReason};
+use crate::record::ConnRecord;
 
 const LISTEN_BACKLOG: i32 = 4096;
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
@@ -50,17 +53,6 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(bind_std(addr, false)?)
 }
 
-/// Raises the soft open-files limit to the hard one: each connection holds two sockets
-/// and, while bytes flow, two pipes. Returns the new soft limit.
-pub fn raise_fd_limit() -> io::Result<u64> {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(io::Error::from)?;
-    if soft < hard {
-        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(io::Error::from)?;
-    }
-    Ok(hard.max(soft))
-}
-
 /// Counts open connections and wakes the drain when the last one ends.
 #[derive(Debug, Default)]
 pub struct ConnTracker {
@@ -87,7 +79,9 @@ impl ConnTracker {
     }
 }
 
-/// Held by a connection's task for as long as the connection lives.
+/// Held by a connection's task for as long as the connection lives: dropped after the
+/// connection's record has reported and its sockets are closed, so the drain (and a
+/// test waiting for no open connections) finds everything counted and closed.
 #[derive(Debug)]
 pub struct ConnGuard {
     tracker: Arc<ConnTracker>,
@@ -133,7 +127,7 @@ pub async fn accept_loop(
     mut drain: watch::Receiver<bool>,
 ) {
     let local = match listener.local_addr() {
-        Ok(a) => a,
+        Ok(a) => ListenAddr(a),
         Err(e) => {
             warn!(error = %e, %direction, "listener has no local address");
             return;
@@ -158,22 +152,17 @@ pub async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 backoff = BACKOFF_MIN;
+                let peer = ClientAddr(peer);
                 if tracker.active() >= max {
                     debug!(%peer, %direction, max, "connection limit reached; refusing");
-                    shared.metrics.refused(direction, RefusalReason::Limit);
-                    forward::reset(stream);
+                    ConnRecord::accepted(&shared, direction, peer)
+                        .refuse(RefusalReason::Limit, None);
+                    flow::reset(stream);
                     continue;
                 }
                 let guard = ConnGuard::new(tracker.clone(), shared.metrics.clone(), direction);
                 let span = info_span!("conn", %direction, %peer);
-                let shared = shared.clone();
-                tokio::spawn(
-                    async move {
-                        forward::handle(shared, stream, peer, local, direction).await;
-                        drop(guard);
-                    }
-                    .instrument(span),
-                );
+                flow::spawn(shared.clone(), stream, peer, local, direction, guard, span);
             }
             Err(e) if is_fd_exhaustion(&e) => {
                 shared.metrics.accept_error(AcceptErrorKind::FdExhausted);

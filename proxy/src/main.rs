@@ -6,21 +6,30 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use mesh_proxy::cli::Args;
-use mesh_proxy::listener::raise_fd_limit;
 use mesh_proxy::orig_dst::KernelOriginalDst;
-use mesh_proxy::{DrainTrigger, Proxy};
+use mesh_proxy::rlimit::raise_fd_limit;
+use mesh_proxy::{DrainTrigger, Proxy, logging};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_max_level(args.log_level)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+    logging::init(&args.log_filter);
     let config = args.into_config().context("invalid configuration")?;
     info!(?config, "starting");
+    let id = &config.identity;
+    info!(
+        workload = %id.workload,
+        namespace = %id.namespace,
+        pod_ip = id.pod_ip.map(tracing::field::display),
+        service_account = id.service_account.as_deref(),
+        owner = id.owner.as_deref(),
+        canonical_service = id.canonical_service.as_deref(),
+        canonical_revision = id.canonical_revision.as_deref(),
+        app = id.app.as_deref(),
+        version = id.version.as_deref(),
+        "identity"
+    );
     match raise_fd_limit() {
         Ok(limit) => info!(limit, "open files limit"),
         Err(e) => warn!(error = %e, "cannot raise the open files limit"),

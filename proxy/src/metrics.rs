@@ -6,49 +6,14 @@
 //! destination port; never from addresses.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::cli::{Identity, UNKNOWN};
+use mesh_common::prom::{self, Histogram, Kind, Unit};
 
-/// Which listener a connection arrived on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Direction {
-    Outbound,
-    Inbound,
-}
-
-impl Direction {
-    pub const ALL: [Direction; 2] = [Direction::Outbound, Direction::Inbound];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Direction::Outbound => "outbound",
-            Direction::Inbound => "inbound",
-        }
-    }
-
-    /// Istio's `reporter`: the client's sidecar reports as `source`, the server's as
-    /// `destination`.
-    pub fn reporter(self) -> &'static str {
-        match self {
-            Direction::Outbound => "source",
-            Direction::Inbound => "destination",
-        }
-    }
-
-    fn index(self) -> usize {
-        self as usize
-    }
-}
-
-impl std::fmt::Display for Direction {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+use crate::config::{Identity, UNKNOWN};
+use crate::direction::Direction;
 
 /// Why connecting upstream failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,6 +74,15 @@ impl RefusalReason {
             RefusalReason::NoOriginalDst => "no_original_dst",
         }
     }
+
+    /// The flags a refused connection's access-log line carries (Envoy's meanings: no
+    /// route for it; the proxy shed it for its own load).
+    pub fn flags(self) -> ResponseFlags {
+        match self {
+            RefusalReason::Loop | RefusalReason::NoOriginalDst => ResponseFlags::NoRoute,
+            RefusalReason::Limit => ResponseFlags::Overload,
+        }
+    }
 }
 
 /// Why `accept(2)` failed.
@@ -126,6 +100,13 @@ pub enum ResponseFlags {
     None,
     /// Upstream connection failure (`UF`).
     UpstreamFailure,
+    /// No route for the connection (`NR`): its original destination is missing or is
+    /// the proxy itself. Refused connections open no Istio series, so this flag is seen
+    /// in the access log only.
+    NoRoute,
+    /// Shed by the proxy for its own load (`OM`, Envoy's overload manager):
+    /// `--max-connections` reached. Access log only, as for `NR`.
+    Overload,
 }
 
 impl ResponseFlags {
@@ -133,6 +114,8 @@ impl ResponseFlags {
         match self {
             ResponseFlags::None => "-",
             ResponseFlags::UpstreamFailure => "UF",
+            ResponseFlags::NoRoute => "NR",
+            ResponseFlags::Overload => "OM",
         }
     }
 }
@@ -156,30 +139,11 @@ struct SeriesKey {
 }
 
 /// Connect-latency buckets, in seconds.
-const LATENCY_BUCKETS: [f64; 14] = [
+static LATENCY_BUCKETS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
-#[derive(Debug, Default)]
-struct Histogram {
-    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
-    count: AtomicU64,
-    sum_micros: AtomicU64,
-}
-
-impl Histogram {
-    fn observe(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&self.buckets) {
-            if secs <= *bound {
-                bucket.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
-    }
-}
+type LatencyHistogram = Histogram<14>;
 
 /// All of the proxy's metrics.
 #[derive(Debug)]
@@ -190,7 +154,7 @@ pub struct Metrics {
     connect_errors: [[AtomicU64; 6]; 2],
     refused: [[AtomicU64; 3]; 2],
     accept_errors: [AtomicU64; 2],
-    connect_latency: [Histogram; 2],
+    connect_latency: [LatencyHistogram; 2],
 }
 
 impl Metrics {
@@ -202,7 +166,9 @@ impl Metrics {
             connect_errors: Default::default(),
             refused: Default::default(),
             accept_errors: Default::default(),
-            connect_latency: Default::default(),
+            connect_latency: std::array::from_fn(|_| {
+                Histogram::new(&LATENCY_BUCKETS, Unit::Seconds)
+            }),
         }
     }
 
@@ -295,102 +261,83 @@ impl Metrics {
             ),
         ];
         for (name, help, pick) in istio {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            prom::header(&mut out, name, help, Kind::Counter);
             for (key, s) in &series {
-                let _ = writeln!(
-                    out,
-                    "{name}{{{}}} {}",
-                    self.istio_labels(key),
-                    pick(s).load(Ordering::Relaxed)
+                prom::sample(
+                    &mut out,
+                    name,
+                    &self.istio_labels(key),
+                    pick(s).load(Ordering::Relaxed),
                 );
             }
         }
 
-        let _ = writeln!(
-            out,
-            "# HELP mesh_proxy_active_connections Connections open now.\n# TYPE mesh_proxy_active_connections gauge"
-        );
+        let name = "mesh_proxy_active_connections";
+        prom::header(&mut out, name, "Connections open now.", Kind::Gauge);
         for d in Direction::ALL {
-            let _ = writeln!(
-                out,
-                "mesh_proxy_active_connections{{direction=\"{d}\"}} {}",
-                self.active(d)
+            prom::sample(
+                &mut out,
+                name,
+                &format!("direction=\"{d}\""),
+                self.active(d),
             );
         }
-        let _ = writeln!(
-            out,
-            "# HELP mesh_proxy_connect_errors_total Upstream connects that failed, by kind.\n# TYPE mesh_proxy_connect_errors_total counter"
+        let name = "mesh_proxy_connect_errors_total";
+        prom::header(
+            &mut out,
+            name,
+            "Upstream connects that failed, by kind.",
+            Kind::Counter,
         );
         for d in Direction::ALL {
             for k in ConnectErrorKind::ALL {
-                let _ = writeln!(
-                    out,
-                    "mesh_proxy_connect_errors_total{{direction=\"{d}\",kind=\"{}\"}} {}",
-                    k.as_str(),
-                    self.connect_errors(d, k)
-                );
+                let labels = format!("direction=\"{d}\",kind=\"{}\"", k.as_str());
+                prom::sample(&mut out, name, &labels, self.connect_errors(d, k));
             }
         }
-        let _ = writeln!(
-            out,
-            "# HELP mesh_proxy_refused_connections_total Accepted connections refused before connecting upstream.\n# TYPE mesh_proxy_refused_connections_total counter"
+        let name = "mesh_proxy_refused_connections_total";
+        prom::header(
+            &mut out,
+            name,
+            "Accepted connections refused before connecting upstream.",
+            Kind::Counter,
         );
         for d in Direction::ALL {
             for r in RefusalReason::ALL {
-                let _ = writeln!(
-                    out,
-                    "mesh_proxy_refused_connections_total{{direction=\"{d}\",reason=\"{}\"}} {}",
-                    r.as_str(),
-                    self.refusals(d, r)
-                );
+                let labels = format!("direction=\"{d}\",reason=\"{}\"", r.as_str());
+                prom::sample(&mut out, name, &labels, self.refusals(d, r));
             }
         }
-        let _ = writeln!(
-            out,
-            "# HELP mesh_proxy_accept_errors_total accept(2) failures.\n# TYPE mesh_proxy_accept_errors_total counter\nmesh_proxy_accept_errors_total{{kind=\"fd_exhausted\"}} {}\nmesh_proxy_accept_errors_total{{kind=\"other\"}} {}",
-            self.accept_errors(AcceptErrorKind::FdExhausted),
-            self.accept_errors(AcceptErrorKind::Other)
+        prom::counter_family(
+            &mut out,
+            "mesh_proxy_accept_errors_total",
+            "accept(2) failures.",
+            "kind",
+            [
+                (
+                    "fd_exhausted",
+                    &self.accept_errors[AcceptErrorKind::FdExhausted as usize],
+                ),
+                (
+                    "other",
+                    &self.accept_errors[AcceptErrorKind::Other as usize],
+                ),
+            ],
         );
         let name = "mesh_proxy_upstream_connect_duration_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Time to connect upstream.\n# TYPE {name} histogram"
-        );
+        prom::header(&mut out, name, "Time to connect upstream.", Kind::Histogram);
         for d in Direction::ALL {
-            let h = &self.connect_latency[d.index()];
-            for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&h.buckets) {
-                let _ = writeln!(
-                    out,
-                    "{name}_bucket{{direction=\"{d}\",le=\"{bound}\"}} {}",
-                    bucket.load(Ordering::Relaxed)
-                );
-            }
-            let count = h.count.load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{direction=\"{d}\",le=\"+Inf\"}} {count}\n{name}_sum{{direction=\"{d}\"}} {}\n{name}_count{{direction=\"{d}\"}} {count}",
-                h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
-            );
+            self.connect_latency[d.index()].write(&mut out, name, &format!("direction=\"{d}\""));
         }
         out
     }
 
     fn istio_labels(&self, key: &SeriesKey) -> String {
-        let me_workload = escape(&self.identity.workload);
-        let me_namespace = escape(&self.identity.namespace);
-        let (src_wl, src_ns, dst_wl, dst_ns) = match key.direction {
-            Direction::Outbound => (
-                me_workload.as_str(),
-                me_namespace.as_str(),
-                UNKNOWN,
-                UNKNOWN,
-            ),
-            Direction::Inbound => (
-                UNKNOWN,
-                UNKNOWN,
-                me_workload.as_str(),
-                me_namespace.as_str(),
-            ),
+        let me = PeerLabels::of(&self.identity);
+        let unknown = PeerLabels::unknown();
+        let (src, dst) = match key.direction {
+            Direction::Outbound => (&me, &unknown),
+            Direction::Inbound => (&unknown, &me),
         };
         // Without mTLS a destination reporter knows the policy is "none"; a source
         // reporter cannot tell.
@@ -399,27 +346,65 @@ impl Metrics {
             Direction::Inbound => "none",
         };
         format!(
-            "reporter=\"{}\",direction=\"{}\",source_workload=\"{src_wl}\",source_workload_namespace=\"{src_ns}\",source_principal=\"{UNKNOWN}\",source_app=\"{UNKNOWN}\",source_version=\"{UNKNOWN}\",destination_workload=\"{dst_wl}\",destination_workload_namespace=\"{dst_ns}\",destination_principal=\"{UNKNOWN}\",destination_app=\"{UNKNOWN}\",destination_version=\"{UNKNOWN}\",destination_service=\"{UNKNOWN}\",destination_service_name=\"{UNKNOWN}\",destination_service_namespace=\"{UNKNOWN}\",destination_port=\"{}\",request_protocol=\"tcp\",response_flags=\"{}\",connection_security_policy=\"{security}\"",
+            "reporter=\"{}\",direction=\"{}\",{},{},destination_service=\"{UNKNOWN}\",destination_service_name=\"{UNKNOWN}\",destination_service_namespace=\"{UNKNOWN}\",destination_port=\"{}\",request_protocol=\"tcp\",response_flags=\"{}\",connection_security_policy=\"{security}\"",
             key.direction.reporter(),
             key.direction,
+            src.render("source"),
+            dst.render("destination"),
             key.port,
             key.flags.as_str(),
         )
     }
 }
 
-/// Escapes a Prometheus label value.
-fn escape(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
-    for c in v.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
+/// One side's workload labels (`source_*` or `destination_*`), escaped: this proxy's own
+/// from what the injector told it, or `unknown` for the side it cannot know without a
+/// control plane.
+struct PeerLabels {
+    workload: String,
+    namespace: String,
+    app: String,
+    version: String,
+    canonical_service: String,
+    canonical_revision: String,
+}
+
+impl PeerLabels {
+    fn of(id: &Identity) -> PeerLabels {
+        let or_unknown =
+            |v: &Option<String>| prom::escape_label_value(v.as_deref().unwrap_or(UNKNOWN));
+        PeerLabels {
+            workload: prom::escape_label_value(&id.workload),
+            namespace: prom::escape_label_value(&id.namespace),
+            app: or_unknown(&id.app),
+            version: or_unknown(&id.version),
+            canonical_service: or_unknown(&id.canonical_service),
+            canonical_revision: or_unknown(&id.canonical_revision),
         }
     }
-    out
+
+    fn unknown() -> PeerLabels {
+        PeerLabels {
+            workload: UNKNOWN.to_owned(),
+            namespace: UNKNOWN.to_owned(),
+            app: UNKNOWN.to_owned(),
+            version: UNKNOWN.to_owned(),
+            canonical_service: UNKNOWN.to_owned(),
+            canonical_revision: UNKNOWN.to_owned(),
+        }
+    }
+
+    fn render(&self, side: &str) -> String {
+        format!(
+            "{side}_workload=\"{}\",{side}_workload_namespace=\"{}\",{side}_principal=\"{UNKNOWN}\",{side}_app=\"{}\",{side}_version=\"{}\",{side}_canonical_service=\"{}\",{side}_canonical_revision=\"{}\"",
+            self.workload,
+            self.namespace,
+            self.app,
+            self.version,
+            self.canonical_service,
+            self.canonical_revision
+        )
+    }
 }
 
 #[cfg(test)]
@@ -436,6 +421,7 @@ mod tests {
         let m = Metrics::new(Identity {
             workload: "web".into(),
             namespace: "shop".into(),
+            ..Identity::unknown()
         });
         let s = m.tcp_series(Direction::Outbound, 80, ResponseFlags::None);
         s.opened.fetch_add(2, Ordering::Relaxed);
@@ -505,12 +491,88 @@ mod tests {
 
     #[test]
     fn label_values_are_escaped() {
-        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        assert_eq!(prom::escape_label_value("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
         let m = Metrics::new(Identity {
             workload: "we\"ird".into(),
             namespace: "ns".into(),
+            ..Identity::unknown()
         });
         m.tcp_series(Direction::Outbound, 1, ResponseFlags::None);
         assert!(m.render().contains("source_workload=\"we\\\"ird\""));
+    }
+
+    /// What the injector says about the pod (app and version labels, canonical service
+    /// and revision) labels this proxy's side of every series: source on outbound,
+    /// destination on inbound; the other side stays unknown.
+    #[test]
+    fn app_version_and_canonical_names_label_our_side() {
+        let m = Metrics::new(Identity {
+            workload: "reviews-v1".into(),
+            namespace: "shop".into(),
+            app: Some("reviews".into()),
+            version: Some("v1".into()),
+            canonical_service: Some("reviews".into()),
+            canonical_revision: Some("v1".into()),
+            ..Identity::unknown()
+        });
+        m.tcp_series(Direction::Outbound, 9080, ResponseFlags::None);
+        m.tcp_series(Direction::Inbound, 9080, ResponseFlags::None);
+        let text = m.render();
+        let ours = |side: &str| {
+            [
+                format!("{side}_workload=\"reviews-v1\""),
+                format!("{side}_app=\"reviews\""),
+                format!("{side}_version=\"v1\""),
+                format!("{side}_canonical_service=\"reviews\""),
+                format!("{side}_canonical_revision=\"v1\""),
+            ]
+        };
+        let theirs = |side: &str| {
+            [
+                format!("{side}_app=\"unknown\""),
+                format!("{side}_version=\"unknown\""),
+                format!("{side}_canonical_service=\"unknown\""),
+                format!("{side}_canonical_revision=\"unknown\""),
+            ]
+        };
+        for (dir, me, other) in [
+            ("outbound", "source", "destination"),
+            ("inbound", "destination", "source"),
+        ] {
+            let l = line(
+                &text,
+                "istio_tcp_connections_opened_total{",
+                &[&format!("direction=\"{dir}\"")],
+            )
+            .unwrap_or_else(|| panic!("no {dir} series in\n{text}"));
+            for want in ours(me).iter().chain(&theirs(other)) {
+                assert!(l.contains(want.as_str()), "{dir}: {want} missing in {l}");
+            }
+        }
+    }
+
+    /// The whole exposition, byte for byte (the file was first rendered by the code
+    /// before it moved onto `mesh_common::prom`; since then only the canonical
+    /// service/revision labels were added and app/version filled in).
+    #[test]
+    fn rendering_is_unchanged() {
+        let m = Metrics::new(Identity {
+            workload: "web".into(),
+            namespace: "shop".into(),
+            ..Identity::unknown()
+        });
+        let s = m.tcp_series(Direction::Outbound, 80, ResponseFlags::None);
+        s.opened.fetch_add(2, Ordering::Relaxed);
+        s.received.fetch_add(100, Ordering::Relaxed);
+        s.sent.fetch_add(7, Ordering::Relaxed);
+        let i = m.tcp_series(Direction::Inbound, 8080, ResponseFlags::UpstreamFailure);
+        i.opened.fetch_add(1, Ordering::Relaxed);
+        m.connection_started(Direction::Inbound);
+        m.connect_error(Direction::Outbound, ConnectErrorKind::Timeout);
+        m.refused(Direction::Outbound, RefusalReason::Loop);
+        m.accept_error(AcceptErrorKind::FdExhausted);
+        m.connect_latency(Direction::Outbound, Duration::from_micros(700));
+        m.connect_latency(Direction::Inbound, Duration::from_millis(3));
+        assert_eq!(m.render(), include_str!("../testdata/metrics_render.prom"));
     }
 }

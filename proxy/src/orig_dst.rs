@@ -13,6 +13,8 @@ use std::net::SocketAddr;
 use socket2::SockRef;
 use tokio::net::TcpStream;
 
+use crate::addrs::{ListenAddr, OrigDstAddr};
+
 /// Reading the original destination failed.
 #[derive(Debug, thiserror::Error)]
 pub enum OrigDstError {
@@ -28,12 +30,12 @@ pub enum OrigDstError {
 
 /// A source of original destinations for accepted connections.
 pub trait OriginalDst: Send + Sync + fmt::Debug + 'static {
-    /// The destination `stream` (accepted on `local`) was dialled to.
+    /// The destination `stream` (accepted on `listen`) was dialled to.
     fn original_dst(
         &self,
         stream: &TcpStream,
-        local: SocketAddr,
-    ) -> Result<SocketAddr, OrigDstError>;
+        listen: ListenAddr,
+    ) -> Result<OrigDstAddr, OrigDstError>;
 }
 
 /// The real thing: asks the kernel.
@@ -44,15 +46,18 @@ impl OriginalDst for KernelOriginalDst {
     fn original_dst(
         &self,
         stream: &TcpStream,
-        local: SocketAddr,
-    ) -> Result<SocketAddr, OrigDstError> {
+        listen: ListenAddr,
+    ) -> Result<OrigDstAddr, OrigDstError> {
         let sock = SockRef::from(stream);
-        let addr = match local {
+        let addr = match listen.addr() {
             SocketAddr::V4(_) => sock.original_dst_v4(),
             SocketAddr::V6(_) => sock.original_dst_v6(),
         };
         match addr {
-            Ok(addr) => addr.as_socket().ok_or(OrigDstError::NotInet),
+            Ok(addr) => addr
+                .as_socket()
+                .map(OrigDstAddr)
+                .ok_or(OrigDstError::NotInet),
             // ENOENT: no conntrack entry / not NATed.
             Err(e) if e.raw_os_error() == Some(nix::libc::ENOENT) => {
                 Err(OrigDstError::NotRedirected(e))
@@ -67,8 +72,8 @@ impl OriginalDst for KernelOriginalDst {
 pub struct FixedOriginalDst(pub SocketAddr);
 
 impl OriginalDst for FixedOriginalDst {
-    fn original_dst(&self, _: &TcpStream, _: SocketAddr) -> Result<SocketAddr, OrigDstError> {
-        Ok(self.0)
+    fn original_dst(&self, _: &TcpStream, _: ListenAddr) -> Result<OrigDstAddr, OrigDstError> {
+        Ok(OrigDstAddr(self.0))
     }
 }
 
@@ -84,8 +89,8 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let _client = TcpStream::connect(addr).await.unwrap();
         let (accepted, _) = listener.accept().await.unwrap();
-        match KernelOriginalDst.original_dst(&accepted, addr) {
-            Ok(dst) => assert_eq!(dst, addr),
+        match KernelOriginalDst.original_dst(&accepted, ListenAddr(addr)) {
+            Ok(dst) => assert_eq!(dst.addr(), addr),
             Err(OrigDstError::NotRedirected(_)) => {}
             Err(e) => panic!("unexpected error: {e}"),
         }

@@ -11,9 +11,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-use crate::cli::{Config, CopyMode};
-use crate::metrics::{ConnectErrorKind, Direction, Metrics, RefusalReason, ResponseFlags};
-use crate::orig_dst::{FixedOriginalDst, OriginalDst};
+use crate::access_log::{AccessLog, Captured};
+use crate::addrs::{ListenAddr, OrigDstAddr};
+use crate::config::{AccessLogFormat, Config, CopyMode};
+use crate::direction::Direction;
+use crate::metrics::{ConnectErrorKind, Metrics, RefusalReason, ResponseFlags};
+use crate::orig_dst::{FixedOriginalDst, OrigDstError, OriginalDst};
 use crate::{BoundAddrs, DrainReport, DrainTrigger, Proxy};
 
 struct Running {
@@ -24,7 +27,11 @@ struct Running {
 }
 
 async fn start(config: Config, dst: Arc<dyn OriginalDst>) -> Running {
-    let proxy = Proxy::bind(config, dst).await.unwrap();
+    start_with_log(config, dst, AccessLog::stdout(None)).await
+}
+
+async fn start_with_log(config: Config, dst: Arc<dyn OriginalDst>, log: AccessLog) -> Running {
+    let proxy = Proxy::bind_with_access_log(config, dst, log).await.unwrap();
     let running = Running {
         addrs: proxy.addrs().clone(),
         metrics: proxy.metrics(),
@@ -337,17 +344,13 @@ struct RecordThread {
 }
 
 impl OriginalDst for RecordThread {
-    fn original_dst(
-        &self,
-        _: &TcpStream,
-        _: SocketAddr,
-    ) -> Result<SocketAddr, crate::orig_dst::OrigDstError> {
+    fn original_dst(&self, _: &TcpStream, _: ListenAddr) -> Result<OrigDstAddr, OrigDstError> {
         let name = std::thread::current()
             .name()
             .unwrap_or("unnamed")
             .to_owned();
         self.seen.lock().unwrap().push(name);
-        Ok(self.dst)
+        Ok(OrigDstAddr(self.dst))
     }
 }
 
@@ -408,7 +411,7 @@ async fn upstream_reset_reaches_the_client() {
         let mut buf = [0u8; 4];
         s.readable().await.unwrap();
         let _ = s.try_read(&mut buf);
-        crate::forward::reset(s);
+        crate::flow::reset(s);
     });
     let p = start(Config::loopback(), fixed(server)).await;
     let mut c = TcpStream::connect(p.addrs.outbound[0]).await.unwrap();
@@ -446,4 +449,104 @@ async fn metrics_endpoint_shows_bytes_that_passed() {
     assert_eq!(find("istio_tcp_sent_bytes_total{"), "11");
     assert_eq!(find("istio_tcp_connections_opened_total{"), "1");
     assert_eq!(find("istio_tcp_connections_closed_total{"), "1");
+}
+
+/// Hands out the original destinations a test scripts, one per connection, in order;
+/// `None` stands for "the kernel has none".
+#[derive(Debug, Default)]
+struct Script(std::sync::Mutex<std::collections::VecDeque<Option<SocketAddr>>>);
+
+impl Script {
+    fn next(&self, dst: Option<SocketAddr>) {
+        self.0.lock().unwrap().push_back(dst);
+    }
+}
+
+impl OriginalDst for Script {
+    fn original_dst(&self, _: &TcpStream, _: ListenAddr) -> Result<OrigDstAddr, OrigDstError> {
+        match self.0.lock().unwrap().pop_front() {
+            Some(Some(dst)) => Ok(OrigDstAddr(dst)),
+            _ => Err(OrigDstError::NotRedirected(io::ErrorKind::NotFound.into())),
+        }
+    }
+}
+
+/// The access-log lines so far whose response flags and error are `flags` / `error`.
+fn log_lines(log: &Captured, flags: &str, error: &str) -> Vec<String> {
+    let want = format!("\"response_flags\":\"{flags}\",\"error\":{error}}}");
+    let lines = log.lock().unwrap();
+    lines
+        .iter()
+        .filter(|l| l.ends_with(&want))
+        .cloned()
+        .collect()
+}
+
+/// Every way a connection can end writes exactly one access-log line and counts once:
+/// a normal close, the connection limit, a loop, no original destination, and an
+/// upstream that refuses the connect.
+#[tokio::test]
+async fn every_connection_is_logged_and_counted_exactly_once() {
+    let (server, _) = half_close_server().await;
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let script = Arc::new(Script::default());
+    let mut config = Config::loopback();
+    config.max_connections = 1;
+    let (log, lines) = AccessLog::capture(AccessLogFormat::Json);
+    let p = start_with_log(config, script.clone(), log).await;
+    let out = p.addrs.outbound[0];
+
+    // A normal connection, held open while a second one meets the limit.
+    script.next(Some(server));
+    let mut first = TcpStream::connect(out).await.unwrap();
+    wait_for(|| p.metrics.active(Direction::Outbound) == 1).await;
+    expect_reset(TcpStream::connect(out).await.unwrap()).await;
+    assert_eq!(upload_then_answer(&mut first, b"hello").await, "reply:5");
+    wait_for(|| p.metrics.active(Direction::Outbound) == 0).await;
+    // A loop, no original destination, and a refused upstream connect.
+    for dst in [Some(out), None, Some(closed)] {
+        script.next(dst);
+        expect_reset(TcpStream::connect(out).await.unwrap()).await;
+        wait_for(|| p.metrics.active(Direction::Outbound) == 0).await;
+    }
+    // Whatever might still be written late would show up by now.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let all = lines.lock().unwrap().clone();
+    assert_eq!(all.len(), 5, "{all:#?}");
+    let normal = log_lines(&lines, "-", "null");
+    assert_eq!(normal.len(), 1, "{all:#?}");
+    let server_port = format!("\"original_dst\":\"{server}\"");
+    assert!(normal[0].contains(&server_port), "{}", normal[0]);
+    assert!(
+        normal[0].contains("\"bytes_received\":5,\"bytes_sent\":7"),
+        "{}",
+        normal[0]
+    );
+    assert_eq!(log_lines(&lines, "OM", "\"limit\"").len(), 1, "{all:#?}");
+    assert_eq!(log_lines(&lines, "NR", "\"loop\"").len(), 1, "{all:#?}");
+    assert_eq!(
+        log_lines(&lines, "NR", "\"no_original_dst\"").len(),
+        1,
+        "{all:#?}"
+    );
+    assert_eq!(log_lines(&lines, "UF", "\"refused\"").len(), 1, "{all:#?}");
+
+    let m = &p.metrics;
+    let d = Direction::Outbound;
+    assert_eq!(
+        series_value(m, d, server.port(), ResponseFlags::None),
+        [1, 1, 5, 7]
+    );
+    assert_eq!(
+        series_value(m, d, closed.port(), ResponseFlags::UpstreamFailure),
+        [1, 1, 0, 0]
+    );
+    assert_eq!(m.refusals(d, RefusalReason::Limit), 1);
+    assert_eq!(m.refusals(d, RefusalReason::Loop), 1);
+    assert_eq!(m.refusals(d, RefusalReason::NoOriginalDst), 1);
+    assert_eq!(m.connect_errors(d, ConnectErrorKind::Refused), 1);
 }

@@ -11,9 +11,9 @@ use std::thread::{self, JoinHandle};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
-use crate::forward::Shared;
+use crate::direction::Direction;
+use crate::flow::Shared;
 use crate::listener::{ConnTracker, accept_loop};
-use crate::metrics::Direction;
 
 /// A worker thread whose listeners are registered, waiting for [`Worker::start`].
 #[derive(Debug)]

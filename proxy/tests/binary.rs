@@ -253,3 +253,97 @@ fn out_of_descriptors_backs_off_then_recovers() {
     let count: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
     assert!(count >= 1, "{line}");
 }
+
+/// Runs the proxy with every port kernel-chosen (so nothing can collide), `env` added
+/// to its environment and stderr captured; returns the stderr lines up to and including
+/// the `ready` line, then stops it.
+fn stderr_until_ready(args: &[&str], env: &[(&str, &str)]) -> Vec<String> {
+    use std::io::BufRead;
+    let mut child = Command::new(BIN)
+        .args([
+            "--ipv6",
+            "off",
+            "--outbound-port",
+            "0",
+            "--inbound-port",
+            "0",
+        ])
+        .args([
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut lines = Vec::new();
+    for line in stderr.lines() {
+        let line = line.unwrap();
+        let ready = line.contains(" ready ") || line.ends_with(" ready");
+        lines.push(line);
+        if ready {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    lines
+}
+
+#[test]
+fn log_filter_with_directives_runs_and_identity_is_logged() {
+    // `info,mesh_proxy=debug` used to exit 2: only a single level was accepted.
+    let lines = stderr_until_ready(
+        &["--log-level", "warn,mesh_proxy=info"],
+        &[
+            ("INSTANCE_IP", "198.18.0.9"),
+            ("SERVICE_ACCOUNT", "web-sa"),
+            ("POD_NAME", "web-1"),
+        ],
+    );
+    let text = lines.join("\n");
+    assert!(text.contains("ready"), "never became ready:\n{text}");
+    let identity = lines
+        .iter()
+        .find(|l| l.contains("identity"))
+        .unwrap_or_else(|| panic!("no identity line:\n{text}"));
+    assert!(
+        identity.contains("198.18.0.9")
+            && identity.contains("web-sa")
+            && identity.contains("web-1"),
+        "{identity}"
+    );
+    // The environment's filter works the same way.
+    let lines = stderr_until_ready(&[], &[("MESH_PROXY_LOG", "warning,mesh_proxy=info")]);
+    assert!(lines.iter().any(|l| l.contains("identity")), "{lines:?}");
+}
+
+#[test]
+fn bad_log_filter_or_pod_ip_fails_naming_it() {
+    let out = Command::new(BIN)
+        .args(["--log-level", "info,mesh-proxy=debug"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--log-level") && err.contains("mesh-proxy"),
+        "{err}"
+    );
+    let out = Command::new(BIN)
+        .env("INSTANCE_IP", "not-an-ip")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("INSTANCE_IP") && err.contains("not-an-ip"),
+        "{err}"
+    );
+}

@@ -17,11 +17,12 @@
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
+
+use super::Meter;
 
 /// The kernel's default pipe capacity.
 const DEFAULT_PIPE_SIZE: usize = 64 * 1024;
@@ -96,13 +97,12 @@ enum Wait {
     Nothing,
 }
 
-/// Copies `from` to `to` until end of stream, adding delivered bytes to `counter`
+/// Copies `from` to `to` until end of stream, counting delivered bytes on `meter`
 /// as they pass. Does not shut anything down: the caller owns half-close.
 pub async fn splice_one_way(
     from: &TcpStream,
     to: &TcpStream,
-    counter: &AtomicU64,
-    total: &AtomicU64,
+    meter: &Meter<'_>,
 ) -> io::Result<SpliceEnd> {
     let mut pipe: Option<Pipe> = None;
     let mut delivered: u64 = 0;
@@ -163,8 +163,7 @@ pub async fn splice_one_way(
                 Ok(m) => {
                     pending -= m;
                     delivered += m as u64;
-                    counter.fetch_add(m as u64, Ordering::Relaxed);
-                    total.fetch_add(m as u64, Ordering::Relaxed);
+                    meter.add(m);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     write_blocked = true;
@@ -190,6 +189,7 @@ pub async fn splice_one_way(
 mod tests {
     use super::*;
     use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicU64, Ordering};
 
     #[test]
     fn pipe_moves_bytes_between_sockets() {
@@ -253,11 +253,14 @@ mod tests {
         });
         let counter = AtomicU64::new(0);
         let total = AtomicU64::new(0);
-        let end = splice_one_way(&src, &dst, &counter, &total).await.unwrap();
+        let end = splice_one_way(&src, &dst, &Meter::new(&counter, &total))
+            .await
+            .unwrap();
         assert!(matches!(end, SpliceEnd::Eof(3_000_000)), "{end:?}");
         drop(dst);
         writer.await.unwrap();
         assert_eq!(reader.await.unwrap(), expected);
         assert_eq!(counter.load(Ordering::Relaxed), 3_000_000);
+        assert_eq!(total.load(Ordering::Relaxed), 3_000_000);
     }
 }

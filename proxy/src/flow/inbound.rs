@@ -1,0 +1,42 @@
+//! Inbound: a peer dialled the pod and the nat PREROUTING rules sent it here; the proxy
+//! dials the app from the passthrough source (127.0.0.6 or ::6), which the OUTPUT chain
+//! lets through, so the connection is not captured a second time. mTLS termination and
+//! authorization land here.
+
+use std::time::Instant;
+
+use tokio::net::TcpStream;
+use tracing::{debug, info};
+
+use super::{Shared, connect, original_dst, refuse, reset, tcp};
+use crate::addrs::ListenAddr;
+use crate::record::ConnRecord;
+
+pub(super) async fn handle(
+    shared: &Shared,
+    mut client: TcpStream,
+    record: &mut ConnRecord<'_>,
+    listen: ListenAddr,
+) {
+    let orig = match original_dst(shared, &client, listen) {
+        Ok(orig) => orig,
+        Err(refusal) => return refuse(record, client, refusal),
+    };
+    let source = Some(mesh_common::inbound_passthrough_for(orig.ip()));
+    let connect_started = Instant::now();
+    let mut upstream = match connect::connect(orig, source, shared.config.connect_timeout).await {
+        Ok(u) => u,
+        Err(e) => {
+            info!(dst = %orig, error = %e, "upstream connect failed; resetting client");
+            record.connect_failed(orig, e.kind());
+            reset(client);
+            return;
+        }
+    };
+    let meters = record.connected(orig, connect_started.elapsed(), || {
+        upstream.local_addr().ok()
+    });
+    debug!(dst = %orig, "connected to the app");
+    let result = tcp::forward(shared, &mut client, &mut upstream, &meters).await;
+    record.closed(result.err().as_ref());
+}

@@ -1,0 +1,40 @@
+//! Outbound: the pod's own app dialled out and the nat OUTPUT rules sent it here; the
+//! proxy dials the original destination directly (its own traffic, as uid 1337,
+//! bypasses the capture). Routing, load balancing and mTLS origination land here.
+
+use std::time::Instant;
+
+use tokio::net::TcpStream;
+use tracing::{debug, info};
+
+use super::{Shared, connect, original_dst, refuse, reset, tcp};
+use crate::addrs::ListenAddr;
+use crate::record::ConnRecord;
+
+pub(super) async fn handle(
+    shared: &Shared,
+    mut client: TcpStream,
+    record: &mut ConnRecord<'_>,
+    listen: ListenAddr,
+) {
+    let orig = match original_dst(shared, &client, listen) {
+        Ok(orig) => orig,
+        Err(refusal) => return refuse(record, client, refusal),
+    };
+    let connect_started = Instant::now();
+    let mut upstream = match connect::connect(orig, None, shared.config.connect_timeout).await {
+        Ok(u) => u,
+        Err(e) => {
+            info!(dst = %orig, error = %e, "upstream connect failed; resetting client");
+            record.connect_failed(orig, e.kind());
+            reset(client);
+            return;
+        }
+    };
+    let meters = record.connected(orig, connect_started.elapsed(), || {
+        upstream.local_addr().ok()
+    });
+    debug!(dst = %orig, "connected upstream");
+    let result = tcp::forward(shared, &mut client, &mut upstream, &meters).await;
+    record.closed(result.err().as_ref());
+}
