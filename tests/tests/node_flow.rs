@@ -334,20 +334,34 @@ fn example_app_runs_injected_and_both_proxies_count_its_requests() {
     let client_pid = node.container_pid(client.container_id(PROXY));
     let idle_rss = rss_kib(client_pid);
 
-    let out_before = metric_sum(
-        &proxy_metrics(&client.ip),
-        OPENED,
-        &[r#"direction="outbound""#, r#"destination_port="80""#],
-    );
+    // Each side's series, named after its Deployment and labels by the injector (never
+    // the pod name), as Kiali and Grafana group by them.
+    let client_ns = format!(r#"source_workload_namespace="{}""#, ns.name);
+    let client_series = [
+        r#"reporter="source""#,
+        r#"direction="outbound""#,
+        r#"destination_port="80""#,
+        r#"source_workload="sleep""#,
+        client_ns.as_str(),
+        r#"source_app="sleep""#,
+        r#"source_canonical_service="sleep""#,
+    ];
+    let server_ns = format!(r#"destination_workload_namespace="{}""#, ns.name);
+    let server_series = [
+        r#"reporter="destination""#,
+        r#"direction="inbound""#,
+        r#"destination_port="8080""#,
+        r#"destination_workload="web""#,
+        server_ns.as_str(),
+        r#"destination_app="web""#,
+        r#"destination_version="v1""#,
+        r#"destination_canonical_service="web""#,
+        r#"destination_canonical_revision="v1""#,
+    ];
+    let out_before = metric_sum(&proxy_metrics(&client.ip), OPENED, &client_series);
     let in_before: Vec<u64> = servers
         .iter()
-        .map(|s| {
-            metric_sum(
-                &proxy_metrics(&s.ip),
-                OPENED,
-                &[r#"direction="inbound""#, r#"destination_port="8080""#],
-            )
-        })
+        .map(|s| metric_sum(&proxy_metrics(&s.ip), OPENED, &server_series))
         .collect();
 
     // Through the Service's ClusterIP (no DNS on kube-node), from the app container.
@@ -368,15 +382,7 @@ fn example_app_runs_injected_and_both_proxies_count_its_requests() {
     // The client's proxy counted every request as outbound (reporter source), each
     // server's proxy at least the ones it answered as inbound (kubelet probes add more).
     let client_metrics = proxy_metrics(&client.ip);
-    let out_after = metric_sum(
-        &client_metrics,
-        OPENED,
-        &[
-            r#"reporter="source""#,
-            r#"direction="outbound""#,
-            r#"destination_port="80""#,
-        ],
-    );
+    let out_after = metric_sum(&client_metrics, OPENED, &client_series);
     assert!(
         out_after - out_before >= u64::from(n),
         "client outbound opened {out_before} -> {out_after}"
@@ -384,15 +390,7 @@ fn example_app_runs_injected_and_both_proxies_count_its_requests() {
     for (s, before) in servers.iter().zip(&in_before) {
         let served = bodies.iter().filter(|b| *b == &s.name).count() as u64;
         let text = proxy_metrics(&s.ip);
-        let after = metric_sum(
-            &text,
-            OPENED,
-            &[
-                r#"reporter="destination""#,
-                r#"direction="inbound""#,
-                r#"destination_port="8080""#,
-            ],
-        );
+        let after = metric_sum(&text, OPENED, &server_series);
         assert!(
             after - before >= served,
             "{}: inbound opened {before} -> {after}, served {served}",

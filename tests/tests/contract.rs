@@ -1,0 +1,461 @@
+//! The contract between the injector and the two binaries it writes command lines for.
+//!
+//! Every pod the injection golden corpus produces (`webhook/testdata/inject/*.injected`),
+//! and a set of pod shapes injected here through the core with several configs, has its
+//! `istio-init` and `istio-proxy` containers fed to the real parsers of `mesh-init` and
+//! `mesh-proxy`, in process, through their library entry points. A container fails the
+//! contract when:
+//! - its command is not the binary the contract names;
+//! - an argument is unknown to the binary, or a value is one the binary would reject
+//!   (parsing and validation, exactly as the binary does before it starts);
+//! - the injector sets an environment variable the proxy never reads (variables the
+//!   user put into their own `istio-proxy` container are theirs, not the injector's);
+//! - `mesh-init -u`/`-g` differ from the uid/gid the proxy container really runs as, so
+//!   the proxy's own connections would be captured and loop.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use mesh_common::contract;
+use mesh_webhook::config::{InjectConfig, NativeSidecars};
+use mesh_webhook::inject::{self, InjectRequest, NamespacePolicy};
+use mesh_webhook::{workloads, yaml};
+use serde_json::{Value, json};
+
+/// One injected pod template and where it came from.
+struct Injected {
+    origin: String,
+    template: Value,
+    /// Env names of the user's own `istio-proxy` container in the input, if any.
+    user_proxy_env: BTreeSet<String>,
+}
+
+fn corpus_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../webhook/testdata/inject")
+}
+
+fn parse_all(s: &str) -> Vec<Value> {
+    yaml::split_documents(s)
+        .iter()
+        .filter_map(|d| yaml::parse_document(d).unwrap())
+        .collect()
+}
+
+fn container<'a>(template: &'a Value, name: &str) -> Option<&'a Value> {
+    let spec = template.get("spec")?;
+    ["initContainers", "containers"]
+        .iter()
+        .filter_map(|k| spec.get(*k).and_then(Value::as_array))
+        .flatten()
+        .find(|c| c.get("name").and_then(Value::as_str) == Some(name))
+}
+
+fn env_names(c: Option<&Value>) -> BTreeSet<String> {
+    c.and_then(|c| c.get("env"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.get("name").and_then(Value::as_str).map(str::to_owned))
+        .collect()
+}
+
+/// Every injected template of the golden corpus (uninject cases and error cases have
+/// nothing injected to check).
+fn golden_pods() -> Vec<Injected> {
+    let mut out = Vec::new();
+    let mut names: Vec<PathBuf> = fs::read_dir(corpus_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "injected"))
+        .collect();
+    names.sort();
+    assert!(
+        names.len() >= 20,
+        "golden corpus not found in {}",
+        corpus_dir().display()
+    );
+    for golden in names {
+        let input_path = golden.with_extension("");
+        let input = fs::read_to_string(&input_path).unwrap();
+        if input.lines().any(|l| l.trim() == "# mode: uninject") {
+            continue;
+        }
+        let output = fs::read_to_string(&golden).unwrap();
+        let (ins, outs) = (parse_all(&input), parse_all(&output));
+        assert_eq!(
+            ins.len(),
+            outs.len(),
+            "{}: document count",
+            golden.display()
+        );
+        for (i, (din, dout)) in ins.iter().zip(&outs).enumerate() {
+            for t in workloads::find_templates(dout).unwrap() {
+                let template = dout.pointer(&t.pointer).unwrap().clone();
+                if container(&template, mesh_common::containers::PROXY).is_none() {
+                    continue; // not injected (opted out, hostNetwork, ...)
+                }
+                let user = din
+                    .pointer(&t.pointer)
+                    .and_then(|tin| container(tin, mesh_common::containers::PROXY));
+                out.push(Injected {
+                    origin: format!(
+                        "{} doc {i} {}",
+                        input_path.file_name().unwrap().to_string_lossy(),
+                        t.label
+                    ),
+                    template,
+                    user_proxy_env: env_names(user),
+                });
+            }
+        }
+    }
+    out
+}
+
+fn configs() -> Vec<(&'static str, InjectConfig)> {
+    vec![
+        ("default", InjectConfig::default()),
+        (
+            "native",
+            InjectConfig {
+                native_sidecars: NativeSidecars::True,
+                ..InjectConfig::default()
+            },
+        ),
+        (
+            "uid2000-gid3000",
+            InjectConfig {
+                proxy_uid: 2000,
+                proxy_gid: 3000,
+                ..InjectConfig::default()
+            },
+        ),
+        (
+            "log-istio-spelling",
+            InjectConfig {
+                proxy_log_level: Some("warning".into()),
+                ..InjectConfig::default()
+            },
+        ),
+        (
+            "log-directives",
+            InjectConfig {
+                proxy_log_level: Some("info,mesh_proxy=debug".into()),
+                ..InjectConfig::default()
+            },
+        ),
+        (
+            "custom-ports",
+            InjectConfig {
+                outbound_port: 16001,
+                inbound_port: 16006,
+                admin_port: 16021,
+                metrics_port: 16090,
+                exclude_inbound_ports: "16090,16021".into(),
+                ..InjectConfig::default()
+            },
+        ),
+    ]
+}
+
+fn shapes() -> Vec<(&'static str, Value)> {
+    let app = json!({"name": "app", "image": "app"});
+    vec![
+        ("basic", json!({"spec": {"containers": [app]}})),
+        (
+            "traffic-annotations",
+            json!({"metadata": {"annotations": {
+                "traffic.sidecar.istio.io/includeOutboundIPRanges": "10.0.0.0/8, fd00::/8",
+                "traffic.sidecar.istio.io/excludeOutboundIPRanges": "10.96.0.1/32,",
+                "traffic.sidecar.istio.io/includeInboundPorts": "8080,9090",
+                "traffic.sidecar.istio.io/excludeInboundPorts": "9091",
+                "traffic.sidecar.istio.io/excludeOutboundPorts": "5432,6379"
+            }}, "spec": {"containers": [app]}}),
+        ),
+        (
+            "no-inbound",
+            json!({"metadata": {"annotations": {
+                "traffic.sidecar.istio.io/includeInboundPorts": ""
+            }}, "spec": {"containers": [app]}}),
+        ),
+        (
+            "log-annotation",
+            json!({"metadata": {"annotations": {"sidecar.istio.io/logLevel": "debug"}},
+                   "spec": {"containers": [app]}}),
+        ),
+        (
+            "override-uid",
+            json!({"spec": {"containers": [app,
+                {"name": "istio-proxy", "securityContext": {"runAsUser": 1234}}]}}),
+        ),
+        (
+            "override-uid-gid",
+            json!({"spec": {"containers": [
+                {"name": "istio-proxy", "securityContext": {"runAsUser": 1234, "runAsGroup": 4321}},
+                app]}}),
+        ),
+        (
+            "override-gid-only",
+            json!({"spec": {"containers": [app,
+                {"name": "istio-proxy", "securityContext": {"runAsGroup": 4321}}]}}),
+        ),
+        (
+            "pod-level-run-as-user",
+            json!({"spec": {"securityContext": {"runAsUser": 999, "runAsGroup": 999},
+                            "containers": [app]}}),
+        ),
+        (
+            "user-env-in-override",
+            json!({"spec": {"containers": [app,
+                {"name": "istio-proxy", "env": [{"name": "MY_OWN", "value": "1"}]}]}}),
+        ),
+    ]
+}
+
+/// Every shape injected with every config, through the same core the webhook uses.
+fn shape_pods() -> Vec<Injected> {
+    let mut out = Vec::new();
+    for (cname, cfg) in configs() {
+        for (sname, pod) in shapes() {
+            let native = cfg.native_sidecars.resolve(None);
+            let req = InjectRequest {
+                template: &pod,
+                namespace: Some("shop"),
+                namespace_policy: NamespacePolicy::Selected,
+                workload: None,
+                native_sidecars: native,
+            };
+            let template = inject::desired_template(&req, &cfg)
+                .unwrap_or_else(|e| panic!("{sname} with {cname}: {e}"))
+                .unwrap_or_else(|| panic!("{sname} with {cname}: not injected"));
+            out.push(Injected {
+                origin: format!("shape {sname} with config {cname}"),
+                template,
+                user_proxy_env: env_names(container(&pod, mesh_common::containers::PROXY)),
+            });
+        }
+    }
+    out
+}
+
+fn strings(c: &Value, key: &str) -> Vec<String> {
+    c.get(key)
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|v| v.as_str().expect("string item").to_owned())
+        .collect()
+}
+
+/// The value the kubelet would give an env entry: a literal, or a plausible value for
+/// the downward-API fields the injector uses.
+fn env_value(e: &Value) -> Result<String, String> {
+    if let Some(v) = e.get("value") {
+        return v
+            .as_str()
+            .map(str::to_owned)
+            .ok_or(format!("non-string value {e}"));
+    }
+    let path = e
+        .pointer("/valueFrom/fieldRef/fieldPath")
+        .and_then(Value::as_str)
+        .ok_or(format!("env entry the test cannot resolve: {e}"))?;
+    Ok(match path {
+        "metadata.name" => "web-7d4b9c-x2x5q",
+        "metadata.namespace" => "shop",
+        "status.podIP" => "198.18.0.7",
+        "spec.serviceAccountName" => "web",
+        other => return Err(format!("unknown downward-API field {other}")),
+    }
+    .to_owned())
+}
+
+fn security_id(c: &Value, key: &str) -> Option<i64> {
+    c.pointer(&format!("/securityContext/{key}"))
+        .and_then(Value::as_i64)
+}
+
+/// Checks `istio-init` against mesh-init's parser and validation, and its `-u`/`-g`
+/// against the uid/gid the proxy container runs as.
+fn check_init(init: &Value, proxy: &Value) -> Result<(), String> {
+    let cmd = strings(init, "command");
+    if cmd != [contract::init::BINARY] {
+        return Err(format!(
+            "istio-init command {cmd:?}, expected [{}]",
+            contract::init::BINARY
+        ));
+    }
+    let mut argv = vec![contract::init::BINARY.to_owned()];
+    argv.extend(strings(init, "args"));
+    let cli = <mesh_init::cli::Cli as clap::Parser>::try_parse_from(&argv)
+        .map_err(|e| format!("mesh-init rejects {argv:?}: {e}"))?;
+    if cli.command.is_some() {
+        return Err(format!("{argv:?} parses as a subcommand"));
+    }
+    mesh_init::model::Settings::from_flags(&cli.capture.flags())
+        .map_err(|e| format!("mesh-init rejects {argv:?}: {e}"))?;
+    let uid = cli.capture.proxy_uid.clone();
+    let gid = cli.capture.proxy_gid.clone().unwrap_or_else(|| uid.clone());
+    let run_uid = security_id(proxy, "runAsUser").ok_or("istio-proxy has no runAsUser")?;
+    let run_gid = security_id(proxy, "runAsGroup").ok_or("istio-proxy has no runAsGroup")?;
+    if uid != run_uid.to_string() || gid != run_gid.to_string() {
+        return Err(format!(
+            "mesh-init exempts uid {uid} gid {gid}, but istio-proxy runs as {run_uid}:{run_gid}"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks `istio-proxy` against mesh-proxy's parser and validation, and that every env
+/// var the injector set is one the proxy reads.
+fn check_proxy(proxy: &Value, user_env: &BTreeSet<String>) -> Result<(), String> {
+    let cmd = strings(proxy, "command");
+    if cmd != [contract::proxy::BINARY] {
+        return Err(format!(
+            "istio-proxy command {cmd:?}, expected [{}]",
+            contract::proxy::BINARY
+        ));
+    }
+    let mut env = Vec::new();
+    for e in proxy
+        .get("env")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let name = e
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or("env entry without name")?;
+        env.push((name.to_owned(), env_value(e)?));
+    }
+    let asked = RefCell::new(BTreeSet::new());
+    let lookup = |k: &str| {
+        asked.borrow_mut().insert(k.to_owned());
+        env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+    };
+    let mut argv = vec![contract::proxy::BINARY.to_owned()];
+    argv.extend(strings(proxy, "args"));
+    let command = mesh_proxy::cli::Args::command_from(argv.clone(), &lookup)
+        .map_err(|e| format!("mesh-proxy rejects {argv:?}: {e}"))?;
+    let mesh_proxy::cli::Command::Run(args) = command else {
+        return Err(format!("{argv:?} asks for help or version, not a run"));
+    };
+    args.into_config()
+        .map_err(|e| format!("mesh-proxy rejects {argv:?}: {e}"))?;
+    let asked = asked.into_inner();
+    for (name, _) in &env {
+        if !asked.contains(name) && !user_env.contains(name) {
+            return Err(format!(
+                "the injector sets env {name} on istio-proxy, but mesh-proxy never reads it"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check(p: &Injected) -> Result<(), String> {
+    let proxy = container(&p.template, mesh_common::containers::PROXY).ok_or("no istio-proxy")?;
+    check_proxy(proxy, &p.user_proxy_env)?;
+    if let Some(init) = container(&p.template, mesh_common::containers::INIT) {
+        check_init(init, proxy)?;
+    }
+    Ok(())
+}
+
+fn check_all(pods: &[Injected]) {
+    let failures: Vec<String> = pods
+        .iter()
+        .filter_map(|p| check(p).err().map(|e| format!("{}: {e}", p.origin)))
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "contract broken:\n{}",
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn every_golden_pod_starts_with_the_binaries_parsers() {
+    let pods = golden_pods();
+    assert!(
+        pods.len() >= 20,
+        "only {} injected templates in the corpus",
+        pods.len()
+    );
+    check_all(&pods);
+}
+
+#[test]
+fn every_shape_and_config_starts_with_the_binaries_parsers() {
+    let pods = shape_pods();
+    check_all(&pods);
+    // A user's runAsUser/runAsGroup on istio-proxy moves the capture exemption with it;
+    // a pod-level runAsUser does not, because the proxy container sets its own.
+    let args_of = |origin: &str| {
+        let p = pods.iter().find(|p| p.origin == origin).unwrap();
+        strings(container(&p.template, "istio-init").unwrap(), "args").join(" ")
+    };
+    assert!(args_of("shape override-uid with config default").contains("-u 1234 "));
+    assert!(args_of("shape override-uid with config default").contains("-g 1337"));
+    assert!(args_of("shape override-uid-gid with config default").contains("-g 4321"));
+    assert!(args_of("shape pod-level-run-as-user with config default").contains("-u 1337 "));
+}
+
+/// The checks above can fail: each way of breaking the contract is caught.
+#[test]
+fn a_broken_contract_is_caught() {
+    let pods = shape_pods();
+    let base = &pods[0];
+    let proxy = container(&base.template, "istio-proxy").unwrap().clone();
+    let init = container(&base.template, "istio-init").unwrap().clone();
+    assert_eq!(check_proxy(&proxy, &BTreeSet::new()), Ok(()));
+    assert_eq!(check_init(&init, &proxy), Ok(()));
+
+    let mut rust_log = proxy.clone();
+    rust_log["env"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "RUST_LOG", "value": "info"}));
+    let e = check_proxy(&rust_log, &BTreeSet::new()).unwrap_err();
+    assert!(e.contains("RUST_LOG") && e.contains("never reads"), "{e}");
+
+    let mut bad_level = proxy.clone();
+    bad_level["env"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": contract::proxy::env::LOG, "value": "loud"}));
+    assert!(
+        check_proxy(&bad_level, &BTreeSet::new())
+            .unwrap_err()
+            .contains("rejects")
+    );
+
+    let mut unknown_flag = proxy.clone();
+    unknown_flag["args"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!("--no-such-flag"));
+    assert!(
+        check_proxy(&unknown_flag, &BTreeSet::new())
+            .unwrap_err()
+            .contains("rejects")
+    );
+
+    let mut bad_port = init.clone();
+    let args = bad_port["args"].as_array_mut().unwrap();
+    args.extend([json!("-o"), json!("70000")]);
+    assert!(
+        check_init(&bad_port, &proxy)
+            .unwrap_err()
+            .contains("rejects")
+    );
+
+    let mut other_uid = proxy.clone();
+    other_uid["securityContext"]["runAsUser"] = json!(1234);
+    let e = check_init(&init, &other_uid).unwrap_err();
+    assert!(e.contains("1234"), "{e}");
+}
