@@ -35,20 +35,12 @@ fn write_if_changed(path: &Path, contents: &[u8], mode: u32) -> Result<(), Boots
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
     use std::time::{Duration, SystemTime};
 
     use crate::bootstrap::x509::issue_all;
 
     fn opts() -> BootstrapOptions {
-        BootstrapOptions::new(
-            "mesh-system",
-            "mesh-webhook",
-            "mesh-webhook-certs",
-            "mesh-sidecar-injector",
-            Path::new("/nonexistent/tls.crt"),
-            Path::new("/nonexistent/tls.key"),
-        )
+        BootstrapOptions::for_tests()
     }
 
     #[test]

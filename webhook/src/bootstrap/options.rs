@@ -120,10 +120,10 @@ fn is_dns_label(s: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn opts() -> BootstrapOptions {
+impl BootstrapOptions {
+    /// The defaults `deploy/` uses, with certificate paths that do not exist: the
+    /// bootstrap modules' tests share them.
+    pub(crate) fn for_tests() -> BootstrapOptions {
         BootstrapOptions::new(
             "mesh-system",
             "mesh-webhook",
@@ -132,6 +132,15 @@ mod tests {
             Path::new("/nonexistent/tls.crt"),
             Path::new("/nonexistent/tls.key"),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> BootstrapOptions {
+        BootstrapOptions::for_tests()
     }
 
     #[test]

@@ -156,19 +156,11 @@ fn leaf_is_good(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
 
     use crate::bootstrap::options::DAY;
 
     fn opts() -> BootstrapOptions {
-        BootstrapOptions::new(
-            "mesh-system",
-            "mesh-webhook",
-            "mesh-webhook-certs",
-            "mesh-sidecar-injector",
-            Path::new("/nonexistent/tls.crt"),
-            Path::new("/nonexistent/tls.key"),
-        )
+        BootstrapOptions::for_tests()
     }
 
     #[test]
