@@ -100,6 +100,7 @@ pub mod proxy {
         pub const METRICS_ADDR: &str = "--metrics-addr";
         pub const CONNECT_TIMEOUT: &str = "--connect-timeout";
         pub const DRAIN_TIMEOUT: &str = "--drain-timeout";
+        pub const DRAIN_DELAY: &str = "--drain-delay";
         pub const MAX_CONNECTIONS: &str = "--max-connections";
         pub const ACCESS_LOG: &str = "--access-log";
         pub const COPY_MODE: &str = "--copy-mode";
@@ -113,13 +114,14 @@ pub mod proxy {
         pub const WORKLOAD_NAME: &str = "--workload-name";
 
         /// Every flag that takes a value.
-        pub const ALL: [&str; 17] = [
+        pub const ALL: [&str; 18] = [
             OUTBOUND_PORT,
             INBOUND_PORT,
             ADMIN_ADDR,
             METRICS_ADDR,
             CONNECT_TIMEOUT,
             DRAIN_TIMEOUT,
+            DRAIN_DELAY,
             MAX_CONNECTIONS,
             ACCESS_LOG,
             COPY_MODE,

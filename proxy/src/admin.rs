@@ -142,11 +142,14 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// Sending `true` starts the drain.
     pub drain: watch::Sender<bool>,
+    /// Set on SIGTERM: not ready any more, though still accepting until the drain.
+    pub terminating: AtomicBool,
 }
 
 impl AdminState {
+    /// Draining, or about to (terminating): readiness says 503.
     pub fn draining(&self) -> bool {
-        *self.drain.borrow()
+        *self.drain.borrow() || self.terminating.load(Ordering::Acquire)
     }
 }
 
@@ -273,6 +276,7 @@ mod tests {
             ready: AtomicBool::new(false),
             metrics: Arc::new(Metrics::new(Identity::unknown())),
             drain: watch::channel(false).0,
+            terminating: AtomicBool::new(false),
         }
     }
 

@@ -46,6 +46,8 @@ pub struct Args {
     pub connect_timeout: Duration,
     /// On SIGTERM or /quitquitquit, wait this long for open connections to finish.
     pub drain_timeout: Duration,
+    /// On SIGTERM, keep accepting this long before the drain starts.
+    pub drain_delay: Duration,
     /// Open connections beyond this number are refused with a reset.
     pub max_connections: u32,
     /// Write one access-log line per connection on stdout.
@@ -106,8 +108,13 @@ Options:
       --metrics-addr <ADDR>      GET /stats/prometheus [default: 0.0.0.0:15090]
       --connect-timeout <DUR>    Give up connecting upstream after this long (500ms, 5s, 1m);
                                  the client is reset [default: 5s]
-      --drain-timeout <DUR>      On SIGTERM or /quitquitquit, wait this long for open
-                                 connections to finish [default: 30s]
+      --drain-delay <DUR>        On SIGTERM, readiness turns 503 at once but the capture
+                                 listeners keep accepting this long, while the pod's
+                                 endpoints are removed from its Services; then the drain
+                                 starts (/quitquitquit and SIGINT drain at once) [default: 5s]
+      --drain-timeout <DUR>      Once draining, wait this long for open connections to
+                                 finish; delay + timeout stay under the pod's default
+                                 terminationGracePeriodSeconds (30 s) [default: 20s]
       --max-connections <N>      Open connections beyond this are refused with a reset
                                  [default: 16384]
       --access-log <FORMAT>      One line per connection on stdout [possible: json]
@@ -236,7 +243,8 @@ impl Args {
             admin_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), PROXY_ADMIN_PORT),
             metrics_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), PROXY_METRICS_PORT),
             connect_timeout: Duration::from_secs(5),
-            drain_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(20),
+            drain_delay: Duration::from_secs(5),
             max_connections: 16384,
             access_log: None,
             copy_mode: CopyMode::Adaptive,
@@ -340,6 +348,7 @@ impl Args {
             flag::METRICS_ADDR => self.metrics_addr = addr(v)?,
             flag::CONNECT_TIMEOUT => self.connect_timeout = parse_duration(v)?,
             flag::DRAIN_TIMEOUT => self.drain_timeout = parse_duration(v)?,
+            flag::DRAIN_DELAY => self.drain_delay = parse_duration(v)?,
             flag::MAX_CONNECTIONS => self.max_connections = parse_num(v, 1, u32::MAX)?,
             flag::ACCESS_LOG => {
                 self.access_log = Some(parse_enum(v, &[("json", AccessLogFormat::Json)])?)
@@ -415,6 +424,7 @@ impl Args {
             metrics_addr: self.metrics_addr,
             connect_timeout: self.connect_timeout,
             drain_timeout: self.drain_timeout,
+            drain_delay: self.drain_delay,
             max_connections: self.max_connections as usize,
             access_log: self.access_log,
             copy_mode: self.copy_mode,
@@ -488,6 +498,7 @@ mod tests {
             flag::METRICS_ADDR => "[::]:15090",
             flag::CONNECT_TIMEOUT => "250ms",
             flag::DRAIN_TIMEOUT => "1m",
+            flag::DRAIN_DELAY => "2s",
             flag::MAX_CONNECTIONS => "10",
             flag::ACCESS_LOG => "json",
             flag::COPY_MODE => "splice",

@@ -82,6 +82,8 @@ pub struct Config {
     pub metrics_addr: SocketAddr,
     pub connect_timeout: Duration,
     pub drain_timeout: Duration,
+    /// On SIGTERM, keep accepting this long (readiness already 503) before the drain.
+    pub drain_delay: Duration,
     pub max_connections: usize,
     pub access_log: Option<AccessLogFormat>,
     pub copy_mode: CopyMode,
@@ -100,7 +102,8 @@ impl Config {
             admin_addr: lo,
             metrics_addr: lo,
             connect_timeout: Duration::from_secs(5),
-            drain_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(20),
+            drain_delay: Duration::from_secs(5),
             max_connections: 16384,
             access_log: None,
             copy_mode: CopyMode::Adaptive,

@@ -33,6 +33,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -78,11 +79,36 @@ pub struct BoundAddrs {
 
 /// Starts the drain from anywhere (a signal handler, a test).
 #[derive(Debug, Clone)]
-pub struct DrainTrigger(watch::Sender<bool>);
+pub struct DrainTrigger {
+    drain: watch::Sender<bool>,
+    admin: Arc<AdminState>,
+}
 
 impl DrainTrigger {
+    /// Drains now: the listeners close, open connections get `--drain-timeout`.
     pub fn drain(&self) {
-        self.0.send_replace(true);
+        self.drain.send_replace(true);
+    }
+
+    /// The pod is being deleted (SIGTERM). Readiness turns 503 at once, but the capture
+    /// listeners keep accepting for `delay`: the endpoints controller and every node's
+    /// kube-proxy need a moment to stop sending new connections here, and a connection
+    /// that arrives meanwhile must be served, not reset (as Istio's sidecar keeps serving
+    /// for its termination drain duration). Then drains, or sooner if a drain was asked
+    /// for meanwhile (`/quitquitquit`).
+    pub async fn terminate(&self, delay: Duration) {
+        self.admin.terminating.store(true, Ordering::Release);
+        let mut drained = self.drain.subscribe();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = drained.wait_for(|d| *d) => {}
+        }
+        self.drain();
+    }
+
+    /// Whether [`DrainTrigger::terminate`] has begun (readiness says 503).
+    pub fn is_terminating(&self) -> bool {
+        self.admin.terminating.load(Ordering::Acquire)
     }
 }
 
@@ -193,6 +219,7 @@ impl Proxy {
             ready: Default::default(),
             metrics,
             drain: watch::channel(false).0,
+            terminating: Default::default(),
         });
         let tracker = Arc::new(ConnTracker::default());
         let stop = watch::channel(false).0;
@@ -244,7 +271,10 @@ impl Proxy {
     }
 
     pub fn drain_trigger(&self) -> DrainTrigger {
-        DrainTrigger(self.admin.drain.clone())
+        DrainTrigger {
+            drain: self.admin.drain.clone(),
+            admin: self.admin.clone(),
+        }
     }
 
     /// Serves until a drain is triggered (signal, `/quitquitquit`, [`DrainTrigger`]),

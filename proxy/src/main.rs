@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use mesh_proxy::cli::Args;
@@ -41,12 +42,13 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let drain_delay = config.drain_delay;
     runtime.block_on(async move {
         let proxy = Proxy::bind(config, Arc::new(KernelOriginalDst)).await?;
         let trigger = proxy.drain_trigger();
         let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-        tokio::spawn(drain_on_signal(trigger, async move {
+        tokio::spawn(drain_on_signal(trigger, drain_delay, async move {
             tokio::select! {
                 _ = term.recv() => "SIGTERM",
                 _ = int.recv() => "SIGINT",
@@ -58,8 +60,22 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
-async fn drain_on_signal(trigger: DrainTrigger, signal: impl Future<Output = &'static str>) {
+/// SIGTERM (the kubelet deleting the pod) drains after `--drain-delay`, still accepting
+/// meanwhile; SIGINT (someone at a terminal) drains at once.
+async fn drain_on_signal(
+    trigger: DrainTrigger,
+    delay: Duration,
+    signal: impl Future<Output = &'static str>,
+) {
     let name = signal.await;
+    if name == "SIGTERM" {
+        info!(
+            signal = name,
+            ?delay,
+            "terminating: not ready, accepting until the drain"
+        );
+        trigger.terminate(delay).await;
+    }
     info!(signal = name, "draining");
     trigger.drain();
 }

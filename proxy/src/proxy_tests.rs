@@ -335,6 +335,71 @@ async fn drain_stops_accepting_and_lets_open_connections_finish() {
     drain_with_one_connection_open(p).await;
 }
 
+/// `GET /healthz/ready` on the admin listener: the status line's code.
+async fn readiness(addr: SocketAddr) -> String {
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    c.write_all(b"GET /healthz/ready HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    c.read_to_string(&mut text).await.unwrap();
+    text.split(' ').nth(1).unwrap_or("").to_owned()
+}
+
+/// SIGTERM's path: readiness turns 503 at once, yet a connection that arrives during
+/// the delay (the pod's endpoint is still being removed) is served, not reset; after
+/// the delay the listeners close and the open connection still finishes.
+#[tokio::test]
+async fn termination_keeps_serving_new_connections_until_the_drain_delay_ends() {
+    let (server, _) = half_close_server().await;
+    let p = start(Config::loopback(), fixed(server)).await;
+    assert_eq!(readiness(p.addrs.admin).await, "200");
+    let trigger = p.drain.clone();
+    let delay = Duration::from_millis(800);
+    let started = std::time::Instant::now();
+    let terminating = tokio::spawn(async move { trigger.terminate(delay).await });
+    wait_for(|| p.drain.is_terminating()).await;
+    assert_eq!(readiness(p.addrs.admin).await, "503");
+    let mut late = TcpStream::connect(p.addrs.outbound[0]).await.unwrap();
+    assert_eq!(upload_then_answer(&mut late, b"late").await, "reply:4");
+    let mut open = TcpStream::connect(p.addrs.outbound[0]).await.unwrap();
+    wait_for(|| p.metrics.active(Direction::Outbound) == 1).await;
+    assert!(
+        started.elapsed() < delay,
+        "the checks ran past the delay; make it longer"
+    );
+    terminating.await.unwrap();
+    assert!(started.elapsed() >= delay);
+    // Drained now: new connections are refused, the open one finishes.
+    let mut refused = false;
+    for _ in 0..100 {
+        if TcpStream::connect(p.addrs.outbound[0]).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(refused, "a listener still accepts after the delay");
+    assert_eq!(upload_then_answer(&mut open, b"last").await, "reply:4");
+    assert_eq!(drain_report(p.task).await, DrainReport { cut: 0 });
+}
+
+/// `/quitquitquit` during the delay drains at once (a Job's app is done).
+#[tokio::test]
+async fn a_drain_during_the_termination_delay_ends_it() {
+    let (server, _) = half_close_server().await;
+    let p = start(Config::loopback(), fixed(server)).await;
+    let trigger = p.drain.clone();
+    let started = std::time::Instant::now();
+    let terminating = tokio::spawn(async move { trigger.terminate(Duration::from_secs(30)).await });
+    wait_for(|| p.drain.is_terminating()).await;
+    assert_eq!(readiness(p.addrs.admin).await, "503");
+    p.drain.drain();
+    terminating.await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(drain_report(p.task).await, DrainReport { cut: 0 });
+}
+
 /// Remembers which thread looked up each connection's destination: the thread that
 /// accepted it.
 #[derive(Debug)]

@@ -8,7 +8,8 @@ use std::thread;
 use std::time::Duration;
 
 use mesh_tests::proxy_support::{
-    POD_V4, POD_V6, PodWorld, WORLD_V4, WORLD_V6, metric, send_pattern, sock, verify_pattern,
+    POD_V4, POD_V6, PodWorld, WORLD_V4, WORLD_V6, http_get, metric, send_pattern, sock,
+    verify_pattern,
 };
 
 const BIG: usize = 64 * 1024 * 1024;
@@ -327,10 +328,29 @@ fn unanswered_connect_times_out_into_a_reset() {
     assert_upstream_failures(&net.metrics(), "timeout", 7300, 2);
 }
 
+/// SIGTERM, as the kubelet sends it when the pod is deleted: readiness turns 503 at
+/// once, a connection that arrives during `--drain-delay` (while the pod's endpoint is
+/// still being removed from its Services) is served, then the listeners close and the
+/// open connection still finishes.
 #[test]
 fn sigterm_drains_open_connections_then_exits_zero() {
     let net = PodWorld::new();
-    let mut proxy = net.start_proxy(&["--access-log", "json", "--drain-timeout", "20s"]);
+    let mut proxy = net.start_proxy(&[
+        "--access-log",
+        "json",
+        "--drain-delay",
+        "1500ms",
+        "--drain-timeout",
+        "20s",
+    ]);
+    let late_addr = sock(WORLD_V4, 7102);
+    let late_listener = net
+        .world
+        .run(|| TcpListener::bind(late_addr).expect("bind"));
+    let late_server = thread::spawn(move || {
+        let (mut s, _) = late_listener.accept().expect("accept");
+        s.write_all(b"served").expect("answer");
+    });
     let addr = sock(WORLD_V4, 7100);
     let listener = net.world.run(|| TcpListener::bind(addr).expect("bind"));
     let server = thread::spawn(move || {
@@ -346,7 +366,24 @@ fn sigterm_drains_open_connections_then_exits_zero() {
 
     let pid = nix::unistd::Pid::from_raw(proxy.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
-    // New connections are no longer taken (the redirect hits a closed port).
+    let not_ready = mesh_tests::netns::wait_until(Duration::from_secs(1), || {
+        net.pod
+            .run(|| http_get("127.0.0.1:15021".parse().expect("addr"), "/healthz/ready"))
+            .map(|(status, _)| status == 503)
+            .unwrap_or(false)
+    });
+    assert!(not_ready, "readiness still 200 after SIGTERM");
+    // Still accepting during the delay: a late connection goes through.
+    let mut late = net
+        .pod
+        .run(|| TcpStream::connect(late_addr).expect("connect during the delay"));
+    let mut answer = String::new();
+    late.read_to_string(&mut answer).expect("late answer");
+    assert_eq!(answer, "served");
+    drop(late);
+    late_server.join().expect("late server");
+    // After the delay new connections are no longer taken (the redirect hits a closed
+    // port).
     let refused = mesh_tests::netns::wait_until(Duration::from_secs(5), || {
         net.pod.run(|| {
             TcpStream::connect_timeout(&sock(WORLD_V4, 7101), Duration::from_secs(1)).is_err()

@@ -57,7 +57,7 @@ fn injected(security_context: Value) -> (Vec<String>, Value) {
 
 struct Pod {
     // Declared first so it drops (is killed) before the namespaces.
-    proxy: Option<ChildGuard>,
+    _proxy: ChildGuard,
     pod: Netns,
     world: Netns,
 }
@@ -93,7 +93,7 @@ fn pod_with(init_args: &[String], proxy_args: &[String], uid: i64, gid: i64) -> 
     });
     assert!(ready, "mesh-proxy did not become ready as uid {uid}");
     Pod {
-        proxy: Some(guard),
+        _proxy: guard,
         pod,
         world,
     }
@@ -113,14 +113,6 @@ impl Pod {
                 &format!("destination_port=\"{port}\""),
             ],
         )
-    }
-}
-
-impl Drop for Pod {
-    fn drop(&mut self) {
-        if let Some(mut p) = self.proxy.take() {
-            p.terminate(Duration::from_secs(5));
-        }
     }
 }
 
