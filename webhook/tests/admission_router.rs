@@ -420,6 +420,35 @@ async fn health_readiness_and_metrics_endpoints() {
     }
 }
 
+/// From SIGTERM on, every answer closes its connection, so the API server's next
+/// request dials again and reaches a ready replica instead of a connection that is
+/// about to be closed under it.
+#[tokio::test]
+async fn answers_close_the_connection_once_shutting_down() {
+    let s = state(NativeMode::False, 1024);
+    let connection = |s: &Arc<AppState>, path: &'static str| {
+        let s = s.clone();
+        async move {
+            let resp = server::router(s)
+                .oneshot(Request::builder().uri(path).body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            resp.headers()
+                .get("connection")
+                .map(|v| v.to_str().unwrap().to_owned())
+        }
+    };
+    assert_eq!(connection(&s, "/healthz").await, None);
+    s.set_shutting_down();
+    for path in ["/healthz", "/readyz", "/metrics", "/inject"] {
+        assert_eq!(
+            connection(&s, path).await.as_deref(),
+            Some("close"),
+            "{path}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn auto_mode_follows_what_the_cluster_supports() {
     use mesh_webhook::admission::state::ClusterSupport;

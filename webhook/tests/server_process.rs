@@ -171,6 +171,13 @@ async fn sigterm_stops_accepting_and_finishes_the_request_in_flight() {
     let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut reply)).await;
     let reply = String::from_utf8_lossy(&reply);
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    // Answered during shutdown: the connection is not kept alive for another request.
+    assert!(
+        reply
+            .to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{reply}"
+    );
     assert!(reply.contains("\"uid\":\"in-flight\""), "{reply}");
     assert!(reply.contains("\"patch\""), "{reply}");
 

@@ -41,7 +41,31 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .layer(axum::middleware::map_response_with_state(
+            state.clone(),
+            close_when_shutting_down,
+        ))
         .with_state(state)
+}
+
+/// From SIGTERM on (the shutdown delay), every answer says `Connection: close`, and the
+/// connection closes after it. The API server keeps connections to the webhook alive
+/// through the Service's ClusterIP, pinned to this pod whatever the endpoints say; a
+/// kept-alive connection closed at the end of the delay could meet a request the API
+/// server was just writing on it, which then fails (`EOF`, pod creation refused under
+/// failurePolicy Fail). Closing each connection right after an answer makes the API
+/// server dial again for its next request, and a new dial reaches a ready replica.
+async fn close_when_shutting_down(
+    State(state): State<Arc<AppState>>,
+    mut res: Response,
+) -> Response {
+    if state.is_shutting_down() {
+        res.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
+    res
 }
 
 async fn healthz() -> &'static str {

@@ -139,6 +139,11 @@ impl AppState {
         self.shutting_down.store(true, Ordering::Release);
     }
 
+    /// Whether the shutdown delay has begun (SIGTERM).
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
     /// Ready once the certificate is loaded and, when the cluster's version matters, the
     /// first attempt to learn it has finished (whatever it found), so early pods do not
     /// get regular sidecars merely because we had not asked yet.
