@@ -55,7 +55,7 @@ cleanup() {
         eval "${stops[i]}" || echo "scripts/test.sh: '${stops[i]}' failed" >&2
     done
     if [ -s "${MESH_NODE_REPORT:-}" ]; then
-        echo "==== measured on kube-node (tests/tests/node_flow.rs)"
+        echo "==== measured on kube-node (tests/tests/node_*.rs)"
         sed 's/^/     /' "$MESH_NODE_REPORT"
     fi
     [ -z "${MESH_NODE_REPORT:-}" ] || rm -f "$MESH_NODE_REPORT"
