@@ -72,9 +72,8 @@ impl Status {
                 )));
             }
             let name = r.container.get("name").and_then(Value::as_str);
-            if !matches!(name, Some(containers::PROXY | containers::INIT))
-                || !r.container.is_object()
-            {
+            // Only an object has a `name`, so this also refuses non-objects.
+            if !matches!(name, Some(containers::PROXY | containers::INIT)) {
                 return Err(invalid(format!(
                     "overrides[{i}].container is not a container named {} or {}",
                     containers::PROXY,
