@@ -40,15 +40,36 @@ struct Batch {
     injected: usize,
 }
 
-/// One batch of `n` dry-run pod creations in `ns`, 16 at a time.
-fn create_batch(node: &KubeNode, ns: &str, dir: &std::path::Path, batch: u32, n: u32) -> Batch {
-    let [server, ca, cert, key] = api_credentials(node);
-    let pod = format!(
-        r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"generateName":"load-","namespace":"{ns}"}},"spec":{{"containers":[{{"name":"app","image":"local/busybox:1.35","command":["sleep","3600"]}}]}}}}"#
-    );
-    let body = dir.join("pod.json");
-    std::fs::write(&body, pod).unwrap();
-    let out_dir = dir.join(format!("b{batch}"));
+/// Dry-run pod creations in one namespace, straight to the API server with the node's
+/// admin credentials (read once, with the pod's JSON written once).
+struct Load {
+    ns: String,
+    dir: std::path::PathBuf,
+    body: std::path::PathBuf,
+    credentials: [String; 4],
+}
+
+impl Load {
+    fn new(node: &KubeNode, ns: &str, dir: &std::path::Path) -> Load {
+        let pod = format!(
+            r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"generateName":"load-","namespace":"{ns}"}},"spec":{{"containers":[{{"name":"app","image":"local/busybox:1.35","command":["sleep","3600"]}}]}}}}"#
+        );
+        let body = dir.join("pod.json");
+        std::fs::write(&body, pod).unwrap();
+        Load {
+            ns: ns.to_owned(),
+            dir: dir.to_owned(),
+            body,
+            credentials: api_credentials(node),
+        }
+    }
+}
+
+/// One batch of `n` dry-run pod creations, 16 at a time.
+fn create_batch(load: &Load, batch: u32, n: u32) -> Batch {
+    let [server, ca, cert, key] = &load.credentials;
+    let (ns, body) = (&load.ns, &load.body);
+    let out_dir = load.dir.join(format!("b{batch}"));
     std::fs::create_dir_all(&out_dir).unwrap();
     let mut cmd = Command::new("curl");
     cmd.args([
@@ -57,11 +78,11 @@ fn create_batch(node: &KubeNode, ns: &str, dir: &std::path::Path, batch: u32, n:
         "--parallel-max",
         "16",
         "--cacert",
-        &ca,
+        ca,
         "--cert",
-        &cert,
+        cert,
     ])
-    .args(["--key", &key, "-H", "Content-Type: application/json"])
+    .args(["--key", key, "-H", "Content-Type: application/json"])
     .arg("--data-binary")
     .arg(format!("@{}", body.display()))
     .arg("-o")
@@ -106,12 +127,13 @@ fn restarting_the_webhook_while_pods_are_created_refuses_none() {
     let ns = TestNamespace::new(node, "restart", &["istio-injection=enabled"]);
     let dir = std::env::temp_dir().join(format!("mesh-restart-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
+    let load = Load::new(node, &ns.name, &dir);
 
     // kube-proxy may still be programming the webhook Service's ClusterIP just after
     // the install: wait until one creation is answered, injected, before measuring.
     let warm = Instant::now();
     loop {
-        let b = create_batch(node, &ns.name, &dir, 0, 1);
+        let b = create_batch(&load, 0, 1);
         if b.codes == ["201"] && b.injected == 1 {
             break;
         }
@@ -122,7 +144,7 @@ fn restarting_the_webhook_while_pods_are_created_refuses_none() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-    let mut results = vec![create_batch(node, &ns.name, &dir, 1, 50)];
+    let mut results = vec![create_batch(&load, 1, 50)];
     let started = Instant::now();
     node.kubectl_ok(&[
         "-n",
@@ -144,7 +166,7 @@ fn restarting_the_webhook_while_pods_are_created_refuses_none() {
     };
     let mut batch = 2;
     while !rollout.is_finished() {
-        results.push(create_batch(node, &ns.name, &dir, batch, 300));
+        results.push(create_batch(&load, batch, 300));
         batch += 1;
     }
     let status = rollout.join().unwrap();
@@ -153,7 +175,7 @@ fn restarting_the_webhook_while_pods_are_created_refuses_none() {
     // creating through it.
     let until = Instant::now() + Duration::from_secs(12);
     while Instant::now() < until {
-        results.push(create_batch(node, &ns.name, &dir, batch, 300));
+        results.push(create_batch(&load, batch, 300));
         batch += 1;
     }
     let took = started.elapsed();
