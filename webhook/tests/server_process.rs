@@ -185,6 +185,106 @@ async fn sigterm_stops_accepting_and_finishes_the_request_in_flight() {
     assert!(st.success(), "exit status {st}");
 }
 
+/// Reads one HTTP/1.1 response (head and a `Content-Length` body) from `stream`.
+async fn read_response<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> String {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        let n = stream.read(&mut byte).await.unwrap();
+        assert!(
+            n == 1,
+            "connection closed mid-head: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).await.unwrap();
+    buf.extend_from_slice(&body);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// The API server keeps connections to the webhook alive and may write its next review on
+/// an idle one at any moment. A connection that sat idle through the whole shutdown delay
+/// is therefore not closed by the server, even once the listener is gone: its next request
+/// is answered (with `Connection: close`), and only then does it end. The process does not
+/// wait for the grace period once no connection is left.
+#[tokio::test]
+async fn an_idle_kept_alive_connection_survives_the_shutdown_delay_and_gets_its_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new("process CA");
+    let (cert, key) = pki.write(dir.path());
+    let mut p = spawn(
+        &cert,
+        &key,
+        &["--shutdown-grace", "20s", "--shutdown-delay", "500ms"],
+    );
+    let addr = listen_addr(&p.wait_line("listening", Duration::from_secs(30)));
+    let tls = client_config(&pki.ca_der);
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut stream = tokio_rustls::TlsConnector::from(tls.clone())
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let get = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    stream.write_all(get).await.unwrap();
+    let first = read_response(&mut stream).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    assert!(
+        !first.to_ascii_lowercase().contains("connection: close"),
+        "{first}"
+    );
+
+    // Idle through SIGTERM, the delay, and the listener's close.
+    p.signal(nix::sys::signal::Signal::SIGTERM);
+    p.wait_line("shutting down", Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(Instant::now() < deadline, "still accepting after the delay");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        p.child.try_wait().unwrap().is_none(),
+        "exited with a connection open"
+    );
+
+    // The review the API server writes now is answered, and the connection then ends.
+    let review = serde_json::to_vec(&pod_review("after-delay", "bookinfo", app_pod())).unwrap();
+    let head = format!(
+        "POST /inject HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        review.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&review).await.unwrap();
+    stream.flush().await.unwrap();
+    let answer = read_response(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"uid\":\"after-delay\""), "{answer}");
+    assert!(answer.contains("\"patch\""), "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{answer}"
+    );
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest))
+        .await
+        .expect("the server kept the connection open after Connection: close")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&rest));
+
+    // No connection left: it exits now, well before the 20 s grace.
+    let st = p.wait_exit(Duration::from_secs(5));
+    assert!(st.success(), "exit status {st}");
+}
+
 #[test]
 fn bad_flags_and_files_fail_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();

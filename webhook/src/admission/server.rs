@@ -31,8 +31,11 @@ use super::state::AppState;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bodies larger than this are reviewed on the blocking pool.
 const LARGE_BODY: usize = 256 * 1024;
-/// A client that has not sent its request headers by then is dropped.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// A client that has not sent its request headers by then is dropped. hyper counts the
+/// idle time of a kept-alive connection too, so this is also the server's idle timeout: it
+/// is longer than the API server's own (Go's 90 s), so that the API server is the side
+/// that closes an idle connection, never racing a review it is writing on it.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The routes: `POST /inject`, `GET /healthz`, `GET /readyz`, `GET /metrics`.
 pub fn router(state: Arc<AppState>) -> Router {
@@ -274,8 +277,15 @@ async fn answer_review(state: &AppState, req: axum::extract::Request) -> Respons
 }
 
 /// Accept TLS connections on `listener` and serve `router` on each until `shutdown`
-/// resolves; then stop accepting, let in-flight requests finish for up to `grace`, and
+/// resolves; then stop accepting and let the open connections end, for up to `grace`, and
 /// return.
+///
+/// After `shutdown`, the server never closes a kept-alive connection while it is idle:
+/// HTTP/1.1 gives a client no way to tell that close from a request it was just writing,
+/// and the API server does not resend an admission review (a POST) that met an `EOF`,
+/// which under failurePolicy Fail refuses the pod. Instead each connection ends after its
+/// next answer, which says `Connection: close`, or when the client closes it; only what
+/// is left when `grace` runs out is cut.
 pub async fn serve(
     listener: TcpListener,
     acceptor: TlsAcceptor,
@@ -307,8 +317,8 @@ pub async fn serve(
         }
     }
     drop(listener);
-    let in_flight = conns.len();
-    tracing::info!(in_flight, grace = ?grace, "shutting down: no longer accepting, draining connections");
+    let open = conns.len();
+    tracing::info!(open, grace = ?grace, "shutting down: no longer accepting; each open connection ends after its next answer");
     let _ = stop_tx.send(true);
     let drained =
         tokio::time::timeout(grace, async { while conns.join_next().await.is_some() {} }).await;
@@ -349,23 +359,29 @@ async fn connection(
         },
         () = stopped(&mut stop) => return,
     };
+    let closing = stop.clone();
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
         let router = router.clone();
-        async move { Ok::<_, Infallible>(router.oneshot(req).await.unwrap_or_else(|e| match e {})) }
+        let closing = closing.clone();
+        async move {
+            let mut res = router.oneshot(req).await.unwrap_or_else(|e| match e {});
+            // Once shutdown began, this answer is the connection's last (hyper closes it
+            // after writing a `Connection: close` response).
+            if *closing.borrow() {
+                res.headers_mut().insert(
+                    header::CONNECTION,
+                    header::HeaderValue::from_static("close"),
+                );
+            }
+            Ok::<_, Infallible>(res)
+        }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .serve_connection(TokioIo::new(tls), service);
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        () = stopped(&mut stop) => {
-            // Finish the request in flight (if any), then close.
-            conn.as_mut().graceful_shutdown();
-            conn.as_mut().await
-        }
-    };
+    // No graceful_shutdown() here: it would close an idle connection at once (see serve).
+    let result = conn.await;
     if let Err(e) = result {
         // Resets and timeouts are a normal way for a client connection to end.
         tracing::debug!(%peer, error = %e, "connection ended with an error");
