@@ -1,0 +1,59 @@
+//! Clusters: a Service port (and subset), with its endpoints and how to pick one.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::workload::PeerMeta;
+
+/// `outbound|<port>|<subset>|<host>`, Envoy's and Istio's cluster name.
+pub fn cluster_name(port: u16, subset: Option<&str>, host: &str) -> String {
+    format!("outbound|{port}|{}|{host}", subset.unwrap_or(""))
+}
+
+/// Where requests for one Service port (and subset) go.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Cluster {
+    /// [`cluster_name`] of the fields below.
+    pub name: String,
+    /// The Service's FQDN; with `port`, what `destination_service` says.
+    pub host: String,
+    pub service_name: String,
+    pub service_namespace: String,
+    /// The Service port.
+    pub port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subset: Option<String>,
+    pub load_balancer: LoadBalancer,
+    /// Ready endpoints first; only `serving` ones get new requests.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// `trafficPolicy.loadBalancer.simple`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum LoadBalancer {
+    /// Istio's default: two endpoints at random, the one with fewer requests in flight.
+    #[default]
+    LeastRequest,
+    RoundRobin,
+    Random,
+    /// Istio's `PASSTHROUGH`: to the address the client dialled.
+    Passthrough,
+}
+
+/// One endpoint: a pod IP and the port its container listens on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    /// EndpointSlice `conditions.serving` (ready, or terminating but still serving).
+    pub serving: bool,
+    /// EndpointSlice `conditions.terminating`: no new requests unless nothing else is left.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub terminating: bool,
+    /// Who answers there, for `destination_*` labels; `None` when no pod is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<PeerMeta>,
+}

@@ -1,0 +1,191 @@
+//! What one [`crate::Key`] resolves to, and the checks a proxy makes before it takes it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::route::{RouteAction, StringMatch};
+use crate::service::Service;
+use crate::workload::Workload;
+
+/// The answer for one key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase", deny_unknown_fields)]
+pub enum Resource {
+    /// A ClusterIP or a Service host name.
+    Service(Service),
+    /// A pod IP.
+    Workload(Workload),
+    /// Nothing in the mesh: an outside address or name (the proxy passes it through, or
+    /// forwards the DNS query).
+    NotFound,
+}
+
+/// Why a proxy refuses (NACKs) a resource; it keeps what it had.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what}: {why}")]
+pub struct ValidationError {
+    /// Where: `service reviews.default.svc.cluster.local, route 2 (default/reviews)`.
+    pub what: String,
+    pub why: String,
+}
+
+impl Resource {
+    /// Decodes a resource body from the wire (JSON).
+    pub fn from_json(body: &[u8]) -> Result<Resource, serde_json::Error> {
+        serde_json::from_slice(body)
+    }
+
+    /// Encodes for the wire. Only fails on a non-string map key, which these types have
+    /// none of.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// The structural checks: every route names clusters the resource carries, weights
+    /// are positive, percentages are 0–100, statuses are HTTP statuses. A proxy also
+    /// compiles each regex (RE2 syntax) and refuses the resource if one does not.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        let Resource::Service(svc) = self else {
+            return Ok(());
+        };
+        let err = |what: String, why: String| ValidationError { what, why };
+        for c in &svc.clusters {
+            if c.host.is_empty() || c.name.is_empty() {
+                return Err(err(
+                    format!("service {}", svc.host),
+                    "a cluster without a name or host".into(),
+                ));
+            }
+        }
+        for (port, i, r) in routes(svc) {
+            let what = || {
+                format!(
+                    "service {} port {port}, route {i} ({}, {})",
+                    svc.host, r.virtual_service, r.name
+                )
+            };
+            match &r.action {
+                RouteAction::Route(dests) => {
+                    if dests.is_empty() {
+                        return Err(err(what(), "no destination".into()));
+                    }
+                    for d in dests {
+                        if d.weight == 0 {
+                            return Err(err(
+                                what(),
+                                format!("destination {} has weight 0", d.cluster),
+                            ));
+                        }
+                        if svc.cluster(&d.cluster).is_none() {
+                            return Err(err(what(), format!("unknown cluster {}", d.cluster)));
+                        }
+                    }
+                }
+                RouteAction::Redirect(rd) => {
+                    if !(300..400).contains(&rd.code) {
+                        return Err(err(what(), format!("redirect code {} is not 3xx", rd.code)));
+                    }
+                }
+                RouteAction::DirectResponse { status, .. } => {
+                    let status = *status;
+                    if !(100..600).contains(&status) {
+                        return Err(err(
+                            what(),
+                            format!("status {status} is not an HTTP status"),
+                        ));
+                    }
+                }
+            }
+            if let Some(f) = &r.fault {
+                for (kind, p) in [
+                    ("delay", f.delay.as_ref().map(|d| d.percentage)),
+                    ("abort", f.abort.as_ref().map(|a| a.percentage)),
+                ] {
+                    if let Some(p) = p
+                        && !(0.0..=100.0).contains(&p)
+                    {
+                        return Err(err(
+                            what(),
+                            format!("fault {kind} percentage {p} is not within 0-100"),
+                        ));
+                    }
+                }
+                if let Some(a) = &f.abort {
+                    match (a.http_status, a.grpc_status) {
+                        (Some(s), _) if !(200..600).contains(&s) => {
+                            return Err(err(
+                                what(),
+                                format!("fault abort status {s} is not an HTTP status"),
+                            ));
+                        }
+                        (None, None) => {
+                            return Err(err(what(), "fault abort without a status".into()));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            for m in &r.matches {
+                for h in m
+                    .headers
+                    .iter()
+                    .chain(&m.without_headers)
+                    .chain(&m.query_params)
+                {
+                    if h.name.is_empty() {
+                        return Err(err(what(), "a header or query match without a name".into()));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every regex the resource carries, with where it is, for the proxy to compile.
+    pub fn regexes(&self) -> Vec<(String, &str)> {
+        let mut out = Vec::new();
+        let Resource::Service(svc) = self else {
+            return out;
+        };
+        for (port, i, r) in routes(svc) {
+            for m in &r.matches {
+                let fields = [
+                    ("uri", m.uri.as_ref()),
+                    ("scheme", m.scheme.as_ref()),
+                    ("method", m.method.as_ref()),
+                    ("authority", m.authority.as_ref()),
+                ]
+                .into_iter()
+                .map(|(n, v)| (n.to_owned(), v))
+                .chain(
+                    m.headers
+                        .iter()
+                        .chain(&m.without_headers)
+                        .chain(&m.query_params)
+                        .map(|h| (h.name.clone(), h.value.as_ref())),
+                );
+                for (field, v) in fields {
+                    if let Some(StringMatch::Regex(re)) = v {
+                        out.push((
+                            format!(
+                                "service {} port {port}, route {i} ({}), match {field}",
+                                svc.host, r.virtual_service
+                            ),
+                            re.as_str(),
+                        ));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Every route of every port, with the port and the route's index in it.
+fn routes(svc: &Service) -> impl Iterator<Item = (u16, usize, &crate::route::HttpRoute)> {
+    svc.ports.iter().flat_map(|p| {
+        p.routes
+            .iter()
+            .enumerate()
+            .map(move |(i, r)| (p.port, i, r))
+    })
+}

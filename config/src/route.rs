@@ -1,0 +1,181 @@
+//! HTTP routes: a VirtualService's `http[]`, with host names already resolved and
+//! destinations turned into cluster names.
+
+use serde::{Deserialize, Serialize};
+
+/// One `http[]` entry of a VirtualService.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRoute {
+    /// The entry's `name`, else `<index>` in its VirtualService.
+    pub name: String,
+    /// Where it comes from, for `/debug/route` and logs: `default/reviews`
+    /// (the VirtualService's namespace and name).
+    pub virtual_service: String,
+    /// OR'ed; empty matches every request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub matches: Vec<RequestMatch>,
+    pub action: RouteAction,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<Fault>,
+    /// `headers.request` / `headers.response` of the route (applied after the chosen
+    /// destination's own).
+    #[serde(default, skip_serializing_if = "HeaderEdit::is_empty")]
+    pub request_headers: HeaderEdit,
+    #[serde(default, skip_serializing_if = "HeaderEdit::is_empty")]
+    pub response_headers: HeaderEdit,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<Rewrite>,
+}
+
+/// One `match[]` entry: every condition set must hold (AND).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RequestMatch {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<StringMatch>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<StringMatch>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<StringMatch>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority: Option<StringMatch>,
+    /// Each named header must be present and match (`None` value: present, any value).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderMatch>,
+    /// Each named header must be absent, or present and not matching.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub without_headers: Vec<HeaderMatch>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query_params: Vec<HeaderMatch>,
+    /// The `uri` match ignores ASCII case.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ignore_uri_case: bool,
+}
+
+/// A header (or query parameter) condition. Names are lower case.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeaderMatch {
+    pub name: String,
+    /// `None`: the header must be present, whatever its value (Istio's `{}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<StringMatch>,
+}
+
+/// Istio's StringMatch. A regex is RE2 syntax and must match the whole string.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum StringMatch {
+    Exact(String),
+    Prefix(String),
+    Regex(String),
+}
+
+/// What a matched request gets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum RouteAction {
+    /// Forward to one of these clusters, chosen by weight (weights > 0; a request goes
+    /// to each with probability weight / sum).
+    Route(Vec<WeightedCluster>),
+    /// Answer with a redirect, upstream never sees the request.
+    Redirect(Redirect),
+    /// Answer with this status and body.
+    DirectResponse {
+        status: u16,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        body: String,
+    },
+}
+
+/// One `route[]` destination.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WeightedCluster {
+    /// A name in [`crate::Service::clusters`]: `outbound|9080|v1|reviews.default.svc.cluster.local`.
+    pub cluster: String,
+    pub weight: u32,
+    #[serde(default, skip_serializing_if = "HeaderEdit::is_empty")]
+    pub request_headers: HeaderEdit,
+    #[serde(default, skip_serializing_if = "HeaderEdit::is_empty")]
+    pub response_headers: HeaderEdit,
+}
+
+/// `headers.request` or `headers.response`: names lower case, applied remove, set, add.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeaderEdit {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub set: Vec<(String, String)>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add: Vec<(String, String)>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+impl HeaderEdit {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+}
+
+/// `fault`: applied by the client's proxy before the request goes upstream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Fault {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<FaultDelay>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<FaultAbort>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FaultDelay {
+    pub fixed_delay_ms: u64,
+    /// Share of requests delayed, 0–100 (Istio's default when unset: 100).
+    pub percentage: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FaultAbort {
+    /// An HTTP status; for a gRPC abort, the gRPC status code in [`FaultAbort::grpc_status`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<u32>,
+    /// Share of requests aborted, 0–100 (Istio's default when unset: 100).
+    pub percentage: f64,
+}
+
+/// `rewrite`: applied to the request forwarded upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Rewrite {
+    /// Replaces the matched `uri.prefix` (or the whole path when the match was not a
+    /// prefix).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority: Option<String>,
+}
+
+/// `redirect`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Redirect {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    /// 301 unless the VirtualService says otherwise.
+    pub code: u16,
+}

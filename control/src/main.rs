@@ -1,0 +1,5 @@
+//! `mesh-control serve`.
+
+fn main() -> anyhow::Result<()> {
+    anyhow::bail!("mesh-control serve: not built yet")
+}
