@@ -9,5 +9,7 @@
 //! - `serve` (binary side): the reflectors, the config stream, metrics and debug
 //!   endpoints.
 
+pub mod cli;
 pub mod istio;
+pub mod serve;
 pub mod translate;

@@ -1,5 +1,68 @@
-//! `mesh-control serve`.
+//! `mesh-control serve`: parse the command line, start logging, run. `anyhow` only here.
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use mesh_control::cli::{Cli, Command, ServeArgs};
+use mesh_control::serve::{Bound, Config};
+use mesh_control::translate::MeshSettings;
 
 fn main() -> anyhow::Result<()> {
-    anyhow::bail!("mesh-control serve: not built yet")
+    let Command::Serve(args) = Cli::parse().command;
+    init_log(&args)?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?
+        .block_on(serve(args))
+}
+
+fn init_log(args: &ServeArgs) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
+        .with_context(|| format!("--log {:?}", args.log))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    if args.log_json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    Ok(())
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = Config {
+        plaintext_addr: args.plaintext_addr,
+        metrics_addr: args.metrics_addr,
+        debounce: args.debounce,
+        crd_interval: args.crd_discovery_interval,
+        settings: MeshSettings {
+            root_namespace: args.root_namespace,
+            ..MeshSettings::default()
+        },
+    };
+    let bound = Bound::bind(config).await?;
+    let client = kube::Client::try_default()
+        .await
+        .context("no API server: set KUBECONFIG, or run in a pod with a ServiceAccount")?;
+    bound.serve(client, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no SIGTERM handler; stopping on SIGINT only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }

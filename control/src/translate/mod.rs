@@ -3,12 +3,45 @@
 //! [`Snapshot::build`] indexes everything the watchers hold ([`Objects`]) once per change
 //! and reports bad objects ([`Diagnostic`]) while skipping only what is bad (one rule or
 //! one object at a time). [`Snapshot::resolve`] answers one proxy's one key.
+//!
+//! Modules, in dependency order: `hosts` (names, host patterns, `exportTo`),
+//! `workloads` (pods and their peer metadata), `services` (Services and their
+//! endpoints), `policy` (DestinationRules: lookup, subsets, load balancers), `routes`
+//! (VirtualServices → HTTP routes); this file puts a [`Resource`] together.
+//!
+//! Cost: `build` is linear in the objects (plus, per VirtualService, one pass over the
+//! ports of the Services it binds, for diagnostics); `resolve` does hash lookups (pod,
+//! Service by IP or name, VirtualService by host, DestinationRules by namespace and host)
+//! and then work proportional to the answer only: the bound VirtualService's rules per
+//! port, and the endpoints of the clusters they name. Nothing in `resolve` walks all
+//! Services, pods or rules, except VirtualServices and DestinationRules with wildcard
+//! hosts, which are scanned in order of specificity.
 
-use std::collections::BTreeMap;
+mod hosts;
+mod policy;
+mod routes;
+mod services;
+mod workloads;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use mesh_config::{Key, Resource};
+use mesh_config::cluster::cluster_name;
+use mesh_config::{
+    Cluster, InboundPort, InboundService, Key, LoadBalancer, Resource, Service as OutService,
+    ServicePort, Workload,
+};
+
+use crate::istio::{self, DestinationRule, ParseError, VirtualService};
+use hosts::{HostPattern, labels_match, search_names};
+use policy::{DrIndex, PreparedDr};
+use routes::{
+    AnyClient, Catalog, Client, Needed, PreparedVs, VsIndex, port_routes, routed_protocol,
+};
+use services::{SERVICE_NAME_LABEL, SvcRec, target_port};
+use workloads::PodRec;
 
 /// Everything mesh-control watches, as the API server returned it.
 #[derive(Debug, Clone, Default)]
@@ -63,28 +96,419 @@ pub struct Diagnostic {
     pub message: String,
 }
 
+impl From<ParseError> for Diagnostic {
+    fn from(e: ParseError) -> Diagnostic {
+        Diagnostic {
+            kind: e.kind.into(),
+            namespace: e.namespace,
+            name: e.name,
+            field: e.field,
+            message: format!("{}; object skipped", e.message),
+        }
+    }
+}
+
+impl Diagnostic {
+    fn sort_key(&self) -> (&str, &str, &str, &str, &str) {
+        (
+            &self.kind,
+            &self.namespace,
+            &self.name,
+            &self.field,
+            &self.message,
+        )
+    }
+}
+
+static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+
 /// The indexed state; cheap to query, rebuilt on every (debounced) change.
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    _private: (),
+    settings: MeshSettings,
+    /// Sorted by namespace, then name.
+    services: Vec<SvcRec>,
+    svc_by_fqdn: HashMap<String, usize>,
+    svc_by_ip: HashMap<IpAddr, usize>,
+    /// namespace → `key=value` of the first selector label → Services (for a pod's
+    /// Services without walking its namespace's).
+    svc_by_selector: HashMap<String, HashMap<String, Vec<usize>>>,
+    /// Sorted by namespace, then name.
+    pods: Vec<PodRec>,
+    pod_by_name: HashMap<String, HashMap<String, usize>>,
+    pod_by_ip: HashMap<IpAddr, usize>,
+    vs: VsIndex,
+    drs: DrIndex,
 }
 
 impl Snapshot {
     /// Indexes `objects`; every bad object or rule is reported and left out.
     pub fn build(objects: Objects, settings: &MeshSettings) -> (Snapshot, Vec<Diagnostic>) {
-        let _ = (objects, settings);
-        (Snapshot::default(), Vec::new())
+        let domain = settings.cluster_domain.as_str();
+        let mut diags = Vec::new();
+
+        let mut pods: Vec<PodRec> = objects.pods.iter().filter_map(PodRec::new).collect();
+        pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        pods.dedup_by(|a, b| a.namespace == b.namespace && a.name == b.name);
+        let mut pod_by_name: HashMap<String, HashMap<String, usize>> = HashMap::new();
+        let mut pod_by_ip = HashMap::new();
+        for (i, p) in pods.iter().enumerate() {
+            pod_by_name
+                .entry(p.namespace.clone())
+                .or_default()
+                .insert(p.name.clone(), i);
+            for ip in &p.ips {
+                pod_by_ip.entry(*ip).or_insert(i);
+            }
+        }
+
+        let mut services: Vec<SvcRec> = objects
+            .services
+            .iter()
+            .filter_map(|s| SvcRec::new(s, domain))
+            .collect();
+        services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        services.dedup_by(|a, b| a.namespace == b.namespace && a.name == b.name);
+        let mut slices: HashMap<(String, String), Vec<&EndpointSlice>> = HashMap::new();
+        for s in &objects.endpoint_slices {
+            let Some(svc) = s
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_NAME_LABEL))
+            else {
+                continue;
+            };
+            let ns = s
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into());
+            slices.entry((ns, svc.clone())).or_default().push(s);
+        }
+        for list in slices.values_mut() {
+            list.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        }
+        let mut svc_by_fqdn = HashMap::new();
+        let mut svc_by_ip = HashMap::new();
+        let mut svc_by_selector: HashMap<String, HashMap<String, Vec<usize>>> = HashMap::new();
+        for (i, svc) in services.iter_mut().enumerate() {
+            let key = (svc.namespace.clone(), svc.name.clone());
+            let own = slices.get(&key).map(Vec::as_slice).unwrap_or_default();
+            svc.fill_endpoints(own, &pod_by_name, &pod_by_ip);
+            for port in &mut svc.ports {
+                for ep in &mut port.endpoints {
+                    ep.endpoint.peer = ep.pod.map(|p| pods[p].meta.clone());
+                }
+            }
+            svc_by_fqdn.insert(svc.fqdn.clone(), i);
+            for ip in &svc.addresses {
+                svc_by_ip.entry(*ip).or_insert(i);
+            }
+            if let Some((k, v)) = svc.selector.iter().next() {
+                svc_by_selector
+                    .entry(svc.namespace.clone())
+                    .or_default()
+                    .entry(format!("{k}={v}"))
+                    .or_default()
+                    .push(i);
+            }
+        }
+
+        let mut drs = Vec::new();
+        for v in &objects.destination_rules {
+            match DestinationRule::from_json(v) {
+                Ok(dr) => drs.extend(PreparedDr::new(dr, domain, &mut diags)),
+                Err(e) => diags.push(e.into()),
+            }
+        }
+        for r in &drs {
+            let known = match &r.host {
+                HostPattern::Exact(h) => svc_by_fqdn.contains_key(h),
+                HostPattern::Wildcard(_) => services.iter().any(|s| r.host.matches(&s.fqdn)),
+            };
+            if !known {
+                diags.push(Diagnostic {
+                    kind: istio::destination_rule::KIND.into(),
+                    namespace: r.meta.namespace.clone(),
+                    name: r.meta.name.clone(),
+                    field: "spec.host".into(),
+                    message: format!("host {} matches no Service; the rule has no effect", r.host),
+                });
+            }
+        }
+        let drs = DrIndex::new(drs, &settings.root_namespace, &mut diags);
+
+        let mut vss = Vec::new();
+        {
+            let cat = Catalog {
+                services: &services,
+                by_fqdn: &svc_by_fqdn,
+                drs: &drs,
+                domain,
+            };
+            for v in &objects.virtual_services {
+                match VirtualService::from_json(v) {
+                    Ok(vs) => vss.extend(PreparedVs::new(vs, &cat, &mut diags)),
+                    Err(e) => diags.push(e.into()),
+                }
+            }
+        }
+        let vs = VsIndex::new(vss, &services, &svc_by_fqdn, &mut diags);
+        port_diagnostics(&vs, &services, &svc_by_fqdn, &mut diags);
+
+        diags.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+        diags.dedup();
+        let snapshot = Snapshot {
+            settings: settings.clone(),
+            services,
+            svc_by_fqdn,
+            svc_by_ip,
+            svc_by_selector,
+            pods,
+            pod_by_name,
+            pod_by_ip,
+            vs,
+            drs,
+        };
+        (snapshot, diags)
     }
 
     /// What `node` gets for `key`.
     pub fn resolve(&self, node: &ProxyNode, key: &Key) -> Resource {
-        let _ = (node, key);
-        Resource::NotFound
+        match key {
+            Key::Address(ip) => {
+                if let Some(&s) = self.svc_by_ip.get(ip) {
+                    Resource::Service(self.service(node, s))
+                } else if let Some(&p) = self.pod_by_ip.get(ip) {
+                    Resource::Workload(self.workload(*ip, p))
+                } else {
+                    Resource::NotFound
+                }
+            }
+            Key::Host(name) => {
+                let name = mesh_config::key::normalize_host(name);
+                if let Ok(ip) = name.parse::<IpAddr>() {
+                    return match self.svc_by_ip.get(&ip) {
+                        Some(&s) => Resource::Service(self.service(node, s)),
+                        None => Resource::NotFound,
+                    };
+                }
+                search_names(&name, &node.namespace, &self.settings.cluster_domain)
+                    .iter()
+                    .find_map(|n| self.svc_by_fqdn.get(n))
+                    .map_or(Resource::NotFound, |&s| {
+                        Resource::Service(self.service(node, s))
+                    })
+            }
+        }
     }
 
     /// Pod labels by namespace and name (for the debug endpoint and tests).
     pub fn pod_labels(&self, node: &ProxyNode) -> Option<&BTreeMap<String, String>> {
-        let _ = node;
-        None
+        let i = self.pod_by_name.get(&node.namespace)?.get(&node.pod_name)?;
+        Some(&self.pods[*i].labels)
+    }
+
+    fn service(&self, node: &ProxyNode, s: usize) -> OutService {
+        let svc = &self.services[s];
+        let labels = self.pod_labels(node).unwrap_or(&NO_LABELS);
+        let client = Client {
+            namespace: &node.namespace,
+            labels,
+            services: &self.services,
+            drs: &self.drs,
+        };
+        let vs = self.vs.select(&svc.fqdn, &node.namespace);
+        let mut needed = Needed::new();
+        let ports = svc
+            .ports
+            .iter()
+            .map(|p| {
+                needed.insert((s, p.port, None));
+                let routes = match vs {
+                    Some(vs) if routed_protocol(p.protocol) => port_routes(
+                        vs,
+                        p.port,
+                        &self.services,
+                        &client,
+                        &mut needed,
+                        &mut |_, _| {},
+                    ),
+                    _ => Vec::new(),
+                };
+                ServicePort {
+                    port: p.port,
+                    name: p.name.clone(),
+                    protocol: p.protocol,
+                    routes,
+                }
+            })
+            .collect();
+        let mut clusters: Vec<Cluster> = needed
+            .iter()
+            .map(|(d, q, sub)| self.cluster(node, labels, *d, *q, sub.as_deref()))
+            .collect();
+        clusters.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut domains = vec![
+            svc.fqdn.clone(),
+            format!("{}.{}.svc", svc.name, svc.namespace),
+            format!("{}.{}", svc.name, svc.namespace),
+        ];
+        if node.namespace == svc.namespace {
+            domains.push(svc.name.clone());
+        }
+        domains.extend(svc.addresses.iter().map(IpAddr::to_string));
+        OutService {
+            host: svc.fqdn.clone(),
+            name: svc.name.clone(),
+            namespace: svc.namespace.clone(),
+            addresses: svc.addresses.clone(),
+            ports,
+            domains,
+            clusters,
+        }
+    }
+
+    fn cluster(
+        &self,
+        node: &ProxyNode,
+        labels: &BTreeMap<String, String>,
+        d: usize,
+        port: u16,
+        subset: Option<&str>,
+    ) -> Cluster {
+        let svc = &self.services[d];
+        let rules = self
+            .drs
+            .lookup(&node.namespace, labels, &svc.fqdn, &svc.namespace);
+        let sub = subset.and_then(|s| rules.subset(s));
+        let load_balancer = if svc.headless() {
+            // Istio: a headless Service's clusters go where the client dialled.
+            LoadBalancer::Passthrough
+        } else {
+            rules.load_balancer(port, sub)
+        };
+        let endpoints = match (svc.port(port), subset, sub) {
+            (None, _, _) | (Some(_), Some(_), None) => Vec::new(),
+            (Some(p), _, sub) => p
+                .endpoints
+                .iter()
+                .filter(|e| {
+                    sub.is_none_or(|s| {
+                        s.labels.is_empty()
+                            || e.pod
+                                .is_some_and(|i| labels_match(&s.labels, &self.pods[i].labels))
+                    })
+                })
+                .map(|e| e.endpoint.clone())
+                .collect(),
+        };
+        Cluster {
+            name: cluster_name(port, subset, &svc.fqdn),
+            host: svc.fqdn.clone(),
+            service_name: svc.name.clone(),
+            service_namespace: svc.namespace.clone(),
+            port,
+            subset: subset.map(str::to_owned),
+            load_balancer,
+            endpoints,
+        }
+    }
+
+    fn workload(&self, ip: IpAddr, p: usize) -> Workload {
+        let pod = &self.pods[p];
+        let mut candidates: Vec<usize> = Vec::new();
+        if let Some(by_label) = self.svc_by_selector.get(&pod.namespace) {
+            for (k, v) in &pod.labels {
+                if let Some(list) = by_label.get(&format!("{k}={v}")) {
+                    candidates.extend(list);
+                }
+            }
+        }
+        candidates.sort_unstable();
+        candidates.dedup();
+        let services = candidates
+            .into_iter()
+            .map(|i| &self.services[i])
+            .filter(|s| labels_match(&s.selector, &pod.labels))
+            .map(|s| InboundService {
+                host: s.fqdn.clone(),
+                name: s.name.clone(),
+                namespace: s.namespace.clone(),
+                ports: s
+                    .ports
+                    .iter()
+                    .filter_map(|sp| {
+                        Some(InboundPort {
+                            port: sp.port,
+                            target_port: target_port(&sp.target, pod)?,
+                            protocol: sp.protocol,
+                        })
+                    })
+                    .collect(),
+            })
+            .collect();
+        Workload {
+            ip,
+            pod: pod.name.clone(),
+            meta: pod.meta.clone(),
+            services,
+        }
     }
 }
+
+/// Problems that show per Service port (a destination port the Service lacks, a rule left
+/// without destinations there), found by translating each VirtualService for every port
+/// it binds as if for a client that every source condition selects.
+fn port_diagnostics(
+    vs: &VsIndex,
+    services: &[SvcRec],
+    by_fqdn: &HashMap<String, usize>,
+    diags: &mut Vec<Diagnostic>,
+) {
+    for v in vs.all() {
+        let mut bound: Vec<usize> = Vec::new();
+        for (_, h) in &v.hosts {
+            match h {
+                HostPattern::Exact(name) => bound.extend(by_fqdn.get(name)),
+                HostPattern::Wildcard(_) => bound.extend(
+                    services
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, s)| h.matches(&s.fqdn))
+                        .map(|(i, _)| i),
+                ),
+            }
+        }
+        bound.sort_unstable();
+        bound.dedup();
+        for s in bound {
+            for p in services[s]
+                .ports
+                .iter()
+                .filter(|p| routed_protocol(p.protocol))
+            {
+                port_routes(
+                    v,
+                    p.port,
+                    services,
+                    &AnyClient,
+                    &mut Needed::new(),
+                    &mut |field, message| {
+                        diags.push(Diagnostic {
+                            kind: istio::virtual_service::KIND.into(),
+                            namespace: v.meta.namespace.clone(),
+                            name: v.meta.name.clone(),
+                            field,
+                            message,
+                        });
+                    },
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,95 @@
+//! `mesh-control`'s command line (clap derive): definitions only.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use mesh_common::duration;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mesh-control",
+    version,
+    about = "The mesh's control plane: watches the cluster and streams each mesh-proxy its config"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Watch Services, EndpointSlices, Pods, Namespaces, VirtualServices and
+    /// DestinationRules, and serve the config stream.
+    Serve(ServeArgs),
+}
+
+/// Arguments of `mesh-control serve`. The API server is found as kubectl finds it:
+/// `KUBECONFIG` (or ~/.kube/config), else the in-cluster ServiceAccount.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// The plaintext config stream (gRPC over h2c; Istio's plaintext xDS port). The TLS
+    /// stream on 15012 comes with the CA, in a later release. `:0` picks a free port;
+    /// the bound address is logged (`listening plaintext=...`).
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:15010")]
+    pub plaintext_addr: SocketAddr,
+    /// Monitoring: `/metrics`, `/readyz`, `/healthz`, `/debug/config?proxy=NS/POD&key=KEY`,
+    /// `/debug/proxies`, `/debug/objects`.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:15014")]
+    pub metrics_addr: SocketAddr,
+    /// Istio's rootNamespace: DestinationRules there apply mesh-wide.
+    #[arg(long, value_name = "NAMESPACE", default_value = "istio-system")]
+    pub root_namespace: String,
+    /// After a change, wait this long for the cluster to be quiet (at most ten times
+    /// this) before building and pushing: a burst of edits becomes one push.
+    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = duration::parse)]
+    pub debounce: Duration,
+    /// How often to ask which versions of networking.istio.io are served (CRDs installed,
+    /// removed or upgraded while running).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration::parse)]
+    pub crd_discovery_interval: Duration,
+    /// Log filter: a level (`info`) or `tracing` directives (`info,mesh_control=debug`).
+    #[arg(long, value_name = "FILTER", env = "RUST_LOG", default_value = "info")]
+    pub log: String,
+    /// Log lines as JSON objects.
+    #[arg(long)]
+    pub log_json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn defaults_and_help() {
+        Cli::command().debug_assert();
+        let Command::Serve(a) = Cli::try_parse_from(["mesh-control", "serve"])
+            .unwrap()
+            .command;
+        assert_eq!(a.plaintext_addr, "0.0.0.0:15010".parse().unwrap());
+        assert_eq!(a.metrics_addr, "0.0.0.0:15014".parse().unwrap());
+        assert_eq!(a.root_namespace, "istio-system");
+        assert_eq!(a.debounce, Duration::from_millis(100));
+        let help = Cli::command()
+            .find_subcommand_mut("serve")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        assert!(help.contains("15012"), "{help}");
+        let Command::Serve(a) = Cli::try_parse_from([
+            "mesh-control",
+            "serve",
+            "--debounce",
+            "250ms",
+            "--plaintext-addr",
+            "127.0.0.1:0",
+        ])
+        .unwrap()
+        .command;
+        assert_eq!(a.debounce, Duration::from_millis(250));
+        assert_eq!(a.plaintext_addr.port(), 0);
+    }
+}

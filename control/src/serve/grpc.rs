@@ -1,0 +1,80 @@
+//! `mesh.config.v1.ConfigService` by hand (no codegen, no protoc): a tower service that
+//! routes [`STREAM_PATH`] to tonic's generic server with the prost codec, and answers
+//! every other path `UNIMPLEMENTED`, as generated services do.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+
+use mesh_config::wire::{SERVICE_NAME, STREAM_PATH, StreamRequest, StreamResponse};
+use tonic::body::Body;
+use tonic::server::{Grpc, NamedService};
+use tonic::{Request, Response, Status, Streaming};
+use tonic_prost::ProstCodec;
+
+use crate::serve::stream::{self, Context, Outbound};
+
+/// The service; cheap to clone (one per connection).
+#[derive(Clone)]
+pub struct ConfigService {
+    ctx: Arc<Context>,
+}
+
+impl ConfigService {
+    pub fn new(ctx: Arc<Context>) -> ConfigService {
+        ConfigService { ctx }
+    }
+}
+
+impl NamedService for ConfigService {
+    const NAME: &'static str = SERVICE_NAME;
+}
+
+/// The `Stream` method, as tonic's generic server calls it.
+struct StreamMethod(Arc<Context>);
+
+impl tower::Service<Request<Streaming<StreamRequest>>> for StreamMethod {
+    type Response = Response<Outbound>;
+    type Error = Status;
+    type Future = std::future::Ready<Result<Response<Outbound>, Status>>;
+
+    fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), Status>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Streaming<StreamRequest>>) -> Self::Future {
+        std::future::ready(Ok(Response::new(stream::open(
+            self.0.clone(),
+            req.into_inner(),
+        ))))
+    }
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, Infallible>> + Send>>;
+
+impl<B> tower::Service<http::Request<B>> for ConfigService
+where
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response>;
+
+    fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path() == STREAM_PATH {
+            let method = StreamMethod(self.ctx.clone());
+            return Box::pin(async move {
+                let mut grpc = Grpc::new(ProstCodec::<StreamResponse, StreamRequest>::default());
+                Ok(grpc.streaming(method, req).await)
+            });
+        }
+        Box::pin(async move { Ok(Status::unimplemented("no such method").into_http()) })
+    }
+}

@@ -1,0 +1,358 @@
+//! The watchers: one kube-runtime reflector per kind, each marking [`Changes`] on every
+//! event, and [`Watchers::objects`] to read them all as the translation's
+//! [`Objects`].
+//!
+//! - Services, Pods, Namespaces: typed. EndpointSlices: `discovery.k8s.io/v1`, else
+//!   `v1beta1` as dynamic objects converted on read ([`crate::serve::slices`]).
+//! - VirtualService, DestinationRule: dynamic objects in the preferred served version of
+//!   `networking.istio.io` ([`discovery::ISTIO_VERSIONS`]), asked again every
+//!   `crd_interval`: a CRD that appears starts its watcher, one that goes away stops it
+//!   (its objects with it), a new preferred version restarts it. Their absence never
+//!   blocks readiness.
+
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{ApiResource, DynamicObject};
+use kube::runtime::WatchStreamExt as _;
+use kube::runtime::reflector::{self, Store, store::Writer};
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client, Resource, ResourceExt as _};
+use serde::de::DeserializeOwned;
+use tokio::task::JoinHandle;
+
+use crate::serve::changes::Changes;
+use crate::serve::discovery::{self, ISTIO_VERSIONS, SLICE_VERSIONS};
+use crate::serve::slices;
+use crate::translate::Objects;
+
+pub const ISTIO_GROUP: &str = "networking.istio.io";
+
+/// A kind of `networking.istio.io`, watched in whichever version is served.
+#[derive(Debug)]
+pub struct IstioKind {
+    pub kind: &'static str,
+    pub plural: &'static str,
+    current: RwLock<Option<Watched>>,
+}
+
+#[derive(Debug)]
+struct Watched {
+    version: String,
+    store: Store<DynamicObject>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl IstioKind {
+    fn new(kind: &'static str, plural: &'static str) -> IstioKind {
+        IstioKind {
+            kind,
+            plural,
+            current: RwLock::new(None),
+        }
+    }
+
+    /// The version watched now, if the kind is served.
+    pub fn version(&self) -> Option<String> {
+        self.read(|w| w.map(|w| w.version.clone()))
+    }
+
+    fn read<T>(&self, f: impl FnOnce(Option<&Watched>) -> T) -> T {
+        let g = self.current.read().unwrap_or_else(|e| e.into_inner());
+        f(g.as_ref())
+    }
+
+    fn api_resource(&self, version: &str) -> ApiResource {
+        ApiResource {
+            group: ISTIO_GROUP.into(),
+            version: version.into(),
+            api_version: format!("{ISTIO_GROUP}/{version}"),
+            kind: self.kind.into(),
+            plural: self.plural.into(),
+        }
+    }
+
+    /// Every object as JSON (`apiVersion`, `kind`, `metadata`, `spec`, ...).
+    fn values(&self) -> Vec<serde_json::Value> {
+        self.read(|w| {
+            let Some(w) = w else { return Vec::new() };
+            let api_version = format!("{ISTIO_GROUP}/{}", w.version);
+            let mut objs = w.store.state();
+            objs.sort_by_key(|a| ns_name(a.as_ref()));
+            objs.iter()
+                .filter_map(|o| {
+                    let mut v = serde_json::to_value(o.as_ref()).ok()?;
+                    if let Some(m) = v.as_object_mut() {
+                        m.insert("apiVersion".into(), api_version.clone().into());
+                        m.insert("kind".into(), self.kind.into());
+                    }
+                    Some(v)
+                })
+                .collect()
+        })
+    }
+
+    /// Switches to `version` (or stops, for `None`) if that is not what runs; says whether
+    /// it switched.
+    fn switch(&self, version: Option<String>, client: &Client, changes: &Arc<Changes>) -> bool {
+        if self.version() == version {
+            return false;
+        }
+        let next = version.map(|v| {
+            let ar = self.api_resource(&v);
+            let writer = Writer::new(ar.clone());
+            let store = writer.as_reader();
+            let api = Api::<DynamicObject>::all_with(client.clone(), &ar);
+            let task = spawn_reflector(api, writer, changes.clone(), self.kind);
+            Watched {
+                version: v,
+                store,
+                task,
+            }
+        });
+        match &next {
+            Some(w) => tracing::info!(kind = self.kind, version = %w.version, "watching"),
+            None => tracing::info!(kind = self.kind, "no longer served; not watching"),
+        }
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = next;
+        changes.mark();
+        true
+    }
+}
+
+/// EndpointSlices in the version the cluster serves.
+#[derive(Debug)]
+enum Slices {
+    V1(Store<EndpointSlice>),
+    V1beta1(Store<DynamicObject>),
+}
+
+/// Every watcher, and the stores they fill.
+#[derive(Debug)]
+pub struct Watchers {
+    services: Store<Service>,
+    pods: Store<Pod>,
+    namespaces: Store<Namespace>,
+    slices: Slices,
+    pub virtual_services: Arc<IstioKind>,
+    pub destination_rules: Arc<IstioKind>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Watchers {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn ns_name<K: Resource>(o: &K) -> (String, String) {
+    (o.namespace().unwrap_or_default(), o.name_any())
+}
+
+/// A reflector for `api` into `writer`, marking `changes` on every event that changes the
+/// store; watch errors are logged and retried with kube-runtime's backoff.
+fn spawn_reflector<K>(
+    api: Api<K>,
+    writer: Writer<K>,
+    changes: Arc<Changes>,
+    kind: &'static str,
+) -> JoinHandle<()>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + Hash + Clone + Send + Sync,
+{
+    tokio::spawn(async move {
+        let stream = reflector::reflector(
+            writer,
+            watcher::watcher(api, watcher::Config::default())
+                .default_backoff()
+                .modify(|o: &mut K| o.managed_fields_mut().clear()),
+        );
+        let mut stream = std::pin::pin!(stream);
+        let mut synced = false;
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(Event::Apply(_) | Event::Delete(_)) => changes.mark(),
+                Ok(Event::InitDone) => {
+                    if !synced {
+                        tracing::debug!(kind, "synced");
+                        synced = true;
+                    }
+                    changes.mark();
+                }
+                Ok(Event::Init | Event::InitApply(_)) => {}
+                Err(e) => tracing::warn!(kind, error = %e, "watch failed; retrying"),
+            }
+        }
+    })
+}
+
+fn typed<K>(
+    client: &Client,
+    changes: &Arc<Changes>,
+    kind: &'static str,
+) -> (Store<K>, JoinHandle<()>)
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + Hash + Clone + Default + Send + Sync,
+{
+    let (store, writer) = reflector::store();
+    let task = spawn_reflector(Api::<K>::all(client.clone()), writer, changes.clone(), kind);
+    (store, task)
+}
+
+impl Watchers {
+    /// Starts every watcher. Waits (retrying) until discovery says which EndpointSlice
+    /// version is served; the Istio kinds are found by the loop this starts.
+    pub async fn start(client: Client, changes: Arc<Changes>, crd_interval: Duration) -> Watchers {
+        let slice_version = loop {
+            match discovery::served(&client, "discovery.k8s.io").await {
+                Ok(s) => match discovery::pick(&s, "endpointslices", SLICE_VERSIONS) {
+                    Some(v) => break v,
+                    None => tracing::warn!("the API server serves no EndpointSlices; asking again"),
+                },
+                Err(e) => tracing::warn!(error = %e, "API discovery failed; retrying"),
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        };
+        tracing::info!(version = %slice_version, "watching EndpointSlices");
+        let mut tasks = Vec::new();
+        let (services, t) = typed::<Service>(&client, &changes, "Service");
+        tasks.push(t);
+        let (pods, t) = typed::<Pod>(&client, &changes, "Pod");
+        tasks.push(t);
+        let (namespaces, t) = typed::<Namespace>(&client, &changes, "Namespace");
+        tasks.push(t);
+        let slices = if slice_version == "v1" {
+            let (s, t) = typed::<EndpointSlice>(&client, &changes, "EndpointSlice");
+            tasks.push(t);
+            Slices::V1(s)
+        } else {
+            let ar = ApiResource {
+                group: "discovery.k8s.io".into(),
+                version: slice_version.clone(),
+                api_version: format!("discovery.k8s.io/{slice_version}"),
+                kind: "EndpointSlice".into(),
+                plural: "endpointslices".into(),
+            };
+            let writer = Writer::new(ar.clone());
+            let store = writer.as_reader();
+            let api = Api::<DynamicObject>::all_with(client.clone(), &ar);
+            tasks.push(spawn_reflector(
+                api,
+                writer,
+                changes.clone(),
+                "EndpointSlice",
+            ));
+            Slices::V1beta1(store)
+        };
+        let virtual_services = Arc::new(IstioKind::new("VirtualService", "virtualservices"));
+        let destination_rules = Arc::new(IstioKind::new("DestinationRule", "destinationrules"));
+        let kinds = [virtual_services.clone(), destination_rules.clone()];
+        tasks.push(tokio::spawn(async move {
+            let mut warned = false;
+            loop {
+                match discovery::served(&client, ISTIO_GROUP).await {
+                    Ok(served) => {
+                        warned = false;
+                        for k in &kinds {
+                            k.switch(discovery::pick(&served, k.plural, ISTIO_VERSIONS), &client, &changes);
+                        }
+                    }
+                    Err(e) if !warned => {
+                        tracing::warn!(group = ISTIO_GROUP, error = %e, "discovery failed; keeping what is watched");
+                        warned = true;
+                    }
+                    Err(_) => {}
+                }
+                tokio::time::sleep(crd_interval).await;
+            }
+        }));
+        Watchers {
+            services,
+            pods,
+            namespaces,
+            slices,
+            virtual_services,
+            destination_rules,
+            tasks,
+        }
+    }
+
+    /// Resolves once the core kinds (Services, EndpointSlices, Pods, Namespaces) have been
+    /// listed once.
+    pub async fn synced(&self) {
+        let slices = async {
+            match &self.slices {
+                Slices::V1(s) => s.wait_until_ready().await,
+                Slices::V1beta1(s) => s.wait_until_ready().await,
+            }
+        };
+        let _ = tokio::join!(
+            self.services.wait_until_ready(),
+            self.pods.wait_until_ready(),
+            self.namespaces.wait_until_ready(),
+            slices,
+        );
+    }
+
+    /// The EndpointSlice version watched.
+    pub fn slice_version(&self) -> &'static str {
+        match self.slices {
+            Slices::V1(_) => "v1",
+            Slices::V1beta1(_) => "v1beta1",
+        }
+    }
+
+    /// Everything watched now, each kind sorted by namespace and name.
+    pub fn objects(&self) -> Objects {
+        fn all<K: Resource + Clone>(s: &Store<K>) -> Vec<K>
+        where
+            K::DynamicType: Eq + Hash + Clone,
+        {
+            let mut v: Vec<K> = s.state().iter().map(|o| o.as_ref().clone()).collect();
+            v.sort_by_key(ns_name);
+            v
+        }
+        let endpoint_slices = match &self.slices {
+            Slices::V1(s) => all(s),
+            Slices::V1beta1(s) => {
+                let mut v: Vec<EndpointSlice> = s
+                    .state()
+                    .iter()
+                    .filter_map(|o| {
+                        let json = serde_json::to_value(o.as_ref()).ok()?;
+                        slices::from_v1beta1(json)
+                            .map_err(|e| {
+                                tracing::debug!(slice = %o.name_any(), error = %e, "v1beta1 EndpointSlice not converted")
+                            })
+                            .ok()
+                    })
+                    .collect();
+                v.sort_by_key(ns_name);
+                v
+            }
+        };
+        Objects {
+            services: all(&self.services),
+            endpoint_slices,
+            pods: all(&self.pods),
+            namespaces: all(&self.namespaces),
+            virtual_services: self.virtual_services.values(),
+            destination_rules: self.destination_rules.values(),
+        }
+    }
+}

@@ -1,0 +1,1033 @@
+//! VirtualServices → the HTTP routes of one Service port, for one client proxy.
+//!
+//! Build time ([`PreparedVs::new`]) checks what does not depend on the client: hosts are
+//! resolved (a name without a dot is a Service in the VirtualService's namespace; with a
+//! dot it is taken as written, as Istio does), each `http[]` rule is converted, and a rule
+//! with a bad regex, duration, status, percentage or redirect code is skipped with a
+//! [`Diagnostic`]; a destination whose host is not a Service, whose port the Service
+//! lacks, or whose subset no DestinationRule defines is dropped with one, and a rule left
+//! without destinations is skipped with one.
+//!
+//! Per client and port ([`port_routes`]), as Istio's `BuildHTTPRoutesForVirtualService`:
+//! `http[]` in order; a `match[]` entry is kept when its `port` is unset or this port,
+//! and, when it names `gateways`, they include `mesh`, else when its `sourceLabels` are
+//! the client's labels and its `sourceNamespace` (if set) the client's namespace; a rule
+//! whose entries were all dropped is dropped; translation stops after a catch-all (no
+//! `match`, or an entry matching every request). A destination without a port goes to
+//! the destination Service's only port, else to the request's port; one whose subset the
+//! client's DestinationRule lacks is dropped. A single destination gets all the traffic
+//! (its weight ignored); among several, weight-0 ones get none and are left out, and a
+//! total of 0 is invalid (Istio rejects it).
+//!
+//! Not translated yet (parsed and ignored, no diagnostic): `timeout`, `retries`,
+//! `mirror`, `mirrors`, `mirrorPercentage`, `corsPolicy`, `rewrite.uriRegexRewrite`,
+//! `match[].statPrefix`, JWT-claim header matches (`@request.auth.claims...`, taken as
+//! plain header names), an `authority` rewrite in a weighted destination's headers
+//! (route-level and single-destination ones are the rewrite's authority), and the
+//! `tcp[]` / `tls[]` sections. `delegate` and `directResponse.body.bytes` are reported and
+//! their rule skipped.
+
+use std::collections::{BTreeSet, HashMap};
+
+use mesh_config::route::{
+    Fault, FaultAbort, FaultDelay, HeaderEdit, HeaderMatch, HttpRoute, Redirect, RequestMatch,
+    Rewrite, RouteAction, StringMatch, WeightedCluster,
+};
+use mesh_config::{Protocol, cluster::cluster_name};
+
+use super::Diagnostic;
+use super::hosts::{HostPattern, Visibility, labels_match, resolve_config_host};
+use super::policy::DrIndex;
+use super::services::SvcRec;
+use crate::istio::virtual_service::{
+    self, FaultAbort as IFaultAbort, FaultDelay as IFaultDelay, GrpcStatus, HeaderOperations,
+    HttpMatchRequest, HttpRoute as IHttpRoute, StringMatch as IStringMatch, VirtualService,
+};
+use crate::istio::{Labels, Meta};
+
+/// A VirtualService that applies to sidecars, checked.
+#[derive(Debug, Clone)]
+pub struct PreparedVs {
+    pub meta: Meta,
+    /// `namespace/name`.
+    pub id: String,
+    /// `(index in spec.hosts, resolved host)`, without duplicates.
+    pub hosts: Vec<(usize, HostPattern)>,
+    pub export: Visibility,
+    pub rules: Vec<Rule>,
+}
+
+/// One usable `http[]` rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// Index in `spec.http`.
+    pub index: usize,
+    pub name: String,
+    /// `None`: no `match` (every request).
+    pub matches: Option<Vec<Entry>>,
+    pub action: Action,
+    pub fault: Option<Fault>,
+    pub request_headers: HeaderEdit,
+    pub response_headers: HeaderEdit,
+    pub rewrite: Option<Rewrite>,
+}
+
+/// One `match[]` entry that may apply to sidecars.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub request: RequestMatch,
+    pub port: Option<u16>,
+    /// The entry names `gateways` (with `mesh`): source conditions are not looked at.
+    pub by_gateway: bool,
+    pub source_labels: Labels,
+    pub source_namespace: Option<String>,
+    /// Matches every request (at config time).
+    pub catch_all: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum Action {
+    Route {
+        dests: Vec<Dest>,
+        /// `route[]` had one entry: it gets all the traffic.
+        single: bool,
+    },
+    Redirect(RedirectRule),
+    Direct {
+        status: u16,
+        body: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Dest {
+    /// `spec.http[i].route[j]`.
+    pub field: String,
+    /// Index of the destination Service.
+    pub svc: usize,
+    pub subset: Option<String>,
+    pub port: Option<u16>,
+    pub weight: u32,
+    pub request_headers: HeaderEdit,
+    pub response_headers: HeaderEdit,
+}
+
+#[derive(Debug, Clone)]
+pub struct RedirectRule {
+    pub uri: Option<String>,
+    pub authority: Option<String>,
+    pub port: RedirectPort,
+    pub scheme: Option<String>,
+    pub code: u16,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum RedirectPort {
+    /// The scheme's default (no port in the `Location`).
+    Default,
+    Fixed(u16),
+    /// `derivePort: FROM_REQUEST_PORT`: the Service port the request came to.
+    FromRequest,
+}
+
+/// What the build needs to resolve destinations.
+pub struct Catalog<'a> {
+    pub services: &'a [SvcRec],
+    pub by_fqdn: &'a HashMap<String, usize>,
+    pub drs: &'a DrIndex,
+    pub domain: &'a str,
+}
+
+/// A rule-level problem: (field, message); the rule is skipped.
+type Skip = (String, String);
+
+fn vs_diag(meta: &Meta, field: String, message: String) -> Diagnostic {
+    Diagnostic {
+        kind: virtual_service::KIND.into(),
+        namespace: meta.namespace.clone(),
+        name: meta.name.clone(),
+        field,
+        message,
+    }
+}
+
+impl PreparedVs {
+    /// `None` when the VirtualService does not apply to sidecars (its `gateways` do not
+    /// include `mesh`) or has no hosts.
+    pub fn new(
+        vs: VirtualService,
+        cat: &Catalog<'_>,
+        diags: &mut Vec<Diagnostic>,
+    ) -> Option<PreparedVs> {
+        let VirtualService { meta, spec } = vs;
+        if !spec.gateways.is_empty() && !spec.gateways.iter().any(|g| g == "mesh") {
+            return None;
+        }
+        let mut hosts: Vec<(usize, HostPattern)> = Vec::new();
+        for (i, h) in spec.hosts.iter().enumerate() {
+            if h.trim().is_empty() {
+                continue;
+            }
+            let p = HostPattern::new(&resolve_config_host(h, &meta.namespace, cat.domain));
+            if !hosts.iter().any(|(_, q)| *q == p) {
+                hosts.push((i, p));
+            }
+        }
+        if hosts.is_empty() {
+            diags.push(vs_diag(
+                &meta,
+                "spec.hosts".into(),
+                "no hosts; VirtualService skipped".into(),
+            ));
+            return None;
+        }
+        let mut rules = Vec::new();
+        for (i, http) in spec.http.iter().enumerate() {
+            match prepare_rule(i, http, &meta, cat, diags) {
+                Ok(Some(r)) => rules.push(r),
+                Ok(None) => {}
+                Err((field, message)) => diags.push(vs_diag(&meta, field, message)),
+            }
+        }
+        Some(PreparedVs {
+            id: format!("{}/{}", meta.namespace, meta.name),
+            export: Visibility::from_export_to(&spec.export_to, &meta.namespace),
+            meta,
+            hosts,
+            rules,
+        })
+    }
+}
+
+fn skip(field: String, what: impl std::fmt::Display) -> Skip {
+    (field, format!("{what}; rule skipped"))
+}
+
+/// `Ok(None)`: the rule never applies to sidecars (every entry is for gateways only).
+fn prepare_rule(
+    i: usize,
+    http: &IHttpRoute,
+    meta: &Meta,
+    cat: &Catalog<'_>,
+    diags: &mut Vec<Diagnostic>,
+) -> Result<Option<Rule>, Skip> {
+    let f = format!("spec.http[{i}]");
+    if http.delegate.is_some() {
+        return Err(skip(format!("{f}.delegate"), "delegation is not supported"));
+    }
+    let matches = if http.matches.is_empty() {
+        None
+    } else {
+        let mut entries = Vec::new();
+        for (j, m) in http.matches.iter().enumerate() {
+            if let Some(e) = prepare_entry(m, &format!("{f}.match[{j}]"))? {
+                entries.push(e);
+            }
+        }
+        if entries.is_empty() {
+            return Ok(None);
+        }
+        Some(entries)
+    };
+    let (mut request_headers, header_authority) =
+        header_edit(http.headers.as_ref().and_then(|h| h.request.as_ref()));
+    let (response_headers, _) =
+        header_edit(http.headers.as_ref().and_then(|h| h.response.as_ref()));
+    let fault = prepare_fault(http, &f)?;
+    let mut rewrite = None;
+    let action = if let Some(rd) = &http.redirect {
+        let code = match rd.redirect_code {
+            0 => 301,
+            c @ (301 | 302 | 303 | 307 | 308) => c as u16,
+            c => {
+                return Err(skip(
+                    format!("{f}.redirect.redirectCode"),
+                    format!("redirect code {c} is not one of 301, 302, 303, 307, 308"),
+                ));
+            }
+        };
+        let port = match (rd.port, rd.derive_port.as_deref()) {
+            (Some(p), _) => RedirectPort::Fixed(
+                u16::try_from(p)
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| skip(format!("{f}.redirect.port"), format!("bad port {p}")))?,
+            ),
+            (None, Some("FROM_REQUEST_PORT")) => RedirectPort::FromRequest,
+            (None, None | Some("FROM_PROTOCOL_DEFAULT")) => RedirectPort::Default,
+            (None, Some(other)) => {
+                return Err(skip(
+                    format!("{f}.redirect.derivePort"),
+                    format!("unknown derivePort {other:?}"),
+                ));
+            }
+        };
+        let some = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        Action::Redirect(RedirectRule {
+            uri: some(&rd.uri),
+            authority: some(&rd.authority),
+            port,
+            scheme: some(&rd.scheme),
+            code,
+        })
+    } else if let Some(dr) = &http.direct_response {
+        let status = u16::try_from(dr.status)
+            .ok()
+            .filter(|s| (200..=599).contains(s))
+            .ok_or_else(|| {
+                skip(
+                    format!("{f}.directResponse.status"),
+                    format!("status {} is not within 200-599", dr.status),
+                )
+            })?;
+        let body = match &dr.body {
+            Some(b) if b.bytes.is_some() => {
+                return Err(skip(
+                    format!("{f}.directResponse.body.bytes"),
+                    "a bytes body is not supported (use string)",
+                ));
+            }
+            Some(b) => b.string.clone().unwrap_or_default(),
+            None => String::new(),
+        };
+        Action::Direct { status, body }
+    } else {
+        let single = http.route.len() == 1;
+        let dests = prepare_dests(i, http, meta, cat, diags, &mut request_headers)?;
+        let authority = http
+            .rewrite
+            .as_ref()
+            .map(|r| r.authority.clone())
+            .filter(|a| !a.is_empty())
+            .or(header_authority)
+            .or(dests.1);
+        let uri = http
+            .rewrite
+            .as_ref()
+            .map(|r| r.uri.clone())
+            .filter(|u| !u.is_empty());
+        if uri.is_some() || authority.is_some() {
+            rewrite = Some(Rewrite { uri, authority });
+        }
+        Action::Route {
+            dests: dests.0,
+            single,
+        }
+    };
+    Ok(Some(Rule {
+        index: i,
+        name: if http.name.is_empty() {
+            i.to_string()
+        } else {
+            http.name.clone()
+        },
+        matches,
+        action,
+        fault,
+        request_headers,
+        response_headers,
+        rewrite,
+    }))
+}
+
+/// The destinations, and the authority a single destination's headers set.
+fn prepare_dests(
+    i: usize,
+    http: &IHttpRoute,
+    meta: &Meta,
+    cat: &Catalog<'_>,
+    diags: &mut Vec<Diagnostic>,
+    route_request_headers: &mut HeaderEdit,
+) -> Result<(Vec<Dest>, Option<String>), Skip> {
+    let f = format!("spec.http[{i}].route");
+    if http.route.is_empty() {
+        return Err(skip(
+            f,
+            "no destination (route, redirect or directResponse)",
+        ));
+    }
+    let several = http.route.len() > 1;
+    let mut total = 0i64;
+    for (j, d) in http.route.iter().enumerate() {
+        if d.weight < 0 || d.weight > i64::from(u32::MAX) {
+            return Err(skip(
+                format!("{f}[{j}].weight"),
+                format!("bad weight {}", d.weight),
+            ));
+        }
+        total += d.weight;
+    }
+    if several && total == 0 {
+        return Err(skip(
+            f,
+            "every destination has weight 0 (Istio rejects a total weight of 0)",
+        ));
+    }
+    let mut out = Vec::new();
+    let mut single_authority = None;
+    for (j, d) in http.route.iter().enumerate() {
+        let df = format!("{f}[{j}]");
+        if several && d.weight == 0 {
+            continue;
+        }
+        let dropped = |field: String, why: String| {
+            vs_diag(meta, field, format!("{why}; destination dropped"))
+        };
+        let Some(dst) = d.destination.as_ref().filter(|d| !d.host.trim().is_empty()) else {
+            diags.push(dropped(format!("{df}.destination.host"), "missing".into()));
+            continue;
+        };
+        let fqdn = resolve_config_host(&dst.host, &meta.namespace, cat.domain);
+        let Some(&svc) = cat.by_fqdn.get(&fqdn) else {
+            diags.push(dropped(
+                format!("{df}.destination.host"),
+                format!("host {:?} ({fqdn}) is not a Service", dst.host),
+            ));
+            continue;
+        };
+        let port = match &dst.port {
+            None => None,
+            Some(p) => {
+                let n = u16::try_from(p.number).ok().filter(|n| *n != 0);
+                match n {
+                    Some(n) if cat.services[svc].port(n).is_some() => Some(n),
+                    _ => {
+                        diags.push(dropped(
+                            format!("{df}.destination.port.number"),
+                            format!("Service {fqdn} has no port {}", p.number),
+                        ));
+                        continue;
+                    }
+                }
+            }
+        };
+        let subset = (!dst.subset.is_empty()).then(|| dst.subset.clone());
+        if let Some(s) = &subset
+            && !cat.drs.any_defines(&fqdn, s)
+        {
+            diags.push(dropped(
+                format!("{df}.destination.subset"),
+                format!("no DestinationRule for {fqdn} defines subset {s:?}"),
+            ));
+            continue;
+        }
+        let (mut request_headers, authority) =
+            header_edit(d.headers.as_ref().and_then(|h| h.request.as_ref()));
+        let (mut response_headers, _) =
+            header_edit(d.headers.as_ref().and_then(|h| h.response.as_ref()));
+        if !several {
+            // Istio adds a lone destination's edits to the route's, after them.
+            append(route_request_headers, std::mem::take(&mut request_headers));
+            single_authority = authority;
+        }
+        out.push(Dest {
+            field: df,
+            svc,
+            subset,
+            port,
+            weight: if several {
+                u32::try_from(d.weight).unwrap_or(u32::MAX)
+            } else {
+                100
+            },
+            request_headers,
+            response_headers: std::mem::take(&mut response_headers),
+        });
+    }
+    if out.is_empty() {
+        return Err(skip(f, "no destination left"));
+    }
+    Ok((out, single_authority))
+}
+
+fn append(to: &mut HeaderEdit, from: HeaderEdit) {
+    to.set.extend(from.set);
+    to.add.extend(from.add);
+    to.remove.extend(from.remove);
+}
+
+fn one_line(e: &regex::Error) -> String {
+    let s = e.to_string();
+    let last = s.lines().last().unwrap_or_default().trim();
+    last.strip_prefix("error: ").unwrap_or(last).to_owned()
+}
+
+/// A `StringMatch` as the proxy takes it. `Ok(None)`: no condition (or, for a header or
+/// query parameter, "present": Istio reads `{}` and `regex: "*"` so).
+fn string_match(
+    m: &IStringMatch,
+    field: &str,
+    header_like: bool,
+) -> Result<Option<StringMatch>, Skip> {
+    let set = [&m.exact, &m.prefix, &m.regex]
+        .iter()
+        .filter(|v| v.is_some())
+        .count();
+    if set > 1 {
+        return Err(skip(
+            field.to_owned(),
+            "more than one of exact, prefix and regex",
+        ));
+    }
+    Ok(if let Some(e) = &m.exact {
+        Some(StringMatch::Exact(e.clone()))
+    } else if let Some(p) = &m.prefix {
+        Some(StringMatch::Prefix(p.clone()))
+    } else if let Some(r) = &m.regex {
+        if header_like && r == "*" {
+            None
+        } else {
+            regex::Regex::new(r).map_err(|e| {
+                skip(
+                    format!("{field}.regex"),
+                    format!("invalid regex {r:?}: {}", one_line(&e)),
+                )
+            })?;
+            Some(StringMatch::Regex(r.clone()))
+        }
+    } else {
+        None
+    })
+}
+
+fn header_matches(
+    map: &std::collections::BTreeMap<String, Option<IStringMatch>>,
+    field: &str,
+    lower: bool,
+) -> Result<Vec<HeaderMatch>, Skip> {
+    let mut out = Vec::new();
+    for (name, m) in map {
+        let value = match m {
+            Some(m) => string_match(m, &format!("{field}.{name}"), true)?,
+            None => None,
+        };
+        out.push(HeaderMatch {
+            name: if lower {
+                name.to_ascii_lowercase()
+            } else {
+                name.clone()
+            },
+            value,
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// `Ok(None)`: the entry is for gateways only.
+fn prepare_entry(m: &HttpMatchRequest, f: &str) -> Result<Option<Entry>, Skip> {
+    let by_gateway = !m.gateways.is_empty();
+    if by_gateway && !m.gateways.iter().any(|g| g == "mesh") {
+        return Ok(None);
+    }
+    let port = match m.port {
+        0 => None,
+        p => {
+            Some(u16::try_from(p).map_err(|_| skip(format!("{f}.port"), format!("bad port {p}")))?)
+        }
+    };
+    let opt = |v: &Option<IStringMatch>, name: &str| -> Result<Option<StringMatch>, Skip> {
+        match v {
+            Some(v) => string_match(v, &format!("{f}.{name}"), false),
+            None => Ok(None),
+        }
+    };
+    let request = RequestMatch {
+        name: m.name.clone(),
+        uri: opt(&m.uri, "uri")?,
+        scheme: opt(&m.scheme, "scheme")?,
+        method: opt(&m.method, "method")?,
+        authority: opt(&m.authority, "authority")?,
+        headers: header_matches(&m.headers, &format!("{f}.headers"), true)?,
+        without_headers: header_matches(&m.without_headers, &format!("{f}.withoutHeaders"), true)?,
+        query_params: header_matches(&m.query_params, &format!("{f}.queryParams"), false)?,
+        ignore_uri_case: m.ignore_uri_case,
+    };
+    let catch_all = match &request.uri {
+        None => true,
+        Some(StringMatch::Prefix(p)) => p == "/",
+        Some(StringMatch::Regex(r)) => r == ".*",
+        Some(StringMatch::Exact(_)) => false,
+    } && request.scheme.is_none()
+        && request.method.is_none()
+        && request.authority.is_none()
+        && request.headers.is_empty()
+        && request.without_headers.is_empty()
+        && request.query_params.is_empty();
+    Ok(Some(Entry {
+        request,
+        port,
+        by_gateway,
+        source_labels: m.source_labels.clone(),
+        source_namespace: (!m.source_namespace.is_empty()).then(|| m.source_namespace.clone()),
+        catch_all,
+    }))
+}
+
+fn percentage(value: f64, field: String) -> Result<f64, Skip> {
+    if value.is_finite() && (0.0..=100.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err(skip(
+            field,
+            format!("percentage {value} is not within 0-100"),
+        ))
+    }
+}
+
+/// gRPC status names (`google.rpc.Code`).
+const GRPC_CODES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+fn prepare_delay(d: &IFaultDelay, f: &str) -> Result<FaultDelay, Skip> {
+    let Some(fixed) = &d.fixed_delay else {
+        let why = if d.exponential_delay.is_some() {
+            "exponentialDelay is not supported"
+        } else {
+            "missing"
+        };
+        return Err(skip(format!("{f}.fixedDelay"), why));
+    };
+    let dur =
+        mesh_common::duration::parse(fixed).map_err(|e| skip(format!("{f}.fixedDelay"), e))?;
+    // Istio: absent `percentage`, the deprecated integer `percent`; neither: 0 (no
+    // request is delayed).
+    let pct = match (&d.percentage, d.percent) {
+        (Some(p), _) => percentage(p.value, format!("{f}.percentage.value"))?,
+        (None, Some(p)) => percentage(p as f64, format!("{f}.percent"))?,
+        (None, None) => 0.0,
+    };
+    Ok(FaultDelay {
+        fixed_delay_ms: u64::try_from(dur.as_millis()).unwrap_or(u64::MAX),
+        percentage: pct,
+    })
+}
+
+fn prepare_abort(a: &IFaultAbort, f: &str) -> Result<FaultAbort, Skip> {
+    let (http_status, grpc_status) = match (a.http_status, &a.grpc_status) {
+        (Some(s), _) => (
+            Some(
+                u16::try_from(s)
+                    .ok()
+                    .filter(|s| (200..=599).contains(s))
+                    .ok_or_else(|| {
+                        skip(
+                            format!("{f}.httpStatus"),
+                            format!("status {s} is not within 200-599"),
+                        )
+                    })?,
+            ),
+            None,
+        ),
+        (None, Some(GrpcStatus::Code(c))) if (*c as usize) < GRPC_CODES.len() => (None, Some(*c)),
+        (None, Some(GrpcStatus::Name(n))) => {
+            let code = GRPC_CODES.iter().position(|c| c == n).ok_or_else(|| {
+                skip(
+                    format!("{f}.grpcStatus"),
+                    format!("unknown gRPC status {n:?}"),
+                )
+            })?;
+            (None, u32::try_from(code).ok())
+        }
+        (None, Some(GrpcStatus::Code(c))) => {
+            return Err(skip(
+                format!("{f}.grpcStatus"),
+                format!("unknown gRPC status {c}"),
+            ));
+        }
+        (None, None) => {
+            return Err(skip(
+                f.to_owned(),
+                "an abort without httpStatus or grpcStatus",
+            ));
+        }
+    };
+    // Istio: absent, no request is aborted.
+    let pct = match &a.percentage {
+        Some(p) => percentage(p.value, format!("{f}.percentage.value"))?,
+        None => 0.0,
+    };
+    Ok(FaultAbort {
+        http_status,
+        grpc_status,
+        percentage: pct,
+    })
+}
+
+fn prepare_fault(http: &IHttpRoute, f: &str) -> Result<Option<Fault>, Skip> {
+    let Some(fault) = &http.fault else {
+        return Ok(None);
+    };
+    let delay = match &fault.delay {
+        Some(d) => Some(prepare_delay(d, &format!("{f}.fault.delay"))?),
+        None => None,
+    };
+    let abort = match &fault.abort {
+        Some(a) => Some(prepare_abort(a, &format!("{f}.fault.abort"))?),
+        None => None,
+    };
+    Ok((delay.is_some() || abort.is_some()).then_some(Fault { delay, abort }))
+}
+
+fn is_authority(name: &str) -> bool {
+    name.eq_ignore_ascii_case(":authority") || name.eq_ignore_ascii_case("host")
+}
+
+/// Pseudo-headers and `host` cannot be edited (Istio drops them; `host`/`:authority`
+/// in `set`/`add` is the rewrite's authority).
+fn is_internal(name: &str) -> bool {
+    name.starts_with(':') || name.eq_ignore_ascii_case("host")
+}
+
+/// Header edits (names lower case, sorted) and the authority they set.
+fn header_edit(ops: Option<&HeaderOperations>) -> (HeaderEdit, Option<String>) {
+    let Some(ops) = ops else {
+        return (HeaderEdit::default(), None);
+    };
+    let pairs = |m: &std::collections::BTreeMap<String, String>| {
+        let mut v: Vec<(String, String)> = m
+            .iter()
+            .filter(|(k, _)| !is_internal(k))
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+            .collect();
+        v.sort();
+        v
+    };
+    let auth = |m: &std::collections::BTreeMap<String, String>| {
+        m.iter()
+            .find(|(k, _)| is_authority(k))
+            .map(|(_, v)| v.clone())
+    };
+    let mut remove: Vec<String> = ops
+        .remove
+        .iter()
+        .filter(|k| !is_internal(k))
+        .map(|k| k.to_ascii_lowercase())
+        .collect();
+    remove.sort();
+    remove.dedup();
+    (
+        HeaderEdit {
+            set: pairs(&ops.set),
+            add: pairs(&ops.add),
+            remove,
+        },
+        auth(&ops.set).or_else(|| auth(&ops.add)),
+    )
+}
+
+/// Who is asking, as far as routes care.
+pub trait ClientView {
+    /// Whether a kept entry's source conditions select the client.
+    fn selects(&self, entry: &Entry) -> bool;
+    /// Whether the client's DestinationRule for Service `svc` defines `subset`.
+    fn has_subset(&self, svc: usize, subset: &str) -> bool;
+}
+
+/// A client proxy: its namespace, labels and DestinationRules.
+pub struct Client<'a> {
+    pub namespace: &'a str,
+    pub labels: &'a std::collections::BTreeMap<String, String>,
+    pub services: &'a [SvcRec],
+    pub drs: &'a DrIndex,
+}
+
+impl ClientView for Client<'_> {
+    fn selects(&self, e: &Entry) -> bool {
+        e.by_gateway
+            || (labels_match(&e.source_labels, self.labels)
+                && e.source_namespace
+                    .as_deref()
+                    .is_none_or(|ns| ns == self.namespace))
+    }
+
+    fn has_subset(&self, svc: usize, subset: &str) -> bool {
+        let s = &self.services[svc];
+        self.drs
+            .lookup(self.namespace, self.labels, &s.fqdn, &s.namespace)
+            .subset(subset)
+            .is_some()
+    }
+}
+
+/// Any client (build-time diagnostics): every source is selected; subsets were checked
+/// against every DestinationRule.
+pub struct AnyClient;
+
+impl ClientView for AnyClient {
+    fn selects(&self, _: &Entry) -> bool {
+        true
+    }
+    fn has_subset(&self, _: usize, _: &str) -> bool {
+        true
+    }
+}
+
+/// Clusters routes send to: (Service index, port, subset).
+pub type Needed = BTreeSet<(usize, u16, Option<String>)>;
+
+/// The routes of `vs` for port `port` of a Service it is bound to, for `client`. The
+/// clusters they name are added to `needed`; per-port problems go to `report`
+/// (field, message).
+pub fn port_routes(
+    vs: &PreparedVs,
+    port: u16,
+    services: &[SvcRec],
+    client: &dyn ClientView,
+    needed: &mut Needed,
+    report: &mut dyn FnMut(String, String),
+) -> Vec<HttpRoute> {
+    let mut out = Vec::new();
+    for rule in &vs.rules {
+        let (matches, catch_all) = match &rule.matches {
+            None => (Vec::new(), true),
+            Some(entries) => {
+                let mut kept = Vec::new();
+                let mut catch_all = false;
+                for e in entries {
+                    if e.port.is_some_and(|p| p != port) || !client.selects(e) {
+                        continue;
+                    }
+                    kept.push(e.request.clone());
+                    if e.catch_all {
+                        catch_all = true;
+                        break;
+                    }
+                }
+                if kept.is_empty() {
+                    continue;
+                }
+                (kept, catch_all)
+            }
+        };
+        let f = format!("spec.http[{}]", rule.index);
+        let action = match &rule.action {
+            Action::Route { dests, single } => {
+                let mut weighted = Vec::new();
+                for d in dests {
+                    let svc = &services[d.svc];
+                    let q = d.port.unwrap_or(match svc.ports.as_slice() {
+                        [only] => only.port,
+                        _ => port,
+                    });
+                    if svc.port(q).is_none() {
+                        report(
+                            format!("{}.destination", d.field),
+                            format!(
+                                "Service {} has no port {q} (the request's port, as no \
+                                 destination port is given); destination dropped for port {port}",
+                                svc.fqdn
+                            ),
+                        );
+                        continue;
+                    }
+                    if let Some(s) = &d.subset
+                        && !client.has_subset(d.svc, s)
+                    {
+                        continue;
+                    }
+                    needed.insert((d.svc, q, d.subset.clone()));
+                    weighted.push(WeightedCluster {
+                        cluster: cluster_name(q, d.subset.as_deref(), &svc.fqdn),
+                        weight: if *single { 100 } else { d.weight },
+                        request_headers: d.request_headers.clone(),
+                        response_headers: d.response_headers.clone(),
+                    });
+                }
+                if weighted.is_empty() {
+                    report(
+                        format!("{f}.route"),
+                        format!("no destination left for port {port}; rule skipped there"),
+                    );
+                    continue;
+                }
+                RouteAction::Route(weighted)
+            }
+            Action::Redirect(rd) => {
+                let p = match rd.port {
+                    RedirectPort::Default => None,
+                    RedirectPort::Fixed(p) => Some(p),
+                    RedirectPort::FromRequest => Some(port),
+                };
+                let scheme = rd.scheme.as_deref().unwrap_or("http");
+                let p =
+                    p.filter(|&p| !(p == 80 && scheme == "http" || p == 443 && scheme == "https"));
+                RouteAction::Redirect(Redirect {
+                    uri: rd.uri.clone(),
+                    authority: rd.authority.clone(),
+                    port: p,
+                    scheme: rd.scheme.clone(),
+                    code: rd.code,
+                })
+            }
+            Action::Direct { status, body } => RouteAction::DirectResponse {
+                status: *status,
+                body: body.clone(),
+            },
+        };
+        let routed = matches!(action, RouteAction::Route(_));
+        out.push(HttpRoute {
+            name: rule.name.clone(),
+            virtual_service: vs.id.clone(),
+            matches,
+            action,
+            fault: rule.fault.clone(),
+            request_headers: rule.request_headers.clone(),
+            response_headers: rule.response_headers.clone(),
+            rewrite: if routed { rule.rewrite.clone() } else { None },
+        });
+        if catch_all {
+            break;
+        }
+    }
+    out
+}
+
+/// Every sidecar VirtualService, and which one binds each Service host.
+#[derive(Debug, Default)]
+pub struct VsIndex {
+    vss: Vec<PreparedVs>,
+    exact: HashMap<String, Vec<usize>>,
+    /// Most specific first, then oldest.
+    wildcard: Vec<(HostPattern, usize)>,
+}
+
+impl VsIndex {
+    /// Reports hosts that name no Service and VirtualServices shadowed by an older one
+    /// for the same host.
+    pub fn new(
+        mut vss: Vec<PreparedVs>,
+        services: &[SvcRec],
+        by_fqdn: &HashMap<String, usize>,
+        diags: &mut Vec<Diagnostic>,
+    ) -> VsIndex {
+        vss.sort_by(|a, b| a.meta.age_key().cmp(&b.meta.age_key()));
+        let mut exact: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut wildcard = Vec::new();
+        for (i, vs) in vss.iter().enumerate() {
+            for (k, h) in &vs.hosts {
+                match h {
+                    HostPattern::Exact(name) => {
+                        if !by_fqdn.contains_key(name) {
+                            let hint = if name.split('.').count() == 2 {
+                                format!(
+                                    " (Istio takes a name with a dot as written: use {name}.svc.<cluster domain>)"
+                                )
+                            } else {
+                                String::new()
+                            };
+                            diags.push(vs_diag(
+                                &vs.meta,
+                                format!("spec.hosts[{k}]"),
+                                format!("host {name} is not a Service{hint}; ignored"),
+                            ));
+                        }
+                        exact.entry(name.clone()).or_default().push(i);
+                    }
+                    HostPattern::Wildcard(_) => {
+                        if !services.iter().any(|s| h.matches(&s.fqdn)) {
+                            diags.push(vs_diag(
+                                &vs.meta,
+                                format!("spec.hosts[{k}]"),
+                                format!("host {h} matches no Service; ignored"),
+                            ));
+                        }
+                        wildcard.push((h.clone(), i));
+                    }
+                }
+            }
+        }
+        wildcard.sort_by_key(|(h, _)| std::cmp::Reverse(h.specificity()));
+        let index = VsIndex {
+            vss,
+            exact,
+            wildcard,
+        };
+        index.report_shadowed(diags);
+        index
+    }
+
+    fn report_shadowed(&self, diags: &mut Vec<Diagnostic>) {
+        let mut groups: std::collections::BTreeMap<String, Vec<usize>> = Default::default();
+        for (h, list) in &self.exact {
+            groups.insert(h.clone(), list.clone());
+        }
+        for (h, i) in &self.wildcard {
+            groups.entry(h.to_string()).or_default().push(*i);
+        }
+        for (host, list) in &groups {
+            let mut list = list.clone();
+            list.sort_unstable();
+            list.dedup();
+            for (n, &i) in list.iter().enumerate() {
+                let vs = &self.vss[i];
+                let Some(&older) = list[..n]
+                    .iter()
+                    .find(|&&o| self.vss[o].export.overlaps(&vs.export))
+                else {
+                    continue;
+                };
+                let k = vs
+                    .hosts
+                    .iter()
+                    .find(|(_, h)| h.to_string() == *host)
+                    .map_or(0, |(k, _)| *k);
+                diags.push(vs_diag(
+                    &vs.meta,
+                    format!("spec.hosts[{k}]"),
+                    format!(
+                        "ignored for host {host}: the older VirtualService {} binds it for sidecars",
+                        self.vss[older].id
+                    ),
+                ));
+            }
+        }
+    }
+
+    pub fn all(&self) -> &[PreparedVs] {
+        &self.vss
+    }
+
+    /// The VirtualService a client in `client_ns` uses for the Service host `fqdn`: the
+    /// oldest visible one naming it exactly, else the most specific (then oldest)
+    /// visible wildcard.
+    pub fn select(&self, fqdn: &str, client_ns: &str) -> Option<&PreparedVs> {
+        if let Some(v) = self
+            .exact
+            .get(fqdn)
+            .into_iter()
+            .flatten()
+            .map(|&i| &self.vss[i])
+            .find(|v| v.export.visible_to(client_ns))
+        {
+            return Some(v);
+        }
+        self.wildcard
+            .iter()
+            .filter(|(h, _)| h.matches(fqdn))
+            .map(|(_, i)| &self.vss[*i])
+            .find(|v| v.export.visible_to(client_ns))
+    }
+}
+
+/// Whether a port carries the routes (HTTP, or sniffed).
+pub fn routed_protocol(p: Protocol) -> bool {
+    p != Protocol::Tcp
+}
