@@ -83,6 +83,17 @@ pub mod init {
         KUBE_VIRT_INTERFACES,
     ];
 
+    /// `--dns-capture`: a switch (no value, no short form: istio-iptables has none for its
+    /// `--redirect-dns`, which `mesh-init` accepts as an alias). Redirects the app's UDP and
+    /// TCP to port 53 to the proxy's DNS port ([`crate::DNS_CAPTURE_PORT`]); the injector
+    /// writes it when the injection config's `dnsCapture` is on.
+    pub const DNS_CAPTURE: &str = "--dns-capture";
+    /// istio-iptables' name for [`DNS_CAPTURE`], accepted as an alias.
+    pub const DNS_CAPTURE_ISTIO_ALIAS: &str = "--redirect-dns";
+
+    /// Every switch (a flag without a value) the injector may write.
+    pub const SWITCHES: [&str; 1] = [DNS_CAPTURE];
+
     /// The only interception mode supported.
     pub const MODE_REDIRECT: &str = "REDIRECT";
 }
@@ -92,7 +103,7 @@ pub mod proxy {
     /// The binary the sidecar container runs.
     pub const BINARY: &str = "mesh-proxy";
 
-    /// Long flags (each takes a value).
+    /// Long flags. Those in `ALL` take a value; those in `SWITCHES` take none.
     pub mod flag {
         pub const OUTBOUND_PORT: &str = "--outbound-port";
         pub const INBOUND_PORT: &str = "--inbound-port";
@@ -112,9 +123,24 @@ pub mod proxy {
         pub const INSTANCE_IP: &str = "--instance-ip";
         pub const SERVICE_ACCOUNT: &str = "--service-account";
         pub const WORKLOAD_NAME: &str = "--workload-name";
+        /// `host:port` of mesh-control's config stream (the injection config's
+        /// `controlPlaneAddress`). Absent: no control plane, the proxy stays L4.
+        pub const CONTROL_PLANE: &str = "--control-plane";
+
+        /// A switch (no value): answer DNS on `127.0.0.1` / `::1` port
+        /// [`crate::DNS_CAPTURE_PORT`], UDP and TCP, because `mesh-init --dns-capture`
+        /// redirects the app's DNS there (the injection config's `dnsCapture`).
+        pub const DNS_CAPTURE: &str = "--dns-capture";
+        /// The local debug endpoints (`/config_dump`, `/debug/route`), Envoy's admin
+        /// port `127.0.0.1:15000` by default. The injector leaves it at its default.
+        pub const DEBUG_ADDR: &str = "--debug-addr";
+        /// With a control plane, readiness waits for the first config at most this
+        /// long; then the proxy turns ready anyway and treats what it does not know as
+        /// outside the mesh (L4). The injector leaves it at its default.
+        pub const CONFIG_WAIT: &str = "--config-wait";
 
         /// Every flag that takes a value.
-        pub const ALL: [&str; 18] = [
+        pub const ALL: [&str; 21] = [
             OUTBOUND_PORT,
             INBOUND_PORT,
             ADMIN_ADDR,
@@ -133,7 +159,13 @@ pub mod proxy {
             INSTANCE_IP,
             SERVICE_ACCOUNT,
             WORKLOAD_NAME,
+            CONTROL_PLANE,
+            DEBUG_ADDR,
+            CONFIG_WAIT,
         ];
+
+        /// Every switch: a flag that takes no value.
+        pub const SWITCHES: [&str; 1] = [DNS_CAPTURE];
     }
 
     /// Environment variables (the injector sets them, mostly through the downward API).
@@ -203,11 +235,26 @@ mod tests {
     }
 
     #[test]
+    fn init_switches_are_long_flags_distinct_from_the_capture_flags() {
+        for s in init::SWITCHES
+            .iter()
+            .chain([&init::DNS_CAPTURE_ISTIO_ALIAS])
+        {
+            assert!(s.starts_with("--") && s.len() > 3, "{s}");
+            assert!(init::CAPTURE_FLAGS.iter().all(|f| f.long != *s), "{s}");
+        }
+    }
+
+    #[test]
     fn proxy_flags_and_env_are_distinct() {
         let mut f = proxy::flag::ALL.to_vec();
+        f.extend(proxy::flag::SWITCHES);
         f.sort_unstable();
         f.dedup();
-        assert_eq!(f.len(), proxy::flag::ALL.len());
+        assert_eq!(
+            f.len(),
+            proxy::flag::ALL.len() + proxy::flag::SWITCHES.len()
+        );
         let mut e = proxy::env::ALL.to_vec();
         e.sort_unstable();
         e.dedup();

@@ -21,6 +21,20 @@ pub const PROXY_INBOUND_PORT: u16 = 15006;
 pub const PROXY_ADMIN_PORT: u16 = 15021;
 /// Proxy Prometheus port: `/stats/prometheus`.
 pub const PROXY_METRICS_PORT: u16 = 15090;
+/// Proxy debug port, on loopback only (Envoy's admin port): `/config_dump`,
+/// `/debug/route`.
+pub const PROXY_DEBUG_PORT: u16 = 15000;
+/// Port the proxy answers DNS on (UDP and TCP, loopback), when the injection config turns
+/// `dnsCapture` on: `mesh-init --dns-capture` redirects the app's port-53 traffic here, as
+/// istio-iptables' `--redirect-dns` does to the Istio agent's DNS proxy.
+pub const DNS_CAPTURE_PORT: u16 = 15053;
+/// The DNS port whose traffic `--dns-capture` redirects.
+pub const DNS_PORT: u16 = 53;
+/// mesh-control's plaintext config stream (Istio's plaintext xDS port, `grpc-xds`). The
+/// TLS stream (15012) comes with the CA.
+pub const CONTROL_PLANE_PLAINTEXT_PORT: u16 = 15010;
+/// mesh-control's monitoring port: `/metrics`, `/readyz`, `/debug/...` (`http-monitoring`).
+pub const CONTROL_PLANE_METRICS_PORT: u16 = 15014;
 /// Path of the proxy's readiness endpoint on the admin port.
 pub const PROXY_READY_PATH: &str = "/healthz/ready";
 /// Path of the proxy's Prometheus endpoint on the metrics port.

@@ -136,7 +136,8 @@ pub struct Fault {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FaultDelay {
     pub fixed_delay_ms: u64,
-    /// Share of requests delayed, 0–100 (Istio's default when unset: 100).
+    /// Share of requests delayed, 0–100 (unset in the VirtualService: 0, as Istio
+    /// translates it: no request is delayed).
     pub percentage: f64,
 }
 
@@ -148,7 +149,7 @@ pub struct FaultAbort {
     pub http_status: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grpc_status: Option<u32>,
-    /// Share of requests aborted, 0–100 (Istio's default when unset: 100).
+    /// Share of requests aborted, 0–100 (unset: 0, as for delays).
     pub percentage: f64,
 }
 

@@ -104,7 +104,7 @@ pub struct Response {
 }
 
 impl Response {
-    fn text(status: u16, body: impl Into<String>) -> Response {
+    pub fn text(status: u16, body: impl Into<String>) -> Response {
         Response {
             status,
             content_type: "text/plain; charset=utf-8",
@@ -140,6 +140,8 @@ pub struct AdminState {
     /// Set once every listener is bound.
     pub ready: AtomicBool,
     pub metrics: Arc<Metrics>,
+    /// The request metrics (empty without a control plane).
+    pub http: Arc<crate::http::HttpMetrics>,
     /// Sending `true` starts the drain.
     pub drain: watch::Sender<bool>,
     /// Set on SIGTERM: not ready any more, though still accepting until the drain.
@@ -190,7 +192,11 @@ pub fn route(endpoint: Endpoint, req: &Request, state: &AdminState) -> Response 
             Response {
                 status: 200,
                 content_type: "text/plain; version=0.0.4; charset=utf-8",
-                body: state.metrics.render(),
+                body: {
+                    let mut body = state.metrics.render();
+                    state.http.render(&mut body);
+                    body
+                },
             }
         }
         _ => Response::text(404, "not found\n"),
@@ -238,7 +244,7 @@ async fn handle(
     stream.shutdown().await
 }
 
-async fn read_request(stream: &mut TcpStream) -> std::io::Result<Result<Request, HttpError>> {
+pub async fn read_request(stream: &mut TcpStream) -> std::io::Result<Result<Request, HttpError>> {
     let mut buf = Vec::with_capacity(512);
     let mut chunk = [0u8; 1024];
     loop {
@@ -275,6 +281,7 @@ mod tests {
         AdminState {
             ready: AtomicBool::new(false),
             metrics: Arc::new(Metrics::new(Identity::unknown())),
+            http: Arc::new(crate::http::HttpMetrics::new(&Identity::unknown())),
             drain: watch::channel(false).0,
             terminating: AtomicBool::new(false),
         }

@@ -13,7 +13,10 @@ use std::time::Duration;
 use mesh_common::contract::proxy::env as var;
 use mesh_common::contract::proxy::flag;
 use mesh_common::log::LogFilter;
-use mesh_common::{PROXY_ADMIN_PORT, PROXY_INBOUND_PORT, PROXY_METRICS_PORT, PROXY_OUTBOUND_PORT};
+use mesh_common::{
+    DNS_CAPTURE_PORT, PROXY_ADMIN_PORT, PROXY_DEBUG_PORT, PROXY_INBOUND_PORT, PROXY_METRICS_PORT,
+    PROXY_OUTBOUND_PORT,
+};
 
 use crate::config::{AccessLogFormat, Config, CopyMode, Identity, UNKNOWN};
 
@@ -81,6 +84,14 @@ pub struct Args {
     pub app_name: Option<String>,
     /// The pod's `version` label (APP_VERSION; environment only).
     pub app_version: Option<String>,
+    /// mesh-control's `host:port`.
+    pub control_plane: Option<String>,
+    /// The longest readiness waits for the first config.
+    pub config_wait: Duration,
+    /// `/config_dump`, `/debug/route`.
+    pub debug_addr: SocketAddr,
+    /// Answer the app's DNS on 127.0.0.1 / ::1 port 15053.
+    pub dns_capture: bool,
 }
 
 /// What the command line asked for.
@@ -97,7 +108,8 @@ pub enum Command {
 /// The usage text of `--help`. Its flag and variable names are the contract's
 /// (`mesh_common::contract::proxy`); a unit test holds them together.
 pub const HELP: &str = "\
-Transparent L4 sidecar proxy: forwards redirected TCP to its original destination
+Transparent sidecar proxy: forwards redirected TCP to its original destination, with
+HTTP routing from mesh-control
 
 Usage: mesh-proxy [OPTIONS]
 
@@ -135,6 +147,14 @@ Options:
       --service-account <NAME>   The pod's ServiceAccount [env: SERVICE_ACCOUNT]
       --workload-name <NAME>     Workload name; defaults to the pod name
                                  [env: ISTIO_META_WORKLOAD_NAME]
+      --control-plane <ADDR>     mesh-control's host:port (its config stream); without it
+                                 every connection stays L4
+      --config-wait <DUR>        Readiness waits this long at most for the first config
+                                 from mesh-control, then treats what it does not know as
+                                 outside the mesh [default: 10s]
+      --debug-addr <ADDR>        GET /config_dump, GET /debug/route [default: 127.0.0.1:15000]
+      --dns-capture              Answer the app's DNS (redirected by mesh-init --dns-capture)
+                                 on 127.0.0.1:15053 and [::1]:15053, UDP and TCP
   -h, --help                     Print help
   -V, --version                  Print version
 
@@ -192,6 +212,32 @@ where
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     mesh_common::duration::parse(s).map_err(|e| e.to_string())
+}
+
+/// `host:port` (a name, an IPv4 address or a bracketed IPv6 address, and a port from 1);
+/// empty means no control plane.
+fn parse_host_port(s: &str) -> Result<Option<String>, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(None);
+    }
+    let bad = || {
+        "expected host:port such as mesh-control.mesh-system.svc:15010 or 10.96.0.20:15010"
+            .to_owned()
+    };
+    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    let host_ok = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        v6.parse::<Ipv6Addr>().is_ok()
+    } else {
+        !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+    };
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 && host_ok => Ok(Some(s.to_owned())),
+        _ => Err(bad()),
+    }
 }
 
 fn parse_log_filter(s: &str) -> Result<LogFilter, String> {
@@ -261,6 +307,10 @@ impl Args {
             canonical_revision: env(var::CANONICAL_REVISION),
             app_name: env(var::APP_NAME),
             app_version: env(var::APP_VERSION),
+            control_plane: None,
+            config_wait: Duration::from_secs(10),
+            debug_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), PROXY_DEBUG_PORT),
+            dns_capture: false,
         })
     }
 
@@ -314,6 +364,10 @@ impl Args {
             }
             if arg == "-V" || arg == "--version" {
                 return Ok(Command::Version);
+            }
+            if arg == flag::DNS_CAPTURE {
+                a.dns_capture = true;
+                continue;
             }
             let (name, inline) = match arg.split_once('=') {
                 Some((n, v)) if n.starts_with("--") => (n.to_owned(), Some(v.to_owned())),
@@ -380,6 +434,9 @@ impl Args {
             flag::INSTANCE_IP => self.instance_ip = parse_ip(v)?,
             flag::SERVICE_ACCOUNT => self.service_account = Some(v.to_owned()),
             flag::WORKLOAD_NAME => self.workload_name = Some(v.to_owned()),
+            flag::CONTROL_PLANE => self.control_plane = parse_host_port(v)?,
+            flag::CONFIG_WAIT => self.config_wait = parse_duration(v)?,
+            flag::DEBUG_ADDR => self.debug_addr = addr(v)?,
             other => return Err(format!("internal error: unhandled flag {other}")),
         }
         Ok(())
@@ -412,8 +469,9 @@ impl Args {
             addrs
         };
         let non_empty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
+        let pod_name = non_empty(self.pod_name);
         let workload = non_empty(self.workload_name)
-            .or_else(|| non_empty(self.pod_name))
+            .or_else(|| pod_name.clone())
             .unwrap_or_else(|| UNKNOWN.to_owned());
         let namespace = non_empty(self.pod_namespace).unwrap_or_else(|| UNKNOWN.to_owned());
         Ok(Config {
@@ -439,6 +497,25 @@ impl Args {
                 canonical_revision: non_empty(self.canonical_revision),
                 app: non_empty(self.app_name),
                 version: non_empty(self.app_version),
+            },
+            pod_name,
+            control_plane: self.control_plane,
+            config_wait: self.config_wait,
+            debug_addr: self.debug_addr,
+            dns: if self.dns_capture {
+                let mut dns = vec![SocketAddr::new(
+                    IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    DNS_CAPTURE_PORT,
+                )];
+                if self.ipv6 != Ipv6Mode::Off {
+                    dns.push(SocketAddr::new(
+                        IpAddr::V6(Ipv6Addr::LOCALHOST),
+                        DNS_CAPTURE_PORT,
+                    ));
+                }
+                dns
+            } else {
+                Vec::new()
             },
         })
     }
@@ -510,6 +587,9 @@ mod tests {
             flag::INSTANCE_IP => "198.18.0.2",
             flag::SERVICE_ACCOUNT => "web-sa",
             flag::WORKLOAD_NAME => "web",
+            flag::CONTROL_PLANE => "mesh-control.mesh-system.svc:15010",
+            flag::CONFIG_WAIT => "3s",
+            flag::DEBUG_ADDR => "127.0.0.1:15000",
             other => panic!("no sample value for contract flag {other}: add one"),
         }
     }
@@ -580,6 +660,44 @@ mod tests {
         let bad = |k: &str| (k == "MESH_PROXY_LOG").then(|| "loud".to_owned());
         let e = Args::command_from(["mesh-proxy"], &bad).unwrap_err();
         assert!(e.to_string().contains("MESH_PROXY_LOG"), "{e}");
+    }
+
+    #[test]
+    fn control_plane_and_dns_capture() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.control_plane, None);
+        assert!(c.dns.is_empty());
+        assert_eq!(c.debug_addr.to_string(), "127.0.0.1:15000");
+        let c = parse(&[
+            "--control-plane",
+            "10.96.0.20:15010",
+            "--dns-capture",
+            "--ipv6",
+            "off",
+        ])
+        .unwrap();
+        assert_eq!(c.control_plane.as_deref(), Some("10.96.0.20:15010"));
+        assert_eq!(c.dns, vec!["127.0.0.1:15053".parse().unwrap()]);
+        let c = parse(&["--control-plane=[fd00::20]:15010", "--dns-capture"]).unwrap();
+        assert_eq!(c.control_plane.as_deref(), Some("[fd00::20]:15010"));
+        assert_eq!(c.dns.len(), 2);
+        assert_eq!(parse(&["--control-plane", ""]).unwrap().control_plane, None);
+        for bad in [
+            "mesh-control",
+            "mesh-control:0",
+            "mesh control:15010",
+            "[fd00::zz]:1",
+            ":15010",
+        ] {
+            let e = parse(&["--control-plane", bad]).unwrap_err();
+            assert!(
+                e.contains("--control-plane") && e.contains("host:port"),
+                "{bad}: {e}"
+            );
+        }
+        // A switch takes no value: what follows is the next flag.
+        let c = parse(&["--dns-capture", "--worker-threads", "1"]).unwrap();
+        assert_eq!(c.worker_threads, 1);
     }
 
     #[test]

@@ -89,6 +89,16 @@ pub struct Config {
     pub copy_mode: CopyMode,
     pub worker_threads: usize,
     pub identity: Identity,
+    /// The pod's name (what the proxy tells mesh-control it is).
+    pub pod_name: Option<String>,
+    /// mesh-control's `host:port`; `None`: no control plane, everything is L4.
+    pub control_plane: Option<String>,
+    /// Readiness waits at most this long for the first config from mesh-control.
+    pub config_wait: Duration,
+    /// `/config_dump` and `/debug/route`.
+    pub debug_addr: SocketAddr,
+    /// Where to answer the app's DNS (`--dns-capture`); empty: no DNS proxy.
+    pub dns: Vec<SocketAddr>,
 }
 
 impl Config {
@@ -109,6 +119,11 @@ impl Config {
             copy_mode: CopyMode::Adaptive,
             worker_threads: 1,
             identity: Identity::unknown(),
+            pod_name: None,
+            control_plane: None,
+            config_wait: Duration::from_secs(10),
+            debug_addr: lo,
+            dns: Vec::new(),
         }
     }
 }

@@ -18,9 +18,13 @@ pub mod addrs;
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod copy;
+pub mod debug;
 pub mod direction;
+pub mod dns;
 pub mod flow;
+pub mod http;
 pub mod listener;
 pub mod logging;
 pub mod metrics;
@@ -60,6 +64,8 @@ pub enum ProxyError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot start the DNS proxy: {0}")]
+    Dns(#[source] dns::DnsError),
     #[error("cannot start worker thread {index}: {source}")]
     Worker {
         index: usize,
@@ -75,6 +81,9 @@ pub struct BoundAddrs {
     pub inbound: Vec<SocketAddr>,
     pub admin: SocketAddr,
     pub metrics: SocketAddr,
+    pub debug: SocketAddr,
+    /// The DNS proxy's addresses (UDP and TCP each), when `--dns-capture` is on.
+    pub dns: Vec<SocketAddr>,
 }
 
 /// Starts the drain from anywhere (a signal handler, a test).
@@ -127,6 +136,12 @@ pub struct Proxy {
     capture: Vec<(TcpListener, Direction)>,
     admin_listener: TcpListener,
     metrics_listener: TcpListener,
+    debug_listener: TcpListener,
+    /// The DNS proxy (`--dns-capture`), bound.
+    dns: Option<dns::DnsServer>,
+    /// Keys connections want, for the config client (with a control plane).
+    wanted: Option<tokio::sync::mpsc::UnboundedReceiver<mesh_config::Key>>,
+    lb: Arc<http::LbStates>,
     addrs: BoundAddrs,
     tracker: Arc<ConnTracker>,
     /// The other event-loop threads (`--worker-threads` - 1), bound, not accepting yet.
@@ -171,6 +186,8 @@ impl Proxy {
             inbound: Vec::new(),
             admin: config.admin_addr,
             metrics: config.metrics_addr,
+            debug: config.debug_addr,
+            dns: Vec::new(),
         };
         for (direction, list, what) in [
             (Direction::Outbound, &config.outbound, "outbound"),
@@ -200,8 +217,39 @@ impl Proxy {
         let metrics_listener = bind_one(config.metrics_addr, "metrics")?;
         addrs.admin = admin_listener.local_addr().unwrap_or(config.admin_addr);
         addrs.metrics = metrics_listener.local_addr().unwrap_or(config.metrics_addr);
+        let debug_listener = bind_one(config.debug_addr, "debug")?;
+        addrs.debug = debug_listener.local_addr().unwrap_or(config.debug_addr);
 
         let metrics = Arc::new(Metrics::new(config.identity.clone()));
+        let http_metrics = Arc::new(http::HttpMetrics::new(&config.identity));
+        let (drain_tx, drain_rx) = watch::channel(false);
+        let (l7, wanted) = match &config.control_plane {
+            None => (None, None),
+            Some(_) => {
+                let own = config.identity.pod_ip;
+                let (store, wanted) = control::Store::new(own.map(mesh_config::Key::Address));
+                let resolver = Arc::new(control::StoreResolver {
+                    store: store.clone(),
+                    own_ip: own,
+                    wait: control::LOOKUP_WAIT,
+                });
+                let dial = |inbound_passthrough| {
+                    Arc::new(http::TcpConnector {
+                        timeout: config.connect_timeout,
+                        inbound_passthrough,
+                    })
+                };
+                let l7 = flow::http::L7 {
+                    store,
+                    resolver,
+                    metrics: http_metrics.clone(),
+                    log: config.access_log.map(|_| http::stdout_sink()),
+                    outbound: dial(false),
+                    inbound: dial(true),
+                };
+                (Some(l7), Some(wanted))
+            }
+        };
         let own_listeners = addrs
             .outbound
             .iter()
@@ -214,11 +262,30 @@ impl Proxy {
             orig_dst,
             own_listeners,
             access_log,
+            l7,
+            drain: drain_rx,
         });
+        let dns = if shared.config.dns.is_empty() {
+            None
+        } else {
+            // The pod's own resolvers (kubelet's resolv.conf), for what is not a mesh name.
+            let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+            let dns_config = dns::DnsConfig::from_resolv_conf(&resolv, shared.config.dns.clone());
+            let names = Arc::new(control::StoreNames {
+                store: shared.l7.as_ref().map(|l| l.store.clone()),
+                wait: control::LOOKUP_WAIT,
+            });
+            let server = dns::DnsServer::bind(dns_config, names)
+                .await
+                .map_err(ProxyError::Dns)?;
+            addrs.dns = server.local_addrs().to_vec();
+            Some(server)
+        };
         let admin = Arc::new(AdminState {
             ready: Default::default(),
             metrics,
-            drain: watch::channel(false).0,
+            http: http_metrics,
+            drain: drain_tx,
             terminating: Default::default(),
         });
         let tracker = Arc::new(ConnTracker::default());
@@ -255,6 +322,10 @@ impl Proxy {
             capture,
             admin_listener,
             metrics_listener,
+            debug_listener,
+            dns,
+            wanted,
+            lb: Arc::default(),
             addrs,
             tracker,
             workers,
@@ -286,11 +357,65 @@ impl Proxy {
             capture,
             admin_listener,
             metrics_listener,
+            debug_listener,
+            dns,
+            wanted,
+            lb,
             addrs,
             tracker,
             workers,
             stop,
         } = self;
+        let store = shared.l7.as_ref().map(|l| l.store.clone());
+        let debug_task = tokio::spawn(debug::serve(debug_listener, store.clone()));
+        // DNS keeps answering through the drain (a draining app still resolves names);
+        // it stops when the proxy exits.
+        let (dns_stop, dns_stopped) = watch::channel(false);
+        let dns_task = dns.map(|d| tokio::spawn(d.run(dns_stopped)));
+        let client_task = match (store, wanted, &shared.config.control_plane) {
+            (Some(store), Some(wanted), Some(address)) => {
+                let settings = control::ClientSettings {
+                    address: address.clone(),
+                    node: mesh_config::wire::Node {
+                        pod_name: shared.config.pod_name.clone().unwrap_or_default(),
+                        namespace: shared.config.identity.namespace.clone(),
+                        ip: shared
+                            .config
+                            .identity
+                            .pod_ip
+                            .map(|ip| ip.to_string())
+                            .unwrap_or_default(),
+                        proxy_version: env!("CARGO_PKG_VERSION").to_owned(),
+                    },
+                    idle: control::IDLE_KEY,
+                    connect_timeout: shared.config.connect_timeout,
+                    lb,
+                };
+                let ready = admin.clone();
+                // Ready at the first config, or when the wait for it runs out.
+                let waited = admin.clone();
+                let wait = shared.config.config_wait;
+                tokio::spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    if !waited.ready.swap(true, Ordering::AcqRel) {
+                        warn!(
+                            ?wait,
+                            "no config from mesh-control yet; ready anyway, unknown destinations pass through"
+                        );
+                    }
+                });
+                Some(tokio::spawn(control::run(
+                    store,
+                    settings,
+                    wanted,
+                    move || {
+                        ready.ready.store(true, Ordering::Release);
+                        info!("first config applied; ready");
+                    },
+                )))
+            }
+            _ => None,
+        };
         let admin_task = tokio::spawn(admin::serve(admin_listener, Endpoint::Admin, admin.clone()));
         let metrics_task = tokio::spawn(admin::serve(
             metrics_listener,
@@ -308,7 +433,9 @@ impl Proxy {
             )));
         }
         let threads: Vec<_> = workers.into_iter().map(Worker::start).collect();
-        admin.ready.store(true, Ordering::Release);
+        if client_task.is_none() {
+            admin.ready.store(true, Ordering::Release);
+        }
         info!(
             threads = threads.len() + 1,
             outbound = ?addrs.outbound,
@@ -335,6 +462,14 @@ impl Proxy {
         }
         admin_task.abort();
         metrics_task.abort();
+        debug_task.abort();
+        dns_stop.send_replace(true);
+        if let Some(t) = dns_task {
+            t.abort();
+        }
+        if let Some(t) = client_task {
+            t.abort();
+        }
         stop.send_replace(true);
         for t in threads {
             // The workers end as soon as they see `stop`.

@@ -169,6 +169,16 @@ impl<'a> ConnRecord<'a> {
         }
     }
 
+    /// Handed to the HTTP engine, which counts and logs each request itself (Istio's
+    /// sidecars report no `istio_tcp_*` series for HTTP connections): nothing more is
+    /// counted or logged here.
+    pub fn to_http(&mut self, orig: OrigDstAddr) {
+        if !self.reported {
+            self.orig = Some(orig);
+            self.reported = true;
+        }
+    }
+
     /// Both directions ended, with `error` if one broke off.
     pub fn closed(&mut self, error: Option<&io::Error>) {
         let (received, sent) = self.bytes();
@@ -264,6 +274,8 @@ mod tests {
             orig_dst: Arc::new(FixedOriginalDst(dst)),
             own_listeners: Vec::new(),
             access_log,
+            l7: None,
+            drain: tokio::sync::watch::channel(false).1,
         };
         (Arc::new(shared), lines)
     }

@@ -54,6 +54,8 @@ fn try_start(extra: &[&str]) -> Option<Proc> {
         .args(["--inbound-port", &inb.to_string()])
         .args(["--admin-addr", &admin.to_string()])
         .args(["--metrics-addr", &metrics.to_string()])
+        // Tests run side by side: not the default 127.0.0.1:15000.
+        .args(["--debug-addr", "127.0.0.1:0"])
         .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -8,7 +8,8 @@ use std::time::Instant;
 use tokio::net::TcpStream;
 use tracing::{debug, info};
 
-use super::{Shared, connect, original_dst, refuse, reset, tcp};
+use super::http::{Plan, SniffOutcome, plan_inbound, sniff};
+use super::{Shared, connect, http, original_dst, refuse, reset, tcp};
 use crate::addrs::ListenAddr;
 use crate::record::ConnRecord;
 
@@ -24,7 +25,25 @@ pub(super) async fn handle(
     };
     let source = Some(mesh_common::inbound_passthrough_for(orig.ip()));
     let connect_started = Instant::now();
-    let mut upstream = match connect::connect(orig, source, shared.config.connect_timeout).await {
+    let mut dialled = None;
+    if let Some(l7) = &shared.l7 {
+        let plan = plan_inbound(l7, orig).await;
+        if plan == Plan::Sniff {
+            match sniff(shared, &client, orig, source).await {
+                SniffOutcome::Http => {}
+                SniffOutcome::Opaque(r) => dialled = Some(r),
+            }
+        }
+        if plan == Plan::Http || (plan == Plan::Sniff && dialled.is_none()) {
+            record.to_http(orig);
+            return http::serve(shared, l7, client, record.client(), orig, true).await;
+        }
+    }
+    let dialled = match dialled {
+        Some(r) => r,
+        None => connect::connect(orig, source, shared.config.connect_timeout).await,
+    };
+    let mut upstream = match dialled {
         Ok(u) => u,
         Err(e) => {
             info!(dst = %orig, error = %e, "upstream connect failed; resetting client");

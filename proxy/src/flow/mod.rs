@@ -1,11 +1,14 @@
 //! One accepted connection, start to end. The proxy splits by direction first
 //! (`outbound.rs`, `inbound.rs`: where the connection goes and how it is dialled), then
-//! by protocol (`tcp.rs`, the L4 path; HTTP lands beside it). The steps both directions
+//! by protocol (`tcp.rs`, the L4 path; `http.rs`, the handoff to the HTTP engine, with
+//! `detect.rs` sniffing ports that declare no protocol). The steps both directions
 //! share are here: finding the original destination and refusing loops; dialling is in
 //! [`connect`]. Bytes move through [`crate::copy`], and the connection's
 //! [`ConnRecord`] counts and logs how it ended.
 
 pub mod connect;
+pub mod detect;
+pub mod http;
 mod inbound;
 mod outbound;
 mod tcp;
@@ -35,6 +38,10 @@ pub struct Shared {
     /// The addresses our capture listeners are really bound to.
     pub own_listeners: Vec<ListenAddr>,
     pub access_log: AccessLog,
+    /// The L7 path, when the proxy has a control plane (`--control-plane`).
+    pub l7: Option<http::L7>,
+    /// Turns true when the drain starts (HTTP connections then shut down gracefully).
+    pub drain: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Spawns the task that handles one connection, accepted from `peer` on the

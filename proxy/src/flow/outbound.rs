@@ -7,7 +7,8 @@ use std::time::Instant;
 use tokio::net::TcpStream;
 use tracing::{debug, info};
 
-use super::{Shared, connect, original_dst, refuse, reset, tcp};
+use super::http::{Plan, SniffOutcome, plan_outbound, sniff};
+use super::{Shared, connect, http, original_dst, refuse, reset, tcp};
 use crate::addrs::ListenAddr;
 use crate::record::ConnRecord;
 
@@ -22,7 +23,25 @@ pub(super) async fn handle(
         Err(refusal) => return refuse(record, client, refusal),
     };
     let connect_started = Instant::now();
-    let mut upstream = match connect::connect(orig, None, shared.config.connect_timeout).await {
+    let mut dialled = None;
+    if let Some(l7) = &shared.l7 {
+        let plan = plan_outbound(l7, orig).await;
+        if plan == Plan::Sniff {
+            match sniff(shared, &client, orig, None).await {
+                SniffOutcome::Http => {}
+                SniffOutcome::Opaque(r) => dialled = Some(r),
+            }
+        }
+        if plan == Plan::Http || (plan == Plan::Sniff && dialled.is_none()) {
+            record.to_http(orig);
+            return http::serve(shared, l7, client, record.client(), orig, false).await;
+        }
+    }
+    let dialled = match dialled {
+        Some(r) => r,
+        None => connect::connect(orig, None, shared.config.connect_timeout).await,
+    };
+    let mut upstream = match dialled {
         Ok(u) => u,
         Err(e) => {
             info!(dst = %orig, error = %e, "upstream connect failed; resetting client");

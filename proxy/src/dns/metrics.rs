@@ -1,0 +1,61 @@
+//! What the DNS proxy counts, for the metrics endpoint to render.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters of the DNS proxy (shared by its tasks; relaxed atomics).
+#[derive(Debug, Default)]
+pub struct DnsMetrics {
+    /// Queries the proxy answered itself: mesh names, with records or NODATA.
+    answered: AtomicU64,
+    /// Queries forwarded whose upstream answer was relayed.
+    forwarded: AtomicU64,
+    /// Queries answered SERVFAIL: no upstream answered, or the mesh lookup timed out.
+    failed: AtomicU64,
+    /// Queries answered FORMERR.
+    malformed: AtomicU64,
+    /// Messages not answered (responses, shorter than a header, over the in-flight
+    /// limit) and TCP connections closed over the connection limit.
+    dropped: AtomicU64,
+}
+
+/// A copy of the counters at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DnsCounts {
+    pub answered: u64,
+    pub forwarded: u64,
+    pub failed: u64,
+    pub malformed: u64,
+    pub dropped: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Outcome {
+    Answered,
+    Forwarded,
+    Failed,
+    Malformed,
+    Dropped,
+}
+
+impl DnsMetrics {
+    pub(crate) fn count(&self, outcome: Outcome) {
+        let counter = match outcome {
+            Outcome::Answered => &self.answered,
+            Outcome::Forwarded => &self.forwarded,
+            Outcome::Failed => &self.failed,
+            Outcome::Malformed => &self.malformed,
+            Outcome::Dropped => &self.dropped,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> DnsCounts {
+        DnsCounts {
+            answered: self.answered.load(Ordering::Relaxed),
+            forwarded: self.forwarded.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            malformed: self.malformed.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! The HTTP protocol: which connections go to the HTTP engine ([`crate::http`]), and
+//! the handoff. A port is HTTP when its Service says so (`appProtocol`, or a name such
+//! as `http-web`); a port with no protocol is sniffed ([`super::detect`]) while the
+//! upstream connection is made at once, so server-first protocols keep working.
+//! Everything else stays on the L4 path.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use mesh_config::{Key, Protocol};
+use tokio::net::TcpStream;
+
+use super::Shared;
+use super::connect::{self, ConnectError};
+use super::detect::{SNIFF_LEN, Sniffed, classify};
+use crate::addrs::{ClientAddr, OrigDstAddr};
+use crate::control::{Answer, LOOKUP_WAIT, Store, StoreResolver};
+use crate::http::{ConnCtx, Connector, Engine, HttpMetrics, LogSink, TcpConnector};
+
+/// What the L7 path shares: the config store, the request metrics, the dialers.
+pub struct L7 {
+    pub store: Arc<Store>,
+    pub resolver: Arc<StoreResolver>,
+    pub metrics: Arc<HttpMetrics>,
+    pub log: Option<LogSink>,
+    pub outbound: Arc<TcpConnector>,
+    pub inbound: Arc<TcpConnector>,
+}
+
+impl std::fmt::Debug for L7 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("L7")
+            .field("store", &self.store)
+            .field("access_log", &self.log.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+thread_local! {
+    /// Each worker thread's engine (its upstream pools stay on its own runtime).
+    static ENGINE: RefCell<Option<Arc<Engine>>> = const { RefCell::new(None) };
+}
+
+impl L7 {
+    fn engine(&self) -> Arc<Engine> {
+        ENGINE.with(|e| {
+            e.borrow_mut()
+                .get_or_insert_with(|| Engine::new(self.metrics.clone(), self.log.clone()))
+                .clone()
+        })
+    }
+}
+
+/// How a connection is handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    Http,
+    Sniff,
+    Tcp,
+}
+
+fn plan_for(protocol: Protocol) -> Plan {
+    match protocol {
+        Protocol::Http | Protocol::Http2 => Plan::Http,
+        Protocol::Unknown => Plan::Sniff,
+        Protocol::Tcp => Plan::Tcp,
+    }
+}
+
+/// Outbound: the original destination's Service port decides; anything not a known
+/// Service (a pod IP, the outside world, mesh-control away) stays L4.
+pub async fn plan_outbound(l7: &L7, orig: OrigDstAddr) -> Plan {
+    match l7.store.resolve(Key::Address(orig.ip()), LOOKUP_WAIT).await {
+        Some(Answer::Service(svc)) => svc
+            .service()
+            .port(orig.port())
+            .map_or(Plan::Tcp, |p| plan_for(p.protocol)),
+        _ => Plan::Tcp,
+    }
+}
+
+/// Inbound: the pod's own Service port that targets the original port decides; a port
+/// no Service names is sniffed (as Istio's inbound passthrough does).
+pub async fn plan_inbound(l7: &L7, orig: OrigDstAddr) -> Plan {
+    use crate::http::Resolver as _;
+    match l7.resolver.inbound_service(orig.port()).await {
+        Some(s) => plan_for(s.protocol),
+        None => Plan::Sniff,
+    }
+}
+
+/// The outcome of sniffing: HTTP (the upstream connection, if any, is dropped: the
+/// engine dials its own), or not, with the upstream connection made meanwhile.
+pub enum SniffOutcome {
+    Http,
+    Opaque(Result<TcpStream, ConnectError>),
+}
+
+/// Waits for the client's first bytes, dialling `orig` meanwhile; the upstream speaking
+/// first also means "not HTTP".
+pub async fn sniff(
+    shared: &Shared,
+    client: &TcpStream,
+    orig: OrigDstAddr,
+    source: Option<std::net::IpAddr>,
+) -> SniffOutcome {
+    let dial = connect::connect(orig, source, shared.config.connect_timeout);
+    tokio::pin!(dial);
+    let mut up: Option<Result<TcpStream, ConnectError>> = None;
+    let mut buf = [0u8; SNIFF_LEN];
+    let mut partial = false;
+    loop {
+        let peek = async {
+            if partial {
+                // More bytes of a request line may follow; look again shortly.
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            client.peek(&mut buf).await
+        };
+        let verdict = if up.is_none() {
+            tokio::select! {
+                r = peek => Some(r),
+                r = &mut dial => {
+                    up = Some(r);
+                    None
+                }
+            }
+        } else if let Some(Ok(u)) = &up {
+            tokio::select! {
+                r = peek => Some(r),
+                // The server spoke first: not HTTP.
+                _ = server_spoke(u) => return SniffOutcome::Opaque(up.unwrap_or_else(unreachable_dial)),
+            }
+        } else {
+            Some(peek.await)
+        };
+        let Some(r) = verdict else { continue };
+        let n = match r {
+            Ok(n) if n > 0 => n,
+            // The client closed or broke off before a byte: let L4 see it through.
+            _ => return SniffOutcome::Opaque(finish(up, dial).await),
+        };
+        match classify(&buf[..n]) {
+            Some(Sniffed::Http1 | Sniffed::H2) => return SniffOutcome::Http,
+            Some(Sniffed::Opaque) => return SniffOutcome::Opaque(finish(up, dial).await),
+            None if n == buf.len() => return SniffOutcome::Opaque(finish(up, dial).await),
+            None => partial = true,
+        }
+    }
+}
+
+fn unreachable_dial() -> Result<TcpStream, ConnectError> {
+    Err(ConnectError::Io(std::io::Error::other(
+        "no upstream connection",
+    )))
+}
+
+async fn server_spoke(u: &TcpStream) {
+    let mut b = [0u8; 1];
+    let _ = u.peek(&mut b).await;
+}
+
+async fn finish(
+    up: Option<Result<TcpStream, ConnectError>>,
+    dial: impl Future<Output = Result<TcpStream, ConnectError>>,
+) -> Result<TcpStream, ConnectError> {
+    match up {
+        Some(r) => r,
+        None => dial.await,
+    }
+}
+
+/// Serves `client` with the HTTP engine until it closes.
+pub async fn serve(
+    shared: &Shared,
+    l7: &L7,
+    client: TcpStream,
+    peer: ClientAddr,
+    orig: OrigDstAddr,
+    inbound: bool,
+) {
+    let connector: Arc<dyn Connector> = if inbound {
+        l7.inbound.clone()
+    } else {
+        l7.outbound.clone()
+    };
+    let ctx = ConnCtx {
+        engine: l7.engine(),
+        resolver: l7.resolver.clone(),
+        connector,
+        orig_dst: orig.addr(),
+        client: peer.addr(),
+        drain: Some(shared.drain.clone()),
+    };
+    let result = if inbound {
+        crate::http::serve_inbound(client, ctx).await
+    } else {
+        crate::http::serve_outbound(client, ctx).await
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "HTTP connection ended with an error");
+    }
+}

@@ -1,0 +1,241 @@
+//! Header handling: hop-by-hop headers (RFC 9110 §7.6.1), the config's header edits,
+//! `x-request-id`, and what gRPC needs (detection, status, Envoy's HTTP → gRPC status
+//! mapping for the proxy's own replies). Tracing headers (B3, `traceparent`,
+//! `tracestate`) are never touched.
+
+use hyper::HeaderMap;
+use hyper::header::{self, HeaderName, HeaderValue};
+
+use super::compile::CompiledEdit;
+
+pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(crate) static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+pub(crate) static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Removes the hop-by-hop headers: `Connection` and every header it names,
+/// `Keep-Alive`, `Proxy-Connection`, `Transfer-Encoding`, `Upgrade` (unless this is an
+/// upgrade being forwarded, when `Connection: upgrade` and `Upgrade` stay), and `TE`
+/// except `te: trailers` (which gRPC needs on h2).
+pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    h.remove(header::CONNECTION);
+    h.remove(&KEEP_ALIVE);
+    h.remove(&PROXY_CONNECTION);
+    h.remove(header::TRANSFER_ENCODING);
+    if keep_upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        h.remove(header::UPGRADE);
+    }
+    let te_trailers = h.get_all(header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+    });
+    h.remove(header::TE);
+    if te_trailers {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Whether the request asks for a protocol upgrade (WebSocket and the like) on HTTP/1.1.
+pub fn is_upgrade(h: &HeaderMap) -> bool {
+    h.contains_key(header::UPGRADE)
+        && h.get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+        })
+}
+
+/// Applies one edit: remove, then set (replace), then add (append).
+pub fn apply_edit(h: &mut HeaderMap, e: &CompiledEdit) {
+    for n in &e.remove {
+        h.remove(n);
+    }
+    for (n, v) in &e.set {
+        h.insert(n.clone(), v.clone());
+    }
+    for (n, v) in &e.add {
+        h.append(n.clone(), v.clone());
+    }
+}
+
+/// A version 4 UUID, as text (`xxxxxxxx-xxxx-4xxx-Nxxx-xxxxxxxxxxxx`), from a fast,
+/// non-cryptographic generator (request ids are for correlation, as Envoy's are).
+pub fn uuid_v4(rng: &mut fastrand::Rng) -> String {
+    let mut b = rng.u128(..).to_be_bytes();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let mut s = String::with_capacity(36);
+    for (i, byte) in b.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            s.push('-');
+        }
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        s.push(HEX[(byte >> 4) as usize] as char);
+        s.push(HEX[(byte & 0xf) as usize] as char);
+    }
+    s
+}
+
+/// Adds `x-request-id` when the request has none; returns the request's id.
+pub fn ensure_request_id(h: &mut HeaderMap, rng: &mut fastrand::Rng) -> HeaderValue {
+    if let Some(v) = h.get(&X_REQUEST_ID) {
+        return v.clone();
+    }
+    let v = HeaderValue::from_str(&uuid_v4(rng)).unwrap_or(HeaderValue::from_static("-"));
+    h.insert(X_REQUEST_ID.clone(), v.clone());
+    v
+}
+
+/// A gRPC request (`content-type: application/grpc[+proto|...]`).
+pub fn is_grpc(h: &HeaderMap) -> bool {
+    h.get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// `grpc-status` of a header block (trailers, or the headers of a trailers-only
+/// response).
+pub fn grpc_status(h: &HeaderMap) -> Option<u32> {
+    h.get(&GRPC_STATUS)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// Envoy's mapping of an HTTP status to a gRPC status, for gRPC requests answered
+/// without a `grpc-status`.
+pub fn http_to_grpc_status(status: u16) -> u32 {
+    match status {
+        200 => 0,
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 | 504 => 14,
+        _ => 2,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_goes_tracing_stays() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-private"),
+            ("x-private", "1"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("te", "trailers, deflate"),
+            ("proxy-connection", "close"),
+            ("traceparent", "00-abc-def-01"),
+            ("tracestate", "a=b"),
+            ("x-b3-traceid", "1234"),
+            ("b3", "1-2-1"),
+            ("content-length", "3"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let mut names: Vec<_> = h.keys().map(|k| k.as_str().to_owned()).collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "b3",
+                "content-length",
+                "te",
+                "traceparent",
+                "tracestate",
+                "x-b3-traceid"
+            ]
+        );
+        assert_eq!(h["te"], "trailers");
+        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        assert!(is_upgrade(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "upgrade");
+        assert!(!is_upgrade(&map(&[("upgrade", "websocket")])));
+    }
+
+    #[test]
+    fn edits_remove_set_add_in_order() {
+        let mut h = map(&[("x-a", "1"), ("x-b", "1"), ("x-c", "1")]);
+        let e = CompiledEdit {
+            remove: vec![HeaderName::from_static("x-a")],
+            set: vec![(
+                HeaderName::from_static("x-b"),
+                HeaderValue::from_static("2"),
+            )],
+            add: vec![
+                (
+                    HeaderName::from_static("x-c"),
+                    HeaderValue::from_static("2"),
+                ),
+                (
+                    HeaderName::from_static("x-a"),
+                    HeaderValue::from_static("3"),
+                ),
+            ],
+        };
+        apply_edit(&mut h, &e);
+        assert_eq!(h.get_all("x-a").iter().collect::<Vec<_>>(), ["3"]);
+        assert_eq!(h.get_all("x-b").iter().collect::<Vec<_>>(), ["2"]);
+        assert_eq!(h.get_all("x-c").iter().collect::<Vec<_>>(), ["1", "2"]);
+    }
+
+    #[test]
+    fn request_ids_are_uuid_v4_and_kept_when_present() {
+        let mut rng = fastrand::Rng::with_seed(1);
+        let id = uuid_v4(&mut rng);
+        assert_eq!(id.len(), 36);
+        let parts: Vec<_> = id.split('-').collect();
+        assert_eq!(
+            parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+            [8, 4, 4, 4, 12]
+        );
+        assert!(parts[2].starts_with('4'));
+        assert!(matches!(parts[3].as_bytes()[0], b'8' | b'9' | b'a' | b'b'));
+        assert_ne!(uuid_v4(&mut rng), id);
+        let mut h = map(&[("x-request-id", "abc")]);
+        assert_eq!(ensure_request_id(&mut h, &mut rng), "abc");
+        let mut h = HeaderMap::new();
+        let v = ensure_request_id(&mut h, &mut rng);
+        assert_eq!(h["x-request-id"], v);
+    }
+
+    #[test]
+    fn grpc_bits() {
+        assert!(is_grpc(&map(&[("content-type", "application/grpc+proto")])));
+        assert!(!is_grpc(&map(&[("content-type", "application/json")])));
+        assert_eq!(grpc_status(&map(&[("grpc-status", "14")])), Some(14));
+        assert_eq!(http_to_grpc_status(503), 14);
+        assert_eq!(http_to_grpc_status(404), 12);
+        assert_eq!(http_to_grpc_status(500), 2);
+    }
+}

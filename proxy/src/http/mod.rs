@@ -1,0 +1,246 @@
+//! The HTTP engine: routing, load balancing, faults, header edits, forwarding over
+//! pooled upstream connections, and Istio's request metrics, on a downstream connection
+//! that the flow has already found to speak HTTP.
+//!
+//! # What the flow calls
+//!
+//! - Config: [`CompiledService::compile_in`]`(&Service, &LbStates)` validates a
+//!   `mesh_config::Service` ([`mesh_config::Resource::validate`] plus every regex) and
+//!   compiles it; keep one [`LbStates`] for the process so in-flight counts and
+//!   round-robin cursors survive config updates ([`CompiledService::compile`] uses a
+//!   fresh one). Share the result as `Arc<CompiledService>`.
+//! - Per worker thread (runtime): one [`Engine`] ([`Engine::new`]) with the process's
+//!   [`HttpMetrics`] and the optional access-log [`LogSink`]. It owns that thread's
+//!   upstream connection pools; never share an `Engine` across runtimes.
+//! - Per connection: [`serve_outbound`] or [`serve_inbound`]`(io, ConnCtx)`, where `io`
+//!   is the accepted stream (wrap bytes already read while sniffing with [`Prefixed`]).
+//!   HTTP/1.1 and h2 (recognised by its client preface) are served; the future ends
+//!   when the connection closes (or, once [`ConnCtx::drain`] turns true, after a
+//!   graceful shutdown). The socket should be `TCP_NODELAY` (the listeners' are): a
+//!   response's head and body frames are written as they arrive, and Nagle plus
+//!   delayed ACKs would add 40 ms to each.
+//! - The flow implements [`Resolver`] (what config the proxy has, asking mesh-control
+//!   on first use) and [`Connector`] (how to dial: outbound as is, inbound from
+//!   127.0.0.6 / ::6; `flow::connect::connect` does both — [`TcpConnector`] is a plain
+//!   one for tests).
+//! - `/debug/route`: [`explain`] on a [`RequestView`]. `/stats/prometheus`:
+//!   [`HttpMetrics::render`].
+//!
+//! # What a request goes through
+//!
+//! Outbound (`reporter="source"`): the Service is found by the request's authority
+//! (`Resolver::service_for_host`, an IP authority by `service_for_addr`; accepted when
+//! its `domains` include the host, the authority carries no other port than the
+//! original destination's, and the Service has that port), else by the original
+//! destination's IP; with none, the request is forwarded unchanged to the original
+//! destination (Istio's `PassthroughCluster`: `destination_service` = the host,
+//! `destination_service_name="PassthroughCluster"`). Then [`select`]: route, faults
+//! (delay `DI`, then abort `FI`), redirect or direct response, weighted cluster,
+//! endpoint ([`lb`]; none healthy: 503 `UH`), header edits (destination's, then the
+//! route's; remove, set, add), rewrites, and the upstream request on a pooled
+//! connection: h2 when the port's protocol is `http2`/`grpc`, HTTP/1.1 otherwise.
+//! A request that could not be sent (connect failure) is retried on another endpoint
+//! twice, with Envoy's jittered 25 ms back-off (Istio's default `connect-failure`
+//! retry); when all fail: 503 `UF` (`UF,URX` after retries). An upstream that breaks
+//! off before its response head: 503 `UC`. No route: 404 `NR`.
+//!
+//! Inbound (`reporter="destination"`): to the original destination (the app), no
+//! routes, no faults; h2 upstream when the Service port says `http2`/`grpc`, else the
+//! downstream's protocol; the source labels come from `Resolver::peer` (asked once per
+//! connection), `destination_service` from `Resolver::inbound_service`.
+//!
+//! Both: `x-request-id` added (UUID v4) when absent, `x-forwarded-proto` when absent,
+//! tracing headers untouched, hop-by-hop headers removed (RFC 9110 §7.6.1; HTTP/1.1
+//! upgrades such as WebSocket are forwarded and then spliced), bodies streamed in both
+//! directions and their data bytes counted; gRPC requests get the proxy's own errors as
+//! trailers-only gRPC responses.
+//!
+//! # Modules, in dependency order
+//!
+//! [`metrics`] (label sets, flags, the registry) → [`compile`] → [`lb`] → [`select`] →
+//! [`headers`] → [`prefixed`] → [`log`] → [`body`] → [`pool`] → [`exchange`] →
+//! [`serve`]. Nothing here depends on `flow`; `flow` calls in.
+
+pub mod body;
+pub mod compile;
+pub mod exchange;
+pub mod headers;
+pub mod lb;
+pub mod log;
+pub mod metrics;
+pub mod pool;
+pub mod prefixed;
+pub mod select;
+pub mod serve;
+
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use mesh_config::{PeerMeta, Protocol};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+
+pub use compile::{CompiledCluster, CompiledEndpoint, CompiledPort, CompiledService};
+pub use exchange::ResponseBody;
+pub use lb::LbStates;
+pub use log::{LogSink, stdout_sink};
+pub use metrics::{Flags, HttpMetrics};
+pub use prefixed::Prefixed;
+pub use select::{Action, RequestView, RouteExplanation, Selection, explain, select};
+pub use serve::{ServeError, serve_inbound, serve_outbound};
+
+/// A boxed, sendable future (what the traits below return).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A byte stream to an upstream: a `TcpStream`, or later a TLS stream.
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+/// A boxed [`Io`].
+pub type BoxIo = Box<dyn Io>;
+
+/// The config the proxy holds, as the HTTP engine asks for it. Implemented by the flow
+/// over its store; every call may wait for mesh-control's first answer, and answers
+/// `None` for [`mesh_config::Resource::NotFound`].
+pub trait Resolver: Send + Sync {
+    /// The Service a request naming `host` is for: `host` is normalised
+    /// ([`mesh_config::key::normalize_host`]: lower case, no port, no trailing dot).
+    /// Short names resolve in the proxy's own namespace, as mesh-control answers
+    /// `host/` keys. The engine checks the Service's `domains` and ports itself.
+    fn service_for_host<'a>(&'a self, host: &'a str)
+    -> BoxFuture<'a, Option<Arc<CompiledService>>>;
+
+    /// The Service with this ClusterIP.
+    fn service_for_addr(&self, ip: IpAddr) -> BoxFuture<'_, Option<Arc<CompiledService>>>;
+
+    /// Who the pod at `ip` is (inbound: the source's labels). Asked once per inbound
+    /// connection.
+    fn peer(&self, ip: IpAddr) -> BoxFuture<'_, Option<PeerMeta>>;
+
+    /// Which of this pod's Services a connection to pod port `target_port` is for
+    /// (inbound: `destination_service`, and the port's protocol). Asked once per
+    /// inbound connection.
+    fn inbound_service(&self, target_port: u16) -> BoxFuture<'_, Option<LocalService>>;
+}
+
+/// One of this pod's Services, as the inbound side reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalService {
+    pub host: String,
+    pub name: String,
+    pub namespace: String,
+    /// The Service port's protocol (h2 to the app when `Http2`).
+    pub protocol: Protocol,
+}
+
+/// How the engine dials upstream endpoints (the flow's: with `--connect-timeout`, from
+/// the inbound passthrough source for inbound; and later with mTLS).
+pub trait Connector: Send + Sync {
+    fn connect(&self, addr: SocketAddr) -> BoxFuture<'_, io::Result<BoxIo>>;
+}
+
+/// A plain TCP connector: `TCP_NODELAY`, a timeout, and optionally a source address
+/// (the inbound passthrough source, [`mesh_common::inbound_passthrough_for`]).
+#[derive(Debug, Clone)]
+pub struct TcpConnector {
+    pub timeout: Duration,
+    /// Bind the passthrough source (127.0.0.6 / ::6) before connecting.
+    pub inbound_passthrough: bool,
+}
+
+impl Connector for TcpConnector {
+    fn connect(&self, addr: SocketAddr) -> BoxFuture<'_, io::Result<BoxIo>> {
+        Box::pin(async move {
+            let socket = match addr {
+                SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+                SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+            }?;
+            let _ = socket.set_nodelay(true);
+            if self.inbound_passthrough {
+                socket.bind(SocketAddr::new(
+                    mesh_common::inbound_passthrough_for(addr.ip()),
+                    0,
+                ))?;
+            }
+            let stream = tokio::time::timeout(self.timeout, socket.connect(addr))
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+            Ok(Box::new(stream) as BoxIo)
+        })
+    }
+}
+
+/// The HTTP engine of one worker thread: its upstream connection pools, and what it
+/// shares with the others (metrics, access log).
+pub struct Engine {
+    pub(crate) metrics: Arc<HttpMetrics>,
+    pub(crate) log: Option<LogSink>,
+    pub(crate) pools: Arc<pool::Pools>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("log", &self.log.is_some())
+            .field("pools", &self.pools)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    pub fn new(metrics: Arc<HttpMetrics>, log: Option<LogSink>) -> Arc<Engine> {
+        Arc::new(Engine {
+            metrics,
+            log,
+            pools: Arc::default(),
+        })
+    }
+
+    pub fn metrics(&self) -> &Arc<HttpMetrics> {
+        &self.metrics
+    }
+
+    /// Upstream connections made so far.
+    pub fn upstream_connects(&self) -> u64 {
+        self.pools.connects.load(Ordering::Relaxed)
+    }
+
+    /// Requests sent on a pooled (reused) upstream connection so far.
+    pub fn upstream_reuses(&self) -> u64 {
+        self.pools.reused.load(Ordering::Relaxed)
+    }
+
+    /// Idle HTTP/1.1 plus open h2 upstream connections now.
+    pub fn pooled_connections(&self) -> usize {
+        self.pools.idle()
+    }
+}
+
+/// One downstream connection, as the flow hands it over.
+#[derive(Clone)]
+pub struct ConnCtx {
+    pub engine: Arc<Engine>,
+    pub resolver: Arc<dyn Resolver>,
+    pub connector: Arc<dyn Connector>,
+    /// Where the client was going (`SO_ORIGINAL_DST`).
+    pub orig_dst: SocketAddr,
+    /// Who the client is.
+    pub client: SocketAddr,
+    /// The drain signal: when it turns true the connection is shut down gracefully
+    /// (HTTP/1.1: after the request in progress; h2: GOAWAY).
+    pub drain: Option<watch::Receiver<bool>>,
+}
+
+impl std::fmt::Debug for ConnCtx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnCtx")
+            .field("orig_dst", &self.orig_dst)
+            .field("client", &self.client)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,605 @@
+//! Serving one downstream connection: HTTP/1.1 or h2 (by the client preface), each
+//! request routed (outbound) or passed to the app (inbound), forwarded on a pooled
+//! upstream connection, and answered with a streamed response. See the module docs of
+//! [`super`] for the semantics.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fastrand::Rng;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::http::uri::PathAndQuery;
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode, Uri, Version};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use mesh_config::{LoadBalancer, Protocol};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::sync::watch;
+use tracing::debug;
+
+use super::body::RequestBody;
+use super::compile::{CompiledCluster, CompiledDest, CompiledRoute, CompiledService};
+use super::exchange::{
+    self, Exchange, FAULT_BODY, NC_BODY, ResponseBody, UC_BODY, UF_BODY, UH_BODY,
+};
+use super::headers::{self, X_FORWARDED_PROTO};
+use super::lb::InFlight;
+use super::metrics::{Flags, PeerLabels, ServiceLabels};
+use super::pool::{PoolKey, SendError};
+use super::prefixed::Prefixed;
+use super::select::{self, Action, RequestView};
+use super::{ConnCtx, LocalService};
+use crate::direction::Direction;
+
+/// Retries of a request that could not be sent (Istio's default: 2, `connect-failure`).
+const CONNECT_RETRIES: u32 = 2;
+/// Envoy's retry back-off base interval.
+const RETRY_BASE: Duration = Duration::from_millis(25);
+
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Why serving a connection ended with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("reading the client preface: {0}")]
+    Io(#[from] io::Error),
+    #[error("HTTP connection: {0}")]
+    Http(#[from] hyper::Error),
+}
+
+/// Serves an outbound connection (the pod's app calling out): `reporter="source"`.
+pub async fn serve_outbound<IO>(io: IO, ctx: ConnCtx) -> Result<(), ServeError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    serve(io, ctx, Direction::Outbound).await
+}
+
+/// Serves an inbound connection (a peer calling the pod's app):
+/// `reporter="destination"`.
+pub async fn serve_inbound<IO>(io: IO, ctx: ConnCtx) -> Result<(), ServeError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    serve(io, ctx, Direction::Inbound).await
+}
+
+/// What the requests of one connection share.
+struct ConnState {
+    ctx: ConnCtx,
+    direction: Direction,
+    downstream_h2: bool,
+    /// Inbound: the source's labels.
+    peer: Arc<PeerLabels>,
+    /// Inbound: the Service the pod port belongs to.
+    local: Option<(Arc<ServiceLabels>, Protocol)>,
+}
+
+/// Reads until the bytes read are the h2 client preface, or cannot be. `None`: the
+/// client closed before sending anything.
+async fn sniff_h2<IO: AsyncRead + Unpin>(io: &mut IO) -> io::Result<Option<(Vec<u8>, bool)>> {
+    let mut buf = [0u8; 24];
+    let mut len = 0;
+    while len < buf.len() {
+        let n = io.read(&mut buf[len..]).await?;
+        if n == 0 {
+            break;
+        }
+        len += n;
+        if buf[..len] != H2_PREFACE[..len] {
+            return Ok(Some((buf[..len].to_vec(), false)));
+        }
+    }
+    if len == 0 {
+        return Ok(None);
+    }
+    Ok(Some((buf[..len].to_vec(), len == H2_PREFACE.len())))
+}
+
+/// Resolves once the drain starts (never, if the drain's sender is gone).
+async fn drained(drain: &mut watch::Receiver<bool>) {
+    if drain.wait_for(|d| *d).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+macro_rules! drive {
+    ($conn:expr, $drain:expr) => {{
+        let conn = $conn;
+        tokio::pin!(conn);
+        match $drain {
+            None => conn.await,
+            Some(mut drain) => {
+                let early = tokio::select! {
+                    r = conn.as_mut() => Some(r),
+                    () = drained(&mut drain) => None,
+                };
+                match early {
+                    Some(r) => r,
+                    None => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                }
+            }
+        }
+    }};
+}
+
+async fn serve<IO>(mut io: IO, ctx: ConnCtx, direction: Direction) -> Result<(), ServeError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Some((prefix, h2)) = sniff_h2(&mut io).await? else {
+        return Ok(());
+    };
+    let io = TokioIo::new(Prefixed::new(prefix, io));
+    let (peer, local) =
+        match direction {
+            Direction::Outbound => (ctx.engine.metrics.unknown_peer(), None),
+            Direction::Inbound => {
+                let peer = match ctx.resolver.peer(ctx.client.ip()).await {
+                    Some(m) => Arc::new(PeerLabels::of_meta(&m)),
+                    None => ctx.engine.metrics.unknown_peer(),
+                };
+                let local = ctx.resolver.inbound_service(ctx.orig_dst.port()).await.map(
+                    |l: LocalService| {
+                        (
+                            Arc::new(ServiceLabels::new(&l.host, &l.name, &l.namespace)),
+                            l.protocol,
+                        )
+                    },
+                );
+                (peer, local)
+            }
+        };
+    let drain = ctx.drain.clone();
+    let st = Arc::new(ConnState {
+        ctx,
+        direction,
+        downstream_h2: h2,
+        peer,
+        local,
+    });
+    let service = service_fn(move |req| {
+        let st = st.clone();
+        async move { Ok::<_, Infallible>(handle(st, req).await) }
+    });
+    if h2 {
+        let b = http2::Builder::new(TokioExecutor::new());
+        drive!(b.serve_connection(io, service), drain)?;
+    } else {
+        let b = http1::Builder::new();
+        drive!(b.serve_connection(io, service).with_upgrades(), drain)?;
+    }
+    Ok(())
+}
+
+async fn handle(st: Arc<ConnState>, mut req: Request<Incoming>) -> Response<ResponseBody> {
+    let mut ex = Box::new(Exchange::new(
+        st.ctx.engine.clone(),
+        st.direction,
+        Instant::now(),
+    ));
+    let mut rng = Rng::new();
+    ex.grpc = headers::is_grpc(req.headers());
+    let request_id = headers::ensure_request_id(req.headers_mut(), &mut rng);
+    if !req.headers().contains_key(&X_FORWARDED_PROTO) {
+        req.headers_mut()
+            .insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    }
+    if let Some(l) = ex.log.as_mut() {
+        let v = RequestView::of(&req);
+        l.method = v.method.to_owned();
+        l.path = req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
+        l.protocol = if st.downstream_h2 {
+            "HTTP/2"
+        } else {
+            "HTTP/1.1"
+        };
+        l.authority = v.authority.to_owned();
+        l.request_id = request_id.to_str().unwrap_or("").to_owned();
+        l.user_agent = req
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        l.downstream_peer = Some(st.ctx.client);
+    }
+    match st.direction {
+        Direction::Outbound => outbound(&st, req, ex, &mut rng).await,
+        Direction::Inbound => {
+            ex.peer = st.peer.clone();
+            let h2 = match &st.local {
+                Some((labels, proto)) => {
+                    ex.service = labels.clone();
+                    match proto {
+                        Protocol::Http2 => true,
+                        Protocol::Http => false,
+                        Protocol::Tcp | Protocol::Unknown => st.downstream_h2,
+                    }
+                }
+                None => st.downstream_h2,
+            };
+            let target = Target {
+                cluster: None,
+                dest: None,
+                route: None,
+                h2,
+                rewrite_path: None,
+                rewrite_authority: None,
+                retries: 0,
+            };
+            forward(&st, req, ex, target, &mut rng).await
+        }
+    }
+}
+
+/// `reviews:9080` → (`reviews`, Some(9080)); `[fd00::1]:80` → (`fd00::1`, Some(80)).
+fn split_authority(a: &str) -> (&str, Option<u16>) {
+    if let Some(rest) = a.strip_prefix('[') {
+        let (host, after) = rest.split_once(']').unwrap_or((rest, ""));
+        return (host, after.strip_prefix(':').and_then(|p| p.parse().ok()));
+    }
+    match a.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => (h, p.parse().ok()),
+        _ => (a, None),
+    }
+}
+
+/// The Service an outbound request is for (see the module docs of [`super`]).
+async fn find_service(st: &ConnState, authority: &str) -> Option<Arc<CompiledService>> {
+    let orig = st.ctx.orig_dst;
+    let resolver = &st.ctx.resolver;
+    let (host, port) = split_authority(authority);
+    let host = mesh_config::key::normalize_host(host);
+    if !host.is_empty() && port.is_none_or(|p| p == orig.port()) {
+        let found = match host.parse::<IpAddr>() {
+            Ok(ip) => resolver.service_for_addr(ip).await,
+            Err(_) => resolver.service_for_host(&host).await,
+        };
+        if let Some(s) = found
+            && s.port(orig.port()).is_some()
+            && s.serves_host(&host)
+        {
+            return Some(s);
+        }
+    }
+    let s = resolver.service_for_addr(orig.ip()).await?;
+    s.port(orig.port()).is_some().then_some(s)
+}
+
+async fn outbound(
+    st: &ConnState,
+    req: Request<Incoming>,
+    mut ex: Box<Exchange>,
+    rng: &mut Rng,
+) -> Response<ResponseBody> {
+    let orig = st.ctx.orig_dst;
+    let authority = RequestView::of(&req).authority.to_owned();
+    let Some(svc) = find_service(st, &authority).await else {
+        // Istio's PassthroughCluster: to the original destination, unchanged.
+        let host = if authority.is_empty() {
+            orig.to_string()
+        } else {
+            mesh_config::key::normalize_host(&authority)
+        };
+        ex.service = Arc::new(ServiceLabels::passthrough(&host));
+        if let Some(l) = ex.log.as_mut() {
+            l.upstream_cluster = Some("PassthroughCluster".to_owned());
+        }
+        let target = Target {
+            cluster: None,
+            dest: None,
+            route: None,
+            h2: st.downstream_h2,
+            rewrite_path: None,
+            rewrite_authority: None,
+            retries: CONNECT_RETRIES,
+        };
+        return forward(st, req, ex, target, rng).await;
+    };
+    ex.service = svc.labels.clone();
+    let sel = select::select(&svc, orig.port(), &RequestView::of(&req), rng);
+    if sel.delay.is_some() {
+        ex.flags |= Flags::DI;
+    }
+    if sel.abort.is_some() {
+        ex.flags |= Flags::FI;
+    }
+    let route = sel.route.map(|m| m.route);
+    if let Some(l) = ex.log.as_mut() {
+        l.route_name = sel.route.map(|r| r.name().to_owned());
+    }
+    if let Some(d) = sel.delay {
+        tokio::time::sleep(d).await;
+    }
+    if let Some(a) = sel.abort {
+        return match a.grpc_status {
+            Some(g) if ex.grpc || a.http_status.is_none() => {
+                exchange::local_reply(ex, 200, FAULT_BODY, Some(g))
+            }
+            _ => exchange::local_reply(ex, a.http_status.unwrap_or(503), FAULT_BODY, None),
+        };
+    }
+    match sel.action {
+        Action::NoRoute => {
+            ex.flags |= Flags::NR;
+            exchange::local_reply(ex, 404, "", None)
+        }
+        Action::NoCluster => {
+            ex.flags |= Flags::NC;
+            exchange::local_reply(ex, 503, NC_BODY, None)
+        }
+        Action::Redirect { location, code } => {
+            let location = HeaderValue::from_str(&location).ok();
+            let mut resp = exchange::configured_reply(ex, code, Bytes::new(), location);
+            if let Some(r) = route {
+                headers::apply_edit(resp.headers_mut(), &r.response_headers);
+            }
+            resp
+        }
+        Action::DirectResponse { status, body } => {
+            let mut resp = exchange::configured_reply(ex, status, body, None);
+            if let Some(r) = route {
+                headers::apply_edit(resp.headers_mut(), &r.response_headers);
+            }
+            resp
+        }
+        Action::Forward { cluster, dest } => {
+            let h2 = svc
+                .port(orig.port())
+                .is_some_and(|p| p.protocol == Protocol::Http2);
+            let target = Target {
+                cluster: Some(cluster),
+                dest,
+                route,
+                h2,
+                rewrite_path: sel.rewrite_path,
+                rewrite_authority: sel.rewrite_authority,
+                retries: CONNECT_RETRIES,
+            };
+            forward(st, req, ex, target, rng).await
+        }
+    }
+}
+
+/// Where and how a request is forwarded. No cluster: to the original destination.
+struct Target<'s> {
+    cluster: Option<&'s CompiledCluster>,
+    dest: Option<&'s CompiledDest>,
+    route: Option<&'s CompiledRoute>,
+    h2: bool,
+    rewrite_path: Option<String>,
+    rewrite_authority: Option<&'s str>,
+    retries: u32,
+}
+
+/// The request line and headers as they go upstream.
+fn upstream_request(
+    st: &ConnState,
+    mut req: Request<Incoming>,
+    ex: &Exchange,
+    t: &Target<'_>,
+    upgrade: bool,
+) -> Result<Request<RequestBody>, hyper::http::Error> {
+    let authority = match t.rewrite_authority {
+        Some(a) => a.to_owned(),
+        None => {
+            let a = RequestView::of(&req).authority;
+            if a.is_empty() {
+                st.ctx.orig_dst.to_string()
+            } else {
+                a.to_owned()
+            }
+        }
+    };
+    let pq = match &t.rewrite_path {
+        Some(p) => PathAndQuery::try_from(p.as_str())?,
+        None => req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    };
+    let h = req.headers_mut();
+    headers::strip_hop_by_hop(h, upgrade);
+    if let Some(d) = t.dest {
+        headers::apply_edit(h, &d.request_headers);
+    }
+    if let Some(r) = t.route {
+        headers::apply_edit(h, &r.request_headers);
+    }
+    let (mut parts, body) = req.into_parts();
+    if t.h2 {
+        parts.uri = Uri::builder()
+            .scheme("http")
+            .authority(authority.as_str())
+            .path_and_query(pq)
+            .build()?;
+        parts.headers.remove(header::HOST);
+        parts.version = Version::HTTP_2;
+    } else {
+        parts.uri = Uri::from(pq);
+        parts
+            .headers
+            .insert(header::HOST, HeaderValue::from_str(&authority)?);
+        parts.version = Version::HTTP_11;
+    }
+    Ok(Request::from_parts(
+        parts,
+        RequestBody::new(body, ex.request_bytes.clone()),
+    ))
+}
+
+async fn forward(
+    st: &ConnState,
+    mut req: Request<Incoming>,
+    mut ex: Box<Exchange>,
+    t: Target<'_>,
+    rng: &mut Rng,
+) -> Response<ResponseBody> {
+    if let Some(c) = t.cluster {
+        ex.service = c.labels.clone();
+        if let Some(l) = ex.log.as_mut() {
+            l.upstream_cluster = Some(c.name.clone());
+        }
+        if !c.has_healthy() {
+            ex.flags |= Flags::UH;
+            return exchange::local_reply(ex, 503, UH_BODY, None);
+        }
+    }
+    let upgrade = !st.downstream_h2 && !t.h2 && headers::is_upgrade(req.headers());
+    let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let up = match upstream_request(st, req, &ex, &t, upgrade) {
+        Ok(r) => r,
+        Err(e) => {
+            debug!(error = %e, "cannot build the upstream request");
+            return exchange::local_reply(ex, 400, "bad request", None);
+        }
+    };
+    let mut resp = match send(st, up, &mut ex, &t, rng).await {
+        Ok(r) => r,
+        Err(Failure::Connect) => return exchange::local_reply(ex, 503, UF_BODY, None),
+        Err(Failure::Reset) => {
+            ex.flags |= Flags::UC;
+            return exchange::local_reply(ex, 503, UC_BODY, None);
+        }
+    };
+    let upgraded = upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if upgraded && let Some(down) = downstream_upgrade {
+        let up = hyper::upgrade::on(&mut resp);
+        ex.conn = None;
+        tokio::spawn(async move {
+            let (Ok(down), Ok(up)) = tokio::join!(down, up) else {
+                return;
+            };
+            let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
+            if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+                debug!(error = %e, "upgraded connection ended");
+            }
+        });
+    }
+    let (mut parts, body) = resp.into_parts();
+    ex.code = parts.status.as_u16();
+    if ex.grpc {
+        ex.grpc_status = headers::grpc_status(&parts.headers);
+    }
+    headers::strip_hop_by_hop(&mut parts.headers, upgraded);
+    if let Some(d) = t.dest {
+        headers::apply_edit(&mut parts.headers, &d.response_headers);
+    }
+    if let Some(r) = t.route {
+        headers::apply_edit(&mut parts.headers, &r.response_headers);
+    }
+    parts.version = Version::HTTP_11;
+    Response::from_parts(parts, ResponseBody::upstream(body, ex))
+}
+
+enum Failure {
+    /// Every attempt failed to connect (`UF` set).
+    Connect,
+    /// The upstream broke off after the request was sent, before the response head.
+    Reset,
+}
+
+/// Sends `req` to the target's cluster (or the original destination), retrying a
+/// request that could not be sent on another endpoint up to `t.retries` times.
+async fn send(
+    st: &ConnState,
+    mut req: Request<RequestBody>,
+    ex: &mut Exchange,
+    t: &Target<'_>,
+    rng: &mut Rng,
+) -> Result<Response<Incoming>, Failure> {
+    let mut failed: Vec<SocketAddr> = Vec::new();
+    for attempt in 0..=t.retries {
+        if attempt > 0 {
+            let max = RETRY_BASE.as_millis() as u64 * (1 << (attempt - 1));
+            tokio::time::sleep(Duration::from_millis(rng.u64(0..=max))).await;
+        }
+        let addr = match t.cluster {
+            Some(c) if c.load_balancer != LoadBalancer::Passthrough => {
+                let Some(e) = c.pick(rng, &failed) else {
+                    ex.flags |= Flags::UH;
+                    return Err(Failure::Connect);
+                };
+                ex.in_flight = Some(InFlight::new(e));
+                ex.peer = e.peer.clone();
+                e.addr
+            }
+            _ => st.ctx.orig_dst,
+        };
+        if let Some(l) = ex.log.as_mut() {
+            l.upstream_host = Some(addr);
+        }
+        let key = PoolKey {
+            addr,
+            direction: st.direction,
+            h2: t.h2,
+        };
+        match st.ctx.engine.pools.send(&*st.ctx.connector, key, req).await {
+            Ok((resp, conn)) => {
+                ex.conn = conn.map(|c| (key, c));
+                return Ok(resp);
+            }
+            Err(SendError::Connect(e, back)) => {
+                debug!(%addr, attempt, error = %e, "upstream connect failed");
+                req = *back;
+                failed.push(addr);
+            }
+            Err(SendError::Failed(e)) => {
+                debug!(%addr, error = %e, "upstream failed before the response head");
+                return Err(Failure::Reset);
+            }
+        }
+    }
+    ex.flags |= Flags::UF;
+    if t.retries > 0 {
+        ex.flags |= Flags::URX;
+    }
+    Err(Failure::Connect)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authorities_split() {
+        assert_eq!(split_authority("reviews:9080"), ("reviews", Some(9080)));
+        assert_eq!(split_authority("reviews"), ("reviews", None));
+        assert_eq!(split_authority("[fd00::1]:80"), ("fd00::1", Some(80)));
+        assert_eq!(split_authority("[fd00::1]"), ("fd00::1", None));
+        assert_eq!(split_authority("fd00::1"), ("fd00::1", None));
+    }
+
+    #[tokio::test]
+    async fn preface_sniffing() {
+        use tokio::io::AsyncWriteExt;
+        let (mut a, mut b) = tokio::io::duplex(64);
+        a.write_all(H2_PREFACE).await.ok();
+        let (bytes, h2) = sniff_h2(&mut b).await.ok().flatten().unwrap_or_default();
+        assert!(h2);
+        assert_eq!(bytes, H2_PREFACE);
+        a.write_all(b"GET / HTTP/1.1\r\n").await.ok();
+        let (bytes, h2) = sniff_h2(&mut b).await.ok().flatten().unwrap_or_default();
+        assert!(!h2);
+        assert_eq!(bytes, b"GET / HTTP/1.1\r\n");
+        // A prefix of the preface, then something else.
+        a.write_all(b"PRI * HTTP/1.1").await.ok();
+        let (bytes, h2) = sniff_h2(&mut b).await.ok().flatten().unwrap_or_default();
+        assert!(!h2);
+        assert_eq!(bytes, b"PRI * HTTP/1.1");
+        drop(a);
+        assert!(sniff_h2(&mut b).await.ok().flatten().is_none());
+    }
+}
