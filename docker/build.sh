@@ -10,8 +10,8 @@
 # Offline: no registry, no BuildKit, nothing pulled. The binaries are built here, static
 # (cargo --release --target x86_64-unknown-linux-musl; installs Debian's musl-tools and the
 # rustup target when missing), each is put alone into a build context with its Dockerfile,
-# and docker's classic builder makes `FROM scratch` images for the webhook and the proxy
-# and, for the init image, one on a base that must already be in the engine:
+# and docker's classic builder makes `FROM scratch` images for the webhook, the proxy and
+# mesh-control and, for the init image, one on a base that must already be in the engine:
 # MESH_INIT_BASE (default local/iptables:1.8.9, which kube-node's start.sh imports; its
 # local/debian:bookworm works too, for IPv4 pods: it has no `ip`). Each image is then checked: it runs as the user the
 # manifests expect and the binary starts in it; for the init image, every iptables tool
@@ -132,7 +132,7 @@ for entry in "${images[@]}"; do
     name=${entry%%=*} image=${entry#*=}
     user=$("$docker" image inspect -f '{{.Config.User}}' "$image")
     case "$name" in
-        webhook) [ "$user" = 65532:65532 ] || die "$image runs as '$user', deploy/ expects 65532:65532" ;;
+        webhook | control) [ "$user" = 65532:65532 ] || die "$image runs as '$user', deploy/ expects 65532:65532" ;;
         proxy) [ "$user" = 1337:1337 ] || die "$image runs as '$user', the injector expects 1337:1337" ;;
     esac
     if [ "$name" = init ]; then

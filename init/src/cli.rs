@@ -72,6 +72,11 @@ pub struct CaptureArgs {
     /// for the -i destinations (IPv4 and IPv6), never inbound-captured.
     #[arg(short = 'k', long = "kube-virt-interfaces", default_value = "")]
     pub kube_virt_interfaces: String,
+    /// Redirect the app's DNS (UDP and TCP to port 53, any server) to the proxy's DNS
+    /// port 15053; the proxy's own queries (its uid/gid) go out. istio-iptables'
+    /// `--redirect-dns` with `--capture-all-dns`.
+    #[arg(long = "dns-capture", visible_alias = "redirect-dns")]
+    pub dns_capture: bool,
 }
 
 impl CaptureArgs {
@@ -89,6 +94,7 @@ impl CaptureArgs {
             include_outbound_cidrs: self.include_outbound_cidrs.clone(),
             exclude_outbound_cidrs: self.exclude_outbound_cidrs.clone(),
             kube_virt_interfaces: self.kube_virt_interfaces.clone(),
+            dns_capture: self.dns_capture,
         }
     }
 }
@@ -138,6 +144,9 @@ pub struct ExplainArgs {
     /// The connection arrives from a peer (PREROUTING) instead of leaving the pod.
     #[arg(long)]
     pub inbound: bool,
+    /// The packet is UDP (a DNS query, say), not TCP.
+    #[arg(long)]
+    pub udp: bool,
     /// uid of the process opening the (outbound) connection.
     #[arg(long, default_value_t = 0, required_unless_present = "inbound")]
     pub uid: u32,
@@ -179,10 +188,11 @@ mod tests {
     }
 
     /// The flags the injector writes (`mesh_common::contract::init`) are exactly the
-    /// capture flags clap knows, letter and name alike.
+    /// capture flags clap knows, letter and name alike, and its switches the clap
+    /// switches (no value, no letter).
     #[test]
     fn capture_flags_match_the_contract() {
-        use mesh_common::contract::init::CAPTURE_FLAGS;
+        use mesh_common::contract::init::{CAPTURE_FLAGS, DNS_CAPTURE_ISTIO_ALIAS, SWITCHES};
         let cmd = Cli::command();
         let clap_flags: Vec<(String, String)> = cmd
             .get_arguments()
@@ -210,6 +220,14 @@ mod tests {
                 flag.long
             );
         }
+        for switch in SWITCHES {
+            let arg = cmd
+                .get_arguments()
+                .find(|a| a.get_long().map(|l| format!("--{l}")).as_deref() == Some(switch))
+                .unwrap_or_else(|| panic!("{switch} is in the contract but not in clap"));
+            assert!(arg.get_short().is_none(), "{switch} has no letter");
+            assert!(!arg.get_action().takes_values(), "{switch} takes no value");
+        }
         // Every capture flag of clap (the ones CaptureArgs defines) is in the contract.
         let capture = CaptureArgs::augment_args(clap::Command::new("capture"));
         for arg in capture.get_arguments() {
@@ -218,17 +236,29 @@ mod tests {
             assert!(
                 CAPTURE_FLAGS
                     .iter()
-                    .any(|f| Some(f.long) == long.as_deref() && Some(f.short) == short.as_deref()),
+                    .any(|f| Some(f.long) == long.as_deref() && Some(f.short) == short.as_deref())
+                    || (short.is_none() && SWITCHES.iter().any(|s| Some(*s) == long.as_deref())),
                 "clap capture flag {short:?}/{long:?} is not in mesh_common::contract::init"
             );
         }
         assert_eq!(
             capture.get_arguments().count(),
-            CAPTURE_FLAGS.len(),
+            CAPTURE_FLAGS.len() + SWITCHES.len(),
             "one clap flag per contract flag"
         );
+        // istio-iptables' spelling of the DNS switch parses as ours.
+        let cli = Cli::try_parse_from(["mesh-init", DNS_CAPTURE_ISTIO_ALIAS]).unwrap();
+        assert!(cli.capture.dns_capture);
         // `explain` takes the same flags, spelled the same.
         let explain = cmd.find_subcommand("explain").expect("explain subcommand");
+        for switch in SWITCHES {
+            assert!(
+                explain
+                    .get_arguments()
+                    .any(|a| a.get_long().map(|l| format!("--{l}")).as_deref() == Some(switch)),
+                "explain lacks {switch}"
+            );
+        }
         for flag in CAPTURE_FLAGS {
             assert!(
                 explain.get_arguments().any(|a| {

@@ -1,5 +1,5 @@
 //! `mesh-init explain`: walk the very [`Ruleset`] that `render` prints, for one TCP
-//! connection, and say which rule decides and what happens to it.
+//! connection (or UDP packet: DNS), and say which rule decides and what happens to it.
 //!
 //! Only our rules are walked: rules other tools put in PREROUTING/OUTPUT are unknown
 //! here, so "pass" means "our rules leave it alone".
@@ -7,15 +7,26 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
+use mesh_common::chains;
+
 use crate::model::{Family, Match, Rule, Ruleset, Target};
 use crate::render::rule_spec;
 
-/// A TCP connection as the nat table sees its first packet.
+/// A connection as the nat table sees its first packet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Packet {
+    pub proto: Proto,
     pub dst: SocketAddr,
     pub src: Option<IpAddr>,
     pub direction: Direction,
+}
+
+/// The packet's transport protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Proto {
+    #[default]
+    Tcp,
+    Udp,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,10 +95,10 @@ fn matches(m: &Match, p: &Packet) -> bool {
         Match::OutIface(i) => {
             matches!(&p.direction, Direction::Outbound { out_iface, .. } if out_iface == i)
         }
-        // Connections explained here are TCP.
-        Match::Tcp => true,
-        Match::Udp => false,
+        Match::Tcp => p.proto == Proto::Tcp,
+        Match::Udp => p.proto == Proto::Udp,
         Match::DPort(port) => p.dst.port() == *port,
+        Match::NotDPort(port) => p.dst.port() != *port,
         // The owner match needs a local socket: it never matches in PREROUTING.
         Match::Uid(u) => matches!(p.direction, Direction::Outbound { uid, .. } if uid == *u),
         Match::NotUid(u) => matches!(p.direction, Direction::Outbound { uid, .. } if uid != *u),
@@ -166,12 +177,14 @@ pub fn explain(rs: &Ruleset, p: &Packet) -> Explanation {
     let mut path = Vec::new();
     match walk(rs, entry, rules, true, p, &mut path) {
         Walk::Done(outcome, hits) => {
-            // The redirect itself is mechanical; the decision is the rule that sent the
-            // connection into the redirect chain.
-            let decider = if hits.len() >= 2 {
-                &hits[hits.len() - 2]
+            // A redirect chain's own rule is mechanical; the decision is the rule that
+            // sent the connection into it. A redirect elsewhere (DNS) decides itself.
+            let last = hits.len() - 1;
+            let mechanical = matches!(hits[last].chain, chains::REDIRECT | chains::IN_REDIRECT);
+            let decider = if mechanical && last >= 1 {
+                &hits[last - 1]
             } else {
-                &hits[hits.len() - 1]
+                &hits[last]
             };
             Explanation {
                 outcome,
@@ -211,6 +224,7 @@ mod tests {
 
     fn out(uid: u32, dst: &str, iface: &str) -> Packet {
         Packet {
+            proto: Proto::Tcp,
             dst: dst.parse().unwrap(),
             src: None,
             direction: Direction::Outbound {
@@ -256,6 +270,7 @@ mod tests {
     #[test]
     fn proxy_gid_alone_does_not_send_the_pod_ip_to_inbound() {
         let pkt = |dst: &str, uid: u32, gid: u32, iface: &str| Packet {
+            proto: Proto::Tcp,
             dst: dst.parse().unwrap(),
             src: None,
             direction: Direction::Outbound {
@@ -305,6 +320,7 @@ mod tests {
     fn inbound_respects_excludes_and_lists() {
         let r = rs(|_| {}, Family::V4);
         let inb = |dst: &str, iface: &str| Packet {
+            proto: Proto::Tcp,
             dst: dst.parse().unwrap(),
             src: None,
             direction: Direction::Inbound {
@@ -358,5 +374,77 @@ mod tests {
             explain(&r6, &out(1000, "[::1]:80", "lo")).outcome,
             Outcome::Pass
         );
+    }
+
+    #[test]
+    fn dns_capture_sends_the_apps_dns_to_the_proxy_and_lets_the_proxys_out() {
+        let udp = |mut p: Packet| {
+            p.proto = Proto::Udp;
+            p
+        };
+        for (fam, server, pod_dns, remote) in [
+            (
+                Family::V4,
+                "10.96.0.10:53",
+                "198.18.0.1:53",
+                "198.18.0.2:80",
+            ),
+            (
+                Family::V6,
+                "[fd00:10:96::a]:53",
+                "[fd00:198:18::1]:53",
+                "[fd00:198:18::2]:80",
+            ),
+        ] {
+            let r = rs(|f| f.dns_capture = true, fam);
+            let e = explain(&r, &udp(out(1000, server, "eth0")));
+            assert_eq!(e.outcome, Outcome::Redirect(15053), "{fam}: {e}");
+            assert_eq!(
+                e.rule.as_deref(),
+                Some("-A ISTIO_OUTPUT -p udp -m udp --dport 53 -j REDIRECT --to-ports 15053")
+            );
+            assert!(e.why.contains("--dns-capture"), "{e}");
+            let e = explain(&r, &out(1000, server, "eth0"));
+            assert_eq!(e.outcome, Outcome::Redirect(15053), "{fam}: {e}");
+            assert!(
+                e.rule
+                    .unwrap()
+                    .contains("-p tcp -m tcp --dport 53 -j REDIRECT")
+            );
+            // A DNS server on the pod's own address, reached over lo: captured too.
+            for p in [out(1000, pod_dns, "lo"), udp(out(1000, pod_dns, "lo"))] {
+                assert_eq!(explain(&r, &p).outcome, Outcome::Redirect(15053), "{fam}");
+            }
+            // The proxy's own queries go to the real server.
+            for p in [out(1337, server, "eth0"), udp(out(1337, server, "eth0"))] {
+                let e = explain(&r, &p);
+                assert_eq!(e.outcome, Outcome::Pass, "{fam}: {e}");
+            }
+            // The proxy's TCP DNS to its own pod IP is not sent inbound.
+            assert_eq!(
+                explain(&r, &out(1337, pod_dns, "lo")).outcome,
+                Outcome::Pass,
+                "{fam}"
+            );
+            // Other traffic as before; UDP is never redirected to the TCP listeners.
+            assert_eq!(
+                explain(&r, &out(1000, remote, "eth0")).outcome,
+                Outcome::Redirect(15001)
+            );
+            assert_eq!(
+                explain(&r, &udp(out(1000, remote, "eth0"))).outcome,
+                Outcome::Pass
+            );
+            // Without --dns-capture, DNS over UDP passes and over TCP is outbound-captured.
+            let plain = rs(|_| {}, fam);
+            assert_eq!(
+                explain(&plain, &udp(out(1000, server, "eth0"))).outcome,
+                Outcome::Pass
+            );
+            assert_eq!(
+                explain(&plain, &out(1000, server, "eth0")).outcome,
+                Outcome::Redirect(15001)
+            );
+        }
     }
 }

@@ -90,6 +90,11 @@ pub fn explain_text(args: &ExplainArgs) -> Result<String, Error> {
     let e = explain::explain(
         &settings.ruleset(family),
         &explain::Packet {
+            proto: if args.udp {
+                explain::Proto::Udp
+            } else {
+                explain::Proto::Tcp
+            },
             dst,
             src,
             direction,

@@ -52,9 +52,15 @@ pub fn rule_spec(rule: &Rule, builtin: bool) -> String {
         let _ = write!(s, " -p {p}");
     }
     for x in m {
-        if let Match::DPort(p) = x {
-            // iptables-save names the protocol's match module before its options.
-            let _ = write!(s, " -m {} --dport {p}", proto.unwrap_or("tcp"));
+        // iptables-save names the protocol's match module before its options.
+        match x {
+            Match::DPort(p) => {
+                let _ = write!(s, " -m {} --dport {p}", proto.unwrap_or("tcp"));
+            }
+            Match::NotDPort(p) => {
+                let _ = write!(s, " -m {} ! --dport {p}", proto.unwrap_or("tcp"));
+            }
+            _ => {}
         }
     }
     for x in m {

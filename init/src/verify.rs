@@ -4,7 +4,7 @@
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use crate::explain::{Direction, Outcome, Packet, explain};
+use crate::explain::{Direction, Outcome, Packet, Proto, explain};
 use crate::model::{Family, Settings};
 
 /// Why verification failed; one line each.
@@ -48,6 +48,7 @@ pub fn verify(
     let family = Family::of(dst.ip());
     let port = settings.proxy_port;
     let packet = Packet {
+        proto: Proto::Tcp,
         dst,
         src: None,
         direction: Direction::Outbound {

@@ -226,4 +226,59 @@ fn explain_subcommand_prints_the_outcome() {
             .unwrap()
             .starts_with("outcome: pass\n")
     );
+    // DNS: with --dns-capture (or istio-iptables' --redirect-dns) the app's UDP and TCP
+    // to port 53 go to the proxy's DNS port; the proxy's own query goes out.
+    for (switch, proto, uid, want) in [
+        (
+            "--dns-capture",
+            Some("--udp"),
+            "1000",
+            "outcome: redirect 15053\nrule: -A ISTIO_OUTPUT -p udp -m udp --dport 53 -j REDIRECT --to-ports 15053\n",
+        ),
+        (
+            "--redirect-dns",
+            None,
+            "1000",
+            "outcome: redirect 15053\nrule: -A ISTIO_OUTPUT -p tcp -m tcp --dport 53 -j REDIRECT --to-ports 15053\n",
+        ),
+        (
+            "--dns-capture",
+            Some("--udp"),
+            "1337",
+            "outcome: pass\nrule: -A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN\n",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_mesh-init"))
+            .args(["explain", switch, "--uid", uid, "--dst", "10.96.0.10:53"])
+            .args(proto)
+            .output()
+            .expect("run mesh-init");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            text.starts_with(want),
+            "{switch} {proto:?} uid {uid}: {text}"
+        );
+    }
+    // Without it, UDP DNS is not ours.
+    let out = Command::new(env!("CARGO_BIN_EXE_mesh-init"))
+        .args([
+            "explain",
+            "--udp",
+            "--uid",
+            "1000",
+            "--dst",
+            "10.96.0.10:53",
+        ])
+        .output()
+        .expect("run mesh-init");
+    assert!(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .starts_with("outcome: pass\n")
+    );
 }

@@ -11,7 +11,9 @@
 //! - the injector sets an environment variable the proxy never reads (variables the
 //!   user put into their own `istio-proxy` container are theirs, not the injector's);
 //! - `mesh-init -u`/`-g` differ from the uid/gid the proxy container really runs as, so
-//!   the proxy's own connections would be captured and loop.
+//!   the proxy's own connections would be captured and loop;
+//! - one of the two has `--dns-capture` and the other not: the app's DNS would be sent to a
+//!   port nobody answers on (or the proxy would answer DNS nobody sends it).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
 
 use std::cell::RefCell;
@@ -144,6 +146,21 @@ fn configs() -> Vec<(&'static str, InjectConfig)> {
             "log-directives",
             InjectConfig {
                 proxy_log_level: Some("info,mesh_proxy=debug".into()),
+                ..InjectConfig::default()
+            },
+        ),
+        (
+            "control-plane-override",
+            InjectConfig {
+                control_plane_address: "[fd00::12]:15010".into(),
+                ..InjectConfig::default()
+            },
+        ),
+        (
+            "dns-capture-no-control-plane",
+            InjectConfig {
+                control_plane_address: String::new(),
+                dns_capture: true,
                 ..InjectConfig::default()
             },
         ),
@@ -357,11 +374,27 @@ fn check_proxy(proxy: &Value, user_env: &BTreeSet<String>) -> Result<(), String>
     Ok(())
 }
 
+/// `--dns-capture` on both containers or on neither.
+fn check_dns(init: &Value, proxy: &Value) -> Result<(), String> {
+    let has = |c: &Value, flag: &str| strings(c, "args").iter().any(|a| a == flag);
+    let (i, p) = (
+        has(init, contract::init::DNS_CAPTURE),
+        has(proxy, contract::proxy::flag::DNS_CAPTURE),
+    );
+    if i != p {
+        return Err(format!(
+            "--dns-capture on istio-init: {i}, on istio-proxy: {p}; they must agree"
+        ));
+    }
+    Ok(())
+}
+
 fn check(p: &Injected) -> Result<(), String> {
     let proxy = container(&p.template, mesh_common::containers::PROXY).ok_or("no istio-proxy")?;
     check_proxy(proxy, &p.user_proxy_env)?;
     if let Some(init) = container(&p.template, mesh_common::containers::INIT) {
         check_init(init, proxy)?;
+        check_dns(init, proxy)?;
     }
     Ok(())
 }
@@ -403,6 +436,11 @@ fn every_shape_and_config_starts_with_the_binaries_parsers() {
     assert!(args_of("shape override-uid with config default").contains("-g 1337"));
     assert!(args_of("shape override-uid-gid with config default").contains("-g 4321"));
     assert!(args_of("shape pod-level-run-as-user with config default").contains("-u 1337 "));
+    // dnsCapture reaches mesh-init; the default config does not capture DNS.
+    assert!(
+        args_of("shape basic with config dns-capture-no-control-plane").ends_with(" --dns-capture")
+    );
+    assert!(!args_of("shape basic with config default").contains("--dns-capture"));
 }
 
 /// The checks above can fail: each way of breaking the contract is caught.
@@ -453,6 +491,16 @@ fn a_broken_contract_is_caught() {
             .unwrap_err()
             .contains("rejects")
     );
+
+    let mut dns_init_only = init.clone();
+    dns_init_only["args"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!(contract::init::DNS_CAPTURE));
+    assert_eq!(check_init(&dns_init_only, &proxy), Ok(()));
+    let e = check_dns(&dns_init_only, &proxy).unwrap_err();
+    assert!(e.contains("--dns-capture"), "{e}");
+    assert_eq!(check_dns(&init, &proxy), Ok(()));
 
     let mut other_uid = proxy.clone();
     other_uid["securityContext"]["runAsUser"] = json!(1234);

@@ -33,7 +33,13 @@ fn injected(security_context: Value) -> (Vec<String>, Value) {
         workload: None,
         native_sidecars: false,
     };
-    let t = inject::desired_template(&req, &InjectConfig::default())
+    // No control plane here (`controlPlaneAddress: ""`): the proxy is ready at once, and
+    // stays L4, which is what this test is about.
+    let config = InjectConfig {
+        control_plane_address: String::new(),
+        ..InjectConfig::default()
+    };
+    let t = inject::desired_template(&req, &config)
         .unwrap()
         .expect("injected");
     let find = |list: &str, name: &str| {

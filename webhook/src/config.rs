@@ -143,6 +143,23 @@ pub struct InjectConfig {
     /// `warn,mesh_proxy=debug`), passed in its `MESH_PROXY_LOG`; overridden per pod by
     /// `sidecar.istio.io/logLevel`. Unset keeps the proxy's default.
     pub proxy_log_level: Option<String>,
+    /// `host:port` of mesh-control's config stream, written into the proxy's
+    /// `--control-plane`. Empty: no control plane (no flag; the proxy stays L4). The
+    /// default is the plaintext stream (15010, Istio's plaintext xDS port), not 15012: TLS
+    /// comes with the CA.
+    pub control_plane_address: String,
+    /// Redirect the app's DNS (UDP and TCP port 53) to the proxy (`mesh-init
+    /// --dns-capture`, `mesh-proxy --dns-capture`), as Istio's
+    /// `ISTIO_META_DNS_CAPTURE: "true"`.
+    pub dns_capture: bool,
+}
+
+/// The default `controlPlaneAddress`: mesh-control's Service in `mesh-system`, plaintext.
+pub fn default_control_plane_address() -> String {
+    format!(
+        "mesh-control.mesh-system.svc:{}",
+        common::CONTROL_PLANE_PLAINTEXT_PORT
+    )
 }
 
 impl Default for InjectConfig {
@@ -190,6 +207,8 @@ impl Default for InjectConfig {
             exclude_outbound_ports: String::new(),
             prometheus_annotations: true,
             proxy_log_level: None,
+            control_plane_address: default_control_plane_address(),
+            dns_capture: false,
         }
     }
 }
@@ -321,8 +340,61 @@ impl InjectConfig {
         if let Some(level) = &self.proxy_log_level {
             LogFilter::parse(level).map_err(|e| invalid("proxyLogLevel", e.to_string()))?;
         }
+        if !self.control_plane_address.is_empty() {
+            check_host_port(&self.control_plane_address)
+                .map_err(|e| invalid("controlPlaneAddress", e))?;
+        }
         Ok(())
     }
+}
+
+/// A `host:port` a proxy can dial: a DNS name (RFC 1123 labels) or an IP address (IPv6 in
+/// brackets), a port 1-65535, nothing else (no scheme, no path, no spaces).
+pub fn check_host_port(s: &str) -> Result<(), String> {
+    let want = "expected host:port, e.g. mesh-control.mesh-system.svc:15010 or [fd00::1]:15010";
+    if s.contains("://") {
+        return Err(format!(
+            "{s:?}: no scheme (the proxy dials plain host:port): {want}"
+        ));
+    }
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(format!("{s:?} has no port: {want}"));
+    };
+    let port_ok = !port.is_empty()
+        && port.len() <= 5
+        && port.bytes().all(|b| b.is_ascii_digit())
+        && port.parse::<u32>().is_ok_and(|p| (1..=65535).contains(&p));
+    if !port_ok {
+        return Err(format!("{s:?}: port {port:?} is not 1-65535: {want}"));
+    }
+    if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return inner
+            .parse::<std::net::Ipv6Addr>()
+            .map(drop)
+            .map_err(|_| format!("{s:?}: {inner:?} is not an IPv6 address: {want}"));
+    }
+    if host.parse::<std::net::Ipv6Addr>().is_ok() {
+        return Err(format!(
+            "{s:?}: write an IPv6 address in brackets ([fd00::1]:15010): {want}"
+        ));
+    }
+    if host.parse::<std::net::Ipv4Addr>().is_ok() {
+        return Ok(());
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    let name = host.strip_suffix('.').unwrap_or(host);
+    if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+        return Err(format!(
+            "{s:?}: {host:?} is not a host name or IP address: {want}"
+        ));
+    }
+    Ok(())
 }
 
 /// First 16 hex characters of a digest.
@@ -423,6 +495,61 @@ mod tests {
     }
 
     #[test]
+    fn control_plane_address_defaults_to_the_plaintext_stream_and_may_be_empty() {
+        let c = InjectConfig::default();
+        assert_eq!(
+            c.control_plane_address,
+            "mesh-control.mesh-system.svc:15010"
+        );
+        assert!(!c.dns_capture);
+        for ok in [
+            "istiod.istio-system.svc:15010",
+            "mesh-control.mesh-system.svc.cluster.local.:15010",
+            "mesh-control:1",
+            "10.96.0.12:65535",
+            "[fd00::12]:15010",
+        ] {
+            let c = InjectConfig::from_yaml_str(&format!("controlPlaneAddress: \"{ok}\""), "t")
+                .unwrap_or_else(|e| panic!("{ok}: {e}"));
+            assert_eq!(c.control_plane_address, ok);
+        }
+        let c = InjectConfig::from_yaml_str("controlPlaneAddress: \"\"", "t").unwrap();
+        assert_eq!(c.control_plane_address, "");
+        let c = InjectConfig::from_yaml_str("dnsCapture: true", "t").unwrap();
+        assert!(c.dns_capture);
+    }
+
+    #[test]
+    fn a_bad_control_plane_address_names_the_file_and_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("inject.yaml");
+        for (bad, why) in [
+            ("mesh-control.mesh-system.svc", "no port"),
+            ("mesh-control:0", "not 1-65535"),
+            ("mesh-control:65536", "not 1-65535"),
+            ("mesh-control:", "not 1-65535"),
+            ("mesh-control:15010x", "not 1-65535"),
+            (":15010", "not a host name"),
+            ("http://mesh-control:15010", "no scheme"),
+            ("fd00::zz:15010", "not a host name"),
+            ("mesh_control:15010", "not a host name"),
+            ("mesh control:15010", "not a host name"),
+            ("-mesh:15010", "not a host name"),
+            ("fd00::1:15010", "in brackets"),
+            ("[fd00::zz]:15010", "not an IPv6 address"),
+        ] {
+            std::fs::write(&path, format!("controlPlaneAddress: \"{bad}\"\n")).unwrap();
+            let msg = InjectConfig::load(&path).unwrap_err().to_string();
+            assert!(
+                msg.contains(&path.display().to_string())
+                    && msg.contains("controlPlaneAddress")
+                    && msg.contains(why),
+                "{bad}: {msg}"
+            );
+        }
+    }
+
+    #[test]
     fn hash_is_stable_and_tracks_changes() {
         let a = InjectConfig::default();
         assert_eq!(a.hash(), InjectConfig::default().hash());
@@ -432,6 +559,18 @@ mod tests {
             ..InjectConfig::default()
         };
         assert_ne!(a.hash(), b.hash());
+        for c in [
+            InjectConfig {
+                control_plane_address: String::new(),
+                ..InjectConfig::default()
+            },
+            InjectConfig {
+                dns_capture: true,
+                ..InjectConfig::default()
+            },
+        ] {
+            assert_ne!(a.hash(), c.hash());
+        }
     }
 
     #[test]

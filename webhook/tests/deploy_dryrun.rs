@@ -93,3 +93,8 @@ fn base_passes_server_side_dry_run() {
 fn cert_manager_overlay_passes_server_side_dry_run() {
     dry_run("deploy/overlays/cert-manager");
 }
+
+#[test]
+fn with_istio_crds_overlay_passes_server_side_dry_run() {
+    dry_run("deploy/overlays/with-istio-crds");
+}

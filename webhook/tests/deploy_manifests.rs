@@ -1,9 +1,10 @@
-//! deploy/ as a cluster would get it: `kubectl kustomize` renders the base and the
-//! cert-manager overlay; every object parses into its k8s-openapi type with no field
-//! left over (a serde round trip must give back the very same JSON), and the settings
-//! that matter (selectors, ports, identities, RBAC scope, security) are what they must
-//! be. Images must be the ones docker/images.env names. Needs kubectl (KUBECTL or
-//! kube-local's); fails, never skips, without it.
+//! deploy/ as a cluster would get it: `kubectl kustomize` renders the default install and
+//! the cert-manager and with-istio-crds overlays; every object parses into its k8s-openapi
+//! type with no field left over (a serde round trip must give back the very same JSON),
+//! and the settings that matter (selectors, ports, identities, RBAC scope, security) are
+//! what they must be, for the webhook and for mesh-control. Images must be the ones
+//! docker/images.env names. Needs kubectl (KUBECTL or kube-local's); fails, never skips,
+//! without it.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
 
 mod deploy_support;
@@ -17,6 +18,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Serialize;
@@ -143,6 +145,9 @@ fn parse_all(objs: &[Value]) {
             ("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration") => {
                 drop(typed::<MutatingWebhookConfiguration>(o))
             }
+            ("apiextensions.k8s.io/v1", "CustomResourceDefinition") => {
+                drop(typed::<CustomResourceDefinition>(o))
+            }
             ("cert-manager.io/v1", "Issuer") => {
                 drop(typed::<cert_manager::Object<cert_manager::IssuerSpec>>(o))
             }
@@ -154,7 +159,11 @@ fn parse_all(objs: &[Value]) {
         let namespaced = !matches!(
             o["kind"].as_str(),
             Some(
-                "Namespace" | "ClusterRole" | "ClusterRoleBinding" | "MutatingWebhookConfiguration"
+                "Namespace"
+                    | "ClusterRole"
+                    | "ClusterRoleBinding"
+                    | "MutatingWebhookConfiguration"
+                    | "CustomResourceDefinition"
             )
         );
         if namespaced {
@@ -260,6 +269,8 @@ fn base_renders_into_strictly_typed_objects_with_the_settings_that_matter() {
     ] {
         assert!(got.contains(want), "missing {want} in {got:?}");
     }
+    assert_control_plane(&objs);
+    assert_our_crds(&objs, true);
 
     let deploy: Deployment = typed(find(&objs, "Deployment", "mesh-webhook"));
     let spec = deploy.spec.as_ref().unwrap();
@@ -516,16 +527,19 @@ fn cert_manager_overlay_swaps_self_signed_for_cert_manager() {
     parse_all(&objs);
     let names = kinds(&objs);
     for gone in [
-        "ClusterRole/",
-        "ClusterRoleBinding/",
+        "ClusterRole/mesh-webhook",
+        "ClusterRoleBinding/mesh-webhook",
         "Role/",
         "RoleBinding/",
     ] {
         assert!(
             !names.iter().any(|n| n.starts_with(gone)),
-            "overlay keeps {gone}: no RBAC needed"
+            "overlay keeps {gone}: the webhook needs no RBAC"
         );
     }
+    // The rest of the mesh as in the default install.
+    assert_control_plane(&objs);
+    assert_our_crds(&objs, true);
     let deploy: Deployment = typed(find(&objs, "Deployment", "mesh-webhook"));
     let pod = deploy.spec.unwrap().template.spec.unwrap();
     let c = &pod.containers[0];
@@ -584,4 +598,329 @@ fn cert_manager_overlay_swaps_self_signed_for_cert_manager() {
         format!("{NS}/{}", cert.metadata.name.unwrap())
     );
     assert_eq!(mwc.webhooks.unwrap().len(), 2);
+}
+
+/// The CRDs of the Istio kinds mesh-control serves: present (or absent) as a set.
+fn assert_our_crds(objs: &[Value], present: bool) {
+    let crds: BTreeSet<String> = objs
+        .iter()
+        .filter(|o| o["kind"] == "CustomResourceDefinition")
+        .map(|o| {
+            let crd: CustomResourceDefinition = typed(o);
+            assert!(
+                crd.spec.group.ends_with(".istio.io"),
+                "{:?}: not an Istio kind",
+                crd.metadata.name
+            );
+            assert_eq!(
+                crd.metadata.name.as_deref(),
+                Some(format!("{}.{}", crd.spec.names.plural, crd.spec.group).as_str())
+            );
+            assert_eq!(crd.spec.scope, "Namespaced", "{:?}", crd.metadata.name);
+            crd.metadata.name.unwrap()
+        })
+        .collect();
+    if present {
+        for want in [
+            "virtualservices.networking.istio.io",
+            "destinationrules.networking.istio.io",
+        ] {
+            assert!(crds.contains(want), "no CRD {want}: {crds:?}");
+        }
+    } else {
+        assert!(crds.is_empty(), "CRDs rendered: {crds:?}");
+    }
+}
+
+/// mesh-control: what deploy/control/ must give every install.
+fn assert_control_plane(objs: &[Value]) {
+    let images = images_env();
+    let deploy: Deployment = typed(find(objs, "Deployment", "mesh-control"));
+    let spec = deploy.spec.as_ref().unwrap();
+    assert_eq!(spec.replicas, Some(2));
+    let pod_labels = spec
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .labels
+        .clone()
+        .unwrap();
+    assert!(selects(&spec.selector, &pod_labels));
+    assert_eq!(
+        pod_labels
+            .get("sidecar.istio.io/inject")
+            .map(String::as_str),
+        Some("false"),
+        "the control plane gets no sidecar"
+    );
+    let pod = spec.template.spec.as_ref().unwrap();
+    let sa: ServiceAccount = typed(find(objs, "ServiceAccount", "mesh-control"));
+    assert_eq!(pod.service_account_name, sa.metadata.name);
+    assert_ne!(
+        sa.automount_service_account_token,
+        Some(false),
+        "in-cluster config"
+    );
+    let psc = pod.security_context.as_ref().unwrap();
+    assert_eq!(psc.run_as_non_root, Some(true));
+    assert!(psc.run_as_user.unwrap_or(0) > 0);
+    assert_eq!(pod.containers.len(), 1);
+    let c = &pod.containers[0];
+    assert_eq!(
+        c.image.as_deref(),
+        Some(images["MESH_CONTROL_IMAGE"].as_str())
+    );
+    assert_eq!(c.image_pull_policy.as_deref(), Some("IfNotPresent"));
+    let sc = c.security_context.as_ref().unwrap();
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(sc.privileged, Some(false));
+    assert_eq!(sc.run_as_non_root, Some(true));
+    let caps = sc.capabilities.as_ref().unwrap();
+    assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_owned()][..]));
+    assert!(caps.add.is_none());
+    let res = c.resources.as_ref().unwrap();
+    for key in ["cpu", "memory"] {
+        assert!(
+            res.requests.as_ref().unwrap().contains_key(key),
+            "no {key} request"
+        );
+    }
+    assert!(
+        res.limits.as_ref().unwrap().contains_key("memory"),
+        "no memory limit"
+    );
+    let args = c.args.clone().unwrap();
+    assert_eq!(args[0], "serve", "{args:?}");
+    let port_of = |name: &str| {
+        c.ports
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|p| p.name.as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("mesh-control has no port {name}"))
+            .container_port
+    };
+    let xds = port_of("grpc-xds");
+    let monitoring = port_of("http-monitoring");
+    assert_eq!(
+        (xds, monitoring),
+        (
+            i32::from(mesh_common::CONTROL_PLANE_PLAINTEXT_PORT),
+            i32::from(mesh_common::CONTROL_PLANE_METRICS_PORT)
+        )
+    );
+    assert_eq!(
+        arg(&args, "--plaintext-addr"),
+        Some(format!("0.0.0.0:{xds}").as_str())
+    );
+    assert_eq!(
+        arg(&args, "--metrics-addr"),
+        Some(format!("0.0.0.0:{monitoring}").as_str())
+    );
+    let ready = c
+        .readiness_probe
+        .as_ref()
+        .unwrap()
+        .http_get
+        .as_ref()
+        .unwrap();
+    assert_eq!(ready.path.as_deref(), Some("/readyz"));
+    assert_eq!(ready.port, IntOrString::String("http-monitoring".into()));
+
+    // Service mesh-control: the two ports, by name, onto the pods.
+    let svc: Service = typed(find(objs, "Service", "mesh-control"));
+    let sspec = svc.spec.as_ref().unwrap();
+    let ports: Vec<(String, i32, Option<IntOrString>)> = sspec
+        .ports
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|p| (p.name.clone().unwrap(), p.port, p.target_port.clone()))
+        .collect();
+    assert_eq!(
+        ports,
+        [
+            (
+                "grpc-xds".to_owned(),
+                xds,
+                Some(IntOrString::String("grpc-xds".into()))
+            ),
+            (
+                "http-monitoring".to_owned(),
+                monitoring,
+                Some(IntOrString::String("http-monitoring".into()))
+            ),
+        ]
+    );
+    let want = sspec.selector.clone().unwrap();
+    assert!(
+        !want.is_empty() && want.iter().all(|(k, v)| pod_labels.get(k) == Some(v)),
+        "Service misses the pods"
+    );
+    // The injector points proxies at it: the built-in default and the ConfigMap's.
+    let address = format!("mesh-control.{NS}.svc:{xds}");
+    assert_eq!(
+        mesh_webhook::config::InjectConfig::default().control_plane_address,
+        address
+    );
+    let cm: ConfigMap = typed(find(objs, "ConfigMap", "mesh-injection-config"));
+    let config = mesh_webhook::config::InjectConfig::from_yaml_str(
+        &cm.data.as_ref().unwrap()["config.yaml"],
+        "ConfigMap",
+    )
+    .unwrap();
+    assert_eq!(config.control_plane_address, address);
+
+    let pdb: PodDisruptionBudget = typed(find(objs, "PodDisruptionBudget", "mesh-control"));
+    let pspec = pdb.spec.unwrap();
+    assert_eq!(pspec.min_available, Some(IntOrString::Int(1)));
+    assert!(selects(pspec.selector.as_ref().unwrap(), &pod_labels));
+
+    // Least privilege: read what it translates, write Events, nothing else.
+    let read = ["get", "list", "watch"];
+    let allowed: Vec<(&str, &str, &[&str])> = vec![
+        ("", "services", &read),
+        ("", "pods", &read),
+        ("", "namespaces", &read),
+        ("discovery.k8s.io", "endpointslices", &read),
+        ("networking.istio.io", "virtualservices", &read),
+        ("networking.istio.io", "destinationrules", &read),
+        ("networking.istio.io", "gateways", &read),
+        ("security.istio.io", "peerauthentications", &read),
+        ("security.istio.io", "authorizationpolicies", &read),
+        ("", "events", &["create", "patch"]),
+        ("events.k8s.io", "events", &["create", "patch"]),
+    ];
+    let cr: ClusterRole = typed(find(objs, "ClusterRole", "mesh-control"));
+    assert!(cr.aggregation_rule.is_none());
+    let mut granted: BTreeSet<(String, String, String)> = BTreeSet::new();
+    for rule in cr.rules.unwrap() {
+        assert!(rule.non_resource_urls.is_none(), "{rule:?}");
+        assert!(rule.resource_names.is_none(), "{rule:?}");
+        for g in rule.api_groups.as_deref().unwrap_or_default() {
+            for r in rule.resources.as_deref().unwrap_or_default() {
+                for v in &rule.verbs {
+                    assert!(
+                        g != "*" && r != "*" && v != "*" && !r.contains('/'),
+                        "wildcard or subresource in {rule:?}"
+                    );
+                    granted.insert((g.clone(), r.clone(), v.clone()));
+                }
+            }
+        }
+    }
+    let want: BTreeSet<(String, String, String)> = allowed
+        .iter()
+        .flat_map(|(g, r, verbs)| {
+            verbs
+                .iter()
+                .map(|v| (g.to_string(), r.to_string(), v.to_string()))
+        })
+        .collect();
+    assert_eq!(granted, want, "mesh-control's ClusterRole");
+    let crb: ClusterRoleBinding = typed(find(objs, "ClusterRoleBinding", "mesh-control"));
+    assert_eq!(
+        (crb.role_ref.kind.as_str(), crb.role_ref.name.as_str()),
+        ("ClusterRole", "mesh-control")
+    );
+    let s = crb.subjects.unwrap();
+    assert_eq!(s.len(), 1);
+    assert_eq!(
+        (
+            s[0].kind.as_str(),
+            s[0].name.as_str(),
+            s[0].namespace.as_deref()
+        ),
+        ("ServiceAccount", "mesh-control", Some(NS))
+    );
+}
+
+#[test]
+fn with_istio_crds_overlay_is_the_default_install_without_our_crds() {
+    let objs = render("deploy/overlays/with-istio-crds");
+    parse_all(&objs);
+    assert_our_crds(&objs, false);
+    assert_control_plane(&objs);
+    let default = render("deploy");
+    let without_crds: Vec<&Value> = default
+        .iter()
+        .filter(|o| o["kind"] != "CustomResourceDefinition")
+        .collect();
+    let mine: Vec<&Value> = objs.iter().collect();
+    assert_eq!(mine, without_crds, "same objects as deploy/, less the CRDs");
+}
+
+/// kube-node has no cluster DNS: its overlay changes exactly mesh-control's ClusterIP and
+/// the two injection settings that depend on it, nothing else.
+#[test]
+fn kube_node_overlay_pins_the_control_plane_address_and_turns_dns_capture_on() {
+    let mut objs = render("deploy/overlays/kube-node");
+    parse_all(&objs);
+    let default = render("deploy");
+    assert_eq!(kinds(&objs), kinds(&default));
+    let svc = |o: &Value| o["kind"] == "Service" && o["metadata"]["name"] == "mesh-control";
+    let cm =
+        |o: &Value| o["kind"] == "ConfigMap" && o["metadata"]["name"] == "mesh-injection-config";
+    let mut checked = 0;
+    for o in &mut objs {
+        if svc(o) {
+            let ip = o["spec"]
+                .as_object_mut()
+                .and_then(|s| s.remove("clusterIP"))
+                .unwrap_or_else(|| panic!("no clusterIP: {o}"));
+            assert_eq!(ip, "198.19.0.15");
+            checked += 1;
+        }
+        if cm(o) {
+            let text = o["data"]["config.yaml"].as_str().unwrap().to_owned();
+            let config =
+                mesh_webhook::config::InjectConfig::from_yaml_str(&text, "kube-node ConfigMap")
+                    .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(config.control_plane_address, "198.19.0.15:15010");
+            assert!(config.dns_capture);
+            let base = find(&default, "ConfigMap", "mesh-injection-config")["data"]["config.yaml"]
+                .as_str()
+                .unwrap()
+                .replace(
+                    "controlPlaneAddress: mesh-control.mesh-system.svc:15010",
+                    "controlPlaneAddress: 198.19.0.15:15010",
+                )
+                .replace("dnsCapture: false", "dnsCapture: true");
+            assert_eq!(text, base, "only controlPlaneAddress and dnsCapture differ");
+            o["data"]["config.yaml"] = Value::String(
+                find(&default, "ConfigMap", "mesh-injection-config")["data"]["config.yaml"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 2);
+    assert_eq!(objs, default, "nothing else differs from deploy/");
+}
+
+#[test]
+fn images_env_names_every_image_with_one_registry_and_tag() {
+    let images = images_env();
+    let registry = &images["MESH_IMAGE_REGISTRY"];
+    let tag = &images["MESH_IMAGE_TAG"];
+    let mut names = Vec::new();
+    for (key, value) in &images {
+        let Some(name) = key
+            .strip_prefix("MESH_")
+            .and_then(|k| k.strip_suffix("_IMAGE"))
+        else {
+            continue;
+        };
+        let name = name.to_lowercase().replace('_', "-");
+        assert_eq!(value, &format!("{registry}/mesh-{name}:{tag}"), "{key}");
+        let dockerfile = deploy_support::repo_root().join(format!("docker/{name}.Dockerfile"));
+        assert!(dockerfile.is_file(), "{key}: no {}", dockerfile.display());
+        names.push(name);
+    }
+    names.sort();
+    assert_eq!(names, ["bookstore", "control", "init", "proxy", "webhook"]);
 }

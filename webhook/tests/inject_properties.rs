@@ -85,6 +85,11 @@ fn configs() -> Vec<InjectConfig> {
             native_sidecars: NativeSidecars::True,
             ..InjectConfig::default()
         },
+        InjectConfig {
+            control_plane_address: String::new(),
+            dns_capture: true,
+            ..InjectConfig::default()
+        },
     ]
 }
 
@@ -153,9 +158,9 @@ fn inject_reinject_uninject_properties() {
                     "{pod}"
                 );
 
-                // Re-injection with the other config (and the other layout) equals a fresh
+                // Re-injection with another config (and the other layout) equals a fresh
                 // injection of the original with it.
-                let other = &cfgs[1 - ci];
+                let other = &cfgs[(ci + 1) % cfgs.len()];
                 for other_native in [false, true] {
                     let re = inject_checked(&injected, other, other_native);
                     let fresh = inject_checked(&pod, other, other_native);
@@ -181,7 +186,7 @@ fn inject_reinject_uninject_properties() {
             }
         }
     }
-    assert_eq!(checked, 5 * 4 * 4 * 2 * 2);
+    assert_eq!(checked, 5 * 4 * 4 * 3 * 2);
 }
 
 #[test]

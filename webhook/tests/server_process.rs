@@ -440,7 +440,9 @@ async fn serve_self_signed_publishes_its_ca_and_serves_with_it() {
         .unwrap();
         assert!(a.text().contains("\"patch\""), "{}", a.text());
         p.signal(nix::sys::signal::Signal::SIGTERM);
-        assert!(p.wait_exit(Duration::from_secs(20)).success());
+        // The requests' kept-alive connections stay open and idle, which the server never
+        // closes: it exits when --shutdown-grace (15s) ends, after --shutdown-delay (5s).
+        assert!(p.wait_exit(Duration::from_secs(30)).success());
     })
     .await;
     let _ = mwcs.delete(&mwc_name, &DeleteParams::default()).await;

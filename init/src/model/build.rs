@@ -2,11 +2,20 @@
 //! istio-iptables' order (`tools/istio-iptables/pkg/capture/run.go`), so that
 //! `iptables -t nat -S` in a pod reads as it does under Istio.
 //!
-//! Not built (mesh-proxy has no use for them): Istio's inbound tunnel port (15008, HBONE)
-//! exceptions, DNS capture, TPROXY, owner-group filters, `--exclude-interfaces`.
+//! DNS capture (`--dns-capture`) is istio-iptables' `--redirect-dns --capture-all-dns`
+//! (`SetupDNSRedir`), its nat rules inline in ISTIO_OUTPUT where Istio jumps to
+//! ISTIO_OUTPUT_DNS (so we keep our four chains): after the owner rules, before the
+//! localhost return, TCP to port 53 is redirected to the proxy's DNS port, UDP to port 53
+//! too except from the proxy's uids/gids (already returned above, repeated as Istio does);
+//! the first uid rule (proxy to its own pod IP) skips port 53 and the lo returns are TCP
+//! and not port 53, so the app's DNS to a server on the pod's loopback is captured too.
+//! Not built: the raw-table conntrack zones Istio adds for UDP DNS (`CT --zone 1/2`,
+//! against a port-reuse race between the app's redirected query and the proxy's upstream
+//! one), Istio's inbound tunnel port (15008, HBONE) exceptions, TPROXY, owner-group
+//! filters, `--exclude-interfaces` (mesh-proxy has no use for them yet).
 
 use ipnet::IpNet;
-use mesh_common::{PROXY_ADMIN_PORT, PROXY_METRICS_PORT, chains};
+use mesh_common::{DNS_CAPTURE_PORT, DNS_PORT, PROXY_ADMIN_PORT, PROXY_METRICS_PORT, chains};
 
 use super::rules::{Family, Match, Rule, Ruleset, Target};
 use super::settings::{CidrSet, PortSet, Settings, dedup};
@@ -106,23 +115,37 @@ impl Settings {
         let owners = self
             .proxy_uids
             .iter()
-            .map(|u| (Match::Uid(*u), Match::NotUid(*u), UID_WHY))
+            .map(|u| (Match::Uid(*u), Match::NotUid(*u), UID_WHY, true))
             .chain(
                 self.proxy_gids
                     .iter()
-                    .map(|g| (Match::Gid(*g), Match::NotGid(*g), GID_WHY)),
+                    .map(|g| (Match::Gid(*g), Match::NotGid(*g), GID_WHY, false)),
             );
-        for (owner, not_owner, [to_self, on_lo, exempt]) in owners {
-            out.push(Rule::new(
-                vec![Match::NotDst(localhost), lo(), Match::Tcp, owner.clone()],
-                Target::Jump(chains::IN_REDIRECT),
-                to_self,
-            ));
+        let dns = self.dns_capture;
+        for (owner, not_owner, [to_self, on_lo, exempt], is_uid) in owners {
+            // With DNS capture the proxy's (uid's) DNS to its own pod IP is not sent
+            // inbound (app -> proxy DNS -> server, not through the inbound listener). As
+            // in Istio, only the uid rule says so.
+            let mut m = vec![Match::NotDst(localhost), lo(), Match::Tcp];
+            if dns && is_uid {
+                m.push(Match::NotDPort(DNS_PORT));
+            }
+            m.push(owner.clone());
+            out.push(Rule::new(m, Target::Jump(chains::IN_REDIRECT), to_self));
             // With a loopback -i entry, app traffic on lo must reach the -i rules.
             if !self.include_outbound_loopback {
-                out.push(Rule::new(vec![lo(), not_owner], Target::Return, on_lo));
+                let m = if dns {
+                    // TCP to a DNS server on the pod's loopback must reach the capture.
+                    vec![lo(), Match::Tcp, Match::NotDPort(DNS_PORT), not_owner]
+                } else {
+                    vec![lo(), not_owner]
+                };
+                out.push(Rule::new(m, Target::Return, on_lo));
             }
             out.push(Rule::new(vec![owner], Target::Return, exempt));
+        }
+        if dns {
+            out.extend(self.dns_rules());
         }
         out.push(Rule::new(
             vec![Match::Dst(localhost)],
@@ -160,6 +183,34 @@ impl Settings {
             }
         }
         out
+    }
+
+    /// `--dns-capture`: istio-iptables' ISTIO_OUTPUT_DNS rules for `--capture-all-dns`, in
+    /// its order (TCP, then the UDP owner returns, then UDP), same for both families.
+    fn dns_rules(&self) -> Vec<Rule> {
+        let mut v = vec![Rule::new(
+            vec![Match::Tcp, Match::DPort(DNS_PORT)],
+            Target::Redirect(DNS_CAPTURE_PORT),
+            "the app's DNS over TCP goes to the proxy's DNS port (--dns-capture)",
+        )];
+        let owners = self
+            .proxy_uids
+            .iter()
+            .map(|u| Match::Uid(*u))
+            .chain(self.proxy_gids.iter().map(|g| Match::Gid(*g)));
+        for owner in owners {
+            v.push(Rule::new(
+                vec![Match::Udp, Match::DPort(DNS_PORT), owner],
+                Target::Return,
+                "the proxy's own DNS queries go to the real servers (--dns-capture)",
+            ));
+        }
+        v.push(Rule::new(
+            vec![Match::Udp, Match::DPort(DNS_PORT)],
+            Target::Redirect(DNS_CAPTURE_PORT),
+            "the app's DNS over UDP goes to the proxy's DNS port (--dns-capture)",
+        ));
+        v
     }
 
     /// ISTIO_INBOUND.
@@ -350,6 +401,59 @@ mod tests {
         assert_eq!(out[0].matches, vec![Match::Tcp, Match::DPort(5432)]);
         assert_eq!(out[1].matches, vec![Match::Udp, Match::DPort(5432)]);
         assert_eq!(out[2].matches[0], Match::Src(Family::V6.passthrough()));
+    }
+
+    #[test]
+    fn dns_capture_rules_sit_between_the_owner_rules_and_localhost() {
+        let plain = flags(|_| {});
+        let s = flags(|f| f.dns_capture = true);
+        for family in Family::ALL {
+            let out = s.ruleset(family);
+            let out = out.chain(chains::OUTPUT);
+            let at = |m: &[Match], t: Target| {
+                out.iter()
+                    .position(|r| r.matches == m && r.target == t)
+                    .unwrap_or_else(|| panic!("{family}: no {m:?} {t:?} in {out:#?}"))
+            };
+            let dns = Match::DPort(DNS_PORT);
+            let redirect = Target::Redirect(DNS_CAPTURE_PORT);
+            let tcp = at(&[Match::Tcp, dns.clone()], redirect);
+            let uid_ret = at(&[Match::Udp, dns.clone(), Match::Uid(1337)], Target::Return);
+            let gid_ret = at(&[Match::Udp, dns.clone(), Match::Gid(1337)], Target::Return);
+            let udp = at(&[Match::Udp, dns.clone()], redirect);
+            let exempt = at(&[Match::Gid(1337)], Target::Return);
+            let localhost = at(&[Match::Dst(family.localhost())], Target::Return);
+            assert!(exempt < tcp && tcp < uid_ret && uid_ret < gid_ret && gid_ret < udp);
+            assert!(udp < localhost);
+            // The uid's to-self rule skips 53; the gid's does not (as in Istio).
+            let to_self: Vec<_> = out
+                .iter()
+                .filter(|r| r.target == Target::Jump(chains::IN_REDIRECT))
+                .map(|r| r.matches.contains(&Match::NotDPort(DNS_PORT)))
+                .collect();
+            assert_eq!(to_self, [true, false], "{family}");
+            // Four more rules than without DNS capture, and the lo returns are TCP, not 53.
+            let before = plain.ruleset(family).chain(chains::OUTPUT).len();
+            assert_eq!(out.len(), before + 4, "{family}");
+            assert!(
+                out.iter()
+                    .filter(|r| r
+                        .matches
+                        .iter()
+                        .any(|m| matches!(m, Match::NotUid(_) | Match::NotGid(_))))
+                    .all(|r| r.matches.contains(&Match::NotDPort(DNS_PORT))
+                        && r.matches.contains(&Match::Tcp))
+            );
+            // Nothing else changes.
+            let rest = |r: &Ruleset| {
+                (
+                    r.prerouting.clone(),
+                    r.output.clone(),
+                    r.chain(chains::INBOUND).to_vec(),
+                )
+            };
+            assert_eq!(rest(&s.ruleset(family)), rest(&plain.ruleset(family)));
+        }
     }
 
     #[test]

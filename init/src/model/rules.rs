@@ -84,6 +84,8 @@ pub enum Match {
     /// `-p udp` (a [`Match::DPort`] in the same rule is then `-m udp --dport`).
     Udp,
     DPort(u16),
+    /// `! --dport` (with the rule's protocol, as [`Match::DPort`]).
+    NotDPort(u16),
     /// `-m owner --uid-owner`.
     Uid(u32),
     /// `-m owner ! --uid-owner`.

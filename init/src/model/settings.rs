@@ -83,6 +83,8 @@ pub struct Flags {
     pub include_outbound_cidrs: String,
     pub exclude_outbound_cidrs: String,
     pub kube_virt_interfaces: String,
+    /// `--dns-capture` (istio-iptables' `--redirect-dns`).
+    pub dns_capture: bool,
 }
 
 impl Default for Flags {
@@ -101,6 +103,7 @@ impl Default for Flags {
             include_outbound_cidrs: "*".into(),
             exclude_outbound_cidrs: String::new(),
             kube_virt_interfaces: String::new(),
+            dns_capture: false,
         }
     }
 }
@@ -124,6 +127,8 @@ pub struct Settings {
     pub include_outbound_loopback: bool,
     pub exclude_outbound: Vec<IpNet>,
     pub kube_virt_interfaces: Vec<String>,
+    /// Redirect the app's DNS (UDP and TCP port 53) to [`mesh_common::DNS_CAPTURE_PORT`].
+    pub dns_capture: bool,
 }
 
 /// Keeps the first of each value, in order.
@@ -270,6 +275,7 @@ impl Settings {
             include_outbound_loopback,
             exclude_outbound,
             kube_virt_interfaces: dedup(kube_virt_interfaces),
+            dns_capture: f.dns_capture,
         })
     }
 }

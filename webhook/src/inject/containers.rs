@@ -135,6 +135,32 @@ pub fn init_args(cfg: &InjectConfig, ov: &Overrides) -> Vec<String> {
             &ov.exclude_outbound_ports,
         ));
     }
+    if cfg.dns_capture {
+        args.push(init::DNS_CAPTURE.to_string());
+    }
+    args
+}
+
+/// The `mesh-proxy` arguments (flag names from `mesh_common::contract::proxy`).
+pub fn proxy_args(cfg: &InjectConfig) -> Vec<String> {
+    let mut args = vec![
+        proxy::flag::OUTBOUND_PORT.into(),
+        cfg.outbound_port.to_string(),
+        proxy::flag::INBOUND_PORT.into(),
+        cfg.inbound_port.to_string(),
+        proxy::flag::ADMIN_ADDR.into(),
+        format!("0.0.0.0:{}", cfg.admin_port),
+        proxy::flag::METRICS_ADDR.into(),
+        format!("0.0.0.0:{}", cfg.metrics_port),
+    ];
+    // Empty: no control plane, the proxy stays L4.
+    if !cfg.control_plane_address.is_empty() {
+        args.push(proxy::flag::CONTROL_PLANE.into());
+        args.push(cfg.control_plane_address.clone());
+    }
+    if cfg.dns_capture {
+        args.push(proxy::flag::DNS_CAPTURE.into());
+    }
     args
 }
 
@@ -228,16 +254,7 @@ fn proxy_container(cfg: &InjectConfig, ov: &Overrides, native: bool) -> Containe
         image: Some(ov.proxy_image.clone()),
         image_pull_policy: cfg.image_pull_policy.clone(),
         command: Some(vec![proxy::BINARY.to_string()]),
-        args: Some(vec![
-            proxy::flag::OUTBOUND_PORT.into(),
-            cfg.outbound_port.to_string(),
-            proxy::flag::INBOUND_PORT.into(),
-            cfg.inbound_port.to_string(),
-            proxy::flag::ADMIN_ADDR.into(),
-            format!("0.0.0.0:{}", cfg.admin_port),
-            proxy::flag::METRICS_ADDR.into(),
-            format!("0.0.0.0:{}", cfg.metrics_port),
-        ]),
+        args: Some(proxy_args(cfg)),
         env: Some(env),
         ports: Some(vec![ContainerPort {
             container_port: i32::from(cfg.metrics_port),
@@ -340,6 +357,28 @@ mod tests {
         let cfg = InjectConfig::default();
         let ov = Overrides::read(&BTreeMap::new(), &cfg).unwrap();
         assert_eq!(init_args(&cfg, &ov), mesh_common::DEFAULT_INIT_ARGS);
+    }
+
+    #[test]
+    fn control_plane_and_dns_capture_flags_follow_the_config() {
+        let cfg = InjectConfig::default();
+        let ov = Overrides::read(&BTreeMap::new(), &cfg).unwrap();
+        let args = proxy_args(&cfg);
+        let i = args.iter().position(|a| a == "--control-plane").unwrap();
+        assert_eq!(args[i + 1], "mesh-control.mesh-system.svc:15010");
+        assert!(!args.contains(&"--dns-capture".to_string()), "{args:?}");
+        assert!(!init_args(&cfg, &ov).contains(&"--dns-capture".to_string()));
+
+        let cfg = InjectConfig {
+            control_plane_address: String::new(),
+            dns_capture: true,
+            ..InjectConfig::default()
+        };
+        let args = proxy_args(&cfg);
+        assert!(!args.contains(&"--control-plane".to_string()), "{args:?}");
+        assert_eq!(args.last().map(String::as_str), Some("--dns-capture"));
+        let init = init_args(&cfg, &ov);
+        assert_eq!(init.last().map(String::as_str), Some("--dns-capture"));
     }
 
     #[test]

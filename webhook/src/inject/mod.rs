@@ -21,7 +21,7 @@
 //! The status annotation `sidecar.istio.io/status` is JSON, for example
 //! `{"initContainers":["istio-init"],"containers":["istio-proxy"],"volumes":[],
 //!   "annotations":["kubectl.kubernetes.io/default-container","prometheus.io/scrape",..],
-//!   "configHash":"08f4374dc2f9e0fa"}` (plus `"overrides":[..]` when the user had one).
+//!   "configHash":"dd85827f515456af"}` (plus `"overrides":[..]` when the user had one).
 //! - `initContainers`, `containers`, `volumes` (and `imagePullSecrets` when present) name
 //!   what was added, with Istio's keys, so a pod injected by Istio can be re-injected or
 //!   uninjected by us (its volumes are removed too). We add no volumes ourselves.
