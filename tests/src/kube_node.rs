@@ -719,10 +719,15 @@ pub struct MeshInstall {
     pub ready_after: Duration,
 }
 
-/// deploy/README.md's one-line workaround for servers without `policy/v1` (< 1.21).
-pub const PDB_WORKAROUND: &str = "kubectl kustomize deploy/ | sed 's#^apiVersion: policy/v1$#apiVersion: policy/v1beta1#' | kubectl apply -f -";
+/// What the node tests install: the default install for a cluster without DNS
+/// (deploy/overlays/kube-node: mesh-control at a fixed ClusterIP, DNS capture on).
+pub const DEPLOY_DIR: &str = "deploy/overlays/kube-node";
 
-/// Installs the mesh once per test process (`kubectl apply -k deploy/`, and on servers
+/// deploy/README.md's one-line workaround for servers without `policy/v1` (< 1.21), for
+/// [`DEPLOY_DIR`].
+pub const PDB_WORKAROUND: &str = "kubectl kustomize deploy/overlays/kube-node | sed 's#^apiVersion: policy/v1$#apiVersion: policy/v1beta1#' | kubectl apply -f -";
+
+/// Installs the mesh once per test process (`kubectl apply -k deploy/overlays/kube-node`, and on servers
 /// older than 1.21 deploy/README.md's PDB workaround), then waits for 2 ready webhook
 /// replicas, both caBundles and the Service's 2 endpoints. Panics with the details when
 /// it cannot.
@@ -737,7 +742,7 @@ pub fn install_mesh() -> &'static MeshInstall {
         })
     }) {
         Ok(m) => m,
-        Err(e) => panic!("installing the mesh with kubectl apply -k deploy/ failed: {e}"),
+        Err(e) => panic!("installing the mesh with kubectl apply -k {DEPLOY_DIR} failed: {e}"),
     }
 }
 
@@ -745,7 +750,7 @@ fn do_install_mesh() -> MeshInstall {
     let node = KubeNode::get();
     let started = Instant::now();
     let mut cmd = node.kubectl_cmd(&["apply", "-k"]);
-    cmd.arg(repo_file("deploy"));
+    cmd.arg(repo_file(DEPLOY_DIR));
     let apply = run_with_timeout(cmd, None, CALL_TIMEOUT);
     let server_minor = node.server_minor();
     let pdb_workaround = if server_minor < 21 {
@@ -772,7 +777,7 @@ fn do_install_mesh() -> MeshInstall {
     } else {
         assert!(
             apply.ok,
-            "kubectl apply -k deploy/ failed: {}{}",
+            "kubectl apply -k {DEPLOY_DIR} failed: {}{}",
             apply.stdout, apply.stderr
         );
         None
@@ -788,6 +793,26 @@ fn do_install_mesh() -> MeshInstall {
                 "get",
                 "deployment",
                 "mesh-webhook",
+                "-o",
+                "jsonpath={.status.readyReplicas}/{.status.replicas}",
+            ]);
+            if r.stdout.trim() == "2/2" {
+                Ok(())
+            } else {
+                Err(format!("{} {}\n{}", r.stdout, r.stderr, node.diagnose(ns)))
+            }
+        },
+    );
+    eventually(
+        "2 ready mesh-control replicas",
+        Duration::from_secs(180),
+        || {
+            let r = node.kubectl(&[
+                "-n",
+                ns,
+                "get",
+                "deployment",
+                "mesh-control",
                 "-o",
                 "jsonpath={.status.readyReplicas}/{.status.replicas}",
             ]);

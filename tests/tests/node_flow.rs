@@ -26,7 +26,7 @@ use serde_json::Value;
 
 /// Generous on 2 shared cores; kube-node's own smoke test sees ~3 s.
 const READY: Duration = Duration::from_secs(180);
-const OPENED: &str = "istio_tcp_connections_opened_total";
+const REQUESTS: &str = "istio_requests_total";
 
 fn example() -> String {
     std::fs::read_to_string(repo_file("examples/web-local.yaml")).unwrap()
@@ -335,36 +335,41 @@ fn example_app_runs_injected_and_both_proxies_count_its_requests() {
     let idle_rss = rss_kib(client_pid);
 
     // Each side's series, named after its Deployment and labels by the injector (never
-    // the pod name), as Kiali and Grafana group by them.
+    // the pod name), as Kiali and Grafana group by them. Port 80 is named `http`, so both
+    // proxies see requests (istio_requests_total), not just connections: the client's
+    // (reporter source) knows the server from mesh-control, the server's (reporter
+    // destination) knows the client the same way.
     let client_ns = format!(r#"source_workload_namespace="{}""#, ns.name);
-    let client_series = [
-        r#"reporter="source""#,
-        r#"direction="outbound""#,
-        r#"destination_port="80""#,
+    let server_ns = format!(r#"destination_workload_namespace="{}""#, ns.name);
+    let dest_service = format!(r#"destination_service="web.{}.svc.cluster.local""#, ns.name);
+    let common = [
         r#"source_workload="sleep""#,
         client_ns.as_str(),
         r#"source_app="sleep""#,
         r#"source_canonical_service="sleep""#,
-    ];
-    let server_ns = format!(r#"destination_workload_namespace="{}""#, ns.name);
-    let server_series = [
-        r#"reporter="destination""#,
-        r#"direction="inbound""#,
-        r#"destination_port="8080""#,
         r#"destination_workload="web""#,
         server_ns.as_str(),
         r#"destination_app="web""#,
         r#"destination_version="v1""#,
         r#"destination_canonical_service="web""#,
         r#"destination_canonical_revision="v1""#,
+        dest_service.as_str(),
+        r#"destination_service_name="web""#,
+        r#"request_protocol="http""#,
+        r#"response_code="200""#,
     ];
-    let out_before = metric_sum(&proxy_metrics(&client.ip), OPENED, &client_series);
+    let client_series: Vec<&str> = [r#"reporter="source""#].into_iter().chain(common).collect();
+    let server_series: Vec<&str> = [r#"reporter="destination""#]
+        .into_iter()
+        .chain(common)
+        .collect();
+    let out_before = metric_sum(&proxy_metrics(&client.ip), REQUESTS, &client_series);
     let in_before: Vec<u64> = servers
         .iter()
-        .map(|s| metric_sum(&proxy_metrics(&s.ip), OPENED, &server_series))
+        .map(|s| metric_sum(&proxy_metrics(&s.ip), REQUESTS, &server_series))
         .collect();
 
-    // Through the Service's ClusterIP (no DNS on kube-node), from the app container.
+    // Through the Service's ClusterIP, from the app container.
     let n = 40;
     let bodies = requests(node, &ns.name, &client.name, &format!("http://{ip}/"), n);
     assert_eq!(bodies.len(), n as usize, "{bodies:?}");
@@ -379,34 +384,29 @@ fn example_app_runs_injected_and_both_proxies_count_its_requests() {
         "not every replica answered (or someone else did)"
     );
 
-    // The client's proxy counted every request as outbound (reporter source), each
-    // server's proxy at least the ones it answered as inbound (kubelet probes add more).
+    // The client's proxy counted exactly the requests sent, each server's proxy exactly
+    // the ones it answered (kubelet's probes come from no workload: other series).
     let client_metrics = proxy_metrics(&client.ip);
-    let out_after = metric_sum(&client_metrics, OPENED, &client_series);
-    assert!(
-        out_after - out_before >= u64::from(n),
-        "client outbound opened {out_before} -> {out_after}"
+    let out_after = metric_sum(&client_metrics, REQUESTS, &client_series);
+    assert_eq!(
+        out_after - out_before,
+        u64::from(n),
+        "client requests {out_before} -> {out_after}\n{client_metrics}"
     );
     for (s, before) in servers.iter().zip(&in_before) {
         let served = bodies.iter().filter(|b| *b == &s.name).count() as u64;
         let text = proxy_metrics(&s.ip);
-        let after = metric_sum(&text, OPENED, &server_series);
-        assert!(
-            after - before >= served,
-            "{}: inbound opened {before} -> {after}, served {served}",
+        let after = metric_sum(&text, REQUESTS, &server_series);
+        assert_eq!(
+            after - before,
+            served,
+            "{}: inbound requests {before} -> {after}, served {served}\n{text}",
             s.name
-        );
-        assert!(
-            metric_sum(
-                &text,
-                "istio_tcp_sent_bytes_total",
-                &[r#"direction="inbound""#]
-            ) > 0
         );
     }
     let line = client_metrics
         .lines()
-        .find(|l| l.starts_with(OPENED) && l.contains("outbound"))
+        .find(|l| l.starts_with(REQUESTS) && l.contains(r#"reporter="source""#))
         .unwrap();
     report(&format!("client metric today: {line}"));
 

@@ -1,0 +1,398 @@
+//! L7 traffic management on a real node: mesh-control and the proxies' HTTP path with
+//! Istio's own VirtualService and DestinationRule YAML (examples/bookstore/networking/, in
+//! the shape of Istio's bookinfo samples), applied with kubectl as a user would.
+//!
+//! The app is examples/bookstore/reviews-local.yaml: `reviews` in three versions and a client.
+//! The client calls `http://reviews:9080/` by name: kube-node has no cluster DNS, the
+//! client's proxy answers it (the kube-node overlay turns DNS capture on). Each scenario
+//! runs `mesh-bookstore load` in the client pod and reads, from its JSON line, which
+//! versions answered with which status.
+//!
+//! Its own test binary: the scenarios edit one VirtualService in turn, and restarting
+//! mesh-control must not overlap node_flow.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
+
+use std::time::{Duration, Instant};
+
+use mesh_tests::kube_node::{
+    KubeNode, TestNamespace, install_mesh, metric_sum, proxy_metrics, repo_file, report,
+};
+use serde_json::Value;
+
+const READY: Duration = Duration::from_secs(180);
+const REQUESTS: &str = "istio_requests_total";
+const URL: &str = "http://reviews:9080/";
+
+fn networking(name: &str) -> String {
+    std::fs::read_to_string(repo_file(&format!(
+        "examples/bookstore/networking/{name}.yaml"
+    )))
+    .unwrap()
+}
+
+struct App {
+    node: &'static KubeNode,
+    ns: TestNamespace,
+    client: String,
+    client_ip: String,
+}
+
+/// One `mesh-bookstore load` run in the client pod.
+#[derive(Debug)]
+struct Load {
+    sent: u64,
+    errors: u64,
+    raw: Value,
+}
+
+impl Load {
+    fn version(&self, v: &str) -> u64 {
+        self.raw["versions"][v].as_u64().unwrap_or(0)
+    }
+    fn status(&self, s: &str) -> u64 {
+        self.raw["statuses"][s].as_u64().unwrap_or(0)
+    }
+    fn by(&self, v: &str, s: &str) -> u64 {
+        self.raw["by"][format!("{v} {s}")].as_u64().unwrap_or(0)
+    }
+    fn share(&self, v: &str) -> f64 {
+        self.version(v) as f64 / self.sent as f64
+    }
+    fn p50_ms(&self) -> f64 {
+        self.raw["p50_ms"].as_f64().unwrap_or(f64::NAN)
+    }
+    fn max_ms(&self) -> f64 {
+        self.raw["max_ms"].as_f64().unwrap_or(f64::NAN)
+    }
+}
+
+impl App {
+    fn start() -> App {
+        let node = KubeNode::get();
+        install_mesh();
+        let ns = TestNamespace::new(node, "l7", &["istio-injection=enabled"]);
+        let yaml =
+            std::fs::read_to_string(repo_file("examples/bookstore/reviews-local.yaml")).unwrap();
+        let t0 = Instant::now();
+        node.apply(&["-n", &ns.name], &yaml);
+        let pods = node.wait_pods_ready(&ns.name, None, 4, READY);
+        report(&format!(
+            "bookstore: kubectl apply -> 4 pods 2/2 Ready in {:.1} s",
+            t0.elapsed().as_secs_f64()
+        ));
+        for p in &pods {
+            assert_eq!(p.ready_column(), "2/2", "{}", p.summary());
+        }
+        let client = pods.iter().find(|p| p.name.starts_with("client-")).unwrap();
+        App {
+            node,
+            client: client.name.clone(),
+            client_ip: client.ip.clone(),
+            ns,
+        }
+    }
+
+    fn apply(&self, yaml: &str) {
+        self.node.apply(&["-n", &self.ns.name], yaml);
+    }
+
+    fn load(&self, args: &[&str]) -> Load {
+        let mut cmd = vec!["/mesh-bookstore", "load", URL];
+        cmd.extend_from_slice(args);
+        let r = self.node.exec(&self.ns.name, &self.client, "client", &cmd);
+        assert!(
+            r.ok,
+            "mesh-bookstore load {args:?}: {}{}",
+            r.stdout, r.stderr
+        );
+        let raw: Value = serde_json::from_str(r.stdout.trim())
+            .unwrap_or_else(|e| panic!("load printed no JSON ({e}): {}", r.stdout));
+        Load {
+            sent: raw["sent"].as_u64().unwrap(),
+            errors: raw["errors"].as_u64().unwrap(),
+            raw,
+        }
+    }
+
+    /// Loads in small batches until `ok` holds for one (the config reached the client's
+    /// proxy), for up to 15 s; returns how long that took.
+    fn until(&self, what: &str, args: &[&str], ok: impl Fn(&Load) -> bool) -> Duration {
+        let t0 = Instant::now();
+        loop {
+            let l = self.load(args);
+            if ok(&l) {
+                return t0.elapsed();
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(15),
+                "{what}: still {:?}",
+                l.raw
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn client_metrics(&self) -> String {
+        proxy_metrics(&self.client_ip)
+    }
+}
+
+fn within(share: f64, want: f64, tol: f64) -> bool {
+    (share - want).abs() <= tol
+}
+
+#[test]
+fn bookstore_routing_shifting_faults_and_metrics() {
+    let app = App::start();
+
+    // No VirtualService: every endpoint of the Service, each version about a third.
+    let l = app.load(&["--count", "1500", "--concurrency", "4"]);
+    assert_eq!(l.errors, 0, "{:?}", l.raw);
+    for v in ["v1", "v2", "v3"] {
+        assert!(within(l.share(v), 1.0 / 3.0, 0.06), "{v}: {:?}", l.raw);
+    }
+    report(&format!("no VirtualService: {}", l.raw["versions"]));
+
+    // The subsets, then everything to v1.
+    app.apply(&networking("destination-rule-all"));
+    app.apply(&networking("virtual-service-all-v1"));
+    let took = app.until("all to v1", &["--count", "20"], |l| l.version("v1") == 20);
+    report(&format!("virtual-service-all-v1 in effect after {took:?}"));
+    let l = app.load(&["--count", "300", "--concurrency", "4"]);
+    assert_eq!((l.version("v1"), l.errors), (300, 0), "{:?}", l.raw);
+
+    // 50/50 v1/v3.
+    app.apply(&networking("virtual-service-reviews-50-v3"));
+    app.until("50/50 reaches v3", &["--count", "40"], |l| {
+        l.version("v3") > 0
+    });
+    let l = app.load(&["--count", "2000", "--concurrency", "4"]);
+    assert_eq!(l.errors, 0, "{:?}", l.raw);
+    assert_eq!(l.version("v1") + l.version("v3"), 2000, "{:?}", l.raw);
+    assert!(within(l.share("v1"), 0.5, 0.05), "{:?}", l.raw);
+    report(&format!("50/50: {}", l.raw["versions"]));
+
+    // 80/20 v1/v2 (the sample is v1beta1: every served version is read).
+    app.apply(&networking("virtual-service-reviews-80-20"));
+    app.until("80/20 reaches v2", &["--count", "40"], |l| {
+        l.version("v2") > 0 && l.version("v3") == 0
+    });
+    let l = app.load(&["--count", "2000", "--concurrency", "4"]);
+    assert_eq!(l.version("v1") + l.version("v2"), 2000, "{:?}", l.raw);
+    assert!(within(l.share("v1"), 0.8, 0.04), "{:?}", l.raw);
+    report(&format!("80/20: {}", l.raw["versions"]));
+
+    // end-user: jason to v2, everyone else to v1 (v1).
+    app.apply(&networking("virtual-service-reviews-jason-v2-v1"));
+    app.until(
+        "jason to v2",
+        &["--count", "10", "--header", "end-user: jason"],
+        |l| l.version("v2") == 10,
+    );
+    let l = app.load(&["--count", "200", "--header", "end-user: jason"]);
+    assert_eq!(l.version("v2"), 200, "{:?}", l.raw);
+    let l = app.load(&["--count", "200", "--header", "end-user: someone"]);
+    assert_eq!(l.version("v1"), 200, "{:?}", l.raw);
+    let l = app.load(&["--count", "200"]);
+    assert_eq!(l.version("v1"), 200, "{:?}", l.raw);
+
+    // Every request counted by the client's proxy, per destination version and code.
+    let before = app.client_metrics();
+    let l = app.load(&["--count", "100", "--header", "end-user: jason"]);
+    let m = app.load(&["--count", "150"]);
+    let after = app.client_metrics();
+    let ns = format!(r#"source_workload_namespace="{}""#, app.ns.name);
+    for (version, want) in [("v2", l.by("v2", "200")), ("v1", m.by("v1", "200"))] {
+        let labels = [
+            r#"reporter="source""#,
+            r#"source_workload="client""#,
+            ns.as_str(),
+            r#"destination_service_name="reviews""#,
+            r#"response_code="200""#,
+            &format!(r#"destination_version="{version}""#),
+        ];
+        let got = metric_sum(&after, REQUESTS, &labels) - metric_sum(&before, REQUESTS, &labels);
+        assert_eq!(
+            got, want,
+            "{version}: client proxy counted {got}, sent {want}\n{after}"
+        );
+    }
+
+    // Delay 7 s for jason only.
+    app.apply(&networking("virtual-service-reviews-jason-delay"));
+    app.until(
+        "delay for jason",
+        &["--count", "1", "--header", "end-user: jason"],
+        |l| l.p50_ms() > 6000.0,
+    );
+    let slow = app.load(&["--count", "3", "--header", "end-user: jason"]);
+    let fast = app.load(&["--count", "50"]);
+    report(&format!(
+        "delay 7s: jason p50 {:.1} ms max {:.1} ms; others p50 {:.2} ms max {:.2} ms",
+        slow.p50_ms(),
+        slow.max_ms(),
+        fast.p50_ms(),
+        fast.max_ms()
+    ));
+    assert!((slow.p50_ms() - 7000.0).abs() <= 100.0, "{:?}", slow.raw);
+    assert_eq!(slow.version("v1"), 3);
+    assert!(fast.max_ms() < 1000.0, "{:?}", fast.raw);
+
+    // Abort 500 for jason, 100 %.
+    app.apply(&networking("virtual-service-reviews-jason-abort"));
+    app.until(
+        "abort for jason",
+        &["--count", "5", "--header", "end-user: jason"],
+        |l| l.status("500") == 5,
+    );
+    let l = app.load(&["--count", "200", "--header", "end-user: jason"]);
+    assert_eq!(l.status("500"), 200, "{:?}", l.raw);
+    let l = app.load(&["--count", "200"]);
+    assert_eq!(l.by("v1", "200"), 200, "{:?}", l.raw);
+
+    // Abort 503 for half of everyone.
+    app.apply(&networking("virtual-service-reviews-abort-50"));
+    app.until("abort 50%", &["--count", "40"], |l| {
+        l.status("503") > 0 && l.status("200") > 0 && l.status("500") == 0
+    });
+    let l = app.load(&["--count", "2000", "--concurrency", "4"]);
+    let aborted = l.status("503") as f64 / l.sent as f64;
+    assert!(within(aborted, 0.5, 0.05), "{:?}", l.raw);
+    assert_eq!(l.status("503") + l.by("v1", "200"), 2000, "{:?}", l.raw);
+    report(&format!("abort 50%: {}", l.raw["statuses"]));
+
+    // 50/50 to 100/0 while a client loops: nothing fails, and within 1 s all go to v1.
+    app.apply(&networking("virtual-service-reviews-50-v3"));
+    app.until("50/50 again", &["--count", "40"], |l| {
+        l.version("v3") > 0 && l.status("503") == 0
+    });
+    let looping = {
+        let node = app.node;
+        let ns = app.ns.name.clone();
+        let client = app.client.clone();
+        std::thread::spawn(move || {
+            let r = node.exec(
+                &ns,
+                &client,
+                "client",
+                &[
+                    "/mesh-bookstore",
+                    "load",
+                    URL,
+                    "--count",
+                    "400",
+                    "--rate",
+                    "100",
+                ],
+            );
+            r.stdout
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1000));
+    let edited = Instant::now();
+    app.apply(&networking("virtual-service-all-v1"));
+    let took = app.until("all v1 after the edit", &["--count", "20"], |l| {
+        l.version("v1") == 20
+    });
+    let l: Value = serde_json::from_str(looping.join().unwrap().trim()).unwrap();
+    report(&format!(
+        "edit 50/50 -> all v1: in effect after {took:?} (measured from kubectl apply {:?} ago); loop: {}",
+        edited.elapsed(),
+        l["statuses"]
+    ));
+    assert_eq!(l["errors"], 0, "{l}");
+    assert_eq!(l["statuses"]["200"], 400, "{l}");
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+
+    // A VirtualService with an invalid regex: reported as an Event, the rest routes on.
+    app.apply(
+        "apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata:
+  name: reviews
+spec:
+  hosts: [reviews]
+  http:
+  - match:
+    - uri: {regex: \"([a-z\"}
+    route:
+    - destination: {host: reviews, subset: v3}
+  - route:
+    - destination: {host: reviews, subset: v2}
+",
+    );
+    app.until(
+        "the good rule of a VirtualService with a bad regex",
+        &["--count", "20"],
+        |l| l.version("v2") == 20,
+    );
+    let t0 = Instant::now();
+    loop {
+        let ev = app.node.kubectl(&[
+            "-n",
+            &app.ns.name,
+            "get",
+            "events",
+            "--field-selector",
+            "reason=InvalidConfig",
+            "-o",
+            "jsonpath={range .items[*]}{.involvedObject.name}: {.message}{\"\\n\"}{end}",
+        ]);
+        if ev.stdout.contains("reviews") && ev.stdout.contains("regex") {
+            report(&format!("InvalidConfig event: {}", ev.stdout.trim()));
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "no InvalidConfig event: {}{}",
+            ev.stdout,
+            ev.stderr
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // mesh-control restarted (both replicas) while requests flow: the proxies keep their
+    // last config, nothing fails.
+    let looping = {
+        let node = app.node;
+        let ns = app.ns.name.clone();
+        let client = app.client.clone();
+        std::thread::spawn(move || {
+            let r = node.exec(
+                &ns,
+                &client,
+                "client",
+                &[
+                    "/mesh-bookstore",
+                    "load",
+                    URL,
+                    "--count",
+                    "1500",
+                    "--rate",
+                    "100",
+                ],
+            );
+            r.stdout
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1000));
+    app.node.kubectl_ok(&[
+        "-n",
+        "mesh-system",
+        "delete",
+        "pods",
+        "-l",
+        "app.kubernetes.io/name=mesh-control",
+        "--wait=false",
+    ]);
+    let l: Value = serde_json::from_str(looping.join().unwrap().trim()).unwrap();
+    report(&format!("mesh-control pods deleted mid-run: {}", l["by"]));
+    assert_eq!(l["errors"], 0, "{l}");
+    assert_eq!(l["by"]["v2 200"], 1500, "{l}");
+    app.node.wait_pods_ready(
+        "mesh-system",
+        Some("app.kubernetes.io/name=mesh-control"),
+        2,
+        READY,
+    );
+}
