@@ -131,11 +131,54 @@ pub struct TcpSeries {
     pub received: AtomicU64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct SeriesKey {
     direction: Direction,
     port: u16,
     flags: ResponseFlags,
+    peer: Option<Arc<TcpPeer>>,
+}
+
+/// What mesh-control says about a TCP connection's other side and its Service: the
+/// labels that say `unknown` without a control plane, rendered once per connection.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TcpPeer {
+    /// The other side's `source_*` (inbound) or `destination_*` (outbound) labels.
+    side: String,
+    /// `destination_service`, `destination_service_name`, `destination_service_namespace`.
+    service: String,
+}
+
+impl TcpPeer {
+    /// The peer of a `direction` connection: `peer` is the other side's pod (if known),
+    /// `service` the destination Service's host, name and namespace (if known).
+    pub fn new(
+        direction: Direction,
+        peer: Option<&mesh_config::PeerMeta>,
+        service: Option<(&str, &str, &str)>,
+    ) -> TcpPeer {
+        let side = match direction {
+            Direction::Outbound => "destination",
+            Direction::Inbound => "source",
+        };
+        let labels = peer.map_or_else(PeerLabels::unknown, PeerLabels::of_meta);
+        let e = prom::escape_label_value;
+        let service = match service {
+            Some((host, name, ns)) => format!(
+                "destination_service=\"{}\",destination_service_name=\"{}\",destination_service_namespace=\"{}\"",
+                e(host),
+                e(name),
+                e(ns)
+            ),
+            None => format!(
+                "destination_service=\"{UNKNOWN}\",destination_service_name=\"{UNKNOWN}\",destination_service_namespace=\"{UNKNOWN}\""
+            ),
+        };
+        TcpPeer {
+            side: labels.render(side),
+            service,
+        }
+    }
 }
 
 /// Connect-latency buckets, in seconds.
@@ -152,6 +195,9 @@ pub struct Metrics {
     /// `destination_*` labels: this proxy's own side from its identity, the other side
     /// `unknown`. The identity never changes, so they are made once.
     peer_labels: [String; 2],
+    /// This proxy's own side alone, per direction (`source_*` outbound,
+    /// `destination_*` inbound), for series whose other side is known ([`TcpPeer`]).
+    own_labels: [String; 2],
     series: Mutex<HashMap<SeriesKey, Arc<TcpSeries>>>,
     active: [AtomicU64; 2],
     connect_errors: [[AtomicU64; 6]; 2],
@@ -171,8 +217,13 @@ impl Metrics {
             };
             format!("{},{}", src.render("source"), dst.render("destination"))
         });
+        let own_labels = Direction::ALL.map(|d| match d {
+            Direction::Outbound => me.render("source"),
+            Direction::Inbound => me.render("destination"),
+        });
         Metrics {
             peer_labels,
+            own_labels,
             series: Mutex::new(HashMap::new()),
             active: Default::default(),
             connect_errors: Default::default(),
@@ -191,10 +242,22 @@ impl Metrics {
         port: u16,
         flags: ResponseFlags,
     ) -> Arc<TcpSeries> {
+        self.tcp_series_with(direction, port, flags, None)
+    }
+
+    /// [`Metrics::tcp_series`] for a connection whose other side or Service is known.
+    pub fn tcp_series_with(
+        &self,
+        direction: Direction,
+        port: u16,
+        flags: ResponseFlags,
+        peer: Option<Arc<TcpPeer>>,
+    ) -> Arc<TcpSeries> {
         let key = SeriesKey {
             direction,
             port,
             flags,
+            peer,
         };
         let mut map = self.series.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(key).or_default().clone()
@@ -245,9 +308,13 @@ impl Metrics {
         let mut out = String::with_capacity(4096);
         let mut series: Vec<(SeriesKey, Arc<TcpSeries>)> = {
             let map = self.series.lock().unwrap_or_else(|p| p.into_inner());
-            map.iter().map(|(k, v)| (*k, v.clone())).collect()
+            map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
         };
-        series.sort_by_key(|(k, _)| (k.direction as u8, k.port, k.flags as u8));
+        series.sort_by(|(a, _), (b, _)| {
+            let key = |k: &SeriesKey| (k.direction as u8, k.port, k.flags as u8);
+            let peer = |k: &SeriesKey| k.peer.as_ref().map(|p| (p.side.clone(), p.service.clone()));
+            key(a).cmp(&key(b)).then_with(|| peer(a).cmp(&peer(b)))
+        });
 
         type Pick = fn(&TcpSeries) -> &AtomicU64;
         let istio: [(&str, &str, Pick); 4] = [
@@ -351,11 +418,26 @@ impl Metrics {
             Direction::Outbound => UNKNOWN,
             Direction::Inbound => "none",
         };
+        let Some(peer) = &key.peer else {
+            return format!(
+                "reporter=\"{}\",direction=\"{}\",{},destination_service=\"{UNKNOWN}\",destination_service_name=\"{UNKNOWN}\",destination_service_namespace=\"{UNKNOWN}\",destination_port=\"{}\",request_protocol=\"tcp\",response_flags=\"{}\",connection_security_policy=\"{security}\"",
+                key.direction.reporter(),
+                key.direction,
+                self.peer_labels[key.direction.index()],
+                key.port,
+                key.flags.as_str(),
+            );
+        };
+        let own = &self.own_labels[key.direction.index()];
+        let (src, dst) = match key.direction {
+            Direction::Outbound => (own, &peer.side),
+            Direction::Inbound => (&peer.side, own),
+        };
         format!(
-            "reporter=\"{}\",direction=\"{}\",{},destination_service=\"{UNKNOWN}\",destination_service_name=\"{UNKNOWN}\",destination_service_namespace=\"{UNKNOWN}\",destination_port=\"{}\",request_protocol=\"tcp\",response_flags=\"{}\",connection_security_policy=\"{security}\"",
+            "reporter=\"{}\",direction=\"{}\",{src},{dst},{},destination_port=\"{}\",request_protocol=\"tcp\",response_flags=\"{}\",connection_security_policy=\"{security}\"",
             key.direction.reporter(),
             key.direction,
-            self.peer_labels[key.direction.index()],
+            peer.service,
             key.port,
             key.flags.as_str(),
         )
@@ -385,6 +467,18 @@ impl PeerLabels {
             version: or_unknown(&id.version),
             canonical_service: or_unknown(&id.canonical_service),
             canonical_revision: or_unknown(&id.canonical_revision),
+        }
+    }
+
+    fn of_meta(m: &mesh_config::PeerMeta) -> PeerLabels {
+        let e = prom::escape_label_value;
+        PeerLabels {
+            workload: e(&m.workload),
+            namespace: e(&m.namespace),
+            app: e(&m.app),
+            version: e(&m.version),
+            canonical_service: e(&m.canonical_service),
+            canonical_revision: e(&m.canonical_revision),
         }
     }
 
@@ -471,6 +565,71 @@ mod tests {
         let a = m.tcp_series(Direction::Outbound, 1, ResponseFlags::None);
         let b = m.tcp_series(Direction::Outbound, 1, ResponseFlags::None);
         assert!(Arc::ptr_eq(&a, &b));
+    }
+
+    #[test]
+    fn a_known_peer_and_service_fill_the_other_side() {
+        let m = web_with_two_series();
+        let meta = mesh_config::PeerMeta {
+            workload: "reviews-v2".into(),
+            namespace: "shop".into(),
+            canonical_service: "reviews".into(),
+            canonical_revision: "v2".into(),
+            app: "reviews".into(),
+            version: "v2".into(),
+            service_account: "reviews".into(),
+            sidecar: true,
+        };
+        let svc = ("reviews.shop.svc.cluster.local", "reviews", "shop");
+        let peer = Arc::new(TcpPeer::new(Direction::Outbound, Some(&meta), Some(svc)));
+        let s = m.tcp_series_with(
+            Direction::Outbound,
+            9080,
+            ResponseFlags::None,
+            Some(peer.clone()),
+        );
+        s.opened.fetch_add(1, Ordering::Relaxed);
+        // The same labels made again (another connection) are the same series.
+        let again = Arc::new(TcpPeer::new(Direction::Outbound, Some(&meta), Some(svc)));
+        assert!(Arc::ptr_eq(
+            &s,
+            &m.tcp_series_with(Direction::Outbound, 9080, ResponseFlags::None, Some(again))
+        ));
+        let src = Arc::new(TcpPeer::new(Direction::Inbound, Some(&meta), Some(svc)));
+        m.tcp_series_with(Direction::Inbound, 9080, ResponseFlags::None, Some(src))
+            .opened
+            .fetch_add(3, Ordering::Relaxed);
+        let text = m.render();
+        let l = line(
+            &text,
+            "istio_tcp_connections_opened_total{",
+            &["reporter=\"source\"", "\"9080\""],
+        )
+        .unwrap();
+        for want in [
+            "source_workload=\"web\"",
+            "destination_workload=\"reviews-v2\"",
+            "destination_version=\"v2\"",
+            "destination_canonical_service=\"reviews\"",
+            "destination_service=\"reviews.shop.svc.cluster.local\"",
+            "destination_service_name=\"reviews\"",
+            "destination_service_namespace=\"shop\"",
+        ] {
+            assert!(l.contains(want), "{want}: {l}");
+        }
+        assert!(l.ends_with(" 1"), "{l}");
+        let l = line(
+            &text,
+            "istio_tcp_connections_opened_total{",
+            &["reporter=\"destination\"", "\"9080\""],
+        )
+        .unwrap();
+        assert!(
+            l.contains("source_workload=\"reviews-v2\",source_workload_namespace=\"shop\""),
+            "{l}"
+        );
+        assert!(l.contains("destination_workload=\"web\""), "{l}");
+        assert!(l.ends_with(" 3"), "{l}");
     }
 
     #[test]

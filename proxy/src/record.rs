@@ -29,7 +29,7 @@ use crate::addrs::{ClientAddr, OrigDstAddr};
 use crate::copy::{Meter, Meters};
 use crate::direction::Direction;
 use crate::flow::Shared;
-use crate::metrics::{ConnectErrorKind, RefusalReason, ResponseFlags, TcpSeries};
+use crate::metrics::{ConnectErrorKind, RefusalReason, ResponseFlags, TcpPeer, TcpSeries};
 
 /// How the connection ended.
 #[derive(Clone, Copy, Debug)]
@@ -87,6 +87,8 @@ pub struct ConnRecord<'a> {
     upstream_local: Option<SocketAddr>,
     /// The Istio series, once connected upstream (its `opened` counted).
     series: Option<Arc<TcpSeries>>,
+    /// The other side and Service, when mesh-control said (labels of the series).
+    peer: Option<Arc<TcpPeer>>,
     /// Reported already: nothing more is counted or logged.
     reported: bool,
     /// Client to upstream bytes delivered.
@@ -106,6 +108,7 @@ impl<'a> ConnRecord<'a> {
             orig: None,
             upstream_local: None,
             series: None,
+            peer: None,
             reported: false,
             received: AtomicU64::new(0),
             sent: AtomicU64::new(0),
@@ -160,13 +163,24 @@ impl<'a> ConnRecord<'a> {
             self.upstream_local = upstream_local();
         }
         self.orig = Some(orig);
-        let series = metrics.tcp_series(self.direction, orig.port(), ResponseFlags::None);
+        let series = metrics.tcp_series_with(
+            self.direction,
+            orig.port(),
+            ResponseFlags::None,
+            self.peer.clone(),
+        );
         series.opened.fetch_add(1, Ordering::Relaxed);
         let series = self.series.insert(series);
         Meters {
             received: Meter::new(&series.received, &self.received),
             sent: Meter::new(&series.sent, &self.sent),
         }
+    }
+
+    /// Labels the connection's series with its other side and Service (call before
+    /// [`ConnRecord::connected`]).
+    pub fn set_peer(&mut self, peer: TcpPeer) {
+        self.peer = Some(Arc::new(peer));
     }
 
     /// Handed to the HTTP engine, which counts and logs each request itself (Istio's
@@ -217,7 +231,12 @@ impl<'a> ConnRecord<'a> {
             End::ConnectFailed(kind) => {
                 metrics.connect_error(d, kind);
                 if let Some(orig) = self.orig {
-                    let s = metrics.tcp_series(d, orig.port(), ResponseFlags::UpstreamFailure);
+                    let s = metrics.tcp_series_with(
+                        d,
+                        orig.port(),
+                        ResponseFlags::UpstreamFailure,
+                        self.peer.clone(),
+                    );
                     s.opened.fetch_add(1, Ordering::Relaxed);
                     s.closed.fetch_add(1, Ordering::Relaxed);
                 }

@@ -35,6 +35,8 @@ struct App {
     ns: TestNamespace,
     client: String,
     client_ip: String,
+    /// (version, pod IP) of each reviews pod.
+    servers: Vec<(String, String)>,
 }
 
 /// One `mesh-bookstore load` run in the client pod.
@@ -84,10 +86,18 @@ impl App {
             assert_eq!(p.ready_column(), "2/2", "{}", p.summary());
         }
         let client = pods.iter().find(|p| p.name.starts_with("client-")).unwrap();
+        let servers = pods
+            .iter()
+            .filter_map(|p| {
+                let v = p.name.strip_prefix("reviews-")?.split('-').next()?;
+                Some((v.to_owned(), p.ip.clone()))
+            })
+            .collect();
         App {
             node,
             client: client.name.clone(),
             client_ip: client.ip.clone(),
+            servers,
             ns,
         }
     }
@@ -198,9 +208,15 @@ fn bookstore_routing_shifting_faults_and_metrics() {
 
     // Every request counted by the client's proxy, per destination version and code.
     let before = app.client_metrics();
+    let server = |v: &str| {
+        let ip = &app.servers.iter().find(|(sv, _)| sv == v).unwrap().1;
+        proxy_metrics(ip)
+    };
+    let servers_before = [server("v1"), server("v2")];
     let l = app.load(&["--count", "100", "--header", "end-user: jason"]);
     let m = app.load(&["--count", "150"]);
     let after = app.client_metrics();
+    let servers_after = [server("v1"), server("v2")];
     let ns = format!(r#"source_workload_namespace="{}""#, app.ns.name);
     for (version, want) in [("v2", l.by("v2", "200")), ("v1", m.by("v1", "200"))] {
         let labels = [
@@ -215,6 +231,23 @@ fn bookstore_routing_shifting_faults_and_metrics() {
         assert_eq!(
             got, want,
             "{version}: client proxy counted {got}, sent {want}\n{after}"
+        );
+        // And the server's proxy, as the destination reporter, the same requests.
+        let i = usize::from(version == "v2");
+        let labels = [
+            r#"reporter="destination""#,
+            r#"source_workload="client""#,
+            ns.as_str(),
+            r#"destination_service_name="reviews""#,
+            r#"response_code="200""#,
+            &format!(r#"destination_version="{version}""#),
+        ];
+        let got = metric_sum(&servers_after[i], REQUESTS, &labels)
+            - metric_sum(&servers_before[i], REQUESTS, &labels);
+        assert_eq!(
+            got, want,
+            "{version}: server proxy counted {got}, sent {want}\n{}",
+            servers_after[i]
         );
     }
 

@@ -15,7 +15,10 @@ use super::connect::{self, ConnectError};
 use super::detect::{SNIFF_LEN, Sniffed, classify};
 use crate::addrs::{ClientAddr, OrigDstAddr};
 use crate::control::{Answer, LOOKUP_WAIT, Store, StoreResolver};
+use crate::direction::Direction;
+use crate::http::CompiledService;
 use crate::http::{ConnCtx, Connector, Engine, HttpMetrics, LogSink, TcpConnector};
+use crate::metrics::TcpPeer;
 
 /// What the L7 path shares: the config store, the request metrics, the dialers.
 pub struct L7 {
@@ -68,15 +71,58 @@ fn plan_for(protocol: Protocol) -> Plan {
 }
 
 /// Outbound: the original destination's Service port decides; anything not a known
-/// Service (a pod IP, the outside world, mesh-control away) stays L4.
-pub async fn plan_outbound(l7: &L7, orig: OrigDstAddr) -> Plan {
+/// Service (a pod IP, the outside world, mesh-control away) stays L4. Also returns the
+/// Service, when the destination is one of its ports.
+pub async fn plan_outbound(l7: &L7, orig: OrigDstAddr) -> (Plan, Option<Arc<CompiledService>>) {
     match l7.store.resolve(Key::Address(orig.ip()), LOOKUP_WAIT).await {
-        Some(Answer::Service(svc)) => svc
-            .service()
-            .port(orig.port())
-            .map_or(Plan::Tcp, |p| plan_for(p.protocol)),
-        _ => Plan::Tcp,
+        Some(Answer::Service(svc)) => match svc.service().port(orig.port()) {
+            Some(p) => (plan_for(p.protocol), Some(svc)),
+            None => (Plan::Tcp, None),
+        },
+        _ => (Plan::Tcp, None),
     }
+}
+
+/// An L4 connection to a Service port: the endpoint the proxy dials itself (its
+/// default cluster's load balancer, as Envoy does; `None`: dial the original
+/// destination, e.g. a `PASSTHROUGH` cluster or no healthy endpoint) and the series
+/// labels that name the Service and, with an endpoint, its workload.
+pub fn tcp_upstream(svc: &CompiledService, orig: OrigDstAddr) -> (Option<OrigDstAddr>, TcpPeer) {
+    let raw = svc.service();
+    let cluster_name = raw.default_cluster(orig.port());
+    let picked = svc
+        .cluster(&cluster_name)
+        .and_then(|c| c.pick(&mut fastrand::Rng::new(), &[]))
+        .map(|e| e.addr);
+    let meta = picked.and_then(|addr| {
+        raw.cluster(&cluster_name)?
+            .endpoints
+            .iter()
+            .find(|e| e.addr == addr)?
+            .peer
+            .as_ref()
+    });
+    let peer = TcpPeer::new(
+        Direction::Outbound,
+        meta,
+        Some((&raw.host, &raw.name, &raw.namespace)),
+    );
+    (picked.map(OrigDstAddr), peer)
+}
+
+/// An inbound L4 connection's labels: the source pod (when mesh-control knows its IP)
+/// and which of this pod's Services the port serves.
+pub async fn tcp_inbound_peer(l7: &L7, client: ClientAddr, orig: OrigDstAddr) -> TcpPeer {
+    use crate::http::Resolver as _;
+    let source = l7.resolver.peer(client.ip()).await;
+    let service = l7.resolver.inbound_service(orig.port()).await;
+    TcpPeer::new(
+        Direction::Inbound,
+        source.as_ref(),
+        service
+            .as_ref()
+            .map(|s| (s.host.as_str(), s.name.as_str(), s.namespace.as_str())),
+    )
 }
 
 /// Inbound: the pod's own Service port that targets the original port decides; a port

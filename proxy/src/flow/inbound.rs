@@ -8,7 +8,7 @@ use std::time::Instant;
 use tokio::net::TcpStream;
 use tracing::{debug, info};
 
-use super::http::{Plan, SniffOutcome, plan_inbound, sniff};
+use super::http::{Plan, SniffOutcome, plan_inbound, sniff, tcp_inbound_peer};
 use super::{Shared, connect, http, original_dst, refuse, reset, tcp};
 use crate::addrs::ListenAddr;
 use crate::record::ConnRecord;
@@ -38,6 +38,7 @@ pub(super) async fn handle(
             record.to_http(orig);
             return http::serve(shared, l7, client, record.client(), orig, true).await;
         }
+        record.set_peer(tcp_inbound_peer(l7, record.client(), orig).await);
     }
     let dialled = match dialled {
         Some(r) => r,

@@ -7,7 +7,7 @@ use std::time::Instant;
 use tokio::net::TcpStream;
 use tracing::{debug, info};
 
-use super::http::{Plan, SniffOutcome, plan_outbound, sniff};
+use super::http::{Plan, SniffOutcome, plan_outbound, sniff, tcp_upstream};
 use super::{Shared, connect, http, original_dst, refuse, reset, tcp};
 use crate::addrs::ListenAddr;
 use crate::record::ConnRecord;
@@ -24,8 +24,11 @@ pub(super) async fn handle(
     };
     let connect_started = Instant::now();
     let mut dialled = None;
+    // Where an L4 connection goes: the original destination, or for a Service port the
+    // endpoint the proxy picks.
+    let mut dial = orig;
     if let Some(l7) = &shared.l7 {
-        let plan = plan_outbound(l7, orig).await;
+        let (plan, svc) = plan_outbound(l7, orig).await;
         if plan == Plan::Sniff {
             match sniff(shared, &client, orig, None).await {
                 SniffOutcome::Http => {}
@@ -36,10 +39,28 @@ pub(super) async fn handle(
             record.to_http(orig);
             return http::serve(shared, l7, client, record.client(), orig, false).await;
         }
+        if let Some(svc) = svc {
+            if dialled.is_none() {
+                let (endpoint, peer) = tcp_upstream(&svc, orig);
+                record.set_peer(peer);
+                if let Some(e) = endpoint {
+                    dial = e;
+                }
+            } else {
+                // Sniffed: already connected through the ClusterIP (kube-proxy chose
+                // the pod), so only the Service is known.
+                let s = svc.service();
+                record.set_peer(crate::metrics::TcpPeer::new(
+                    crate::direction::Direction::Outbound,
+                    None,
+                    Some((&s.host, &s.name, &s.namespace)),
+                ));
+            }
+        }
     }
     let dialled = match dialled {
         Some(r) => r,
-        None => connect::connect(orig, None, shared.config.connect_timeout).await,
+        None => connect::connect(dial, None, shared.config.connect_timeout).await,
     };
     let mut upstream = match dialled {
         Ok(u) => u,
