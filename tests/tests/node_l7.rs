@@ -155,7 +155,12 @@ fn within(share: f64, want: f64, tol: f64) -> bool {
 fn bookstore_routing_shifting_faults_and_metrics() {
     let app = App::start();
 
-    // No VirtualService: every endpoint of the Service, each version about a third.
+    // No VirtualService: every endpoint of the Service, each version about a third, once
+    // all three pods' endpoints reached the client's proxy (a pod Ready a moment ago may
+    // not be in the EndpointSlice yet).
+    app.until("all three versions answer", &["--count", "60"], |l| {
+        ["v1", "v2", "v3"].iter().all(|v| l.version(v) > 0)
+    });
     let l = app.load(&["--count", "1500", "--concurrency", "4"]);
     assert_eq!(l.errors, 0, "{:?}", l.raw);
     for v in ["v1", "v2", "v3"] {
