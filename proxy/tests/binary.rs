@@ -349,3 +349,23 @@ fn bad_log_filter_or_pod_ip_fails_naming_it() {
         "{err}"
     );
 }
+
+/// With a control plane it cannot reach, the proxy is not ready at first, then turns
+/// ready when `--config-wait` runs out (everything it does not know then passes
+/// through as L4) and serves.
+#[test]
+fn without_its_control_plane_the_proxy_turns_ready_after_the_config_wait() {
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let control = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let started = Instant::now();
+    let p = start(&["--control-plane", &control, "--config-wait", "1500ms"]);
+    let ready_after = started.elapsed();
+    assert!(
+        ready_after >= Duration::from_millis(1400),
+        "ready after {ready_after:?}, before the 1.5 s config wait ran out"
+    );
+    let (status, body) = http(p.metrics, "GET", "/stats/prometheus").unwrap();
+    assert_eq!(status, 200, "{body}");
+}

@@ -282,3 +282,217 @@ fn domain_index(entries: &HashMap<Key, Entry>) -> HashMap<String, Arc<CompiledSe
     }
     by_domain
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use mesh_config::{Cluster, LoadBalancer, Protocol, Service, ServicePort};
+
+    fn service(name: &str, ip: &str) -> Resource {
+        let host = format!("{name}.shop.svc.cluster.local");
+        Resource::Service(Service {
+            host: host.clone(),
+            name: name.into(),
+            namespace: "shop".into(),
+            addresses: vec![ip.parse().unwrap()],
+            ports: vec![ServicePort {
+                port: 9080,
+                name: "http".into(),
+                protocol: Protocol::Http,
+                routes: Vec::new(),
+            }],
+            domains: vec![host.clone(), format!("{name}.shop"), name.into(), ip.into()],
+            clusters: vec![Cluster {
+                name: mesh_config::cluster::cluster_name(9080, None, &host),
+                host,
+                service_name: name.into(),
+                service_namespace: "shop".into(),
+                port: 9080,
+                subset: None,
+                load_balancer: LoadBalancer::LeastRequest,
+                endpoints: Vec::new(),
+            }],
+        })
+    }
+
+    fn compile(
+        svc: &mesh_config::Service,
+    ) -> Result<CompiledService, mesh_config::ValidationError> {
+        CompiledService::compile(svc)
+    }
+
+    fn addr(ip: &str) -> Key {
+        Key::Address(ip.parse().unwrap())
+    }
+
+    #[test]
+    fn a_response_applies_whole_and_indexes_every_domain() {
+        let (store, _wanted) = Store::new([]);
+        let n = store
+            .apply(
+                vec![
+                    (
+                        addr("10.96.0.1"),
+                        service("reviews", "10.96.0.1"),
+                        "a".into(),
+                    ),
+                    (
+                        Key::host("ratings"),
+                        service("ratings", "10.96.0.2"),
+                        "b".into(),
+                    ),
+                    (addr("203.0.113.9"), Resource::NotFound, "c".into()),
+                ],
+                compile,
+            )
+            .unwrap();
+        assert_eq!(n, 3);
+        assert!(matches!(
+            store.get(&addr("10.96.0.1")),
+            Some(Answer::Service(_))
+        ));
+        assert!(matches!(
+            store.get(&addr("203.0.113.9")),
+            Some(Answer::NotFound)
+        ));
+        for authority in [
+            "reviews",
+            "reviews:9080",
+            "Reviews.Shop",
+            "reviews.shop.svc.cluster.local.",
+            "10.96.0.1:9080",
+        ] {
+            let s = store.service_for_authority(authority).unwrap();
+            assert_eq!(s.host(), "reviews.shop.svc.cluster.local", "{authority}");
+        }
+        assert_eq!(
+            store
+                .service_for_authority("ratings")
+                .unwrap()
+                .service()
+                .name,
+            "ratings"
+        );
+        assert!(store.service_for_authority("details").is_none());
+        assert_eq!(store.generation(), 1);
+    }
+
+    #[test]
+    fn a_bad_resource_refuses_the_whole_response_and_keeps_the_old_config() {
+        let (store, _wanted) = Store::new([]);
+        store
+            .apply(
+                vec![(
+                    addr("10.96.0.1"),
+                    service("reviews", "10.96.0.1"),
+                    "a".into(),
+                )],
+                compile,
+            )
+            .unwrap();
+        let Resource::Service(mut bad) = service("ratings", "10.96.0.2") else {
+            unreachable!()
+        };
+        bad.ports[0].routes.push(mesh_config::HttpRoute {
+            name: "0".into(),
+            virtual_service: "shop/ratings".into(),
+            matches: vec![mesh_config::RequestMatch {
+                uri: Some(mesh_config::StringMatch::Regex("([a-z".into())),
+                ..Default::default()
+            }],
+            action: mesh_config::RouteAction::Route(vec![mesh_config::WeightedCluster {
+                cluster: bad.clusters[0].name.clone(),
+                weight: 100,
+                request_headers: Default::default(),
+                response_headers: Default::default(),
+            }]),
+            fault: None,
+            request_headers: Default::default(),
+            response_headers: Default::default(),
+            rewrite: None,
+        });
+        let e = store
+            .apply(
+                vec![
+                    (
+                        addr("10.96.0.3"),
+                        service("details", "10.96.0.3"),
+                        "x".into(),
+                    ),
+                    (addr("10.96.0.2"), Resource::Service(bad), "y".into()),
+                ],
+                compile,
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("addr/10.96.0.2"), "{e}");
+        // Nothing of it was taken, and what was there stays.
+        assert!(store.get(&addr("10.96.0.3")).is_none());
+        assert!(store.get(&addr("10.96.0.2")).is_none());
+        assert!(store.get(&addr("10.96.0.1")).is_some());
+        assert_eq!(store.generation(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_unknown_key_is_asked_for_and_waited_on_only_while_connected() {
+        let (store, mut wanted) = Store::new([]);
+        // Stream down: no wait, but asked for all the same.
+        let t = std::time::Instant::now();
+        assert!(
+            store
+                .resolve(addr("10.96.0.1"), Duration::from_secs(5))
+                .await
+                .is_none()
+        );
+        assert!(t.elapsed() < Duration::from_secs(1));
+        assert_eq!(wanted.recv().await.unwrap(), addr("10.96.0.1"));
+        // Stream up: the answer arriving meanwhile ends the wait.
+        store.set_connected(true);
+        let s = store.clone();
+        let answer =
+            tokio::spawn(async move { s.resolve(addr("10.96.0.1"), Duration::from_secs(5)).await });
+        assert_eq!(wanted.recv().await.unwrap(), addr("10.96.0.1"));
+        store
+            .apply(
+                vec![(
+                    addr("10.96.0.1"),
+                    service("reviews", "10.96.0.1"),
+                    "a".into(),
+                )],
+                compile,
+            )
+            .unwrap();
+        assert!(matches!(answer.await.unwrap(), Some(Answer::Service(_))));
+        // No answer within the wait: unknown.
+        assert!(
+            store
+                .resolve(addr("10.96.0.9"), Duration::from_millis(50))
+                .await
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn idle_keys_are_swept_but_pinned_ones_stay() {
+        let (store, _wanted) = Store::new([addr("10.1.0.5")]);
+        store
+            .apply(
+                vec![
+                    (
+                        addr("10.96.0.1"),
+                        service("reviews", "10.96.0.1"),
+                        "a".into(),
+                    ),
+                    (addr("10.1.0.5"), Resource::NotFound, "b".into()),
+                ],
+                compile,
+            )
+            .unwrap();
+        assert!(store.sweep(Duration::from_secs(60)).is_empty(), "just used");
+        let gone = store.sweep(Duration::ZERO);
+        assert_eq!(gone, vec![addr("10.96.0.1")]);
+        assert!(store.service_for_authority("reviews").is_none());
+        assert!(store.has(&addr("10.1.0.5")));
+        assert_eq!(store.keys(), vec![addr("10.1.0.5")]);
+    }
+}
