@@ -434,3 +434,96 @@ spec:
         READY,
     );
 }
+
+/// A port that declares no protocol is sniffed, but a server-first protocol is never held
+/// up waiting for the client: the greeting arrives at once, and the connection is counted
+/// as TCP, labelled with its Service.
+#[test]
+fn a_server_first_protocol_on_an_unnamed_port_is_not_held_up() {
+    let node = KubeNode::get();
+    install_mesh();
+    let ns = TestNamespace::new(node, "l7tcp", &["istio-injection=enabled"]);
+    node.apply(
+        &["-n", &ns.name],
+        r#"apiVersion: v1
+kind: Service
+metadata: {name: greeter}
+spec:
+  selector: {app: greeter}
+  ports:
+    - {name: greeting, port: 7000, targetPort: 7000}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: greeter, labels: {app: greeter}}
+spec:
+  selector: {matchLabels: {app: greeter}}
+  template:
+    metadata: {labels: {app: greeter, version: v1}}
+    spec:
+      terminationGracePeriodSeconds: 2
+      containers:
+        - name: greeter
+          image: local/busybox:1.35
+          imagePullPolicy: IfNotPresent
+          # Speaks first, like a database or an SMTP server.
+          command: [nc, -ll, -p, "7000", -e, /bin/echo, hello-from-server]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: caller, labels: {app: caller}}
+spec:
+  selector: {matchLabels: {app: caller}}
+  template:
+    metadata: {labels: {app: caller}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+        - name: caller
+          image: local/busybox:1.35
+          imagePullPolicy: IfNotPresent
+          command: [sleep, "3600"]
+"#,
+    );
+    let pods = node.wait_pods_ready(&ns.name, None, 2, READY);
+    let caller = pods.iter().find(|p| p.name.starts_with("caller-")).unwrap();
+    let ip = node
+        .kubectl_ok(&[
+            "-n",
+            &ns.name,
+            "get",
+            "service",
+            "greeter",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ])
+        .trim()
+        .to_owned();
+    // The client sends nothing (its stdin stays open and silent); within 1 s the
+    // server's greeting must be there.
+    let script = format!("timeout 1 sh -c 'sleep 5 | nc {ip} 7000'; true");
+    let t0 = Instant::now();
+    let r = node.exec(&ns.name, &caller.name, "caller", &["sh", "-c", &script]);
+    report(&format!(
+        "server-first on an unnamed port: {:?} in {:.2} s (timeout 1 s)",
+        r.stdout.trim(),
+        t0.elapsed().as_secs_f64()
+    ));
+    assert!(
+        r.stdout.contains("hello-from-server"),
+        "{}{}",
+        r.stdout,
+        r.stderr
+    );
+    let m = proxy_metrics(&caller.ip);
+    let opened = metric_sum(
+        &m,
+        "istio_tcp_connections_opened_total",
+        &[
+            r#"reporter="source""#,
+            r#"source_workload="caller""#,
+            r#"destination_service_name="greeter""#,
+        ],
+    );
+    assert!(opened >= 1, "no TCP series for greeter\n{m}");
+}
