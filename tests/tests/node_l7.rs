@@ -502,12 +502,10 @@ spec:
     // The client sends nothing (its stdin stays open and silent); within 1 s the
     // server's greeting must be there.
     let script = format!("timeout 1 sh -c 'sleep 5 | nc {ip} 7000'; true");
-    let t0 = Instant::now();
     let r = node.exec(&ns.name, &caller.name, "caller", &["sh", "-c", &script]);
     report(&format!(
-        "server-first on an unnamed port: {:?} in {:.2} s (timeout 1 s)",
-        r.stdout.trim(),
-        t0.elapsed().as_secs_f64()
+        "server-first on an unnamed port: the client read {:?} within its 1 s",
+        r.stdout.trim()
     ));
     assert!(
         r.stdout.contains("hello-from-server"),
