@@ -27,7 +27,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, PartialEq, Eq)]
 pub struct Request {
     pub method: String,
+    /// The target's path, without its query.
     pub path: String,
+    /// What follows the `?`, undecoded (empty when none).
+    pub query: String,
     pub content_length: usize,
 }
 
@@ -84,11 +87,12 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize)>, HttpError> {
     if content_length > MAX_BODY {
         return Err(HttpError::BodyTooLarge);
     }
-    let path = target.split('?').next().unwrap_or(target).to_owned();
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
     Ok(Some((
         Request {
             method: method.to_owned(),
-            path,
+            path: path.to_owned(),
+            query: query.to_owned(),
             content_length,
         },
         end + 4,
@@ -291,6 +295,7 @@ mod tests {
         Request {
             method: method.into(),
             path: path.into(),
+            query: String::new(),
             content_length: 0,
         }
     }

@@ -98,7 +98,7 @@ pub async fn route(req: &Request, store: Option<&Store>) -> Response {
     if req.method != "GET" {
         return Response::text(405, "use GET\n");
     }
-    let (path, query) = req.path.split_once('?').unwrap_or((req.path.as_str(), ""));
+    let (path, query) = (req.path.as_str(), req.query.as_str());
     let Some(store) = store else {
         return Response::text(
             404,
@@ -217,7 +217,33 @@ async fn debug_route(query: &str, store: &Store) -> Response {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[tokio::test]
+    async fn debug_route_reads_its_query() {
+        let (store, _wanted) = Store::new([]);
+        let head = b"GET /debug/route?host=nowhere.example:80&header=end-user%3Ajason HTTP/1.1\r\nHost: x\r\n\r\n";
+        let (req, _) = crate::admin::parse_head(head).unwrap().unwrap();
+        let r = route(&req, Some(&store)).await;
+        // Parsed (a missing host would be a 400): not a mesh name.
+        assert_eq!(r.status, 404, "{}", r.body);
+        assert!(
+            r.body.contains("not_in_mesh") && r.body.contains("nowhere.example:80"),
+            "{}",
+            r.body
+        );
+        let head = b"GET /debug/route?path=/x HTTP/1.1\r\n\r\n";
+        let (req, _) = crate::admin::parse_head(head).unwrap().unwrap();
+        let r = route(&req, Some(&store)).await;
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert!(r.body.contains("host= is required"), "{}", r.body);
+        let head = b"GET /config_dump HTTP/1.1\r\n\r\n";
+        let (req, _) = crate::admin::parse_head(head).unwrap().unwrap();
+        let r = route(&req, Some(&store)).await;
+        assert_eq!(r.status, 200);
+        assert!(r.body.contains("\"resources\""), "{}", r.body);
+    }
 
     #[test]
     fn query_components_decode() {
