@@ -1,11 +1,14 @@
 //! The load generator behind `bench/proxy`: a server for the world namespace and the
 //! client workloads for a pod, in Rust so that the client and server cost as little as
-//! they can and the proxy in between is what the numbers show.
+//! they can and the proxy in between is what the numbers show. [`http`] is the HTTP/1.1
+//! keep-alive workload of `bench/http`.
 //!
 //! Blocking sockets, one thread per stream or connection: no event loop of its own to
 //! measure. Every workload returns one line of JSON for the orchestrator
-//! (`bench/proxy/bench.py`).
+//! (`bench/proxy/bench.py`, `bench/http/bench.py`).
 #![forbid(unsafe_code)]
+
+pub mod http;
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};

@@ -1,5 +1,7 @@
 //! `mesh-loadgen server [BASE_PORT]` (in the world namespace) and
 //! `mesh-loadgen client WORKLOAD HOST ...` (in a pod); see `bench/proxy/README.md`.
+//! `mesh-loadgen http-server PORT` and `mesh-loadgen client http ...`: the HTTP/1.1
+//! workload of `bench/http/README.md`.
 #![forbid(unsafe_code)]
 
 use std::net::IpAddr;
@@ -9,6 +11,7 @@ use std::thread;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use mesh_loadgen::http::{BODY, http_get, http_load, serve_http};
 use mesh_loadgen::{Ports, bulk, connrate, hold, identity, latency, open_json, serve};
 
 const USAGE: &str = "usage:
@@ -18,6 +21,11 @@ const USAGE: &str = "usage:
   mesh-loadgen client latency HOST SECONDS
   mesh-loadgen client connrate HOST SECONDS [CLIENTS]
   mesh-loadgen client hold HOST COUNT HOLD_FILE         hold COUNT connections while HOLD_FILE exists
+  mesh-loadgen http-server PORT [BODY_BYTES]            HTTP/1.1 keep-alive, BODY_BYTES (1024) per answer
+  mesh-loadgen client http HOST PORT AUTHORITY CONNS RATE SECONDS
+                                                        GET / on CONNS keep-alive connections, RATE
+                                                        req/s in total (0: as fast as they go)
+  mesh-loadgen client http-get HOST PORT AUTHORITY [PATH]   one request: status and headers
 Each client prints one JSON line; BASE_PORT in the environment moves the ports.";
 
 fn arg<T: FromStr>(args: &[String], i: usize, name: &str) -> Result<T> {
@@ -48,6 +56,19 @@ fn main() -> Result<()> {
                 thread::sleep(Duration::from_secs(3600));
             }
         }
+        Some("http-server") => {
+            let port: u16 = arg(&args, 1, "PORT")?;
+            let body = if args.len() > 2 {
+                arg(&args, 2, "BODY_BYTES")?
+            } else {
+                BODY
+            };
+            serve_http(port, body).context("starting the HTTP server")?;
+            println!("ready");
+            loop {
+                thread::sleep(Duration::from_secs(3600));
+            }
+        }
         Some("client") => {
             let workload: String = arg(&args, 1, "WORKLOAD")?;
             let host: IpAddr = arg(&args, 2, "HOST")?;
@@ -68,6 +89,28 @@ fn main() -> Result<()> {
                         1
                     };
                     connrate(host, ports, arg(&args, 3, "SECONDS")?, clients)?.to_json()
+                }
+                "http" => http_load(
+                    host,
+                    arg(&args, 3, "PORT")?,
+                    &arg::<String>(&args, 4, "AUTHORITY")?,
+                    arg(&args, 5, "CONNS")?,
+                    arg(&args, 6, "RATE")?,
+                    arg(&args, 7, "SECONDS")?,
+                )?
+                .to_json(),
+                "http-get" => {
+                    let path = if args.len() > 5 {
+                        arg(&args, 5, "PATH")?
+                    } else {
+                        "/".to_owned()
+                    };
+                    http_get(
+                        host,
+                        arg(&args, 3, "PORT")?,
+                        &arg::<String>(&args, 4, "AUTHORITY")?,
+                        &path,
+                    )?
                 }
                 "hold" => {
                     let count: usize = arg(&args, 3, "COUNT")?;

@@ -140,3 +140,60 @@ fn the_binary_names_what_is_wrong_with_its_arguments() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unknown workload `teleport`"), "{err}");
 }
+
+/// The HTTP server on a free port of 127.0.0.1 (once per test binary).
+fn http_server() -> u16 {
+    static PORT: OnceLock<u16> = OnceLock::new();
+    *PORT.get_or_init(|| {
+        for port in (40000..50000).step_by(89) {
+            if mesh_loadgen::http::serve_http(port, mesh_loadgen::http::BODY).is_ok() {
+                return port;
+            }
+        }
+        panic!("no free port for the HTTP server between 40000 and 50000");
+    })
+}
+
+#[test]
+fn http_get_reports_the_status_body_and_the_peer_the_server_saw() {
+    let port = http_server();
+    let json = mesh_loadgen::http::http_get(V4, port, "bench:8080", "/").expect("http-get");
+    assert!(
+        json.starts_with("{\"status\":200,\"body_len\":1024,"),
+        "{json}"
+    );
+    // No proxy in between: the server saw the client's own socket.
+    let local = json
+        .split("\"client_local\":\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("client_local");
+    assert!(
+        json.contains(&format!("[\"x-peer\",\"{local}\"]")),
+        "{json}"
+    );
+    assert!(
+        json.contains(&format!("[\"x-local\",\"127.0.0.1:{port}\"]")),
+        "{json}"
+    );
+}
+
+#[test]
+fn http_load_keeps_its_rate_and_counts_every_body() {
+    let port = http_server();
+    let r = mesh_loadgen::http::http_load(V4, port, "bench", 4, 400.0, 0.5).expect("fixed rate");
+    // 4 connections x 50 scheduled sends in 0.5 s (each on its own staggered schedule).
+    assert_eq!(r.samples_ns.len(), 200, "{}", r.to_json());
+    assert_eq!(r.late_ns.len(), 200);
+    assert_eq!(r.non_200, 0);
+    assert_eq!(r.body_bytes, 200 * 1024);
+    assert!(r.quantile_us(0.5) <= r.quantile_us(0.99));
+    let u = mesh_loadgen::http::http_load(V4, port, "bench", 2, 0.0, 0.2).expect("unbounded");
+    assert!(u.samples_ns.len() > 10, "{}", u.to_json());
+    assert!(u.late_ns.is_empty());
+    assert!(
+        u.to_json().contains("\"late_p99_us\":null"),
+        "{}",
+        u.to_json()
+    );
+}

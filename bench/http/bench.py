@@ -1,0 +1,962 @@
+#!/usr/bin/env python3
+"""L7 benchmark: HTTP/1.1 through two sidecar hops (client pod out, server pod in),
+direct vs mesh-proxy (config from the real mesh-control) vs nginx vs HAProxy (mode
+http), side by side in one run.
+
+Topology (made here, deleted on exit, also on failure):
+
+    router ns  (198.18.<i>.1 on link i, ip_forward; mesh-control here, its API server
+      |         reached through a socat bridge: 127.0.0.1:6443 in this namespace ->
+      |         a unix socket -> kube-local's 127.0.0.1:6443 on the host)
+      |-- veth -- pod "direct-c" 198.18.1.2   no capture rules
+      |-- veth -- pod "direct-s" 198.18.2.2   no capture rules, the HTTP server
+      |-- veth -- pod "mesh-c"   198.18.3.2   mesh-init rules + mesh-proxy (uid 1337)
+      |-- veth -- pod "mesh-s"   198.18.4.2   mesh-init rules + mesh-proxy + the server
+      |-- ...       "nginx-c/-s", "haproxy-c/-s": the same rules, nginx / HAProxy as
+                    uid 1337 on 15001 (outbound) and 15006 (inbound)
+
+Every pod has a default route to the router. The client app (mesh-loadgen, root) in a
+client pod dials:
+  direct   the server pod's IP:8080;
+  mesh     the Service `bench`'s ClusterIP:8080 (kube-local's range, never routed: the
+           pod's nat OUTPUT rule sends it to mesh-proxy on 15001, which knows the
+           ClusterIP from mesh-control, routes per the VirtualService `bench` and picks
+           the endpoint of the EndpointSlice, the server pod's IP; the server pod's nat
+           PREROUTING rule sends that to its mesh-proxy on 15006, which passes it to the
+           app from 127.0.0.6);
+  nginx / haproxy   the server pod's IP:8080, captured the same way; these proxies cannot
+           ask mesh-control, so their upstream is written in their config (client side:
+           the server pod's IP:8080; server side: 127.0.0.1:8080).
+Each mode proves its path first (the server answers with the address it was reached at
+and the peer it saw; the mesh proxies' request metrics moved on both sides; nginx and
+HAProxy add a response header per hop).
+
+The load is mesh-loadgen's HTTP mode (bench/loadgen/src/http.rs): 16 keep-alive
+connections, 1 KB responses, (a) 1,000 req/s in total, (b) as fast as they go.
+"""
+
+import json
+import os
+import random
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+APP_PORT = 8080
+CONNS = int(os.environ.get("BENCH_CONNS", "16"))
+RATE = float(os.environ.get("BENCH_RATE", "1000"))
+SERVICES_SMALL = 10
+IDLE_CPU_WINDOW = 3.0
+SERVICES_LARGE = int(os.environ.get("BENCH_SERVICES", "1000"))
+MODES_ALL = ("direct", "mesh", "nginx", "haproxy")
+INIT_ARGS = ["-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*",
+             "-x", "", "-b", "*", "-d", "15090,15021"]
+AS_PROXY = ["setpriv", "--reuid=1337", "--regid=1337", "--clear-groups"]
+TARGETS = {"added_p99_us": 600, "cpu_s_per_1k": 0.05, "rss_idle_kb": 3 * 1024,
+           "rss_load_kb": 8 * 1024, "rss_growth_kb": 1024}
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def sh(*args, check=True, input=None, timeout=120, **kw):
+    r = subprocess.run(list(args), capture_output=True, text=True, input=input,
+                       timeout=timeout, **kw)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)[:300]} failed: {r.stderr.strip()[-2000:]}")
+    return r
+
+
+def busy_cpu_seconds():
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / CLK
+
+
+def proc_stat(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(") ", 1)[1].split()
+
+
+def children(pid):
+    """Direct children of `pid` (nginx's workers)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                if int(proc_stat(d)[1]) == pid:
+                    out.append(int(d))
+            except (OSError, IndexError):
+                pass
+    return out
+
+
+def vmrss_kb(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def rss_split_kb(pid):
+    """(RssAnon, RssFile) from /proc/PID/status."""
+    got = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                k = line.split(":", 1)[0]
+                if k in ("RssAnon", "RssFile"):
+                    got[k] = int(line.split()[1])
+    except OSError:
+        pass
+    return got.get("RssAnon", 0), got.get("RssFile", 0)
+
+
+def binary_id(path):
+    """Size and a short sha256 of a binary: the target dir is shared, say what ran."""
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return f"{os.path.getsize(path)} bytes, sha256 {h.hexdigest()[:12]}"
+
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+class Proc:
+    """A process this script started (ip netns exec and setpriv exec, so the Popen's PID
+    is the program's own); `tree` also counts its children (nginx's workers)."""
+
+    def __init__(self, name, popen, tree=False, stop_signal=signal.SIGTERM):
+        self.name, self.p, self.tree, self.stop_signal = name, popen, tree, stop_signal
+
+    def pids(self):
+        return [self.p.pid] + (children(self.p.pid) if self.tree else [])
+
+    def cpu(self):
+        return sum(self.cpu_split())
+
+    def cpu_split(self):
+        """(user, system) CPU seconds (utime, stime of /proc/PID/stat)."""
+        user = system = 0
+        for pid in self.pids():
+            try:
+                f = proc_stat(pid)
+                user, system = user + int(f[11]), system + int(f[12])
+            except (OSError, IndexError):
+                pass
+        return user / CLK, system / CLK
+
+    def rss(self):
+        return sum(vmrss_kb(pid) for pid in self.pids())
+
+    def alive(self):
+        return self.p.poll() is None
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.send_signal(self.stop_signal)
+            try:
+                self.p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+
+
+class Bench:
+    def __init__(self, bins):
+        self.tag = os.environ.get("BENCH_TAG") or str(os.getpid() % 100000)
+        self.modes = os.environ.get("BENCH_MODES", ",".join(MODES_ALL)).split(",")
+        bad = [m for m in self.modes if m not in MODES_ALL]
+        if bad or self.modes[0] != "direct":
+            raise SystemExit(f"BENCH_MODES must start with direct and name only {MODES_ALL}; "
+                             f"unknown: {bad}")
+        self.seconds = float(os.environ.get("BENCH_SECONDS", "5"))
+        self.useconds = float(os.environ.get("BENCH_UNBOUNDED_SECONDS", "3"))
+        self.reps = int(os.environ.get("BENCH_REPS", "3"))
+        self.router = f"mhr{self.tag}"
+        self.namespaces = []
+        self.procs = []            # every Proc, for teardown (reverse order)
+        self.proxies = {}          # mode -> {"out": Proc, "in": Proc}
+        self.tmp = tempfile.mkdtemp(prefix=f"mesh-bench-http-{self.tag}-")
+        os.chmod(self.tmp, 0o755)  # uid 1337 reads its config and writes its temp files
+        # The target dir is shared with other builds, which may replace a binary while we
+        # run: measure copies, taken once (and readable by uid 1337 wherever the checkout is).
+        self.bins = dict(bins)
+        for name in ("proxy", "control"):
+            copy = os.path.join(self.tmp, os.path.basename(bins[name]))
+            shutil.copy2(bins[name], copy)
+            os.chmod(copy, 0o755)
+            self.bins[name] = copy
+        self.bin_ids = {n: f"{bins[n]} ({binary_id(self.bins[n])})" for n in ("proxy", "control")}
+        self.kns = f"bench-http-{self.tag}-{int(time.time()) % 100000}"
+        self.kube_created = False
+        self.kubectl_bin = os.environ["KUBECTL"]
+        self.cluster_ip = None
+        self.mc = None
+        self.ready_rss = {}
+
+    # ------------------------------------------------------------ topology
+    def link_of(self, mode, side):
+        return 2 * self.modes.index(mode) + (1 if side == "c" else 2)
+
+    def pod(self, mode, side):
+        return f"mh{self.link_of(mode, side)}x{self.tag}"
+
+    def ip(self, mode, side):
+        return f"198.18.{self.link_of(mode, side)}.2"
+
+    def ns_exec(self, ns, *args):
+        return ["ip", "netns", "exec", ns, *args]
+
+    def setup_netns(self):
+        sh("ip", "netns", "add", self.router)
+        self.namespaces.append(self.router)
+        sh("ip", "-n", self.router, "link", "set", "lo", "up")
+        sh(*self.ns_exec(self.router, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"))
+        for mode in self.modes:
+            for side in "cs":
+                i, pod = self.link_of(mode, side), self.pod(mode, side)
+                sh("ip", "netns", "add", pod)
+                self.namespaces.append(pod)
+                sh("ip", "-n", pod, "link", "set", "lo", "up")
+                a, b = f"hp{i}x{self.tag}"[:15], f"hr{i}x{self.tag}"[:15]
+                sh("ip", "link", "add", a, "netns", pod, "type", "veth", "peer", "name", b,
+                   "netns", self.router)
+                sh("ip", "-n", pod, "addr", "add", f"198.18.{i}.2/24", "dev", a)
+                sh("ip", "-n", self.router, "addr", "add", f"198.18.{i}.1/24", "dev", b)
+                sh("ip", "-n", pod, "link", "set", a, "up")
+                sh("ip", "-n", self.router, "link", "set", b, "up")
+                sh("ip", "-n", pod, "route", "add", "default", "via", f"198.18.{i}.1")
+                if mode != "direct":
+                    sh(*self.ns_exec(pod, self.bins["init"], *INIT_ARGS))
+
+    def spawn(self, name, ns, cmd, tree=False, stop_signal=signal.SIGTERM, log_file=None,
+              stdout=None):
+        out = open(os.path.join(self.tmp, log_file or f"{name}.log"), "w")
+        p = subprocess.Popen(self.ns_exec(ns, *cmd) if ns else cmd, stdin=subprocess.DEVNULL,
+                             stdout=stdout or out, stderr=out, text=True)
+        proc = Proc(name, p, tree, stop_signal)
+        self.procs.append(proc)
+        return proc
+
+    def start_servers(self):
+        for mode in self.modes:
+            p = self.spawn(f"server-{mode}", self.pod(mode, "s"),
+                           [self.bins["loadgen"], "http-server", str(APP_PORT)],
+                           stdout=subprocess.PIPE)
+            if p.p.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"HTTP server in {mode} did not start")
+
+    # ------------------------------------------------------------ kube + mesh-control
+    def kubectl(self, *args, input=None, check=True, timeout=300):
+        return sh(self.kubectl_bin, *args, input=input, check=check, timeout=timeout)
+
+    def service_yaml(self, name, endpoint_ip, selector=None):
+        sel = f"\n  selector:\n    app: {selector}" if selector else ""
+        target = (f"\n  targetRef: {{kind: Pod, name: bench-server, namespace: {self.kns}}}"
+                  if selector else "")
+        return f"""---
+apiVersion: v1
+kind: Service
+metadata:
+  name: {name}
+  namespace: {self.kns}
+spec:{sel}
+  ports:
+  - {{name: http, port: {APP_PORT}, targetPort: {APP_PORT}, protocol: TCP}}
+---
+apiVersion: discovery.k8s.io/v1beta1
+kind: EndpointSlice
+metadata:
+  name: {name}-1
+  namespace: {self.kns}
+  labels: {{kubernetes.io/service-name: {name}}}
+addressType: IPv4
+endpoints:
+- addresses: [{endpoint_ip}]
+  conditions: {{ready: true}}{target}
+ports:
+- {{name: http, port: {APP_PORT}, protocol: TCP}}
+"""
+
+    def filler_yaml(self, start, count):
+        # Endpoints in 198.18.250.0/24: never dialled (nothing talks to these Services).
+        return "".join(self.service_yaml(f"fill-{i}", f"198.18.250.{i % 250 + 1}")
+                       for i in range(start, start + count))
+
+    def pod_yaml(self, name, app):
+        return f"""---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  namespace: {self.kns}
+  labels: {{app: {app}, version: v1}}
+spec:
+  containers:
+  - name: app
+    image: mesh-bench/app
+    ports: [{{name: http, containerPort: {APP_PORT}}}]
+"""
+
+    def set_pod_ip(self, name, ip):
+        """kube-local has no kubelet: the pod stays Pending without an IP. mesh-control
+        only knows a pod (labels, peer metadata, which Services front it) by its
+        status.podIP, so it is written through the status subresource."""
+        pod = json.loads(self.kubectl("-n", self.kns, "get", "pod", name, "-o", "json").stdout)
+        pod["status"].update({"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+                              "hostIP": "198.18.0.254"})
+        path = f"{self.tmp}/{name}-status.json"
+        with open(path, "w") as f:
+            json.dump(pod, f)
+        self.kubectl("replace", "--raw",
+                     f"/api/v1/namespaces/{self.kns}/pods/{name}/status", "-f", path)
+
+    def create_kube_objects(self):
+        self.kubectl("create", "namespace", self.kns)
+        self.kube_created = True
+        mc, ms = self.ip("mesh", "c"), self.ip("mesh", "s")
+        vs = f"""---
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata:
+  name: bench
+  namespace: {self.kns}
+spec:
+  hosts: [bench]
+  http:
+  - name: bench-all
+    match:
+    - uri: {{prefix: /}}
+    route:
+    - destination: {{host: bench, port: {{number: {APP_PORT}}}}}
+"""
+        docs = (self.service_yaml("bench", ms, selector="bench-server")
+                + self.filler_yaml(0, SERVICES_SMALL - 1)
+                + self.pod_yaml("bench-client", "bench-client")
+                + self.pod_yaml("bench-server", "bench-server") + vs)
+        path = f"{self.tmp}/objects.yaml"
+        with open(path, "w") as f:
+            f.write(docs)
+        self.kubectl("apply", "-f", path)
+        self.set_pod_ip("bench-client", mc)
+        self.set_pod_ip("bench-server", ms)
+        self.cluster_ip = self.kubectl("-n", self.kns, "get", "service", "bench", "-o",
+                                       "jsonpath={.spec.clusterIP}").stdout.strip()
+
+    def start_mesh_control(self):
+        sock = os.path.join(self.tmp, "kube.sock")
+        host, port = "127.0.0.1", "6443"
+        self.spawn("kube-bridge-host", None,
+                   ["socat", f"UNIX-LISTEN:{sock},fork,mode=600", f"TCP:{host}:{port}"])
+        for _ in range(50):
+            if os.path.exists(sock):
+                break
+            time.sleep(0.05)
+        self.spawn("kube-bridge-router", self.router,
+                   ["socat", f"TCP-LISTEN:{port},bind={host},reuseaddr,fork",
+                    f"UNIX-CONNECT:{sock}"])
+        self.mc = self.spawn("mesh-control", self.router,
+                             ["env", f"KUBECONFIG={os.environ['KUBECONFIG']}",
+                              self.bins["control"], "serve", "--plaintext-addr", "0.0.0.0:15010",
+                              "--metrics-addr", "127.0.0.1:15014", "--log", "warn",
+                              "--debounce", "50ms"])
+        self.wait_for(lambda: self.mc_get("/readyz")[0] == "200", 60, "mesh-control ready")
+        # The Service with its endpoint, as the client pod's proxy will be told.
+        key = f"addr/{self.cluster_ip}"
+        self.wait_for(lambda: self.ip("mesh", "s") in self.mc_get(
+            f"/debug/config?proxy={self.kns}/bench-client&key={key}")[1], 30,
+            f"mesh-control serving {key} with the server pod's endpoint")
+        self.wait_for(lambda: "bench-all" in self.mc_get(
+            f"/debug/config?proxy={self.kns}/bench-client&key={key}")[1], 30,
+            "mesh-control serving the VirtualService's route")
+
+    def mc_get(self, path):
+        r = sh(*self.ns_exec(self.router, "curl", "-s", "-o", "-", "-w", "\n%{http_code}",
+                             "--max-time", "5", f"http://127.0.0.1:15014{path}"), check=False)
+        body, _, code = r.stdout.rpartition("\n")
+        return code.strip(), body
+
+    def mc_counts(self):
+        return json.loads(self.mc_get("/debug/objects")[1])["counts"]
+
+    @staticmethod
+    def wait_for(cond, timeout, what):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                if cond():
+                    return
+            except (RuntimeError, ValueError, KeyError, subprocess.TimeoutExpired):
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"timed out waiting for {what}")
+
+    # ------------------------------------------------------------ proxies
+    def pod_get(self, ns, url):
+        r = sh(*self.ns_exec(ns, "curl", "-s", "--max-time", "5", url), check=False)
+        return r.stdout
+
+    def start_mesh_proxies(self):
+        procs = {}
+        for side, name in (("out", "bench-client"), ("in", "bench-server")):
+            s = "c" if side == "out" else "s"
+            ns = self.pod("mesh", s)
+            procs[side] = self.spawn(
+                f"mesh-proxy-{side}", ns,
+                AS_PROXY + [self.bins["proxy"], "--control-plane",
+                            f"198.18.{self.link_of('mesh', s)}.1:15010",
+                            "--pod-name", name, "--pod-namespace", self.kns,
+                            "--instance-ip", self.ip("mesh", s),
+                            "--admin-addr", "127.0.0.1:15021",
+                            "--metrics-addr", "127.0.0.1:15090",
+                            "--debug-addr", "127.0.0.1:15000"],
+                stop_signal=signal.SIGINT)  # SIGINT: drain at once, no drain delay
+        for side, s in (("out", "c"), ("in", "s")):
+            ns = self.pod("mesh", s)
+            self.wait_for(lambda: sh(*self.ns_exec(ns, "curl", "-sf", "--max-time", "1",
+                                                   "http://127.0.0.1:15021/healthz/ready"),
+                                     check=False).returncode == 0, 20, f"mesh-proxy {side} ready")
+        self.proxies["mesh"] = procs
+
+    def stop_mesh_proxies(self):
+        for p in self.proxies.pop("mesh").values():
+            p.stop()
+            self.procs.remove(p)
+
+    def start_nginx(self):
+        procs = {}
+        for side, s, port, upstream in (("out", "c", 15001, f"{self.ip('nginx', 's')}:{APP_PORT}"),
+                                        ("in", "s", 15006, f"127.0.0.1:{APP_PORT}")):
+            d = os.path.join(self.tmp, f"nginx-{side}")
+            os.makedirs(d)
+            os.chown(d, 1337, 1337)
+            cfg = os.path.join(self.tmp, f"nginx-{side}.conf")
+            with open(cfg, "w") as f:
+                f.write(NGINX_CFG.format(dir=d, port=port, upstream=upstream, side=side))
+            procs[side] = self.spawn(f"nginx-{side}", self.pod("nginx", s),
+                                     AS_PROXY + [shutil.which("nginx") or "/usr/sbin/nginx",
+                                                 "-c", cfg, "-p", d, "-e", f"{d}/error.log"],
+                                     tree=True, stop_signal=signal.SIGTERM)
+        self.proxies["nginx"] = procs
+
+    def start_haproxy(self):
+        procs = {}
+        for side, s, port, upstream in (("out", "c", 15001, f"{self.ip('haproxy', 's')}:{APP_PORT}"),
+                                        ("in", "s", 15006, f"127.0.0.1:{APP_PORT}")):
+            cfg = os.path.join(self.tmp, f"haproxy-{side}.cfg")
+            with open(cfg, "w") as f:
+                f.write(HAPROXY_CFG.format(port=port, upstream=upstream, side=side))
+            procs[side] = self.spawn(f"haproxy-{side}", self.pod("haproxy", s),
+                                     AS_PROXY + [shutil.which("haproxy") or "/usr/sbin/haproxy",
+                                                 "-f", cfg, "-db"])
+        self.proxies["haproxy"] = procs
+
+    # ------------------------------------------------------------ clients
+    def target(self, mode):
+        """(address the app dials, Host header)."""
+        authority = f"bench:{APP_PORT}"
+        if mode == "mesh":
+            return self.cluster_ip, authority
+        return self.ip(mode, "s"), authority
+
+    def client(self, mode, *args, timeout=120):
+        r = sh(*self.ns_exec(self.pod(mode, "c"), self.bins["loadgen"], "client", *args),
+               timeout=timeout)
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+    def http_get(self, mode):
+        host, auth = self.target(mode)
+        r = self.client(mode, "http-get", host, str(APP_PORT), auth, timeout=20)
+        r["headers"] = dict(r["headers"])
+        return r
+
+    def load(self, mode, rate, seconds, sample_rss=False):
+        """One load run; proxy CPU seconds over it and, if asked, the proxies' highest
+        VmRSS sampled every 100 ms while it ran."""
+        host, auth = self.target(mode)
+        procs = self.proxies.get(mode, {})
+        cpu0 = {k: p.cpu_split() for k, p in procs.items()}
+        m0, w0 = busy_cpu_seconds(), time.monotonic()
+        cmd = self.ns_exec(self.pod(mode, "c"), self.bins["loadgen"], "client", "http", host,
+                           str(APP_PORT), auth, str(CONNS), f"{rate:g}", f"{seconds:g}")
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        peak = {k: 0 for k in procs}
+        while p.poll() is None:
+            if sample_rss:
+                for k, pr in procs.items():
+                    peak[k] = max(peak[k], pr.rss())
+            time.sleep(0.1)
+        out, err = p.communicate()
+        if p.returncode != 0:
+            raise RuntimeError(f"{mode} load failed: {err.strip()[-500:]}")
+        r = json.loads(out.strip().splitlines()[-1])
+        # Over the client's whole life (its warm-up included), so a lower bound.
+        r["machine_busy"] = (busy_cpu_seconds() - m0) / ((os.cpu_count() or 1)
+                                                         * (time.monotonic() - w0))
+        split = {k: [a - b for a, b in zip(p.cpu_split(), cpu0[k])] for k, p in procs.items()}
+        r["cpu_user_sys_s"] = split
+        r["cpu_s"] = {k: sum(v) for k, v in split.items()}
+        r["cpu_s_per_1k"] = {k: v / (r["requests"] / 1000) for k, v in r["cpu_s"].items()}
+        if sample_rss:
+            r["rss_peak_kb"] = peak
+        if r["non_200"]:
+            raise RuntimeError(f"{mode}: {r['non_200']} answers were not 200")
+        return r
+
+    # ------------------------------------------------------------ checks
+    def mesh_requests(self, side):
+        ns = self.pod("mesh", "c" if side == "out" else "s")
+        reporter = "source" if side == "out" else "destination"
+        text = self.pod_get(ns, "http://127.0.0.1:15090/stats/prometheus")
+        dest = f'destination_service="bench.{self.kns}.svc.cluster.local"'
+        total, lines = 0, []
+        for line in text.splitlines():
+            if (line.startswith("istio_requests_total{") and f'reporter="{reporter}"' in line
+                    and dest in line and 'response_code="200"' in line):
+                total += int(float(line.rsplit(" ", 1)[1]))
+                lines.append(line)
+        return total, lines
+
+    def prove_path(self, mode):
+        before = {s: self.mesh_requests(s)[0] for s in ("out", "in")} if mode == "mesh" else {}
+        r = self.http_get(mode)
+        h = r["headers"]
+        ok, why = r["status"] == 200 and r["body_len"] == 1024, []
+        peer_ip = h.get("x-peer", ":").rsplit(":", 1)[0]
+        local = h.get("x-local", "")
+        client_port = r["client_local"].rsplit(":", 1)[1]
+        if mode == "direct":
+            ok &= peer_ip == self.ip(mode, "c") and h["x-peer"].rsplit(":", 1)[1] == client_port
+            ok &= local == f"{self.ip(mode, 's')}:{APP_PORT}"
+        elif mode == "mesh":
+            after = {s: self.mesh_requests(s) for s in ("out", "in")}
+            # The outbound proxy chose the endpoint (the server pod, from the EndpointSlice)
+            # and the inbound proxy delivered it from Istio's passthrough source.
+            ok &= local == f"{self.ip(mode, 's')}:{APP_PORT}" and peer_ip == "127.0.0.6"
+            for s in ("out", "in"):
+                moved = after[s][0] - before[s]
+                ok &= moved == 1
+                why.append(f"{s}: istio_requests_total +{moved}")
+            labels = after["in"][1][0] if after["in"][1] else ""
+            r["server_side_series"] = labels
+            # The outbound proxy holds the ClusterIP's Service with the VirtualService's
+            # rule (a catch-all prefix match, so every request takes it). (/debug/route would
+            # say so per request, but mesh-proxy's admin parser drops the query string, so
+            # it answers "host= is required" to every query.)
+            dump = self.pod_get(self.pod(mode, "c"), "http://127.0.0.1:15000/config_dump")
+            held = [x for x in json.loads(dump)["resources"]
+                    if x["key"] == f"addr/{self.cluster_ip}"]
+            ok &= bool(held) and "bench-all" in json.dumps(held)
+            why.append("client proxy holds route bench-all of VirtualService bench")
+        else:
+            ok &= local == f"127.0.0.1:{APP_PORT}" and peer_ip == "127.0.0.1"
+            ok &= h.get("x-via-out") == f"{mode}-out" and h.get("x-via-in") == f"{mode}-in"
+            why.append(f"x-via-out={h.get('x-via-out')} x-via-in={h.get('x-via-in')}")
+        r["ok"], r["why"] = ok, "; ".join(why)
+        if not ok:
+            raise RuntimeError(f"{mode}: path check failed: {json.dumps(r)}")
+        return r
+
+    def config_keys(self, side):
+        ns = self.pod("mesh", "c" if side == "out" else "s")
+        d = json.loads(self.pod_get(ns, "http://127.0.0.1:15000/config_dump") or "{}")
+        return [x["key"] for x in d.get("resources", [])]
+
+    # ------------------------------------------------------------ phases
+    def run(self):
+        res = {m: {"fixed": [], "unbounded": []} for m in self.modes}
+        for rep in range(self.reps):
+            order = self.modes[:]
+            random.shuffle(order)
+            for mode in order:
+                f = self.load(mode, RATE, self.seconds, sample_rss=True)
+                u = self.load(mode, 0, self.useconds)
+                res[mode]["fixed"].append(f)
+                res[mode]["unbounded"].append(u)
+                log(f"  rep {rep + 1}/{self.reps} {mode:8s} 1k/s p50 {f['p50_us']:7.1f} "
+                    f"p99 {f['p99_us']:7.1f} µs ({f['rps']:.0f} req/s)   unbounded "
+                    f"{u['rps']:8.0f} req/s")
+        return res
+
+    def idle_rss(self):
+        return {m: {k: p.rss() for k, p in procs.items()} for m, procs in self.proxies.items()}
+
+    def scale_point(self, label):
+        """Fresh mesh proxies: path check, idle RSS, then 1,000 req/s with RSS sampled."""
+        self.start_mesh_proxies()
+        self.prove_path("mesh")
+        time.sleep(0.5)
+        idle = {k: p.rss() for k, p in self.proxies["mesh"].items()}
+        f = self.load("mesh", RATE, self.seconds, sample_rss=True)
+        keys = {s: self.config_keys(s) for s in ("out", "in")}
+        counts = self.mc_counts()
+        log(f"  {label}: cluster Services {counts['services']}, proxy keys out "
+            f"{len(keys['out'])} in {len(keys['in'])}, RSS idle {idle}, at 1k/s "
+            f"{f['rss_peak_kb']}")
+        return {"idle_kb": idle, "load_kb": f["rss_peak_kb"], "keys": keys,
+                "cluster_services": counts["services"], "p99_us": f["p99_us"]}
+
+    def services_phase(self):
+        small = self.scale_point(f"{SERVICES_SMALL} Services in the namespace")
+        # The proxies of the first point stay up through the change: a proxy subscribed
+        # to a few keys must not be pushed the new Services at all.
+        running_before = {k: p.rss() for k, p in self.proxies["mesh"].items()}
+        before = self.mc_counts()
+        path = f"{self.tmp}/more-services.yaml"
+        with open(path, "w") as f:
+            f.write(self.filler_yaml(SERVICES_SMALL - 1, SERVICES_LARGE - SERVICES_SMALL))
+        t = time.time()
+        self.kubectl("apply", "-f", path, timeout=600)
+        applied_s = time.time() - t
+        last = f"host/fill-{SERVICES_LARGE - 2}.{self.kns}"
+        self.wait_for(lambda: "198.18.250." in self.mc_get(
+            f"/debug/config?proxy={self.kns}/bench-client&key={last}")[1], 120,
+            f"mesh-control serving the last Service applied ({last})")
+        log(f"  applied {SERVICES_LARGE - SERVICES_SMALL} Services + slices in {applied_s:.1f} s; "
+            f"mesh-control sees {self.mc_counts()['services']} Services")
+        time.sleep(1.0)
+        after_apply = {k: p.rss() for k, p in self.proxies["mesh"].items()}
+        f = self.load("mesh", RATE, self.seconds, sample_rss=True)
+        running = {"idle_before_kb": running_before, "idle_after_apply_kb": after_apply,
+                   "idle_after_load_kb": {k: p.rss() for k, p in self.proxies["mesh"].items()},
+                   "load_after_kb": f["rss_peak_kb"],
+                   "keys_after": {s: len(self.config_keys(s)) for s in ("out", "in")}}
+        self.stop_mesh_proxies()
+        large = self.scale_point(f"{SERVICES_LARGE} Services in the namespace")
+        return {"small": small, "large": large, "running": running, "apply_s": applied_s,
+                "services_in_namespace": [SERVICES_SMALL, SERVICES_LARGE]}
+
+    def setup(self):
+        self.setup_netns()
+        self.create_kube_objects()
+        self.start_mesh_control()
+        self.start_servers()
+        for mode in self.modes[1:]:
+            {"mesh": self.start_mesh_proxies, "nginx": self.start_nginx,
+             "haproxy": self.start_haproxy}[mode]()
+        time.sleep(0.5)
+        for mode, procs in self.proxies.items():
+            for side, p in procs.items():
+                if not p.alive():
+                    raise RuntimeError(f"{mode} {side} exited at start; see {self.tmp}")
+        # Before any request: the mesh proxies hold only their own pod's key.
+        self.ready_rss = self.idle_rss()
+
+    def teardown(self):
+        for p in reversed(self.procs):
+            try:
+                p.stop()
+            except Exception as e:  # noqa: BLE001 - keep cleaning up
+                log(f"stopping {p.name}: {e}")
+        for ns in self.namespaces:
+            # Anything left in our namespaces was started by this script.
+            for pid in sh("ip", "netns", "pids", ns, check=False).stdout.split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except OSError:
+                    pass
+            sh("ip", "netns", "del", ns, check=False)
+        if self.kube_created:
+            # No controller-manager in kube-local: delete what is inside ourselves, so the
+            # shared API server (and everyone's mesh-control) does not keep 1,000
+            # Services; the namespace itself then stays Terminating.
+            for kind in ("virtualservices.networking.istio.io", "endpointslices.discovery.k8s.io",
+                         "services", "pods"):
+                self.kubectl("-n", self.kns, "delete", kind, "--all", "--grace-period=0",
+                             "--force", "--wait=false", check=False, timeout=300)
+            self.kubectl("delete", "namespace", self.kns, "--wait=false", check=False)
+        if os.environ.get("BENCH_KEEP_LOGS"):
+            log(f"logs kept in {self.tmp}")
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+NGINX_CFG = """worker_processes 2;
+daemon off;
+pid {dir}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+    upstream app {{
+        server {upstream};
+        keepalive 64;
+        keepalive_requests 100000000;
+        keepalive_timeout 300s;
+    }}
+    server {{
+        listen {port} reuseport;
+        location / {{
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            add_header x-via-{side} nginx-{side};
+        }}
+    }}
+}}
+"""
+
+HAPROXY_CFG = """global
+    maxconn 8000
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+    timeout http-keep-alive 300s
+frontend capture
+    bind 0.0.0.0:{port}
+    http-response add-header x-via-{side} haproxy-{side}
+    default_backend app
+backend app
+    server s {upstream}
+"""
+
+
+# ---------------------------------------------------------------- report
+
+def fmt(x, spec=".1f"):
+    return "-" if x is None else format(x, spec)
+
+
+def verdict(value, limit):
+    if value is None:
+        return "n/a"
+    return "met" if value <= limit else "MISSED"
+
+
+def summarize(res, idle, ready, idle_cpu):
+    s = {}
+    for mode, r in res.items():
+        f, u = r["fixed"], r["unbounded"]
+        row = {q: med([x[f"{q}_us"] for x in f]) for q in ("p50", "p90", "p99", "p999", "mean")}
+        row["rate"] = med([x["rps"] for x in f])
+        row["late_p99"] = med([x["late_p99_us"] for x in f])
+        row["p99_best"] = min(x["p99_us"] for x in f)
+        row["busy_fixed"] = med([x["machine_busy"] for x in f])
+        cpu_tot = {k: sum(sum(x["cpu_user_sys_s"][k]) for x in f) for k in
+                   (("out", "in") if mode != "direct" else ())}
+        row["sys_share_fixed"] = {k: (sum(x["cpu_user_sys_s"][k][1] for x in f) / v if v else None)
+                                  for k, v in cpu_tot.items()}
+        row["max_rps"] = med([x["rps"] for x in u])
+        row["u_p50"] = med([x["p50_us"] for x in u])
+        row["u_p99"] = med([x["p99_us"] for x in u])
+        row["u_busy"] = med([x["machine_busy"] for x in u])
+        sides = ("out", "in") if mode != "direct" else ()
+        row["cpu_1k"] = {k: med([x["cpu_s_per_1k"][k] for x in f]) for k in sides}
+        row["cpu_1k_u"] = {k: med([x["cpu_s_per_1k"][k] for x in u]) for k in sides}
+        row["rss_idle"] = idle.get(mode, {})
+        row["rss_ready"] = ready.get(mode, {})
+        row["idle_cpu_s"] = idle_cpu.get(mode, {})
+        row["rss_load"] = {k: max(x["rss_peak_kb"][k] for x in f) for k in sides}
+        s[mode] = row
+    d = s["direct"]
+    for mode, row in s.items():
+        row["added"] = {q: (row[q] - d[q]) if row[q] is not None else None
+                        for q in ("p50", "p90", "p99")}
+        row["added_p99_best"] = row["p99_best"] - d["p99_best"]
+    return s
+
+
+def report(s, scale, paths, meta):
+    out = []
+    out.append(f"HTTP/1.1 benchmark: {meta['reps']} interleaved repetitions; {CONNS} keep-alive "
+               f"connections, 1 KB answers; {meta['seconds']:g} s at {RATE:g} req/s and "
+               f"{meta['useconds']:g} s unbounded per repetition; medians of the repetitions.")
+    out.append(f"{meta['date']}, {meta['cpus']} CPUs, commit {meta['commit']}")
+    out.append(f"mesh-proxy {meta['proxy_bin']}; mesh-control {meta['control_bin']}")
+    out.append(f"kube-local namespace {meta['kns']}, Service bench ClusterIP {meta['cluster_ip']}; "
+               f"Pods with status.podIP set (peer labels known)")
+    out.append("")
+    out.append("path check:")
+    for mode, r in paths.items():
+        h = r["headers"]
+        out.append(f"  {mode:8s} {'ok' if r['ok'] else 'FAILED'}: 200, {r['body_len']} B, server "
+                   f"reached at {h.get('x-local')} saw {h.get('x-peer')} (client "
+                   f"{r['client_local']}) {r['why']}")
+    if "mesh" in paths and paths["mesh"].get("server_side_series"):
+        out.append(f"  server-side proxy's series: {paths['mesh']['server_side_series'][:400]}")
+    out.append("")
+    out.append(f"at {RATE:g} req/s (latency of a request from its write to the end of its body; "
+               "added = minus direct; CPU s per 1,000 requests and RSS for the outbound / "
+               "inbound proxy):")
+    out.append("")
+    out.append("| mode | req/s (send lag p99 µs) | p50 µs | p90 µs | p99 µs | p99.9 µs | added p50 / p90 / p99 µs "
+               "| CPU s/1k req out / in | RSS idle KiB out / in | RSS at 1k/s KiB out / in |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|")
+    for mode, r in s.items():
+        a = r["added"]
+        two = lambda dct, spec: " / ".join(fmt(dct.get(k), spec) for k in ("out", "in")) \
+            if dct else "-"
+        out.append(f"| {mode} | {fmt(r['rate'], '.0f')} ({fmt(r['late_p99'], '.0f')}) | {fmt(r['p50'])} | {fmt(r['p90'])} "
+                   f"| {fmt(r['p99'])} | {fmt(r['p999'])} | "
+                   f"{'-' if mode == 'direct' else ' / '.join(fmt(a[q]) for q in ('p50', 'p90', 'p99'))} "
+                   f"| {two(r['cpu_1k'], '.4f')} | {two(r['rss_idle'], 'd')} "
+                   f"| {two(r['rss_load'], 'd')} |")
+    out.append("")
+    out.append("")
+    out.append("whole machine busy during the 1,000 req/s runs (every tenant of the shared VM; "
+               "this benchmark alone needs a fraction of one CPU), and the proxies' kernel share "
+               "of their CPU time (stime / (utime + stime)), out / in:")
+    for mode, r in s.items():
+        ks = " / ".join(f"{r['sys_share_fixed'][k]:.0%}" for k in ("out", "in")) \
+            if r["sys_share_fixed"] else "-"
+        out.append(f"  {mode:8s} machine {r['busy_fixed']:.0%}   kernel share {ks}   "
+                   f"p99 of the best repetition {r['p99_best']:.1f} µs")
+    out.append(f"load average at start / end: {meta['loadavg'][0]} / {meta['loadavg'][1]}")
+    if s.get("mesh", {}).get("rss_idle_anon_file"):
+        sp = s["mesh"]["rss_idle_anon_file"]
+        out.append(f"mesh-proxy idle RSS split (anonymous + file pages, KiB): out "
+                   f"{sp['out'][0]} + {sp['out'][1]}, in {sp['in'][0]} + {sp['in'][1]}")
+    out.append(f"proxy RSS KiB at ready, before any request (out / in), and CPU s used while "
+               f"idle for {IDLE_CPU_WINDOW:g} s after the path check:")
+    for mode, r in s.items():
+        if r["rss_ready"]:
+            out.append(f"  {mode:8s} ready {r['rss_ready']['out']} / {r['rss_ready']['in']}   "
+                       f"idle CPU {r['idle_cpu_s']['out']:.2f} / {r['idle_cpu_s']['in']:.2f} s")
+    out.append("")
+    out.append(f"unbounded ({CONNS} connections as fast as they go; the whole machine's busy share):")
+    out.append("")
+    out.append("| mode | max req/s (ratio) | p50 µs | p99 µs | CPU s/1k req out / in | machine busy |")
+    out.append("|---|---|---|---|---|---|")
+    base = s["direct"]["max_rps"]
+    for mode, r in s.items():
+        cpu = " / ".join(fmt(r["cpu_1k_u"].get(k), ".4f") for k in ("out", "in")) \
+            if r["cpu_1k_u"] else "-"
+        out.append(f"| {mode} | {fmt(r['max_rps'], '.0f')} ({r['max_rps'] / base:.2f}) "
+                   f"| {fmt(r['u_p50'])} | {fmt(r['u_p99'])} | {cpu} | {r['u_busy']:.0%} |")
+    if scale:
+        sm, lg, rn = scale["small"], scale["large"], scale["running"]
+        out.append("")
+        out.append(f"mesh-proxy RSS with {SERVICES_SMALL} vs {SERVICES_LARGE} Services in the "
+                   f"namespace (whole cluster: {sm['cluster_services']} vs "
+                   f"{lg['cluster_services']} Services; {SERVICES_LARGE - SERVICES_SMALL} more "
+                   f"applied in {scale['apply_s']:.1f} s), fresh proxies each, KiB out / in:")
+        out.append("")
+        out.append("| Services | keys held out / in | RSS idle | RSS at 1k/s | p99 µs at 1k/s |")
+        out.append("|---|---|---|---|---|")
+        for n, p in ((SERVICES_SMALL, sm), (SERVICES_LARGE, lg)):
+            out.append(f"| {n} | {len(p['keys']['out'])} / {len(p['keys']['in'])} "
+                       f"| {p['idle_kb']['out']} / {p['idle_kb']['in']} "
+                       f"| {p['load_kb']['out']} / {p['load_kb']['in']} | {p['p99_us']:.1f} |")
+        out.append(f"  keys the outbound proxy holds: {', '.join(sm['keys']['out'])}")
+        kb = lambda d: f"{d['out']} / {d['in']}"
+        out.append(f"  the first point's proxies, kept running through the apply: "
+                   f"{kb(rn['idle_before_kb'])} after their 1k/s run, "
+                   f"{kb(rn['idle_after_apply_kb'])} once mesh-control had the new Services, "
+                   f"{kb(rn['load_after_kb'])} during another 1k/s run, "
+                   f"{kb(rn['idle_after_load_kb'])} after it; keys held "
+                   f"{rn['keys_after']['out']} / {rn['keys_after']['in']}")
+    # Targets, for mesh-proxy (the others' numbers beside them for comparison).
+    out.append("")
+    out.append("targets (mesh-proxy; worst of the two proxies where per proxy):")
+    m = s.get("mesh")
+    if m:
+        worst = lambda d: max(d.values()) if d else None
+        rows = [
+            (f"added p99 at {RATE:g} req/s <= 0.6 ms", m["added"]["p99"], TARGETS["added_p99_us"],
+             f"{fmt(m['added']['p99'])} µs (median of repetitions; best repetition "
+             f"{m['added_p99_best']:.1f} µs)"),
+            (f"CPU <= 0.05 vCPU per 1,000 req/s per proxy", worst(m["cpu_1k"]),
+             TARGETS["cpu_s_per_1k"], f"{fmt(worst(m['cpu_1k']), '.4f')} s per 1,000 requests"),
+            ("RSS idle <= 3 MB", worst(m["rss_idle"]), TARGETS["rss_idle_kb"],
+             f"{worst(m['rss_idle'])} KiB"),
+            (f"RSS at {RATE:g} req/s <= 8 MB", worst(m["rss_load"]), TARGETS["rss_load_kb"],
+             f"{worst(m['rss_load'])} KiB"),
+        ]
+        if scale:
+            g = max(scale["large"]["load_kb"][k] - scale["small"]["load_kb"][k]
+                    for k in ("out", "in"))
+            gi = max(scale["large"]["idle_kb"][k] - scale["small"]["idle_kb"][k]
+                     for k in ("out", "in"))
+            rows.append((f"RSS growth {SERVICES_SMALL} -> {SERVICES_LARGE} Services <= 1 MB",
+                         max(g, gi), TARGETS["rss_growth_kb"],
+                         f"{gi:+d} KiB idle, {g:+d} KiB at 1k/s"))
+        for what, v, limit, shown in rows:
+            out.append(f"  {what}: {shown} -> {verdict(v, limit)}")
+    return "\n".join(out)
+
+
+def run_main(argv):
+    bins = dict(zip(("proxy", "control", "init", "loadgen"), argv))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    b = Bench(bins)
+
+    def on_signal(*_):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+    t0 = time.time()
+    load0 = open("/proc/loadavg").read().split()[0]
+    try:
+        log(f"setting up: namespaces {b.router} + {2 * len(b.modes)} pods, kube namespace {b.kns}")
+        b.setup()
+        paths = {m: b.prove_path(m) for m in b.modes}
+        # Idle with the config of the path loaded; and the proxies' CPU while idle, which
+        # the CPU per request below would otherwise include.
+        time.sleep(0.5)
+        idle = b.idle_rss()
+        split = {k: rss_split_kb(p.p.pid) for k, p in b.proxies.get("mesh", {}).items()}
+        cpu0 = {m: {k: p.cpu() for k, p in pr.items()} for m, pr in b.proxies.items()}
+        time.sleep(IDLE_CPU_WINDOW)
+        idle_cpu = {m: {k: p.cpu() - cpu0[m][k] for k, p in pr.items()}
+                    for m, pr in b.proxies.items()}
+        log(f"paths ok; measuring ({b.reps} reps)")
+        res = b.run()
+        scale = None
+        if "mesh" in b.modes and SERVICES_LARGE > SERVICES_SMALL:
+            b.stop_mesh_proxies()
+            scale = b.services_phase()
+        s = summarize(res, idle, b.ready_rss, idle_cpu)
+        if "mesh" in s:
+            s["mesh"]["rss_idle_anon_file"] = split
+        meta = {"reps": b.reps, "seconds": b.seconds, "useconds": b.useconds, "kns": b.kns,
+                "cluster_ip": b.cluster_ip,
+                "loadavg": [load0, open("/proc/loadavg").read().split()[0]],
+                "date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "cpus": os.cpu_count(),
+                "commit": os.environ.get("BENCH_COMMIT", "unknown"),
+                "proxy_bin": b.bin_ids["proxy"], "control_bin": b.bin_ids["control"]}
+        print(report(s, scale, paths, meta))
+        log(f"done in {time.time() - t0:.0f} s")
+        path = os.environ.get("BENCH_JSON") or f"/tmp/bench-http-{b.tag}.json"
+        with open(path, "w") as f:
+            json.dump({"meta": meta, "summary": s, "runs": res, "services": scale,
+                       "paths": paths}, f, indent=1)
+        log(f"JSON written to {path}")
+    finally:
+        b.teardown()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 6 or sys.argv[1] != "run":
+        raise SystemExit("usage: bench.py run PROXY_BIN CONTROL_BIN INIT_BIN LOADGEN_BIN "
+                         "(see run.sh)")
+    run_main(sys.argv[2:])
