@@ -89,12 +89,25 @@ pub struct Bound {
     pub metrics_addr: SocketAddr,
 }
 
+/// The listen queue of the config stream and metrics listeners.
+const LISTEN_BACKLOG: u32 = 4096;
+
 async fn bind(
     what: &'static str,
     addr: SocketAddr,
 ) -> Result<(TcpListener, SocketAddr), ServeError> {
     let err = |source| ServeError::Bind { what, addr, source };
-    let l = TcpListener::bind(addr).await.map_err(err)?;
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .map_err(err)?;
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    // Every proxy of a node (or a cluster, after a restart) dials at once: tokio's
+    // default backlog of 128 made a burst of 1,000 wait for the kernel's 1 s SYN retry
+    // (bench/control).
+    let l = socket.listen(LISTEN_BACKLOG).map_err(err)?;
     let local = l.local_addr().map_err(err)?;
     Ok((l, local))
 }
