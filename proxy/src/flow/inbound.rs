@@ -29,14 +29,15 @@ pub(super) async fn handle(
     if let Some(l7) = &shared.l7 {
         let plan = plan_inbound(l7, orig).await;
         if plan == Plan::Sniff {
-            match sniff(shared, &client, orig, source).await {
+            match Box::pin(sniff(shared, &client, orig, source)).await {
                 SniffOutcome::Http => {}
                 SniffOutcome::Opaque(r) => dialled = Some(r),
             }
         }
         if plan == Plan::Http || (plan == Plan::Sniff && dialled.is_none()) {
             record.to_http(orig);
-            return http::serve(shared, l7, client, record.client(), orig, true).await;
+            // Boxed, as outbound.
+            return Box::pin(http::serve(shared, l7, client, record.client(), orig, true)).await;
         }
         record.set_peer(tcp_inbound_peer(l7, record.client(), orig).await);
     }

@@ -163,3 +163,38 @@ mod tests {
         assert!(!own("127.0.0.2:40000", "127.0.0.1:40001", &bound));
     }
 }
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+    use crate::access_log::AccessLog;
+    use crate::config::{Config, Identity};
+    use crate::orig_dst::FixedOriginalDst;
+
+    /// Every connection's memory is mostly its task's future: the L7 path (HTTP engine,
+    /// sniffing) is boxed so that an L4 connection never carries its state inline.
+    #[tokio::test]
+    async fn a_connection_task_stays_small() {
+        let shared = Shared {
+            config: Config::loopback(),
+            metrics: Arc::new(Metrics::new(Identity::unknown())),
+            orig_dst: Arc::new(FixedOriginalDst("127.0.0.1:1".parse().unwrap())),
+            own_listeners: Vec::new(),
+            access_log: AccessLog::stdout(None),
+            l7: None,
+            drain: tokio::sync::watch::channel(false).1,
+        };
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listen = ListenAddr(l.local_addr().unwrap());
+        let c1 = TcpStream::connect(listen.addr()).await.unwrap();
+        let c2 = TcpStream::connect(listen.addr()).await.unwrap();
+        let peer = ClientAddr(c1.local_addr().unwrap());
+        let mut r1 = ConnRecord::accepted(&shared, Direction::Outbound, peer);
+        let mut r2 = ConnRecord::accepted(&shared, Direction::Inbound, peer);
+        let out = outbound::handle(&shared, c1, &mut r1, listen);
+        let inb = inbound::handle(&shared, c2, &mut r2, listen);
+        let (o, i) = (std::mem::size_of_val(&out), std::mem::size_of_val(&inb));
+        eprintln!("outbound handle future {o} bytes, inbound {i} bytes");
+        assert!(o <= 2048 && i <= 2048, "outbound {o} B, inbound {i} B");
+    }
+}

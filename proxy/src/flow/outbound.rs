@@ -30,14 +30,24 @@ pub(super) async fn handle(
     if let Some(l7) = &shared.l7 {
         let (plan, svc) = plan_outbound(l7, orig).await;
         if plan == Plan::Sniff {
-            match sniff(shared, &client, orig, None).await {
+            match Box::pin(sniff(shared, &client, orig, None)).await {
                 SniffOutcome::Http => {}
                 SniffOutcome::Opaque(r) => dialled = Some(r),
             }
         }
         if plan == Plan::Http || (plan == Plan::Sniff && dialled.is_none()) {
             record.to_http(orig);
-            return http::serve(shared, l7, client, record.client(), orig, false).await;
+            // Boxed: an L4 connection's task must not carry the HTTP path's (much larger)
+            // state inline.
+            return Box::pin(http::serve(
+                shared,
+                l7,
+                client,
+                record.client(),
+                orig,
+                false,
+            ))
+            .await;
         }
         if let Some(svc) = svc {
             if dialled.is_none() {
