@@ -306,7 +306,23 @@ async fn a_nacked_content_is_not_resent_until_it_changes() {
     let q3 = q.next(Duration::from_secs(3)).await;
     assert_eq!(keys(&q3), [c.as_str()]);
 
-    let (_, body) = get(s.metrics, "/debug/proxies").await;
+    // The ACK is on its way: wait until mesh-control has taken it.
+    let acked = |b: &str| {
+        serde_json::from_str::<serde_json::Value>(b).is_ok_and(|l| {
+            l.as_array().is_some_and(|a| {
+                a.iter().any(|x| {
+                    x["proxy"] == format!("{n}/nacker") && x["lastAckedVersion"] == r3.version
+                })
+            })
+        })
+    };
+    let (_, body) = get_until(
+        s.metrics,
+        "/debug/proxies",
+        Duration::from_secs(3),
+        |_, b| acked(b),
+    )
+    .await;
     let list: serde_json::Value = serde_json::from_str(&body).unwrap();
     let nacker = list
         .as_array()
