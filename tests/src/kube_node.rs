@@ -783,46 +783,28 @@ fn do_install_mesh() -> MeshInstall {
         None
     };
     let ns = "mesh-system";
-    eventually(
-        "2 ready mesh-webhook replicas",
-        Duration::from_secs(180),
-        || {
-            let r = node.kubectl(&[
-                "-n",
-                ns,
-                "get",
-                "deployment",
-                "mesh-webhook",
-                "-o",
-                "jsonpath={.status.readyReplicas}/{.status.replicas}",
-            ]);
-            if r.stdout.trim() == "2/2" {
-                Ok(())
-            } else {
-                Err(format!("{} {}\n{}", r.stdout, r.stderr, node.diagnose(ns)))
-            }
-        },
-    );
-    eventually(
-        "2 ready mesh-control replicas",
-        Duration::from_secs(180),
-        || {
-            let r = node.kubectl(&[
-                "-n",
-                ns,
-                "get",
-                "deployment",
-                "mesh-control",
-                "-o",
-                "jsonpath={.status.readyReplicas}/{.status.replicas}",
-            ]);
-            if r.stdout.trim() == "2/2" {
-                Ok(())
-            } else {
-                Err(format!("{} {}\n{}", r.stdout, r.stderr, node.diagnose(ns)))
-            }
-        },
-    );
+    for deployment in ["mesh-webhook", "mesh-control"] {
+        eventually(
+            &format!("2 ready {deployment} replicas"),
+            Duration::from_secs(180),
+            || {
+                let r = node.kubectl(&[
+                    "-n",
+                    ns,
+                    "get",
+                    "deployment",
+                    deployment,
+                    "-o",
+                    "jsonpath={.status.readyReplicas}/{.status.replicas}",
+                ]);
+                if r.stdout.trim() == "2/2" {
+                    Ok(())
+                } else {
+                    Err(format!("{} {}\n{}", r.stdout, r.stderr, node.diagnose(ns)))
+                }
+            },
+        );
+    }
     eventually(
         "caBundle in both webhooks of mesh-sidecar-injector",
         Duration::from_secs(60),
