@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::resilience::{ConnectionPool, OutlierDetection};
 use crate::workload::PeerMeta;
 
 /// `outbound|<port>|<subset>|<host>`, Envoy's and Istio's cluster name.
@@ -28,6 +29,12 @@ pub struct Cluster {
     pub load_balancer: LoadBalancer,
     /// Ready endpoints first; only `serving` ones get new requests.
     pub endpoints: Vec<Endpoint>,
+    /// `trafficPolicy.connectionPool` (empty: no limits).
+    #[serde(default, skip_serializing_if = "ConnectionPool::is_unlimited")]
+    pub connection_pool: ConnectionPool,
+    /// `trafficPolicy.outlierDetection`; `None`: endpoints are never ejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
 }
 
 /// `trafficPolicy.loadBalancer.simple`.

@@ -13,11 +13,13 @@
 //! it. Both mesh-control and mesh-proxy depend on this crate; it depends on no runtime.
 //!
 //! Modules, in dependency order: [`key`], [`service`] (ports, protocols), [`route`]
-//! (matches and actions), [`cluster`] (endpoints and their load balancing),
+//! (matches and actions), [`resilience`] (timeouts, retries, limits, ejection),
+//! [`cluster`] (endpoints and their load balancing),
 //! [`workload`], [`resource`] (what one key resolves to, and its validation), [`wire`].
 
 pub mod cluster;
 pub mod key;
+pub mod resilience;
 pub mod resource;
 pub mod route;
 pub mod service;
@@ -26,6 +28,7 @@ pub mod workload;
 
 pub use cluster::{Cluster, Endpoint, LoadBalancer};
 pub use key::{Key, KeyError};
+pub use resilience::{ConnectionPool, OutlierDetection, RetryOn, RetryPolicy};
 pub use resource::{Resource, ValidationError};
 pub use route::{
     Fault, FaultAbort, FaultDelay, HeaderEdit, HeaderMatch, HttpRoute, Redirect, RequestMatch,

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::resilience::RetryPolicy;
+
 /// One `http[]` entry of a VirtualService.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -26,6 +28,14 @@ pub struct HttpRoute {
     pub response_headers: HeaderEdit,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rewrite: Option<Rewrite>,
+    /// `timeout`: the whole exchange, retries included, until the response head; `None`:
+    /// no timeout (Istio's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// `retries`, or Istio's default policy when the route has none; `None`: no retries
+    /// at all (`attempts: 0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
 }
 
 /// One `match[]` entry: every condition set must hold (AND).

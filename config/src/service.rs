@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::Cluster;
+use crate::resilience::RetryPolicy;
 use crate::route::HttpRoute;
 
 /// One Kubernetes Service, resolved for the asking proxy.
@@ -44,6 +45,10 @@ pub struct ServicePort {
     /// cluster ([`Service::default_cluster`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<HttpRoute>,
+    /// The retry policy of requests no route takes (the port's default route): Istio's
+    /// default policy; `None`: no retries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_retry: Option<RetryPolicy>,
 }
 
 /// What a port speaks, by Istio's rules: the port's `appProtocol`, else the prefix of its

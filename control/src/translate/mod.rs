@@ -342,6 +342,7 @@ impl Snapshot {
                     name: p.name.clone(),
                     protocol: p.protocol,
                     routes,
+                    default_retry: None,
                 }
             })
             .collect();
@@ -413,6 +414,8 @@ impl Snapshot {
             subset: subset.map(str::to_owned),
             load_balancer,
             endpoints,
+            connection_pool: Default::default(),
+            outlier_detection: None,
         }
     }
 

@@ -892,6 +892,8 @@ pub fn port_routes(
             request_headers: rule.request_headers.clone(),
             response_headers: rule.response_headers.clone(),
             rewrite: if routed { rule.rewrite.clone() } else { None },
+            timeout_ms: None,
+            retry: None,
         });
         if catch_all {
             break;

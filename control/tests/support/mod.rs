@@ -527,6 +527,7 @@ impl Translator for ServicesOnly {
                         protocol: Protocol::select(p.app_protocol.as_deref(), &n),
                         name: n,
                         routes: vec![],
+                        default_retry: None,
                     }
                 })
                 .collect();

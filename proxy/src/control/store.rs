@@ -301,6 +301,7 @@ mod tests {
                 name: "http".into(),
                 protocol: Protocol::Http,
                 routes: Vec::new(),
+                default_retry: None,
             }],
             domains: vec![host.clone(), format!("{name}.shop"), name.into(), ip.into()],
             clusters: vec![Cluster {
@@ -312,6 +313,8 @@ mod tests {
                 subset: None,
                 load_balancer: LoadBalancer::LeastRequest,
                 endpoints: Vec::new(),
+                connection_pool: Default::default(),
+                outlier_detection: None,
             }],
         })
     }
@@ -411,6 +414,8 @@ mod tests {
             request_headers: Default::default(),
             response_headers: Default::default(),
             rewrite: None,
+            timeout_ms: None,
+            retry: None,
         });
         let e = store
             .apply(

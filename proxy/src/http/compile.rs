@@ -499,6 +499,8 @@ pub(crate) mod tests {
                     peer: subset.map(peer),
                 })
                 .collect(),
+            connection_pool: Default::default(),
+            outlier_detection: None,
         }
     }
 
@@ -512,6 +514,8 @@ pub(crate) mod tests {
             request_headers: HeaderEdit::default(),
             response_headers: HeaderEdit::default(),
             rewrite: None,
+            timeout_ms: None,
+            retry: None,
         }
     }
 
@@ -537,6 +541,7 @@ pub(crate) mod tests {
                 name: "http".into(),
                 protocol: Protocol::Http,
                 routes,
+                default_retry: None,
             }],
             domains: vec![
                 "reviews.default.svc.cluster.local".into(),

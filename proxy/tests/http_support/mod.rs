@@ -245,6 +245,8 @@ pub fn cluster(subset: Option<&str>, endpoints: &[(SocketAddr, Option<PeerMeta>)
                 peer: peer.clone(),
             })
             .collect(),
+        connection_pool: Default::default(),
+        outlier_detection: None,
     }
 }
 
@@ -271,6 +273,8 @@ pub fn route(
         request_headers: HeaderEdit::default(),
         response_headers: HeaderEdit::default(),
         rewrite: None,
+        timeout_ms: None,
+        retry: None,
     }
 }
 
@@ -292,6 +296,7 @@ pub fn reviews(ups: &[&Upstream], protocol: Protocol, routes: Vec<HttpRoute>) ->
             name: "http".into(),
             protocol,
             routes,
+            default_retry: None,
         }],
         domains: vec![
             HOST.into(),
