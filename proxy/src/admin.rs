@@ -146,6 +146,8 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// The request metrics (empty without a control plane).
     pub http: Arc<crate::http::HttpMetrics>,
+    /// Per-cluster circuit-breaking and outlier state (`envoy_cluster_*`).
+    pub lb: Arc<crate::http::LbStates>,
     /// Sending `true` starts the drain.
     pub drain: watch::Sender<bool>,
     /// Set on SIGTERM: not ready any more, though still accepting until the drain.
@@ -199,6 +201,7 @@ pub fn route(endpoint: Endpoint, req: &Request, state: &AdminState) -> Response 
                 body: {
                     let mut body = state.metrics.render();
                     state.http.render(&mut body);
+                    state.lb.render_clusters(&mut body);
                     body
                 },
             }
@@ -286,6 +289,7 @@ mod tests {
             ready: AtomicBool::new(false),
             metrics: Arc::new(Metrics::new(Identity::unknown())),
             http: Arc::new(crate::http::HttpMetrics::new(&Identity::unknown())),
+            lb: Arc::default(),
             drain: watch::channel(false).0,
             terminating: AtomicBool::new(false),
         }

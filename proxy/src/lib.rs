@@ -281,10 +281,12 @@ impl Proxy {
             addrs.dns = server.local_addrs().to_vec();
             Some(server)
         };
+        let lb: Arc<http::LbStates> = Arc::default();
         let admin = Arc::new(AdminState {
             ready: Default::default(),
             metrics,
             http: http_metrics,
+            lb: lb.clone(),
             drain: drain_tx,
             terminating: Default::default(),
         });
@@ -325,7 +327,7 @@ impl Proxy {
             debug_listener,
             dns,
             wanted,
-            lb: Arc::default(),
+            lb,
             addrs,
             tracker,
             workers,

@@ -19,6 +19,7 @@ use regex::{Regex, RegexBuilder};
 
 use super::lb::LbStates;
 use super::metrics::{PeerLabels, ServiceLabels};
+use super::resilience::{ClusterState, EndpointHealth, Limits, Outlier, RetryRule};
 
 /// Bounds on what one regex may cost (compiled program; lazy DFA cache per thread).
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
@@ -167,6 +168,9 @@ pub(crate) struct CompiledRoute {
     pub(crate) response_headers: CompiledEdit,
     pub(crate) rewrite_uri: Option<String>,
     pub(crate) rewrite_authority: Option<String>,
+    /// `timeout`: until the response head, retries included.
+    pub(crate) timeout: Option<std::time::Duration>,
+    pub(crate) retry: Option<RetryRule>,
 }
 
 /// One Service port.
@@ -177,6 +181,8 @@ pub struct CompiledPort {
     pub(crate) routes: Vec<CompiledRoute>,
     /// The port's default cluster, when the Service carries it.
     pub(crate) default_cluster: Option<usize>,
+    /// The retry rule of requests no route takes.
+    pub(crate) default_retry: Option<RetryRule>,
 }
 
 /// One endpoint, with its in-flight counter (kept across recompiles by [`LbStates`]).
@@ -185,6 +191,7 @@ pub struct CompiledEndpoint {
     pub addr: SocketAddr,
     pub peer: Arc<PeerLabels>,
     pub(crate) in_flight: Arc<AtomicU32>,
+    pub(crate) health: Arc<EndpointHealth>,
 }
 
 impl CompiledEndpoint {
@@ -208,6 +215,9 @@ pub struct CompiledCluster {
     /// Serving but terminating: used only when `preferred` is empty.
     pub(crate) fallback: Vec<usize>,
     pub(crate) rr: Arc<AtomicUsize>,
+    pub limits: Limits,
+    pub(crate) outlier: Option<Outlier>,
+    pub(crate) state: Arc<ClusterState>,
 }
 
 /// A Service ready for requests. See the module docs.
@@ -248,6 +258,7 @@ impl CompiledService {
                     addr: e.addr,
                     peer: Arc::new(peer),
                     in_flight: states.in_flight(&c.name, e.addr),
+                    health: states.health(&c.name, e.addr),
                 });
                 if e.serving && !e.terminating {
                     preferred.push(i);
@@ -269,6 +280,9 @@ impl CompiledService {
                 preferred,
                 fallback,
                 rr: states.cursor(&c.name),
+                limits: Limits::compile(&c.connection_pool),
+                outlier: c.outlier_detection.as_ref().map(Outlier::compile),
+                state: states.cluster(&c.name),
             });
         }
         states.sweep();
@@ -361,6 +375,8 @@ impl CompiledService {
                         .map_err(|w| err(what(), w))?,
                     rewrite_uri,
                     rewrite_authority,
+                    timeout: r.timeout_ms.map(std::time::Duration::from_millis),
+                    retry: r.retry.as_ref().map(RetryRule::compile),
                 });
             }
             ports.push(CompiledPort {
@@ -368,6 +384,7 @@ impl CompiledService {
                 protocol: p.protocol,
                 routes,
                 default_cluster: cluster_index(&svc.default_cluster(p.port)),
+                default_retry: p.default_retry.as_ref().map(RetryRule::compile),
             });
         }
         Ok(CompiledService {

@@ -12,17 +12,16 @@ use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1;
 use hyper::header::{self, HeaderValue};
 use hyper::{Response, StatusCode};
 
 use super::Engine;
-use super::body::RequestBody;
 use super::headers::{self, GRPC_MESSAGE, GRPC_STATUS};
 use super::lb::InFlight;
 use super::log::{self, LogFields};
 use super::metrics::{Flags, PeerLabels, RequestRecord, ServiceLabels};
-use super::pool::PoolKey;
+use super::pool::Checkout;
+use super::resilience::SlotGuard;
 use crate::direction::Direction;
 
 /// What is known about one request while it runs.
@@ -40,7 +39,9 @@ pub(crate) struct Exchange {
     pub request_bytes: Arc<AtomicU64>,
     pub response_bytes: u64,
     pub in_flight: Option<InFlight>,
-    pub conn: Option<(PoolKey, http1::SendRequest<RequestBody>)>,
+    pub conn: Option<Checkout>,
+    /// The cluster's request slot (`http2MaxRequests`), held until the response ends.
+    pub active: Option<SlotGuard>,
     /// Only when the access log is on.
     pub log: Option<Box<LogFields>>,
 }
@@ -75,6 +76,7 @@ impl Exchange {
             response_bytes: 0,
             in_flight: None,
             conn: None,
+            active: None,
             log,
         }
     }
@@ -115,8 +117,8 @@ impl Exchange {
             );
             sink.write(&line);
         }
-        if clean && let Some((key, conn)) = self.conn.take() {
-            self.engine.pools.give_back(key, conn);
+        if clean && let Some(c) = self.conn.take() {
+            c.give_back();
         }
     }
 }
@@ -245,6 +247,11 @@ pub(crate) const UC_BODY: &str = "upstream connect error or disconnect/reset bef
 pub(crate) const UH_BODY: &str = "no healthy upstream";
 pub(crate) const FAULT_BODY: &str = "fault filter abort";
 pub(crate) const NC_BODY: &str = "no cluster";
+/// Envoy's body for a request a circuit breaker refused.
+pub(crate) const UO_BODY: &str =
+    "upstream connect error or disconnect/reset before headers. reset reason: overflow";
+/// Envoy's body for a route (or last try) timeout.
+pub(crate) const UT_BODY: &str = "upstream request timeout";
 
 /// A response the proxy makes itself. For a gRPC request it is a trailers-only gRPC
 /// response (HTTP 200, `grpc-status` from Envoy's mapping, the text as `grpc-message`)

@@ -21,6 +21,7 @@ use fastrand::Rng;
 use mesh_config::LoadBalancer;
 
 use super::compile::{CompiledCluster, CompiledEndpoint};
+use super::resilience::{ClusterState, EndpointHealth, now_ms};
 
 /// Load-balancing state by cluster name (and endpoint address), held weakly. Keep one
 /// for the process and compile every Service with it
@@ -29,6 +30,18 @@ use super::compile::{CompiledCluster, CompiledEndpoint};
 pub struct LbStates {
     endpoints: Mutex<HashMap<(String, SocketAddr), Weak<AtomicU32>>>,
     cursors: Mutex<HashMap<String, Weak<AtomicUsize>>>,
+    health: Mutex<HashMap<(String, SocketAddr), Weak<EndpointHealth>>>,
+    clusters: Mutex<HashMap<String, Weak<ClusterState>>>,
+}
+
+fn shared<K: std::hash::Hash + Eq, T: Default>(map: &Mutex<HashMap<K, Weak<T>>>, key: K) -> Arc<T> {
+    let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(c) = map.get(&key).and_then(Weak::upgrade) {
+        return c;
+    }
+    let c = Arc::new(T::default());
+    map.insert(key, Arc::downgrade(&c));
+    c
 }
 
 impl LbStates {
@@ -41,6 +54,37 @@ impl LbStates {
         let c = Arc::new(AtomicU32::new(0));
         map.insert(key, Arc::downgrade(&c));
         c
+    }
+
+    /// The outlier state of an endpoint of a cluster.
+    pub(crate) fn health(&self, cluster: &str, addr: SocketAddr) -> Arc<EndpointHealth> {
+        shared(&self.health, (cluster.to_owned(), addr))
+    }
+
+    /// The circuit-breaking state of a cluster.
+    pub(crate) fn cluster(&self, cluster: &str) -> Arc<ClusterState> {
+        shared(&self.clusters, cluster.to_owned())
+    }
+
+    /// `envoy_cluster_*` lines for every cluster alive, sorted by name.
+    pub fn render_clusters(&self, out: &mut String) {
+        let clusters: Vec<(String, Arc<ClusterState>)> = {
+            let map = self.clusters.lock().unwrap_or_else(|p| p.into_inner());
+            map.iter()
+                .filter_map(|(k, w)| Some((k.clone(), w.upgrade()?)))
+                .collect()
+        };
+        let mut clusters = clusters;
+        clusters.sort_by(|a, b| a.0.cmp(&b.0));
+        let now = now_ms();
+        let health = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, state) in clusters {
+            let ejected = health
+                .iter()
+                .filter(|((c, _), w)| *c == name && w.upgrade().is_some_and(|h| h.is_ejected(now)))
+                .count();
+            state.render(&name, u32::try_from(ejected).unwrap_or(u32::MAX), out);
+        }
     }
 
     pub(crate) fn cursor(&self, cluster: &str) -> Arc<AtomicUsize> {
@@ -61,6 +105,14 @@ impl LbStates {
             .unwrap_or_else(|p| p.into_inner())
             .retain(|_, w| w.strong_count() > 0);
         self.cursors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, w| w.strong_count() > 0);
+        self.health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, w| w.strong_count() > 0);
+        self.clusters
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|_, w| w.strong_count() > 0);
@@ -102,9 +154,92 @@ impl CompiledCluster {
         }
     }
 
+    /// Whether outlier detection keeps `e` out of rotation now.
+    fn out_of_rotation(&self, e: &CompiledEndpoint, now: u64) -> bool {
+        self.outlier.is_some() && e.health.is_ejected(now)
+    }
+
+    /// Whether ejections apply now: not when fewer than `minHealthPercent` of the
+    /// endpoints would be left (Envoy's panic mode; 0 turns it off).
+    fn ejections_apply(&self, now: u64) -> bool {
+        let Some(o) = &self.outlier else {
+            return false;
+        };
+        if o.min_health_percent == 0 {
+            return true;
+        }
+        let all = self.candidates();
+        let healthy = all
+            .iter()
+            .filter(|&&i| {
+                self.endpoints
+                    .get(i)
+                    .is_some_and(|e| !e.health.is_ejected(now))
+            })
+            .count();
+        healthy * 100 >= all.len() * o.min_health_percent as usize
+    }
+
     /// Whether any endpoint may take a request (always, for `PASSTHROUGH`).
     pub fn has_healthy(&self) -> bool {
-        self.load_balancer == LoadBalancer::Passthrough || !self.candidates().is_empty()
+        if self.load_balancer == LoadBalancer::Passthrough {
+            return true;
+        }
+        let all = self.candidates();
+        if self.outlier.is_none() || all.is_empty() {
+            return !all.is_empty();
+        }
+        let now = now_ms();
+        !self.ejections_apply(now)
+            || all.iter().any(|&i| {
+                self.endpoints
+                    .get(i)
+                    .is_some_and(|e| !self.out_of_rotation(e, now))
+            })
+    }
+
+    /// Endpoints ejected now, with when their ejection ends (in `now_ms` time).
+    pub(crate) fn ejected(&self) -> Vec<(&CompiledEndpoint, u64)> {
+        if self.outlier.is_none() {
+            return Vec::new();
+        }
+        self.endpoints
+            .iter()
+            .filter_map(|e| Some((e, e.health.ejected_until()?)))
+            .collect()
+    }
+
+    /// Records what an exchange with `e` came to, and ejects `e` when that reaches
+    /// its threshold and `maxEjectionPercent` allows. `true` when it was ejected.
+    pub(crate) fn record_outcome(
+        &self,
+        e: &CompiledEndpoint,
+        outcome: super::resilience::Outcome,
+    ) -> bool {
+        let Some(o) = &self.outlier else {
+            return false;
+        };
+        if !e.health.record(o, outcome) {
+            return false;
+        }
+        let now = now_ms();
+        if e.health.is_ejected(now) {
+            return false;
+        }
+        let total = self.endpoints.len().max(1);
+        let ejected = self
+            .endpoints
+            .iter()
+            .filter(|x| x.health.is_ejected(now))
+            .count();
+        if (ejected + 1) * 100 > total * o.max_ejection_percent as usize {
+            return false;
+        }
+        e.health.eject(o, now);
+        self.state
+            .ejections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        true
     }
 
     /// Picks an endpoint for a request, avoiding those in `avoid` (endpoints that
@@ -114,7 +249,23 @@ impl CompiledCluster {
         if self.load_balancer == LoadBalancer::Passthrough {
             return None;
         }
-        let all = self.candidates();
+        let mut all = self.candidates();
+        let in_rotation: Vec<usize>;
+        if self.outlier.is_some() {
+            let now = now_ms();
+            if self.ejections_apply(now) {
+                in_rotation = all
+                    .iter()
+                    .copied()
+                    .filter(|&i| {
+                        self.endpoints
+                            .get(i)
+                            .is_some_and(|e| !self.out_of_rotation(e, now))
+                    })
+                    .collect();
+                all = &in_rotation;
+            }
+        }
         let fresh: Vec<usize>;
         let cands: &[usize] = if avoid.is_empty() {
             all

@@ -70,6 +70,7 @@ pub mod log;
 pub mod metrics;
 pub mod pool;
 pub mod prefixed;
+pub mod resilience;
 pub mod select;
 pub mod serve;
 

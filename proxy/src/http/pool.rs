@@ -7,13 +7,23 @@
 //! A request that never left (the connect or handshake failed, or a pooled connection
 //! turned out closed before the request was written) comes back to the caller, which
 //! may retry it elsewhere.
+//!
+//! With a cluster's [`ClusterState`] and [`Limits`] (outbound to a Service), a request
+//! that finds no ready connection is *pending* until one is made or freed: over
+//! `http1MaxPendingRequests` it is refused at once ([`SendError::Overflow`]); under
+//! `tcp.maxConnections` it waits for one of the cluster's connections to be freed
+//! (such a cluster's connections live in one pool for all workers,
+//! [`ClusterState::shared_pools`], so the limit holds for the whole proxy);
+//! `maxRequestsPerConnection` retires a connection after that many requests,
+//! `http.idleTimeout` one that sat idle that long, `tcp.connectTimeout` bounds the
+//! connect.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
@@ -23,6 +33,7 @@ use tracing::debug;
 
 use super::Connector;
 use super::body::RequestBody;
+use super::resilience::{ClusterState, Limits, Overflow, SlotGuard};
 use crate::direction::Direction;
 
 /// Idle HTTP/1.1 connections kept per endpoint; more are closed.
@@ -30,12 +41,15 @@ const MAX_IDLE_PER_ENDPOINT: usize = 32;
 /// How long a connection handed back may take to become ready again.
 const READY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Which pool: the endpoint, the direction (their connectors differ), the protocol.
+/// Which pool: the endpoint, the direction (their connectors differ), the protocol,
+/// and the cluster when its limits make its connections its own (0: shared by every
+/// cluster without limits).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct PoolKey {
     pub addr: SocketAddr,
     pub direction: Direction,
     pub h2: bool,
+    pub scope: usize,
 }
 
 type H1 = http1::SendRequest<RequestBody>;
@@ -46,27 +60,114 @@ type H2 = http2::SendRequest<RequestBody>;
 pub(crate) enum SendError {
     /// The request was not sent (connect or handshake failed): here it is back.
     Connect(io::Error, Box<Request<RequestBody>>),
-    /// Sent, at least in part, then the connection failed before the response head.
-    Failed(hyper::Error),
+    /// Not sent: a limit of the cluster refused it (and counted it).
+    Overflow,
+    /// Sent, at least in part, then the connection failed before the response head;
+    /// `true` when the connection was a kept-alive one from the pool.
+    Failed(hyper::Error, bool),
 }
 
-/// The connection pools of one worker.
-#[derive(Debug, Default)]
+/// The limits and shared state a request is sent under.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SendOpts<'a> {
+    pub state: Option<&'a Arc<ClusterState>>,
+    pub limits: &'a Limits,
+}
+
+struct IdleH1 {
+    s: H1,
+    uses: u32,
+    since: Instant,
+}
+
+struct LiveH2 {
+    s: H2,
+    uses: Arc<AtomicU32>,
+}
+
+/// An HTTP/1.1 connection taken for one request; [`Checkout::give_back`] it when the
+/// response has ended cleanly, drop it otherwise.
+pub(crate) struct Checkout {
+    pools: Arc<Pools>,
+    key: PoolKey,
+    s: H1,
+    uses: u32,
+    max_uses: Option<u32>,
+    state: Option<Arc<ClusterState>>,
+}
+
+impl std::fmt::Debug for Checkout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkout")
+            .field("key", &self.key)
+            .field("uses", &self.uses)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Checkout {
+    /// The connection goes back to its pool once hyper says it can take a request again
+    /// (at once if it already can), unless it has served `maxRequestsPerConnection`.
+    pub(crate) fn give_back(self) {
+        let Checkout {
+            pools,
+            key,
+            mut s,
+            uses,
+            max_uses,
+            state,
+        } = self;
+        if max_uses.is_some_and(|m| uses >= m) || s.is_closed() {
+            return;
+        }
+        let put = move |pools: &Pools, s: H1| {
+            pools.put_h1(key, s, uses);
+            if let Some(st) = &state {
+                st.freed.notify_waiters();
+            }
+        };
+        if s.is_ready() {
+            put(&pools, s);
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
+            if let Ok(Ok(())) = tokio::time::timeout(READY_TIMEOUT, s.ready()).await {
+                put(&pools, s);
+            }
+        });
+    }
+}
+
+/// The connection pools of one worker (or of one connection-limited cluster).
+#[derive(Default)]
 pub(crate) struct Pools {
-    h1: Mutex<HashMap<PoolKey, Vec<H1>>>,
-    h2: Mutex<HashMap<PoolKey, H2>>,
+    h1: Mutex<HashMap<PoolKey, Vec<IdleH1>>>,
+    h2: Mutex<HashMap<PoolKey, LiveH2>>,
     pub connects: AtomicU64,
     pub reused: AtomicU64,
 }
 
+impl std::fmt::Debug for Pools {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pools")
+            .field("connects", &self.connects)
+            .field("reused", &self.reused)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Pools {
-    fn take_h1(&self, key: &PoolKey) -> Option<H1> {
+    fn take_h1(&self, key: &PoolKey, idle_timeout: Option<Duration>) -> Option<IdleH1> {
         let mut map = self.h1.lock().unwrap_or_else(|p| p.into_inner());
         let idle = map.get_mut(key)?;
         let mut found = None;
-        while let Some(s) = idle.pop() {
-            if s.is_ready() {
-                found = Some(s);
+        while let Some(c) = idle.pop() {
+            let stale = idle_timeout.is_some_and(|t| c.since.elapsed() >= t);
+            if !stale && c.s.is_ready() {
+                found = Some(c);
                 break;
             }
         }
@@ -76,51 +177,39 @@ impl Pools {
         found
     }
 
-    /// Hands an HTTP/1.1 connection back once its response has ended. It re-enters the
-    /// pool when hyper says it can take a request again (at once if it already can).
-    pub(crate) fn give_back(self: &std::sync::Arc<Self>, key: PoolKey, mut s: H1) {
-        if s.is_ready() {
-            self.put_h1(key, s);
-            return;
-        }
-        if s.is_closed() {
-            return;
-        }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let pools = self.clone();
-        rt.spawn(async move {
-            if let Ok(Ok(())) = tokio::time::timeout(READY_TIMEOUT, s.ready()).await {
-                pools.put_h1(key, s);
-            }
-        });
-    }
-
-    fn put_h1(&self, key: PoolKey, s: H1) {
+    fn put_h1(&self, key: PoolKey, s: H1, uses: u32) {
         let mut map = self.h1.lock().unwrap_or_else(|p| p.into_inner());
         let idle = map.entry(key).or_default();
-        idle.retain(|s| !s.is_closed());
+        idle.retain(|c| !c.s.is_closed());
         if idle.len() < MAX_IDLE_PER_ENDPOINT {
-            idle.push(s);
+            idle.push(IdleH1 {
+                s,
+                uses,
+                since: Instant::now(),
+            });
         }
     }
 
-    fn get_h2(&self, key: &PoolKey) -> Option<H2> {
+    /// The endpoint's h2 connection, with the number of this request on it.
+    fn get_h2(&self, key: &PoolKey, max_uses: Option<u32>) -> Option<H2> {
         let mut map = self.h2.lock().unwrap_or_else(|p| p.into_inner());
-        match map.get(key) {
-            Some(s) if !s.is_closed() => Some(s.clone()),
-            Some(_) => {
-                map.remove(key);
-                None
-            }
-            None => None,
+        let live = map.get(key)?;
+        if live.s.is_closed() {
+            map.remove(key);
+            return None;
         }
+        let n = live.uses.fetch_add(1, Ordering::Relaxed) + 1;
+        let s = live.s.clone();
+        if max_uses.is_some_and(|m| n >= m) {
+            // Its last request: new ones get a new connection.
+            map.remove(key);
+        }
+        Some(s)
     }
 
     fn forget_h2(&self, key: &PoolKey) {
         let mut map = self.h2.lock().unwrap_or_else(|p| p.into_inner());
-        if map.get(key).is_some_and(|s| s.is_closed()) {
+        if map.get(key).is_some_and(|l| l.s.is_closed()) {
             map.remove(key);
         }
     }
@@ -132,14 +221,14 @@ impl Pools {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values()
-            .map(|v| v.iter().filter(|s| !s.is_closed()).count())
+            .map(|v| v.iter().filter(|c| !c.s.is_closed()).count())
             .sum();
         let h2 = self
             .h2
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values()
-            .filter(|s| !s.is_closed())
+            .filter(|l| !l.s.is_closed())
             .count();
         h1 + h2
     }
@@ -148,39 +237,125 @@ impl Pools {
         &self,
         connector: &dyn Connector,
         addr: SocketAddr,
+        timeout: Option<Duration>,
     ) -> io::Result<TokioIo<super::BoxIo>> {
-        let io = connector.connect(addr).await?;
+        let io = match timeout {
+            Some(t) => tokio::time::timeout(t, connector.connect(addr))
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??,
+            None => connector.connect(addr).await?,
+        };
         self.connects.fetch_add(1, Ordering::Relaxed);
         Ok(TokioIo::new(io))
     }
 
-    /// Sends `req` to `key`'s endpoint, on a pooled connection if one is ready, else on a
-    /// new one. For HTTP/1.1 the connection comes back with the response, for the
-    /// caller to [`Pools::give_back`] when the response body has ended.
-    pub(crate) async fn send(
+    /// Waits, as a pending request, until a new connection may be made for the
+    /// cluster: `Ok(Some(slot))` to dial, `Ok(None)` when an idle connection came back
+    /// (look again), `Err` when the pending limit refuses the request.
+    async fn reserve(
         &self,
+        key: &PoolKey,
+        opts: &SendOpts<'_>,
+        pending: &mut Option<SlotGuard>,
+    ) -> Result<Option<SlotGuard>, Overflow> {
+        let Some(state) = opts.state else {
+            return Ok(None);
+        };
+        if pending.is_none() {
+            match state.pending(opts.limits) {
+                Ok(g) => *pending = Some(g),
+                Err(o) => {
+                    let limit = opts.limits.max_pending.unwrap_or(0);
+                    state.overflowed(o, limit);
+                    return Err(o);
+                }
+            }
+        }
+        loop {
+            let freed = state.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(g) = state.connection(opts.limits) {
+                return Ok(Some(g));
+            }
+            let idle_back = if key.h2 {
+                self.h2
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .contains_key(key)
+            } else {
+                self.h1
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(key)
+                    .is_some_and(|v| !v.is_empty())
+            };
+            if idle_back {
+                return Ok(None);
+            }
+            freed.await;
+        }
+    }
+
+    /// Sends `req` to `key`'s endpoint, on a pooled connection if one is ready, else on a
+    /// new one (see the module docs for limits). For HTTP/1.1 the connection comes back
+    /// with the response, for the caller to [`Checkout::give_back`] when the response
+    /// body has ended.
+    pub(crate) async fn send(
+        self: &Arc<Self>,
         connector: &dyn Connector,
         key: PoolKey,
         mut req: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, Option<H1>), SendError> {
-        if key.h2 {
-            if let Some(mut s) = self.get_h2(&key) {
-                self.reused.fetch_add(1, Ordering::Relaxed);
-                match s.try_send_request(req).await {
-                    Ok(resp) => return Ok((resp, None)),
-                    Err(mut e) => match e.take_message() {
-                        Some(back) => {
-                            self.forget_h2(&key);
-                            req = back;
+        opts: SendOpts<'_>,
+    ) -> Result<(Response<Incoming>, Option<Checkout>), SendError> {
+        let max_uses = opts.limits.max_requests_per_connection;
+        let mut pending: Option<SlotGuard> = None;
+        let slot = loop {
+            if key.h2 {
+                if let Some(mut s) = self.get_h2(&key, max_uses) {
+                    self.reused.fetch_add(1, Ordering::Relaxed);
+                    match s.try_send_request(req).await {
+                        Ok(resp) => return Ok((resp, None)),
+                        Err(mut e) => match e.take_message() {
+                            Some(back) => {
+                                self.forget_h2(&key);
+                                req = back;
+                            }
+                            None => return Err(SendError::Failed(e.into_error(), true)),
+                        },
+                    }
+                }
+            } else {
+                while let Some(mut c) = self.take_h1(&key, opts.limits.idle_timeout) {
+                    self.reused.fetch_add(1, Ordering::Relaxed);
+                    match c.s.try_send_request(req).await {
+                        Ok(resp) => {
+                            let out = self.checkout(key, c.s, c.uses + 1, &opts);
+                            return Ok((resp, Some(out)));
                         }
-                        None => return Err(SendError::Failed(e.into_error())),
-                    },
+                        Err(mut e) => match e.take_message() {
+                            // Closed before the request was written: try the next one.
+                            Some(back) => req = back,
+                            None => return Err(SendError::Failed(e.into_error(), true)),
+                        },
+                    }
                 }
             }
-            let io = match self.dial(connector, key.addr).await {
-                Ok(io) => io,
-                Err(e) => return Err(SendError::Connect(e, Box::new(req))),
-            };
+            match self.reserve(&key, &opts, &mut pending).await {
+                Ok(Some(slot)) => break Some(slot),
+                Ok(None) if opts.state.is_none() => break None,
+                Ok(None) => continue,
+                Err(_) => return Err(SendError::Overflow),
+            }
+        };
+        let io = match self
+            .dial(connector, key.addr, opts.limits.connect_timeout)
+            .await
+        {
+            Ok(io) => io,
+            Err(e) => return Err(SendError::Connect(e, Box::new(req))),
+        };
+        if key.h2 {
             let (mut s, conn) = match http2::Builder::new(TokioExecutor::new())
                 .handshake(io)
                 .await
@@ -188,15 +363,22 @@ impl Pools {
                 Ok(x) => x,
                 Err(e) => return Err(SendError::Connect(io::Error::other(e), Box::new(req))),
             };
+            drop(pending);
             tokio::spawn(async move {
+                let _slot = slot;
                 if let Err(e) = conn.await {
                     debug!(error = %e, "upstream h2 connection ended");
                 }
             });
-            self.h2
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(key, s.clone());
+            if max_uses.is_none_or(|m| m > 1) {
+                self.h2.lock().unwrap_or_else(|p| p.into_inner()).insert(
+                    key,
+                    LiveH2 {
+                        s: s.clone(),
+                        uses: Arc::new(AtomicU32::new(1)),
+                    },
+                );
+            }
             return match s.try_send_request(req).await {
                 Ok(resp) => Ok((resp, None)),
                 Err(mut e) => match e.take_message() {
@@ -204,43 +386,44 @@ impl Pools {
                         io::Error::other(e.into_error()),
                         Box::new(back),
                     )),
-                    None => Err(SendError::Failed(e.into_error())),
+                    None => Err(SendError::Failed(e.into_error(), false)),
                 },
             };
         }
-        while let Some(mut s) = self.take_h1(&key) {
-            self.reused.fetch_add(1, Ordering::Relaxed);
-            match s.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, Some(s))),
-                Err(mut e) => match e.take_message() {
-                    // Closed before the request was written: try the next one.
-                    Some(back) => req = back,
-                    None => return Err(SendError::Failed(e.into_error())),
-                },
-            }
-        }
-        let io = match self.dial(connector, key.addr).await {
-            Ok(io) => io,
-            Err(e) => return Err(SendError::Connect(e, Box::new(req))),
-        };
         let (mut s, conn) = match http1::Builder::new().handshake(io).await {
             Ok(x) => x,
             Err(e) => return Err(SendError::Connect(io::Error::other(e), Box::new(req))),
         };
+        drop(pending);
         tokio::spawn(async move {
+            let _slot = slot;
             if let Err(e) = conn.with_upgrades().await {
                 debug!(error = %e, "upstream connection ended");
             }
         });
         match s.try_send_request(req).await {
-            Ok(resp) => Ok((resp, Some(s))),
+            Ok(resp) => {
+                let out = self.checkout(key, s, 1, &opts);
+                Ok((resp, Some(out)))
+            }
             Err(mut e) => match e.take_message() {
                 Some(back) => Err(SendError::Connect(
                     io::Error::other(e.into_error()),
                     Box::new(back),
                 )),
-                None => Err(SendError::Failed(e.into_error())),
+                None => Err(SendError::Failed(e.into_error(), false)),
             },
+        }
+    }
+
+    fn checkout(self: &Arc<Self>, key: PoolKey, s: H1, uses: u32, opts: &SendOpts<'_>) -> Checkout {
+        Checkout {
+            pools: self.clone(),
+            key,
+            s,
+            uses,
+            max_uses: opts.limits.max_requests_per_connection,
+            state: opts.state.cloned(),
         }
     }
 }

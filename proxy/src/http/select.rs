@@ -454,6 +454,82 @@ pub struct RouteExplanation {
     pub redirect_code: Option<u16>,
     pub direct_response_status: Option<u16>,
     pub response_flags: String,
+    /// The route's `timeout` (none: no timeout).
+    pub timeout_ms: Option<u64>,
+    /// The retry policy this request gets (the route's, or the port's default).
+    pub retry: Option<mesh_config::RetryPolicy>,
+    /// The cluster's limits, state and ejections.
+    pub circuit: Option<CircuitExplanation>,
+}
+
+/// A cluster's `connectionPool` and `outlierDetection`, and where it stands.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CircuitExplanation {
+    pub connection_pool: mesh_config::ConnectionPool,
+    pub outlier_detection: Option<mesh_config::OutlierDetection>,
+    pub connections: u32,
+    pub pending: u32,
+    pub active_requests: u32,
+    pub active_retries: u32,
+    pub pending_overflows: u64,
+    pub request_overflows: u64,
+    pub connection_overflows: u64,
+    pub retry_overflows: u64,
+    pub retries: u64,
+    pub timeouts: u64,
+    pub ejections_total: u64,
+    /// The last limit that refused something.
+    pub last_trip: Option<super::resilience::Trip>,
+    /// Endpoints out of rotation now, and for how much longer.
+    pub ejected: Vec<EjectedEndpoint>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EjectedEndpoint {
+    pub endpoint: String,
+    pub workload: String,
+    pub remaining_ms: u64,
+    /// Seconds since the Unix epoch.
+    pub until_unix: f64,
+}
+
+fn circuit(svc: &CompiledService, c: &CompiledCluster) -> CircuitExplanation {
+    use std::sync::atomic::Ordering::Relaxed;
+    let cfg = svc.service().cluster(&c.name);
+    let st = &c.state;
+    let now = super::resilience::now_ms();
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    CircuitExplanation {
+        connection_pool: cfg.map(|c| c.connection_pool.clone()).unwrap_or_default(),
+        outlier_detection: cfg.and_then(|c| c.outlier_detection.clone()),
+        connections: st.connections.load(Relaxed),
+        pending: st.pending.load(Relaxed),
+        active_requests: st.active.load(Relaxed),
+        active_retries: st.active_retries.load(Relaxed),
+        pending_overflows: st.pending_overflow.load(Relaxed),
+        request_overflows: st.rq_overflow.load(Relaxed),
+        connection_overflows: st.cx_overflow.load(Relaxed),
+        retry_overflows: st.retry_overflow.load(Relaxed),
+        retries: st.retries.load(Relaxed),
+        timeouts: st.timeouts.load(Relaxed),
+        ejections_total: st.ejections.load(Relaxed),
+        last_trip: st.last_trip(),
+        ejected: c
+            .ejected()
+            .into_iter()
+            .map(|(e, until)| {
+                let remaining_ms = until.saturating_sub(now);
+                EjectedEndpoint {
+                    endpoint: e.addr.to_string(),
+                    workload: e.peer.workload.clone(),
+                    remaining_ms,
+                    until_unix: wall + remaining_ms as f64 / 1000.0,
+                }
+            })
+            .collect(),
+    }
 }
 
 /// The matched rule.
@@ -513,7 +589,19 @@ pub fn explain(
         redirect_code: None,
         direct_response_status: None,
         response_flags: sel.flags().to_string(),
+        timeout_ms: None,
+        retry: None,
+        circuit: None,
     };
+    let port_cfg = svc.service().port(port);
+    match sel.route {
+        Some(m) => {
+            let r = port_cfg.and_then(|p| p.routes.get(m.index));
+            out.timeout_ms = r.and_then(|r| r.timeout_ms);
+            out.retry = r.and_then(|r| r.retry.clone());
+        }
+        None => out.retry = port_cfg.and_then(|p| p.default_retry.clone()),
+    }
     match &sel.action {
         Action::Forward { cluster, .. } => {
             out.outcome = if cluster.has_healthy() {
@@ -530,6 +618,7 @@ pub fn explain(
                 out.endpoint = Some(e.addr.to_string());
                 out.endpoint_workload = Some(e.peer.workload.clone());
             }
+            out.circuit = Some(circuit(svc, cluster));
         }
         Action::Redirect { location, code } => {
             out.outcome = "redirect";

@@ -6,7 +6,8 @@
 use std::convert::Infallible;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use fastrand::Rng;
@@ -22,24 +23,29 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::watch;
 use tracing::debug;
 
+use super::body::HeldBody;
 use super::body::RequestBody;
+use super::compile::CompiledEndpoint;
 use super::compile::{CompiledCluster, CompiledDest, CompiledRoute, CompiledService};
 use super::exchange::{
-    self, Exchange, FAULT_BODY, NC_BODY, ResponseBody, UC_BODY, UF_BODY, UH_BODY,
+    self, Exchange, FAULT_BODY, NC_BODY, ResponseBody, UC_BODY, UF_BODY, UH_BODY, UO_BODY, UT_BODY,
 };
-use super::headers::{self, X_FORWARDED_PROTO};
+use super::headers::{self, X_ENVOY_OVERLOADED, X_FORWARDED_PROTO};
 use super::lb::InFlight;
 use super::metrics::{Flags, PeerLabels, ServiceLabels};
-use super::pool::{PoolKey, SendError};
+use super::pool::{PoolKey, SendError, SendOpts};
 use super::prefixed::Prefixed;
+use super::resilience::{ClusterState, Limits, Outcome, RetryRule, SlotGuard, TryFailure};
 use super::select::{self, Action, RequestView};
 use super::{ConnCtx, LocalService};
 use crate::direction::Direction;
 
-/// Retries of a request that could not be sent (Istio's default: 2, `connect-failure`).
-const CONNECT_RETRIES: u32 = 2;
-/// Envoy's retry back-off base interval.
-const RETRY_BASE: Duration = Duration::from_millis(25);
+/// The retry rule where no config gives one (passthrough): a request that could not be
+/// sent is tried twice more.
+fn passthrough_retry() -> &'static RetryRule {
+    static RULE: OnceLock<RetryRule> = OnceLock::new();
+    RULE.get_or_init(RetryRule::connect_failure_only)
+}
 
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -236,7 +242,8 @@ async fn handle(st: Arc<ConnState>, mut req: Request<Incoming>) -> Response<Resp
                 h2,
                 rewrite_path: None,
                 rewrite_authority: None,
-                retries: 0,
+                retry: None,
+                timeout: None,
             };
             forward(&st, req, ex, target, &mut rng).await
         }
@@ -303,7 +310,8 @@ async fn outbound(
             h2: st.downstream_h2,
             rewrite_path: None,
             rewrite_authority: None,
-            retries: CONNECT_RETRIES,
+            retry: Some(passthrough_retry()),
+            timeout: None,
         };
         return forward(st, req, ex, target, rng).await;
     };
@@ -355,9 +363,12 @@ async fn outbound(
             resp
         }
         Action::Forward { cluster, dest } => {
-            let h2 = svc
-                .port(orig.port())
-                .is_some_and(|p| p.protocol == Protocol::Http2);
+            let port = svc.port(orig.port());
+            let h2 = port.is_some_and(|p| p.protocol == Protocol::Http2);
+            let retry = match route {
+                Some(r) => r.retry.as_ref(),
+                None => port.and_then(|p| p.default_retry.as_ref()),
+            };
             let target = Target {
                 cluster: Some(cluster),
                 dest,
@@ -365,7 +376,8 @@ async fn outbound(
                 h2,
                 rewrite_path: sel.rewrite_path,
                 rewrite_authority: sel.rewrite_authority,
-                retries: CONNECT_RETRIES,
+                retry,
+                timeout: route.and_then(|r| r.timeout),
             };
             forward(st, req, ex, target, rng).await
         }
@@ -380,7 +392,10 @@ struct Target<'s> {
     h2: bool,
     rewrite_path: Option<String>,
     rewrite_authority: Option<&'s str>,
-    retries: u32,
+    /// `None`: one try only.
+    retry: Option<&'s RetryRule>,
+    /// The route's timeout, over every try.
+    timeout: Option<Duration>,
 }
 
 /// The request line and headers as they go upstream.
@@ -456,22 +471,78 @@ async fn forward(
             ex.flags |= Flags::UH;
             return exchange::local_reply(ex, 503, UH_BODY, None);
         }
+        match c.state.request(&c.limits) {
+            Ok(slot) => ex.active = Some(slot),
+            Err(o) => {
+                c.state.overflowed(o, c.limits.max_requests.unwrap_or(0));
+                return overflow_reply(ex);
+            }
+        }
     }
     let upgrade = !st.downstream_h2 && !t.h2 && headers::is_upgrade(req.headers());
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let up = match upstream_request(st, req, &ex, &t, upgrade) {
+    let mut up = match upstream_request(st, req, &ex, &t, upgrade) {
         Ok(r) => r,
         Err(e) => {
             debug!(error = %e, "cannot build the upstream request");
             return exchange::local_reply(ex, 400, "bad request", None);
         }
     };
-    let mut resp = match send(st, up, &mut ex, &t, rng).await {
+    // A request that may be retried after it was sent is held whole when it is short.
+    let idempotent = matches!(
+        *up.method(),
+        hyper::Method::GET | hyper::Method::HEAD | hyper::Method::OPTIONS | hyper::Method::TRACE
+    );
+    let held = match t.retry {
+        Some(r)
+            if r.attempts > 0 && !upgrade && (idempotent || r.may_retry_sent(ex.grpc, t.h2)) =>
+        {
+            match up.body_mut().hold().await {
+                Ok(h) => h,
+                Err(e) => {
+                    debug!(error = %e, "the client broke off its request body");
+                    ex.flags |= Flags::DC;
+                    return exchange::local_reply(ex, 400, "bad request", None);
+                }
+            }
+        }
+        _ => None,
+    };
+    let mut last: Option<&CompiledEndpoint> = None;
+    let sent = match t.timeout {
+        Some(d) => {
+            match tokio::time::timeout(d, send(st, up, held.as_ref(), &mut ex, &t, rng, &mut last))
+                .await
+            {
+                Ok(r) => r,
+                Err(_) => {
+                    if let (Some(c), Some(e)) = (t.cluster, last) {
+                        c.record_outcome(e, Outcome::LocalOrigin);
+                    }
+                    Err(Failure::Timeout)
+                }
+            }
+        }
+        None => send(st, up, held.as_ref(), &mut ex, &t, rng, &mut last).await,
+    };
+    let mut resp = match sent {
         Ok(r) => r,
         Err(Failure::Connect) => return exchange::local_reply(ex, 503, UF_BODY, None),
         Err(Failure::Reset) => {
             ex.flags |= Flags::UC;
             return exchange::local_reply(ex, 503, UC_BODY, None);
+        }
+        Err(Failure::Timeout) => {
+            ex.flags |= Flags::UT;
+            if let Some(c) = t.cluster {
+                c.state.timeouts.fetch_add(1, Ordering::Relaxed);
+            }
+            return exchange::local_reply(ex, 504, UT_BODY, None);
+        }
+        Err(Failure::Overflow) => return overflow_reply(ex),
+        Err(Failure::NoHealthy) => {
+            ex.flags |= Flags::UH;
+            return exchange::local_reply(ex, 503, UH_BODY, None);
         }
     };
     let upgraded = upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -504,39 +575,135 @@ async fn forward(
     Response::from_parts(parts, ResponseBody::upstream(body, ex))
 }
 
+/// 503 `UO` with `x-envoy-overloaded: true`: a circuit breaker refused the request.
+fn overflow_reply(mut ex: Box<Exchange>) -> Response<ResponseBody> {
+    ex.flags |= Flags::UO;
+    let mut resp = exchange::local_reply(ex, 503, UO_BODY, None);
+    resp.headers_mut()
+        .insert(X_ENVOY_OVERLOADED.clone(), HeaderValue::from_static("true"));
+    resp
+}
+
 enum Failure {
-    /// Every attempt failed to connect (`UF` set).
+    /// Every try failed to connect (`UF` set).
     Connect,
     /// The upstream broke off after the request was sent, before the response head.
     Reset,
+    /// The last try's `perTryTimeout`, or the route's timeout.
+    Timeout,
+    /// A circuit breaker refused the request.
+    Overflow,
+    /// No endpoint left in rotation.
+    NoHealthy,
 }
 
-/// Sends `req` to the target's cluster (or the original destination), retrying a
-/// request that could not be sent on another endpoint up to `t.retries` times.
-async fn send(
-    st: &ConnState,
-    mut req: Request<RequestBody>,
-    ex: &mut Exchange,
-    t: &Target<'_>,
-    rng: &mut Rng,
-) -> Result<Response<Incoming>, Failure> {
-    let mut failed: Vec<SocketAddr> = Vec::new();
-    for attempt in 0..=t.retries {
-        if attempt > 0 {
-            let max = RETRY_BASE.as_millis() as u64 * (1 << (attempt - 1));
-            tokio::time::sleep(Duration::from_millis(rng.u64(0..=max))).await;
+/// One more try of the request: the one that came back unsent, or the held body again.
+fn next_request(
+    back: Option<Request<RequestBody>>,
+    head: Option<&RequestHead>,
+    held: Option<&HeldBody>,
+) -> Option<Request<RequestBody>> {
+    back.or_else(|| Some(head?.request(held?.body())))
+}
+
+/// What a request looks like without its body, to build each retry.
+struct RequestHead {
+    method: hyper::Method,
+    uri: Uri,
+    version: Version,
+    headers: hyper::HeaderMap,
+}
+
+impl RequestHead {
+    fn of(r: &Request<RequestBody>) -> RequestHead {
+        RequestHead {
+            method: r.method().clone(),
+            uri: r.uri().clone(),
+            version: r.version(),
+            headers: r.headers().clone(),
         }
-        let addr = match t.cluster {
+    }
+
+    fn request(&self, body: RequestBody) -> Request<RequestBody> {
+        let mut r = Request::new(body);
+        *r.method_mut() = self.method.clone();
+        *r.uri_mut() = self.uri.clone();
+        *r.version_mut() = self.version;
+        *r.headers_mut() = self.headers.clone();
+        r
+    }
+}
+
+/// Whether an h2 failure is the upstream refusing the stream (it never processed it).
+fn refused_stream(e: &hyper::Error) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = src {
+        if let Some(h) = s.downcast_ref::<h2::Error>() {
+            return h.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        src = s.source();
+    }
+    false
+}
+
+/// Sends `req` to the target's cluster (or the original destination), and tries
+/// again as the target's retry rule says: a request that was not sent (connect
+/// failure) can always be tried again; one that was sent only when its body was held
+/// ([`HeldBody`]). Each try goes to another endpoint than those tried when the rule
+/// says so and one is left, after Envoy's jittered back-off, under the cluster's
+/// `maxRetries`. `last` is the endpoint of the latest try.
+#[allow(clippy::too_many_arguments)]
+async fn send<'t>(
+    st: &ConnState,
+    req: Request<RequestBody>,
+    held: Option<&HeldBody>,
+    ex: &mut Exchange,
+    t: &Target<'t>,
+    rng: &mut Rng,
+    last: &mut Option<&'t CompiledEndpoint>,
+) -> Result<Response<Incoming>, Failure> {
+    let head = held.map(|_| RequestHead::of(&req));
+    let retry = t.retry;
+    let attempts = retry.map_or(0, |r| r.attempts);
+    let avoid_previous = retry.is_some_and(|r| r.avoid_previous_hosts);
+    let idempotent = matches!(
+        *req.method(),
+        hyper::Method::GET | hyper::Method::HEAD | hyper::Method::OPTIONS | hyper::Method::TRACE
+    );
+    let no_limits = Limits::default();
+    let (state, limits) = match t.cluster {
+        Some(c) => (Some(&c.state), &c.limits),
+        None => (None, &no_limits),
+    };
+    let scope = match t.cluster {
+        Some(c) if c.limits != no_limits => Arc::as_ptr(&c.state) as usize,
+        _ => 0,
+    };
+    let pools = match (t.cluster, limits.max_connections) {
+        (Some(c), Some(_)) => c.state.shared_pools(),
+        _ => st.ctx.engine.pools.clone(),
+    };
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    let mut next = Some(req);
+    let mut retries_done = 0u32;
+    let mut stale_retry_used = false;
+    let mut _retry_slot = None;
+    loop {
+        let Some(req) = next.take() else {
+            return Err(Failure::Reset);
+        };
+        let (addr, endpoint) = match t.cluster {
             Some(c) if c.load_balancer != LoadBalancer::Passthrough => {
-                let Some(e) = c.pick(rng, &failed) else {
-                    ex.flags |= Flags::UH;
-                    return Err(Failure::Connect);
+                let avoid: &[SocketAddr] = if avoid_previous { &tried } else { &[] };
+                let Some(e) = c.pick(rng, avoid) else {
+                    return Err(Failure::NoHealthy);
                 };
                 ex.in_flight = Some(InFlight::new(e));
                 ex.peer = e.peer.clone();
-                e.addr
+                *last = Some(e);
+                (e.addr, Some(e))
             }
-            _ => st.ctx.orig_dst,
+            _ => (st.ctx.orig_dst, None),
         };
         if let Some(l) = ex.log.as_mut() {
             l.upstream_host = Some(addr);
@@ -545,28 +712,121 @@ async fn send(
             addr,
             direction: st.direction,
             h2: t.h2,
+            scope,
         };
-        match st.ctx.engine.pools.send(&*st.ctx.connector, key, req).await {
-            Ok((resp, conn)) => {
-                ex.conn = conn.map(|c| (key, c));
-                return Ok(resp);
+        let opts = SendOpts { state, limits };
+        let per_try = retry.and_then(|r| r.per_try_timeout);
+        let tried_once = pools.send(&*st.ctx.connector, key, req, opts);
+        let result = match per_try {
+            Some(d) => tokio::time::timeout(d, tried_once).await.ok(),
+            None => Some(tried_once.await),
+        };
+        let record = |o: Outcome| {
+            if let (Some(c), Some(e)) = (t.cluster, endpoint) {
+                c.record_outcome(e, o);
             }
-            Err(SendError::Connect(e, back)) => {
-                debug!(%addr, attempt, error = %e, "upstream connect failed");
-                req = *back;
-                failed.push(addr);
+        };
+        // What failed, and the request back when it was not sent.
+        let (failure, back) = match result {
+            Some(Ok((resp, conn))) => {
+                let status = resp.status().as_u16();
+                record(Outcome::Status(status));
+                let grpc = if ex.grpc {
+                    headers::grpc_status(resp.headers())
+                } else {
+                    None
+                };
+                let wants = retry.is_some_and(|r| r.retries_status(status, grpc));
+                let again = wants && held.is_some() && retries_done < attempts;
+                if !again || !take_retry_slot(state, limits, &mut _retry_slot) {
+                    if wants && attempts > 0 && retries_done >= attempts {
+                        ex.flags |= Flags::URX;
+                    }
+                    ex.conn = conn;
+                    return Ok(resp);
+                }
+                drop((resp, conn));
+                (None, None)
             }
-            Err(SendError::Failed(e)) => {
+            Some(Err(SendError::Connect(e, back))) => {
+                debug!(%addr, error = %e, "upstream connect failed");
+                record(Outcome::LocalOrigin);
+                (Some(TryFailure::Connect), Some(*back))
+            }
+            Some(Err(SendError::Overflow)) => return Err(Failure::Overflow),
+            Some(Err(SendError::Failed(e, reused))) => {
                 debug!(%addr, error = %e, "upstream failed before the response head");
-                return Err(Failure::Reset);
+                // A kept-alive connection the upstream closed as the request went out:
+                // tried again once, whatever the rule, when it is safe to.
+                if reused && idempotent && held.is_some() && !stale_retry_used {
+                    stale_retry_used = true;
+                    next = next_request(None, head.as_ref(), held);
+                    continue;
+                }
+                record(Outcome::LocalOrigin);
+                let f = if refused_stream(&e) {
+                    TryFailure::RefusedStream
+                } else {
+                    TryFailure::Reset
+                };
+                (Some(f), None)
             }
+            None => {
+                debug!(%addr, "per-try timeout");
+                record(Outcome::LocalOrigin);
+                (Some(TryFailure::Timeout), None)
+            }
+        };
+        tried.push(addr);
+        if let Some(f) = failure {
+            let wants = retry.is_some_and(|r| r.retries_failure(f));
+            let replayable = back.is_some() || held.is_some();
+            let again = wants && replayable && retries_done < attempts;
+            if !again || !take_retry_slot(state, limits, &mut _retry_slot) {
+                if wants && attempts > 0 && retries_done >= attempts {
+                    ex.flags |= Flags::URX;
+                }
+                return Err(match f {
+                    TryFailure::Connect => {
+                        ex.flags |= Flags::UF;
+                        Failure::Connect
+                    }
+                    TryFailure::Reset | TryFailure::RefusedStream => Failure::Reset,
+                    TryFailure::Timeout => Failure::Timeout,
+                });
+            }
+            next = next_request(back, head.as_ref(), held);
+        } else {
+            next = next_request(None, head.as_ref(), held);
+        }
+        retries_done += 1;
+        tokio::time::sleep(RetryRule::backoff(retries_done, rng)).await;
+    }
+}
+
+/// Takes a `maxRetries` slot for one more try (counting the retry), or counts the
+/// overflow: `false` means no retry.
+fn take_retry_slot(
+    state: Option<&Arc<ClusterState>>,
+    limits: &Limits,
+    slot: &mut Option<SlotGuard>,
+) -> bool {
+    let Some(state) = state else {
+        return true;
+    };
+    // The previous retry's slot is given back before this one is taken.
+    *slot = None;
+    match state.retry(limits) {
+        Ok(g) => {
+            *slot = Some(g);
+            state.retries.fetch_add(1, Ordering::Relaxed);
+            true
+        }
+        Err(o) => {
+            state.overflowed(o, limits.max_retries.unwrap_or(0));
+            false
         }
     }
-    ex.flags |= Flags::UF;
-    if t.retries > 0 {
-        ex.flags |= Flags::URX;
-    }
-    Err(Failure::Connect)
 }
 
 #[cfg(test)]

@@ -43,6 +43,9 @@ pub struct Upstream {
     pub name: String,
     pub addr: SocketAddr,
     pub accepted: Arc<AtomicUsize>,
+    /// Connections open now, and the most open at once.
+    pub open: Arc<AtomicUsize>,
+    pub max_open: Arc<AtomicUsize>,
     /// Request heads it received: (method, path-and-query, headers), in order.
     pub seen: Arc<Mutex<Vec<(String, String, hyper::HeaderMap)>>>,
 }
@@ -65,9 +68,41 @@ pub enum Proto {
 /// - `/status/N`: status N;
 /// - `/grpc...`: a gRPC-style response with `grpc-status: 0` in trailers;
 /// - `/upgrade`: 101, then echoes bytes on the upgraded connection;
+/// - `/delay/<ms>...`: after that long, as for anything else;
+/// - `/fail-first/<n>`: 503 to the first `n` requests this upstream saw, then as for
+///   anything else;
 /// - anything else: the upstream's name, `x-upstream: <name>`.
-async fn answer(name: String, mut req: Request<Incoming>) -> Response<UpBody> {
+///
+/// An upstream made with [`upstream_failing`] answers every request with its status.
+async fn answer(
+    name: String,
+    mut req: Request<Incoming>,
+    seen: usize,
+    fail: Option<u16>,
+) -> Response<UpBody> {
     let path = req.uri().path().to_owned();
+    if let Some(code) = fail {
+        let _ = req.into_body().collect().await;
+        return Response::builder()
+            .status(code)
+            .header("x-upstream", name.as_str())
+            .body(UpBody::Full(Full::new(Bytes::from(name))))
+            .unwrap();
+    }
+    if let Some(rest) = path.strip_prefix("/delay/") {
+        let ms: u64 = rest.split('/').next().unwrap().parse().unwrap();
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if let Some(n) = path.strip_prefix("/fail-first/") {
+        let n: usize = n.parse().unwrap();
+        if seen <= n {
+            return Response::builder()
+                .status(503)
+                .header("x-upstream", name.as_str())
+                .body(UpBody::Full(Full::new(Bytes::from(name))))
+                .unwrap();
+        }
+    }
     if path.starts_with("/upgrade") {
         let on = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
@@ -149,32 +184,50 @@ impl Body for UpBody {
 
 /// Starts an upstream named `name` speaking `proto` on 127.0.0.1.
 pub async fn upstream(name: &str, proto: Proto) -> Upstream {
+    upstream_with(name, proto, None).await
+}
+
+/// An upstream that answers every request with `status`.
+pub async fn upstream_failing(name: &str, status: u16) -> Upstream {
+    upstream_with(name, Proto::H1, Some(status)).await
+}
+
+async fn upstream_with(name: &str, proto: Proto, fail: Option<u16>) -> Upstream {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
+    let open = Arc::new(AtomicUsize::new(0));
+    let max_open = Arc::new(AtomicUsize::new(0));
     let seen = Arc::new(Mutex::new(Vec::new()));
     let (acc, s, n) = (accepted.clone(), seen.clone(), name.to_owned());
+    let (op, mx) = (open.clone(), max_open.clone());
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = l.accept().await else {
                 return;
             };
             acc.fetch_add(1, Ordering::SeqCst);
+            let now = op.fetch_add(1, Ordering::SeqCst) + 1;
+            mx.fetch_max(now, Ordering::SeqCst);
             let _ = stream.set_nodelay(true);
-            let (s, n) = (s.clone(), n.clone());
+            let (s, n, op) = (s.clone(), n.clone(), op.clone());
             tokio::spawn(async move {
                 let svc = service_fn(move |req: Request<Incoming>| {
                     let (s, n) = (s.clone(), n.clone());
                     async move {
-                        s.lock().unwrap().push((
-                            req.method().to_string(),
-                            req.uri()
-                                .path_and_query()
-                                .map(|p| p.as_str().to_owned())
-                                .unwrap_or_default(),
-                            req.headers().clone(),
-                        ));
-                        Ok::<_, Infallible>(answer(n, req).await)
+                        let count = {
+                            let mut s = s.lock().unwrap();
+                            s.push((
+                                req.method().to_string(),
+                                req.uri()
+                                    .path_and_query()
+                                    .map(|p| p.as_str().to_owned())
+                                    .unwrap_or_default(),
+                                req.headers().clone(),
+                            ));
+                            s.len()
+                        };
+                        Ok::<_, Infallible>(answer(n, req, count, fail).await)
                     }
                 });
                 let io = TokioIo::new(stream);
@@ -191,6 +244,7 @@ pub async fn upstream(name: &str, proto: Proto) -> Upstream {
                             .await;
                     }
                 }
+                op.fetch_sub(1, Ordering::SeqCst);
             });
         }
     });
@@ -198,6 +252,8 @@ pub async fn upstream(name: &str, proto: Proto) -> Upstream {
         name: name.to_owned(),
         addr,
         accepted,
+        open,
+        max_open,
         seen,
     }
 }
@@ -296,7 +352,7 @@ pub fn reviews(ups: &[&Upstream], protocol: Protocol, routes: Vec<HttpRoute>) ->
             name: "http".into(),
             protocol,
             routes,
-            default_retry: None,
+            default_retry: Some(istio_default_retry()),
         }],
         domains: vec![
             HOST.into(),
@@ -306,6 +362,18 @@ pub fn reviews(ups: &[&Upstream], protocol: Protocol, routes: Vec<HttpRoute>) ->
             cluster_ip().ip().to_string(),
         ],
         clusters,
+    }
+}
+
+/// Istio's default retry policy (1.24), as mesh-control sends it for every HTTP port.
+pub fn istio_default_retry() -> mesh_config::RetryPolicy {
+    use mesh_config::RetryOn::*;
+    mesh_config::RetryPolicy {
+        attempts: 2,
+        per_try_timeout_ms: None,
+        retry_on: vec![ConnectFailure, RefusedStream, Unavailable, Cancelled],
+        retriable_status_codes: vec![],
+        avoid_previous_hosts: true,
     }
 }
 
