@@ -107,6 +107,8 @@ pub enum ResponseFlags {
     /// Shed by the proxy for its own load (`OM`, Envoy's overload manager):
     /// `--max-connections` reached. Access log only, as for `NR`.
     Overload,
+    /// Refused by the destination cluster's `tcp.maxConnections` (`UO`).
+    UpstreamOverflow,
 }
 
 impl ResponseFlags {
@@ -116,6 +118,7 @@ impl ResponseFlags {
             ResponseFlags::UpstreamFailure => "UF",
             ResponseFlags::NoRoute => "NR",
             ResponseFlags::Overload => "OM",
+            ResponseFlags::UpstreamOverflow => "UO",
         }
     }
 }

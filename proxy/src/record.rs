@@ -38,6 +38,8 @@ enum End {
     Unfinished,
     Refused(RefusalReason),
     ConnectFailed(ConnectErrorKind),
+    /// The destination cluster's `tcp.maxConnections` refused it.
+    Overflow,
     /// Both directions ended; the error that ended it, if any.
     Closed(Option<CloseError>),
 }
@@ -148,6 +150,14 @@ impl<'a> ConnRecord<'a> {
         self.finish(End::ConnectFailed(kind));
     }
 
+    /// Refused before connecting to `orig`: its cluster's connection limit is reached.
+    pub fn overflowed(&mut self, orig: OrigDstAddr) {
+        if !self.reported {
+            self.orig = Some(orig);
+        }
+        self.finish(End::Overflow);
+    }
+
     /// Connected to `orig` after `took`: records the latency and opens the connection's
     /// series. `upstream_local` (a `getsockname`) is asked only when the access log wants
     /// it. The meters returned count the bytes the copy delivers.
@@ -218,6 +228,21 @@ impl<'a> ConnRecord<'a> {
         self.report(end);
     }
 
+    /// A connection that never reached its upstream still opens and closes a series
+    /// with its flag, as Istio's do.
+    fn open_and_close(&self, flags: ResponseFlags) {
+        if let Some(orig) = self.orig {
+            let s = self.shared.metrics.tcp_series_with(
+                self.direction,
+                orig.port(),
+                flags,
+                self.peer.clone(),
+            );
+            s.opened.fetch_add(1, Ordering::Relaxed);
+            s.closed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Counts how the connection ended and writes its access-log line.
     fn report(&self, end: End) {
         let metrics = &self.shared.metrics;
@@ -230,17 +255,12 @@ impl<'a> ConnRecord<'a> {
             }
             End::ConnectFailed(kind) => {
                 metrics.connect_error(d, kind);
-                if let Some(orig) = self.orig {
-                    let s = metrics.tcp_series_with(
-                        d,
-                        orig.port(),
-                        ResponseFlags::UpstreamFailure,
-                        self.peer.clone(),
-                    );
-                    s.opened.fetch_add(1, Ordering::Relaxed);
-                    s.closed.fetch_add(1, Ordering::Relaxed);
-                }
+                self.open_and_close(ResponseFlags::UpstreamFailure);
                 (ResponseFlags::UpstreamFailure, Some(kind.as_str()))
+            }
+            End::Overflow => {
+                self.open_and_close(ResponseFlags::UpstreamOverflow);
+                (ResponseFlags::UpstreamOverflow, Some("overflow"))
             }
             End::Closed(error) => (ResponseFlags::None, error.map(CloseError::as_str)),
         };

@@ -83,17 +83,42 @@ pub async fn plan_outbound(l7: &L7, orig: OrigDstAddr) -> (Plan, Option<Arc<Comp
     }
 }
 
-/// An L4 connection to a Service port: the endpoint the proxy dials itself (its
-/// default cluster's load balancer, as Envoy does; `None`: dial the original
-/// destination, e.g. a `PASSTHROUGH` cluster or no healthy endpoint) and the series
-/// labels that name the Service and, with an endpoint, its workload.
-pub fn tcp_upstream(svc: &CompiledService, orig: OrigDstAddr) -> (Option<OrigDstAddr>, TcpPeer) {
+/// Where an L4 connection to a Service port goes.
+pub struct TcpUpstream {
+    /// The endpoint the proxy dials itself (its default cluster's load balancer, as
+    /// Envoy does); `None`: dial the original destination (a `PASSTHROUGH` cluster, or
+    /// no healthy endpoint).
+    pub endpoint: Option<OrigDstAddr>,
+    /// Labels naming the Service and, with an endpoint, its workload.
+    pub peer: TcpPeer,
+    /// The cluster's `tcp.connectTimeout`.
+    pub connect_timeout: Option<std::time::Duration>,
+    /// The connection's slot under the cluster's `tcp.maxConnections`, held while it
+    /// is open; `Err`: the limit is reached, refuse the connection (`UO`).
+    pub slot: Result<Option<crate::http::resilience::SlotGuard>, ()>,
+}
+
+/// An L4 connection to a Service port: see [`TcpUpstream`].
+pub fn tcp_upstream(svc: &CompiledService, orig: OrigDstAddr) -> TcpUpstream {
     let raw = svc.service();
     let cluster_name = raw.default_cluster(orig.port());
-    let picked = svc
-        .cluster(&cluster_name)
+    let cluster = svc.cluster(&cluster_name);
+    let picked = cluster
         .and_then(|c| c.pick(&mut fastrand::Rng::new(), &[]))
         .map(|e| e.addr);
+    let slot = match cluster {
+        None => Ok(None),
+        Some(c) => match c.state.connection(&c.limits) {
+            Some(g) => Ok(Some(g)),
+            None => {
+                c.state.overflowed(
+                    crate::http::resilience::Overflow::Connections,
+                    c.limits.max_connections.unwrap_or(0),
+                );
+                Err(())
+            }
+        },
+    };
     let meta = picked.and_then(|addr| {
         raw.cluster(&cluster_name)?
             .endpoints
@@ -107,7 +132,12 @@ pub fn tcp_upstream(svc: &CompiledService, orig: OrigDstAddr) -> (Option<OrigDst
         meta,
         Some((&raw.host, &raw.name, &raw.namespace)),
     );
-    (picked.map(OrigDstAddr), peer)
+    TcpUpstream {
+        endpoint: picked.map(OrigDstAddr),
+        peer,
+        connect_timeout: cluster.and_then(|c| c.limits.connect_timeout),
+        slot,
+    }
 }
 
 /// An inbound L4 connection's labels: the source pod (when mesh-control knows its IP)
@@ -245,5 +275,44 @@ pub async fn serve(
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, "HTTP connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::http::compile::tests::reviews;
+    use crate::http::{CompiledService, LbStates};
+
+    #[test]
+    fn l4_connections_to_a_service_hold_a_slot_under_max_connections() {
+        let mut svc = reviews(vec![]);
+        for c in &mut svc.clusters {
+            c.connection_pool.max_connections = Some(1);
+            c.connection_pool.connect_timeout_ms = Some(250);
+        }
+        let states = LbStates::default();
+        let compiled = CompiledService::compile_in(&svc, &states).unwrap();
+        let orig = OrigDstAddr("10.96.0.12:9080".parse().unwrap());
+        let first = tcp_upstream(&compiled, orig);
+        assert!(matches!(first.slot, Ok(Some(_))));
+        assert!(first.endpoint.is_some());
+        assert_eq!(
+            first.connect_timeout,
+            Some(std::time::Duration::from_millis(250))
+        );
+        assert!(
+            tcp_upstream(&compiled, orig).slot.is_err(),
+            "over the limit"
+        );
+        drop(first);
+        assert!(matches!(tcp_upstream(&compiled, orig).slot, Ok(Some(_))));
+        let mut out = String::new();
+        states.render_clusters(&mut out);
+        assert!(
+            out.contains("envoy_cluster_upstream_cx_overflow{cluster_name=\"outbound|9080||reviews.default.svc.cluster.local\"} 1"),
+            "{out}"
+        );
     }
 }

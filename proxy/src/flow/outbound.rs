@@ -27,6 +27,9 @@ pub(super) async fn handle(
     // Where an L4 connection goes: the original destination, or for a Service port the
     // endpoint the proxy picks.
     let mut dial = orig;
+    let mut connect_timeout = shared.config.connect_timeout;
+    // The connection's slot under its cluster's `tcp.maxConnections`, held while open.
+    let mut _slot = None;
     if let Some(l7) = &shared.l7 {
         let (plan, svc) = plan_outbound(l7, orig).await;
         if plan == Plan::Sniff {
@@ -51,9 +54,21 @@ pub(super) async fn handle(
         }
         if let Some(svc) = svc {
             if dialled.is_none() {
-                let (endpoint, peer) = tcp_upstream(&svc, orig);
-                record.set_peer(peer);
-                if let Some(e) = endpoint {
+                let up = tcp_upstream(&svc, orig);
+                record.set_peer(up.peer);
+                match up.slot {
+                    Ok(s) => _slot = s,
+                    Err(()) => {
+                        info!(dst = %orig, "the cluster's tcp.maxConnections is reached; resetting client");
+                        record.overflowed(orig);
+                        reset(client);
+                        return;
+                    }
+                }
+                if let Some(t) = up.connect_timeout {
+                    connect_timeout = connect_timeout.min(t);
+                }
+                if let Some(e) = up.endpoint {
                     dial = e;
                 }
             } else {
@@ -70,7 +85,7 @@ pub(super) async fn handle(
     }
     let dialled = match dialled {
         Some(r) => r,
-        None => connect::connect(dial, None, shared.config.connect_timeout).await,
+        None => connect::connect(dial, None, connect_timeout).await,
     };
     let mut upstream = match dialled {
         Ok(u) => u,

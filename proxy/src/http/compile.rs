@@ -218,6 +218,8 @@ pub struct CompiledCluster {
     pub limits: Limits,
     pub(crate) outlier: Option<Outlier>,
     pub(crate) state: Arc<ClusterState>,
+    /// With `tcp.maxConnections`: the pool every worker uses for this cluster.
+    pub(crate) shared_pools: Option<Arc<super::pool::Pools>>,
 }
 
 /// A Service ready for requests. See the module docs.
@@ -283,6 +285,10 @@ impl CompiledService {
                 limits: Limits::compile(&c.connection_pool),
                 outlier: c.outlier_detection.as_ref().map(Outlier::compile),
                 state: states.cluster(&c.name),
+                shared_pools: c
+                    .connection_pool
+                    .max_connections
+                    .map(|_| states.shared_pools(&c.name)),
             });
         }
         states.sweep();

@@ -21,6 +21,7 @@ use fastrand::Rng;
 use mesh_config::LoadBalancer;
 
 use super::compile::{CompiledCluster, CompiledEndpoint};
+use super::pool::Pools;
 use super::resilience::{ClusterState, EndpointHealth, now_ms};
 
 /// Load-balancing state by cluster name (and endpoint address), held weakly. Keep one
@@ -32,6 +33,7 @@ pub struct LbStates {
     cursors: Mutex<HashMap<String, Weak<AtomicUsize>>>,
     health: Mutex<HashMap<(String, SocketAddr), Weak<EndpointHealth>>>,
     clusters: Mutex<HashMap<String, Weak<ClusterState>>>,
+    pools: Mutex<HashMap<String, Weak<Pools>>>,
 }
 
 fn shared<K: std::hash::Hash + Eq, T: Default>(map: &Mutex<HashMap<K, Weak<T>>>, key: K) -> Arc<T> {
@@ -64,6 +66,12 @@ impl LbStates {
     /// The circuit-breaking state of a cluster.
     pub(crate) fn cluster(&self, cluster: &str) -> Arc<ClusterState> {
         shared(&self.clusters, cluster.to_owned())
+    }
+
+    /// The connection pool all workers share for a cluster with `tcp.maxConnections`
+    /// (so the limit holds for the whole proxy, not per thread).
+    pub(crate) fn shared_pools(&self, cluster: &str) -> Arc<Pools> {
+        shared(&self.pools, cluster.to_owned())
     }
 
     /// `envoy_cluster_*` lines for every cluster alive, sorted by name.
@@ -113,6 +121,10 @@ impl LbStates {
             .unwrap_or_else(|p| p.into_inner())
             .retain(|_, w| w.strong_count() > 0);
         self.clusters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, w| w.strong_count() > 0);
+        self.pools
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|_, w| w.strong_count() > 0);

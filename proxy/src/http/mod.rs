@@ -39,10 +39,19 @@
 //! endpoint ([`lb`]; none healthy: 503 `UH`), header edits (destination's, then the
 //! route's; remove, set, add), rewrites, and the upstream request on a pooled
 //! connection: h2 when the port's protocol is `http2`/`grpc`, HTTP/1.1 otherwise.
-//! A request that could not be sent (connect failure) is retried on another endpoint
-//! twice, with Envoy's jittered 25 ms back-off (Istio's default `connect-failure`
-//! retry); when all fail: 503 `UF` (`UF,URX` after retries). An upstream that breaks
-//! off before its response head: 503 `UC`. No route: 404 `NR`.
+//! Then the cluster's limits and the route's retry rule ([`resilience`]): over
+//! `http2MaxRequests`, or pending a connection over `http1MaxPendingRequests`, the
+//! request gets 503 `UO` with `x-envoy-overloaded: true`; `tcp.maxConnections` makes
+//! requests wait for one of the cluster's connections (one pool for all workers). Each
+//! try goes to an endpoint in rotation (outlier detection ejects one at its failing
+//! answer), another than those tried when one is left; the route's retry rule (its
+//! `retries`, or the port's default: Istio's, from mesh-control) says which outcomes
+//! are tried again, after Envoy's jittered back-off, under `maxRetries`; a request
+//! sent once is tried again only when its body was held (at most 64 KiB by
+//! `content-length`). The route's `timeout` covers every try: 504 `UT`; retries run
+//! out: the last answer, with `URX` (`UF,URX` when none connected). An upstream that
+//! breaks off before its response head: 503 `UC`. No route: 404 `NR`. Without a
+//! Service (passthrough) a request that could not be sent is tried twice more.
 //!
 //! Inbound (`reporter="destination"`): to the original destination (the app), no
 //! routes, no faults; h2 upstream when the Service port says `http2`/`grpc`, else the
@@ -57,8 +66,9 @@
 //!
 //! # Modules, in dependency order
 //!
-//! [`metrics`] (label sets, flags, the registry) → [`compile`] → [`lb`] → [`select`] →
-//! [`headers`] → [`prefixed`] → [`log`] → [`body`] → [`pool`] → [`exchange`] →
+//! [`metrics`] (label sets, flags, the registry) → [`resilience`] (limits, ejections,
+//! retry rules) → [`body`] → [`pool`] → [`compile`] → [`lb`] → [`select`] →
+//! [`headers`] → [`prefixed`] → [`log`] → [`exchange`] →
 //! [`serve`]. Nothing here depends on `flow`; `flow` calls in.
 
 pub mod body;

@@ -4,9 +4,8 @@
 //! - [`ClusterState`], one per cluster name for the process (all worker threads), kept
 //!   by [`super::LbStates`]: open upstream connections, requests pending a connection,
 //!   requests and retries in flight, the counters an operator reads
-//!   (`envoy_cluster_upstream_rq_pending_overflow`, ...), the last limit that tripped,
-//!   and, for a cluster with `tcp.maxConnections`, the connection pool its workers
-//!   share (so the limit holds for the whole proxy, not per thread).
+//!   (`envoy_cluster_upstream_rq_pending_overflow`, ...) and the last limit that
+//!   tripped.
 //! - [`Limits`]: `connectionPool`, compiled. A request over `http1MaxPendingRequests`
 //!   or `http2MaxRequests` is refused at once (503 `UO`, `x-envoy-overloaded: true`); a
 //!   retry over `maxRetries` is not made (the last answer stands).
@@ -21,14 +20,13 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+
 use std::time::{Duration, Instant, SystemTime};
 
 use fastrand::Rng;
 use mesh_config::{ConnectionPool, OutlierDetection, RetryOn, RetryPolicy};
 use serde::Serialize;
 use tokio::sync::Notify;
-
-use super::pool::Pools;
 
 /// Envoy's cap on one ejection.
 const MAX_EJECTION: Duration = Duration::from_secs(300);
@@ -121,17 +119,10 @@ pub struct ClusterState {
     pub(crate) ejections: AtomicU64,
     /// Signalled when a connection of the cluster is closed or goes back to its pool.
     pub(crate) freed: Notify,
-    /// The pool shared by all workers, for a cluster with `tcp.maxConnections`.
-    shared: OnceLock<Arc<Pools>>,
     last_trip: Mutex<Option<Trip>>,
 }
 
 impl ClusterState {
-    /// The process-wide pool of a connection-limited cluster.
-    pub(crate) fn shared_pools(&self) -> Arc<Pools> {
-        self.shared.get_or_init(Arc::default).clone()
-    }
-
     /// Counts a refusal and remembers it.
     pub(crate) fn overflowed(&self, what: Overflow, limit: u32) {
         let c = match what {

@@ -679,9 +679,9 @@ async fn send<'t>(
         Some(c) if c.limits != no_limits => Arc::as_ptr(&c.state) as usize,
         _ => 0,
     };
-    let pools = match (t.cluster, limits.max_connections) {
-        (Some(c), Some(_)) => c.state.shared_pools(),
-        _ => st.ctx.engine.pools.clone(),
+    let pools = match t.cluster.and_then(|c| c.shared_pools.as_ref()) {
+        Some(p) => p.clone(),
+        None => st.ctx.engine.pools.clone(),
     };
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut next = Some(req);
