@@ -6,6 +6,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use mesh_common::duration;
 
+use crate::translate::CompatibilityVersion;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "mesh-control",
@@ -40,6 +42,14 @@ pub struct ServeArgs {
     /// Istio's rootNamespace: DestinationRules there apply mesh-wide.
     #[arg(long, value_name = "NAMESPACE", default_value = "istio-system")]
     pub root_namespace: String,
+    /// Istio's compatibilityVersion: keep the defaults of that Istio release where later
+    /// ones changed them. `1.23` or lower: the default retry policy (of routes without
+    /// `retries`, and of requests no route takes) also retries a 503 answer
+    /// (`retriable-status-codes` 503), as Istio did before 1.24. Unset, or 1.24 and
+    /// later: it retries only connect failures, refused streams and gRPC
+    /// `unavailable` / `cancelled`, twice, on another endpoint.
+    #[arg(long, value_name = "MAJOR.MINOR", value_parser = CompatibilityVersion::parse)]
+    pub compatibility_version: Option<CompatibilityVersion>,
     /// After a change, wait this long for the cluster to be quiet (at most ten times
     /// this) before building and pushing: a burst of edits becomes one push.
     #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = duration::parse)]
@@ -91,5 +101,39 @@ mod tests {
         .command;
         assert_eq!(a.debounce, Duration::from_millis(250));
         assert_eq!(a.plaintext_addr.port(), 0);
+        assert_eq!(a.compatibility_version, None);
+        assert!(
+            help.contains("--compatibility-version <MAJOR.MINOR>"),
+            "{help}"
+        );
+    }
+
+    #[test]
+    fn compatibility_version() {
+        let parse = |v: &str| {
+            let flag = format!("--compatibility-version={v}");
+            Cli::try_parse_from(["mesh-control", "serve", flag.as_str()]).map(|c| {
+                let Command::Serve(a) = c.command;
+                a.compatibility_version
+            })
+        };
+        assert_eq!(
+            parse("1.23").unwrap(),
+            Some(CompatibilityVersion {
+                major: 1,
+                minor: 23
+            })
+        );
+        assert_eq!(parse("1.24").unwrap().unwrap().to_string(), "1.24");
+        assert!(parse("1.9").unwrap() < parse("1.23").unwrap());
+        for bad in [
+            "", "1", "1.", ".5", "1.23.4", "v1.23", "1.x", "-1.2", " 1.23", "1.+2",
+        ] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("--compatibility-version") && e.contains("MAJOR.MINOR"),
+                "{bad:?}: {e}"
+            );
+        }
     }
 }

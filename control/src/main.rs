@@ -39,6 +39,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         crd_interval: args.crd_discovery_interval,
         settings: MeshSettings {
             root_namespace: args.root_namespace,
+            compatibility_version: args.compatibility_version,
             ..MeshSettings::default()
         },
     };

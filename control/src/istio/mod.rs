@@ -4,8 +4,11 @@
 //! The types follow `istio.io/api/networking/v1alpha3` field for field where mesh-control
 //! reads the field, in the JSON spelling (camelCase); fields we do not read yet are not
 //! declared and are ignored, so objects using them still parse. `null` is read as the
-//! field's default, as Go's protojson does. Semantic checks (regexes, durations, ranges)
-//! are the translation's, so that one bad rule does not cost the whole object.
+//! field's default, as Go's protojson does, and an integer may be a JSON number or a
+//! string of digits, as protojson reads `int32`/`uint32` (kept as `i64`).
+//! Semantic checks (regexes, durations, ranges, signs) are the translation's, so that one
+//! bad rule does not cost the whole object; a value of the wrong type (a duration that is
+//! not a string, a number that is not an integer) does.
 //!
 //! Modules: [`virtual_service`], [`destination_rule`]; both use [`Meta`] and
 //! [`ParseError`] from here.
@@ -121,6 +124,56 @@ where
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
+/// An `int32`/`uint32` field (or its wrapper), as Go's protojson reads it: a JSON number
+/// or a string of digits (`"5"`); `null` is 0. Kept as `i64`, so that a negative or
+/// too large value is the translation's to report (one rule at a time), not a parse
+/// error that costs the whole object.
+pub(crate) fn int<'de, D>(d: D) -> Result<i64, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    Ok(opt_int(d)?.unwrap_or_default())
+}
+
+/// [`int`] for a field whose absence means something (a `UInt32Value` wrapper):
+/// `null` is `None`, as absent.
+pub(crate) fn opt_int<'de, D>(d: D) -> Result<Option<i64>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Option<i64>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an integer (a number or a string of digits)")
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(Some(v))
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            i64::try_from(v)
+                .map(Some)
+                .map_err(|_| E::custom(format!("{v} is out of range")))
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            v.trim()
+                .parse::<i64>()
+                .map(Some)
+                .map_err(|_| E::invalid_value(serde::de::Unexpected::Str(v), &self))
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D2: Deserializer<'de>>(self, d: D2) -> Result<Self::Value, D2::Error> {
+            d.deserialize_any(V)
+        }
+    }
+    d.deserialize_any(V)
+}
+
 /// A label map (`sourceLabels`, subset `labels`, `workloadSelector.matchLabels`).
 pub type Labels = BTreeMap<String, String>;
 
@@ -137,6 +190,27 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use serde_json::json;
+
+    #[derive(Debug, Deserialize)]
+    struct Ints {
+        #[serde(default, deserialize_with = "int")]
+        a: i64,
+        #[serde(default, deserialize_with = "opt_int")]
+        b: Option<i64>,
+    }
+
+    #[test]
+    fn ints_are_numbers_or_strings() {
+        let p = |v: Value| serde_json::from_value::<Ints>(v).map(|i| (i.a, i.b));
+        assert_eq!(p(json!({})).unwrap(), (0, None));
+        assert_eq!(p(json!({"a": null, "b": null})).unwrap(), (0, None));
+        assert_eq!(p(json!({"a": 3, "b": "7"})).unwrap(), (3, Some(7)));
+        assert_eq!(p(json!({"a": "-2", "b": 0})).unwrap(), (-2, Some(0)));
+        let e = p(json!({"a": "three"})).unwrap_err().to_string();
+        assert!(e.contains("an integer"), "{e}");
+        assert!(p(json!({"a": 1.5})).is_err());
+        assert!(p(json!({"b": true})).is_err());
+    }
 
     #[test]
     fn meta_defaults_and_errors() {

@@ -1,14 +1,14 @@
 //! `VirtualService`: the fields of `spec` the translation reads (`hosts`, `gateways`,
-//! `exportTo`, `http[]`). `tcp[]`, `tls[]` and the `http[]` fields of later issues
-//! (`timeout`, `retries`, `mirror*`, `corsPolicy`, `delegate`, ...) are not declared, so
-//! they parse and are ignored; see `translate::routes` for the list.
+//! `exportTo`, `http[]`, with each rule's `timeout` and `retries`). `tcp[]`, `tls[]` and
+//! the `http[]` fields of later issues (`mirror*`, `corsPolicy`, `retries.backoff`, ...)
+//! are not declared, so they parse and are ignored; see `translate::routes` for the list.
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Labels, Meta, ParseError, PortSelector, nullable, parse_meta, parse_spec};
+use super::{Labels, Meta, ParseError, PortSelector, int, nullable, parse_meta, parse_spec};
 
 pub const KIND: &str = "VirtualService";
 
@@ -58,6 +58,28 @@ pub struct HttpRoute {
     pub headers: Option<Headers>,
     /// Only checked for presence: delegation is not supported.
     pub delegate: Option<Value>,
+    /// A protobuf duration (`10s`, `0.5s`; `1m`, `100ms` are accepted too); unset or `0s`:
+    /// no timeout.
+    pub timeout: Option<String>,
+    pub retries: Option<HttpRetry>,
+}
+
+/// `http[].retries` (`HTTPRetry`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HttpRetry {
+    /// Retries after the first try; unset is 0 (an `int32`): no retries.
+    #[serde(deserialize_with = "int")]
+    pub attempts: i64,
+    /// A duration, at least 1 ms.
+    pub per_try_timeout: Option<String>,
+    /// Comma-separated conditions (`5xx,gateway-error`) and HTTP statuses (`503`).
+    #[serde(deserialize_with = "nullable")]
+    pub retry_on: String,
+    /// Parsed, not applied: endpoints carry no locality.
+    pub retry_remote_localities: Option<bool>,
+    /// Unset: true (retry on another endpoint than the ones tried).
+    pub retry_ignore_previous_hosts: Option<bool>,
 }
 
 /// `http[].match[]`.
@@ -277,6 +299,42 @@ mod tests {
         assert_eq!(d.port.as_ref().unwrap().number, 9080);
         let a = r.fault.as_ref().unwrap().abort.as_ref().unwrap();
         assert_eq!(a.grpc_status, Some(GrpcStatus::Name("UNAVAILABLE".into())));
+        assert_eq!(r.timeout.as_deref(), Some("10s"));
+        assert_eq!(r.retries.as_ref().unwrap().attempts, 3);
+    }
+
+    #[test]
+    fn parses_retries() {
+        let vs = VirtualService::from_json(&json!({
+            "metadata": {"name": "r"},
+            "spec": {"hosts": ["r"], "http": [
+                {"retries": {"attempts": "2", "perTryTimeout": "0.5s", "retryOn": "5xx,503",
+                             "retryRemoteLocalities": true,
+                             "retryIgnorePreviousHosts": false}},
+                {"retries": {}},
+                {"retries": {"attempts": null, "retryOn": null}}
+            ]}
+        }))
+        .unwrap();
+        let r = |i: usize| vs.spec.http[i].retries.clone().unwrap();
+        assert_eq!(
+            r(0),
+            HttpRetry {
+                attempts: 2,
+                per_try_timeout: Some("0.5s".into()),
+                retry_on: "5xx,503".into(),
+                retry_remote_localities: Some(true),
+                retry_ignore_previous_hosts: Some(false),
+            }
+        );
+        assert_eq!(r(1), HttpRetry::default());
+        assert_eq!(r(2), HttpRetry::default());
+        let e = VirtualService::from_json(&json!({
+            "metadata": {"name": "r"},
+            "spec": {"hosts": ["r"], "http": [{"retries": {"attempts": "many"}}]}
+        }))
+        .unwrap_err();
+        assert_eq!(e.field, "spec.http[0].retries.attempts");
     }
 
     #[test]

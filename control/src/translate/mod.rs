@@ -6,8 +6,16 @@
 //!
 //! Modules, in dependency order: `hosts` (names, host patterns, `exportTo`),
 //! `workloads` (pods and their peer metadata), `services` (Services and their
-//! endpoints), `policy` (DestinationRules: lookup, subsets, load balancers), `routes`
-//! (VirtualServices → HTTP routes); this file puts a [`Resource`] together.
+//! endpoints), `resilience` (timeouts, retries, connection pools, outlier detection:
+//! one Istio block → its config, with Istio's defaults and ranges), `policy`
+//! (DestinationRules: lookup, subsets, and per cluster the load balancer, connection
+//! pool and outlier detection), `routes` (VirtualServices → HTTP routes, with their
+//! timeouts and retries); this file puts a [`Resource`] together: every port that
+//! carries routes (HTTP, or sniffed) gets Istio's default retry policy for the requests
+//! no route takes ([`ServicePort::default_retry`]), a TCP port none.
+//!
+//! The one input besides the objects is [`MeshSettings`], `compatibility_version`
+//! included (`mesh-control serve --compatibility-version`).
 //!
 //! Cost: `build` is linear in the objects (plus, per VirtualService, one pass over the
 //! ports of the Services it binds, for diagnostics); `resolve` does hash lookups (pod,
@@ -19,6 +27,7 @@
 
 mod hosts;
 mod policy;
+mod resilience;
 mod routes;
 mod services;
 mod workloads;
@@ -64,6 +73,9 @@ pub struct MeshSettings {
     pub root_namespace: String,
     pub cluster_domain: String,
     pub trust_domain: String,
+    /// Istio's `compatibilityVersion`: `None` is the current behaviour. Below 1.24 the
+    /// default retry policy also retries 503s (`resilience::default_retry`).
+    pub compatibility_version: Option<CompatibilityVersion>,
 }
 
 impl Default for MeshSettings {
@@ -72,7 +84,47 @@ impl Default for MeshSettings {
             root_namespace: "istio-system".into(),
             cluster_domain: mesh_config::CLUSTER_DOMAIN.into(),
             trust_domain: mesh_config::DEFAULT_TRUST_DOMAIN.into(),
+            compatibility_version: None,
         }
+    }
+}
+
+/// An Istio release, `MAJOR.MINOR`, whose defaults to keep where later releases changed
+/// them (Istio's `compatibilityVersion`). Ordered as versions are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CompatibilityVersion {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl CompatibilityVersion {
+    /// `1.23`: two decimal numbers and one dot, nothing else.
+    pub fn parse(text: &str) -> Result<CompatibilityVersion, String> {
+        let bad = || format!("{text:?} is not a MAJOR.MINOR version such as 1.23");
+        let (major, minor) = text.split_once('.').ok_or_else(bad)?;
+        let num = |s: &str| {
+            if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad());
+            }
+            s.parse::<u32>().map_err(|_| bad())
+        };
+        Ok(CompatibilityVersion {
+            major: num(major)?,
+            minor: num(minor)?,
+        })
+    }
+}
+
+impl std::str::FromStr for CompatibilityVersion {
+    type Err = String;
+    fn from_str(s: &str) -> Result<CompatibilityVersion, String> {
+        CompatibilityVersion::parse(s)
+    }
+}
+
+impl std::fmt::Display for CompatibilityVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
     }
 }
 
@@ -241,11 +293,13 @@ impl Snapshot {
 
         let mut vss = Vec::new();
         {
+            let default_retry = resilience::default_retry(settings.compatibility_version);
             let cat = Catalog {
                 services: &services,
                 by_fqdn: &svc_by_fqdn,
                 drs: &drs,
                 domain,
+                default_retry: &default_retry,
             };
             for v in &objects.virtual_services {
                 match VirtualService::from_json(v) {
@@ -320,6 +374,7 @@ impl Snapshot {
             drs: &self.drs,
         };
         let vs = self.vs.select(&svc.fqdn, &node.namespace);
+        let default_retry = resilience::default_retry(self.settings.compatibility_version);
         let mut needed = Needed::new();
         let ports = svc
             .ports
@@ -342,7 +397,7 @@ impl Snapshot {
                     name: p.name.clone(),
                     protocol: p.protocol,
                     routes,
-                    default_retry: None,
+                    default_retry: routed_protocol(p.protocol).then(|| default_retry.clone()),
                 }
             })
             .collect();
@@ -384,11 +439,12 @@ impl Snapshot {
             .drs
             .lookup(&node.namespace, labels, &svc.fqdn, &svc.namespace);
         let sub = subset.and_then(|s| rules.subset(s));
+        let policy = rules.cluster_policy(port, sub);
         let load_balancer = if svc.headless() {
             // Istio: a headless Service's clusters go where the client dialled.
             LoadBalancer::Passthrough
         } else {
-            rules.load_balancer(port, sub)
+            policy.load_balancer
         };
         let endpoints = match (svc.port(port), subset, sub) {
             (None, _, _) | (Some(_), Some(_), None) => Vec::new(),
@@ -414,8 +470,8 @@ impl Snapshot {
             subset: subset.map(str::to_owned),
             load_balancer,
             endpoints,
-            connection_pool: Default::default(),
-            outlier_detection: None,
+            connection_pool: policy.connection_pool,
+            outlier_detection: policy.outlier_detection,
         }
     }
 

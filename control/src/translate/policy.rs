@@ -1,5 +1,5 @@
-//! DestinationRules: which one a client proxy uses for a host, its subsets, and the load
-//! balancer of each cluster.
+//! DestinationRules: which one a client proxy uses for a host, its subsets, and each
+//! cluster's load balancer, connection pool and outlier detection.
 //!
 //! Lookup, as Istio's `PushContext.destinationRule` for a client in namespace `C` and a
 //! Service in namespace `S`: the DestinationRules of `C`, else those of `S`, else those of
@@ -16,22 +16,37 @@
 //! specific host is chosen, so it never hides a less specific rule the client may use
 //! (in Istio it can, and the client then gets no rule from that namespace).
 //!
-//! Load balancer of a cluster (Istio's `MergeTrafficPolicy`): the top-level
-//! `loadBalancer`, replaced by the `portLevelSettings` entry for the port (a port entry
-//! does not inherit: without its own `loadBalancer` it is the default); for a subset,
-//! then its `loadBalancer`, then its own port entry. `simple`: `LEAST_REQUEST` (default,
-//! also `UNSPECIFIED` and `LEAST_CONN`, its deprecated alias), `ROUND_ROBIN`, `RANDOM`,
-//! `PASSTHROUGH`. A `loadBalancer` without `simple` (`consistentHash`,
-//! `localityLbSetting`) is the default: not translated yet, like `connectionPool`,
-//! `outlierDetection`, `tls` and `proxyProtocol`, which are ignored without a diagnostic.
+//! Policy of a cluster (Istio's `MergeSubsetTrafficPolicy` and `MergeTrafficPolicy`,
+//! `pilot/pkg/networking/util/util.go`, `pilot/pkg/model/destination_rule.go`), for each
+//! of its three blocks, `loadBalancer`, `connectionPool` and `outlierDetection`: the top
+//! level, replaced whole by the `portLevelSettings` entry for the cluster's port (a port
+//! entry does not inherit: a block it lacks is the default, not the top level's); for a
+//! subset, then each block its `trafficPolicy` sets, replacing that block whole (blocks
+//! it does not set stay the top level's); but when the subset's policy has an entry for
+//! the port, that entry alone (a block it lacks is the default). A block is never merged
+//! field by field. Defaults: `LEAST_REQUEST`, no connection limits, no outlier detection.
+//!
+//! `loadBalancer.simple`: `LEAST_REQUEST` (default, also `UNSPECIFIED` and `LEAST_CONN`,
+//! its deprecated alias), `ROUND_ROBIN`, `RANDOM`, `PASSTHROUGH`. A `loadBalancer` without
+//! `simple` (`consistentHash`, `localityLbSetting`) is the default: not translated yet,
+//! like `tls`, `tunnel`, `proxyProtocol` and `retryBudget`, which are ignored without a
+//! diagnostic. `connectionPool` and `outlierDetection` are converted by `resilience`; a
+//! value there that Istio's validation refuses (a negative limit, a duration under 1 ms,
+//! a percentage over 100, ...) skips the whole DestinationRule with a diagnostic, as
+//! Istio's webhook would have refused it (its subsets are then unknown too).
 
 use std::collections::{BTreeMap, HashMap};
 
 use mesh_config::LoadBalancer;
+use mesh_config::resilience::{ConnectionPool, OutlierDetection};
 
 use super::Diagnostic;
 use super::hosts::{HostPattern, Visibility, labels_match, resolve_config_host};
-use crate::istio::destination_rule::{self, DestinationRule, LoadBalancerSettings, TrafficPolicy};
+use super::resilience::{self, Bad, Note};
+use crate::istio::destination_rule::{
+    self, ConnectionPoolSettings, DestinationRule, LoadBalancerSettings,
+    OutlierDetection as IOutlier, TrafficPolicy,
+};
 use crate::istio::{Labels, Meta};
 
 /// One DestinationRule, checked.
@@ -52,20 +67,36 @@ pub struct SubsetRec {
     pub policy: Option<Policy>,
 }
 
-/// The load-balancing part of a `trafficPolicy`.
+/// The blocks of a `trafficPolicy` (or of one of its `portLevelSettings`) the
+/// translation applies; `None`: the block is not set.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Blocks {
+    pub lb: Option<LoadBalancer>,
+    pub pool: Option<ConnectionPool>,
+    pub outlier: Option<OutlierDetection>,
+}
+
+/// A `trafficPolicy`, checked.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
-    /// `Some` when `loadBalancer` is set.
-    pub lb: Option<LoadBalancer>,
-    /// `portLevelSettings`: port → its `loadBalancer` (default when unset).
-    pub ports: BTreeMap<u32, LoadBalancer>,
+    pub top: Blocks,
+    /// `portLevelSettings`: port → its blocks (the first entry for a port counts).
+    pub ports: BTreeMap<u32, Blocks>,
 }
 
 impl Policy {
-    /// The balancer this policy gives `port`, if it says anything about it.
-    fn for_port(&self, port: u16) -> Option<LoadBalancer> {
-        self.ports.get(&u32::from(port)).copied().or(self.lb)
+    /// What this policy says for `port`: its port entry, whole, else the top level.
+    fn for_port(&self, port: u16) -> &Blocks {
+        self.ports.get(&u32::from(port)).unwrap_or(&self.top)
     }
+}
+
+/// What one cluster gets.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClusterPolicy {
+    pub load_balancer: LoadBalancer,
+    pub connection_pool: ConnectionPool,
+    pub outlier_detection: Option<OutlierDetection>,
 }
 
 fn diag(meta: &Meta, field: String, message: String) -> Diagnostic {
@@ -101,22 +132,58 @@ fn simple_lb(
     })
 }
 
+/// The blocks of a `trafficPolicy` or port entry at `field`.
+fn blocks(
+    lb: Option<&LoadBalancerSettings>,
+    pool: Option<&ConnectionPoolSettings>,
+    outlier: Option<&IOutlier>,
+    meta: &Meta,
+    field: &str,
+    diags: &mut Vec<Diagnostic>,
+    notes: &mut Vec<Note>,
+) -> Result<Blocks, Bad> {
+    Ok(Blocks {
+        lb: simple_lb(lb, meta, &format!("{field}.loadBalancer"), diags),
+        pool: pool
+            .map(|p| resilience::connection_pool(p, &format!("{field}.connectionPool")))
+            .transpose()?,
+        outlier: outlier
+            .map(|o| resilience::outlier_detection(o, &format!("{field}.outlierDetection"), notes))
+            .transpose()?,
+    })
+}
+
 fn policy(
     tp: Option<&TrafficPolicy>,
     meta: &Meta,
     field: &str,
     diags: &mut Vec<Diagnostic>,
-) -> Option<Policy> {
-    let tp = tp?;
-    let lb = simple_lb(
+    notes: &mut Vec<Note>,
+) -> Result<Option<Policy>, Bad> {
+    let Some(tp) = tp else {
+        return Ok(None);
+    };
+    let top = blocks(
         tp.load_balancer.as_ref(),
+        tp.connection_pool.as_ref(),
+        tp.outlier_detection.as_ref(),
         meta,
-        &format!("{field}.loadBalancer"),
+        field,
         diags,
-    );
+        notes,
+    )?;
     let mut ports = BTreeMap::new();
     for (i, p) in tp.port_level_settings.iter().enumerate() {
         let f = format!("{field}.portLevelSettings[{i}]");
+        let b = blocks(
+            p.load_balancer.as_ref(),
+            p.connection_pool.as_ref(),
+            p.outlier_detection.as_ref(),
+            meta,
+            &f,
+            diags,
+            notes,
+        )?;
         let Some(n) = p
             .port
             .as_ref()
@@ -130,16 +197,58 @@ fn policy(
             ));
             continue;
         };
-        let lb = simple_lb(
-            p.load_balancer.as_ref(),
-            meta,
-            &format!("{f}.loadBalancer"),
-            diags,
-        )
-        .unwrap_or_default();
-        ports.entry(n).or_insert(lb);
+        ports.entry(n).or_insert(b);
     }
-    Some(Policy { lb, ports })
+    Ok(Some(Policy { top, ports }))
+}
+
+/// The top-level policy and the subsets of `spec`; `Err` refuses the whole rule.
+fn policies(
+    spec: &destination_rule::DestinationRuleSpec,
+    meta: &Meta,
+    diags: &mut Vec<Diagnostic>,
+    notes: &mut Vec<Note>,
+) -> Result<(Option<Policy>, Vec<SubsetRec>), Bad> {
+    let top = policy(
+        spec.traffic_policy.as_ref(),
+        meta,
+        "spec.trafficPolicy",
+        diags,
+        notes,
+    )?;
+    let mut subsets: Vec<SubsetRec> = Vec::new();
+    for (i, s) in spec.subsets.iter().enumerate() {
+        let f = format!("spec.subsets[{i}]");
+        let policy = policy(
+            s.traffic_policy.as_ref(),
+            meta,
+            &format!("{f}.trafficPolicy"),
+            diags,
+            notes,
+        )?;
+        if s.name.is_empty() {
+            diags.push(diag(
+                meta,
+                format!("{f}.name"),
+                "missing; subset ignored".into(),
+            ));
+            continue;
+        }
+        if subsets.iter().any(|o| o.name == s.name) {
+            diags.push(diag(
+                meta,
+                format!("{f}.name"),
+                format!("subset {:?} is defined twice; this one is ignored", s.name),
+            ));
+            continue;
+        }
+        subsets.push(SubsetRec {
+            name: s.name.clone(),
+            labels: s.labels.clone(),
+            policy,
+        });
+    }
+    Ok((top, subsets))
 }
 
 impl PreparedDr {
@@ -154,42 +263,23 @@ impl PreparedDr {
             return None;
         }
         let host = HostPattern::new(&resolve_config_host(&spec.host, &meta.namespace, domain));
-        let top = policy(
-            spec.traffic_policy.as_ref(),
-            &meta,
-            "spec.trafficPolicy",
-            diags,
+        // This rule's own diagnostics, kept only if it is not refused as a whole.
+        let mut mine = Vec::new();
+        let mut notes = Vec::new();
+        let checked = policies(&spec, &meta, &mut mine, &mut notes);
+        let (top, subsets) = match checked {
+            Ok(v) => v,
+            Err((field, message)) => {
+                diags.push(diag(&meta, field, format!("{message}; object skipped")));
+                return None;
+            }
+        };
+        diags.extend(mine);
+        diags.extend(
+            notes
+                .into_iter()
+                .map(|(field, message)| diag(&meta, field, message)),
         );
-        let mut subsets: Vec<SubsetRec> = Vec::new();
-        for (i, s) in spec.subsets.iter().enumerate() {
-            let f = format!("spec.subsets[{i}]");
-            if s.name.is_empty() {
-                diags.push(diag(
-                    &meta,
-                    format!("{f}.name"),
-                    "missing; subset ignored".into(),
-                ));
-                continue;
-            }
-            if subsets.iter().any(|o| o.name == s.name) {
-                diags.push(diag(
-                    &meta,
-                    format!("{f}.name"),
-                    format!("subset {:?} is defined twice; this one is ignored", s.name),
-                ));
-                continue;
-            }
-            subsets.push(SubsetRec {
-                name: s.name.clone(),
-                labels: s.labels.clone(),
-                policy: policy(
-                    s.traffic_policy.as_ref(),
-                    &meta,
-                    &format!("{f}.trafficPolicy"),
-                    diags,
-                ),
-            });
-        }
         let selector = spec.workload_selector.map(|w| w.match_labels);
         let export = if selector.is_some() {
             // Istio: a rule with a workload selector is never exported.
@@ -226,18 +316,48 @@ impl<'a> Merged<'a> {
         self.parts.iter().find_map(|d| d.top.as_ref())
     }
 
-    /// The balancer of the cluster for `port` (and `subset`).
-    pub fn load_balancer(&self, port: u16, subset: Option<&SubsetRec>) -> LoadBalancer {
-        let mut lb = self.top().and_then(|t| t.for_port(port));
+    /// The blocks that apply to the cluster for `port` (and `subset`), unset ones `None`.
+    fn blocks(&self, port: u16, subset: Option<&SubsetRec>) -> Blocks {
+        let mut b = self
+            .top()
+            .map(|t| t.for_port(port).clone())
+            .unwrap_or_default();
         if let Some(p) = subset.and_then(|s| s.policy.as_ref()) {
-            if let Some(l) = p.lb {
-                lb = Some(l);
-            }
-            if let Some(l) = p.ports.get(&u32::from(port)) {
-                lb = Some(*l);
+            match p.ports.get(&u32::from(port)) {
+                // The subset's port entry replaces everything (Istio's `hasPortLevel`).
+                Some(entry) => b = entry.clone(),
+                None => {
+                    let t = &p.top;
+                    if t.lb.is_some() {
+                        b.lb = t.lb;
+                    }
+                    if t.pool.is_some() {
+                        b.pool.clone_from(&t.pool);
+                    }
+                    if t.outlier.is_some() {
+                        b.outlier.clone_from(&t.outlier);
+                    }
+                }
             }
         }
-        lb.unwrap_or_default()
+        b
+    }
+
+    /// The balancer, connection pool and outlier detection of the cluster for `port`
+    /// (and `subset`).
+    pub fn cluster_policy(&self, port: u16, subset: Option<&SubsetRec>) -> ClusterPolicy {
+        let b = self.blocks(port, subset);
+        ClusterPolicy {
+            load_balancer: b.lb.unwrap_or_default(),
+            connection_pool: b.pool.unwrap_or_default(),
+            outlier_detection: b.outlier,
+        }
+    }
+
+    /// The balancer of the cluster for `port` (and `subset`).
+    #[cfg(test)]
+    pub fn load_balancer(&self, port: u16, subset: Option<&SubsetRec>) -> LoadBalancer {
+        self.cluster_policy(port, subset).load_balancer
     }
 }
 
@@ -499,6 +619,152 @@ mod tests {
         assert_eq!(m.load_balancer(9090, s("v2")), LoadBalancer::RoundRobin);
         assert_eq!(m.load_balancer(9080, s("v3")), LoadBalancer::Passthrough);
         assert_eq!(m.load_balancer(9090, s("v3")), LoadBalancer::LeastRequest);
+    }
+
+    /// Istio's `MergeSubsetTrafficPolicy`, block by block: a port entry replaces the
+    /// level it is in; a subset replaces the blocks it sets; a subset's port entry
+    /// replaces everything; a block is never merged field by field.
+    #[test]
+    fn pool_and_outlier_blocks_merge_whole() {
+        let r = dr(
+            "default",
+            "r",
+            "2024-01-01T00:00:00Z",
+            json!({
+                "host": "reviews",
+                "trafficPolicy": {
+                    "loadBalancer": {"simple": "RANDOM"},
+                    "connectionPool": {"tcp": {"maxConnections": 10},
+                                       "http": {"http2MaxRequests": 20}},
+                    "outlierDetection": {"consecutive5xxErrors": 3},
+                    "portLevelSettings": [
+                        {"port": {"number": 9090},
+                         "connectionPool": {"http": {"maxRetries": 4}}}]
+                },
+                "subsets": [
+                    {"name": "plain", "labels": {"version": "v1"}},
+                    {"name": "pool", "labels": {"version": "v2"},
+                     "trafficPolicy": {"connectionPool": {"tcp": {"connectTimeout": "1s"}}}},
+                    {"name": "port", "labels": {"version": "v3"},
+                     "trafficPolicy": {
+                         "outlierDetection": {"interval": "1s"},
+                         "portLevelSettings": [
+                             {"port": {"number": 9080},
+                              "outlierDetection": {"consecutiveGatewayErrors": 2}}]}}
+                ]
+            }),
+        );
+        let idx = DrIndex::new(vec![r], "istio-system", &mut Vec::new());
+        let m = idx.lookup("default", &BTreeMap::new(), H, "default");
+        let top_pool = ConnectionPool {
+            max_connections: Some(10),
+            max_requests: Some(20),
+            ..ConnectionPool::default()
+        };
+        let top_outlier = OutlierDetection {
+            consecutive_5xx_errors: 3,
+            ..OutlierDetection::default()
+        };
+        let p = |port, sub: Option<&str>| m.cluster_policy(port, sub.and_then(|s| m.subset(s)));
+        assert_eq!(
+            p(9080, None),
+            ClusterPolicy {
+                load_balancer: LoadBalancer::Random,
+                connection_pool: top_pool.clone(),
+                outlier_detection: Some(top_outlier.clone()),
+            }
+        );
+        // The port entry, whole: no balancer, no outlier detection of the top level's.
+        let only_retries = ConnectionPool {
+            max_retries: Some(4),
+            ..ConnectionPool::default()
+        };
+        assert_eq!(
+            p(9090, None),
+            ClusterPolicy {
+                connection_pool: only_retries.clone(),
+                ..ClusterPolicy::default()
+            }
+        );
+        assert_eq!(p(9080, Some("plain")), p(9080, None));
+        assert_eq!(p(9090, Some("plain")), p(9090, None));
+        // The subset's pool replaces the top level's whole (no maxConnections left).
+        let sub_pool = ConnectionPool {
+            connect_timeout_ms: Some(1000),
+            ..ConnectionPool::default()
+        };
+        for port in [9080, 9090] {
+            let c = p(port, Some("pool"));
+            assert_eq!(c.connection_pool, sub_pool, "{port}");
+        }
+        assert_eq!(p(9080, Some("pool")).outlier_detection, Some(top_outlier));
+        assert_eq!(p(9080, Some("pool")).load_balancer, LoadBalancer::Random);
+        assert_eq!(
+            p(9090, Some("pool")).load_balancer,
+            LoadBalancer::LeastRequest
+        );
+        // The subset's own port entry alone.
+        assert_eq!(
+            p(9080, Some("port")),
+            ClusterPolicy {
+                outlier_detection: Some(OutlierDetection {
+                    consecutive_gateway_errors: 2,
+                    ..OutlierDetection::default()
+                }),
+                ..ClusterPolicy::default()
+            }
+        );
+        // Elsewhere the subset's outlier block over the port-resolved top level.
+        assert_eq!(
+            p(9090, Some("port")),
+            ClusterPolicy {
+                connection_pool: only_retries,
+                outlier_detection: Some(OutlierDetection {
+                    interval_ms: 1000,
+                    ..OutlierDetection::default()
+                }),
+                ..ClusterPolicy::default()
+            }
+        );
+    }
+
+    #[test]
+    fn a_refused_value_skips_the_rule() {
+        let prepare = |spec: Value| {
+            let v = json!({"metadata": {"name": "bad", "namespace": "default"}, "spec": spec});
+            let mut d = Vec::new();
+            let r = PreparedDr::new(
+                DestinationRule::from_json(&v).unwrap(),
+                "cluster.local",
+                &mut d,
+            );
+            (r.is_some(), d)
+        };
+        let (kept, d) = prepare(json!({
+            "host": "reviews",
+            "trafficPolicy": {"loadBalancer": {"simple": "FASTEST"}},
+            "subsets": [{"name": "v1", "trafficPolicy": {"portLevelSettings": [
+                {"port": {"number": 9080},
+                 "outlierDetection": {"maxEjectionPercent": 150}}]}}]
+        }));
+        assert!(!kept);
+        // Only the refusal: what else the rule said no longer matters.
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(
+            d[0].field,
+            "spec.subsets[0].trafficPolicy.portLevelSettings[0].outlierDetection.maxEjectionPercent"
+        );
+        assert!(d[0].message.ends_with("; object skipped"), "{:?}", d[0]);
+        let (kept, d) = prepare(json!({
+            "host": "reviews",
+            "trafficPolicy": {"outlierDetection": {"consecutiveErrors": 2}}
+        }));
+        assert!(kept);
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(
+            d[0].field,
+            "spec.trafficPolicy.outlierDetection.consecutiveErrors"
+        );
     }
 
     #[test]

@@ -19,16 +19,25 @@
 //! (its weight ignored); among several, weight-0 ones get none and are left out, and a
 //! total of 0 is invalid (Istio rejects it).
 //!
-//! Not translated yet (parsed and ignored, no diagnostic): `timeout`, `retries`,
-//! `mirror`, `mirrors`, `mirrorPercentage`, `corsPolicy`, `rewrite.uriRegexRewrite`,
-//! `match[].statPrefix`, JWT-claim header matches (`@request.auth.claims...`, taken as
-//! plain header names), an `authority` rewrite in a weighted destination's headers
-//! (route-level and single-destination ones are the rewrite's authority), and the
-//! `tcp[]` / `tls[]` sections. `delegate` and `directResponse.body.bytes` are reported and
+//! A rule's `timeout` and `retries` (see `resilience`) apply to its forwarded requests:
+//! `timeout` unset or `0s` is none; no `retries` is Istio's default policy (from the
+//! compatibility version), `attempts: 0` none at all. A redirect or direct response gets
+//! neither (as in Istio, they are route-action fields). A value Istio's validation
+//! refuses (negative attempts, a duration under 1 ms or malformed) skips the rule; an
+//! unknown `retryOn` condition, or retry fields next to `attempts: 0`, are reported and
+//! the rule kept.
+//!
+//! Not translated yet (parsed and ignored, no diagnostic): `retries.backoff`,
+//! `retries.retryRemoteLocalities`, `mirror`, `mirrors`, `mirrorPercentage`,
+//! `corsPolicy`, `rewrite.uriRegexRewrite`, `match[].statPrefix`, JWT-claim header
+//! matches (`@request.auth.claims...`, taken as plain header names), an `authority`
+//! rewrite in a weighted destination's headers (route-level and single-destination ones
+//! are the rewrite's authority), and the `tcp[]` / `tls[]` sections. `delegate` and `directResponse.body.bytes` are reported and
 //! their rule skipped.
 
 use std::collections::{BTreeSet, HashMap};
 
+use mesh_config::resilience::RetryPolicy;
 use mesh_config::route::{
     Fault, FaultAbort, FaultDelay, HeaderEdit, HeaderMatch, HttpRoute, Redirect, RequestMatch,
     Rewrite, RouteAction, StringMatch, WeightedCluster,
@@ -38,6 +47,7 @@ use mesh_config::{Protocol, cluster::cluster_name};
 use super::Diagnostic;
 use super::hosts::{HostPattern, Visibility, labels_match, resolve_config_host};
 use super::policy::DrIndex;
+use super::resilience;
 use super::services::SvcRec;
 use crate::istio::virtual_service::{
     self, FaultAbort as IFaultAbort, FaultDelay as IFaultDelay, GrpcStatus, HeaderOperations,
@@ -70,6 +80,10 @@ pub struct Rule {
     pub request_headers: HeaderEdit,
     pub response_headers: HeaderEdit,
     pub rewrite: Option<Rewrite>,
+    /// `timeout`; `None`: no timeout.
+    pub timeout_ms: Option<u64>,
+    /// `retries` (or the default policy); `None`: no retries.
+    pub retry: Option<RetryPolicy>,
 }
 
 /// One `match[]` entry that may apply to sidecars.
@@ -136,6 +150,8 @@ pub struct Catalog<'a> {
     pub by_fqdn: &'a HashMap<String, usize>,
     pub drs: &'a DrIndex,
     pub domain: &'a str,
+    /// For rules without `retries`.
+    pub default_retry: &'a RetryPolicy,
 }
 
 /// A rule-level problem: (field, message); the rule is skipped.
@@ -234,6 +250,11 @@ fn prepare_rule(
     let (response_headers, _) =
         header_edit(http.headers.as_ref().and_then(|h| h.response.as_ref()));
     let fault = prepare_fault(http, &f)?;
+    let timeout_ms = resilience::route_timeout(http.timeout.as_deref(), &format!("{f}.timeout"))
+        .map_err(|(field, why)| skip(field, why))?;
+    let mut notes = Vec::new();
+    let retry = resilience::retry_policy(http.retries.as_ref(), cat.default_retry, &f, &mut notes)
+        .map_err(|(field, why)| skip(field, why))?;
     let mut rewrite = None;
     let action = if let Some(rd) = &http.redirect {
         let code = match rd.redirect_code {
@@ -314,6 +335,11 @@ fn prepare_rule(
             single,
         }
     };
+    diags.extend(
+        notes
+            .into_iter()
+            .map(|(field, message)| vs_diag(meta, field, message)),
+    );
     Ok(Some(Rule {
         index: i,
         name: if http.name.is_empty() {
@@ -327,6 +353,8 @@ fn prepare_rule(
         request_headers,
         response_headers,
         rewrite,
+        timeout_ms,
+        retry,
     }))
 }
 
@@ -892,8 +920,8 @@ pub fn port_routes(
             request_headers: rule.request_headers.clone(),
             response_headers: rule.response_headers.clone(),
             rewrite: if routed { rule.rewrite.clone() } else { None },
-            timeout_ms: None,
-            retry: None,
+            timeout_ms: if routed { rule.timeout_ms } else { None },
+            retry: if routed { rule.retry.clone() } else { None },
         });
         if catch_all {
             break;

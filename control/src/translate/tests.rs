@@ -129,3 +129,88 @@ fn diagnostics_are_sorted_and_deduplicated() {
     assert_eq!(diags.len(), 1, "{diags:?}");
     assert_eq!(diags[0].field, "spec.hosts");
 }
+
+/// `--compatibility-version 1.23` (the golden cases run with the default settings): the
+/// default retry policy also retries 503s, on routes without `retries` and on the port's
+/// default route; a route's own `retryOn` is its own, an empty one takes the default's.
+#[test]
+fn compatibility_version_1_23_retries_503_by_default() {
+    let o = Objects {
+        services: vec![
+            serde_json::from_value(json!({
+                "metadata": {"name": "web", "namespace": "app"},
+                "spec": {"clusterIP": "10.96.0.5", "selector": {"app": "web"},
+                         "ports": [{"name": "http", "port": 80},
+                                   {"name": "tcp-db", "port": 5432}]}
+            }))
+            .unwrap(),
+        ],
+        virtual_services: vec![json!({
+            "metadata": {"name": "web", "namespace": "app"},
+            "spec": {"hosts": ["web"], "http": [
+                {"name": "own", "match": [{"uri": {"prefix": "/own"}}],
+                 "route": [{"destination": {"host": "web"}}],
+                 "retries": {"attempts": 3, "retryOn": "5xx"}},
+                {"name": "attempts-only", "match": [{"uri": {"prefix": "/a"}}],
+                 "route": [{"destination": {"host": "web"}}],
+                 "retries": {"attempts": 4}},
+                {"name": "none", "match": [{"uri": {"prefix": "/none"}}],
+                 "route": [{"destination": {"host": "web"}}],
+                 "retries": {"attempts": 0}},
+                {"name": "default", "route": [{"destination": {"host": "web"}}]}
+            ]}
+        })],
+        ..Objects::default()
+    };
+    let resolve = |compat: Option<&str>| {
+        let settings = MeshSettings {
+            compatibility_version: compat.map(|v| v.parse().unwrap()),
+            ..MeshSettings::default()
+        };
+        let (snap, diags) = Snapshot::build(o.clone(), &settings);
+        assert!(diags.is_empty(), "{diags:?}");
+        let Resource::Service(svc) = snap.resolve(&node("app", "client"), &Key::host("web")) else {
+            panic!("web not found");
+        };
+        svc
+    };
+    let old = resolve(Some("1.23"));
+    let want = resilience::default_retry(Some(CompatibilityVersion {
+        major: 1,
+        minor: 23,
+    }));
+    assert_eq!(want.retriable_status_codes, vec![503]);
+    let http = old.port(80).unwrap();
+    assert_eq!(http.default_retry.as_ref(), Some(&want));
+    assert_eq!(old.port(5432).unwrap().default_retry, None);
+    let retry = |name: &str| {
+        http.routes
+            .iter()
+            .find(|r| r.name == name)
+            .unwrap()
+            .retry
+            .clone()
+    };
+    assert_eq!(retry("default"), Some(want.clone()));
+    let own = retry("own").unwrap();
+    assert_eq!(own.retry_on, vec![mesh_config::resilience::RetryOn::FiveXx]);
+    assert!(own.retriable_status_codes.is_empty());
+    let attempts_only = retry("attempts-only").unwrap();
+    assert_eq!(attempts_only.attempts, 4);
+    assert_eq!(
+        (attempts_only.retry_on, attempts_only.retriable_status_codes),
+        (want.retry_on.clone(), vec![503])
+    );
+    assert_eq!(retry("none"), None);
+    // 1.24, and unset: no 503.
+    for compat in [Some("1.24"), None] {
+        let new = resolve(compat);
+        let p = new.port(80).unwrap();
+        assert_eq!(p.default_retry, Some(resilience::default_retry(None)));
+        assert!(p.routes.iter().all(|r| {
+            r.retry
+                .as_ref()
+                .is_none_or(|r| r.retriable_status_codes.is_empty())
+        }));
+    }
+}
