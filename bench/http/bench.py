@@ -53,7 +53,34 @@ RATE = float(os.environ.get("BENCH_RATE", "1000"))
 SERVICES_SMALL = 10
 IDLE_CPU_WINDOW = 3.0
 SERVICES_LARGE = int(os.environ.get("BENCH_SERVICES", "1000"))
-MODES_ALL = ("direct", "mesh", "nginx", "haproxy")
+MODES_ALL = ("direct", "mesh", "mesh-policy", "nginx", "haproxy")
+# `mesh-policy` is `mesh` (same pods, proxies and Service) with a DestinationRule whose
+# connectionPool limits and outlierDetection are on but never tripped, and the
+# VirtualService's route with a timeout and explicit retries: applied before each of its
+# load runs and removed after, so the two are measured side by side in one run.
+POLICY_DR = """---
+apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata:
+  name: bench
+  namespace: {ns}
+spec:
+  host: bench
+  trafficPolicy:
+    connectionPool:
+      tcp: {{maxConnections: 1000, connectTimeout: 5s}}
+      http: {{http1MaxPendingRequests: 1000, http2MaxRequests: 1000, maxRetries: 100}}
+    outlierDetection:
+      consecutive5xxErrors: 5
+      interval: 10s
+      baseEjectionTime: 30s
+      maxEjectionPercent: 100
+"""
+
+
+def base(mode):
+    """The mode whose pods and proxies `mode` uses."""
+    return "mesh" if mode == "mesh-policy" else mode
 INIT_ARGS = ["-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*",
              "-x", "", "-b", "*", "-d", "15090,15021"]
 AS_PROXY = ["setpriv", "--reuid=1337", "--regid=1337", "--clear-groups"]
@@ -183,6 +210,8 @@ class Bench:
         self.tag = os.environ.get("BENCH_TAG") or str(os.getpid() % 100000)
         self.modes = os.environ.get("BENCH_MODES", ",".join(MODES_ALL)).split(",")
         bad = [m for m in self.modes if m not in MODES_ALL]
+        if "mesh-policy" in self.modes and "mesh" not in self.modes:
+            bad.append("mesh-policy (needs mesh)")
         if bad or self.modes[0] != "direct":
             raise SystemExit(f"BENCH_MODES must start with direct and name only {MODES_ALL}; "
                              f"unknown: {bad}")
@@ -213,7 +242,7 @@ class Bench:
 
     # ------------------------------------------------------------ topology
     def link_of(self, mode, side):
-        return 2 * self.modes.index(mode) + (1 if side == "c" else 2)
+        return 2 * self.modes.index(base(mode)) + (1 if side == "c" else 2)
 
     def pod(self, mode, side):
         return f"mh{self.link_of(mode, side)}x{self.tag}"
@@ -230,6 +259,8 @@ class Bench:
         sh("ip", "-n", self.router, "link", "set", "lo", "up")
         sh(*self.ns_exec(self.router, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"))
         for mode in self.modes:
+            if base(mode) != mode:
+                continue
             for side in "cs":
                 i, pod = self.link_of(mode, side), self.pod(mode, side)
                 sh("ip", "netns", "add", pod)
@@ -257,6 +288,8 @@ class Bench:
 
     def start_servers(self):
         for mode in self.modes:
+            if base(mode) != mode:
+                continue
             p = self.spawn(f"server-{mode}", self.pod(mode, "s"),
                            [self.bins["loadgen"], "http-server", str(APP_PORT)],
                            stdout=subprocess.PIPE)
@@ -472,7 +505,7 @@ spec:
     def target(self, mode):
         """(address the app dials, Host header)."""
         authority = f"bench:{APP_PORT}"
-        if mode == "mesh":
+        if base(mode) == "mesh":
             return self.cluster_ip, authority
         return self.ip(mode, "s"), authority
 
@@ -491,7 +524,9 @@ spec:
         """One load run; proxy CPU seconds over it and, if asked, the proxies' highest
         VmRSS sampled every 100 ms while it ran."""
         host, auth = self.target(mode)
-        procs = self.proxies.get(mode, {})
+        procs = self.proxies.get(base(mode), {})
+        if mode == "mesh-policy":
+            self.policy(True)
         cpu0 = {k: p.cpu_split() for k, p in procs.items()}
         m0, w0 = busy_cpu_seconds(), time.monotonic()
         cmd = self.ns_exec(self.pod(mode, "c"), self.bins["loadgen"], "client", "http", host,
@@ -516,9 +551,50 @@ spec:
         r["cpu_s_per_1k"] = {k: v / (r["requests"] / 1000) for k, v in r["cpu_s"].items()}
         if sample_rss:
             r["rss_peak_kb"] = peak
+        if mode == "mesh-policy":
+            self.policy(False)
         if r["non_200"]:
             raise RuntimeError(f"{mode}: {r['non_200']} answers were not 200")
         return r
+
+    def vs_yaml(self, policy):
+        extra = ("\n    timeout: 5s\n    retries: {attempts: 2, perTryTimeout: 2s, "
+                 "retryOn: \"5xx,reset,connect-failure\"}") if policy else ""
+        return f"""---
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata:
+  name: bench
+  namespace: {self.kns}
+spec:
+  hosts: [bench]
+  http:
+  - name: bench-all
+    match:
+    - uri: {{prefix: /}}
+    route:
+    - destination: {{host: bench, port: {{number: {APP_PORT}}}}}{extra}
+"""
+
+    def policy(self, on):
+        """Applies (or removes) mesh-policy's objects and waits until the client pod's
+        proxy holds (or no longer holds) them."""
+        path = f"{self.tmp}/policy.yaml"
+        with open(path, "w") as f:
+            f.write(self.vs_yaml(on) + (POLICY_DR.format(ns=self.kns) if on else ""))
+        self.kubectl("apply", "-f", path)
+        if not on:
+            self.kubectl("-n", self.kns, "delete", "destinationrule", "bench",
+                         "--ignore-not-found")
+
+        def held():
+            dump = self.pod_get(self.pod("mesh", "c"), "http://127.0.0.1:15000/config_dump")
+            svc = [x for x in json.loads(dump or "{}").get("resources", [])
+                   if x["key"] == f"addr/{self.cluster_ip}"]
+            text = json.dumps(svc)
+            return ("maxConnections" in text and "perTryTimeoutMs" in text) == on
+
+        self.wait_for(held, 30, f"client proxy {'holding' if on else 'without'} the policy")
 
     # ------------------------------------------------------------ checks
     def mesh_requests(self, side):
@@ -535,6 +611,12 @@ spec:
         return total, lines
 
     def prove_path(self, mode):
+        if base(mode) != mode:
+            self.policy(True)
+            r = self.prove_path(base(mode))
+            self.policy(False)
+            r["why"] += "; with the policy DestinationRule and route retries/timeout held"
+            return r
         before = {s: self.mesh_requests(s)[0] for s in ("out", "in")} if mode == "mesh" else {}
         r = self.http_get(mode)
         h = r["headers"]
@@ -649,6 +731,8 @@ spec:
         self.start_mesh_control()
         self.start_servers()
         for mode in self.modes[1:]:
+            if base(mode) != mode:
+                continue
             {"mesh": self.start_mesh_proxies, "nginx": self.start_nginx,
              "haproxy": self.start_haproxy}[mode]()
         time.sleep(0.5)

@@ -1123,4 +1123,47 @@ mod tests {
         assert_eq!(e.outcome, "no_route");
         assert_eq!(e.response_flags, "NR");
     }
+
+    #[test]
+    fn explanation_says_which_limit_tripped_and_who_is_ejected() {
+        use crate::http::resilience::{Outcome, Overflow};
+        let mut raw = reviews(vec![route("all", vec![], fwd("v1"))]);
+        for c in &mut raw.clusters {
+            c.connection_pool.max_pending_requests = Some(1);
+            c.outlier_detection = Some(mesh_config::OutlierDetection {
+                consecutive_5xx_errors: 1,
+                max_ejection_percent: 100,
+                ..Default::default()
+            });
+        }
+        raw.ports[0].routes[0].timeout_ms = Some(500);
+        let svc = CompiledService::compile(&raw).unwrap();
+        let c = svc.cluster(&raw.clusters[1].name).unwrap();
+        assert_eq!(c.subset.as_deref(), Some("v1"));
+        c.state.overflowed(Overflow::Pending, 1);
+        assert!(c.record_outcome(&c.endpoints[0], Outcome::Status(503)));
+        let mut rng = Rng::with_seed(1);
+        let e = explain(&svc, 9080, &req("/").view(), &mut rng);
+        assert_eq!(
+            e.outcome, "no_healthy_upstream",
+            "its only endpoint is ejected"
+        );
+        assert_eq!(e.timeout_ms, Some(500));
+        let circuit = e.circuit.unwrap();
+        assert_eq!(circuit.connection_pool.max_pending_requests, Some(1));
+        assert_eq!(circuit.pending_overflows, 1);
+        assert_eq!(circuit.last_trip.unwrap().limit, "http1MaxPendingRequests");
+        assert_eq!(circuit.ejections_total, 1);
+        assert_eq!(circuit.ejected.len(), 1);
+        let ej = &circuit.ejected[0];
+        assert_eq!(
+            (ej.endpoint.as_str(), ej.workload.as_str()),
+            ("10.0.0.1:9080", "reviews-v1")
+        );
+        assert!(
+            ej.remaining_ms > 29_000 && ej.remaining_ms <= 30_000,
+            "{}",
+            ej.remaining_ms
+        );
+    }
 }
