@@ -78,6 +78,9 @@ struct IdleH1 {
     s: H1,
     uses: u32,
     since: Instant,
+    /// The worker thread whose runtime drives the connection: in a pool shared by
+    /// workers, each prefers its own (no cross-thread wake-ups).
+    owner: std::thread::ThreadId,
 }
 
 struct LiveH2 {
@@ -94,6 +97,7 @@ pub(crate) struct Checkout {
     uses: u32,
     max_uses: Option<u32>,
     state: Option<Arc<ClusterState>>,
+    owner: std::thread::ThreadId,
 }
 
 impl std::fmt::Debug for Checkout {
@@ -116,12 +120,13 @@ impl Checkout {
             uses,
             max_uses,
             state,
+            owner,
         } = self;
         if max_uses.is_some_and(|m| uses >= m) || s.is_closed() {
             return;
         }
         let put = move |pools: &Pools, s: H1| {
-            pools.put_h1(key, s, uses);
+            pools.put_h1(key, s, uses, owner);
             if let Some(st) = &state {
                 st.freed.notify_waiters();
             }
@@ -163,21 +168,19 @@ impl Pools {
     fn take_h1(&self, key: &PoolKey, idle_timeout: Option<Duration>) -> Option<IdleH1> {
         let mut map = self.h1.lock().unwrap_or_else(|p| p.into_inner());
         let idle = map.get_mut(key)?;
-        let mut found = None;
-        while let Some(c) = idle.pop() {
-            let stale = idle_timeout.is_some_and(|t| c.since.elapsed() >= t);
-            if !stale && c.s.is_ready() {
-                found = Some(c);
-                break;
-            }
-        }
+        idle.retain(|c| c.s.is_ready() && idle_timeout.is_none_or(|t| c.since.elapsed() < t));
+        let me = std::thread::current().id();
+        let found = match idle.iter().rposition(|c| c.owner == me) {
+            Some(i) => Some(idle.swap_remove(i)),
+            None => idle.pop(),
+        };
         if idle.is_empty() {
             map.remove(key);
         }
         found
     }
 
-    fn put_h1(&self, key: PoolKey, s: H1, uses: u32) {
+    fn put_h1(&self, key: PoolKey, s: H1, uses: u32, owner: std::thread::ThreadId) {
         let mut map = self.h1.lock().unwrap_or_else(|p| p.into_inner());
         let idle = map.entry(key).or_default();
         idle.retain(|c| !c.s.is_closed());
@@ -186,6 +189,7 @@ impl Pools {
                 s,
                 uses,
                 since: Instant::now(),
+                owner,
             });
         }
     }
@@ -330,7 +334,7 @@ impl Pools {
                     self.reused.fetch_add(1, Ordering::Relaxed);
                     match c.s.try_send_request(req).await {
                         Ok(resp) => {
-                            let out = self.checkout(key, c.s, c.uses + 1, &opts);
+                            let out = self.checkout(key, c.s, c.uses + 1, c.owner, &opts);
                             return Ok((resp, Some(out)));
                         }
                         Err(mut e) => match e.take_message() {
@@ -403,7 +407,7 @@ impl Pools {
         });
         match s.try_send_request(req).await {
             Ok(resp) => {
-                let out = self.checkout(key, s, 1, &opts);
+                let out = self.checkout(key, s, 1, std::thread::current().id(), &opts);
                 Ok((resp, Some(out)))
             }
             Err(mut e) => match e.take_message() {
@@ -416,7 +420,14 @@ impl Pools {
         }
     }
 
-    fn checkout(self: &Arc<Self>, key: PoolKey, s: H1, uses: u32, opts: &SendOpts<'_>) -> Checkout {
+    fn checkout(
+        self: &Arc<Self>,
+        key: PoolKey,
+        s: H1,
+        uses: u32,
+        owner: std::thread::ThreadId,
+        opts: &SendOpts<'_>,
+    ) -> Checkout {
         Checkout {
             pools: self.clone(),
             key,
@@ -424,6 +435,7 @@ impl Pools {
             uses,
             max_uses: opts.limits.max_requests_per_connection,
             state: opts.state.cloned(),
+            owner,
         }
     }
 }
