@@ -79,6 +79,11 @@ impl<'a> Meter<'a> {
         Meter { series, conn }
     }
 
+    /// The connection's bytes in this direction so far.
+    pub fn total(&self) -> u64 {
+        self.conn.load(Ordering::Relaxed)
+    }
+
     /// Counts `n` delivered bytes.
     #[inline]
     pub(crate) fn add(&self, n: usize) {

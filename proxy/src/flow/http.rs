@@ -93,6 +93,8 @@ pub struct TcpUpstream {
     pub peer: TcpPeer,
     /// The cluster's `tcp.connectTimeout`.
     pub connect_timeout: Option<std::time::Duration>,
+    /// The cluster's `tcp.idleTimeout`.
+    pub idle_timeout: Option<std::time::Duration>,
     /// The connection's slot under the cluster's `tcp.maxConnections`, held while it
     /// is open; `Err`: the limit is reached, refuse the connection (`UO`).
     pub slot: Result<Option<crate::http::resilience::SlotGuard>, ()>,
@@ -136,6 +138,7 @@ pub fn tcp_upstream(svc: &CompiledService, orig: OrigDstAddr) -> TcpUpstream {
         endpoint: picked.map(OrigDstAddr),
         peer,
         connect_timeout: cluster.and_then(|c| c.limits.connect_timeout),
+        idle_timeout: cluster.and_then(|c| c.limits.tcp_idle_timeout),
         slot,
     }
 }

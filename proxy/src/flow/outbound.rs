@@ -28,6 +28,7 @@ pub(super) async fn handle(
     // endpoint the proxy picks.
     let mut dial = orig;
     let mut connect_timeout = shared.config.connect_timeout;
+    let mut idle_timeout = None;
     // The connection's slot under its cluster's `tcp.maxConnections`, held while open.
     let mut _slot = None;
     if let Some(l7) = &shared.l7 {
@@ -68,6 +69,7 @@ pub(super) async fn handle(
                 if let Some(t) = up.connect_timeout {
                     connect_timeout = connect_timeout.min(t);
                 }
+                idle_timeout = up.idle_timeout;
                 if let Some(e) = up.endpoint {
                     dial = e;
                 }
@@ -100,6 +102,18 @@ pub(super) async fn handle(
         upstream.local_addr().ok()
     });
     debug!(dst = %orig, "connected upstream");
-    let result = tcp::forward(shared, &mut client, &mut upstream, &meters).await;
+    let result = match idle_timeout {
+        Some(idle) => {
+            Box::pin(tcp::forward_idle(
+                shared,
+                &mut client,
+                &mut upstream,
+                &meters,
+                idle,
+            ))
+            .await
+        }
+        None => tcp::forward(shared, &mut client, &mut upstream, &meters).await,
+    };
     record.closed(result.err().as_ref());
 }
