@@ -432,3 +432,128 @@ async fn every_endpoint_ejected_is_503_uh_and_max_ejection_percent_keeps_one() {
     let one = seen(&a).min(seen(&b));
     assert_eq!(one, 1, "one was ejected after its first answer");
 }
+
+/// A resolver whose Service can be replaced, compiled with one `LbStates` as the
+/// proxy's config client does (so state carries over updates).
+struct SwapResolver {
+    states: mesh_proxy::http::LbStates,
+    svc: std::sync::Mutex<std::sync::Arc<mesh_proxy::http::CompiledService>>,
+}
+
+impl SwapResolver {
+    fn new(svc: &mesh_config::Service) -> std::sync::Arc<SwapResolver> {
+        let states = mesh_proxy::http::LbStates::default();
+        let c = mesh_proxy::http::CompiledService::compile_in(svc, &states).unwrap();
+        std::sync::Arc::new(SwapResolver {
+            states,
+            svc: std::sync::Mutex::new(std::sync::Arc::new(c)),
+        })
+    }
+
+    fn update(&self, svc: &mesh_config::Service) {
+        let c = mesh_proxy::http::CompiledService::compile_in(svc, &self.states).unwrap();
+        *self.svc.lock().unwrap() = std::sync::Arc::new(c);
+    }
+}
+
+impl mesh_proxy::http::Resolver for SwapResolver {
+    fn service_for_host<'a>(
+        &'a self,
+        _host: &'a str,
+    ) -> mesh_proxy::http::BoxFuture<'a, Option<std::sync::Arc<mesh_proxy::http::CompiledService>>>
+    {
+        Box::pin(async move { Some(self.svc.lock().unwrap().clone()) })
+    }
+    fn service_for_addr(
+        &self,
+        _ip: std::net::IpAddr,
+    ) -> mesh_proxy::http::BoxFuture<'_, Option<std::sync::Arc<mesh_proxy::http::CompiledService>>>
+    {
+        Box::pin(async move { Some(self.svc.lock().unwrap().clone()) })
+    }
+    fn peer(
+        &self,
+        _ip: std::net::IpAddr,
+    ) -> mesh_proxy::http::BoxFuture<'_, Option<mesh_config::PeerMeta>> {
+        Box::pin(async { None })
+    }
+    fn inbound_service(
+        &self,
+        _port: u16,
+    ) -> mesh_proxy::http::BoxFuture<'_, Option<mesh_proxy::http::LocalService>> {
+        Box::pin(async { None })
+    }
+}
+
+#[tokio::test]
+async fn limits_applied_while_connections_are_pooled_take_effect_at_once() {
+    let v1 = upstream("v1", Proto::H1).await;
+    let open = routed(&[&v1], None, None);
+    let resolver = SwapResolver::new(&open);
+    let p = proxy_with_resolver(resolver.clone(), cluster_ip(), Side::Outbound).await;
+    // Several idle kept-alive connections in the pool.
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let addr = p.addr;
+        tasks.push(tokio::spawn(async move {
+            let mut c = H1Client::connect(addr).await;
+            c.get("reviews", "/delay/50", &[]).await.0
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    assert!(v1.accepted.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+    // Now the circuit breaker: one connection, no keep-alive, one pending.
+    let mut limited = open.clone();
+    limited.clusters[0].connection_pool = ConnectionPool {
+        max_connections: Some(1),
+        max_pending_requests: Some(1),
+        max_requests_per_connection: Some(1),
+        ..Default::default()
+    };
+    resolver.update(&limited);
+    let before = v1.accepted.load(std::sync::atomic::Ordering::SeqCst);
+    let mut c = H1Client::connect(p.addr).await;
+    for _ in 0..5 {
+        let r = tokio::time::timeout(Duration::from_secs(3), c.get("reviews", "/", &[])).await;
+        assert_eq!(r.expect("answered, not hung").0, 200);
+    }
+    assert_eq!(
+        v1.accepted.load(std::sync::atomic::Ordering::SeqCst) - before,
+        5
+    );
+    // And back to no limits: still answered.
+    resolver.update(&open);
+    for _ in 0..3 {
+        assert_eq!(c.get("reviews", "/", &[]).await.0, 200);
+    }
+}
+
+#[tokio::test]
+async fn ejections_do_not_outlive_the_outlier_policy() {
+    let bad = upstream_failing("bad", 503).await;
+    let good = upstream("good", Proto::H1).await;
+    let mut with = routed(&[&bad, &good], None, None);
+    with.clusters[0].outlier_detection = Some(outlier(100, 60_000));
+    let resolver = SwapResolver::new(&with);
+    let p = proxy_with_resolver(resolver.clone(), cluster_ip(), Side::Outbound).await;
+    let mut c = H1Client::connect(p.addr).await;
+    for _ in 0..6 {
+        c.get("reviews", "/", &[]).await;
+    }
+    assert_eq!(seen(&bad), 1, "ejected for a minute");
+    // The rule goes, then comes back: the endpoint starts afresh, as in a new cluster.
+    let mut without = with.clone();
+    without.clusters[0].outlier_detection = None;
+    resolver.update(&without);
+    resolver.update(&with);
+    for _ in 0..6 {
+        c.get("reviews", "/", &[]).await;
+    }
+    assert_eq!(
+        seen(&bad),
+        2,
+        "back in rotation, ejected again at its first 503"
+    );
+}

@@ -260,7 +260,12 @@ impl CompiledService {
                     addr: e.addr,
                     peer: Arc::new(peer),
                     in_flight: states.in_flight(&c.name, e.addr),
-                    health: states.health(&c.name, e.addr),
+                    health: match &c.outlier_detection {
+                        // Kept across updates of the same policy; a new policy (or
+                        // none) starts afresh, as Envoy's new cluster would.
+                        Some(od) => states.health(&format!("{}#{od:?}", c.name), e.addr),
+                        None => Arc::default(),
+                    },
                 });
                 if e.serving && !e.terminating {
                     preferred.push(i);

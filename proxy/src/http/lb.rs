@@ -89,7 +89,10 @@ impl LbStates {
         for (name, state) in clusters {
             let ejected = health
                 .iter()
-                .filter(|((c, _), w)| *c == name && w.upgrade().is_some_and(|h| h.is_ejected(now)))
+                .filter(|((c, _), w)| {
+                    c.split('#').next() == Some(name.as_str())
+                        && w.upgrade().is_some_and(|h| h.is_ejected(now))
+                })
                 .count();
             state.render(&name, u32::try_from(ejected).unwrap_or(u32::MAX), out);
         }

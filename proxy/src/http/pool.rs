@@ -74,8 +74,14 @@ pub(crate) struct SendOpts<'a> {
     pub limits: &'a Limits,
 }
 
+/// A connection's slot under `tcp.maxConnections`, shared by the connection's task
+/// and whoever holds the connection: a connection retired after
+/// `maxRequestsPerConnection` frees its slot at once, not when its task notices.
+type ConnSlot = Arc<Mutex<Option<SlotGuard>>>;
+
 struct IdleH1 {
     s: H1,
+    slot: ConnSlot,
     uses: u32,
     since: Instant,
     /// The worker thread whose runtime drives the connection: in a pool shared by
@@ -94,6 +100,7 @@ pub(crate) struct Checkout {
     pools: Arc<Pools>,
     key: PoolKey,
     s: H1,
+    slot: ConnSlot,
     uses: u32,
     max_uses: Option<u32>,
     state: Option<Arc<ClusterState>>,
@@ -117,16 +124,19 @@ impl Checkout {
             pools,
             key,
             mut s,
+            slot,
             uses,
             max_uses,
             state,
             owner,
         } = self;
         if max_uses.is_some_and(|m| uses >= m) || s.is_closed() {
+            // Retired: dropping `s` closes it; its slot is free now.
+            slot.lock().unwrap_or_else(|p| p.into_inner()).take();
             return;
         }
         let put = move |pools: &Pools, s: H1| {
-            pools.put_h1(key, s, uses, owner);
+            pools.put_h1(key, s, slot, uses, owner);
             if let Some(st) = &state {
                 st.freed.notify_waiters();
             }
@@ -144,6 +154,14 @@ impl Checkout {
             }
         });
     }
+}
+
+/// What a pending request may do next.
+enum Reserved {
+    /// Dial a new connection, holding this slot (`None`: no connection limit).
+    Dial(Option<SlotGuard>),
+    /// An idle connection came back: take it.
+    LookAgain,
 }
 
 /// The connection pools of one worker (or of one connection-limited cluster).
@@ -180,13 +198,14 @@ impl Pools {
         found
     }
 
-    fn put_h1(&self, key: PoolKey, s: H1, uses: u32, owner: std::thread::ThreadId) {
+    fn put_h1(&self, key: PoolKey, s: H1, slot: ConnSlot, uses: u32, owner: std::thread::ThreadId) {
         let mut map = self.h1.lock().unwrap_or_else(|p| p.into_inner());
         let idle = map.entry(key).or_default();
         idle.retain(|c| !c.s.is_closed());
         if idle.len() < MAX_IDLE_PER_ENDPOINT {
             idle.push(IdleH1 {
                 s,
+                slot,
                 uses,
                 since: Instant::now(),
                 owner,
@@ -254,16 +273,15 @@ impl Pools {
     }
 
     /// Waits, as a pending request, until a new connection may be made for the
-    /// cluster: `Ok(Some(slot))` to dial, `Ok(None)` when an idle connection came back
-    /// (look again), `Err` when the pending limit refuses the request.
+    /// cluster (see [`Reserved`]); `Err` when the pending limit refuses the request.
     async fn reserve(
         &self,
         key: &PoolKey,
         opts: &SendOpts<'_>,
         pending: &mut Option<SlotGuard>,
-    ) -> Result<Option<SlotGuard>, Overflow> {
+    ) -> Result<Reserved, Overflow> {
         let Some(state) = opts.state else {
-            return Ok(None);
+            return Ok(Reserved::Dial(None));
         };
         if pending.is_none() {
             match state.pending(opts.limits) {
@@ -275,12 +293,15 @@ impl Pools {
                 }
             }
         }
+        if opts.limits.max_connections.is_none() {
+            return Ok(Reserved::Dial(None));
+        }
         loop {
             let freed = state.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
             if let Some(g) = state.connection(opts.limits) {
-                return Ok(Some(g));
+                return Ok(Reserved::Dial(Some(g)));
             }
             let idle_back = if key.h2 {
                 self.h2
@@ -295,7 +316,7 @@ impl Pools {
                     .is_some_and(|v| !v.is_empty())
             };
             if idle_back {
-                return Ok(None);
+                return Ok(Reserved::LookAgain);
             }
             freed.await;
         }
@@ -334,7 +355,7 @@ impl Pools {
                     self.reused.fetch_add(1, Ordering::Relaxed);
                     match c.s.try_send_request(req).await {
                         Ok(resp) => {
-                            let out = self.checkout(key, c.s, c.uses + 1, c.owner, &opts);
+                            let out = self.checkout(key, c.s, c.slot, c.uses + 1, c.owner, &opts);
                             return Ok((resp, Some(out)));
                         }
                         Err(mut e) => match e.take_message() {
@@ -346,9 +367,8 @@ impl Pools {
                 }
             }
             match self.reserve(&key, &opts, &mut pending).await {
-                Ok(Some(slot)) => break Some(slot),
-                Ok(None) if opts.state.is_none() => break None,
-                Ok(None) => continue,
+                Ok(Reserved::Dial(slot)) => break Arc::new(Mutex::new(slot)),
+                Ok(Reserved::LookAgain) => continue,
                 Err(_) => return Err(SendError::Overflow),
             }
         };
@@ -399,15 +419,16 @@ impl Pools {
             Err(e) => return Err(SendError::Connect(io::Error::other(e), Box::new(req))),
         };
         drop(pending);
+        let task_slot = slot.clone();
         tokio::spawn(async move {
-            let _slot = slot;
+            let _slot = task_slot;
             if let Err(e) = conn.with_upgrades().await {
                 debug!(error = %e, "upstream connection ended");
             }
         });
         match s.try_send_request(req).await {
             Ok(resp) => {
-                let out = self.checkout(key, s, 1, std::thread::current().id(), &opts);
+                let out = self.checkout(key, s, slot, 1, std::thread::current().id(), &opts);
                 Ok((resp, Some(out)))
             }
             Err(mut e) => match e.take_message() {
@@ -424,6 +445,7 @@ impl Pools {
         self: &Arc<Self>,
         key: PoolKey,
         s: H1,
+        slot: ConnSlot,
         uses: u32,
         owner: std::thread::ThreadId,
         opts: &SendOpts<'_>,
@@ -432,6 +454,7 @@ impl Pools {
             pools: self.clone(),
             key,
             s,
+            slot,
             uses,
             max_uses: opts.limits.max_requests_per_connection,
             state: opts.state.cloned(),

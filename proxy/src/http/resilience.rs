@@ -216,6 +216,8 @@ impl ClusterState {
     pub(crate) fn render(&self, cluster: &str, ejected_now: u32, out: &mut String) {
         let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let g = |a: &AtomicU32| a.load(Ordering::Relaxed);
+        // `upstream_cx_active` counts the connections of a cluster with
+        // `tcp.maxConnections` (the ones the limit governs).
         let rows: [(&str, u64); 11] = [
             ("upstream_cx_active", u64::from(g(&self.connections))),
             ("upstream_rq_active", u64::from(g(&self.active))),

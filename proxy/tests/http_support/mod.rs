@@ -479,6 +479,24 @@ pub async fn proxy_with_drain(
     side: Side,
     drain: Option<tokio::sync::watch::Receiver<bool>>,
 ) -> Proxy {
+    start(Arc::new(resolver), orig_dst, side, drain).await
+}
+
+/// [`proxy`] over any resolver.
+pub async fn proxy_with_resolver(
+    resolver: Arc<dyn Resolver>,
+    orig_dst: SocketAddr,
+    side: Side,
+) -> Proxy {
+    start(resolver, orig_dst, side, None).await
+}
+
+async fn start(
+    resolver: Arc<dyn Resolver>,
+    orig_dst: SocketAddr,
+    side: Side,
+    drain: Option<tokio::sync::watch::Receiver<bool>>,
+) -> Proxy {
     let identity = match side {
         Side::Outbound => Identity {
             workload: "productpage-v1".into(),
@@ -500,7 +518,6 @@ pub async fn proxy_with_drain(
     let engine = Engine::new(metrics.clone(), Some(sink));
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
-    let resolver: Arc<dyn Resolver> = Arc::new(resolver);
     let connector = Arc::new(TcpConnector {
         timeout: Duration::from_secs(2),
         inbound_passthrough: false,
