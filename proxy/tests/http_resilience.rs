@@ -523,6 +523,20 @@ async fn limits_applied_while_connections_are_pooled_take_effect_at_once() {
         v1.accepted.load(std::sync::atomic::Ordering::SeqCst) - before,
         5
     );
+    // The connections pooled under the old (unlimited) config are closed, not left
+    // idle beside the one the limit allows.
+    let mut now_open = usize::MAX;
+    for _ in 0..100 {
+        now_open = v1.open.load(std::sync::atomic::Ordering::SeqCst);
+        if now_open <= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        now_open <= 1,
+        "{now_open} upstream connections open under maxConnections 1"
+    );
     // And back to no limits: still answered.
     resolver.update(&open);
     for _ in 0..3 {

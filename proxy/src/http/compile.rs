@@ -273,6 +273,12 @@ impl CompiledService {
                     fallback.push(i);
                 }
             }
+            let limits = Limits::compile(&c.connection_pool);
+            let state = states.cluster(&c.name);
+            if let Some(old) = state.swap_limits(&limits) {
+                let addrs: Vec<SocketAddr> = c.endpoints.iter().map(|e| e.addr).collect();
+                super::pool::retire_idle(state.scope(&old), &addrs);
+            }
             clusters.push(CompiledCluster {
                 name: c.name.clone(),
                 subset: c.subset.clone(),
@@ -287,9 +293,9 @@ impl CompiledService {
                 preferred,
                 fallback,
                 rr: states.cursor(&c.name),
-                limits: Limits::compile(&c.connection_pool),
+                limits,
                 outlier: c.outlier_detection.as_ref().map(Outlier::compile),
-                state: states.cluster(&c.name),
+                state,
                 shared_pools: c
                     .connection_pool
                     .max_connections

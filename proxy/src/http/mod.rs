@@ -205,10 +205,12 @@ impl std::fmt::Debug for Engine {
 
 impl Engine {
     pub fn new(metrics: Arc<HttpMetrics>, log: Option<LogSink>) -> Arc<Engine> {
+        let pools = Arc::default();
+        pool::register(&pools);
         Arc::new(Engine {
             metrics,
             log,
-            pools: Arc::default(),
+            pools,
         })
     }
 

@@ -156,6 +156,43 @@ impl Checkout {
     }
 }
 
+/// Every worker's pools, so a cluster whose limits change can close the idle
+/// connections it made under the old ones ([`retire_idle`]).
+fn registry() -> &'static Mutex<Vec<std::sync::Weak<Pools>>> {
+    static ALL: std::sync::OnceLock<Mutex<Vec<std::sync::Weak<Pools>>>> =
+        std::sync::OnceLock::new();
+    ALL.get_or_init(Mutex::default)
+}
+
+/// Registers a worker's pools for [`retire_idle`].
+pub(crate) fn register(p: &Arc<Pools>) {
+    let mut all = registry().lock().unwrap_or_else(|p| p.into_inner());
+    all.retain(|w| w.strong_count() > 0);
+    all.push(Arc::downgrade(p));
+}
+
+/// Closes the idle connections (and forgets the h2 ones, which close once their
+/// streams end) to `addrs` pooled under `scope` in every worker's pools: a cluster's
+/// limits changed, and what it opened under the old ones must not linger (Envoy
+/// drains the old cluster's pools the same way). In-flight requests are untouched.
+pub(crate) fn retire_idle(scope: usize, addrs: &[SocketAddr]) {
+    let all: Vec<Arc<Pools>> = registry()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .filter_map(std::sync::Weak::upgrade)
+        .collect();
+    let hit = |k: &PoolKey| k.scope == scope && addrs.contains(&k.addr);
+    for p in all {
+        p.h1.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|k, _| !hit(k));
+        p.h2.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|k, _| !hit(k));
+    }
+}
+
 /// What a pending request may do next.
 enum Reserved {
     /// Dial a new connection, holding this slot (`None`: no connection limit).

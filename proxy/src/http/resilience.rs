@@ -119,10 +119,32 @@ pub struct ClusterState {
     pub(crate) ejections: AtomicU64,
     /// Signalled when a connection of the cluster is closed or goes back to its pool.
     pub(crate) freed: Notify,
+    /// The limits of the latest compilation of the cluster.
+    limits_seen: Mutex<Option<Limits>>,
     last_trip: Mutex<Option<Trip>>,
 }
 
 impl ClusterState {
+    /// Records the limits a new compilation of the cluster has; the previous ones
+    /// when they differ (the caller retires what was pooled under them).
+    pub(crate) fn swap_limits(&self, l: &Limits) -> Option<Limits> {
+        let mut seen = self.limits_seen.lock().unwrap_or_else(|p| p.into_inner());
+        match seen.replace(l.clone()) {
+            Some(old) if old != *l => Some(old),
+            _ => None,
+        }
+    }
+
+    /// The pool-key scope of connections made under `limits`: 0 (shared by every
+    /// cluster without limits) or this cluster's own.
+    pub(crate) fn scope(self: &Arc<Self>, limits: &Limits) -> usize {
+        if *limits == Limits::default() {
+            0
+        } else {
+            Arc::as_ptr(self) as usize
+        }
+    }
+
     /// Counts a refusal and remembers it.
     pub(crate) fn overflowed(&self, what: Overflow, limit: u32) {
         let c = match what {

@@ -675,10 +675,7 @@ async fn send<'t>(
         Some(c) => (Some(&c.state), &c.limits),
         None => (None, &no_limits),
     };
-    let scope = match t.cluster {
-        Some(c) if c.limits != no_limits => Arc::as_ptr(&c.state) as usize,
-        _ => 0,
-    };
+    let scope = t.cluster.map_or(0, |c| c.state.scope(&c.limits));
     let pools = match t.cluster.and_then(|c| c.shared_pools.as_ref()) {
         Some(p) => p.clone(),
         None => st.ctx.engine.pools.clone(),
