@@ -50,7 +50,7 @@ pub struct ServeArgs {
     /// `unavailable` / `cancelled`, twice, on another endpoint.
     #[arg(long, value_name = "MAJOR.MINOR", value_parser = CompatibilityVersion::parse)]
     pub compatibility_version: Option<CompatibilityVersion>,
-    /// After a change, wait this long for the cluster to be quiet (at most ten times
+    /// After a change, wait this long for the cluster to be quiet (at most five times
     /// this) before building and pushing: a burst of edits becomes one push.
     #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = duration::parse)]
     pub debounce: Duration,

@@ -1,6 +1,8 @@
 //! Change notification and the debounce: watchers [`Changes::mark`] every event; the
 //! engine waits in [`Changes::next`] until the cluster has been quiet for the debounce
-//! (or at most ten debounces after the first change), so a burst becomes one build.
+//! (or at most five debounces after the first change, so that steady churn elsewhere,
+//! such as a namespace being torn down, delays an update by 0.5 s at most with the
+//! default 100 ms), so a burst becomes one build.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -34,7 +36,7 @@ impl Changes {
 
     /// Waits for changes, then for the debounce; returns when the first of them was seen.
     pub async fn next(&self, debounce: Duration) -> Instant {
-        let max = debounce.saturating_mul(10);
+        let max = debounce.saturating_mul(5);
         loop {
             self.notify.notified().await;
             loop {
@@ -95,7 +97,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_steady_stream_still_builds_within_ten_debounces() {
+    async fn a_steady_stream_still_builds_within_five_debounces() {
         let c = Arc::new(Changes::default());
         let c2 = c.clone();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -110,7 +112,7 @@ mod tests {
         c.next(Duration::from_millis(20)).await;
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         assert!(
-            start.elapsed() < Duration::from_millis(400),
+            start.elapsed() < Duration::from_millis(300),
             "{:?}",
             start.elapsed()
         );
