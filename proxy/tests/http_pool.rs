@@ -44,16 +44,8 @@ async fn concurrent_requests_open_parallel_connections_then_reuse_them() {
     let svc = reviews(&[&v1], Protocol::Http, vec![]);
     let p = proxy(StaticResolver::with(&svc), cluster_ip(), Side::Outbound).await;
     for _round in 0..3 {
-        let mut tasks = Vec::new();
-        for _ in 0..4 {
-            let addr = p.addr;
-            tasks.push(tokio::spawn(async move {
-                let mut c = H1Client::connect(addr).await;
-                c.get("reviews", "/", &[]).await.0
-            }));
-        }
-        for t in tasks {
-            assert_eq!(t.await.unwrap(), 200);
+        for (s, _, _) in concurrent_gets(p.addr, 4, "/").await {
+            assert_eq!(s, 200);
         }
     }
     let accepted = v1.accepted.load(Ordering::SeqCst);

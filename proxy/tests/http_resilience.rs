@@ -217,18 +217,9 @@ async fn pending_overflow_is_503_uo_with_x_envoy_overloaded() {
     // 4 slow requests at once, each on its own client connection: the first is pending
     // while its connection is made, then sent; at most one more waits for that only
     // connection, the others overflow at once.
-    let mut tasks = Vec::new();
-    for _ in 0..4 {
-        let addr = p.addr;
-        tasks.push(tokio::spawn(async move {
-            let mut c = H1Client::connect(addr).await;
-            c.get("reviews", "/delay/300", &[]).await
-        }));
-    }
     let mut ok = 0;
     let mut over = 0;
-    for t in tasks {
-        let (s, h, b) = t.await.unwrap();
+    for (s, h, b) in concurrent_gets(p.addr, 4, "/delay/300").await {
         match s.as_u16() {
             200 => ok += 1,
             503 => {
@@ -270,16 +261,8 @@ async fn max_connections_queues_requests_on_one_connection() {
         ..Default::default()
     };
     let p = proxy(StaticResolver::with(&svc), cluster_ip(), Side::Outbound).await;
-    let mut tasks = Vec::new();
-    for _ in 0..5 {
-        let addr = p.addr;
-        tasks.push(tokio::spawn(async move {
-            let mut c = H1Client::connect(addr).await;
-            c.get("reviews", "/delay/50", &[]).await.0
-        }));
-    }
-    for t in tasks {
-        assert_eq!(t.await.unwrap(), 200);
+    for (s, _, _) in concurrent_gets(p.addr, 5, "/delay/50").await {
+        assert_eq!(s, 200);
     }
     assert_eq!(v1.accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
     assert_eq!(v1.max_open.load(std::sync::atomic::Ordering::SeqCst), 1);
@@ -492,16 +475,8 @@ async fn limits_applied_while_connections_are_pooled_take_effect_at_once() {
     let resolver = SwapResolver::new(&open);
     let p = proxy_with_resolver(resolver.clone(), cluster_ip(), Side::Outbound).await;
     // Several idle kept-alive connections in the pool.
-    let mut tasks = Vec::new();
-    for _ in 0..4 {
-        let addr = p.addr;
-        tasks.push(tokio::spawn(async move {
-            let mut c = H1Client::connect(addr).await;
-            c.get("reviews", "/delay/50", &[]).await.0
-        }));
-    }
-    for t in tasks {
-        assert_eq!(t.await.unwrap(), 200);
+    for (s, _, _) in concurrent_gets(p.addr, 4, "/delay/50").await {
+        assert_eq!(s, 200);
     }
     assert!(v1.accepted.load(std::sync::atomic::Ordering::SeqCst) >= 2);
     // Now the circuit breaker: one connection, no keep-alive, one pending.
@@ -569,5 +544,51 @@ async fn ejections_do_not_outlive_the_outlier_policy() {
         seen(&bad),
         2,
         "back in rotation, ejected again at its first 503"
+    );
+}
+
+#[tokio::test]
+async fn retries_in_flight_stay_under_max_retries() {
+    let bad = upstream_failing("bad", 503).await;
+    let mut svc = routed(&[&bad], None, Some(retry(3, &[RetryOn::FiveXx])));
+    svc.clusters[0].connection_pool = ConnectionPool {
+        max_retries: Some(1),
+        ..Default::default()
+    };
+    let resolver = SwapResolver::new(&svc);
+    let p = proxy_with_resolver(resolver.clone(), cluster_ip(), Side::Outbound).await;
+    // Three slow failing requests at once: only one retry may be in flight at a time,
+    // so some retries are not made (the upstream's 503 is the answer).
+    for (s, _, _) in concurrent_gets(p.addr, 3, "/delay/200").await {
+        assert_eq!(s, 503);
+    }
+    let tries = seen(&bad);
+    assert!(
+        (4..12).contains(&tries),
+        "{tries} tries for 3 requests of 4 tries each"
+    );
+    let mut stats = String::new();
+    resolver.states.render_clusters(&mut stats);
+    let of = |name: &str| {
+        format!(
+            "envoy_cluster_{name}{{cluster_name=\"{}\"}} ",
+            cluster_name(None)
+        )
+    };
+    let overflow: u64 = stats
+        .lines()
+        .find(|l| l.starts_with(&of("upstream_rq_retry_overflow")))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap();
+    let retries: u64 = stats
+        .lines()
+        .find(|l| l.starts_with(&of("upstream_rq_retry")))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap();
+    assert!(overflow >= 1, "{stats}");
+    assert_eq!(
+        retries as usize + 3,
+        tries,
+        "every try after the first is a counted retry"
     );
 }

@@ -73,7 +73,8 @@ pub enum Proto {
 ///   anything else;
 /// - anything else: the upstream's name, `x-upstream: <name>`.
 ///
-/// An upstream made with [`upstream_failing`] answers every request with its status.
+/// An upstream made with [`upstream_failing`] answers every request with its status
+/// (after `/delay/<ms>` if the path says so).
 async fn answer(
     name: String,
     mut req: Request<Incoming>,
@@ -82,6 +83,10 @@ async fn answer(
 ) -> Response<UpBody> {
     let path = req.uri().path().to_owned();
     if let Some(code) = fail {
+        if let Some(rest) = path.strip_prefix("/delay/") {
+            let ms: u64 = rest.split('/').next().unwrap().parse().unwrap();
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
         let _ = req.into_body().collect().await;
         return Response::builder()
             .status(code)
@@ -571,6 +576,28 @@ async fn connect(addr: SocketAddr) -> TcpStream {
 }
 
 /// A keep-alive HTTP/1.1 client connection to `addr`.
+/// `n` GETs of `path` (Host `reviews`) at once, each on its own client connection:
+/// their answers, in the order they were started.
+pub async fn concurrent_gets(
+    addr: SocketAddr,
+    n: usize,
+    path: &'static str,
+) -> Vec<(StatusCode, hyper::HeaderMap, String)> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut c = H1Client::connect(addr).await;
+                c.get("reviews", path, &[]).await
+            })
+        })
+        .collect();
+    let mut out = Vec::with_capacity(n);
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
 pub struct H1Client(hyper::client::conn::http1::SendRequest<ReqBody>);
 
 impl H1Client {
