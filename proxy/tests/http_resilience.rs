@@ -592,3 +592,62 @@ async fn retries_in_flight_stay_under_max_retries() {
         "every try after the first is a counted retry"
     );
 }
+
+#[tokio::test]
+async fn over_h2_upstreams_retries_and_max_connections_hold_too() {
+    let v1 = upstream("v1", Proto::H2).await;
+    let mut svc = routed(&[&v1], None, Some(retry(3, &[RetryOn::FiveXx])));
+    svc.ports[0].protocol = Protocol::Http2;
+    svc.clusters[0].connection_pool = ConnectionPool {
+        max_connections: Some(1),
+        max_requests_per_connection: Some(3),
+        ..Default::default()
+    };
+    let p = proxy(StaticResolver::with(&svc), cluster_ip(), Side::Outbound).await;
+    // A held (empty) body, retried over h2 until the upstream stops failing.
+    let (s, _, _) = tokio::time::timeout(
+        Duration::from_secs(5),
+        H1Client::connect(p.addr)
+            .await
+            .get("reviews", "/fail-first/2", &[]),
+    )
+    .await
+    .expect("phase 1");
+    assert_eq!(s, 200);
+    assert_eq!(seen(&v1), 3);
+    // One multiplexed connection at a time, renewed after 3 requests.
+    let all = tokio::time::timeout(
+        Duration::from_secs(5),
+        concurrent_gets(p.addr, 4, "/delay/50"),
+    )
+    .await
+    .expect("phase 2");
+    for (s, _, _) in all {
+        assert_eq!(s, 200);
+    }
+    assert_eq!(v1.max_open.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert!(v1.accepted.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+}
+
+#[tokio::test]
+async fn max_connections_below_the_endpoint_count_starves_no_endpoint() {
+    let a = upstream("a", Proto::H1).await;
+    let b = upstream("b", Proto::H1).await;
+    let mut svc = routed(&[&a, &b], None, None);
+    svc.clusters[0].connection_pool = ConnectionPool {
+        max_connections: Some(1),
+        ..Default::default()
+    };
+    svc.clusters[0].load_balancer = mesh_config::LoadBalancer::RoundRobin;
+    let p = proxy(StaticResolver::with(&svc), cluster_ip(), Side::Outbound).await;
+    let mut c = H1Client::connect(p.addr).await;
+    // a's idle connection stays pooled; b still gets one of its own (Envoy's rule).
+    for _ in 0..6 {
+        let r = tokio::time::timeout(Duration::from_secs(3), c.get("reviews", "/", &[])).await;
+        assert_eq!(r.expect("answered, not starved").0, 200);
+    }
+    assert_eq!(seen(&a), 3);
+    assert_eq!(seen(&b), 3);
+    assert_eq!(a.accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(b.accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+}

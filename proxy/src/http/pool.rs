@@ -193,6 +193,26 @@ pub(crate) fn retire_idle(scope: usize, addrs: &[SocketAddr]) {
     }
 }
 
+/// One open connection of a key, counted in its pools while it lives.
+struct OpenGuard {
+    pools: std::sync::Weak<Pools>,
+    key: PoolKey,
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.pools.upgrade() {
+            let mut open = p.open.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = open.get_mut(&self.key) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    open.remove(&self.key);
+                }
+            }
+        }
+    }
+}
+
 /// What a pending request may do next.
 enum Reserved {
     /// Dial a new connection, holding this slot (`None`: no connection limit).
@@ -206,6 +226,8 @@ enum Reserved {
 pub(crate) struct Pools {
     h1: Mutex<HashMap<PoolKey, Vec<IdleH1>>>,
     h2: Mutex<HashMap<PoolKey, LiveH2>>,
+    /// Connections open (idle or busy) per key.
+    open: Mutex<HashMap<PoolKey, usize>>,
     pub connects: AtomicU64,
     pub reused: AtomicU64,
 }
@@ -293,6 +315,29 @@ impl Pools {
         h1 + h2
     }
 
+    fn open_for(&self, key: &PoolKey) -> usize {
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Counts a connection open for `key` until the returned guard drops.
+    fn opened(self: &Arc<Self>, key: PoolKey) -> OpenGuard {
+        *self
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key)
+            .or_default() += 1;
+        OpenGuard {
+            pools: Arc::downgrade(self),
+            key,
+        }
+    }
+
     async fn dial(
         &self,
         connector: &dyn Connector,
@@ -339,6 +384,11 @@ impl Pools {
             freed.as_mut().enable();
             if let Some(g) = state.connection(opts.limits) {
                 return Ok(Reserved::Dial(Some(g)));
+            }
+            // As Envoy: an endpoint with no connection at all may always have one, so
+            // a limit below the number of endpoints cannot starve one of them.
+            if self.open_for(key) == 0 {
+                return Ok(Reserved::Dial(state.connection(&Limits::default())));
             }
             let idle_back = if key.h2 {
                 self.h2
@@ -409,6 +459,8 @@ impl Pools {
                 Err(_) => return Err(SendError::Overflow),
             }
         };
+        // Counted from now: a request for the same endpoint meanwhile sees it.
+        let counted = self.opened(key);
         let io = match self
             .dial(connector, key.addr, opts.limits.connect_timeout)
             .await
@@ -427,6 +479,7 @@ impl Pools {
             drop(pending);
             tokio::spawn(async move {
                 let _slot = slot;
+                let _counted = counted;
                 if let Err(e) = conn.await {
                     debug!(error = %e, "upstream h2 connection ended");
                 }
@@ -439,6 +492,10 @@ impl Pools {
                         uses: Arc::new(AtomicU32::new(1)),
                     },
                 );
+                // Requests that waited while it was being made can share it.
+                if let Some(st) = opts.state {
+                    st.freed.notify_waiters();
+                }
             }
             return match s.try_send_request(req).await {
                 Ok(resp) => Ok((resp, None)),
@@ -459,6 +516,7 @@ impl Pools {
         let task_slot = slot.clone();
         tokio::spawn(async move {
             let _slot = task_slot;
+            let _counted = counted;
             if let Err(e) = conn.with_upgrades().await {
                 debug!(error = %e, "upstream connection ended");
             }
