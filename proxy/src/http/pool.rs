@@ -10,10 +10,12 @@
 //!
 //! With a cluster's [`ClusterState`] and [`Limits`] (outbound to a Service), a request
 //! that finds no ready connection is *pending* until one is made or freed: over
-//! `http1MaxPendingRequests` it is refused at once ([`SendError::Overflow`]); under
+//! `http1MaxPendingRequests` it is refused at once (`SendError::Overflow`); under
 //! `tcp.maxConnections` it waits for one of the cluster's connections to be freed
 //! (such a cluster's connections live in one pool for all workers,
-//! [`ClusterState::shared_pools`], so the limit holds for the whole proxy);
+//! the pool in `LbStates`, so the limit holds for the whole proxy; as in Envoy, an
+//! endpoint with no connection at all may always have one, so a limit below the
+//! number of endpoints starves none);
 //! `maxRequestsPerConnection` retires a connection after that many requests,
 //! `http.idleTimeout` one that sat idle that long, `tcp.connectTimeout` bounds the
 //! connect.
