@@ -365,21 +365,7 @@ spec:
         self.kubectl("create", "namespace", self.kns)
         self.kube_created = True
         mc, ms = self.ip("mesh", "c"), self.ip("mesh", "s")
-        vs = f"""---
-apiVersion: networking.istio.io/v1beta1
-kind: VirtualService
-metadata:
-  name: bench
-  namespace: {self.kns}
-spec:
-  hosts: [bench]
-  http:
-  - name: bench-all
-    match:
-    - uri: {{prefix: /}}
-    route:
-    - destination: {{host: bench, port: {{number: {APP_PORT}}}}}
-"""
+        vs = self.vs_yaml(False)
         docs = (self.service_yaml("bench", ms, selector="bench-server")
                 + self.filler_yaml(0, SERVICES_SMALL - 1)
                 + self.pod_yaml("bench-client", "bench-client")
@@ -558,6 +544,8 @@ spec:
         return r
 
     def vs_yaml(self, policy):
+        """The VirtualService `bench`; with `policy`, its route gets mesh-policy's
+        timeout and retries."""
         extra = ("\n    timeout: 5s\n    retries: {attempts: 2, perTryTimeout: 2s, "
                  "retryOn: \"5xx,reset,connect-failure\"}") if policy else ""
         return f"""---

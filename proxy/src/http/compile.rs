@@ -249,6 +249,7 @@ impl CompiledService {
         let err = |what: String, why: String| ValidationError { what, why };
         let mut clusters = Vec::with_capacity(svc.clusters.len());
         for c in &svc.clusters {
+            let outlier_policy = c.outlier_detection.as_ref().map(|od| format!("{od:?}"));
             let mut endpoints = Vec::with_capacity(c.endpoints.len());
             let (mut preferred, mut fallback) = (Vec::new(), Vec::new());
             for (i, e) in c.endpoints.iter().enumerate() {
@@ -260,10 +261,10 @@ impl CompiledService {
                     addr: e.addr,
                     peer: Arc::new(peer),
                     in_flight: states.in_flight(&c.name, e.addr),
-                    health: match &c.outlier_detection {
-                        // Kept across updates of the same policy; a new policy (or
-                        // none) starts afresh, as Envoy's new cluster would.
-                        Some(od) => states.health(&format!("{}#{od:?}", c.name), e.addr),
+                    // Kept across updates of the same policy; a new policy (or none)
+                    // starts afresh, as Envoy's new cluster would.
+                    health: match &outlier_policy {
+                        Some(fp) => states.health(&c.name, fp, e.addr),
                         None => Arc::default(),
                     },
                 });

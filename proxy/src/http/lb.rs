@@ -24,121 +24,129 @@ use super::compile::{CompiledCluster, CompiledEndpoint};
 use super::pool::Pools;
 use super::resilience::{ClusterState, EndpointHealth, now_ms};
 
+/// State shared by key and held weakly: whoever asks for a key gets the live value, or
+/// a new one; what nobody holds any more goes at the next [`WeakMap::sweep`].
+#[derive(Debug)]
+struct WeakMap<K, T>(Mutex<HashMap<K, Weak<T>>>);
+
+impl<K, T> Default for WeakMap<K, T> {
+    fn default() -> Self {
+        WeakMap(Mutex::default())
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone, T> WeakMap<K, T> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, Weak<T>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The live value for `key`, else `make()`'s, kept for the next caller.
+    fn get_or(&self, key: K, make: impl FnOnce() -> T) -> Arc<T> {
+        let mut map = self.lock();
+        if let Some(c) = map.get(&key).and_then(Weak::upgrade) {
+            return c;
+        }
+        let c = Arc::new(make());
+        map.insert(key, Arc::downgrade(&c));
+        c
+    }
+
+    /// Every live value with its key.
+    fn live(&self) -> Vec<(K, Arc<T>)> {
+        self.lock()
+            .iter()
+            .filter_map(|(k, w)| Some((k.clone(), w.upgrade()?)))
+            .collect()
+    }
+
+    fn sweep(&self) {
+        self.lock().retain(|_, w| w.strong_count() > 0);
+    }
+
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
+
 /// Load-balancing state by cluster name (and endpoint address), held weakly. Keep one
 /// for the process and compile every Service with it
 /// ([`super::CompiledService::compile_in`]).
 #[derive(Debug, Default)]
 pub struct LbStates {
-    endpoints: Mutex<HashMap<(String, SocketAddr), Weak<AtomicU32>>>,
-    cursors: Mutex<HashMap<String, Weak<AtomicUsize>>>,
-    health: Mutex<HashMap<(String, SocketAddr), Weak<EndpointHealth>>>,
-    clusters: Mutex<HashMap<String, Weak<ClusterState>>>,
-    pools: Mutex<HashMap<String, Weak<Pools>>>,
-}
-
-fn shared<K: std::hash::Hash + Eq, T: Default>(map: &Mutex<HashMap<K, Weak<T>>>, key: K) -> Arc<T> {
-    let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(c) = map.get(&key).and_then(Weak::upgrade) {
-        return c;
-    }
-    let c = Arc::new(T::default());
-    map.insert(key, Arc::downgrade(&c));
-    c
+    endpoints: WeakMap<(String, SocketAddr), AtomicU32>,
+    cursors: WeakMap<String, AtomicUsize>,
+    /// By cluster, outlier policy (its fingerprint) and endpoint.
+    health: WeakMap<(String, String, SocketAddr), EndpointHealth>,
+    clusters: WeakMap<String, ClusterState>,
+    pools: WeakMap<String, Pools>,
 }
 
 impl LbStates {
     pub(crate) fn in_flight(&self, cluster: &str, addr: SocketAddr) -> Arc<AtomicU32> {
-        let mut map = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (cluster.to_owned(), addr);
-        if let Some(c) = map.get(&key).and_then(Weak::upgrade) {
-            return c;
-        }
-        let c = Arc::new(AtomicU32::new(0));
-        map.insert(key, Arc::downgrade(&c));
-        c
+        self.endpoints
+            .get_or((cluster.to_owned(), addr), AtomicU32::default)
     }
 
-    /// The outlier state of an endpoint of a cluster.
-    pub(crate) fn health(&self, cluster: &str, addr: SocketAddr) -> Arc<EndpointHealth> {
-        shared(&self.health, (cluster.to_owned(), addr))
+    /// The outlier state of an endpoint of a cluster under one outlier policy
+    /// (`policy`: a fingerprint of it; another policy starts afresh).
+    pub(crate) fn health(
+        &self,
+        cluster: &str,
+        policy: &str,
+        addr: SocketAddr,
+    ) -> Arc<EndpointHealth> {
+        self.health.get_or(
+            (cluster.to_owned(), policy.to_owned(), addr),
+            EndpointHealth::default,
+        )
     }
 
     /// The circuit-breaking state of a cluster.
     pub(crate) fn cluster(&self, cluster: &str) -> Arc<ClusterState> {
-        shared(&self.clusters, cluster.to_owned())
+        self.clusters
+            .get_or(cluster.to_owned(), ClusterState::default)
     }
 
     /// The connection pool all workers share for a cluster with `tcp.maxConnections`
     /// (so the limit holds for the whole proxy, not per thread).
     pub(crate) fn shared_pools(&self, cluster: &str) -> Arc<Pools> {
-        shared(&self.pools, cluster.to_owned())
+        self.pools.get_or(cluster.to_owned(), Pools::default)
     }
 
     /// `envoy_cluster_*` lines for every cluster alive, sorted by name.
     pub fn render_clusters(&self, out: &mut String) {
-        let clusters: Vec<(String, Arc<ClusterState>)> = {
-            let map = self.clusters.lock().unwrap_or_else(|p| p.into_inner());
-            map.iter()
-                .filter_map(|(k, w)| Some((k.clone(), w.upgrade()?)))
-                .collect()
-        };
-        let mut clusters = clusters;
+        let mut clusters = self.clusters.live();
         clusters.sort_by(|a, b| a.0.cmp(&b.0));
         let now = now_ms();
-        let health = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        let health = self.health.live();
         for (name, state) in clusters {
             let ejected = health
                 .iter()
-                .filter(|((c, _), w)| {
-                    c.split('#').next() == Some(name.as_str())
-                        && w.upgrade().is_some_and(|h| h.is_ejected(now))
-                })
+                .filter(|((c, _, _), h)| *c == name && h.is_ejected(now))
                 .count();
             state.render(&name, u32::try_from(ejected).unwrap_or(u32::MAX), out);
         }
     }
 
     pub(crate) fn cursor(&self, cluster: &str) -> Arc<AtomicUsize> {
-        let mut map = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = map.get(cluster).and_then(Weak::upgrade) {
-            return c;
-        }
         // Envoy starts each round-robin at a random place.
-        let c = Arc::new(AtomicUsize::new(fastrand::usize(..1024)));
-        map.insert(cluster.to_owned(), Arc::downgrade(&c));
-        c
+        self.cursors.get_or(cluster.to_owned(), || {
+            AtomicUsize::new(fastrand::usize(..1024))
+        })
     }
 
     /// Forgets state nobody holds any more.
     pub(crate) fn sweep(&self) {
-        self.endpoints
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|_, w| w.strong_count() > 0);
-        self.cursors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|_, w| w.strong_count() > 0);
-        self.health
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|_, w| w.strong_count() > 0);
-        self.clusters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|_, w| w.strong_count() > 0);
-        self.pools
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|_, w| w.strong_count() > 0);
+        self.endpoints.sweep();
+        self.cursors.sweep();
+        self.health.sweep();
+        self.clusters.sweep();
+        self.pools.sweep();
     }
 
     /// How many endpoints have state (for tests and `/config_dump`).
     pub fn endpoint_count(&self) -> usize {
-        self.endpoints
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .len()
+        self.endpoints.len()
     }
 }
 

@@ -41,6 +41,13 @@ pub(crate) fn now_ms() -> u64 {
     u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
+/// Seconds since the Unix epoch now, for what `/debug/route` reports.
+pub(crate) fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 /// `connectionPool`, compiled: `None` is no limit.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Limits {
@@ -154,9 +161,7 @@ impl ClusterState {
             Overflow::Retries => &self.retry_overflow,
         };
         c.fetch_add(1, Ordering::Relaxed);
-        let at_unix = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
+        let at_unix = unix_now();
         *self.last_trip.lock().unwrap_or_else(|p| p.into_inner()) = Some(Trip {
             limit: what.limit_name(),
             value: limit,

@@ -498,9 +498,7 @@ fn circuit(svc: &CompiledService, c: &CompiledCluster) -> CircuitExplanation {
     let cfg = svc.service().cluster(&c.name);
     let st = &c.state;
     let now = super::resilience::now_ms();
-    let wall = std::time::SystemTime::now()
-        .duration_since(std::time::SystemTime::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
+    let wall = super::resilience::unix_now();
     CircuitExplanation {
         connection_pool: cfg.map(|c| c.connection_pool.clone()).unwrap_or_default(),
         outlier_detection: cfg.and_then(|c| c.outlier_detection.clone()),

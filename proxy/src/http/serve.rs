@@ -489,10 +489,7 @@ async fn forward(
         }
     };
     // A request that may be retried after it was sent is held whole when it is short.
-    let idempotent = matches!(
-        *up.method(),
-        hyper::Method::GET | hyper::Method::HEAD | hyper::Method::OPTIONS | hyper::Method::TRACE
-    );
+    let idempotent = is_idempotent(up.method());
     let held = match t.retry {
         Some(r)
             if r.attempts > 0 && !upgrade && (idempotent || r.may_retry_sent(ex.grpc, t.h2)) =>
@@ -573,6 +570,15 @@ async fn forward(
     }
     parts.version = Version::HTTP_11;
     Response::from_parts(parts, ResponseBody::upstream(body, ex))
+}
+
+/// Methods safe to send twice: a held request with one of them may be tried again when
+/// the kept-alive connection it went out on turns out closed.
+fn is_idempotent(m: &hyper::Method) -> bool {
+    matches!(
+        *m,
+        hyper::Method::GET | hyper::Method::HEAD | hyper::Method::OPTIONS | hyper::Method::TRACE
+    )
 }
 
 /// 503 `UO` with `x-envoy-overloaded: true`: a circuit breaker refused the request.
@@ -666,10 +672,7 @@ async fn send<'t>(
     let retry = t.retry;
     let attempts = retry.map_or(0, |r| r.attempts);
     let avoid_previous = retry.is_some_and(|r| r.avoid_previous_hosts);
-    let idempotent = matches!(
-        *req.method(),
-        hyper::Method::GET | hyper::Method::HEAD | hyper::Method::OPTIONS | hyper::Method::TRACE
-    );
+    let idempotent = is_idempotent(req.method());
     let no_limits = Limits::default();
     let (state, limits) = match t.cluster {
         Some(c) => (Some(&c.state), &c.limits),
