@@ -138,9 +138,28 @@ pub mod proxy {
         /// long; then the proxy turns ready anyway and treats what it does not know as
         /// outside the mesh (L4). The injector leaves it at its default.
         pub const CONFIG_WAIT: &str = "--config-wait";
+        /// The mesh's root certificate (PEM; the injector mounts ConfigMap
+        /// `istio-ca-root-cert` at [`crate::identity::ROOT_CERT_PATH`]). Given: the config
+        /// stream and the CA are reached over TLS verified against it, and the proxy has a
+        /// workload identity (mTLS). Absent: plaintext stream, no identity, no mTLS.
+        pub const ROOT_CERT: &str = "--root-cert";
+        /// `host:port` of the CA (`IstioCertificateService`); default: `--control-plane`
+        /// (as Istio's `CA_ADDR` defaults to the discovery address).
+        pub const CA_ADDRESS: &str = "--ca-address";
+        /// The name verified in mesh-control's (and the CA's) certificate; default: the
+        /// host of `--control-plane` (Istio's `ISTIOD_SAN`). Needed when that is an IP.
+        pub const CONTROL_PLANE_SAN: &str = "--control-plane-san";
+        /// The projected ServiceAccount token shown to the CA, re-read at every request
+        /// (default [`crate::identity::TOKEN_PATH`]).
+        pub const TOKEN_FILE: &str = "--token-file";
+        /// Trust domain of this proxy's identity (default `cluster.local`).
+        pub const TRUST_DOMAIN: &str = "--trust-domain";
+        /// Lifetime asked of the CA for the workload certificate (default 24h; Istio's
+        /// `SECRET_TTL`), in [`crate::duration`]'s syntax.
+        pub const CERT_TTL: &str = "--cert-ttl";
 
         /// Every flag that takes a value.
-        pub const ALL: [&str; 21] = [
+        pub const ALL: [&str; 27] = [
             OUTBOUND_PORT,
             INBOUND_PORT,
             ADMIN_ADDR,
@@ -162,6 +181,12 @@ pub mod proxy {
             CONTROL_PLANE,
             DEBUG_ADDR,
             CONFIG_WAIT,
+            ROOT_CERT,
+            CA_ADDRESS,
+            CONTROL_PLANE_SAN,
+            TOKEN_FILE,
+            TRUST_DOMAIN,
+            CERT_TTL,
         ];
 
         /// Every switch: a flag that takes no value.

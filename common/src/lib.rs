@@ -30,9 +30,11 @@ pub const PROXY_DEBUG_PORT: u16 = 15000;
 pub const DNS_CAPTURE_PORT: u16 = 15053;
 /// The DNS port whose traffic `--dns-capture` redirects.
 pub const DNS_PORT: u16 = 53;
-/// mesh-control's plaintext config stream (Istio's plaintext xDS port, `grpc-xds`). The
-/// TLS stream (15012) comes with the CA.
+/// mesh-control's plaintext config stream (Istio's plaintext xDS port, `grpc-xds`).
 pub const CONTROL_PLANE_PLAINTEXT_PORT: u16 = 15010;
+/// mesh-control's TLS port (Istio's `https-dns` / istiod 15012): the config stream and the
+/// CA (`istio.v1.auth.IstioCertificateService`), one gRPC server.
+pub const CONTROL_PLANE_TLS_PORT: u16 = 15012;
 /// mesh-control's monitoring port: `/metrics`, `/readyz`, `/debug/...` (`http-monitoring`).
 pub const CONTROL_PLANE_METRICS_PORT: u16 = 15014;
 /// Path of the proxy's readiness endpoint on the admin port.
@@ -81,6 +83,111 @@ pub mod labels {
     pub const NAMESPACE_INJECTION: &str = "istio-injection";
     /// Pod label (and annotation) `"true"`/`"false"`: per-pod override.
     pub const INJECT: &str = "sidecar.istio.io/inject";
+    /// Pod label the injector writes, value [`super::identity::TLS_MODE_ISTIO`]: this pod's
+    /// proxy accepts Istio mTLS, so clients may originate it (auto mTLS).
+    pub const TLS_MODE: &str = "security.istio.io/tlsMode";
+}
+
+/// Workload identity: what the injector, the CA (mesh-control) and the proxy agree on.
+pub mod identity {
+    /// Value of [`super::labels::TLS_MODE`] on an injected pod.
+    pub const TLS_MODE_ISTIO: &str = "istio";
+    /// Audience of the projected ServiceAccount token the proxy shows the CA.
+    pub const TOKEN_AUDIENCE: &str = "istio-ca";
+    /// Lifetime the injector asks for that token (Istio's: 12 h).
+    pub const TOKEN_EXPIRATION_SECONDS: i64 = 43_200;
+    /// The projected token volume, its mount directory and file (Istio's names).
+    pub const TOKEN_VOLUME: &str = "istio-token";
+    pub const TOKEN_DIR: &str = "/var/run/secrets/tokens";
+    pub const TOKEN_FILE_NAME: &str = "istio-token";
+    pub const TOKEN_PATH: &str = "/var/run/secrets/tokens/istio-token";
+    /// ConfigMap mesh-control publishes in every namespace with the mesh's root
+    /// certificate, its key, and the volume/mount the injector makes of it (Istio's names).
+    pub const ROOT_CERT_CONFIGMAP: &str = "istio-ca-root-cert";
+    pub const ROOT_CERT_KEY: &str = "root-cert.pem";
+    pub const ROOT_CERT_VOLUME: &str = "istiod-ca-cert";
+    pub const ROOT_CERT_DIR: &str = "/var/run/secrets/istio";
+    pub const ROOT_CERT_PATH: &str = "/var/run/secrets/istio/root-cert.pem";
+    /// The default trust domain: identities are `spiffe://cluster.local/ns/<ns>/sa/<sa>`.
+    pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+    /// Default lifetime of a workload certificate (Istio's `SECRET_TTL`): 24 h.
+    pub const DEFAULT_CERT_TTL_SECS: u64 = 86_400;
+
+    /// `spiffe://<trust domain>/ns/<namespace>/sa/<service account>`.
+    pub fn spiffe_id(trust_domain: &str, namespace: &str, service_account: &str) -> String {
+        format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}")
+    }
+
+    /// The parts of a SPIFFE id in Istio's Kubernetes form, `None` for any other URI.
+    pub fn parse_spiffe_id(uri: &str) -> Option<SpiffeId<'_>> {
+        let rest = uri.strip_prefix("spiffe://")?;
+        let (trust_domain, path) = rest.split_once('/')?;
+        let mut parts = path.split('/');
+        match (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) {
+            (Some("ns"), Some(namespace), Some("sa"), Some(service_account), None)
+                if !trust_domain.is_empty()
+                    && !namespace.is_empty()
+                    && !service_account.is_empty() =>
+            {
+                Some(SpiffeId {
+                    trust_domain,
+                    namespace,
+                    service_account,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// A parsed `spiffe://<td>/ns/<ns>/sa/<sa>`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct SpiffeId<'a> {
+        pub trust_domain: &'a str,
+        pub namespace: &'a str,
+        pub service_account: &'a str,
+    }
+
+    /// Istio's principal for a SPIFFE id (the id without `spiffe://`), as
+    /// AuthorizationPolicy `principals` and the `*_principal` metric labels write it.
+    pub fn principal(spiffe_id: &str) -> &str {
+        spiffe_id.strip_prefix("spiffe://").unwrap_or(spiffe_id)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn spiffe_ids_round_trip_and_reject_other_shapes() {
+            let id = spiffe_id("cluster.local", "bookstore", "reviews");
+            assert_eq!(id, "spiffe://cluster.local/ns/bookstore/sa/reviews");
+            assert_eq!(
+                parse_spiffe_id(&id),
+                Some(SpiffeId {
+                    trust_domain: "cluster.local",
+                    namespace: "bookstore",
+                    service_account: "reviews"
+                })
+            );
+            assert_eq!(principal(&id), "cluster.local/ns/bookstore/sa/reviews");
+            for bad in [
+                "https://cluster.local/ns/a/sa/b",
+                "spiffe://cluster.local/ns/a/sa/b/c",
+                "spiffe://cluster.local/ns//sa/b",
+                "spiffe:///ns/a/sa/b",
+                "spiffe://cluster.local/sa/b/ns/a",
+                "spiffe://cluster.local",
+            ] {
+                assert_eq!(parse_spiffe_id(bad), None, "{bad}");
+            }
+        }
+    }
 }
 
 /// Annotations users already type, and the ones the injector writes.

@@ -17,6 +17,7 @@
 //! [`cluster`] (endpoints and their load balancing),
 //! [`workload`], [`resource`] (what one key resolves to, and its validation), [`wire`].
 
+pub mod ca;
 pub mod cluster;
 pub mod key;
 pub mod resilience;
