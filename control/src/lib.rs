@@ -9,6 +9,7 @@
 //! - `serve` (binary side): the reflectors, the config stream, metrics and debug
 //!   endpoints.
 
+pub mod ca;
 pub mod cli;
 pub mod istio;
 pub mod serve;

@@ -1,0 +1,1 @@
+//! ConfigMap `istio-ca-root-cert` (key `root-cert.pem`) in every namespace.
