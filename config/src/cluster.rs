@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::resilience::{ConnectionPool, OutlierDetection};
+use crate::security::ClusterTls;
 use crate::workload::PeerMeta;
 
 /// `outbound|<port>|<subset>|<host>`, Envoy's and Istio's cluster name.
@@ -35,6 +36,9 @@ pub struct Cluster {
     /// `trafficPolicy.outlierDetection`; `None`: endpoints are never ejected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetection>,
+    /// `trafficPolicy.tls`, else auto mTLS.
+    #[serde(default, skip_serializing_if = "ClusterTls::is_default")]
+    pub tls: ClusterTls,
 }
 
 /// `trafficPolicy.loadBalancer.simple`.
@@ -60,6 +64,10 @@ pub struct Endpoint {
     /// EndpointSlice `conditions.terminating`: no new requests unless nothing else is left.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub terminating: bool,
+    /// Auto mTLS: the pod is labelled `security.istio.io/tlsMode: istio` and its
+    /// PeerAuthentication does not `DISABLE` mTLS on this port.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mtls: bool,
     /// Who answers there, for `destination_*` labels; `None` when no pod is known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer: Option<PeerMeta>,

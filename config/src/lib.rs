@@ -23,6 +23,7 @@ pub mod key;
 pub mod resilience;
 pub mod resource;
 pub mod route;
+pub mod security;
 pub mod service;
 pub mod wire;
 pub mod workload;
@@ -35,6 +36,7 @@ pub use route::{
     Fault, FaultAbort, FaultDelay, HeaderEdit, HeaderMatch, HttpRoute, Redirect, RequestMatch,
     Rewrite, RouteAction, StringMatch, WeightedCluster,
 };
+pub use security::{ClusterTls, ClusterTlsMode, InboundTls, MtlsMode};
 pub use service::{Protocol, Service, ServicePort};
 pub use workload::{InboundPort, InboundService, PeerMeta, Workload};
 

@@ -5,6 +5,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::security::InboundTls;
 use crate::service::Protocol;
 
 /// Who a peer is: the labels Istio's metrics give a workload. Strings are never empty:
@@ -36,6 +37,9 @@ pub struct Workload {
     /// inbound side, and the protocol of each port the pod serves.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<InboundService>,
+    /// What the pod's proxy accepts (its PeerAuthentication, resolved).
+    #[serde(default, skip_serializing_if = "InboundTls::is_default")]
+    pub inbound_tls: InboundTls,
 }
 
 /// A Service as seen from one of its pods.

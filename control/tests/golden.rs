@@ -54,6 +54,7 @@ fn objects(case: &str, docs: &[Value]) -> Objects {
             "EndpointSlice" => o.endpoint_slices.push(typed(d, case)),
             "VirtualService" => o.virtual_services.push(d.clone()),
             "DestinationRule" => o.destination_rules.push(d.clone()),
+            "PeerAuthentication" => o.peer_authentications.push(d.clone()),
             other => panic!("{case}: unexpected kind {other:?} in input.yaml"),
         }
     }

@@ -529,8 +529,8 @@ fn cert_manager_overlay_swaps_self_signed_for_cert_manager() {
     for gone in [
         "ClusterRole/mesh-webhook",
         "ClusterRoleBinding/mesh-webhook",
-        "Role/",
-        "RoleBinding/",
+        "Role/mesh-webhook",
+        "RoleBinding/mesh-webhook",
     ] {
         assert!(
             !names.iter().any(|n| n.starts_with(gone)),
@@ -624,6 +624,8 @@ fn assert_our_crds(objs: &[Value], present: bool) {
         for want in [
             "virtualservices.networking.istio.io",
             "destinationrules.networking.istio.io",
+            "peerauthentications.security.istio.io",
+            "authorizationpolicies.security.istio.io",
         ] {
             assert!(crds.contains(want), "no CRD {want}: {crds:?}");
         }
@@ -792,6 +794,12 @@ fn assert_control_plane(objs: &[Value]) {
         ("security.istio.io", "authorizationpolicies", &read),
         ("", "events", &["create", "patch"]),
         ("events.k8s.io", "events", &["create", "patch"]),
+        ("authentication.k8s.io", "tokenreviews", &["create"]),
+        (
+            "",
+            "configmaps",
+            &["get", "list", "watch", "create", "update", "patch"],
+        ),
     ];
     let cr: ClusterRole = typed(find(objs, "ClusterRole", "mesh-control"));
     assert!(cr.aggregation_rule.is_none());
@@ -834,6 +842,41 @@ fn assert_control_plane(objs: &[Value]) {
             s[0].namespace.as_deref()
         ),
         ("ServiceAccount", "mesh-control", Some(NS))
+    );
+    // In mesh-system only: the CA's two Secrets (get by name), and create.
+    let role: Role = typed(find(objs, "Role", "mesh-control"));
+    assert_eq!(role.metadata.namespace.as_deref(), Some(NS));
+    let rules: Vec<(Option<Vec<String>>, Vec<String>)> = role
+        .rules
+        .unwrap()
+        .into_iter()
+        .map(|r| {
+            assert_eq!(r.api_groups.as_deref(), Some(&[String::new()][..]));
+            assert_eq!(r.resources.as_deref(), Some(&["secrets".to_owned()][..]));
+            (r.resource_names, r.verbs)
+        })
+        .collect();
+    let names = Some(vec!["cacerts".to_owned(), "istio-ca-secret".to_owned()]);
+    assert_eq!(
+        rules,
+        [
+            (None, vec!["create".to_owned()]),
+            (names, vec!["get".to_owned()])
+        ],
+        "mesh-control's Role"
+    );
+    let rb: RoleBinding = typed(find(objs, "RoleBinding", "mesh-control"));
+    assert_eq!(rb.metadata.namespace.as_deref(), Some(NS));
+    assert_eq!(
+        (rb.role_ref.kind.as_str(), rb.role_ref.name.as_str()),
+        ("Role", "mesh-control")
+    );
+    let s = rb.subjects.unwrap();
+    assert_eq!(
+        s.iter()
+            .map(|s| (s.kind.as_str(), s.name.as_str(), s.namespace.as_deref()))
+            .collect::<Vec<_>>(),
+        [("ServiceAccount", "mesh-control", Some(NS))]
     );
 }
 

@@ -1,7 +1,7 @@
 //! `DestinationRule`: `host`, `exportTo`, `workloadSelector`, `subsets[]` and, in each
 //! `trafficPolicy` (top level, per port, per subset and per port of a subset), the load
-//! balancer, `connectionPool` and `outlierDetection`. The other policy fields (`tls`,
-//! `loadBalancer.consistentHash`, `tunnel`, `proxyProtocol`, `retryBudget`,
+//! balancer, `connectionPool`, `outlierDetection` and `tls`. The other policy fields
+//! (`loadBalancer.consistentHash`, `tunnel`, `proxyProtocol`, `retryBudget`,
 //! `connectionPool.http.http2KeepAlive`, ...) are not declared, so they parse and are
 //! ignored. Numbers are kept as `i64` and durations as text: their ranges are checked by
 //! the translation.
@@ -51,6 +51,7 @@ pub struct TrafficPolicy {
     pub load_balancer: Option<LoadBalancerSettings>,
     pub connection_pool: Option<ConnectionPoolSettings>,
     pub outlier_detection: Option<OutlierDetection>,
+    pub tls: Option<ClientTlsSettings>,
     #[serde(deserialize_with = "nullable")]
     pub port_level_settings: Vec<PortTrafficPolicy>,
 }
@@ -63,6 +64,21 @@ pub struct PortTrafficPolicy {
     pub load_balancer: Option<LoadBalancerSettings>,
     pub connection_pool: Option<ConnectionPoolSettings>,
     pub outlier_detection: Option<OutlierDetection>,
+    pub tls: Option<ClientTlsSettings>,
+}
+
+/// `trafficPolicy.tls` (`ClientTLSSettings`). With `ISTIO_MUTUAL` only `subjectAltNames`
+/// and `sni` count (Istio ignores the certificate fields then); `SIMPLE` and `MUTUAL`
+/// (TLS with the user's certificates) are not originated yet.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ClientTlsSettings {
+    /// `DISABLE`, `SIMPLE`, `MUTUAL`, `ISTIO_MUTUAL` (or the enum's number).
+    pub mode: Option<Value>,
+    #[serde(deserialize_with = "nullable")]
+    pub subject_alt_names: Vec<String>,
+    #[serde(deserialize_with = "nullable")]
+    pub sni: String,
 }
 
 /// `connectionPool`.

@@ -10,10 +10,12 @@
 //! bad rule does not cost the whole object; a value of the wrong type (a duration that is
 //! not a string, a number that is not an integer) does.
 //!
-//! Modules: [`virtual_service`], [`destination_rule`]; both use [`Meta`] and
-//! [`ParseError`] from here.
+//! Modules: [`virtual_service`], [`destination_rule`] (`networking.istio.io`),
+//! [`peer_authentication`] (`security.istio.io`); each uses [`Meta`] and [`ParseError`]
+//! from here.
 
 pub mod destination_rule;
+pub mod peer_authentication;
 pub mod virtual_service;
 
 use std::collections::BTreeMap;
@@ -22,6 +24,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
 pub use destination_rule::DestinationRule;
+pub use peer_authentication::PeerAuthentication;
 pub use virtual_service::VirtualService;
 
 /// Who an Istio object is, and how old (the oldest wins where Istio picks one).

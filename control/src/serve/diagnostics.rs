@@ -111,6 +111,7 @@ pub fn find(objects: &Objects, kind: &str, namespace: &str, name: &str) -> Optio
         "EndpointSlice" => typed(&objects.endpoint_slices, namespace, name),
         "VirtualService" => json(&objects.virtual_services),
         "DestinationRule" => json(&objects.destination_rules),
+        "PeerAuthentication" => json(&objects.peer_authentications),
         _ => None,
     }
 }

@@ -157,6 +157,10 @@ async fn debug_objects(State(s): State<Arc<HttpState>>) -> Response {
             "version": w.destination_rules.version(),
             "objects": names(&o.destination_rules),
         },
+        "peerAuthentications": {
+            "version": w.peer_authentications.version(),
+            "objects": names(&o.peer_authentications),
+        },
     });
     json(
         StatusCode::OK,

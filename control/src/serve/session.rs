@@ -317,6 +317,7 @@ mod tests {
                         sidecar: false,
                     },
                     services: vec![],
+                    inbound_tls: Default::default(),
                 }),
             }
         }

@@ -4,8 +4,9 @@
 //!
 //! - Services, Pods, Namespaces: typed. EndpointSlices: `discovery.k8s.io/v1`, else
 //!   `v1beta1` as dynamic objects converted on read ([`crate::serve::slices`]).
-//! - VirtualService, DestinationRule: dynamic objects in the preferred served version of
-//!   `networking.istio.io` ([`discovery::ISTIO_VERSIONS`]), asked again every
+//! - VirtualService, DestinationRule (`networking.istio.io`), PeerAuthentication
+//!   (`security.istio.io`): dynamic objects in the preferred served version of their
+//!   group ([`discovery::ISTIO_VERSIONS`]), asked again every
 //!   `crd_interval`: a CRD that appears starts its watcher, one that goes away stops it
 //!   (its objects with it), a new preferred version restarts it. Their absence never
 //!   blocks readiness.
@@ -32,10 +33,13 @@ use crate::serve::slices;
 use crate::translate::Objects;
 
 pub const ISTIO_GROUP: &str = "networking.istio.io";
+pub const ISTIO_SECURITY_GROUP: &str = "security.istio.io";
 
-/// A kind of `networking.istio.io`, watched in whichever version is served.
+/// A kind of `networking.istio.io` or `security.istio.io`, watched in whichever version
+/// is served.
 #[derive(Debug)]
 pub struct IstioKind {
+    pub group: &'static str,
     pub kind: &'static str,
     pub plural: &'static str,
     current: RwLock<Option<Watched>>,
@@ -55,8 +59,9 @@ impl Drop for Watched {
 }
 
 impl IstioKind {
-    fn new(kind: &'static str, plural: &'static str) -> IstioKind {
+    fn new(group: &'static str, kind: &'static str, plural: &'static str) -> IstioKind {
         IstioKind {
+            group,
             kind,
             plural,
             current: RwLock::new(None),
@@ -75,9 +80,9 @@ impl IstioKind {
 
     fn api_resource(&self, version: &str) -> ApiResource {
         ApiResource {
-            group: ISTIO_GROUP.into(),
+            group: self.group.into(),
             version: version.into(),
-            api_version: format!("{ISTIO_GROUP}/{version}"),
+            api_version: format!("{}/{version}", self.group),
             kind: self.kind.into(),
             plural: self.plural.into(),
         }
@@ -87,7 +92,7 @@ impl IstioKind {
     fn values(&self) -> Vec<serde_json::Value> {
         self.read(|w| {
             let Some(w) = w else { return Vec::new() };
-            let api_version = format!("{ISTIO_GROUP}/{}", w.version);
+            let api_version = format!("{}/{}", self.group, w.version);
             let mut objs = w.store.state();
             objs.sort_by_key(|a| ns_name(a.as_ref()));
             objs.iter()
@@ -147,6 +152,7 @@ pub struct Watchers {
     slices: Slices,
     pub virtual_services: Arc<IstioKind>,
     pub destination_rules: Arc<IstioKind>,
+    pub peer_authentications: Arc<IstioKind>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -259,24 +265,43 @@ impl Watchers {
             ));
             Slices::V1beta1(store)
         };
-        let virtual_services = Arc::new(IstioKind::new("VirtualService", "virtualservices"));
-        let destination_rules = Arc::new(IstioKind::new("DestinationRule", "destinationrules"));
-        let kinds = [virtual_services.clone(), destination_rules.clone()];
+        let virtual_services = Arc::new(IstioKind::new(
+            ISTIO_GROUP,
+            "VirtualService",
+            "virtualservices",
+        ));
+        let destination_rules = Arc::new(IstioKind::new(
+            ISTIO_GROUP,
+            "DestinationRule",
+            "destinationrules",
+        ));
+        let peer_authentications = Arc::new(IstioKind::new(
+            ISTIO_SECURITY_GROUP,
+            "PeerAuthentication",
+            "peerauthentications",
+        ));
+        let kinds = [
+            virtual_services.clone(),
+            destination_rules.clone(),
+            peer_authentications.clone(),
+        ];
         tasks.push(tokio::spawn(async move {
-            let mut warned = false;
+            let mut warned = [false; 2];
             loop {
-                match discovery::served(&client, ISTIO_GROUP).await {
-                    Ok(served) => {
-                        warned = false;
-                        for k in &kinds {
-                            k.switch(discovery::pick(&served, k.plural, ISTIO_VERSIONS), &client, &changes);
+                for (g, group) in [ISTIO_GROUP, ISTIO_SECURITY_GROUP].into_iter().enumerate() {
+                    match discovery::served(&client, group).await {
+                        Ok(served) => {
+                            warned[g] = false;
+                            for k in kinds.iter().filter(|k| k.group == group) {
+                                k.switch(discovery::pick(&served, k.plural, ISTIO_VERSIONS), &client, &changes);
+                            }
                         }
+                        Err(e) if !warned[g] => {
+                            tracing::warn!(group, error = %e, "discovery failed; keeping what is watched");
+                            warned[g] = true;
+                        }
+                        Err(_) => {}
                     }
-                    Err(e) if !warned => {
-                        tracing::warn!(group = ISTIO_GROUP, error = %e, "discovery failed; keeping what is watched");
-                        warned = true;
-                    }
-                    Err(_) => {}
                 }
                 tokio::time::sleep(crd_interval).await;
             }
@@ -288,6 +313,7 @@ impl Watchers {
             slices,
             virtual_services,
             destination_rules,
+            peer_authentications,
             tasks,
         }
     }
@@ -353,6 +379,7 @@ impl Watchers {
             namespaces: all(&self.namespaces),
             virtual_services: self.virtual_services.values(),
             destination_rules: self.destination_rules.values(),
+            peer_authentications: self.peer_authentications.values(),
         }
     }
 }

@@ -29,6 +29,7 @@ mod hosts;
 mod policy;
 mod resilience;
 mod routes;
+mod security;
 mod services;
 mod workloads;
 
@@ -39,8 +40,8 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use mesh_config::cluster::cluster_name;
 use mesh_config::{
-    Cluster, InboundPort, InboundService, Key, LoadBalancer, Resource, Service as OutService,
-    ServicePort, Workload,
+    Cluster, ClusterTls, ClusterTlsMode, Endpoint, InboundPort, InboundService, Key, LoadBalancer,
+    Resource, Service as OutService, ServicePort, Workload,
 };
 
 use crate::istio::{self, DestinationRule, ParseError, VirtualService};
@@ -49,6 +50,7 @@ use policy::{DrIndex, PreparedDr};
 use routes::{
     AnyClient, Catalog, Client, Needed, PreparedVs, VsIndex, port_routes, routed_protocol,
 };
+use security::PaIndex;
 use services::{SERVICE_NAME_LABEL, SvcRec, target_port};
 use workloads::PodRec;
 
@@ -64,6 +66,8 @@ pub struct Objects {
     /// (`apiVersion`, `kind`, `metadata`, `spec`).
     pub virtual_services: Vec<serde_json::Value>,
     pub destination_rules: Vec<serde_json::Value>,
+    /// `security.istio.io` PeerAuthentications, as JSON.
+    pub peer_authentications: Vec<serde_json::Value>,
 }
 
 /// Mesh-wide settings.
@@ -191,6 +195,7 @@ pub struct Snapshot {
     pod_by_ip: HashMap<IpAddr, usize>,
     vs: VsIndex,
     drs: DrIndex,
+    pas: PaIndex,
 }
 
 impl Snapshot {
@@ -213,6 +218,12 @@ impl Snapshot {
                 pod_by_ip.entry(*ip).or_insert(i);
             }
         }
+
+        let pas = PaIndex::new(
+            &objects.peer_authentications,
+            &settings.root_namespace,
+            &mut diags,
+        );
 
         let mut services: Vec<SvcRec> = objects
             .services
@@ -250,7 +261,20 @@ impl Snapshot {
             svc.fill_endpoints(own, &pod_by_name, &pod_by_ip);
             for port in &mut svc.ports {
                 for ep in &mut port.endpoints {
-                    ep.endpoint.peer = ep.pod.map(|p| pods[p].meta.clone());
+                    let Some(p) = ep.pod else { continue };
+                    let pod = &pods[p];
+                    ep.endpoint.peer = Some(pod.meta.clone());
+                    // Auto mTLS: the pod says its proxy takes Istio mTLS, and its
+                    // PeerAuthentication does not turn mTLS off on this port.
+                    ep.endpoint.mtls = pod
+                        .labels
+                        .get(mesh_common::labels::TLS_MODE)
+                        .map(String::as_str)
+                        == Some(mesh_common::identity::TLS_MODE_ISTIO)
+                        && pas
+                            .inbound(&pod.namespace, &pod.labels)
+                            .mode_for(ep.endpoint.addr.port())
+                            != mesh_config::MtlsMode::Disable;
                 }
             }
             svc_by_fqdn.insert(svc.fqdn.clone(), i);
@@ -324,6 +348,7 @@ impl Snapshot {
             pod_by_ip,
             vs,
             drs,
+            pas,
         };
         (snapshot, diags)
     }
@@ -461,6 +486,7 @@ impl Snapshot {
                 .map(|e| e.endpoint.clone())
                 .collect(),
         };
+        let tls = self.cluster_tls(policy.tls.as_ref(), &endpoints);
         Cluster {
             name: cluster_name(port, subset, &svc.fqdn),
             host: svc.fqdn.clone(),
@@ -472,6 +498,50 @@ impl Snapshot {
             endpoints,
             connection_pool: policy.connection_pool,
             outlier_detection: policy.outlier_detection,
+            tls,
+        }
+    }
+
+    /// A cluster's transport security: the DestinationRule's `tls` block, else auto mTLS;
+    /// the identities to expect are the block's `subjectAltNames`, else the
+    /// ServiceAccounts of the cluster's pods (listed only where mTLS may be originated).
+    fn cluster_tls(&self, block: Option<&policy::TlsBlock>, endpoints: &[Endpoint]) -> ClusterTls {
+        let (mode, sans, sni) = match block {
+            None => (ClusterTlsMode::Auto, &[][..], None),
+            Some(b) => (b.mode, b.subject_alt_names.as_slice(), b.sni.clone()),
+        };
+        let may_mtls = match mode {
+            ClusterTlsMode::Auto => endpoints.iter().any(|e| e.mtls),
+            ClusterTlsMode::IstioMutual => true,
+            ClusterTlsMode::Disable => false,
+        };
+        let identities = if !may_mtls {
+            Vec::new()
+        } else if !sans.is_empty() {
+            sans.to_vec()
+        } else {
+            let mut ids: Vec<String> = endpoints
+                .iter()
+                .filter_map(|e| e.peer.as_ref())
+                .filter(|p| {
+                    !p.service_account.is_empty() && p.service_account != workloads::UNKNOWN
+                })
+                .map(|p| {
+                    mesh_common::identity::spiffe_id(
+                        &self.settings.trust_domain,
+                        &p.namespace,
+                        &p.service_account,
+                    )
+                })
+                .collect();
+            ids.sort();
+            ids.dedup();
+            ids
+        };
+        ClusterTls {
+            mode,
+            identities,
+            sni,
         }
     }
 
@@ -513,6 +583,7 @@ impl Snapshot {
             pod: pod.name.clone(),
             meta: pod.meta.clone(),
             services,
+            inbound_tls: self.pas.inbound(&pod.namespace, &pod.labels),
         }
     }
 }

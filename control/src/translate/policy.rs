@@ -29,22 +29,26 @@
 //! `loadBalancer.simple`: `LEAST_REQUEST` (default, also `UNSPECIFIED` and `LEAST_CONN`,
 //! its deprecated alias), `ROUND_ROBIN`, `RANDOM`, `PASSTHROUGH`. A `loadBalancer` without
 //! `simple` (`consistentHash`, `localityLbSetting`) is the default: not translated yet,
-//! like `tls`, `tunnel`, `proxyProtocol` and `retryBudget`, which are ignored without a
-//! diagnostic. `connectionPool` and `outlierDetection` are converted by `resilience`; a
+//! like `tunnel`, `proxyProtocol` and `retryBudget`, which are ignored without a
+//! diagnostic. `tls` is the fourth block, merged like the others: `ISTIO_MUTUAL` (with
+//! its `subjectAltNames` and `sni`) and `DISABLE` override auto mTLS; `SIMPLE` and
+//! `MUTUAL` are reported and the block ignored (auto mTLS stays); an unknown mode refuses
+//! the rule. `connectionPool` and `outlierDetection` are converted by `resilience`; a
 //! value there that Istio's validation refuses (a negative limit, a duration under 1 ms,
 //! a percentage over 100, ...) skips the whole DestinationRule with a diagnostic, as
 //! Istio's webhook would have refused it (its subsets are then unknown too).
 
 use std::collections::{BTreeMap, HashMap};
 
-use mesh_config::LoadBalancer;
 use mesh_config::resilience::{ConnectionPool, OutlierDetection};
+use mesh_config::{ClusterTlsMode, LoadBalancer};
+use serde_json::Value;
 
 use super::Diagnostic;
 use super::hosts::{HostPattern, Visibility, labels_match, resolve_config_host};
 use super::resilience::{self, Bad, Note};
 use crate::istio::destination_rule::{
-    self, ConnectionPoolSettings, DestinationRule, LoadBalancerSettings,
+    self, ClientTlsSettings, ConnectionPoolSettings, DestinationRule, LoadBalancerSettings,
     OutlierDetection as IOutlier, TrafficPolicy,
 };
 use crate::istio::{Labels, Meta};
@@ -74,6 +78,16 @@ pub struct Blocks {
     pub lb: Option<LoadBalancer>,
     pub pool: Option<ConnectionPool>,
     pub outlier: Option<OutlierDetection>,
+    pub tls: Option<TlsBlock>,
+}
+
+/// A `tls` block the mesh applies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsBlock {
+    /// `IstioMutual` or `Disable` (never `Auto`).
+    pub mode: ClusterTlsMode,
+    pub subject_alt_names: Vec<String>,
+    pub sni: Option<String>,
 }
 
 /// A `trafficPolicy`, checked.
@@ -97,6 +111,8 @@ pub struct ClusterPolicy {
     pub load_balancer: LoadBalancer,
     pub connection_pool: ConnectionPool,
     pub outlier_detection: Option<OutlierDetection>,
+    /// `None`: auto mTLS.
+    pub tls: Option<TlsBlock>,
 }
 
 fn diag(meta: &Meta, field: String, message: String) -> Diagnostic {
@@ -132,17 +148,76 @@ fn simple_lb(
     })
 }
 
+/// `tls` at `field`: `Ok(None)` when absent or not applied (reported).
+fn tls_block(
+    tls: Option<&ClientTlsSettings>,
+    meta: &Meta,
+    field: &str,
+    diags: &mut Vec<Diagnostic>,
+) -> Result<Option<TlsBlock>, Bad> {
+    let Some(tls) = tls else {
+        return Ok(None);
+    };
+    let mode_field = format!("{field}.mode");
+    let name = match &tls.mode {
+        None | Some(Value::Null) => "DISABLE".to_owned(),
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(0) => "DISABLE".into(),
+            Some(1) => "SIMPLE".into(),
+            Some(2) => "MUTUAL".into(),
+            Some(3) => "ISTIO_MUTUAL".into(),
+            _ => return Err((mode_field, format!("unknown TLS mode {n} (0-3)"))),
+        },
+        Some(other) => {
+            return Err((
+                mode_field,
+                format!("TLS mode must be a string, not {other}"),
+            ));
+        }
+    };
+    let mode = match name.as_str() {
+        "DISABLE" => ClusterTlsMode::Disable,
+        "ISTIO_MUTUAL" => ClusterTlsMode::IstioMutual,
+        "SIMPLE" | "MUTUAL" => {
+            diags.push(diag(
+                meta,
+                mode_field,
+                format!(
+                    "TLS mode {name} (TLS with your own certificates) is not supported yet; \
+                     this tls block is ignored and auto mTLS applies"
+                ),
+            ));
+            return Ok(None);
+        }
+        other => {
+            return Err((
+                mode_field,
+                format!("unknown TLS mode {other:?} (DISABLE, SIMPLE, MUTUAL or ISTIO_MUTUAL)"),
+            ));
+        }
+    };
+    Ok(Some(TlsBlock {
+        mode,
+        subject_alt_names: tls.subject_alt_names.clone(),
+        sni: Some(tls.sni.trim().to_owned()).filter(|s| !s.is_empty()),
+    }))
+}
+
 /// The blocks of a `trafficPolicy` or port entry at `field`.
+#[allow(clippy::too_many_arguments)]
 fn blocks(
     lb: Option<&LoadBalancerSettings>,
     pool: Option<&ConnectionPoolSettings>,
     outlier: Option<&IOutlier>,
+    tls: Option<&ClientTlsSettings>,
     meta: &Meta,
     field: &str,
     diags: &mut Vec<Diagnostic>,
     notes: &mut Vec<Note>,
 ) -> Result<Blocks, Bad> {
     Ok(Blocks {
+        tls: tls_block(tls, meta, &format!("{field}.tls"), diags)?,
         lb: simple_lb(lb, meta, &format!("{field}.loadBalancer"), diags),
         pool: pool
             .map(|p| resilience::connection_pool(p, &format!("{field}.connectionPool")))
@@ -167,6 +242,7 @@ fn policy(
         tp.load_balancer.as_ref(),
         tp.connection_pool.as_ref(),
         tp.outlier_detection.as_ref(),
+        tp.tls.as_ref(),
         meta,
         field,
         diags,
@@ -179,6 +255,7 @@ fn policy(
             p.load_balancer.as_ref(),
             p.connection_pool.as_ref(),
             p.outlier_detection.as_ref(),
+            p.tls.as_ref(),
             meta,
             &f,
             diags,
@@ -337,6 +414,9 @@ impl<'a> Merged<'a> {
                     if t.outlier.is_some() {
                         b.outlier.clone_from(&t.outlier);
                     }
+                    if t.tls.is_some() {
+                        b.tls.clone_from(&t.tls);
+                    }
                 }
             }
         }
@@ -351,6 +431,7 @@ impl<'a> Merged<'a> {
             load_balancer: b.lb.unwrap_or_default(),
             connection_pool: b.pool.unwrap_or_default(),
             outlier_detection: b.outlier,
+            tls: b.tls,
         }
     }
 
@@ -672,6 +753,7 @@ mod tests {
                 load_balancer: LoadBalancer::Random,
                 connection_pool: top_pool.clone(),
                 outlier_detection: Some(top_outlier.clone()),
+                tls: None,
             }
         );
         // The port entry, whole: no balancer, no outlier detection of the top level's.

@@ -187,6 +187,7 @@ impl SvcRec {
                                 addr,
                                 serving,
                                 terminating,
+                                mtls: false,
                                 peer: None,
                             },
                             pod,

@@ -315,6 +315,7 @@ mod tests {
                 endpoints: Vec::new(),
                 connection_pool: Default::default(),
                 outlier_detection: None,
+                tls: Default::default(),
             }],
         })
     }

@@ -531,11 +531,13 @@ pub(crate) mod tests {
                     addr: a.parse().unwrap(),
                     serving: true,
                     terminating: false,
+                    mtls: false,
                     peer: subset.map(peer),
                 })
                 .collect(),
             connection_pool: Default::default(),
             outlier_detection: None,
+            tls: Default::default(),
         }
     }
 

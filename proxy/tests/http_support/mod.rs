@@ -303,11 +303,13 @@ pub fn cluster(subset: Option<&str>, endpoints: &[(SocketAddr, Option<PeerMeta>)
                 addr: *addr,
                 serving: true,
                 terminating: false,
+                mtls: false,
                 peer: peer.clone(),
             })
             .collect(),
         connection_pool: Default::default(),
         outlier_detection: None,
+        tls: Default::default(),
     }
 }
 
