@@ -17,6 +17,7 @@
 //! [`cluster`] (endpoints and their load balancing),
 //! [`workload`], [`resource`] (what one key resolves to, and its validation), [`wire`].
 
+pub mod authz;
 pub mod ca;
 pub mod cluster;
 pub mod key;
@@ -28,6 +29,7 @@ pub mod service;
 pub mod wire;
 pub mod workload;
 
+pub use authz::Authorization;
 pub use cluster::{Cluster, Endpoint, LoadBalancer};
 pub use key::{Key, KeyError};
 pub use resilience::{ConnectionPool, OutlierDetection, RetryOn, RetryPolicy};

@@ -5,6 +5,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::authz::Authorization;
 use crate::security::InboundTls;
 use crate::service::Protocol;
 
@@ -40,6 +41,9 @@ pub struct Workload {
     /// What the pod's proxy accepts (its PeerAuthentication, resolved).
     #[serde(default, skip_serializing_if = "InboundTls::is_default")]
     pub inbound_tls: InboundTls,
+    /// The AuthorizationPolicies that select the pod.
+    #[serde(default, skip_serializing_if = "Authorization::is_empty")]
+    pub authorization: Authorization,
 }
 
 /// A Service as seen from one of its pods.

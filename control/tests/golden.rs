@@ -55,6 +55,7 @@ fn objects(case: &str, docs: &[Value]) -> Objects {
             "VirtualService" => o.virtual_services.push(d.clone()),
             "DestinationRule" => o.destination_rules.push(d.clone()),
             "PeerAuthentication" => o.peer_authentications.push(d.clone()),
+            "AuthorizationPolicy" => o.authorization_policies.push(d.clone()),
             other => panic!("{case}: unexpected kind {other:?} in input.yaml"),
         }
     }

@@ -11,9 +11,10 @@
 //! not a string, a number that is not an integer) does.
 //!
 //! Modules: [`virtual_service`], [`destination_rule`] (`networking.istio.io`),
-//! [`peer_authentication`] (`security.istio.io`); each uses [`Meta`] and [`ParseError`]
+//! [`peer_authentication`], [`authorization_policy`] (`security.istio.io`); each uses [`Meta`] and [`ParseError`]
 //! from here.
 
+pub mod authorization_policy;
 pub mod destination_rule;
 pub mod peer_authentication;
 pub mod virtual_service;
@@ -23,6 +24,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
+pub use authorization_policy::AuthorizationPolicy;
 pub use destination_rule::DestinationRule;
 pub use peer_authentication::PeerAuthentication;
 pub use virtual_service::VirtualService;

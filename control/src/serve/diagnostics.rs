@@ -112,6 +112,7 @@ pub fn find(objects: &Objects, kind: &str, namespace: &str, name: &str) -> Optio
         "VirtualService" => json(&objects.virtual_services),
         "DestinationRule" => json(&objects.destination_rules),
         "PeerAuthentication" => json(&objects.peer_authentications),
+        "AuthorizationPolicy" => json(&objects.authorization_policies),
         _ => None,
     }
 }

@@ -161,6 +161,10 @@ async fn debug_objects(State(s): State<Arc<HttpState>>) -> Response {
             "version": w.peer_authentications.version(),
             "objects": names(&o.peer_authentications),
         },
+        "authorizationPolicies": {
+            "version": w.authorization_policies.version(),
+            "objects": names(&o.authorization_policies),
+        },
     });
     json(
         StatusCode::OK,

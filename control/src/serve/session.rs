@@ -318,6 +318,7 @@ mod tests {
                     },
                     services: vec![],
                     inbound_tls: Default::default(),
+                    authorization: Default::default(),
                 }),
             }
         }

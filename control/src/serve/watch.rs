@@ -4,8 +4,8 @@
 //!
 //! - Services, Pods, Namespaces: typed. EndpointSlices: `discovery.k8s.io/v1`, else
 //!   `v1beta1` as dynamic objects converted on read ([`crate::serve::slices`]).
-//! - VirtualService, DestinationRule (`networking.istio.io`), PeerAuthentication
-//!   (`security.istio.io`): dynamic objects in the preferred served version of their
+//! - VirtualService, DestinationRule (`networking.istio.io`), PeerAuthentication,
+//!   AuthorizationPolicy (`security.istio.io`): dynamic objects in the preferred served version of their
 //!   group ([`discovery::ISTIO_VERSIONS`]), asked again every
 //!   `crd_interval`: a CRD that appears starts its watcher, one that goes away stops it
 //!   (its objects with it), a new preferred version restarts it. Their absence never
@@ -153,6 +153,7 @@ pub struct Watchers {
     pub virtual_services: Arc<IstioKind>,
     pub destination_rules: Arc<IstioKind>,
     pub peer_authentications: Arc<IstioKind>,
+    pub authorization_policies: Arc<IstioKind>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -280,10 +281,16 @@ impl Watchers {
             "PeerAuthentication",
             "peerauthentications",
         ));
+        let authorization_policies = Arc::new(IstioKind::new(
+            ISTIO_SECURITY_GROUP,
+            "AuthorizationPolicy",
+            "authorizationpolicies",
+        ));
         let kinds = [
             virtual_services.clone(),
             destination_rules.clone(),
             peer_authentications.clone(),
+            authorization_policies.clone(),
         ];
         tasks.push(tokio::spawn(async move {
             let mut warned = [false; 2];
@@ -314,6 +321,7 @@ impl Watchers {
             virtual_services,
             destination_rules,
             peer_authentications,
+            authorization_policies,
             tasks,
         }
     }
@@ -380,6 +388,7 @@ impl Watchers {
             virtual_services: self.virtual_services.values(),
             destination_rules: self.destination_rules.values(),
             peer_authentications: self.peer_authentications.values(),
+            authorization_policies: self.authorization_policies.values(),
         }
     }
 }

@@ -25,6 +25,7 @@
 //! Services, pods or rules, except VirtualServices and DestinationRules with wildcard
 //! hosts, which are scanned in order of specificity.
 
+mod authz;
 mod hosts;
 mod policy;
 mod resilience;
@@ -45,6 +46,7 @@ use mesh_config::{
 };
 
 use crate::istio::{self, DestinationRule, ParseError, VirtualService};
+use authz::ApIndex;
 use hosts::{HostPattern, labels_match, search_names};
 use policy::{DrIndex, PreparedDr};
 use routes::{
@@ -66,8 +68,9 @@ pub struct Objects {
     /// (`apiVersion`, `kind`, `metadata`, `spec`).
     pub virtual_services: Vec<serde_json::Value>,
     pub destination_rules: Vec<serde_json::Value>,
-    /// `security.istio.io` PeerAuthentications, as JSON.
+    /// `security.istio.io` PeerAuthentications and AuthorizationPolicies, as JSON.
     pub peer_authentications: Vec<serde_json::Value>,
+    pub authorization_policies: Vec<serde_json::Value>,
 }
 
 /// Mesh-wide settings.
@@ -196,6 +199,7 @@ pub struct Snapshot {
     vs: VsIndex,
     drs: DrIndex,
     pas: PaIndex,
+    aps: ApIndex,
 }
 
 impl Snapshot {
@@ -221,6 +225,12 @@ impl Snapshot {
 
         let pas = PaIndex::new(
             &objects.peer_authentications,
+            &settings.root_namespace,
+            &mut diags,
+        );
+
+        let aps = ApIndex::new(
+            &objects.authorization_policies,
             &settings.root_namespace,
             &mut diags,
         );
@@ -349,6 +359,7 @@ impl Snapshot {
             vs,
             drs,
             pas,
+            aps,
         };
         (snapshot, diags)
     }
@@ -584,6 +595,7 @@ impl Snapshot {
             meta: pod.meta.clone(),
             services,
             inbound_tls: self.pas.inbound(&pod.namespace, &pod.labels),
+            authorization: self.aps.for_pod(&pod.namespace, &pod.labels),
         }
     }
 }
