@@ -393,7 +393,7 @@ spec:
                     f"UNIX-CONNECT:{sock}"])
         self.mc = self.spawn("mesh-control", self.router,
                              ["env", f"KUBECONFIG={os.environ['KUBECONFIG']}",
-                              self.bins["control"], "serve", "--plaintext-addr", "0.0.0.0:15010",
+                              self.bins["control"], "serve", "--no-ca", "--plaintext-addr", "0.0.0.0:15010",
                               "--metrics-addr", "127.0.0.1:15014", "--log", "warn",
                               "--debounce", "50ms"])
         self.wait_for(lambda: self.mc_get("/readyz")[0] == "200", 60, "mesh-control ready")

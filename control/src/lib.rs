@@ -6,6 +6,8 @@
 //! - [`translate`]: the pure function from cluster state ([`translate::Objects`]) to what
 //!   one proxy gets for one key ([`mesh_config::Resource`]), with Istio's semantics;
 //!   golden-tested (`testdata/translate/`);
+//! - [`ca`]: the certificate authority (Istio's `IstioCertificateService` on the TLS
+//!   port): who calls (TokenReview), signing, the root's Secret, the root ConfigMaps;
 //! - `serve` (binary side): the reflectors, the config stream, metrics and debug
 //!   endpoints.
 

@@ -3,7 +3,7 @@
 use anyhow::Context as _;
 use clap::Parser as _;
 use mesh_control::cli::{Cli, Command, ServeArgs};
-use mesh_control::serve::{Bound, Config};
+use mesh_control::serve::{Bound, CaConfig, Config};
 use mesh_control::translate::MeshSettings;
 
 fn main() -> anyhow::Result<()> {
@@ -40,10 +40,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         settings: MeshSettings {
             root_namespace: args.root_namespace,
             compatibility_version: args.compatibility_version,
+            trust_domain: args.trust_domain.clone(),
             ..MeshSettings::default()
         },
     };
-    let bound = Bound::bind(config).await?;
+    let ca = (!args.no_ca).then(|| CaConfig {
+        addr: args.addr,
+        trust_domain: args.trust_domain,
+        workload_cert_ttl: args.workload_cert_ttl,
+        max_workload_cert_ttl: args.max_workload_cert_ttl,
+        tls_sans: args.tls_san,
+        ..CaConfig::new(args.ca_namespace)
+    });
+    let bound = Bound::bind_with(config, ca).await?;
     let client = kube::Client::try_default()
         .await
         .context("no API server: set KUBECONFIG, or run in a pod with a ServiceAccount")?;

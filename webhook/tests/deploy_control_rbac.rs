@@ -117,11 +117,26 @@ fn control_plane_may_read_what_it_translates_and_write_events_only() {
             wrong.push(format!("may delete {group}/events"));
         }
     }
+    // The CA: TokenReviews, and ConfigMap istio-ca-root-cert in every namespace.
+    for (verb, group, resource, want) in [
+        ("create", "authentication.k8s.io", "tokenreviews", true),
+        ("get", "", "configmaps", true),
+        ("list", "", "configmaps", true),
+        ("watch", "", "configmaps", true),
+        ("create", "", "configmaps", true),
+        ("update", "", "configmaps", true),
+        ("patch", "", "configmaps", true),
+        ("delete", "", "configmaps", false),
+    ] {
+        if can(verb, group, resource) != want {
+            let may = if want { "cannot" } else { "may" };
+            wrong.push(format!("{may} {verb} {group}/{resource}"));
+        }
+    }
     for (verb, group, resource) in [
         ("get", "", "secrets"),
         ("list", "", "secrets"),
         ("list", "", "endpoints"),
-        ("list", "", "configmaps"),
         ("list", "networking.istio.io", "serviceentries"),
         ("update", "", "services/status"),
         ("create", "", "pods"),

@@ -731,7 +731,7 @@ fn assert_control_plane(objs: &[Value]) {
     assert_eq!(ready.path.as_deref(), Some("/readyz"));
     assert_eq!(ready.port, IntOrString::String("http-monitoring".into()));
 
-    // Service mesh-control: the two ports, by name, onto the pods.
+    // Service mesh-control: the three ports, by name, onto the pods.
     let svc: Service = typed(find(objs, "Service", "mesh-control"));
     let sspec = svc.spec.as_ref().unwrap();
     let ports: Vec<(String, i32, Option<IntOrString>)> = sspec
@@ -744,6 +744,11 @@ fn assert_control_plane(objs: &[Value]) {
     assert_eq!(
         ports,
         [
+            (
+                "tls-grpc".to_owned(),
+                i32::from(mesh_common::CONTROL_PLANE_TLS_PORT),
+                Some(IntOrString::String("tls-grpc".into()))
+            ),
             (
                 "grpc-xds".to_owned(),
                 xds,
@@ -761,8 +766,12 @@ fn assert_control_plane(objs: &[Value]) {
         !want.is_empty() && want.iter().all(|(k, v)| pod_labels.get(k) == Some(v)),
         "Service misses the pods"
     );
-    // The injector points proxies at it: the built-in default and the ConfigMap's.
-    let address = format!("mesh-control.{NS}.svc:{xds}");
+    // The injector points proxies at it: the built-in default and the ConfigMap's (its TLS
+    // port, the config stream and the CA).
+    let address = format!(
+        "mesh-control.{NS}.svc:{}",
+        mesh_common::CONTROL_PLANE_TLS_PORT
+    );
     assert_eq!(
         mesh_webhook::config::InjectConfig::default().control_plane_address,
         address
@@ -896,7 +905,7 @@ fn with_istio_crds_overlay_is_the_default_install_without_our_crds() {
 }
 
 /// kube-node has no cluster DNS: its overlay changes exactly mesh-control's ClusterIP and
-/// the two injection settings that depend on it, nothing else.
+/// the three injection settings that depend on it, nothing else.
 #[test]
 fn kube_node_overlay_pins_the_control_plane_address_and_turns_dns_capture_on() {
     let mut objs = render("deploy/overlays/kube-node");
@@ -921,17 +930,25 @@ fn kube_node_overlay_pins_the_control_plane_address_and_turns_dns_capture_on() {
             let config =
                 mesh_webhook::config::InjectConfig::from_yaml_str(&text, "kube-node ConfigMap")
                     .unwrap_or_else(|e| panic!("{e}"));
-            assert_eq!(config.control_plane_address, "198.19.0.15:15010");
+            assert_eq!(config.control_plane_address, "198.19.0.15:15012");
+            assert_eq!(config.control_plane_san, "mesh-control.mesh-system.svc");
             assert!(config.dns_capture);
             let base = find(&default, "ConfigMap", "mesh-injection-config")["data"]["config.yaml"]
                 .as_str()
                 .unwrap()
                 .replace(
-                    "controlPlaneAddress: mesh-control.mesh-system.svc:15010",
-                    "controlPlaneAddress: 198.19.0.15:15010",
+                    "controlPlaneAddress: mesh-control.mesh-system.svc:15012",
+                    "controlPlaneAddress: 198.19.0.15:15012",
+                )
+                .replace(
+                    "controlPlaneSan: \"\"",
+                    "controlPlaneSan: mesh-control.mesh-system.svc",
                 )
                 .replace("dnsCapture: false", "dnsCapture: true");
-            assert_eq!(text, base, "only controlPlaneAddress and dnsCapture differ");
+            assert_eq!(
+                text, base,
+                "only controlPlaneAddress, controlPlaneSan and dnsCapture differ"
+            );
             o["data"]["config.yaml"] = Value::String(
                 find(&default, "ConfigMap", "mesh-injection-config")["data"]["config.yaml"]
                     .as_str()

@@ -39,6 +39,9 @@ impl MeshControl {
         let mut child = Command::new(bin)
             .args([
                 "serve",
+                // The simulated proxies use the plaintext stream; no CA (it would
+                // bind 15012 and publish the root to every namespace).
+                "--no-ca",
                 "--plaintext-addr",
                 "127.0.0.1:0",
                 "--metrics-addr",

@@ -9,9 +9,19 @@
 //!   layout), else the self-signed root in Secret `istio-ca-secret`, made once, racing
 //!   replicas converging on one;
 //! - [`rootcert`]: ConfigMap `istio-ca-root-cert` in every namespace, kept as it should be;
-//! - [`grpc`]: the `CreateCertificate` service;
+//! - [`grpc`]: the `CreateCertificate` service (token → identity → signed chain; its
+//!   counters live in [`crate::serve::metrics`], a leaf module that depends on nothing
+//!   here);
 //! - [`tls`]: mesh-control's own serving certificate on 15012, issued by [`authority`] and
-//!   renewed before it expires.
+//!   renewed at half-life, and the TLS accept loop.
+//!
+//! [`crate::serve`] wires them: it loads the CA at start ([`bootstrap`]; a failure is a
+//! start-up error), serves [`grpc`] beside the config stream on the TLS port, runs
+//! [`tls::renew_loop`] and [`rootcert::publish`]. The plaintext port never serves the CA.
+//!
+//! Choices where Istio leaves room: the self-signed root is ECDSA P-256 (Istio's is RSA
+//! 2048), ten years; workload leaves get an empty subject and a critical URI SAN as
+//! Istio's do, never outlive the CA, and a TTL above the maximum is refused, not shortened.
 
 pub mod authority;
 pub mod bootstrap;

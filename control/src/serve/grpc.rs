@@ -1,6 +1,8 @@
 //! `mesh.config.v1.ConfigService` by hand (no codegen, no protoc): a tower service that
 //! routes [`STREAM_PATH`] to tonic's generic server with the prost codec, and answers
-//! every other path `UNIMPLEMENTED`, as generated services do.
+//! every other path `UNIMPLEMENTED`, as generated services do. [`TlsServices`] puts it
+//! and the CA ([`crate::ca::grpc::CaService`]) on one server, routed by path (the TLS
+//! port); the plaintext port serves [`ConfigService`] alone.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -14,6 +16,7 @@ use tonic::server::{Grpc, NamedService};
 use tonic::{Request, Response, Status, Streaming};
 use tonic_prost::ProstCodec;
 
+use crate::ca::grpc::CaService;
 use crate::serve::stream::{self, Context, Outbound};
 
 /// The service; cheap to clone (one per connection).
@@ -76,5 +79,41 @@ where
             });
         }
         Box::pin(async move { Ok(Status::unimplemented("no such method").into_http()) })
+    }
+}
+
+/// The TLS port's server: the CA's paths (`/istio.v1.auth.IstioCertificateService/...`)
+/// to the CA, everything else to the config service.
+#[derive(Clone)]
+pub struct TlsServices {
+    pub config: ConfigService,
+    pub ca: CaService,
+}
+
+impl<B> tower::Service<http::Request<B>> for TlsServices
+where
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response>;
+
+    fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let ca = req
+            .uri()
+            .path()
+            .strip_prefix('/')
+            .and_then(|p| p.strip_prefix(<CaService as NamedService>::NAME))
+            .is_some_and(|rest| rest.starts_with('/'));
+        if ca {
+            self.ca.call(req)
+        } else {
+            self.config.call(req)
+        }
     }
 }

@@ -20,6 +20,43 @@ pub const PUSH_DURATION: &str = "mesh_control_push_duration_seconds";
 pub const CONFIG_REJECTED_TOTAL: &str = "mesh_control_config_rejected_total";
 pub const CONFIG_ERRORS_TOTAL: &str = "mesh_control_config_errors_total";
 pub const SNAPSHOT_BUILDS_TOTAL: &str = "mesh_control_snapshot_builds_total";
+pub const CA_ISSUED_TOTAL: &str = "mesh_control_ca_certificates_issued_total";
+pub const CA_REFUSED_TOTAL: &str = "mesh_control_ca_requests_refused_total";
+
+/// Why the CA refused a `CreateCertificate` (the `reason` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaRefusal {
+    /// No bearer token, or the TokenReview did not authenticate it.
+    Unauthenticated,
+    /// The CSR does not parse or its signature does not verify.
+    BadCsr,
+    /// The CSR asks for another identity, or more than one.
+    Identity,
+    /// The requested lifetime is above `--max-workload-cert-ttl`.
+    Ttl,
+    /// Signing failed on our side.
+    Internal,
+}
+
+impl CaRefusal {
+    pub const ALL: [CaRefusal; 5] = [
+        CaRefusal::Unauthenticated,
+        CaRefusal::BadCsr,
+        CaRefusal::Identity,
+        CaRefusal::Ttl,
+        CaRefusal::Internal,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            CaRefusal::Unauthenticated => "unauthenticated",
+            CaRefusal::BadCsr => "bad_csr",
+            CaRefusal::Identity => "identity",
+            CaRefusal::Ttl => "ttl",
+            CaRefusal::Internal => "internal",
+        }
+    }
+}
 
 /// Every series; shared by the engine, the streams and the HTTP endpoint.
 #[derive(Debug)]
@@ -29,6 +66,10 @@ pub struct Metrics {
     pub push_duration: Histogram<12>,
     pub rejected: AtomicU64,
     pub builds: AtomicU64,
+    /// Workload certificates the CA issued.
+    pub ca_issued: AtomicU64,
+    /// CA requests refused, indexed as [`CaRefusal::ALL`].
+    ca_refusals: [AtomicU64; 5],
     /// Diagnostics by object kind, each distinct one counted once.
     config_errors: Mutex<BTreeMap<String, u64>>,
 }
@@ -41,6 +82,8 @@ impl Default for Metrics {
             push_duration: Histogram::new(&PUSH_BUCKETS, Unit::Seconds),
             rejected: AtomicU64::new(0),
             builds: AtomicU64::new(0),
+            ca_issued: AtomicU64::new(0),
+            ca_refusals: Default::default(),
             config_errors: Mutex::new(BTreeMap::new()),
         }
     }
@@ -50,6 +93,10 @@ impl Metrics {
     pub fn config_error(&self, kind: &str) {
         let mut m = self.config_errors.lock().unwrap_or_else(|e| e.into_inner());
         *m.entry(kind.to_owned()).or_default() += 1;
+    }
+
+    pub fn ca_refused(&self, why: CaRefusal) {
+        self.ca_refusals[why as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn push(&self, since_change: Option<Duration>) {
@@ -113,6 +160,28 @@ impl Metrics {
             Kind::Counter,
         );
         prom::sample(&mut out, SNAPSHOT_BUILDS_TOTAL, "", g(&self.builds));
+        prom::header(
+            &mut out,
+            CA_ISSUED_TOTAL,
+            "Workload certificates the CA issued (CreateCertificate answered).",
+            Kind::Counter,
+        );
+        prom::sample(&mut out, CA_ISSUED_TOTAL, "", g(&self.ca_issued));
+        prom::header(
+            &mut out,
+            CA_REFUSED_TOTAL,
+            "CreateCertificate requests the CA refused, by reason.",
+            Kind::Counter,
+        );
+        for why in CaRefusal::ALL {
+            let labels = format!("reason=\"{}\"", why.label());
+            prom::sample(
+                &mut out,
+                CA_REFUSED_TOTAL,
+                &labels,
+                g(&self.ca_refusals[why as usize]),
+            );
+        }
         out
     }
 }
@@ -128,6 +197,8 @@ mod tests {
         m.push(None);
         m.config_error("VirtualService");
         m.config_error("VirtualService");
+        m.ca_issued.fetch_add(3, Ordering::Relaxed);
+        m.ca_refused(CaRefusal::Identity);
         let out = m.render();
         for name in [
             CONNECTED_PROXIES,
@@ -136,6 +207,8 @@ mod tests {
             CONFIG_REJECTED_TOTAL,
             CONFIG_ERRORS_TOTAL,
             SNAPSHOT_BUILDS_TOTAL,
+            CA_ISSUED_TOTAL,
+            CA_REFUSED_TOTAL,
         ] {
             assert!(out.contains(&format!("# TYPE {name} ")), "{name}: {out}");
         }
@@ -146,6 +219,18 @@ mod tests {
         );
         assert!(
             out.contains("mesh_control_config_errors_total{kind=\"VirtualService\"} 2\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("mesh_control_ca_certificates_issued_total 3\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("mesh_control_ca_requests_refused_total{reason=\"identity\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("mesh_control_ca_requests_refused_total{reason=\"ttl\"} 0\n"),
             "{out}"
         );
     }

@@ -166,11 +166,13 @@ pub struct MeshControl {
 }
 
 impl MeshControl {
-    /// `mesh-control serve` on loopback `:0` ports, with `extra` flags.
+    /// `mesh-control serve` on loopback `:0` ports, without the CA (`--no-ca`: no TLS
+    /// port, no Secrets; `ca_grpc.rs` runs it with one), with `extra` flags.
     pub fn spawn(kubeconfig: &str, extra: &[&str]) -> MeshControl {
         let mut child = Command::new(env!("CARGO_BIN_EXE_mesh-control"))
             .args([
                 "serve",
+                "--no-ca",
                 "--plaintext-addr",
                 "127.0.0.1:0",
                 "--metrics-addr",
