@@ -152,6 +152,8 @@ pub struct AdminState {
     pub drain: watch::Sender<bool>,
     /// Set on SIGTERM: not ready any more, though still accepting until the drain.
     pub terminating: AtomicBool,
+    /// The workload identity (`--root-cert`): not ready until it holds a certificate.
+    pub identity: Option<Arc<crate::identity::IdentityStore>>,
 }
 
 impl AdminState {
@@ -176,8 +178,20 @@ pub fn route(endpoint: Endpoint, req: &Request, state: &AdminState) -> Response 
                 return Response::text(405, "use GET\n");
             }
             if state.draining() {
-                Response::text(503, "draining\n")
-            } else if state.ready.load(Ordering::Acquire) {
+                return Response::text(503, "draining\n");
+            }
+            if let Some(id) = &state.identity
+                && !id.has_cert()
+            {
+                let why = id
+                    .last_error()
+                    .unwrap_or_else(|| "first request under way".into());
+                return Response::text(
+                    503,
+                    format!("not ready: no workload certificate yet ({why})\n"),
+                );
+            }
+            if state.ready.load(Ordering::Acquire) {
                 Response::text(200, "ready\n")
             } else {
                 Response::text(503, "not ready\n")
@@ -202,6 +216,9 @@ pub fn route(endpoint: Endpoint, req: &Request, state: &AdminState) -> Response 
                     let mut body = state.metrics.render();
                     state.http.render(&mut body);
                     state.lb.render_clusters(&mut body);
+                    if let Some(id) = &state.identity {
+                        id.render_metrics(&mut body);
+                    }
                     body
                 },
             }
@@ -292,6 +309,7 @@ mod tests {
             lb: Arc::default(),
             drain: watch::channel(false).0,
             terminating: AtomicBool::new(false),
+            identity: None,
         }
     }
 
@@ -349,6 +367,28 @@ mod tests {
         s.drain.send_replace(true);
         let r = route(Endpoint::Admin, &req("GET", PROXY_READY_PATH), &s);
         assert_eq!((r.status, r.body.as_str()), (503, "draining\n"));
+    }
+
+    #[test]
+    fn with_an_identity_readiness_waits_for_the_certificate() {
+        use crate::identity::testca::TestCa;
+        let ca = TestCa::new();
+        let id = "spiffe://cluster.local/ns/shop/sa/web";
+        let store =
+            crate::identity::IdentityStore::fixed(ca.issue(id, 3600), ca.roots(), "cluster.local");
+        let mut s = state();
+        s.ready.store(true, Ordering::Release);
+        s.identity = Some(store);
+        assert_eq!(
+            route(Endpoint::Admin, &req("GET", PROXY_READY_PATH), &s).status,
+            200
+        );
+        let m = route(Endpoint::Metrics, &req("GET", PROXY_METRICS_PATH), &s);
+        assert!(
+            m.body.contains("mesh_proxy_cert_expiry_seconds 3"),
+            "{}",
+            m.body
+        );
     }
 
     #[test]

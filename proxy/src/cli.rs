@@ -8,6 +8,7 @@
 //! the process's.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use mesh_common::contract::proxy::env as var;
@@ -18,7 +19,7 @@ use mesh_common::{
     PROXY_OUTBOUND_PORT,
 };
 
-use crate::config::{AccessLogFormat, Config, CopyMode, Identity, UNKNOWN};
+use crate::config::{AccessLogFormat, Config, CopyMode, Identity, UNKNOWN, WorkloadIdentity};
 
 /// Whether to listen on IPv6 as well as IPv4.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,6 +93,19 @@ pub struct Args {
     pub debug_addr: SocketAddr,
     /// Answer the app's DNS on 127.0.0.1 / ::1 port 15053.
     pub dns_capture: bool,
+    /// The mesh root (PEM): given, the proxy has a workload identity and talks TLS to
+    /// mesh-control and the CA.
+    pub root_cert: Option<PathBuf>,
+    /// The CA's `host:port`; default: `--control-plane`.
+    pub ca_address: Option<String>,
+    /// The name mesh-control's and the CA's certificates must carry.
+    pub control_plane_san: Option<String>,
+    /// The ServiceAccount token shown to the CA.
+    pub token_file: Option<PathBuf>,
+    /// Trust domain of the SPIFFE id.
+    pub trust_domain: Option<String>,
+    /// Certificate lifetime asked of the CA.
+    pub cert_ttl: Option<Duration>,
 }
 
 /// What the command line asked for.
@@ -155,6 +169,22 @@ Options:
       --debug-addr <ADDR>        GET /config_dump, GET /debug/route [default: 127.0.0.1:15000]
       --dns-capture              Answer the app's DNS (redirected by mesh-init --dns-capture)
                                  on 127.0.0.1:15053 and [::1]:15053, UDP and TCP
+      --root-cert <FILE>         The mesh root certificate (PEM; ConfigMap istio-ca-root-cert).
+                                 Given: mesh-control and the CA are reached over TLS verified
+                                 against it, and the proxy gets a workload certificate for
+                                 spiffe://<trust domain>/ns/<POD_NAMESPACE>/sa/<SERVICE_ACCOUNT>
+                                 (ready only once it holds one). Absent: plaintext config
+                                 stream, no identity
+      --ca-address <ADDR>        The CA's host:port (Istio's CreateCertificate protocol)
+                                 [default: --control-plane]
+      --control-plane-san <NAME>
+                                 The name (DNS or IP) mesh-control's and the CA's certificates
+                                 must carry [default: the host of the address dialled]
+      --token-file <FILE>        ServiceAccount token shown to the CA, re-read at each request
+                                 [default: /var/run/secrets/tokens/istio-token]
+      --trust-domain <TD>        Trust domain of the workload identity [default: cluster.local]
+      --cert-ttl <DUR>           Workload certificate lifetime asked of the CA, at least 1s;
+                                 renewed at half of it [default: 24h]
   -h, --help                     Print help
   -V, --version                  Print version
 
@@ -240,6 +270,50 @@ fn parse_host_port(s: &str) -> Result<Option<String>, String> {
     }
 }
 
+/// A path; empty (or blanks) means unset.
+fn non_empty_path(s: &str) -> Option<PathBuf> {
+    let s = s.trim();
+    (!s.is_empty()).then(|| PathBuf::from(s))
+}
+
+/// A DNS name or an IP address (brackets allowed around IPv6); empty means unset.
+fn parse_server_name(s: &str) -> Result<Option<String>, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(None);
+    }
+    let bare = s
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(s);
+    rustls::pki_types::ServerName::try_from(bare)
+        .map(|_| Some(bare.to_owned()))
+        .map_err(|_| {
+            "expected a DNS name such as mesh-control.mesh-system.svc or an IP address".to_owned()
+        })
+}
+
+/// A SPIFFE trust domain: lowercase letters, digits, `.`, `-` and `_`.
+fn parse_trust_domain(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err("expected a trust domain such as cluster.local (lowercase letters, digits, '.', '-', '_')".to_owned())
+    }
+}
+
+/// A certificate lifetime: whole seconds, at least one.
+fn parse_cert_ttl(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_secs(1) {
+        return Err("the CA counts whole seconds: at least 1s".to_owned());
+    }
+    Ok(Duration::from_secs(d.as_secs()))
+}
+
 fn parse_log_filter(s: &str) -> Result<LogFilter, String> {
     LogFilter::parse(s).map_err(|e| e.to_string())
 }
@@ -311,6 +385,12 @@ impl Args {
             config_wait: Duration::from_secs(10),
             debug_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), PROXY_DEBUG_PORT),
             dns_capture: false,
+            root_cert: None,
+            ca_address: None,
+            control_plane_san: None,
+            token_file: None,
+            trust_domain: None,
+            cert_ttl: None,
         })
     }
 
@@ -437,6 +517,14 @@ impl Args {
             flag::CONTROL_PLANE => self.control_plane = parse_host_port(v)?,
             flag::CONFIG_WAIT => self.config_wait = parse_duration(v)?,
             flag::DEBUG_ADDR => self.debug_addr = addr(v)?,
+            flag::ROOT_CERT => self.root_cert = non_empty_path(v),
+            flag::CA_ADDRESS => self.ca_address = parse_host_port(v)?,
+            flag::CONTROL_PLANE_SAN => self.control_plane_san = parse_server_name(v)?,
+            flag::TOKEN_FILE => {
+                self.token_file = Some(non_empty_path(v).ok_or("expected a file path")?)
+            }
+            flag::TRUST_DOMAIN => self.trust_domain = Some(parse_trust_domain(v)?),
+            flag::CERT_TTL => self.cert_ttl = Some(parse_cert_ttl(v)?),
             other => return Err(format!("internal error: unhandled flag {other}")),
         }
         Ok(())
@@ -450,6 +538,24 @@ pub enum ConfigError {
     SamePorts(u16),
     #[error("--connect-timeout must be greater than zero")]
     ZeroConnectTimeout,
+    #[error("{0} needs --root-cert (it configures the workload identity)")]
+    NeedsRootCert(&'static str),
+    #[error(
+        "--root-cert needs a CA to ask for the certificate: give --ca-address or --control-plane"
+    )]
+    NoCa,
+    #[error("--root-cert needs the pod's {what} for its SPIFFE id: set {var} (or {flag})")]
+    MissingForIdentity {
+        what: &'static str,
+        var: &'static str,
+        flag: &'static str,
+    },
+    #[error("`{0}` is not a usable SPIFFE id (namespace and service account must be plain names)")]
+    BadSpiffeId(String),
+    #[error(
+        "the host of {flag} `{host}` cannot be checked in a certificate: give --control-plane-san"
+    )]
+    BadServerName { flag: &'static str, host: String },
 }
 
 impl Args {
@@ -469,11 +575,35 @@ impl Args {
             addrs
         };
         let non_empty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
+        let pod_namespace = non_empty(self.pod_namespace.clone());
+        let service_account = non_empty(self.service_account.clone());
+        let workload_identity = match &self.root_cert {
+            None => {
+                for (given, flag) in [
+                    (self.ca_address.is_some(), flag::CA_ADDRESS),
+                    (self.control_plane_san.is_some(), flag::CONTROL_PLANE_SAN),
+                    (self.token_file.is_some(), flag::TOKEN_FILE),
+                    (self.trust_domain.is_some(), flag::TRUST_DOMAIN),
+                    (self.cert_ttl.is_some(), flag::CERT_TTL),
+                ] {
+                    if given {
+                        return Err(ConfigError::NeedsRootCert(flag));
+                    }
+                }
+                None
+            }
+            Some(root_cert) => Some(workload_identity(
+                root_cert.clone(),
+                &self,
+                pod_namespace.as_deref(),
+                service_account.as_deref(),
+            )?),
+        };
         let pod_name = non_empty(self.pod_name);
         let workload = non_empty(self.workload_name)
             .or_else(|| pod_name.clone())
             .unwrap_or_else(|| UNKNOWN.to_owned());
-        let namespace = non_empty(self.pod_namespace).unwrap_or_else(|| UNKNOWN.to_owned());
+        let namespace = pod_namespace.unwrap_or_else(|| UNKNOWN.to_owned());
         Ok(Config {
             outbound: listen(self.outbound_port),
             inbound: listen(self.inbound_port),
@@ -491,7 +621,7 @@ impl Args {
                 workload,
                 namespace,
                 pod_ip: self.instance_ip,
-                service_account: non_empty(self.service_account),
+                service_account,
                 owner: non_empty(self.owner),
                 canonical_service: non_empty(self.canonical_service),
                 canonical_revision: non_empty(self.canonical_revision),
@@ -517,8 +647,72 @@ impl Args {
             } else {
                 Vec::new()
             },
+            workload_identity,
         })
     }
+}
+
+/// The workload identity `--root-cert` asks for, from the identity flags.
+fn workload_identity(
+    root_cert: PathBuf,
+    a: &Args,
+    namespace: Option<&str>,
+    service_account: Option<&str>,
+) -> Result<WorkloadIdentity, ConfigError> {
+    use mesh_common::identity as id;
+    let namespace = namespace.ok_or(ConfigError::MissingForIdentity {
+        what: "namespace",
+        var: var::POD_NAMESPACE,
+        flag: flag::POD_NAMESPACE,
+    })?;
+    let service_account = service_account.ok_or(ConfigError::MissingForIdentity {
+        what: "ServiceAccount",
+        var: var::SERVICE_ACCOUNT,
+        flag: flag::SERVICE_ACCOUNT,
+    })?;
+    let trust_domain = a
+        .trust_domain
+        .clone()
+        .unwrap_or_else(|| id::DEFAULT_TRUST_DOMAIN.to_owned());
+    let spiffe_id = id::spiffe_id(&trust_domain, namespace, service_account);
+    if id::parse_spiffe_id(&spiffe_id).is_none() || !spiffe_id.is_ascii() {
+        return Err(ConfigError::BadSpiffeId(spiffe_id));
+    }
+    let (ca_address, ca_flag) = match (&a.ca_address, &a.control_plane) {
+        (Some(ca), _) => (ca.clone(), flag::CA_ADDRESS),
+        (None, Some(cp)) => (cp.clone(), flag::CONTROL_PLANE),
+        (None, None) => return Err(ConfigError::NoCa),
+    };
+    // The name each peer's certificate must carry: --control-plane-san for both, else
+    // the host each is dialled at (for the CA, that of --control-plane by default).
+    let name_for = |address: &str, flag: &'static str| {
+        let host = a
+            .control_plane_san
+            .clone()
+            .unwrap_or_else(|| crate::identity::channel::host_of(address).to_owned());
+        rustls::pki_types::ServerName::try_from(host.clone())
+            .map_err(|_| ConfigError::BadServerName { flag, host })
+    };
+    let ca_server_name = name_for(&ca_address, ca_flag)?;
+    let control_plane_server_name = match &a.control_plane {
+        Some(cp) => Some(name_for(cp, flag::CONTROL_PLANE)?),
+        None => None,
+    };
+    Ok(WorkloadIdentity {
+        spiffe_id,
+        trust_domain,
+        root_cert,
+        ca_address,
+        ca_server_name,
+        control_plane_server_name,
+        token_file: a
+            .token_file
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(id::TOKEN_PATH)),
+        cert_ttl: a
+            .cert_ttl
+            .unwrap_or(Duration::from_secs(id::DEFAULT_CERT_TTL_SECS)),
+    })
 }
 
 #[cfg(test)]
@@ -590,7 +784,37 @@ mod tests {
             flag::CONTROL_PLANE => "mesh-control.mesh-system.svc:15010",
             flag::CONFIG_WAIT => "3s",
             flag::DEBUG_ADDR => "127.0.0.1:15000",
+            flag::ROOT_CERT => "/var/run/secrets/istio/root-cert.pem",
+            flag::CA_ADDRESS => "istiod.istio-system.svc:15012",
+            flag::CONTROL_PLANE_SAN => "mesh-control.mesh-system.svc",
+            flag::TOKEN_FILE => "/var/run/secrets/tokens/istio-token",
+            flag::TRUST_DOMAIN => "cluster.local",
+            flag::CERT_TTL => "12h",
             other => panic!("no sample value for contract flag {other}: add one"),
+        }
+    }
+
+    /// What the identity flags need beside them to make a valid configuration.
+    const IDENTITY_BASE: [&str; 8] = [
+        "--root-cert",
+        "/r.pem",
+        "--control-plane",
+        "mesh-control.mesh-system.svc:15012",
+        "--pod-namespace",
+        "shop",
+        "--service-account",
+        "web",
+    ];
+
+    fn context(f: &str) -> &'static [&'static str] {
+        match f {
+            flag::ROOT_CERT
+            | flag::CA_ADDRESS
+            | flag::CONTROL_PLANE_SAN
+            | flag::TOKEN_FILE
+            | flag::TRUST_DOMAIN
+            | flag::CERT_TTL => &IDENTITY_BASE,
+            _ => &[],
         }
     }
 
@@ -603,8 +827,13 @@ mod tests {
             );
             let v = sample_value(f);
             // Both spellings: `--flag value` and `--flag=value`.
-            parse(&[f, v]).unwrap_or_else(|e| panic!("{f} {v}: {e}"));
-            parse(&[&format!("{f}={v}")]).unwrap_or_else(|e| panic!("{f}={v}: {e}"));
+            let mut list = context(f).to_vec();
+            list.extend([f, v]);
+            parse(&list).unwrap_or_else(|e| panic!("{f} {v}: {e}"));
+            let inline = format!("{f}={v}");
+            let mut list = context(f).to_vec();
+            list.push(&inline);
+            parse(&list).unwrap_or_else(|e| panic!("{f}={v}: {e}"));
         }
         // And the help offers nothing the contract does not list.
         for line in HELP.lines() {
@@ -698,6 +927,154 @@ mod tests {
         // A switch takes no value: what follows is the next flag.
         let c = parse(&["--dns-capture", "--worker-threads", "1"]).unwrap();
         assert_eq!(c.worker_threads, 1);
+    }
+
+    #[test]
+    fn no_root_cert_no_identity() {
+        assert_eq!(parse(&[]).unwrap().workload_identity, None);
+        assert_eq!(parse(&["--root-cert", ""]).unwrap().workload_identity, None);
+        for (f, v) in [
+            (flag::CA_ADDRESS, "istiod:15012"),
+            (flag::CONTROL_PLANE_SAN, "istiod"),
+            (flag::TOKEN_FILE, "/t"),
+            (flag::TRUST_DOMAIN, "cluster.local"),
+            (flag::CERT_TTL, "1h"),
+        ] {
+            let e = parse(&[f, v]).unwrap_err();
+            assert!(e.contains(f) && e.contains("needs --root-cert"), "{f}: {e}");
+        }
+    }
+
+    #[test]
+    fn root_cert_gives_an_identity_with_istios_defaults() {
+        let w = parse(&IDENTITY_BASE).unwrap().workload_identity.unwrap();
+        assert_eq!(w.spiffe_id, "spiffe://cluster.local/ns/shop/sa/web");
+        assert_eq!(w.trust_domain, "cluster.local");
+        assert_eq!(w.root_cert, PathBuf::from("/r.pem"));
+        assert_eq!(w.ca_address, "mesh-control.mesh-system.svc:15012");
+        let name = |n: &str| rustls::pki_types::ServerName::try_from(n.to_owned()).unwrap();
+        assert_eq!(w.ca_server_name, name("mesh-control.mesh-system.svc"));
+        assert_eq!(
+            w.control_plane_server_name,
+            Some(name("mesh-control.mesh-system.svc"))
+        );
+        assert_eq!(
+            w.token_file,
+            PathBuf::from("/var/run/secrets/tokens/istio-token")
+        );
+        assert_eq!(w.cert_ttl, Duration::from_secs(86_400));
+        // From the environment, as the injector sets them.
+        let env = |k: &str| match k {
+            "POD_NAMESPACE" => Some("bookstore".to_owned()),
+            "SERVICE_ACCOUNT" => Some("reviews".to_owned()),
+            _ => None,
+        };
+        let w = run_args(
+            &[
+                "--root-cert=/r.pem",
+                "--control-plane=[fd00::20]:15012",
+                "--trust-domain=corp.example",
+                "--cert-ttl=90m",
+                "--token-file=/t",
+            ],
+            &env,
+        )
+        .into_config()
+        .unwrap()
+        .workload_identity
+        .unwrap();
+        assert_eq!(w.spiffe_id, "spiffe://corp.example/ns/bookstore/sa/reviews");
+        // An IP host and no SAN flag: the certificate must carry that IP.
+        assert_eq!(w.ca_server_name, name("fd00::20"));
+        assert!(matches!(
+            w.ca_server_name,
+            rustls::pki_types::ServerName::IpAddress(_)
+        ));
+        assert_eq!(w.cert_ttl, Duration::from_secs(5400));
+        assert_eq!(w.token_file, PathBuf::from("/t"));
+    }
+
+    #[test]
+    fn ca_address_and_san() {
+        let mut list = IDENTITY_BASE.to_vec();
+        list.extend(["--ca-address", "10.96.0.9:15012"]);
+        let w = parse(&list).unwrap().workload_identity.unwrap();
+        assert_eq!(w.ca_address, "10.96.0.9:15012");
+        let name = |n: &str| rustls::pki_types::ServerName::try_from(n.to_owned()).unwrap();
+        assert_eq!(w.ca_server_name, name("10.96.0.9"));
+        assert_eq!(
+            w.control_plane_server_name,
+            Some(name("mesh-control.mesh-system.svc"))
+        );
+        list.extend(["--control-plane-san", "istiod.istio-system.svc"]);
+        let w = parse(&list).unwrap().workload_identity.unwrap();
+        assert_eq!(w.ca_server_name, name("istiod.istio-system.svc"));
+        assert_eq!(
+            w.control_plane_server_name,
+            Some(name("istiod.istio-system.svc"))
+        );
+        // A CA alone, no control plane: identity without a config stream.
+        let w = parse(&[
+            "--root-cert=/r.pem",
+            "--ca-address=ca.example:15012",
+            "--pod-namespace=a",
+            "--service-account=b",
+        ])
+        .unwrap()
+        .workload_identity
+        .unwrap();
+        assert_eq!(w.control_plane_server_name, None);
+        assert_eq!(w.ca_server_name, name("ca.example"));
+    }
+
+    #[test]
+    fn identity_errors_name_what_is_missing() {
+        let without = |skip: &str| {
+            let mut list = Vec::new();
+            let mut it = IDENTITY_BASE.iter();
+            while let (Some(f), Some(v)) = (it.next(), it.next()) {
+                if *f != skip {
+                    list.extend([*f, *v]);
+                }
+            }
+            parse(&list).unwrap_err()
+        };
+        let e = without("--pod-namespace");
+        assert!(
+            e.contains("POD_NAMESPACE") && e.contains("--pod-namespace"),
+            "{e}"
+        );
+        let e = without("--service-account");
+        assert!(
+            e.contains("SERVICE_ACCOUNT") && e.contains("--service-account"),
+            "{e}"
+        );
+        let e = without("--control-plane");
+        assert!(
+            e.contains("--ca-address") && e.contains("--control-plane"),
+            "{e}"
+        );
+        let with = |extra: &[&str]| {
+            let mut list = IDENTITY_BASE.to_vec();
+            list.extend_from_slice(extra);
+            parse(&list).unwrap_err()
+        };
+        let e = with(&["--cert-ttl", "500ms"]);
+        assert!(e.contains("--cert-ttl") && e.contains("at least 1s"), "{e}");
+        let e = with(&["--cert-ttl", "1 day"]);
+        assert!(e.contains("--cert-ttl"), "{e}");
+        let e = with(&["--trust-domain", "Cluster.Local"]);
+        assert!(e.contains("--trust-domain"), "{e}");
+        let e = with(&["--trust-domain", "a/b"]);
+        assert!(e.contains("--trust-domain"), "{e}");
+        let e = with(&["--control-plane-san", "not a name"]);
+        assert!(e.contains("--control-plane-san"), "{e}");
+        let e = with(&["--ca-address", "istiod"]);
+        assert!(e.contains("--ca-address") && e.contains("host:port"), "{e}");
+        let e = with(&["--token-file", ""]);
+        assert!(e.contains("--token-file"), "{e}");
+        let e = with(&["--service-account", "a/b"]);
+        assert!(e.contains("SPIFFE"), "{e}");
     }
 
     #[test]

@@ -3,7 +3,10 @@
 //! directly ([`Config::loopback`]).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
+
+use rustls::pki_types::ServerName;
 
 /// How bytes are moved between the two sockets of a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,6 +69,30 @@ impl Identity {
     }
 }
 
+/// The workload identity (`--root-cert` given): who the proxy is in the mesh and where
+/// its certificate comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkloadIdentity {
+    /// `spiffe://<trust domain>/ns/<namespace>/sa/<service account>`.
+    pub spiffe_id: String,
+    pub trust_domain: String,
+    /// The mesh roots (PEM), re-read at every connection to mesh-control or the CA and
+    /// whenever the file changes.
+    pub root_cert: PathBuf,
+    /// The CA's `host:port` (`--ca-address`, else `--control-plane`).
+    pub ca_address: String,
+    /// The name the CA's certificate must carry (`--control-plane-san`, else the host of
+    /// the CA's address).
+    pub ca_server_name: ServerName<'static>,
+    /// The name mesh-control's certificate must carry (`--control-plane-san`, else the
+    /// host of `--control-plane`); `None` without a control plane.
+    pub control_plane_server_name: Option<ServerName<'static>>,
+    /// The projected ServiceAccount token (`--token-file`).
+    pub token_file: PathBuf,
+    /// The certificate lifetime asked of the CA (`--cert-ttl`), whole seconds.
+    pub cert_ttl: Duration,
+}
+
 /// The label value Istio uses when it cannot tell.
 pub const UNKNOWN: &str = "unknown";
 
@@ -99,6 +126,9 @@ pub struct Config {
     pub debug_addr: SocketAddr,
     /// Where to answer the app's DNS (`--dns-capture`); empty: no DNS proxy.
     pub dns: Vec<SocketAddr>,
+    /// The workload identity and mTLS (`--root-cert`); `None`: plaintext config stream,
+    /// no certificate.
+    pub workload_identity: Option<WorkloadIdentity>,
 }
 
 impl Config {
@@ -124,6 +154,7 @@ impl Config {
             config_wait: Duration::from_secs(10),
             debug_addr: lo,
             dns: Vec::new(),
+            workload_identity: None,
         }
     }
 }

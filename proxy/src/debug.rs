@@ -2,6 +2,9 @@
 //!
 //! - `GET /config_dump`: JSON of what the proxy holds now, key by key, as mesh-control
 //!   sent it, with whether the stream is up.
+//! - `GET /certs`: JSON of the workload identity (`--root-cert`): the SPIFFE id, the
+//!   certificate's serial, validity and seconds to expiry, the mesh roots' subjects and
+//!   fingerprints, the last failed certificate request.
 //! - `GET /debug/route?host=H[&port=P][&path=/p][&method=GET][&header=k:v]...`: JSON of
 //!   where such a request would go: the Service, the matched rule and VirtualService,
 //!   the cluster and subset, the endpoint a pick chose now, and the faults, rewrites or
@@ -22,17 +25,23 @@ use tracing::debug;
 use crate::admin::{Request, Response, read_request};
 use crate::control::{LOOKUP_WAIT, Store};
 use crate::http::{RequestView, explain};
+use crate::identity::IdentityStore;
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves the debug endpoints on `listener` until the process ends.
-pub async fn serve(listener: TcpListener, store: Option<Arc<Store>>) {
+pub async fn serve(
+    listener: TcpListener,
+    store: Option<Arc<Store>>,
+    identity: Option<Arc<IdentityStore>>,
+) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
                 let store = store.clone();
+                let identity = identity.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = handle(stream, store.as_deref()).await {
+                    if let Err(e) = handle(stream, store.as_deref(), identity.as_deref()).await {
                         debug!(error = %e, "debug request failed");
                     }
                 });
@@ -45,11 +54,16 @@ pub async fn serve(listener: TcpListener, store: Option<Arc<Store>>) {
     }
 }
 
-async fn handle(mut stream: TcpStream, store: Option<&Store>) -> std::io::Result<()> {
+async fn handle(
+    mut stream: TcpStream,
+    store: Option<&Store>,
+    identity: Option<&IdentityStore>,
+) -> std::io::Result<()> {
     let response = match tokio::time::timeout(REQUEST_TIMEOUT, read_request(&mut stream)).await {
         Err(_) => return Ok(()),
         Ok(Err(e)) => return Err(e),
         Ok(Ok(Err(e))) => Response::text(400, format!("{e}\n")),
+        Ok(Ok(Ok(req))) if req.path == "/certs" => certs(&req, identity),
         Ok(Ok(Ok(req))) => route(&req, store).await,
     };
     stream.write_all(&response.to_bytes()).await?;
@@ -93,6 +107,20 @@ fn decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// `GET /certs`.
+pub fn certs(req: &Request, identity: Option<&IdentityStore>) -> Response {
+    if req.method != "GET" {
+        return Response::text(405, "use GET\n");
+    }
+    match identity {
+        Some(id) => json(200, &id.dump()),
+        None => Response::text(
+            404,
+            "no workload identity (--root-cert): the proxy holds no certificate\n",
+        ),
+    }
+}
+
 /// Routes one debug request.
 pub async fn route(req: &Request, store: Option<&Store>) -> Response {
     if req.method != "GET" {
@@ -110,7 +138,7 @@ pub async fn route(req: &Request, store: Option<&Store>) -> Response {
         "/debug/route" => debug_route(query, store).await,
         _ => Response::text(
             404,
-            "not found: try /config_dump or /debug/route?host=...\n",
+            "not found: try /config_dump, /certs or /debug/route?host=...\n",
         ),
     }
 }
@@ -243,6 +271,24 @@ mod tests {
         let r = route(&req, Some(&store)).await;
         assert_eq!(r.status, 200);
         assert!(r.body.contains("\"resources\""), "{}", r.body);
+    }
+
+    #[test]
+    fn certs_needs_an_identity() {
+        let (req, _) = crate::admin::parse_head(b"GET /certs HTTP/1.1\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        let r = certs(&req, None);
+        assert_eq!(r.status, 404);
+        assert!(r.body.contains("--root-cert"), "{}", r.body);
+        let ca = crate::identity::testca::TestCa::new();
+        let id = "spiffe://cluster.local/ns/shop/sa/web";
+        let store = IdentityStore::fixed(ca.issue(id, 60), ca.roots(), "cluster.local");
+        let r = certs(&req, Some(&store));
+        assert_eq!((r.status, r.content_type), (200, "application/json"));
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(v["identity"], id);
+        assert!(v["certificate"]["serial"].is_string(), "{v}");
     }
 
     #[test]

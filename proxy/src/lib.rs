@@ -7,8 +7,10 @@
 //! connects there, and hands both sockets to the copy engine ([`copy`]: generic over
 //! streams, `splice(2)` for plain TCP). The record counts the connection in
 //! [`metrics`] and writes its [`access_log`] line, once; [`admin`] serves readiness,
-//! the drain and the metrics. [`Proxy`] ties the pieces together, with one
-//! single-threaded event loop per [`workers`] thread; `main.rs` only parses flags
+//! the drain and the metrics. With `--root-cert` the proxy has a workload identity
+//! ([`identity`]): a certificate from the CA, kept current, and the rustls configs of
+//! mTLS. [`Proxy`] ties the pieces together, with one single-threaded event loop per
+//! [`workers`] thread; `main.rs` only parses flags
 //! ([`cli`] into a [`config::Config`]), starts [`logging`] and the first runtime, and
 //! waits for signals.
 #![forbid(unsafe_code)]
@@ -16,6 +18,7 @@
 pub mod access_log;
 pub mod addrs;
 pub mod admin;
+pub mod authz;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -25,6 +28,7 @@ pub mod direction;
 pub mod dns;
 pub mod flow;
 pub mod http;
+pub mod identity;
 pub mod listener;
 pub mod logging;
 pub mod metrics;
@@ -148,6 +152,8 @@ pub struct Proxy {
     workers: Vec<Worker>,
     /// Tells the workers that the proxy no longer waits for their connections.
     stop: watch::Sender<bool>,
+    /// The workload identity (`--root-cert`), not yet fetching.
+    identity: Option<Arc<identity::IdentityStore>>,
 }
 
 fn bind_one(addr: SocketAddr, what: &'static str) -> Result<TcpListener, ProxyError> {
@@ -220,6 +226,10 @@ impl Proxy {
         let debug_listener = bind_one(config.debug_addr, "debug")?;
         addrs.debug = debug_listener.local_addr().unwrap_or(config.debug_addr);
 
+        let workload_identity = config
+            .workload_identity
+            .as_ref()
+            .map(|w| identity::store(w, config.connect_timeout));
         let metrics = Arc::new(Metrics::new(config.identity.clone()));
         let http_metrics = Arc::new(http::HttpMetrics::new(&config.identity));
         let (drain_tx, drain_rx) = watch::channel(false);
@@ -289,6 +299,7 @@ impl Proxy {
             lb: lb.clone(),
             drain: drain_tx,
             terminating: Default::default(),
+            identity: workload_identity.clone(),
         });
         let tracker = Arc::new(ConnTracker::default());
         let stop = watch::channel(false).0;
@@ -332,6 +343,7 @@ impl Proxy {
             tracker,
             workers,
             stop,
+            identity: workload_identity,
         })
     }
 
@@ -341,6 +353,12 @@ impl Proxy {
 
     pub fn metrics(&self) -> Arc<Metrics> {
         self.shared.metrics.clone()
+    }
+
+    /// The workload identity (`--root-cert`): its certificate once issued, and the source
+    /// of the mTLS configs ([`identity::tls`]).
+    pub fn identity(&self) -> Option<Arc<identity::IdentityStore>> {
+        self.identity.clone()
     }
 
     pub fn drain_trigger(&self) -> DrainTrigger {
@@ -367,9 +385,16 @@ impl Proxy {
             tracker,
             workers,
             stop,
+            identity,
         } = self;
         let store = shared.l7.as_ref().map(|l| l.store.clone());
-        let debug_task = tokio::spawn(debug::serve(debug_listener, store.clone()));
+        let debug_task = tokio::spawn(debug::serve(
+            debug_listener,
+            store.clone(),
+            identity.clone(),
+        ));
+        // Ready needs a certificate too (admin.rs); the first request goes out now.
+        let identity_task = identity.clone().map(|s| tokio::spawn(s.run()));
         // DNS keeps answering through the drain (a draining app still resolves names);
         // it stops when the proxy exits.
         let (dns_stop, dns_stopped) = watch::channel(false);
@@ -392,6 +417,7 @@ impl Proxy {
                     idle: control::IDLE_KEY,
                     connect_timeout: shared.config.connect_timeout,
                     lb,
+                    tls: control_plane_tls(&shared.config, identity.as_ref()),
                 };
                 let ready = admin.clone();
                 // Ready at the first config, or when the wait for it runs out.
@@ -472,6 +498,9 @@ impl Proxy {
         if let Some(t) = client_task {
             t.abort();
         }
+        if let Some(t) = identity_task {
+            t.abort();
+        }
         stop.send_replace(true);
         for t in threads {
             // The workers end as soon as they see `stop`.
@@ -479,6 +508,32 @@ impl Proxy {
         }
         DrainReport { cut }
     }
+}
+
+/// TLS to mesh-control with `--root-cert`: verified against the root for the control
+/// plane's name, offering the workload certificate once held (if mesh-control asks).
+fn control_plane_tls(
+    config: &Config,
+    identity: Option<&Arc<identity::IdentityStore>>,
+) -> Option<identity::channel::TlsSettings> {
+    let w = config.workload_identity.as_ref()?;
+    // The configuration always names the server (cli.rs); a hand-made one may not: the
+    // host dialled then, and never a downgrade to plaintext (0.0.0.0 verifies nothing).
+    let server_name = w.control_plane_server_name.clone().unwrap_or_else(|| {
+        let host = config
+            .control_plane
+            .as_deref()
+            .map(identity::channel::host_of)
+            .unwrap_or_default();
+        rustls::pki_types::ServerName::try_from(host.to_owned()).unwrap_or(
+            rustls::pki_types::ServerName::IpAddress(std::net::Ipv4Addr::UNSPECIFIED.into()),
+        )
+    });
+    Some(identity::channel::TlsSettings {
+        root_cert: w.root_cert.clone(),
+        server_name,
+        client_cert: identity.map(identity::tls::client_cert_resolver),
+    })
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@ fn main() -> anyhow::Result<()> {
         canonical_revision = id.canonical_revision.as_deref(),
         app = id.app.as_deref(),
         version = id.version.as_deref(),
+        spiffe_id = config.workload_identity.as_ref().map(|w| w.spiffe_id.as_str()),
         "identity"
     );
     match raise_fd_limit() {

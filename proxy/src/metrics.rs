@@ -58,13 +58,16 @@ pub enum RefusalReason {
     Limit,
     /// The kernel had no original destination for it.
     NoOriginalDst,
+    /// An AuthorizationPolicy denied it (inbound TCP).
+    Denied,
 }
 
 impl RefusalReason {
-    pub const ALL: [RefusalReason; 3] = [
+    pub const ALL: [RefusalReason; 4] = [
         RefusalReason::Loop,
         RefusalReason::Limit,
         RefusalReason::NoOriginalDst,
+        RefusalReason::Denied,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -72,6 +75,7 @@ impl RefusalReason {
             RefusalReason::Loop => "loop",
             RefusalReason::Limit => "limit",
             RefusalReason::NoOriginalDst => "no_original_dst",
+            RefusalReason::Denied => "denied",
         }
     }
 
@@ -81,6 +85,8 @@ impl RefusalReason {
         match self {
             RefusalReason::Loop | RefusalReason::NoOriginalDst => ResponseFlags::NoRoute,
             RefusalReason::Limit => ResponseFlags::Overload,
+            // Envoy's RBAC filter sets no flag either.
+            RefusalReason::Denied => ResponseFlags::None,
         }
     }
 }
@@ -204,7 +210,7 @@ pub struct Metrics {
     series: Mutex<HashMap<SeriesKey, Arc<TcpSeries>>>,
     active: [AtomicU64; 2],
     connect_errors: [[AtomicU64; 6]; 2],
-    refused: [[AtomicU64; 3]; 2],
+    refused: [[AtomicU64; RefusalReason::ALL.len()]; 2],
     accept_errors: [AtomicU64; 2],
     connect_latency: [LatencyHistogram; 2],
 }
@@ -727,7 +733,8 @@ mod tests {
 
     /// The whole exposition, byte for byte (the file was first rendered by the code
     /// before it moved onto `mesh_common::prom`; since then only the canonical
-    /// service/revision labels were added and app/version filled in).
+    /// service/revision labels were added, app/version filled in, and the `denied`
+    /// refusal reason added).
     #[test]
     fn rendering_is_unchanged() {
         let m = web_with_two_series();

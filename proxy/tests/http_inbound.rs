@@ -106,3 +106,74 @@ async fn app_not_listening_is_503_uf_without_retries() {
     assert_eq!(l["response_flags"], "UF");
     assert_eq!(l["upstream_host"], dead.to_string());
 }
+
+/// AuthorizationPolicy on the inbound side (no mTLS yet, so by method, path and source
+/// address): a denied request gets Istio's 403 `RBAC: access denied` and never reaches
+/// the app; the rest do. Counted at `reporter="destination"` with their codes.
+#[tokio::test]
+async fn authorization_policies_deny_with_403_before_the_app() {
+    use mesh_config::authz::{AuthzPolicy, AuthzRule, Operation, Source};
+    let app = upstream("app", Proto::H1).await;
+    let mut r = resolver_for_app();
+    let own = mesh_config::Workload {
+        ip: "127.0.0.1".parse().unwrap(),
+        pod: "reviews-v1-0".into(),
+        meta: peer("v1"),
+        services: vec![],
+        inbound_tls: Default::default(),
+        authorization: mesh_config::Authorization {
+            deny: vec![AuthzPolicy {
+                name: "default/no-admin".into(),
+                rules: vec![AuthzRule {
+                    to: vec![Operation {
+                        paths: vec!["/admin/*".into()],
+                        ..Operation::default()
+                    }],
+                    ..AuthzRule::default()
+                }],
+            }],
+            allow: vec![AuthzPolicy {
+                name: "default/viewer".into(),
+                rules: vec![AuthzRule {
+                    from: vec![Source {
+                        ip_blocks: vec!["127.0.0.0/8".into()],
+                        ..Source::default()
+                    }],
+                    to: vec![Operation {
+                        methods: vec!["GET".into()],
+                        ..Operation::default()
+                    }],
+                    ..AuthzRule::default()
+                }],
+            }],
+        },
+    };
+    r.own = Some(std::sync::Arc::new(own));
+    let p = proxy(r, app.addr, Side::Inbound).await;
+    let mut c = H1Client::connect(p.addr).await;
+    let (s, _, b) = c.get("reviews:9080", "/reviews/0", &[]).await;
+    assert_eq!((s.as_u16(), b.as_str()), (200, "app"));
+    let (s, _, b) = c.get("reviews:9080", "/admin/users?all=1", &[]).await;
+    assert_eq!((s.as_u16(), b.as_str()), (403, "RBAC: access denied"));
+    let req = Request::post("/reviews/0")
+        .header("host", "reviews:9080")
+        .body(empty())
+        .unwrap();
+    let (s, _, b) = read(c.send(req).await).await;
+    assert_eq!((s.as_u16(), b.as_str()), (403, "RBAC: access denied"));
+    // The app saw only the allowed request.
+    let seen: Vec<String> = app
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.1.clone())
+        .collect();
+    assert_eq!(seen, ["/reviews/0"]);
+    let code = |c: &str| format!("response_code=\"{c}\"");
+    assert_eq!(
+        p.wait_requests(&["reporter=\"destination\"", &code("403")], 2)
+            .await,
+        2
+    );
+}

@@ -1,7 +1,8 @@
 //! The config stream's client: one gRPC stream to mesh-control, kept up for the proxy's
 //! life.
 //!
-//! It connects (h2 over plain TCP; TLS comes with the CA), sends its [`Node`] and every
+//! It connects (h2 over plain TCP, or over TLS 1.3 verified against the mesh root with
+//! `--root-cert`: [`crate::identity::channel`]), sends its [`Node`] and every
 //! key the store holds or connections asked for, then applies each response whole and
 //! ACKs it, or NACKs it and keeps the old config. Connections' new keys are subscribed as
 //! they come; idle keys are unsubscribed. When the stream breaks, the store keeps its
@@ -18,6 +19,7 @@ use tracing::{debug, info, warn};
 
 use super::store::Store;
 use crate::http::CompiledService;
+use crate::identity::channel::{self, ChannelError, Target, TlsSettings};
 
 /// How the client runs.
 #[derive(Debug, Clone)]
@@ -30,17 +32,17 @@ pub struct ClientSettings {
     pub connect_timeout: Duration,
     /// Load-balancing state kept across config updates.
     pub lb: Arc<crate::http::LbStates>,
+    /// TLS to mesh-control (`--root-cert`); `None`: plaintext.
+    pub tls: Option<TlsSettings>,
 }
 
 /// Why one stream ended.
 #[derive(Debug, thiserror::Error)]
 enum StreamError {
-    #[error("cannot resolve {0}: {1}")]
-    Resolve(String, std::io::Error),
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
     #[error("cannot connect to {0}: {1}")]
     Connect(String, String),
-    #[error("h2 handshake: {0}")]
-    Handshake(hyper::Error),
     #[error("gRPC: {0}")]
     Grpc(#[from] tonic::Status),
     #[error("stream closed by mesh-control")]
@@ -74,75 +76,19 @@ pub async fn run(
     }
 }
 
-/// A tower service over one h2 connection, for tonic's generic client.
-#[derive(Clone)]
-struct H2(hyper::client::conn::http2::SendRequest<tonic::body::Body>);
-
-impl tower_service::Service<http::Request<tonic::body::Body>> for H2 {
-    type Response = http::Response<hyper::body::Incoming>;
-    type Error = hyper::Error;
-    type Future =
-        std::pin::Pin<Box<dyn Future<Output = Result<Self::Response, hyper::Error>> + Send>>;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), hyper::Error>> {
-        self.0.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
-        let fut = self.0.send_request(req);
-        Box::pin(fut)
-    }
-}
-
-async fn connect(settings: &ClientSettings) -> Result<H2, StreamError> {
-    let addr = &settings.address;
-    let addrs: Vec<_> = tokio::net::lookup_host(addr.as_str())
-        .await
-        .map_err(|e| StreamError::Resolve(addr.clone(), e))?
-        .collect();
-    let mut last = String::from("no address");
-    for a in addrs {
-        match tokio::time::timeout(settings.connect_timeout, tokio::net::TcpStream::connect(a))
-            .await
-        {
-            Ok(Ok(tcp)) => {
-                let _ = tcp.set_nodelay(true);
-                let (send, conn) =
-                    hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                        .timer(hyper_util::rt::TokioTimer::new())
-                        .keep_alive_interval(Duration::from_secs(30))
-                        .keep_alive_timeout(Duration::from_secs(10))
-                        .handshake(hyper_util::rt::TokioIo::new(tcp))
-                        .await
-                        .map_err(StreamError::Handshake)?;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        debug!(error = %e, "config connection ended");
-                    }
-                });
-                return Ok(H2(send));
-            }
-            Ok(Err(e)) => last = e.to_string(),
-            Err(_) => last = "timed out".into(),
-        }
-    }
-    Err(StreamError::Connect(addr.clone(), last))
-}
-
 async fn stream_once(
     store: &Store,
     settings: &ClientSettings,
     wanted: &mut mpsc::UnboundedReceiver<Key>,
     first_config: &mut Option<impl FnOnce() + Send>,
 ) -> Result<(), StreamError> {
-    let h2 = connect(settings).await?;
-    let origin: http::Uri = format!("http://{}", settings.address)
-        .parse()
-        .unwrap_or_else(|_| http::Uri::from_static("http://mesh-control"));
-    let mut grpc = tonic::client::Grpc::with_origin(h2, origin);
+    let target = Target {
+        address: settings.address.clone(),
+        connect_timeout: settings.connect_timeout,
+        tls: settings.tls.clone(),
+    };
+    let h2 = channel::connect(&target).await?;
+    let mut grpc = tonic::client::Grpc::with_origin(h2, channel::origin(&target));
     grpc.ready()
         .await
         .map_err(|e| StreamError::Connect(settings.address.clone(), e.to_string()))?;

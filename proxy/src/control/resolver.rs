@@ -70,13 +70,21 @@ impl Resolver for StoreResolver {
         })
     }
 
-    fn inbound_service(&self, target_port: u16) -> BoxFuture<'_, Option<LocalService>> {
+    fn own_workload(&self) -> BoxFuture<'_, Option<Arc<mesh_config::Workload>>> {
         Box::pin(async move {
             let ip = self.own_ip?;
-            let Answer::Workload(w) = self.answer(Key::Address(ip)).await? else {
-                return None;
-            };
+            match self.answer(Key::Address(ip)).await? {
+                Answer::Workload(w) => Some(w),
+                _ => None,
+            }
+        })
+    }
+
+    fn inbound_service(&self, target_port: u16) -> BoxFuture<'_, Option<LocalService>> {
+        Box::pin(async move {
+            let w = self.own_workload().await?;
             // The first Service (mesh-control sorts them) with a port targeting this one.
+            // (Through `own_workload`'s answer, so both read one Workload.)
             w.services.iter().find_map(|s| {
                 let port = s.ports.iter().find(|p| p.target_port == target_port)?;
                 Some(LocalService {

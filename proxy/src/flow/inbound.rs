@@ -1,7 +1,7 @@
 //! Inbound: a peer dialled the pod and the nat PREROUTING rules sent it here; the proxy
 //! dials the app from the passthrough source (127.0.0.6 or ::6), which the OUTPUT chain
-//! lets through, so the connection is not captured a second time. mTLS termination and
-//! authorization land here.
+//! lets through, so the connection is not captured a second time. AuthorizationPolicy
+//! is checked here for TCP (per request in the HTTP engine); mTLS termination lands here.
 
 use std::time::Instant;
 
@@ -10,7 +10,9 @@ use tracing::{debug, info};
 
 use super::http::{Plan, SniffOutcome, plan_inbound, sniff, tcp_inbound_peer};
 use super::{Shared, connect, http, original_dst, refuse, reset, tcp};
-use crate::addrs::ListenAddr;
+use crate::addrs::{ListenAddr, OrigDstAddr};
+use crate::authz::{Attributes, Decision};
+use crate::metrics::RefusalReason;
 use crate::record::ConnRecord;
 
 pub(super) async fn handle(
@@ -40,6 +42,14 @@ pub(super) async fn handle(
             return Box::pin(http::serve(shared, l7, client, record.client(), orig, true)).await;
         }
         record.set_peer(tcp_inbound_peer(l7, record.client(), orig).await);
+        if let Some(denied) = tcp_denied(l7, record, orig).await {
+            // As Istio's sidecars: the connection is closed (FIN), nothing reaches the app.
+            info!(dst = %orig, client = %record.client(), decision = ?denied, "connection denied by AuthorizationPolicy");
+            record.refuse(RefusalReason::Denied, Some(orig));
+            drop(dialled);
+            drop(client);
+            return;
+        }
     }
     let dialled = match dialled {
         Some(r) => r,
@@ -60,4 +70,23 @@ pub(super) async fn handle(
     debug!(dst = %orig, "connected to the app");
     let result = tcp::forward(shared, &mut client, &mut upstream, &meters).await;
     record.closed(result.err().as_ref());
+}
+
+/// The AuthorizationPolicies of this pod for a TCP connection; `Some`: denied.
+async fn tcp_denied(l7: &http::L7, record: &ConnRecord<'_>, orig: OrigDstAddr) -> Option<Decision> {
+    use crate::http::Resolver as _;
+    let w = l7.resolver.own_workload().await?;
+    if w.authorization.is_empty() {
+        return None;
+    }
+    let attrs = Attributes {
+        principal: None,
+        source_ip: record.client().ip(),
+        destination_ip: orig.ip(),
+        destination_port: orig.port(),
+        sni: None,
+        http: None,
+    };
+    let d = crate::authz::evaluate(&w.authorization, &attrs);
+    (!d.allowed()).then_some(d)
 }

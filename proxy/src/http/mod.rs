@@ -137,6 +137,12 @@ pub trait Resolver: Send + Sync {
     /// (inbound: `destination_service`, and the port's protocol). Asked once per
     /// inbound connection.
     fn inbound_service(&self, target_port: u16) -> BoxFuture<'_, Option<LocalService>>;
+
+    /// This pod's own Workload (inbound: its AuthorizationPolicies and PeerAuthentication).
+    /// Asked once per inbound connection. Default: unknown.
+    fn own_workload(&self) -> BoxFuture<'_, Option<Arc<mesh_config::Workload>>> {
+        Box::pin(async { None })
+    }
 }
 
 /// One of this pod's Services, as the inbound side reports it.

@@ -84,6 +84,8 @@ struct ConnState {
     peer: Arc<PeerLabels>,
     /// Inbound: the Service the pod port belongs to.
     local: Option<(Arc<ServiceLabels>, Protocol)>,
+    /// Inbound: this pod's Workload when AuthorizationPolicies apply to it.
+    authz: Option<Arc<mesh_config::Workload>>,
 }
 
 /// Reads until the bytes read are the h2 client preface, or cannot be. `None`: the
@@ -145,9 +147,9 @@ where
         return Ok(());
     };
     let io = TokioIo::new(Prefixed::new(prefix, io));
-    let (peer, local) =
+    let (peer, local, authz) =
         match direction {
-            Direction::Outbound => (ctx.engine.metrics.unknown_peer(), None),
+            Direction::Outbound => (ctx.engine.metrics.unknown_peer(), None, None),
             Direction::Inbound => {
                 let peer = match ctx.resolver.peer(ctx.client.ip()).await {
                     Some(m) => Arc::new(PeerLabels::of_meta(&m)),
@@ -161,7 +163,12 @@ where
                         )
                     },
                 );
-                (peer, local)
+                let authz = ctx
+                    .resolver
+                    .own_workload()
+                    .await
+                    .filter(|w| !w.authorization.is_empty());
+                (peer, local, authz)
             }
         };
     let drain = ctx.drain.clone();
@@ -171,6 +178,7 @@ where
         downstream_h2: h2,
         peer,
         local,
+        authz,
     });
     let service = service_fn(move |req| {
         let st = st.clone();
@@ -224,6 +232,30 @@ async fn handle(st: Arc<ConnState>, mut req: Request<Incoming>) -> Response<Resp
         Direction::Outbound => outbound(&st, req, ex, &mut rng).await,
         Direction::Inbound => {
             ex.peer = st.peer.clone();
+            if let Some((labels, _)) = &st.local {
+                ex.service = labels.clone();
+            }
+            if let Some(w) = &st.authz {
+                let v = RequestView::of(&req);
+                let attrs = crate::authz::Attributes {
+                    principal: None,
+                    source_ip: st.ctx.client.ip(),
+                    destination_ip: st.ctx.orig_dst.ip(),
+                    destination_port: st.ctx.orig_dst.port(),
+                    sni: None,
+                    http: Some(crate::authz::HttpAttributes {
+                        host: v.authority,
+                        method: v.method,
+                        path: req.uri().path(),
+                        headers: req.headers(),
+                    }),
+                };
+                let decision = crate::authz::evaluate(&w.authorization, &attrs);
+                if !decision.allowed() {
+                    tracing::debug!(?decision, client = %st.ctx.client, "request denied by AuthorizationPolicy");
+                    return exchange::local_reply(ex, 403, "RBAC: access denied", None);
+                }
+            }
             let h2 = match &st.local {
                 Some((labels, proto)) => {
                     ex.service = labels.clone();

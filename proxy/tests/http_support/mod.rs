@@ -391,6 +391,8 @@ pub struct StaticResolver {
     pub addrs: HashMap<IpAddr, Arc<CompiledService>>,
     pub peers: HashMap<IpAddr, PeerMeta>,
     pub local: Option<LocalService>,
+    /// The pod's own Workload (its AuthorizationPolicies).
+    pub own: Option<Arc<mesh_config::Workload>>,
 }
 
 impl StaticResolver {
@@ -423,6 +425,9 @@ impl Resolver for StaticResolver {
     }
     fn inbound_service(&self, _port: u16) -> BoxFuture<'_, Option<LocalService>> {
         Box::pin(async move { self.local.clone() })
+    }
+    fn own_workload(&self) -> BoxFuture<'_, Option<Arc<mesh_config::Workload>>> {
+        Box::pin(async move { self.own.clone() })
     }
 }
 
