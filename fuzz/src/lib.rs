@@ -69,14 +69,15 @@ fn drop_if_empty(obj: &mut Map<String, Value>, key: &str) {
 }
 
 /// What injection may have had to create and uninject cannot know was not there, dropped:
-/// an empty (or null) `metadata.annotations`, `metadata`, `spec.initContainers`,
-/// `spec.volumes` and `spec.imagePullSecrets`. This is inject_properties.rs' `normalized`,
-/// widened to `null` (which Kubernetes reads as absent) and to the other lists the status
-/// annotation can record.
+/// an empty (or null) `metadata.annotations`, `metadata.labels`, `metadata`,
+/// `spec.initContainers`, `spec.volumes` and `spec.imagePullSecrets`. This is
+/// inject_properties.rs' `normalized`, widened to `null` (which Kubernetes reads as absent)
+/// and to the other lists the status annotation can record.
 pub fn normalized(mut v: Value) -> Value {
     if let Some(obj) = v.as_object_mut() {
         if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
             drop_if_empty(m, "annotations");
+            drop_if_empty(m, "labels");
         }
         drop_if_empty(obj, "metadata");
         if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {

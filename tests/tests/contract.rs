@@ -13,7 +13,11 @@
 //! - `mesh-init -u`/`-g` differ from the uid/gid the proxy container really runs as, so
 //!   the proxy's own connections would be captured and loop;
 //! - one of the two has `--dns-capture` and the other not: the app's DNS would be sent to a
-//!   port nobody answers on (or the proxy would answer DNS nobody sends it).
+//!   port nobody answers on (or the proxy would answer DNS nobody sends it);
+//! - the proxy is given a workload identity (`--root-cert`) but a file it reads for it (the
+//!   root certificate, the ServiceAccount token at `--token-file` or its default path) is
+//!   not on a mount of a pod volume, or the token volume is not a projected token for the
+//!   CA's audience with that file name.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
 
 use std::cell::RefCell;
@@ -22,7 +26,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use mesh_common::contract;
-use mesh_webhook::config::{InjectConfig, NativeSidecars};
+use mesh_webhook::config::{ControlPlaneAuthPolicy, InjectConfig, NativeSidecars};
 use mesh_webhook::inject::{self, InjectRequest, NamespacePolicy};
 use mesh_webhook::{workloads, yaml};
 use serde_json::{Value, json};
@@ -150,9 +154,20 @@ fn configs() -> Vec<(&'static str, InjectConfig)> {
             },
         ),
         (
-            "control-plane-override",
+            "control-plane-override-plaintext",
             InjectConfig {
                 control_plane_address: "[fd00::12]:15010".into(),
+                control_plane_auth_policy: ControlPlaneAuthPolicy::None,
+                ..InjectConfig::default()
+            },
+        ),
+        (
+            "identity-options",
+            InjectConfig {
+                control_plane_address: "198.19.0.15:15012".into(),
+                control_plane_san: "mesh-control.mesh-system.svc".into(),
+                ca_address: "[fd00::13]:15012".into(),
+                trust_domain: "example.org".into(),
                 ..InjectConfig::default()
             },
         ),
@@ -223,6 +238,12 @@ fn shapes() -> Vec<(&'static str, Value)> {
             "pod-level-run-as-user",
             json!({"spec": {"securityContext": {"runAsUser": 999, "runAsGroup": 999},
                             "containers": [app]}}),
+        ),
+        (
+            "own-token-volume",
+            json!({"spec": {"containers": [app], "volumes": [{"name": "istio-token",
+                "projected": {"sources": [{"serviceAccountToken":
+                    {"audience": "istio-ca", "expirationSeconds": 3600, "path": "istio-token"}}]}}]}}),
         ),
         (
             "user-env-in-override",
@@ -389,9 +410,83 @@ fn check_dns(init: &Value, proxy: &Value) -> Result<(), String> {
     Ok(())
 }
 
+/// The value after `flag` in the container's args.
+fn flag_value(c: &Value, flag: &str) -> Option<String> {
+    let args = strings(c, "args");
+    let i = args.iter().position(|a| a == flag)?;
+    args.get(i + 1).cloned()
+}
+
+/// The pod volume that the proxy sees `file` through (the mount whose path is a directory
+/// of it), or why there is none.
+fn volume_of<'a>(template: &'a Value, proxy: &Value, file: &str) -> Result<&'a Value, String> {
+    let mount = proxy
+        .get("volumeMounts")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|m| {
+            m.get("mountPath")
+                .and_then(Value::as_str)
+                .is_some_and(|dir| file.starts_with(&format!("{}/", dir.trim_end_matches('/'))))
+        })
+        .ok_or(format!(
+            "istio-proxy reads {file}, but no volumeMount holds it"
+        ))?;
+    let name = mount
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    template
+        .pointer("/spec/volumes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|v| v.get("name").and_then(Value::as_str) == Some(name))
+        .ok_or(format!(
+            "istio-proxy mounts volume {name:?} for {file}, but the pod has no such volume"
+        ))
+}
+
+/// With `--root-cert`, the files the proxy's identity needs are there when it starts.
+fn check_identity(template: &Value, proxy: &Value) -> Result<(), String> {
+    let Some(root) = flag_value(proxy, contract::proxy::flag::ROOT_CERT) else {
+        return Ok(());
+    };
+    volume_of(template, proxy, &root)?;
+    let token = flag_value(proxy, contract::proxy::flag::TOKEN_FILE)
+        .unwrap_or_else(|| mesh_common::identity::TOKEN_PATH.to_owned());
+    let volume = volume_of(template, proxy, &token)?;
+    // A projected token (ours, or the user's own volume of that name) must be one the CA
+    // accepts, at the path the proxy reads.
+    if let Some(sources) = volume
+        .pointer("/projected/sources")
+        .and_then(Value::as_array)
+    {
+        let file = token.rsplit('/').next().unwrap_or_default();
+        let ok = sources.iter().any(|s| {
+            s.pointer("/serviceAccountToken/audience")
+                .and_then(Value::as_str)
+                == Some(mesh_common::identity::TOKEN_AUDIENCE)
+                && s.pointer("/serviceAccountToken/path")
+                    .and_then(Value::as_str)
+                    == Some(file)
+        });
+        if !ok {
+            return Err(format!(
+                "{token} comes from volume {}, which projects no ServiceAccount token for audience {} at {file}",
+                volume["name"],
+                mesh_common::identity::TOKEN_AUDIENCE
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn check(p: &Injected) -> Result<(), String> {
     let proxy = container(&p.template, mesh_common::containers::PROXY).ok_or("no istio-proxy")?;
     check_proxy(proxy, &p.user_proxy_env)?;
+    check_identity(&p.template, proxy)?;
     if let Some(init) = container(&p.template, mesh_common::containers::INIT) {
         check_init(init, proxy)?;
         check_dns(init, proxy)?;
@@ -436,6 +531,20 @@ fn every_shape_and_config_starts_with_the_binaries_parsers() {
     assert!(args_of("shape override-uid with config default").contains("-g 1337"));
     assert!(args_of("shape override-uid-gid with config default").contains("-g 4321"));
     assert!(args_of("shape pod-level-run-as-user with config default").contains("-u 1337 "));
+    // The default config gives every pod an identity; NONE gives none.
+    let proxy_args_of = |origin: &str| {
+        let p = pods.iter().find(|p| p.origin == origin).unwrap();
+        strings(container(&p.template, "istio-proxy").unwrap(), "args").join(" ")
+    };
+    assert!(proxy_args_of("shape basic with config default").contains("--root-cert "));
+    assert!(
+        !proxy_args_of("shape basic with config control-plane-override-plaintext")
+            .contains("--root-cert")
+    );
+    assert!(
+        proxy_args_of("shape basic with config identity-options")
+            .contains("--control-plane-san mesh-control.mesh-system.svc")
+    );
     // dnsCapture reaches mesh-init; the default config does not capture DNS.
     assert!(
         args_of("shape basic with config dns-capture-no-control-plane").ends_with(" --dns-capture")
@@ -501,6 +610,28 @@ fn a_broken_contract_is_caught() {
     let e = check_dns(&dns_init_only, &proxy).unwrap_err();
     assert!(e.contains("--dns-capture"), "{e}");
     assert_eq!(check_dns(&init, &proxy), Ok(()));
+
+    // The identity's files must be mounted, the token be one for the CA.
+    assert_eq!(check_identity(&base.template, &proxy), Ok(()));
+    let mut unmounted = proxy.clone();
+    unmounted
+        .as_object_mut()
+        .unwrap()
+        .shift_remove("volumeMounts");
+    let e = check_identity(&base.template, &unmounted).unwrap_err();
+    assert!(e.contains("no volumeMount"), "{e}");
+    let mut no_volume = base.template.clone();
+    no_volume["spec"]["volumes"] = json!([]);
+    let e = check_identity(&no_volume, &proxy).unwrap_err();
+    assert!(e.contains("no such volume"), "{e}");
+    let mut wrong_audience = base.template.clone();
+    for v in wrong_audience["spec"]["volumes"].as_array_mut().unwrap() {
+        if v["name"] == "istio-token" {
+            v["projected"]["sources"][0]["serviceAccountToken"]["audience"] = json!("api");
+        }
+    }
+    let e = check_identity(&wrong_audience, &proxy).unwrap_err();
+    assert!(e.contains("audience istio-ca"), "{e}");
 
     let mut other_uid = proxy.clone();
     other_uid["securityContext"]["runAsUser"] = json!(1234);

@@ -78,6 +78,72 @@ impl<'de> Deserialize<'de> for NativeSidecars {
     }
 }
 
+/// How the proxy reaches the control plane: Istio's ProxyConfig `controlPlaneAuthPolicy`,
+/// spelled as Istio spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ControlPlaneAuthPolicy {
+    /// `MUTUAL_TLS`: TLS verified against the mesh's root certificate, and a workload
+    /// identity from the CA. The pod gets the projected ServiceAccount token and the
+    /// root-certificate volumes, the proxy `--root-cert`, the pod the label
+    /// `security.istio.io/tlsMode: istio`.
+    #[default]
+    MutualTls,
+    /// `NONE`: a plaintext config stream and no identity: only `--control-plane`.
+    None,
+}
+
+impl ControlPlaneAuthPolicy {
+    /// The values the config accepts.
+    pub const ALLOWED: &'static str = "MUTUAL_TLS or NONE";
+
+    /// The spelling in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ControlPlaneAuthPolicy::MutualTls => "MUTUAL_TLS",
+            ControlPlaneAuthPolicy::None => "NONE",
+        }
+    }
+}
+
+impl fmt::Display for ControlPlaneAuthPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for ControlPlaneAuthPolicy {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ControlPlaneAuthPolicy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = ControlPlaneAuthPolicy;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(
+                    f,
+                    "{} (field `controlPlaneAuthPolicy`)",
+                    ControlPlaneAuthPolicy::ALLOWED
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                match v {
+                    "MUTUAL_TLS" => Ok(ControlPlaneAuthPolicy::MutualTls),
+                    "NONE" => Ok(ControlPlaneAuthPolicy::None),
+                    other => Err(E::custom(format!(
+                        "field `controlPlaneAuthPolicy`: {other:?} is not {}",
+                        ControlPlaneAuthPolicy::ALLOWED
+                    ))),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// CPU and memory for one container (Kubernetes quantities, e.g. `100m`, `128Mi`).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
@@ -144,21 +210,36 @@ pub struct InjectConfig {
     /// `sidecar.istio.io/logLevel`. Unset keeps the proxy's default.
     pub proxy_log_level: Option<String>,
     /// `host:port` of mesh-control's config stream, written into the proxy's
-    /// `--control-plane`. Empty: no control plane (no flag; the proxy stays L4). The
-    /// default is the plaintext stream (15010, Istio's plaintext xDS port), not 15012: TLS
-    /// comes with the CA.
+    /// `--control-plane`. Empty: no control plane (no flag, no identity; the proxy stays
+    /// L4). The default is mesh-control's TLS port (15012, Istio's); with
+    /// `controlPlaneAuthPolicy: NONE` point it at the plaintext one (15010).
     pub control_plane_address: String,
+    /// `MUTUAL_TLS` (TLS to the control plane and the CA, a workload identity, mTLS
+    /// between sidecars) or `NONE` (plaintext stream, no identity). Istio's ProxyConfig
+    /// key. Only matters with a `controlPlaneAddress`.
+    pub control_plane_auth_policy: ControlPlaneAuthPolicy,
+    /// The name verified in mesh-control's (and the CA's) certificate, the proxy's
+    /// `--control-plane-san`. Empty: the host of `controlPlaneAddress` (Istio's
+    /// `ISTIOD_SAN` default). Required when that host is an IP address.
+    pub control_plane_san: String,
+    /// `host:port` of the CA (`IstioCertificateService`), the proxy's `--ca-address`.
+    /// Empty: `controlPlaneAddress` (Istio's `CA_ADDR` default).
+    pub ca_address: String,
+    /// Trust domain of the workload identities, `spiffe://<trustDomain>/ns/..`; written
+    /// as the proxy's `--trust-domain` unless it is the default, `cluster.local`.
+    pub trust_domain: String,
     /// Redirect the app's DNS (UDP and TCP port 53) to the proxy (`mesh-init
     /// --dns-capture`, `mesh-proxy --dns-capture`), as Istio's
     /// `ISTIO_META_DNS_CAPTURE: "true"`.
     pub dns_capture: bool,
 }
 
-/// The default `controlPlaneAddress`: mesh-control's Service in `mesh-system`, plaintext.
+/// The default `controlPlaneAddress`: mesh-control's Service in `mesh-system`, its TLS
+/// port (the config stream and the CA).
 pub fn default_control_plane_address() -> String {
     format!(
         "mesh-control.mesh-system.svc:{}",
-        common::CONTROL_PLANE_PLAINTEXT_PORT
+        common::CONTROL_PLANE_TLS_PORT
     )
 }
 
@@ -208,6 +289,10 @@ impl Default for InjectConfig {
             prometheus_annotations: true,
             proxy_log_level: None,
             control_plane_address: default_control_plane_address(),
+            control_plane_auth_policy: ControlPlaneAuthPolicy::MutualTls,
+            control_plane_san: String::new(),
+            ca_address: String::new(),
+            trust_domain: common::identity::DEFAULT_TRUST_DOMAIN.into(),
             dns_capture: false,
         }
     }
@@ -258,6 +343,13 @@ impl InjectConfig {
             source,
         })?;
         Self::from_yaml_str(&text, &path.display().to_string())
+    }
+
+    /// Whether injected pods get a workload identity: `controlPlaneAuthPolicy:
+    /// MUTUAL_TLS` and a control plane to get it from.
+    pub fn workload_identity(&self) -> bool {
+        self.control_plane_auth_policy == ControlPlaneAuthPolicy::MutualTls
+            && !self.control_plane_address.is_empty()
     }
 
     /// A stable hash of everything in the config (hex, 16 characters). Two configs that would
@@ -344,14 +436,145 @@ impl InjectConfig {
             check_host_port(&self.control_plane_address)
                 .map_err(|e| invalid("controlPlaneAddress", e))?;
         }
+        self.validate_identity(origin)
+    }
+
+    /// The identity keys: well-formed, consistent with each other, and never set where
+    /// they would be silently ignored.
+    fn validate_identity(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |field: &str, reason: String| ConfigError::Invalid {
+            origin: origin.to_string(),
+            field: field.to_string(),
+            reason,
+        };
+        if !self.control_plane_san.is_empty() {
+            check_dns_name(&self.control_plane_san, false).map_err(|e| {
+                invalid(
+                    "controlPlaneSan",
+                    format!(
+                        "{e}: expected the DNS name in mesh-control's certificate, \
+                         e.g. mesh-control.mesh-system.svc"
+                    ),
+                )
+            })?;
+        }
+        if !self.ca_address.is_empty() {
+            check_host_port(&self.ca_address).map_err(|e| invalid("caAddress", e))?;
+        }
+        check_dns_name(&self.trust_domain, true).map_err(|e| {
+            invalid(
+                "trustDomain",
+                format!(
+                    "{e}: expected a lowercase DNS name (a SPIFFE trust domain), e.g. {}",
+                    common::identity::DEFAULT_TRUST_DOMAIN
+                ),
+            )
+        })?;
+        // What identity needs and what only identity uses.
+        let unused = if self.control_plane_address.is_empty() {
+            Some("controlPlaneAddress is empty (no control plane, no identity)")
+        } else if self.control_plane_auth_policy == ControlPlaneAuthPolicy::None {
+            Some("controlPlaneAuthPolicy is NONE (plaintext, no identity)")
+        } else {
+            None
+        };
+        let identity_keys = [
+            (
+                "controlPlaneSan",
+                &self.control_plane_san,
+                !self.control_plane_san.is_empty(),
+            ),
+            ("caAddress", &self.ca_address, !self.ca_address.is_empty()),
+            (
+                "trustDomain",
+                &self.trust_domain,
+                self.trust_domain != common::identity::DEFAULT_TRUST_DOMAIN,
+            ),
+        ];
+        if let Some(why) = unused {
+            if let Some((field, value, _)) = identity_keys.iter().find(|(_, _, set)| *set) {
+                return Err(invalid(
+                    field,
+                    format!("{value:?} would be ignored: {why}; remove the key"),
+                ));
+            }
+            return Ok(());
+        }
+        let address = &self.control_plane_address;
+        let host = address.rsplit_once(':').map_or("", |(h, _)| h);
+        let is_ip = host.parse::<std::net::Ipv4Addr>().is_ok() || host.starts_with('[');
+        if is_ip && self.control_plane_san.is_empty() {
+            return Err(invalid(
+                "controlPlaneAddress",
+                format!(
+                    "{address:?} is an IP address, which mesh-control's certificate does not name: \
+                     with controlPlaneAuthPolicy MUTUAL_TLS set controlPlaneSan to the name the \
+                     proxy must verify (e.g. mesh-control.mesh-system.svc), or use \
+                     controlPlaneAuthPolicy NONE"
+                ),
+            ));
+        }
+        let plaintext = format!(":{}", common::CONTROL_PLANE_PLAINTEXT_PORT);
+        if address.ends_with(&plaintext) {
+            return Err(invalid(
+                "controlPlaneAddress",
+                format!(
+                    "{address:?}: port {} is mesh-control's plaintext stream, but \
+                     controlPlaneAuthPolicy is MUTUAL_TLS: use the TLS port {} or set \
+                     controlPlaneAuthPolicy: NONE",
+                    common::CONTROL_PLANE_PLAINTEXT_PORT,
+                    common::CONTROL_PLANE_TLS_PORT
+                ),
+            ));
+        }
         Ok(())
     }
+}
+
+/// A DNS name as a certificate names a host (RFC 1123 labels, no trailing dot, no
+/// wildcard, not an IP address); `lowercase` also refuses upper case (SPIFFE trust
+/// domains are lowercase).
+pub fn check_dns_name(s: &str, lowercase: bool) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("empty".into());
+    }
+    if s.parse::<std::net::IpAddr>().is_ok()
+        || s.strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .is_some_and(|h| h.parse::<std::net::Ipv6Addr>().is_ok())
+    {
+        return Err(format!("{s:?} is an IP address, not a DNS name"));
+    }
+    if s.contains("://") {
+        return Err(format!("{s:?} is not a DNS name (no scheme)"));
+    }
+    if s.contains(':') {
+        return Err(format!("{s:?} is not a DNS name (no port)"));
+    }
+    if s.ends_with('.') {
+        return Err(format!("{s:?} is not a DNS name (no trailing dot)"));
+    }
+    if lowercase && s.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err(format!("{s:?} has upper-case letters"));
+    }
+    if s.len() > 253 || !s.split('.').all(dns_label_ok) {
+        return Err(format!("{s:?} is not a DNS name"));
+    }
+    Ok(())
+}
+
+fn dns_label_ok(l: &str) -> bool {
+    !l.is_empty()
+        && l.len() <= 63
+        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !l.starts_with('-')
+        && !l.ends_with('-')
 }
 
 /// A `host:port` a proxy can dial: a DNS name (RFC 1123 labels) or an IP address (IPv6 in
 /// brackets), a port 1-65535, nothing else (no scheme, no path, no spaces).
 pub fn check_host_port(s: &str) -> Result<(), String> {
-    let want = "expected host:port, e.g. mesh-control.mesh-system.svc:15010 or [fd00::1]:15010";
+    let want = "expected host:port, e.g. mesh-control.mesh-system.svc:15012 or [fd00::1]:15012";
     if s.contains("://") {
         return Err(format!(
             "{s:?}: no scheme (the proxy dials plain host:port): {want}"
@@ -375,21 +598,14 @@ pub fn check_host_port(s: &str) -> Result<(), String> {
     }
     if host.parse::<std::net::Ipv6Addr>().is_ok() {
         return Err(format!(
-            "{s:?}: write an IPv6 address in brackets ([fd00::1]:15010): {want}"
+            "{s:?}: write an IPv6 address in brackets ([fd00::1]:15012): {want}"
         ));
     }
     if host.parse::<std::net::Ipv4Addr>().is_ok() {
         return Ok(());
     }
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-    };
     let name = host.strip_suffix('.').unwrap_or(host);
-    if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+    if name.is_empty() || name.len() > 253 || !name.split('.').all(dns_label_ok) {
         return Err(format!(
             "{s:?}: {host:?} is not a host name or IP address: {want}"
         ));
@@ -495,28 +711,170 @@ mod tests {
     }
 
     #[test]
-    fn control_plane_address_defaults_to_the_plaintext_stream_and_may_be_empty() {
+    fn control_plane_address_defaults_to_the_tls_stream_and_may_be_empty() {
         let c = InjectConfig::default();
         assert_eq!(
             c.control_plane_address,
-            "mesh-control.mesh-system.svc:15010"
+            "mesh-control.mesh-system.svc:15012"
         );
+        assert_eq!(
+            c.control_plane_auth_policy,
+            ControlPlaneAuthPolicy::MutualTls
+        );
+        assert_eq!(c.trust_domain, "cluster.local");
+        assert!(c.workload_identity());
         assert!(!c.dns_capture);
         for ok in [
-            "istiod.istio-system.svc:15010",
-            "mesh-control.mesh-system.svc.cluster.local.:15010",
+            "istiod.istio-system.svc:15012",
+            "mesh-control.mesh-system.svc.cluster.local.:15012",
             "mesh-control:1",
-            "10.96.0.12:65535",
-            "[fd00::12]:15010",
         ] {
             let c = InjectConfig::from_yaml_str(&format!("controlPlaneAddress: \"{ok}\""), "t")
                 .unwrap_or_else(|e| panic!("{ok}: {e}"));
             assert_eq!(c.control_plane_address, ok);
         }
+        // IP addresses and the plaintext port need NONE (or, for an IP, a SAN to verify).
+        for ok in ["10.96.0.12:65535", "[fd00::12]:15010", "mesh-control:15010"] {
+            let text = format!("{{controlPlaneAddress: \"{ok}\", controlPlaneAuthPolicy: NONE}}");
+            let c = InjectConfig::from_yaml_str(&text, "t").unwrap_or_else(|e| panic!("{ok}: {e}"));
+            assert_eq!(c.control_plane_address, ok);
+            assert!(!c.workload_identity());
+        }
         let c = InjectConfig::from_yaml_str("controlPlaneAddress: \"\"", "t").unwrap();
         assert_eq!(c.control_plane_address, "");
+        assert!(!c.workload_identity(), "no control plane, no identity");
         let c = InjectConfig::from_yaml_str("dnsCapture: true", "t").unwrap();
         assert!(c.dns_capture);
+    }
+
+    #[test]
+    fn identity_keys_parse_and_validate() {
+        let c = InjectConfig::from_yaml_str(
+            "{controlPlaneAddress: \"198.19.0.15:15012\", controlPlaneSan: mesh-control.mesh-system.svc, \
+             caAddress: \"ca.mesh-system.svc:15012\", trustDomain: example.org}",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.control_plane_san, "mesh-control.mesh-system.svc");
+        assert_eq!(c.ca_address, "ca.mesh-system.svc:15012");
+        assert_eq!(c.trust_domain, "example.org");
+        assert!(c.workload_identity());
+        let c = InjectConfig::from_yaml_str("controlPlaneAuthPolicy: NONE", "t").unwrap();
+        assert_eq!(c.control_plane_auth_policy, ControlPlaneAuthPolicy::None);
+        assert!(!c.workload_identity());
+        let c = InjectConfig::from_yaml_str("controlPlaneAuthPolicy: MUTUAL_TLS", "t").unwrap();
+        assert_eq!(c, InjectConfig::default());
+    }
+
+    #[test]
+    fn bad_identity_keys_name_the_file_the_key_the_value_and_what_is_expected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("inject.yaml");
+        for (text, field, want) in [
+            (
+                "controlPlaneAuthPolicy: STRICT",
+                "controlPlaneAuthPolicy",
+                "\"STRICT\" is not MUTUAL_TLS or NONE",
+            ),
+            (
+                "controlPlaneAuthPolicy: mutual_tls",
+                "controlPlaneAuthPolicy",
+                "\"mutual_tls\" is not MUTUAL_TLS or NONE",
+            ),
+            (
+                "controlPlaneAuthPolicy: 1",
+                "controlPlaneAuthPolicy",
+                "MUTUAL_TLS or NONE",
+            ),
+            (
+                "controlPlaneAuthPolicy: [MUTUAL_TLS]",
+                "controlPlaneAuthPolicy",
+                "MUTUAL_TLS or NONE",
+            ),
+            (
+                "controlPlaneSan: mesh_control.svc",
+                "controlPlaneSan",
+                "\"mesh_control.svc\" is not a DNS name",
+            ),
+            (
+                "controlPlaneSan: 10.0.0.1",
+                "controlPlaneSan",
+                "\"10.0.0.1\" is an IP address",
+            ),
+            (
+                "controlPlaneSan: \"mesh-control.mesh-system.svc:15012\"",
+                "controlPlaneSan",
+                "no port",
+            ),
+            (
+                "controlPlaneSan: \"*.mesh-system.svc\"",
+                "controlPlaneSan",
+                "is not a DNS name",
+            ),
+            (
+                "caAddress: ca.mesh-system.svc",
+                "caAddress",
+                "\"ca.mesh-system.svc\" has no port",
+            ),
+            ("caAddress: \"https://ca:15012\"", "caAddress", "no scheme"),
+            ("trustDomain: \"\"", "trustDomain", "empty"),
+            (
+                "trustDomain: Example.ORG",
+                "trustDomain",
+                "\"Example.ORG\" has upper-case letters",
+            ),
+            (
+                "trustDomain: \"spiffe://example.org\"",
+                "trustDomain",
+                "\"spiffe://example.org\" is not a DNS name (no scheme)",
+            ),
+            (
+                "trustDomain: \"example..org\"",
+                "trustDomain",
+                "is not a DNS name",
+            ),
+            // Set where nothing would use it.
+            (
+                "{controlPlaneAuthPolicy: NONE, controlPlaneAddress: \"m:15010\", controlPlaneSan: m.svc}",
+                "controlPlaneSan",
+                "ignored: controlPlaneAuthPolicy is NONE",
+            ),
+            (
+                "{controlPlaneAddress: \"\", caAddress: \"ca:15012\"}",
+                "caAddress",
+                "ignored: controlPlaneAddress is empty",
+            ),
+            (
+                "{controlPlaneAuthPolicy: NONE, controlPlaneAddress: \"m:15010\", trustDomain: example.org}",
+                "trustDomain",
+                "ignored: controlPlaneAuthPolicy is NONE",
+            ),
+            // What MUTUAL_TLS needs.
+            (
+                "controlPlaneAddress: \"198.19.0.15:15012\"",
+                "controlPlaneAddress",
+                "is an IP address, which mesh-control's certificate does not name: with controlPlaneAuthPolicy MUTUAL_TLS set controlPlaneSan",
+            ),
+            (
+                "controlPlaneAddress: \"[fd00::12]:15012\"",
+                "controlPlaneAddress",
+                "set controlPlaneSan",
+            ),
+            (
+                "controlPlaneAddress: \"mesh-control.mesh-system.svc:15010\"",
+                "controlPlaneAddress",
+                "port 15010 is mesh-control's plaintext stream, but controlPlaneAuthPolicy is MUTUAL_TLS: use the TLS port 15012 or set controlPlaneAuthPolicy: NONE",
+            ),
+        ] {
+            std::fs::write(&path, format!("{text}\n")).unwrap();
+            let msg = InjectConfig::load(&path).unwrap_err().to_string();
+            assert!(
+                msg.contains(&path.display().to_string())
+                    && msg.contains(&format!("`{field}`"))
+                    && msg.contains(want),
+                "{text}: {msg}"
+            );
+        }
     }
 
     #[test]
@@ -566,6 +924,22 @@ mod tests {
             },
             InjectConfig {
                 dns_capture: true,
+                ..InjectConfig::default()
+            },
+            InjectConfig {
+                control_plane_auth_policy: ControlPlaneAuthPolicy::None,
+                ..InjectConfig::default()
+            },
+            InjectConfig {
+                control_plane_san: "mesh-control.mesh-system.svc".into(),
+                ..InjectConfig::default()
+            },
+            InjectConfig {
+                ca_address: "ca:15012".into(),
+                ..InjectConfig::default()
+            },
+            InjectConfig {
+                trust_domain: "example.org".into(),
                 ..InjectConfig::default()
             },
         ] {

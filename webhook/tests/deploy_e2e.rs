@@ -57,8 +57,11 @@ fn certificates(dir: &std::path::Path) -> (String, std::path::PathBuf, std::path
     (ca_cert.pem(), c, k)
 }
 
+/// `serviceAccountName: default` is what the ServiceAccount admission plugin (on in every
+/// real cluster, off in kube-local) sets before any webhook sees a pod; without it the API
+/// server refuses an injected pod's projected token volume.
 fn pod(ns: &str, name: &str, labels: Value, annotations: Value, host_network: bool) -> Value {
-    let mut spec = json!({"containers": [{"name": "app", "image": "example/app:1", "ports": [{"containerPort": 8080}]}]});
+    let mut spec = json!({"serviceAccountName": "default", "containers": [{"name": "app", "image": "example/app:1", "ports": [{"containerPort": 8080}]}]});
     if host_network {
         spec["hostNetwork"] = json!(true);
     }
@@ -221,6 +224,18 @@ fn pods_created_with_kubectl_are_stored_injected_exactly_where_istio_would_injec
                 stored["metadata"]["annotations"]["sidecar.istio.io/status"].is_string(),
                 "{namespace}/{pod_name}: no status annotation"
             );
+            // deploy/'s config gives the pod a workload identity, stored as injected.
+            let volumes = names(&stored["spec"]["volumes"]);
+            for v in ["istio-token", "istiod-ca-cert"] {
+                assert!(
+                    volumes.iter().any(|n| n == v),
+                    "{namespace}/{pod_name}: no volume {v} in {volumes:?}"
+                );
+            }
+            assert_eq!(
+                stored["metadata"]["labels"]["security.istio.io/tlsMode"], "istio",
+                "{namespace}/{pod_name}"
+            );
         } else {
             assert!(inits.is_empty(), "{namespace}/{pod_name}: {inits:?}");
             assert_eq!(containers, ["app"], "{namespace}/{pod_name}");
@@ -243,7 +258,7 @@ fn pods_created_with_kubectl_are_stored_injected_exactly_where_istio_would_injec
                 "name": "reviews-v1-5d8f7c9b4", "uid": "2f1b8c4e-7d3a-4b6e-9c0d-1a2b3c4d5e6f",
                 "controller": true, "blockOwnerDeletion": true}]
         },
-        "spec": {"containers": [{"name": "app", "image": "example/app:1"}]}
+        "spec": {"serviceAccountName": "default", "containers": [{"name": "app", "image": "example/app:1"}]}
     });
     let stored: Value = serde_json::from_str(&kubectl_run(
         &["create", "-f", "-", "-o", "json"],

@@ -9,6 +9,9 @@
 //! Header comments of a case set its options:
 //!   `# config: {nativeSidecars: true, proxyImage: x}`  injection config (YAML flow mapping)
 //!   `# mode: uninject`                                 run kube-uninject instead
+//! A config the injector refuses makes the case an error case: its `.err` is the config
+//! error (origin `case header`), what `kube-inject --config` and `serve` refuse to start
+//! with.
 //!
 //! Each case also goes through the core directly, as the webhook does: for every pod
 //! template, the patch `inject` returns, applied to the template, must give exactly (key
@@ -35,6 +38,8 @@ struct Case {
     name: String,
     input: String,
     cfg: InjectConfig,
+    /// The header's config, refused.
+    cfg_error: Option<String>,
     uninject: bool,
 }
 
@@ -42,10 +47,14 @@ impl Case {
     fn load(path: &Path) -> Case {
         let input = fs::read_to_string(path).unwrap();
         let mut cfg = InjectConfig::default();
+        let mut cfg_error = None;
         let mut uninject = false;
         for line in input.lines().take_while(|l| l.starts_with('#')) {
             if let Some(c) = line.strip_prefix("# config:") {
-                cfg = InjectConfig::from_yaml_str(c.trim(), "case header").unwrap();
+                match InjectConfig::from_yaml_str(c.trim(), "case header") {
+                    Ok(c) => cfg = c,
+                    Err(e) => cfg_error = Some(e.to_string()),
+                }
             }
             if line.trim() == "# mode: uninject" {
                 uninject = true;
@@ -55,6 +64,7 @@ impl Case {
             name: path.file_name().unwrap().to_string_lossy().into_owned(),
             input,
             cfg,
+            cfg_error,
             uninject,
         }
     }
@@ -157,7 +167,11 @@ fn golden_corpus() {
         let case = Case::load(&dir().join(name));
         let ok_path = dir().join(format!("{name}.injected"));
         let err_path = dir().join(format!("{name}.err"));
-        let (got, path, other) = match kube_inject::rewrite(&case.input, case.mode()) {
+        let run = match &case.cfg_error {
+            Some(e) => Err(e.clone()),
+            None => kube_inject::rewrite(&case.input, case.mode()).map_err(|e| e.to_string()),
+        };
+        let (got, path, other) = match run {
             Ok(r) => (r.output, &ok_path, &err_path),
             Err(e) => (format!("{e}\n"), &err_path, &ok_path),
         };

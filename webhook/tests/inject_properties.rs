@@ -1,8 +1,10 @@
 //! Properties of the injection core over every combination of a set of pod shapes:
 //! metadata (absent, empty, user annotations, the user's own default-container and
-//! prometheus annotations), init containers (absent, empty, one, two), app containers with
-//! and without a user `istio-proxy`/`istio-init` at various positions, native or regular
-//! sidecars, and two configs.
+//! prometheus annotations, the user's own `security.istio.io/tlsMode`), init containers
+//! (absent, empty, one, two), app containers with and without a user
+//! `istio-proxy`/`istio-init` at various positions, volumes (none; the user's own, one of
+//! them named like the identity's token volume), native or regular sidecars, and four
+//! configs (with and without a workload identity).
 //!
 //! For each: the patch applied to the input is exactly (key order included) the desired
 //! template; injecting the result again is `Unchanged`; re-injecting it with another config
@@ -10,7 +12,7 @@
 //! original back (up to empty lists and maps that injection had to create).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
 
-use mesh_webhook::config::{InjectConfig, NativeSidecars};
+use mesh_webhook::config::{ControlPlaneAuthPolicy, InjectConfig, NativeSidecars};
 use mesh_webhook::inject::{self, InjectRequest, NamespacePolicy, Outcome};
 use serde_json::{Map, Value, json};
 
@@ -29,6 +31,17 @@ fn metadata_variants() -> Vec<Option<Value>> {
         Some(
             json!({"annotations": {"kubectl.kubernetes.io/default-container": "helper",
                                     "prometheus.io/path": "/m"}, "name": "p"}),
+        ),
+        Some(json!({"labels": {"security.istio.io/tlsMode": "disabled", "app": "p"}, "name": "p"})),
+        Some(json!({"name": "p", "labels": {"security.istio.io/tlsMode": "istio"}})),
+    ]
+}
+
+fn volume_variants() -> Vec<Option<Value>> {
+    vec![
+        None,
+        Some(
+            json!([{"name": "data", "emptyDir": {}}, {"name": "istio-token", "emptyDir": {"medium": "Memory"}}]),
         ),
     ]
 }
@@ -58,19 +71,24 @@ fn pods() -> Vec<Value> {
     for meta in metadata_variants() {
         for init in init_variants() {
             for containers in container_variants() {
-                let mut pod = Map::new();
-                if let Some(m) = &meta {
-                    pod.insert("metadata".into(), m.clone());
+                for volumes in volume_variants() {
+                    let mut pod = Map::new();
+                    if let Some(m) = &meta {
+                        pod.insert("metadata".into(), m.clone());
+                    }
+                    let mut spec = Map::new();
+                    spec.insert("serviceAccountName".into(), json!("sa"));
+                    if let Some(i) = &init {
+                        spec.insert("initContainers".into(), i.clone());
+                    }
+                    spec.insert("containers".into(), containers.clone());
+                    if let Some(v) = &volumes {
+                        spec.insert("volumes".into(), v.clone());
+                    }
+                    spec.insert("futureField".into(), json!({"keep": true}));
+                    pod.insert("spec".into(), Value::Object(spec));
+                    out.push(Value::Object(pod));
                 }
-                let mut spec = Map::new();
-                spec.insert("serviceAccountName".into(), json!("sa"));
-                if let Some(i) = &init {
-                    spec.insert("initContainers".into(), i.clone());
-                }
-                spec.insert("containers".into(), containers.clone());
-                spec.insert("futureField".into(), json!({"keep": true}));
-                pod.insert("spec".into(), Value::Object(spec));
-                out.push(Value::Object(pod));
             }
         }
     }
@@ -88,6 +106,11 @@ fn configs() -> Vec<InjectConfig> {
         InjectConfig {
             control_plane_address: String::new(),
             dns_capture: true,
+            ..InjectConfig::default()
+        },
+        InjectConfig {
+            control_plane_address: "mesh-control.mesh-system.svc:15010".into(),
+            control_plane_auth_policy: ControlPlaneAuthPolicy::None,
             ..InjectConfig::default()
         },
     ]
@@ -124,13 +147,15 @@ fn inject_checked(t: &Value, cfg: &InjectConfig, native: bool) -> Value {
 }
 
 /// Drop what injection had to create and uninject cannot know was not there: empty
-/// `initContainers`/annotation maps and an empty `metadata`.
+/// `initContainers`/annotation/label maps and an empty `metadata`.
 fn normalized(mut v: Value) -> Value {
     let obj = v.as_object_mut().unwrap();
-    if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut)
-        && m.get("annotations").is_some_and(|a| a == &json!({}))
-    {
-        m.shift_remove("annotations");
+    if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        for key in ["annotations", "labels"] {
+            if m.get(key).is_some_and(|a| a == &json!({})) {
+                m.shift_remove(key);
+            }
+        }
     }
     if obj.get("metadata").is_some_and(|m| m == &json!({})) {
         obj.shift_remove("metadata");
@@ -186,7 +211,7 @@ fn inject_reinject_uninject_properties() {
             }
         }
     }
-    assert_eq!(checked, 5 * 4 * 4 * 3 * 2);
+    assert_eq!(checked, 7 * 4 * 4 * 2 * 4 * 2);
 }
 
 #[test]
@@ -232,5 +257,60 @@ fn layout_is_as_the_contract_says() {
         assert!(!names(&n, "containers").contains(&"istio-proxy".to_string()));
         // Unknown fields survive.
         assert_eq!(n["spec"]["futureField"], json!({"keep": true}));
+    }
+}
+
+#[test]
+fn identity_is_added_where_the_pod_has_none_of_its_own() {
+    let none = &configs()[3];
+    for pod in pods() {
+        let r = inject_checked(&pod, &InjectConfig::default(), false);
+        let status: Value = serde_json::from_str(
+            r["metadata"]["annotations"]["sidecar.istio.io/status"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        // The label: the pod's own value if it has one, else istio (and then recorded).
+        let own = pod["metadata"]["labels"]["security.istio.io/tlsMode"].as_str();
+        assert_eq!(
+            r["metadata"]["labels"]["security.istio.io/tlsMode"],
+            own.unwrap_or("istio"),
+            "{pod}"
+        );
+        let recorded_label = status["labels"]
+            .as_array()
+            .is_some_and(|l| l.contains(&json!("security.istio.io/tlsMode")));
+        assert_eq!(recorded_label, own.is_none(), "{pod}");
+        // The volumes: ours unless the pod has one of that name; each name exactly once.
+        let user_token = pod["spec"]["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|v| v["name"] == "istio-token");
+        let vols: Vec<&str> = r["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["name"].as_str().unwrap())
+            .collect();
+        for name in ["istio-token", "istiod-ca-cert"] {
+            assert_eq!(vols.iter().filter(|n| **n == name).count(), 1, "{vols:?}");
+        }
+        let want_recorded: Vec<&str> = if user_token {
+            vec!["istiod-ca-cert"]
+        } else {
+            vec!["istio-token", "istiod-ca-cert"]
+        };
+        assert_eq!(status["volumes"], json!(want_recorded), "{pod}");
+        // NONE: nothing of it.
+        let n = inject_checked(&pod, none, false);
+        assert_eq!(
+            n["metadata"]["labels"]["security.istio.io/tlsMode"].as_str(),
+            own,
+            "{pod}"
+        );
+        assert_eq!(n["spec"]["volumes"], pod["spec"]["volumes"], "{pod}");
+        assert!(!text(&n).contains("--root-cert"), "{pod}");
     }
 }

@@ -42,6 +42,22 @@ fn testdata(rel: &str) -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)).unwrap()
 }
 
+/// What the ServiceAccount admission plugin does at create, before validation, on every
+/// real cluster (kube-local runs without it): a pod template without a
+/// `serviceAccountName` gets `default`. Without it the API server refuses the injected
+/// projected token volume (`must not be specified when serviceAccountName is not set`).
+fn default_service_account(o: &mut Value) {
+    let spec = match o["kind"].as_str() {
+        Some("Pod") => o.get_mut("spec"),
+        Some("CronJob") => o.pointer_mut("/spec/jobTemplate/spec/template/spec"),
+        _ => o.pointer_mut("/spec/template/spec"),
+    };
+    if let Some(spec) = spec.and_then(Value::as_object_mut) {
+        spec.entry("serviceAccountName")
+            .or_insert_with(|| Value::String("default".into()));
+    }
+}
+
 /// Every object of a stream (List items flattened), moved into `ns`; Namespaces dropped.
 fn objects_in(stream: &str, ns: &str) -> Vec<Value> {
     let mut out = Vec::new();
@@ -58,6 +74,7 @@ fn objects_in(stream: &str, ns: &str) -> Vec<Value> {
                 continue;
             }
             o["metadata"]["namespace"] = Value::String(ns.to_string());
+            default_service_account(&mut o);
             out.push(o);
         }
     }
@@ -145,6 +162,25 @@ fn injected_manifests_pass_api_server_validation() {
                 .collect();
             if names.contains(&"istio-proxy") {
                 assert!(names.contains(&"istio-init"), "{names:?}");
+                // The workload identity survives validation as injected.
+                let volumes: Vec<&str> = spec["volumes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v["name"].as_str())
+                    .collect();
+                for v in ["istio-token", "istiod-ca-cert"] {
+                    assert!(volumes.contains(&v), "{v} not in {volumes:?}");
+                }
+                let labels = if o["kind"] == "Pod" {
+                    &o["metadata"]["labels"]
+                } else {
+                    &o["spec"]["template"]["metadata"]["labels"]
+                };
+                assert!(
+                    labels["security.istio.io/tlsMode"].is_string(),
+                    "no tlsMode label: {labels}"
+                );
                 injected_pods += 1;
             }
         }

@@ -226,6 +226,60 @@ fn config_file_is_used() {
     assert!(y.contains("restartPolicy: Always"), "{y}");
 }
 
+#[test]
+fn bad_control_plane_auth_policy_names_the_file_the_field_and_the_choices() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("mesh.yaml");
+    std::fs::write(&cfg, "controlPlaneAuthPolicy: STRICT\n").unwrap();
+    let out = run(
+        &["kube-inject", "-f", "-", "--config", cfg.to_str().unwrap()],
+        Some(POD),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("mesh.yaml")
+            && err.contains("`controlPlaneAuthPolicy`")
+            && err.contains("\"STRICT\" is not MUTUAL_TLS or NONE"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+}
+
+/// kube-node's config (deploy/overlays/kube-node): the proxy dials the IP, verifies the
+/// name, and the pod has its identity.
+#[test]
+fn kube_node_identity_config_is_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("mesh.yaml");
+    std::fs::write(
+        &cfg,
+        "controlPlaneAddress: 198.19.0.15:15012\ncontrolPlaneSan: mesh-control.mesh-system.svc\n",
+    )
+    .unwrap();
+    let out = run(
+        &["kube-inject", "-f", "-", "--config", cfg.to_str().unwrap()],
+        Some(POD),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let y = text(&out.stdout);
+    for want in [
+        "    - --control-plane\n    - 198.19.0.15:15012\n    - --root-cert\n    - /var/run/secrets/istio/root-cert.pem\n    - --control-plane-san\n    - mesh-control.mesh-system.svc\n",
+        "    security.istio.io/tlsMode: istio\n",
+        "  - name: istio-token\n",
+        "      name: istio-ca-root-cert\n",
+    ] {
+        assert!(y.contains(want), "{want:?} not in\n{y}");
+    }
+    // Uninject takes all of it away again.
+    let back = run(&["kube-uninject", "-f", "-"], Some(&y));
+    assert!(back.status.success(), "{}", text(&back.stderr));
+    let b = text(&back.stdout);
+    for gone in ["tlsMode", "istio-token", "istiod-ca-cert", "root-cert"] {
+        assert!(!b.contains(gone), "{gone} left after uninject:\n{b}");
+    }
+}
+
 /// The README's first command.
 #[test]
 fn bookstore_example_injects_every_deployment() {

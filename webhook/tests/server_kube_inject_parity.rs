@@ -6,7 +6,8 @@
 //! applier, must give exactly (once what the wrapper added is taken off again) the pod
 //! template in `<case>.yaml.injected`; that injected template, wrapped the same way, must
 //! then come back from the webhook unchanged. Cases whose kube-inject run fails on an
-//! annotation must be denied by the webhook with the same message.
+//! annotation must be denied by the webhook with the same message; cases whose header
+//! config is refused must stop the server from starting, with the same message.
 #![allow(clippy::unwrap_used)]
 
 mod server_support;
@@ -255,12 +256,31 @@ async fn webhook_patches_give_the_kube_inject_goldens() {
         let mut args = serve_args(&cert, &key);
         args.native_sidecars = None;
         args.kubeconfig = Some(dir.path().join("no-such-kubeconfig"));
+        let mut config_path = None;
         if let Some(c) = &cfg {
             let p = dir.path().join(format!("{name}.config.yaml"));
             std::fs::write(&p, c).unwrap();
-            args.config = Some(p);
+            args.config = Some(p.clone());
+            config_path = Some(p);
         }
-        let server = admission::start(args).await.unwrap();
+        let server = match admission::start(args).await {
+            Ok(s) => s,
+            Err(e) => {
+                // A config the injector refuses: the server refuses to start with the
+                // error kube-inject gives (the golden names the case header as origin).
+                let said = config_path.map_or(e.to_string(), |p| {
+                    e.to_string()
+                        .replace(&p.display().to_string(), "case header")
+                });
+                match &err {
+                    Some(want) if want.trim() == said.trim() => denied += 1,
+                    _ => failures.push(format!(
+                        "{name}: the server does not start ({e}); kube-inject said {err:?}"
+                    )),
+                }
+                continue;
+            }
+        };
         let addr = server.addr;
         server_support::eventually_ready(addr, tls.clone(), std::time::Duration::from_secs(20))
             .await;

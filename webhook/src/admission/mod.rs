@@ -37,7 +37,8 @@ pub use state::AppState;
 pub enum StartError {
     #[error("serving certificate: {0}")]
     Cert(#[from] certs::CertError),
-    #[error("injection config: {0}")]
+    /// Its message names the file already (`injection config FILE: ...`).
+    #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("cannot read injection config {}: {source}", path.display())]
     ConfigRead {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-    ObjectFieldSelector, Probe, ResourceRequirements, SecurityContext,
+    ObjectFieldSelector, Probe, ResourceRequirements, SecurityContext, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -15,6 +15,7 @@ use mesh_common::{PROXY_READY_PATH, containers};
 use serde_json::{Map, Value};
 
 use super::error::InjectError;
+use super::mtls;
 use super::overrides::Overrides;
 use crate::config::{InjectConfig, ResourceAmounts};
 
@@ -158,6 +159,9 @@ pub fn proxy_args(cfg: &InjectConfig) -> Vec<String> {
         args.push(proxy::flag::CONTROL_PLANE.into());
         args.push(cfg.control_plane_address.clone());
     }
+    if cfg.workload_identity() {
+        args.extend(mtls::proxy_args(cfg));
+    }
     if cfg.dns_capture {
         args.push(proxy::flag::DNS_CAPTURE.into());
     }
@@ -249,6 +253,18 @@ fn proxy_container(cfg: &InjectConfig, ov: &Overrides, native: bool) -> Containe
         cpu: ov.limits_cpu.clone(),
         memory: ov.limits_memory.clone(),
     };
+    // The identity's token and root certificate (see [`mtls`]), read-only.
+    let mounts = cfg.workload_identity().then(|| {
+        mtls::MOUNTS
+            .iter()
+            .map(|(volume, path)| VolumeMount {
+                name: (*volume).to_string(),
+                mount_path: (*path).to_string(),
+                read_only: Some(true),
+                ..Default::default()
+            })
+            .collect()
+    });
     Container {
         name: containers::PROXY.to_string(),
         image: Some(ov.proxy_image.clone()),
@@ -281,6 +297,7 @@ fn proxy_container(cfg: &InjectConfig, ov: &Overrides, native: bool) -> Containe
             run_as_user: Some(i64::from(ov.proxy_uid)),
             ..Default::default()
         }),
+        volume_mounts: mounts,
         ..Default::default()
     }
 }
@@ -365,7 +382,8 @@ mod tests {
         let ov = Overrides::read(&BTreeMap::new(), &cfg).unwrap();
         let args = proxy_args(&cfg);
         let i = args.iter().position(|a| a == "--control-plane").unwrap();
-        assert_eq!(args[i + 1], "mesh-control.mesh-system.svc:15010");
+        assert_eq!(args[i + 1], "mesh-control.mesh-system.svc:15012");
+        assert_eq!(args[i + 2], "--root-cert", "{args:?}");
         assert!(!args.contains(&"--dns-capture".to_string()), "{args:?}");
         assert!(!init_args(&cfg, &ov).contains(&"--dns-capture".to_string()));
 
@@ -376,9 +394,58 @@ mod tests {
         };
         let args = proxy_args(&cfg);
         assert!(!args.contains(&"--control-plane".to_string()), "{args:?}");
+        assert!(!args.contains(&"--root-cert".to_string()), "{args:?}");
         assert_eq!(args.last().map(String::as_str), Some("--dns-capture"));
         let init = init_args(&cfg, &ov);
         assert_eq!(init.last().map(String::as_str), Some("--dns-capture"));
+    }
+
+    #[test]
+    fn identity_flags_and_mounts_follow_the_auth_policy() {
+        let cfg = InjectConfig {
+            dns_capture: true,
+            trust_domain: "example.org".into(),
+            ..InjectConfig::default()
+        };
+        let ov = Overrides::read(&BTreeMap::new(), &cfg).unwrap();
+        let args = proxy_args(&cfg);
+        let tail: Vec<&str> = args[8..].iter().map(String::as_str).collect();
+        assert_eq!(
+            tail,
+            [
+                "--control-plane",
+                "mesh-control.mesh-system.svc:15012",
+                "--root-cert",
+                "/var/run/secrets/istio/root-cert.pem",
+                "--trust-domain",
+                "example.org",
+                "--dns-capture"
+            ]
+        );
+        let mounts = proxy_container(&cfg, &ov, false).volume_mounts.unwrap();
+        let got: Vec<(&str, &str, Option<bool>)> = mounts
+            .iter()
+            .map(|m| (m.name.as_str(), m.mount_path.as_str(), m.read_only))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("istio-token", "/var/run/secrets/tokens", Some(true)),
+                ("istiod-ca-cert", "/var/run/secrets/istio", Some(true))
+            ]
+        );
+
+        let none = InjectConfig {
+            control_plane_auth_policy: crate::config::ControlPlaneAuthPolicy::None,
+            control_plane_address: "mesh-control.mesh-system.svc:15010".into(),
+            ..InjectConfig::default()
+        };
+        let args = proxy_args(&none);
+        assert_eq!(
+            args[8..],
+            ["--control-plane", "mesh-control.mesh-system.svc:15010"]
+        );
+        assert!(proxy_container(&none, &ov, false).volume_mounts.is_none());
     }
 
     #[test]

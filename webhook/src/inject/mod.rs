@@ -8,25 +8,35 @@
 //! How it works: the template stays a raw `serde_json::Value` (so fields our Kubernetes types
 //! do not model are never dropped). k8s-openapi types read and validate it and build our
 //! containers. The core builds the *desired* template (a clone of the input with our
-//! changes) and then emits a small patch touching only `/metadata/annotations` and the
-//! `/spec` lists `initContainers`, `containers`, `volumes`, `imagePullSecrets`: `add .../-`
-//! when items are only appended, a whole-array `replace` when the order changes, `add` of a
-//! missing array or annotation map, per-key `add`/`replace` of annotations (JSON-pointer
-//! escaped, e.g. `sidecar.istio.io~1status`). Removing a key that is not its map's last
+//! changes) and then emits a small patch touching only `/metadata/labels`,
+//! `/metadata/annotations` and the `/spec` lists `initContainers`, `containers`, `volumes`,
+//! `imagePullSecrets`: `add .../-` when items are only appended, a whole-array `replace`
+//! when the order changes, `add` of a missing array or map, per-key `add`/`replace` of
+//! labels and annotations (JSON-pointer escaped, e.g. `sidecar.istio.io~1status`). Removing a key that is not its map's last
 //! (only re-injection and uninject do) replaces that map, `/metadata` or `/spec`, whole,
 //! because a json-patch `remove` would reorder the keys. Applying the patch to the input
 //! yields exactly the desired template, key order included (the golden tests check this
 //! for every case). A `Patched` patch is never empty.
 //!
 //! The status annotation `sidecar.istio.io/status` is JSON, for example
-//! `{"initContainers":["istio-init"],"containers":["istio-proxy"],"volumes":[],
+//! `{"initContainers":["istio-init"],"containers":["istio-proxy"],
+//!   "volumes":["istio-token","istiod-ca-cert"],
 //!   "annotations":["kubectl.kubernetes.io/default-container","prometheus.io/scrape",..],
-//!   "configHash":"dd85827f515456af"}` (plus `"overrides":[..]` when the user had one).
+//!   "labels":["security.istio.io/tlsMode"],"configHash":"dd85827f515456af"}` (plus
+//!   `"overrides":[..]` when the user had one).
 //! - `initContainers`, `containers`, `volumes` (and `imagePullSecrets` when present) name
 //!   what was added, with Istio's keys, so a pod injected by Istio can be re-injected or
-//!   uninjected by us (its volumes are removed too). We add no volumes ourselves.
+//!   uninjected by us (its volumes are removed too). Our volumes are the workload
+//!   identity's ([`mtls`]: `istio-token`, `istiod-ca-cert`, with
+//!   `controlPlaneAuthPolicy: MUTUAL_TLS`); a pod volume of the same name is the user's
+//!   and wins (kept, not recorded), as a user's `istio-proxy` overrides ours.
 //! - `annotations` names the annotations we added (default-container and `prometheus.io/*`,
 //!   never one the user had set), so uninject removes exactly those.
+//! - `labels` (ours, absent when empty) names the labels we added:
+//!   `security.istio.io/tlsMode: istio`, only when the pod had no value of its own (as
+//!   Istio's template keeps one). Removal takes a recorded label only while it still
+//!   holds the value we wrote; removing an Istio injection (a status without
+//!   `configHash`) takes `tlsMode: istio` too, which Istio's template always writes.
 //! - `configHash` hashes the injection config together with everything else that shapes the
 //!   result: native or regular sidecar, the honoured annotations' values, and the values of
 //!   the proxy's identity env (below). Equal hash
@@ -63,6 +73,7 @@
 //! - [`workload`]: the workload a pod belongs to, and the proxy's identity env;
 //! - [`policy`]: inject or not;
 //! - [`identity`]: the proxy's effective uid/gid (a user's `istio-proxy` override);
+//! - [`mtls`]: the workload identity's volumes, mounts, proxy flags and label (data);
 //! - [`containers`]: our two containers, and merging a user's override into one;
 //! - [`rewrite`]: adding an injection to a template, or removing a recorded one;
 //! - [`patch`]: from (input, desired) templates to the RFC 6902 patch.
@@ -70,6 +81,7 @@
 pub mod containers;
 pub mod error;
 pub mod identity;
+pub mod mtls;
 pub mod overrides;
 pub mod patch;
 pub mod policy;

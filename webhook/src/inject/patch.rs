@@ -1,9 +1,9 @@
 //! From (input, desired) templates to a small RFC 6902 patch.
 //!
-//! Only the places the injector changes are compared: `/metadata/annotations` and the
-//! `/spec` lists. Rules: a missing list or map is `add`ed whole; items only appended are
-//! `add .../-`; any other list change is a whole-list `replace`; annotations are added or
-//! replaced per key. A key is `remove`d only when it is the last key of its map (json-patch
+//! Only the places the injector changes are compared: `/metadata/labels`,
+//! `/metadata/annotations` and the `/spec` lists. Rules: a missing list or map is `add`ed
+//! whole; items only appended are `add .../-`; any other list change is a whole-list
+//! `replace`; labels and annotations are added or replaced per key. A key is `remove`d only when it is the last key of its map (json-patch
 //! removes from a map by swapping the last key into the hole, which would reorder it);
 //! otherwise the parent map is replaced, so applying the patch gives exactly `desired`,
 //! key order included.
@@ -123,32 +123,40 @@ fn diff_metadata(old: &Value, new: &Value, ops: &mut Vec<PatchOperation>) {
     if removes_inner_key(om, nm) {
         return ops.push(replace(&["metadata"], nm.clone()));
     }
-    let (oa, na) = (om.get("annotations"), nm.get("annotations"));
-    match (oa, na) {
-        (None, None) => {}
-        (None, Some(n)) => ops.push(add(&["metadata", "annotations"], n.clone())),
-        (Some(_), None) => ops.push(remove(&["metadata", "annotations"])),
-        (Some(o), Some(n)) => match (o.as_object(), n.as_object()) {
-            (Some(o), Some(n)) => diff_annotations(o, n, ops),
-            _ => ops.push(replace(&["metadata", "annotations"], n.clone())),
-        },
+    // In the order the rewrite creates them, so maps both add land in the same order.
+    for key in METADATA_MAPS {
+        match (om.get(key), nm.get(key)) {
+            (None, None) => {}
+            (None, Some(n)) => ops.push(add(&["metadata", key], n.clone())),
+            (Some(_), None) => ops.push(remove(&["metadata", key])),
+            (Some(o), Some(n)) => match (o.as_object(), n.as_object()) {
+                (Some(o), Some(n)) => diff_map(key, o, n, ops),
+                _ if identical(o, n) => {}
+                _ => ops.push(replace(&["metadata", key], n.clone())),
+            },
+        }
     }
 }
 
-fn diff_annotations(o: &Map<String, Value>, n: &Map<String, Value>, ops: &mut Vec<PatchOperation>) {
+/// Metadata maps the injector may change.
+const METADATA_MAPS: [&str; 2] = ["annotations", "labels"];
+
+fn diff_map(
+    key: &str,
+    o: &Map<String, Value>,
+    n: &Map<String, Value>,
+    ops: &mut Vec<PatchOperation>,
+) {
     // Per-key ops keep the order only if `n` is `o`'s keys, in order, then new keys.
     let keeps_order = o.len() <= n.len() && o.keys().zip(n.keys()).all(|(a, b)| a == b);
     if !keeps_order {
-        return ops.push(replace(
-            &["metadata", "annotations"],
-            Value::Object(n.clone()),
-        ));
+        return ops.push(replace(&["metadata", key], Value::Object(n.clone())));
     }
     for (k, v) in n {
         match o.get(k) {
             Some(ov) if ov == v => {}
-            Some(_) => ops.push(replace(&["metadata", "annotations", k], v.clone())),
-            None => ops.push(add(&["metadata", "annotations", k], v.clone())),
+            Some(_) => ops.push(replace(&["metadata", key, k], v.clone())),
+            None => ops.push(add(&["metadata", key, k], v.clone())),
         }
     }
 }
@@ -207,6 +215,32 @@ mod tests {
             json!({"spec": {"initContainers": [{"name": "i"}, {"name": "u"}], "containers": []}}),
         );
         assert!(matches!(ops[0], PatchOperation::Replace(_)));
+    }
+
+    #[test]
+    fn labels_are_patched_per_key_and_escaped() {
+        let ops = check(
+            json!({"metadata": {"labels": {"app": "a"}}, "spec": {}}),
+            json!({"metadata": {"labels": {"app": "a", "security.istio.io/tlsMode": "istio"}}, "spec": {}}),
+        );
+        let text = serde_json::to_string(&ops).unwrap();
+        assert_eq!(
+            text,
+            r#"[{"op":"add","path":"/metadata/labels/security.istio.io~1tlsMode","value":"istio"}]"#
+        );
+        // Both maps new: annotations, then labels, as the rewrite makes them.
+        check(
+            json!({"metadata": {"name": "x"}, "spec": {}}),
+            json!({"metadata": {"name": "x", "annotations": {"a": "1"}, "labels": {"l": "1"}}, "spec": {}}),
+        );
+        check(
+            json!({"metadata": {"name": "x", "labels": null}, "spec": {}}),
+            json!({"metadata": {"name": "x", "labels": {"l": "1"}}, "spec": {}}),
+        );
+        check(
+            json!({"metadata": {"labels": {"a": "1", "b": "2"}}, "spec": {}}),
+            json!({"metadata": {"labels": {"b": "2"}}, "spec": {}}),
+        );
     }
 
     #[test]

@@ -1,11 +1,13 @@
-//! The template rewrite: add our containers and annotations to a template, or remove
-//! exactly what a status annotation records (putting a user's overridden container back).
+//! The template rewrite: add our containers, volumes, label and annotations to a template,
+//! or remove exactly what a status annotation records (putting a user's overridden
+//! container back).
 
-use mesh_common::{PROXY_METRICS_PATH, annotations as ann, containers};
+use mesh_common::{PROXY_METRICS_PATH, annotations as ann, containers, labels};
 use serde_json::{Map, Value, json};
 
 use super::containers::{Built, merge_override};
 use super::error::InjectError;
+use super::mtls;
 use super::status::{OverrideRecord, Status};
 use super::view::PodView;
 use crate::config::InjectConfig;
@@ -52,8 +54,12 @@ fn spec_mut(t: &mut Value) -> Result<&mut Map<String, Value>, InjectError> {
         .ok_or_else(|| pod_err("spec", "must be a mapping"))
 }
 
-/// The annotations map, created when missing (metadata too).
-fn annotations_mut(t: &mut Value) -> Result<&mut Map<String, Value>, InjectError> {
+/// The `metadata` map `key` (`annotations` or `labels`), created when missing (metadata
+/// too).
+fn meta_map_mut<'a>(
+    t: &'a mut Value,
+    key: &str,
+) -> Result<&'a mut Map<String, Value>, InjectError> {
     let root = t
         .as_object_mut()
         .ok_or_else(|| pod_err("template", "must be a mapping"))?;
@@ -66,14 +72,27 @@ fn annotations_mut(t: &mut Value) -> Result<&mut Map<String, Value>, InjectError
     let meta = meta
         .as_object_mut()
         .ok_or_else(|| pod_err("metadata", "must be a mapping"))?;
-    let ann = meta
-        .entry("annotations")
-        .or_insert_with(|| Value::Object(Map::new()));
-    if ann.is_null() {
-        *ann = Value::Object(Map::new());
+    let map = meta.entry(key).or_insert_with(|| Value::Object(Map::new()));
+    if map.is_null() {
+        *map = Value::Object(Map::new());
     }
-    ann.as_object_mut()
-        .ok_or_else(|| pod_err("metadata.annotations", "must be a mapping"))
+    map.as_object_mut()
+        .ok_or_else(|| pod_err(&format!("metadata.{key}"), "must be a mapping"))
+}
+
+/// The labels a recorded injection added and their values. Ours are in the status; an
+/// Istio status records none, but Istio's injection template always writes
+/// `security.istio.io/tlsMode` (keeping a value already there), so its `istio` is taken
+/// for Istio's too: a pod without a sidecar must not tell peers it takes mTLS.
+fn recorded_labels(status: &Status) -> Vec<(&str, &'static str)> {
+    if status.config_hash.is_none() {
+        return vec![(labels::TLS_MODE, mesh_common::identity::TLS_MODE_ISTIO)];
+    }
+    status
+        .labels
+        .iter()
+        .filter_map(|k| Some((k.as_str(), mtls::label_value(k)?)))
+        .collect()
 }
 
 /// Whether every container the status records is in the template (in either list).
@@ -166,11 +185,49 @@ pub fn remove_injection(
         if empty {
             meta.shift_remove("annotations");
         }
+        // A recorded label goes only while it still says what the injection wrote: a
+        // value the user set since is theirs.
+        let empty = match meta.get_mut("labels").and_then(Value::as_object_mut) {
+            Some(l) => {
+                for (k, v) in recorded_labels(status) {
+                    if l.get(k).and_then(Value::as_str) == Some(v) {
+                        l.shift_remove(k);
+                    }
+                }
+                l.is_empty() && drop_empty
+            }
+            None => false,
+        };
+        if empty {
+            meta.shift_remove("labels");
+        }
     }
     Ok(t)
 }
 
-/// Add our containers and annotations to a template that carries no injection.
+/// Add the identity's volumes to `spec.volumes`; a volume the pod already has under one of
+/// those names is the user's and wins (as a user's `istio-proxy` overrides ours): it is
+/// kept as written and not recorded. Returns the names added.
+fn add_identity_volumes(spec: &mut Map<String, Value>) -> Result<Vec<String>, InjectError> {
+    let present = spec.contains_key("volumes");
+    let mut volumes = take_array(spec, "volumes")?;
+    let mut added = Vec::new();
+    for v in mtls::volumes() {
+        let name = name_of(&v).unwrap_or_default().to_string();
+        if volumes.iter().any(|u| name_of(u) == Some(name.as_str())) {
+            continue;
+        }
+        volumes.push(v);
+        added.push(name);
+    }
+    if present || !volumes.is_empty() {
+        spec.insert("volumes".into(), Value::Array(volumes));
+    }
+    Ok(added)
+}
+
+/// Add our containers and annotations (and, with a workload identity, its volumes and
+/// label) to a template that carries no injection.
 pub fn apply_injection(
     original: &Value,
     base: Value,
@@ -255,6 +312,11 @@ pub fn apply_injection(
     };
     spec.insert("initContainers".into(), Value::Array(init));
     spec.insert("containers".into(), Value::Array(apps));
+    let volumes = if cfg.workload_identity() {
+        add_identity_volumes(spec)?
+    } else {
+        Vec::new()
+    };
     // Lists a previous injection's removal emptied (say, Istio's volumes) go away.
     for key in ["volumes", "imagePullSecrets"] {
         let emptied = spec
@@ -270,7 +332,34 @@ pub fn apply_injection(
         }
     }
 
-    let a = annotations_mut(&mut t)?;
+    // The annotations map first: created before a labels map we may create, the two keep
+    // one order whether this is a first injection or a re-injection of one without labels.
+    meta_map_mut(&mut t, "annotations")?;
+    // Labels: only where the pod has no value of its own (Istio's template keeps one).
+    let mut added_labels: Vec<String> = Vec::new();
+    if cfg.workload_identity() {
+        let l = meta_map_mut(&mut t, "labels")?;
+        for (k, v) in mtls::LABELS {
+            if !l.contains_key(k) {
+                l.insert(k.to_string(), Value::String(v.to_string()));
+                added_labels.push(k.to_string());
+            }
+        }
+    }
+    // A labels map a previous injection's removal emptied goes away.
+    let labels_emptied = t
+        .pointer("/metadata/labels")
+        .and_then(Value::as_object)
+        .is_some_and(Map::is_empty)
+        && original
+            .pointer("/metadata/labels")
+            .and_then(Value::as_object)
+            .is_some_and(|l| !l.is_empty());
+    if labels_emptied && let Some(meta) = t.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.shift_remove("labels");
+    }
+
+    let a = meta_map_mut(&mut t, "annotations")?;
     let mut added: Vec<String> = Vec::new();
     let mut set = |a: &mut Map<String, Value>, k: &str, v: String| {
         a.insert(k.to_string(), Value::String(v));
@@ -290,7 +379,9 @@ pub fn apply_injection(
         set(a, ann::PROMETHEUS_PATH, PROXY_METRICS_PATH.into());
     }
     let status = Status {
+        volumes,
         annotations: added,
+        labels: added_labels,
         config_hash: Some(config_hash),
         overrides,
         ..status

@@ -43,6 +43,14 @@ pub struct Status {
     pub image_pull_secrets: Vec<String>,
     #[serde(default, deserialize_with = "null_as_empty")]
     pub annotations: Vec<String>,
+    /// Pod labels we added (`security.istio.io/tlsMode`, when the pod had no value of its
+    /// own). Our key: Istio's status records no labels.
+    #[serde(
+        default,
+        deserialize_with = "null_as_empty",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub labels: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_hash: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
