@@ -147,7 +147,8 @@ pub mod proxy {
         /// (as Istio's `CA_ADDR` defaults to the discovery address).
         pub const CA_ADDRESS: &str = "--ca-address";
         /// The name verified in mesh-control's (and the CA's) certificate; default: the
-        /// host of `--control-plane` (Istio's `ISTIOD_SAN`). Needed when that is an IP.
+        /// host of the address dialled (`--control-plane`, or `--ca-address` for the CA;
+        /// Istio's `ISTIOD_SAN`). Needed when that is an IP.
         pub const CONTROL_PLANE_SAN: &str = "--control-plane-san";
         /// The projected ServiceAccount token shown to the CA, re-read at every request
         /// (default [`crate::identity::TOKEN_PATH`]).
