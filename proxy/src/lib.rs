@@ -76,6 +76,8 @@ pub enum ProxyError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot set up mTLS: {0}")]
+    Tls(String),
 }
 
 /// The addresses the proxy really listens on (ports resolved when 0 was asked for).
@@ -243,13 +245,25 @@ impl Proxy {
                     own_ip: own,
                     wait: control::LOOKUP_WAIT,
                 });
+                // mTLS: with an identity, connections are terminated and originated
+                // with the workload certificate (built once; it reads the store at each
+                // handshake).
+                let mesh_tls = match &workload_identity {
+                    None => None,
+                    Some(store) => Some(
+                        identity::mesh::MeshTls::new(store.clone())
+                            .map_err(|e| ProxyError::Tls(e.to_string()))?,
+                    ),
+                };
                 let dial = |inbound_passthrough| {
                     Arc::new(http::TcpConnector {
                         timeout: config.connect_timeout,
                         inbound_passthrough,
+                        tls: mesh_tls.clone(),
                     })
                 };
                 let l7 = flow::http::L7 {
+                    tls: mesh_tls.clone(),
                     store,
                     resolver,
                     metrics: http_metrics.clone(),

@@ -60,14 +60,20 @@ pub enum RefusalReason {
     NoOriginalDst,
     /// An AuthorizationPolicy denied it (inbound TCP).
     Denied,
+    /// Plaintext where PeerAuthentication says `STRICT`.
+    PlaintextRefused,
+    /// The mTLS handshake failed (no or a bad client certificate, a timeout).
+    TlsHandshake,
 }
 
 impl RefusalReason {
-    pub const ALL: [RefusalReason; 4] = [
+    pub const ALL: [RefusalReason; 6] = [
         RefusalReason::Loop,
         RefusalReason::Limit,
         RefusalReason::NoOriginalDst,
         RefusalReason::Denied,
+        RefusalReason::PlaintextRefused,
+        RefusalReason::TlsHandshake,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -76,6 +82,8 @@ impl RefusalReason {
             RefusalReason::Limit => "limit",
             RefusalReason::NoOriginalDst => "no_original_dst",
             RefusalReason::Denied => "denied",
+            RefusalReason::PlaintextRefused => "plaintext_refused",
+            RefusalReason::TlsHandshake => "tls_handshake",
         }
     }
 
@@ -85,8 +93,10 @@ impl RefusalReason {
         match self {
             RefusalReason::Loop | RefusalReason::NoOriginalDst => ResponseFlags::NoRoute,
             RefusalReason::Limit => ResponseFlags::Overload,
-            // Envoy's RBAC filter sets no flag either.
-            RefusalReason::Denied => ResponseFlags::None,
+            // Envoy's RBAC filter sets no flag either; nor does a failed handshake.
+            RefusalReason::Denied
+            | RefusalReason::PlaintextRefused
+            | RefusalReason::TlsHandshake => ResponseFlags::None,
         }
     }
 }
@@ -156,6 +166,8 @@ pub struct TcpPeer {
     side: String,
     /// `destination_service`, `destination_service_name`, `destination_service_namespace`.
     service: String,
+    /// Over mTLS: this proxy's own principal label value (the peer's is in `side`).
+    own_principal: Option<String>,
 }
 
 impl TcpPeer {
@@ -184,9 +196,50 @@ impl TcpPeer {
             ),
         };
         TcpPeer {
-            side: labels.render(side),
+            side: labels.render(side, UNKNOWN),
             service,
+            own_principal: None,
         }
+    }
+
+    /// This peer, over mTLS (see [`TcpPeer::mtls`]).
+    pub fn secured(&self, direction: Direction, peer_id: Option<&str>, own_id: &str) -> TcpPeer {
+        let side = match direction {
+            Direction::Outbound => "destination",
+            Direction::Inbound => "source",
+        };
+        let principal = prom::escape_label_value(peer_id.unwrap_or(UNKNOWN));
+        TcpPeer {
+            side: self.side.replacen(
+                &format!("{side}_principal=\"{UNKNOWN}\""),
+                &format!("{side}_principal=\"{principal}\""),
+                1,
+            ),
+            service: self.service.clone(),
+            own_principal: Some(prom::escape_label_value(own_id)),
+        }
+    }
+
+    /// [`TcpPeer::new`] for a connection over mTLS: `peer_id` is the other side's
+    /// verified SPIFFE id (when known), `own_id` this proxy's. The destination reporter
+    /// then says `connection_security_policy="mutual_tls"`.
+    pub fn mtls(
+        direction: Direction,
+        peer: Option<&mesh_config::PeerMeta>,
+        service: Option<(&str, &str, &str)>,
+        peer_id: Option<&str>,
+        own_id: &str,
+    ) -> TcpPeer {
+        let mut p = TcpPeer::new(direction, peer, service);
+        let side = match direction {
+            Direction::Outbound => "destination",
+            Direction::Inbound => "source",
+        };
+        let labels = peer.map_or_else(PeerLabels::unknown, PeerLabels::of_meta);
+        let principal = prom::escape_label_value(peer_id.unwrap_or(UNKNOWN));
+        p.side = labels.render(side, &principal);
+        p.own_principal = Some(prom::escape_label_value(own_id));
+        p
     }
 }
 
@@ -207,6 +260,8 @@ pub struct Metrics {
     /// This proxy's own side alone, per direction (`source_*` outbound,
     /// `destination_*` inbound), for series whose other side is known ([`TcpPeer`]).
     own_labels: [String; 2],
+    /// This proxy's own labels, for series over mTLS (rendered with its principal).
+    own: PeerLabels,
     series: Mutex<HashMap<SeriesKey, Arc<TcpSeries>>>,
     active: [AtomicU64; 2],
     connect_errors: [[AtomicU64; 6]; 2],
@@ -224,15 +279,20 @@ impl Metrics {
                 Direction::Outbound => (&me, &unknown),
                 Direction::Inbound => (&unknown, &me),
             };
-            format!("{},{}", src.render("source"), dst.render("destination"))
+            format!(
+                "{},{}",
+                src.render("source", UNKNOWN),
+                dst.render("destination", UNKNOWN)
+            )
         });
         let own_labels = Direction::ALL.map(|d| match d {
-            Direction::Outbound => me.render("source"),
-            Direction::Inbound => me.render("destination"),
+            Direction::Outbound => me.render("source", UNKNOWN),
+            Direction::Inbound => me.render("destination", UNKNOWN),
         });
         Metrics {
             peer_labels,
             own_labels,
+            own: me,
             series: Mutex::new(HashMap::new()),
             active: Default::default(),
             connect_errors: Default::default(),
@@ -437,7 +497,22 @@ impl Metrics {
                 key.flags.as_str(),
             );
         };
-        let own = &self.own_labels[key.direction.index()];
+        let mtls_own;
+        let (own, security) = match &peer.own_principal {
+            None => (&self.own_labels[key.direction.index()], security),
+            Some(principal) => {
+                let side = match key.direction {
+                    Direction::Outbound => "source",
+                    Direction::Inbound => "destination",
+                };
+                mtls_own = self.own.render(side, principal);
+                let security = match key.direction {
+                    Direction::Outbound => UNKNOWN,
+                    Direction::Inbound => "mutual_tls",
+                };
+                (&mtls_own, security)
+            }
+        };
         let (src, dst) = match key.direction {
             Direction::Outbound => (own, &peer.side),
             Direction::Inbound => (&peer.side, own),
@@ -456,6 +531,7 @@ impl Metrics {
 /// One side's workload labels (`source_*` or `destination_*`), escaped: this proxy's own
 /// from what the injector told it, or `unknown` for the side it cannot know without a
 /// control plane.
+#[derive(Debug)]
 struct PeerLabels {
     workload: String,
     namespace: String,
@@ -502,9 +578,10 @@ impl PeerLabels {
         }
     }
 
-    fn render(&self, side: &str) -> String {
+    /// `principal` is escaped already.
+    fn render(&self, side: &str, principal: &str) -> String {
         format!(
-            "{side}_workload=\"{}\",{side}_workload_namespace=\"{}\",{side}_principal=\"{UNKNOWN}\",{side}_app=\"{}\",{side}_version=\"{}\",{side}_canonical_service=\"{}\",{side}_canonical_revision=\"{}\"",
+            "{side}_workload=\"{}\",{side}_workload_namespace=\"{}\",{side}_principal=\"{principal}\",{side}_app=\"{}\",{side}_version=\"{}\",{side}_canonical_service=\"{}\",{side}_canonical_revision=\"{}\"",
             self.workload,
             self.namespace,
             self.app,

@@ -193,6 +193,16 @@ impl<'a> ConnRecord<'a> {
         self.peer = Some(Arc::new(peer));
     }
 
+    /// The connection runs over mTLS: `peer_id` is the other side's verified SPIFFE id
+    /// (when known), `own_id` this proxy's (call before [`ConnRecord::connected`]).
+    pub fn secure_peer(&mut self, peer_id: Option<&str>, own_id: &str) {
+        let base = self
+            .peer
+            .take()
+            .unwrap_or_else(|| Arc::new(TcpPeer::new(self.direction, None, None)));
+        self.peer = Some(Arc::new(base.secured(self.direction, peer_id, own_id)));
+    }
+
     /// Handed to the HTTP engine, which counts and logs each request itself (Istio's
     /// sidecars report no `istio_tcp_*` series for HTTP connections): nothing more is
     /// counted or logged here.

@@ -65,6 +65,20 @@ impl Io for TcpStream {
 
 impl Io for tokio::io::DuplexStream {}
 
+/// mTLS, terminated (inbound): copied by the poll loop, never spliced.
+impl Io for tokio_rustls::server::TlsStream<TcpStream> {
+    fn reset_on_close(&self) {
+        self.get_ref().0.reset_on_close();
+    }
+}
+
+/// mTLS, originated (outbound).
+impl Io for tokio_rustls::client::TlsStream<TcpStream> {
+    fn reset_on_close(&self) {
+        self.get_ref().0.reset_on_close();
+    }
+}
+
 /// Where one direction's delivered bytes are counted: the metric series (live, so
 /// long connections show up in `/stats/prometheus` as they go) and the connection's
 /// own total.

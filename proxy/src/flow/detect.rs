@@ -63,6 +63,122 @@ pub fn classify(buf: &[u8]) -> Option<Sniffed> {
 /// The most bytes [`classify`] needs to decide.
 pub const SNIFF_LEN: usize = H2_PREFACE.len();
 
+/// What a connection's first bytes say about TLS (inbound, with an identity).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hello {
+    /// Not a TLS ClientHello: plaintext (or a protocol that is not TLS).
+    NotTls,
+    /// The start of a ClientHello: more bytes are needed.
+    Incomplete,
+    /// A ClientHello, with the ALPN protocols it offers (empty: none, or not readable
+    /// from the first record).
+    Tls { alpn: Vec<Vec<u8>> },
+}
+
+impl Hello {
+    /// Istio's mTLS: a ClientHello offering `istio` or an `istio-` protocol (Envoy
+    /// sidecars always offer one under `ISTIO_MUTUAL`, as does this proxy). Other TLS is
+    /// the app's own, passed through.
+    pub fn is_istio(&self) -> bool {
+        match self {
+            Hello::Tls { alpn } => alpn
+                .iter()
+                .any(|p| p.as_slice() == b"istio" || p.starts_with(b"istio-")),
+            _ => false,
+        }
+    }
+}
+
+/// The most bytes peeked for a ClientHello: one TLS record (16 KiB) and its header.
+pub const HELLO_MAX: usize = 5 + 16 * 1024;
+
+/// Reads the ClientHello at the start of `buf` (a TLS handshake record) far enough to
+/// find its ALPN extension. Never panics on any input.
+pub fn client_hello(buf: &[u8]) -> Hello {
+    // Record header: content type 22 (handshake), version 3.x, length.
+    match buf {
+        [] => return Hello::Incomplete,
+        [0x16] | [0x16, 0x03] => return Hello::Incomplete,
+        [0x16, 0x03, ..] => {}
+        _ => return Hello::NotTls,
+    }
+    if buf.len() < 5 {
+        return Hello::Incomplete;
+    }
+    let record_len = usize::from(u16::from_be_bytes([buf[3], buf[4]]));
+    if record_len == 0 || record_len > 16 * 1024 + 256 {
+        return Hello::NotTls;
+    }
+    let Some(record) = buf.get(5..5 + record_len) else {
+        return Hello::Incomplete;
+    };
+    // Handshake header: type 1 (ClientHello), 24-bit length.
+    if record.len() < 4 || record[0] != 0x01 {
+        return Hello::NotTls;
+    }
+    match hello_alpn(&record[4..]) {
+        Some(alpn) => Hello::Tls { alpn },
+        // A ClientHello longer than its first record, or malformed: TLS all the same,
+        // without a readable ALPN.
+        None => Hello::Tls { alpn: Vec::new() },
+    }
+}
+
+/// A cursor over a byte slice that fails instead of panicking.
+struct Bytes<'a>(&'a [u8]);
+
+impl<'a> Bytes<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Some(a)
+    }
+    fn u8(&mut self) -> Option<usize> {
+        self.take(1).map(|b| usize::from(b[0]))
+    }
+    fn u16(&mut self) -> Option<usize> {
+        self.take(2)
+            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+    }
+}
+
+/// The ALPN list of a ClientHello body (after the handshake header).
+fn hello_alpn(body: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let mut b = Bytes(body);
+    b.take(2 + 32)?; // client_version, random
+    let n = b.u8()?;
+    b.take(n)?; // session id
+    let n = b.u16()?;
+    b.take(n)?; // cipher suites
+    let n = b.u8()?;
+    b.take(n)?; // compression methods
+    if b.0.is_empty() {
+        return Some(Vec::new()); // no extensions
+    }
+    let n = b.u16()?;
+    let mut exts = Bytes(b.take(n)?);
+    while !exts.0.is_empty() {
+        let kind = exts.u16()?;
+        let len = exts.u16()?;
+        let data = exts.take(len)?;
+        if kind == 0x0010 {
+            let mut d = Bytes(data);
+            let n = d.u16()?;
+            let mut list = Bytes(d.take(n)?);
+            let mut out = Vec::new();
+            while !list.0.is_empty() {
+                let n = list.u8()?;
+                out.push(list.take(n)?.to_vec());
+            }
+            return Some(out);
+        }
+    }
+    Some(Vec::new())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,6 +192,69 @@ mod tests {
         assert_eq!(classify(b"SSH-2.0-OpenSSH"), Some(Sniffed::Opaque));
         assert_eq!(classify(b"GETX"), Some(Sniffed::Opaque));
         assert_eq!(classify(b"get / HTTP/1.1"), Some(Sniffed::Opaque));
+    }
+
+    /// A ClientHello as rustls writes it, with `alpn`.
+    fn rustls_hello(alpn: &[&[u8]]) -> Vec<u8> {
+        use std::sync::Arc;
+        let roots = rustls::RootCertStore::empty();
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let name = rustls::pki_types::ServerName::try_from("outbound_.9080_._.reviews").unwrap();
+        let mut c = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+        let mut out = Vec::new();
+        c.write_tls(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn client_hellos_and_their_alpn() {
+        let h = rustls_hello(&[b"istio-http/1.1", b"istio", b"http/1.1"]);
+        let got = client_hello(&h);
+        assert_eq!(
+            got,
+            Hello::Tls {
+                alpn: vec![
+                    b"istio-http/1.1".to_vec(),
+                    b"istio".to_vec(),
+                    b"http/1.1".to_vec()
+                ]
+            }
+        );
+        assert!(got.is_istio());
+        let app_tls = client_hello(&rustls_hello(&[b"h2", b"http/1.1"]));
+        assert!(matches!(app_tls, Hello::Tls { .. }) && !app_tls.is_istio());
+        assert_eq!(
+            client_hello(&rustls_hello(&[])),
+            Hello::Tls { alpn: vec![] }
+        );
+        // Every prefix is incomplete, never a wrong answer.
+        for n in 0..h.len() {
+            assert_eq!(client_hello(&h[..n]), Hello::Incomplete, "{n}");
+        }
+        assert_eq!(client_hello(b"GET / HTTP/1.1\r\n"), Hello::NotTls);
+        assert_eq!(client_hello(b"\x16\x01"), Hello::NotTls);
+        assert_eq!(client_hello(b"\x17\x03\x03\x00\x10"), Hello::NotTls);
+        // Garbage after a plausible header: TLS without ALPN, no panic.
+        let mut junk = vec![0x16, 0x03, 0x01, 0x00, 0x40, 0x01];
+        junk.extend(std::iter::repeat_n(0xff, 0x3f));
+        assert_eq!(client_hello(&junk), Hello::Tls { alpn: vec![] });
+        let mut rng = 0x2545_f491_u64;
+        for _ in 0..2000 {
+            let mut b = h.clone();
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let i = (rng as usize) % b.len();
+            b[i] = (rng >> 32) as u8;
+            let _ = client_hello(&b);
+        }
     }
 
     #[test]

@@ -22,6 +22,8 @@ use crate::metrics::TcpPeer;
 
 /// What the L7 path shares: the config store, the request metrics, the dialers.
 pub struct L7 {
+    /// mTLS, with a workload identity (`--root-cert`).
+    pub tls: Option<Arc<crate::identity::mesh::MeshTls>>,
     pub store: Arc<Store>,
     pub resolver: Arc<StoreResolver>,
     pub metrics: Arc<HttpMetrics>,
@@ -98,6 +100,8 @@ pub struct TcpUpstream {
     /// The connection's slot under the cluster's `tcp.maxConnections`, held while it
     /// is open; `Err`: the limit is reached, refuse the connection (`UO`).
     pub slot: Result<Option<crate::http::resilience::SlotGuard>, ()>,
+    /// mTLS to the endpoint (auto mTLS or the DestinationRule's `ISTIO_MUTUAL`).
+    pub tls: Option<crate::identity::mesh::TlsTarget>,
 }
 
 /// An L4 connection to a Service port: see [`TcpUpstream`].
@@ -121,14 +125,16 @@ pub fn tcp_upstream(svc: &CompiledService, orig: OrigDstAddr) -> TcpUpstream {
             }
         },
     };
-    let meta = picked.and_then(|addr| {
-        raw.cluster(&cluster_name)?
-            .endpoints
-            .iter()
-            .find(|e| e.addr == addr)?
-            .peer
-            .as_ref()
-    });
+    let raw_cluster = raw.cluster(&cluster_name);
+    let raw_endpoint =
+        picked.and_then(|addr| raw_cluster?.endpoints.iter().find(|e| e.addr == addr));
+    let meta = raw_endpoint.and_then(|e| e.peer.as_ref());
+    let tls = match (raw_cluster, raw_endpoint) {
+        (Some(c), Some(e)) if c.tls.mtls_to(e) => {
+            Some(crate::identity::mesh::TlsTarget::for_cluster(c))
+        }
+        _ => None,
+    };
     let peer = TcpPeer::new(
         Direction::Outbound,
         meta,
@@ -140,6 +146,7 @@ pub fn tcp_upstream(svc: &CompiledService, orig: OrigDstAddr) -> TcpUpstream {
         connect_timeout: cluster.and_then(|c| c.limits.connect_timeout),
         idle_timeout: cluster.and_then(|c| c.limits.tcp_idle_timeout),
         slot,
+        tls,
     }
 }
 
@@ -249,15 +256,19 @@ async fn finish(
     }
 }
 
-/// Serves `client` with the HTTP engine until it closes.
-pub async fn serve(
+/// Serves `client` (plain TCP, or mTLS the inbound flow terminated, then `peer_identity`
+/// is the client's SPIFFE id) with the HTTP engine until it closes.
+pub async fn serve<IO>(
     shared: &Shared,
     l7: &L7,
-    client: TcpStream,
+    client: IO,
     peer: ClientAddr,
     orig: OrigDstAddr,
     inbound: bool,
-) {
+    peer_identity: Option<Arc<str>>,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let connector: Arc<dyn Connector> = if inbound {
         l7.inbound.clone()
     } else {
@@ -270,6 +281,7 @@ pub async fn serve(
         orig_dst: orig.addr(),
         client: peer.addr(),
         drain: Some(shared.drain.clone()),
+        peer_identity,
     };
     let result = if inbound {
         crate::http::serve_inbound(client, ctx).await

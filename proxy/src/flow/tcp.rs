@@ -4,10 +4,8 @@
 use std::io;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
-
 use super::Shared;
-use crate::copy::{self, Meters};
+use crate::copy::{self, Io, Meters};
 
 /// Copies between `client` and `upstream` until both directions end. The caller closes
 /// both sockets (by dropping them) after recording the end, so whoever sees them close
@@ -15,10 +13,10 @@ use crate::copy::{self, Meters};
 ///
 /// A plain function returning the copy's future, not an `async fn`: another layer would
 /// keep its own copy of these arguments in every connection's task.
-pub(super) fn forward<'a>(
+pub(super) fn forward<'a, A: Io, B: Io>(
     shared: &Shared,
-    client: &'a mut TcpStream,
-    upstream: &'a mut TcpStream,
+    client: &'a mut A,
+    upstream: &'a mut B,
     meters: &'a Meters<'a>,
 ) -> impl Future<Output = io::Result<()>> + 'a {
     copy::duplex(client, upstream, shared.config.copy_mode, meters)
@@ -27,10 +25,10 @@ pub(super) fn forward<'a>(
 /// [`forward`], ended when no byte moved either way for `idle` (a cluster's
 /// `tcp.idleTimeout`): both sockets are then closed by the caller, as Envoy's TCP proxy
 /// does. The watchdog wakes once per `idle` (at most), only on such connections.
-pub(super) async fn forward_idle(
+pub(super) async fn forward_idle<A: Io, B: Io>(
     shared: &Shared,
-    client: &mut TcpStream,
-    upstream: &mut TcpStream,
+    client: &mut A,
+    upstream: &mut B,
     meters: &Meters<'_>,
     idle: Duration,
 ) -> io::Result<()> {
@@ -60,7 +58,7 @@ mod tests {
     use std::time::Instant;
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
     use crate::access_log::AccessLog;

@@ -1,7 +1,8 @@
 //! A [`mesh_config::Service`] made ready for requests: validated, every regex compiled
 //! (RE2 syntax through the `regex` crate, anchored to the whole string), header edits
 //! parsed into header names and values, route destinations resolved to cluster
-//! indices, endpoints indexed with their load-balancing state. Immutable once made;
+//! indices, endpoints indexed with their load-balancing state, each cluster's mTLS
+//! target and whether each endpoint takes it. Immutable once made;
 //! shared as `Arc` by every worker thread.
 
 use std::net::SocketAddr;
@@ -12,11 +13,12 @@ use hyper::body::Bytes;
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::http::uri::{Authority, PathAndQuery};
 use mesh_config::{
-    Fault, HeaderEdit, HeaderMatch, LoadBalancer, Protocol, Redirect, RequestMatch, Resource,
-    RouteAction, Service, StringMatch, ValidationError,
+    ClusterTlsMode, Fault, HeaderEdit, HeaderMatch, LoadBalancer, Protocol, Redirect, RequestMatch,
+    Resource, RouteAction, Service, StringMatch, ValidationError,
 };
 use regex::{Regex, RegexBuilder};
 
+use super::TlsTarget;
 use super::lb::LbStates;
 use super::metrics::{PeerLabels, ServiceLabels};
 use super::resilience::{ClusterState, EndpointHealth, Limits, Outlier, RetryRule};
@@ -190,6 +192,9 @@ pub struct CompiledPort {
 pub struct CompiledEndpoint {
     pub addr: SocketAddr,
     pub peer: Arc<PeerLabels>,
+    /// Connections to it originate mTLS with the cluster's [`CompiledCluster::tls`]
+    /// (`ClusterTls::mtls_to`: the cluster's mode, or auto mTLS for this endpoint).
+    pub mtls: bool,
     pub(crate) in_flight: Arc<AtomicU32>,
     pub(crate) health: Arc<EndpointHealth>,
 }
@@ -209,6 +214,11 @@ pub struct CompiledCluster {
     pub port: u16,
     pub load_balancer: LoadBalancer,
     pub labels: Arc<ServiceLabels>,
+    /// Where mTLS connections go (SNI, expected server identities); `None` when the
+    /// cluster's mode is `DISABLE`. Used for the endpoints whose `mtls` says so.
+    pub tls: Option<TlsTarget>,
+    /// [`TlsTarget::key`] of `tls` (0: none), computed once for the pool keys.
+    pub(crate) tls_key: u64,
     pub endpoints: Vec<CompiledEndpoint>,
     /// Serving and not terminating: who gets new requests.
     pub(crate) preferred: Vec<usize>,
@@ -250,6 +260,8 @@ impl CompiledService {
         let mut clusters = Vec::with_capacity(svc.clusters.len());
         for c in &svc.clusters {
             let outlier_policy = c.outlier_detection.as_ref().map(|od| format!("{od:?}"));
+            let tls = (c.tls.mode != ClusterTlsMode::Disable).then(|| TlsTarget::for_cluster(c));
+            let tls_key = tls.as_ref().map_or(0, TlsTarget::key);
             let mut endpoints = Vec::with_capacity(c.endpoints.len());
             let (mut preferred, mut fallback) = (Vec::new(), Vec::new());
             for (i, e) in c.endpoints.iter().enumerate() {
@@ -260,6 +272,7 @@ impl CompiledService {
                 endpoints.push(CompiledEndpoint {
                     addr: e.addr,
                     peer: Arc::new(peer),
+                    mtls: tls.is_some() && c.tls.mtls_to(e),
                     in_flight: states.in_flight(&c.name, e.addr),
                     // Kept across updates of the same policy; a new policy (or none)
                     // starts afresh, as Envoy's new cluster would.
@@ -276,9 +289,18 @@ impl CompiledService {
             }
             let limits = Limits::compile(&c.connection_pool);
             let state = states.cluster(&c.name);
+            let addrs = || -> Vec<SocketAddr> { c.endpoints.iter().map(|e| e.addr).collect() };
             if let Some(old) = state.swap_limits(&limits) {
-                let addrs: Vec<SocketAddr> = c.endpoints.iter().map(|e| e.addr).collect();
-                super::pool::retire_idle(state.scope(&old), &addrs);
+                let (scope, addrs) = (state.scope(&old), addrs());
+                super::pool::retire_idle(|k| k.scope == scope && addrs.contains(&k.addr));
+            }
+            // New identities, SNI or mode: connections verified under the old ones are
+            // not reused (new ones are keyed apart) and do not linger either.
+            if let Some(old) = state.swap_tls(tls_key)
+                && old != 0
+            {
+                let addrs = addrs();
+                super::pool::retire_idle(|k| k.tls == old && addrs.contains(&k.addr));
             }
             clusters.push(CompiledCluster {
                 name: c.name.clone(),
@@ -290,6 +312,8 @@ impl CompiledService {
                     &c.service_name,
                     &c.service_namespace,
                 )),
+                tls,
+                tls_key,
                 endpoints,
                 preferred,
                 fallback,
@@ -613,6 +637,44 @@ pub(crate) mod tests {
         assert_eq!(c.cluster(&subset("v2")).unwrap().endpoints.len(), 1);
         assert!(c.serves_host("reviews"));
         assert!(!c.serves_host("ratings"));
+    }
+
+    #[test]
+    fn cluster_tls_compiles_per_endpoint() {
+        use mesh_config::{ClusterTls, ClusterTlsMode};
+        let mut svc = reviews(vec![]);
+        // v1: auto mTLS, its endpoint labelled for it; v2: auto, not labelled;
+        // v3: DISABLE although the endpoint would take it.
+        svc.clusters[1].endpoints[0].mtls = true;
+        svc.clusters[1].tls.identities =
+            vec!["spiffe://cluster.local/ns/default/sa/reviews".into()];
+        svc.clusters[3].endpoints[0].mtls = true;
+        svc.clusters[3].tls = ClusterTls {
+            mode: ClusterTlsMode::Disable,
+            ..ClusterTls::default()
+        };
+        let c = CompiledService::compile(&svc).unwrap();
+        let v1 = c.cluster(&subset("v1")).unwrap();
+        let t = v1.tls.as_ref().unwrap();
+        assert_eq!(
+            t.sni,
+            "outbound_.9080_.v1_.reviews.default.svc.cluster.local"
+        );
+        assert_eq!(
+            t.identities,
+            ["spiffe://cluster.local/ns/default/sa/reviews"]
+        );
+        assert_eq!(v1.tls_key, t.key());
+        assert_ne!(v1.tls_key, 0);
+        assert!(v1.endpoints[0].mtls);
+        let v2 = c.cluster(&subset("v2")).unwrap();
+        assert!(v2.tls.is_some());
+        assert!(!v2.endpoints[0].mtls);
+        assert_ne!(v2.tls_key, v1.tls_key, "another SNI: another pool");
+        let v3 = c.cluster(&subset("v3")).unwrap();
+        assert!(v3.tls.is_none());
+        assert_eq!(v3.tls_key, 0);
+        assert!(!v3.endpoints[0].mtls);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! its in-flight count drops. The record is made before the last frame is handed to
 //! hyper, so a client that has read the whole response finds it counted.
 
+use std::borrow::Cow;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +20,7 @@ use super::Engine;
 use super::headers::{self, GRPC_MESSAGE, GRPC_STATUS};
 use super::lb::InFlight;
 use super::log::{self, LogFields};
-use super::metrics::{Flags, PeerLabels, RequestRecord, ServiceLabels};
+use super::metrics::{Flags, PeerLabels, Principals, RequestRecord, ServiceLabels};
 use super::pool::Checkout;
 use super::resilience::SlotGuard;
 use crate::direction::Direction;
@@ -32,6 +33,9 @@ pub(crate) struct Exchange {
     pub started_at: SystemTime,
     pub peer: Arc<PeerLabels>,
     pub service: Arc<ServiceLabels>,
+    /// The connection's principals when it is mTLS (inbound: the downstream one;
+    /// outbound: the upstream one the response came on).
+    pub mtls: Option<Arc<Principals>>,
     pub grpc: bool,
     pub code: u16,
     pub grpc_status: Option<u32>,
@@ -68,6 +72,7 @@ impl Exchange {
             started_at: SystemTime::now(),
             peer,
             service,
+            mtls: None,
             grpc: false,
             code: 0,
             grpc_status: None,
@@ -94,6 +99,7 @@ impl Exchange {
             direction: self.direction,
             peer: self.peer.clone(),
             service: self.service.clone(),
+            mtls: self.mtls.clone(),
             grpc: self.grpc,
             code: self.code,
             grpc_status: self.grpc_status,
@@ -255,13 +261,15 @@ pub(crate) const UT_BODY: &str = "upstream request timeout";
 
 /// A response the proxy makes itself. For a gRPC request it is a trailers-only gRPC
 /// response (HTTP 200, `grpc-status` from Envoy's mapping, the text as `grpc-message`)
-/// unless `grpc_status` is given.
+/// unless `grpc_status` is given. The text is mostly a constant; an owned one (a
+/// failure reason) costs its allocation on that failure only.
 pub(crate) fn local_reply(
     mut ex: Box<Exchange>,
     status: u16,
-    text: &'static str,
+    text: impl Into<Cow<'static, str>>,
     grpc_status: Option<u32>,
 ) -> Response<ResponseBody> {
+    let text = text.into();
     let mut resp;
     if ex.grpc || grpc_status.is_some() {
         let g = grpc_status.unwrap_or_else(|| headers::http_to_grpc_status(status));
@@ -272,19 +280,25 @@ pub(crate) fn local_reply(
             HeaderValue::from_static("application/grpc"),
         );
         h.insert(GRPC_STATUS.clone(), HeaderValue::from(g));
-        if !text.is_empty() {
-            h.insert(GRPC_MESSAGE.clone(), HeaderValue::from_static(text));
+        let message = match &text {
+            Cow::Borrowed(t) => Some(HeaderValue::from_static(t)),
+            Cow::Owned(t) => HeaderValue::from_str(t).ok(),
+        };
+        if let Some(m) = message.filter(|m| !m.is_empty()) {
+            h.insert(GRPC_MESSAGE.clone(), m);
         }
         ex.code = 200;
         ex.grpc_status = Some(g);
     } else {
-        resp = Response::new(ResponseBody::full(
-            Bytes::from_static(text.as_bytes()),
-            None,
-        ));
+        let has_text = !text.is_empty();
+        let body = match text {
+            Cow::Borrowed(t) => Bytes::from_static(t.as_bytes()),
+            Cow::Owned(t) => Bytes::from(t),
+        };
+        resp = Response::new(ResponseBody::full(body, None));
         *resp.status_mut() =
             StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-        if !text.is_empty() {
+        if has_text {
             resp.headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         }

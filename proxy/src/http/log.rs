@@ -1,5 +1,10 @@
 //! The per-request access-log line: one JSON object with Envoy's usual fields, handed
-//! to a [`LogSink`] when the request ends. Built only when a sink is set.
+//! to a [`LogSink`] when the request ends. Built only when a sink is set. Every key is
+//! always present (`null` when it does not apply); with mTLS the peers' verified SPIFFE
+//! ids are `downstream_peer_uri_san` (inbound) and `upstream_peer_uri_san` (outbound),
+//! as Envoy's `%DOWNSTREAM_PEER_URI_SAN%` / `%UPSTREAM_PEER_URI_SAN%`, and a failed
+//! upstream handshake is `upstream_transport_failure_reason`, as Istio's default JSON
+//! format names it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -65,6 +70,12 @@ pub(crate) struct LogFields {
     pub route_name: Option<String>,
     pub upstream_cluster: Option<String>,
     pub upstream_host: Option<SocketAddr>,
+    /// Inbound over mTLS: the client's verified SPIFFE id.
+    pub downstream_peer_uri_san: Option<Arc<str>>,
+    /// Outbound over mTLS: the server's verified SPIFFE id.
+    pub upstream_peer_uri_san: Option<Arc<str>>,
+    /// Why the upstream TLS handshake failed (the request's last try).
+    pub upstream_transport_failure_reason: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -86,6 +97,9 @@ struct Line<'a> {
     user_agent: Option<&'a str>,
     request_id: &'a str,
     route_name: Option<&'a str>,
+    downstream_peer_uri_san: Option<&'a str>,
+    upstream_peer_uri_san: Option<&'a str>,
+    upstream_transport_failure_reason: Option<&'a str>,
 }
 
 /// The outcome part of a line.
@@ -118,6 +132,9 @@ pub(crate) fn line(f: &LogFields, o: &Outcome) -> String {
         user_agent: f.user_agent.as_deref(),
         request_id: &f.request_id,
         route_name: f.route_name.as_deref(),
+        downstream_peer_uri_san: f.downstream_peer_uri_san.as_deref(),
+        upstream_peer_uri_san: f.upstream_peer_uri_san.as_deref(),
+        upstream_transport_failure_reason: f.upstream_transport_failure_reason.as_deref(),
     };
     serde_json::to_string(&l).unwrap_or_default()
 }
@@ -188,5 +205,15 @@ mod tests {
         assert_eq!(v["route_name"], "r1");
         assert_eq!(v["duration"], 3);
         assert_eq!(v["direction"], "outbound");
+        assert!(v["upstream_peer_uri_san"].is_null());
+        let f = LogFields {
+            downstream_peer_uri_san: Some(Arc::from("spiffe://cluster.local/ns/foo/sa/sleep")),
+            ..f
+        };
+        let v: serde_json::Value = serde_json::from_str(&line(&f, &o)).unwrap();
+        assert_eq!(
+            v["downstream_peer_uri_san"],
+            "spiffe://cluster.local/ns/foo/sa/sleep"
+        );
     }
 }

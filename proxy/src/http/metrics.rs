@@ -8,7 +8,8 @@
 //! response ends (or is abandoned), by one hash-map look-up under a lock: the key is
 //! made of reference-counted, pre-rendered label sets ([`PeerLabels`],
 //! [`ServiceLabels`]) whose hash is computed once, when the config is compiled (or a
-//! connection starts), so a request allocates nothing here. The number of series is
+//! connection starts; an mTLS connection's [`Principals`] when it is made), so a
+//! request allocates nothing here. The number of series is
 //! bounded ([`MAX_SERIES`]); requests that would open more are counted in
 //! `mesh_proxy_http_series_dropped_total` instead.
 
@@ -212,13 +213,18 @@ impl PeerLabels {
         PeerLabels::new(std::array::from_fn(|_| UNKNOWN.to_owned()))
     }
 
-    /// `side_workload=..,side_workload_namespace=..,side_principal=..,side_app=..,side_version=..`
-    fn write_head(&self, out: &mut String, side: &str) {
+    /// `side_workload=..,side_workload_namespace=..,side_principal=..,side_app=..,side_version=..`,
+    /// the principal `principal` when the connection's mTLS says it, else ours.
+    fn write_head(&self, out: &mut String, side: &str, principal: Option<&str>) {
         use std::fmt::Write;
         let _ = write!(
             out,
             "{side}_workload=\"{}\",{side}_workload_namespace=\"{}\",{side}_principal=\"{}\",{side}_app=\"{}\",{side}_version=\"{}\"",
-            self.workload, self.namespace, self.principal, self.app, self.version
+            self.workload,
+            self.namespace,
+            principal.unwrap_or(&self.principal),
+            self.app,
+            self.version
         );
     }
 
@@ -303,6 +309,54 @@ impl Hash for ServiceLabels {
     }
 }
 
+/// The principals of one mTLS connection (`source_principal`, `destination_principal`:
+/// full SPIFFE ids, as Istio's labels), escaped, with their hash computed once: made
+/// when the connection is (inbound: accepted over mTLS; outbound: dialled with mTLS),
+/// shared by every request on it. A request over plaintext has none.
+#[derive(Debug)]
+pub struct Principals {
+    hash: u64,
+    pub source: String,
+    pub destination: String,
+    /// The other side's SPIFFE id as verified, unescaped (for the access log): the
+    /// client inbound, the server outbound.
+    pub peer: Arc<str>,
+}
+
+impl Principals {
+    /// Inbound over mTLS: the client is `peer`, we are `own`.
+    pub fn inbound(peer: Arc<str>, own: &str) -> Principals {
+        Principals::new(&peer, own, peer.clone())
+    }
+
+    /// Outbound over mTLS: we are `own`, the server is `peer`.
+    pub fn outbound(own: &str, peer: Arc<str>) -> Principals {
+        Principals::new(own, &peer, peer.clone())
+    }
+
+    fn new(source: &str, destination: &str, peer: Arc<str>) -> Principals {
+        let (source, destination) = (label(source), label(destination));
+        Principals {
+            hash: hash_of(&[&source, &destination]),
+            source,
+            destination,
+            peer,
+        }
+    }
+}
+
+impl PartialEq for Principals {
+    fn eq(&self, o: &Principals) -> bool {
+        self.hash == o.hash && self.source == o.source && self.destination == o.destination
+    }
+}
+impl Eq for Principals {}
+impl Hash for Principals {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
 /// What one finished request reports.
 #[derive(Debug, Clone)]
 pub struct RequestRecord {
@@ -310,6 +364,8 @@ pub struct RequestRecord {
     /// The other side: the destination workload outbound, the source inbound.
     pub peer: Arc<PeerLabels>,
     pub service: Arc<ServiceLabels>,
+    /// The connection's principals when it was mTLS (`None`: plaintext).
+    pub mtls: Option<Arc<Principals>>,
     pub grpc: bool,
     /// 0 when no response was sent.
     pub code: u16,
@@ -325,6 +381,7 @@ struct SeriesKey {
     direction: Direction,
     peer: Arc<PeerLabels>,
     service: Arc<ServiceLabels>,
+    mtls: Option<Arc<Principals>>,
     grpc: bool,
     code: u16,
     grpc_status: Option<u32>,
@@ -424,6 +481,7 @@ impl HttpMetrics {
             direction: r.direction,
             peer: r.peer.clone(),
             service: r.service.clone(),
+            mtls: r.mtls.clone(),
             grpc: r.grpc,
             code: r.code,
             grpc_status: r.grpc_status,
@@ -467,24 +525,29 @@ impl HttpMetrics {
             Direction::Outbound => (&self.own, &k.peer),
             Direction::Inbound => (&k.peer, &self.own),
         };
+        let (src_principal, dst_principal) = match &k.mtls {
+            Some(p) => (Some(p.source.as_str()), Some(p.destination.as_str())),
+            None => (None, None),
+        };
         let mut out = String::with_capacity(900);
         let _ = write!(out, "reporter=\"{}\",", k.direction.reporter());
-        src.write_head(&mut out, "source");
+        src.write_head(&mut out, "source", src_principal);
         out.push(',');
         src.write_canonical(&mut out, "source");
         out.push(',');
-        dst.write_head(&mut out, "destination");
+        dst.write_head(&mut out, "destination", dst_principal);
         let _ = write!(
             out,
             ",destination_service=\"{}\",destination_service_name=\"{}\",destination_service_namespace=\"{}\",",
             k.service.service, k.service.name, k.service.namespace
         );
         dst.write_canonical(&mut out, "destination");
-        // Without mTLS a destination reporter knows the policy is "none"; a source
-        // reporter cannot tell (as the TCP series say).
-        let security = match k.direction {
-            Direction::Outbound => UNKNOWN,
-            Direction::Inbound => "none",
+        // A destination reporter knows whether the connection was mTLS; a source
+        // reporter says "unknown" either way (as Istio's and the TCP series do).
+        let security = match (k.direction, &k.mtls) {
+            (Direction::Outbound, _) => UNKNOWN,
+            (Direction::Inbound, Some(_)) => "mutual_tls",
+            (Direction::Inbound, None) => "none",
         };
         let grpc_status = k.grpc_status.map(|s| s.to_string()).unwrap_or_default();
         let _ = write!(
@@ -577,6 +640,7 @@ mod tests {
                 "reviews",
                 "shop",
             )),
+            mtls: None,
             grpc: false,
             code,
             grpc_status: None,
@@ -672,6 +736,67 @@ mod tests {
         assert!(l.contains("request_protocol=\"grpc\""), "{l}");
         assert!(l.contains("grpc_response_status=\"0\""), "{l}");
         assert!(l.contains("connection_security_policy=\"none\""), "{l}");
+    }
+
+    #[test]
+    fn mtls_connections_carry_principals_and_the_destination_says_mutual_tls() {
+        let m = HttpMetrics::new(&Identity {
+            workload: "reviews-v1".into(),
+            namespace: "shop".into(),
+            ..Identity::unknown()
+        });
+        let client: Arc<str> = Arc::from("spiffe://cluster.local/ns/foo/sa/sleep");
+        let own = "spiffe://cluster.local/ns/shop/sa/reviews";
+        let mut r = record(&m.unknown_peer(), 200, Flags::NONE);
+        r.direction = Direction::Inbound;
+        r.mtls = Some(Arc::new(Principals::inbound(client.clone(), own)));
+        m.record(&r);
+        // The same principals made for another connection: the same series.
+        r.mtls = Some(Arc::new(Principals::inbound(client.clone(), own)));
+        m.record(&r);
+        r.mtls = None;
+        m.record(&r);
+        // Outbound over mTLS: ours is the source; the policy stays unknown.
+        let mut o = record(&m.unknown_peer(), 200, Flags::NONE);
+        o.mtls = Some(Arc::new(Principals::outbound(own, client.clone())));
+        m.record(&o);
+        assert_eq!(m.series_count(), 3);
+        let mut text = String::new();
+        m.render(&mut text);
+        let line = |want: &[&str]| {
+            text.lines()
+                .find(|l| {
+                    l.starts_with("istio_requests_total{") && want.iter().all(|w| l.contains(w))
+                })
+                .unwrap_or_else(|| panic!("no series with {want:?} in {text}"))
+                .to_owned()
+        };
+        let l = line(&["reporter=\"destination\"", "mutual_tls"]);
+        assert!(
+            l.contains("source_principal=\"spiffe://cluster.local/ns/foo/sa/sleep\""),
+            "{l}"
+        );
+        assert!(
+            l.contains("destination_principal=\"spiffe://cluster.local/ns/shop/sa/reviews\""),
+            "{l}"
+        );
+        assert!(l.ends_with(" 2"), "{l}");
+        let l = line(&[
+            "reporter=\"destination\"",
+            "connection_security_policy=\"none\"",
+        ]);
+        assert!(l.contains("source_principal=\"unknown\""), "{l}");
+        assert!(l.contains("destination_principal=\"unknown\""), "{l}");
+        let l = line(&["reporter=\"source\""]);
+        assert!(
+            l.contains("source_principal=\"spiffe://cluster.local/ns/shop/sa/reviews\""),
+            "{l}"
+        );
+        assert!(
+            l.contains("destination_principal=\"spiffe://cluster.local/ns/foo/sa/sleep\""),
+            "{l}"
+        );
+        assert!(l.contains("connection_security_policy=\"unknown\""), "{l}");
     }
 
     #[test]

@@ -20,9 +20,11 @@
 //!   response's head and body frames are written as they arrive, and Nagle plus
 //!   delayed ACKs would add 40 ms to each.
 //! - The flow implements [`Resolver`] (what config the proxy has, asking mesh-control
-//!   on first use) and [`Connector`] (how to dial: outbound as is, inbound from
-//!   127.0.0.6 / ::6; `flow::connect::connect` does both — [`TcpConnector`] is a plain
-//!   one for tests).
+//!   on first use) and gives a [`Connector`] (how to dial: outbound as is, inbound from
+//!   127.0.0.6 / ::6, mTLS where the engine asks for it; [`TcpConnector`] does all
+//!   three, with the proxy's [`MeshTls`] when it has a workload identity).
+//! - Inbound over mTLS: the flow terminates TLS ([`MeshTls::accept`]) and serves the
+//!   TLS stream, the client's verified SPIFFE id in [`ConnCtx::peer_identity`].
 //! - `/debug/route`: [`explain`] on a [`RequestView`]. `/stats/prometheus`:
 //!   [`HttpMetrics::render`].
 //!
@@ -58,6 +60,21 @@
 //! downstream's protocol; the source labels come from `Resolver::peer` (asked once per
 //! connection), `destination_service` from `Resolver::inbound_service`.
 //!
+//! mTLS (Istio's `ISTIO_MUTUAL`, auto mTLS): outbound, a connection to an endpoint
+//! of a cluster whose TLS mode is not `DISABLE` originates mTLS when
+//! `ClusterTls::mtls_to` says so for that endpoint ([`CompiledEndpoint::mtls`]), with
+//! the cluster's SNI and expected server identities ([`CompiledCluster::tls`]) and the
+//! ALPN of the upstream protocol; passthrough and the original destination stay
+//! plaintext. Such connections are pooled apart from plaintext ones. A failed
+//! handshake (a server identity not in the list included) is a connect failure:
+//! retried as `connect-failure`, counted by outlier detection, 503 `UF` with the TLS
+//! error as Envoy's `transport failure reason`. The principals of an mTLS connection
+//! (full SPIFFE ids) are in every request's labels: inbound `source_principal` is the
+//! client, `destination_principal` us, `connection_security_policy="mutual_tls"`;
+//! outbound `source_principal` is us, `destination_principal` the server, and the
+//! policy `unknown`, as Istio's source reporter says. Inbound, AuthorizationPolicy
+//! sees the client's principal (the id without `spiffe://`).
+//!
 //! Both: `x-request-id` added (UUID v4) when absent, `x-forwarded-proto` when absent,
 //! tracing headers untouched, hop-by-hop headers removed (RFC 9110 §7.6.1; HTTP/1.1
 //! upgrades such as WebSocket are forwarded and then spliced), bodies streamed in both
@@ -69,7 +86,8 @@
 //! [`metrics`] (label sets, flags, the registry) → [`resilience`] (limits, ejections,
 //! retry rules) → [`body`] → [`pool`] → [`compile`] → [`lb`] → [`select`] →
 //! [`headers`] → [`prefixed`] → [`log`] → [`exchange`] →
-//! [`serve`]. Nothing here depends on `flow`; `flow` calls in.
+//! [`serve`]. Nothing here depends on `flow`; `flow` calls in. Of the rest of the crate
+//! it uses `identity::mesh` (TLS origination), `authz`, `config` and `direction`.
 
 pub mod body;
 pub mod compile;
@@ -95,12 +113,15 @@ use std::time::Duration;
 use mesh_config::{PeerMeta, Protocol};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
+use tracing::debug;
+
+pub use crate::identity::mesh::{Alpn, MeshTls, TlsTarget};
 
 pub use compile::{CompiledCluster, CompiledEndpoint, CompiledPort, CompiledService};
 pub use exchange::ResponseBody;
 pub use lb::LbStates;
 pub use log::{LogSink, stdout_sink};
-pub use metrics::{Flags, HttpMetrics};
+pub use metrics::{Flags, HttpMetrics, Principals};
 pub use prefixed::Prefixed;
 pub use select::{Action, RequestView, RouteExplanation, Selection, explain, select};
 pub use serve::{ServeError, serve_inbound, serve_outbound};
@@ -108,7 +129,7 @@ pub use serve::{ServeError, serve_inbound, serve_outbound};
 /// A boxed, sendable future (what the traits below return).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// A byte stream to an upstream: a `TcpStream`, or later a TLS stream.
+/// A byte stream to an upstream: a `TcpStream`, or a TLS stream over one.
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 
@@ -155,40 +176,159 @@ pub struct LocalService {
     pub protocol: Protocol,
 }
 
-/// How the engine dials upstream endpoints (the flow's: with `--connect-timeout`, from
-/// the inbound passthrough source for inbound; and later with mTLS).
-pub trait Connector: Send + Sync {
-    fn connect(&self, addr: SocketAddr) -> BoxFuture<'_, io::Result<BoxIo>>;
+/// An upstream connection as a [`Connector`] made it.
+pub struct Dialed {
+    pub io: BoxIo,
+    /// Over mTLS: the server's verified SPIFFE id (`None`: plaintext).
+    pub peer_identity: Option<Arc<str>>,
 }
 
-/// A plain TCP connector: `TCP_NODELAY`, a timeout, and optionally a source address
-/// (the inbound passthrough source, [`mesh_common::inbound_passthrough_for`]).
+impl Dialed {
+    /// A plaintext connection.
+    pub fn plain(io: BoxIo) -> Dialed {
+        Dialed {
+            io,
+            peer_identity: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for Dialed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dialed")
+            .field("peer_identity", &self.peer_identity)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a connection should be secured with: Istio mTLS to this target, offering the
+/// ALPN of the protocol it will carry ([`Alpn::H2`] for an h2 upstream, else
+/// [`Alpn::Http11`]). `None`: plaintext.
+pub type TlsWish<'a> = Option<(&'a TlsTarget, Alpn)>;
+
+/// A TLS handshake with an upstream failed (the server's certificate did not verify,
+/// it presented an identity not expected, it broke off the handshake...). Carried
+/// inside the [`io::Error`] a [`Connector`] returns, so the engine can report Envoy's
+/// `transport failure reason`; for every other purpose it is a connect failure.
+#[derive(Debug, thiserror::Error)]
+#[error("TLS error: {reason}")]
+pub struct TlsFailure {
+    pub reason: String,
+}
+
+impl TlsFailure {
+    /// `e` as a TLS failure, its kind kept.
+    pub fn wrap(e: io::Error) -> io::Error {
+        let reason = match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+            // rustls shows a verifier's own error through Debug; ours reads as text
+            // (the identity found and those expected).
+            Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(o))) => {
+                format!("invalid peer certificate: {o}")
+            }
+            _ => e.to_string(),
+        };
+        io::Error::new(e.kind(), TlsFailure { reason })
+    }
+
+    /// The TLS failure inside `e`, if it is one.
+    pub fn of(e: &io::Error) -> Option<&TlsFailure> {
+        e.get_ref()?.downcast_ref::<TlsFailure>()
+    }
+}
+
+/// How the engine dials upstream endpoints (the flow's: with `--connect-timeout`, from
+/// the inbound passthrough source for inbound, mTLS where asked).
+pub trait Connector: Send + Sync {
+    /// Dials `addr`, then originates mTLS when `tls` asks for it. A TLS handshake that
+    /// fails is an error like a refused connect (wrapped in [`TlsFailure`]).
+    fn connect<'a>(
+        &'a self,
+        addr: SocketAddr,
+        tls: TlsWish<'a>,
+    ) -> BoxFuture<'a, io::Result<Dialed>>;
+
+    /// This proxy's own SPIFFE id, when it has a workload identity: the local principal
+    /// of the mTLS connections it makes and terminates (`source_principal` outbound,
+    /// `destination_principal` inbound). Default: none.
+    fn local_identity(&self) -> Option<&str> {
+        None
+    }
+}
+
+/// A TCP connector: `TCP_NODELAY`, a timeout, and optionally a source address (the
+/// inbound passthrough source, [`mesh_common::inbound_passthrough_for`]); with a
+/// [`MeshTls`], Istio mTLS where the engine asks for it.
+///
+/// Asked for mTLS without a [`MeshTls`] (the proxy has no workload identity), it
+/// connects in plaintext (and says so at debug level): a proxy without an identity
+/// cannot originate mTLS, and Istio's sidecars without certificates do the same.
+/// `timeout` bounds the TCP connect and the TLS handshake together.
 #[derive(Debug, Clone)]
 pub struct TcpConnector {
     pub timeout: Duration,
     /// Bind the passthrough source (127.0.0.6 / ::6) before connecting.
     pub inbound_passthrough: bool,
+    /// Originates mTLS where the endpoint takes it (outbound, with an identity).
+    pub tls: Option<Arc<MeshTls>>,
+}
+
+impl TcpConnector {
+    async fn tcp(&self, addr: SocketAddr) -> io::Result<tokio::net::TcpStream> {
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+        }?;
+        let _ = socket.set_nodelay(true);
+        if self.inbound_passthrough {
+            socket.bind(SocketAddr::new(
+                mesh_common::inbound_passthrough_for(addr.ip()),
+                0,
+            ))?;
+        }
+        socket.connect(addr).await
+    }
+
+    async fn dial(&self, addr: SocketAddr, tls: TlsWish<'_>) -> io::Result<Dialed> {
+        let stream = self.tcp(addr).await?;
+        let Some((target, alpn)) = tls else {
+            return Ok(Dialed::plain(Box::new(stream)));
+        };
+        let Some(mesh) = &self.tls else {
+            debug!(%addr, sni = %target.sni, "no workload identity: plaintext where mTLS was asked");
+            return Ok(Dialed::plain(Box::new(stream)));
+        };
+        let stream = mesh
+            .connect(stream, target, alpn)
+            .await
+            .map_err(TlsFailure::wrap)?;
+        let peer_identity = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(crate::identity::tls::peer_identity)
+            .map(Arc::from);
+        Ok(Dialed {
+            io: Box::new(stream),
+            peer_identity,
+        })
+    }
 }
 
 impl Connector for TcpConnector {
-    fn connect(&self, addr: SocketAddr) -> BoxFuture<'_, io::Result<BoxIo>> {
+    fn connect<'a>(
+        &'a self,
+        addr: SocketAddr,
+        tls: TlsWish<'a>,
+    ) -> BoxFuture<'a, io::Result<Dialed>> {
         Box::pin(async move {
-            let socket = match addr {
-                SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
-                SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
-            }?;
-            let _ = socket.set_nodelay(true);
-            if self.inbound_passthrough {
-                socket.bind(SocketAddr::new(
-                    mesh_common::inbound_passthrough_for(addr.ip()),
-                    0,
-                ))?;
-            }
-            let stream = tokio::time::timeout(self.timeout, socket.connect(addr))
+            tokio::time::timeout(self.timeout, self.dial(addr, tls))
                 .await
-                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-            Ok(Box::new(stream) as BoxIo)
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
         })
+    }
+
+    fn local_identity(&self) -> Option<&str> {
+        self.tls.as_deref().map(MeshTls::spiffe_id)
     }
 }
 
@@ -253,6 +393,8 @@ pub struct ConnCtx {
     /// The drain signal: when it turns true the connection is shut down gracefully
     /// (HTTP/1.1: after the request in progress; h2: GOAWAY).
     pub drain: Option<watch::Receiver<bool>>,
+    /// Inbound over mTLS: the client's verified SPIFFE id (`None`: plaintext).
+    pub peer_identity: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for ConnCtx {
@@ -260,6 +402,7 @@ impl std::fmt::Debug for ConnCtx {
         f.debug_struct("ConnCtx")
             .field("orig_dst", &self.orig_dst)
             .field("client", &self.client)
+            .field("peer_identity", &self.peer_identity)
             .finish_non_exhaustive()
     }
 }

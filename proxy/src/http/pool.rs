@@ -18,7 +18,12 @@
 //! number of endpoints starves none);
 //! `maxRequestsPerConnection` retires a connection after that many requests,
 //! `http.idleTimeout` one that sat idle that long, `tcp.connectTimeout` bounds the
-//! connect.
+//! connect (and its TLS handshake).
+//!
+//! A connection to an endpoint that takes mTLS is made by the connector with the
+//! cluster's [`TlsTarget`] and pooled under that target's key; it keeps the
+//! [`Principals`] of its handshake, which every request on it reports. A failed
+//! handshake is a failed connect.
 
 use std::collections::HashMap;
 use std::io;
@@ -33,9 +38,11 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tracing::debug;
 
-use super::Connector;
 use super::body::RequestBody;
+use super::metrics::Principals;
 use super::resilience::{ClusterState, Limits, Overflow, SlotGuard};
+use super::{Alpn, Connector, TlsTarget};
+use crate::config::UNKNOWN;
 use crate::direction::Direction;
 
 /// Idle HTTP/1.1 connections kept per endpoint; more are closed.
@@ -44,14 +51,17 @@ const MAX_IDLE_PER_ENDPOINT: usize = 32;
 const READY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Which pool: the endpoint, the direction (their connectors differ), the protocol,
-/// and the cluster when its limits make its connections its own (0: shared by every
-/// cluster without limits).
+/// the cluster when its limits make its connections its own (0: shared by every
+/// cluster without limits), and the mTLS target ([`TlsTarget::key`]; 0: plaintext), so
+/// an mTLS and a plaintext connection to one address, or two mTLS connections
+/// verified against different identities, never stand in for each other.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct PoolKey {
     pub addr: SocketAddr,
     pub direction: Direction,
     pub h2: bool,
     pub scope: usize,
+    pub tls: u64,
 }
 
 type H1 = http1::SendRequest<RequestBody>;
@@ -69,11 +79,21 @@ pub(crate) enum SendError {
     Failed(hyper::Error, bool),
 }
 
-/// The limits and shared state a request is sent under.
+/// The limits and shared state a request is sent under, and the mTLS a new connection
+/// is made with (`None`: plaintext; its key is the [`PoolKey`]'s `tls`).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct SendOpts<'a> {
     pub state: Option<&'a Arc<ClusterState>>,
     pub limits: &'a Limits,
+    pub tls: Option<&'a TlsTarget>,
+}
+
+/// A response head, the HTTP/1.1 connection it came on (to give back once the body has
+/// ended), and the principals of that connection when it is mTLS.
+pub(crate) struct Sent {
+    pub resp: Response<Incoming>,
+    pub conn: Option<Checkout>,
+    pub mtls: Option<Arc<Principals>>,
 }
 
 /// A connection's slot under `tcp.maxConnections`, shared by the connection's task
@@ -83,6 +103,7 @@ type ConnSlot = Arc<Mutex<Option<SlotGuard>>>;
 
 struct IdleH1 {
     s: H1,
+    mtls: Option<Arc<Principals>>,
     slot: ConnSlot,
     uses: u32,
     since: Instant,
@@ -93,7 +114,17 @@ struct IdleH1 {
 
 struct LiveH2 {
     s: H2,
+    mtls: Option<Arc<Principals>>,
     uses: Arc<AtomicU32>,
+}
+
+/// An HTTP/1.1 connection about to be checked out.
+struct Conn {
+    s: H1,
+    mtls: Option<Arc<Principals>>,
+    slot: ConnSlot,
+    uses: u32,
+    owner: std::thread::ThreadId,
 }
 
 /// An HTTP/1.1 connection taken for one request; [`Checkout::give_back`] it when the
@@ -102,6 +133,7 @@ pub(crate) struct Checkout {
     pools: Arc<Pools>,
     key: PoolKey,
     s: H1,
+    mtls: Option<Arc<Principals>>,
     slot: ConnSlot,
     uses: u32,
     max_uses: Option<u32>,
@@ -126,6 +158,7 @@ impl Checkout {
             pools,
             key,
             mut s,
+            mtls,
             slot,
             uses,
             max_uses,
@@ -138,7 +171,7 @@ impl Checkout {
             return;
         }
         let put = move |pools: &Pools, s: H1| {
-            pools.put_h1(key, s, slot, uses, owner);
+            pools.put_h1(key, s, mtls, slot, uses, owner);
             if let Some(st) = &state {
                 st.freed.notify_waiters();
             }
@@ -174,17 +207,16 @@ pub(crate) fn register(p: &Arc<Pools>) {
 }
 
 /// Closes the idle connections (and forgets the h2 ones, which close once their
-/// streams end) to `addrs` pooled under `scope` in every worker's pools: a cluster's
-/// limits changed, and what it opened under the old ones must not linger (Envoy
+/// streams end) whose key `hit` says, in every worker's pools: a cluster's limits or
+/// its TLS changed, and what it opened under the old ones must not linger (Envoy
 /// drains the old cluster's pools the same way). In-flight requests are untouched.
-pub(crate) fn retire_idle(scope: usize, addrs: &[SocketAddr]) {
+pub(crate) fn retire_idle(hit: impl Fn(&PoolKey) -> bool) {
     let all: Vec<Arc<Pools>> = registry()
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .iter()
         .filter_map(std::sync::Weak::upgrade)
         .collect();
-    let hit = |k: &PoolKey| k.scope == scope && addrs.contains(&k.addr);
     for p in all {
         p.h1.lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -259,13 +291,22 @@ impl Pools {
         found
     }
 
-    fn put_h1(&self, key: PoolKey, s: H1, slot: ConnSlot, uses: u32, owner: std::thread::ThreadId) {
+    fn put_h1(
+        &self,
+        key: PoolKey,
+        s: H1,
+        mtls: Option<Arc<Principals>>,
+        slot: ConnSlot,
+        uses: u32,
+        owner: std::thread::ThreadId,
+    ) {
         let mut map = self.h1.lock().unwrap_or_else(|p| p.into_inner());
         let idle = map.entry(key).or_default();
         idle.retain(|c| !c.s.is_closed());
         if idle.len() < MAX_IDLE_PER_ENDPOINT {
             idle.push(IdleH1 {
                 s,
+                mtls,
                 slot,
                 uses,
                 since: Instant::now(),
@@ -274,8 +315,12 @@ impl Pools {
         }
     }
 
-    /// The endpoint's h2 connection, with the number of this request on it.
-    fn get_h2(&self, key: &PoolKey, max_uses: Option<u32>) -> Option<H2> {
+    /// The endpoint's h2 connection (and its principals), counting this request on it.
+    fn get_h2(
+        &self,
+        key: &PoolKey,
+        max_uses: Option<u32>,
+    ) -> Option<(H2, Option<Arc<Principals>>)> {
         let mut map = self.h2.lock().unwrap_or_else(|p| p.into_inner());
         let live = map.get(key)?;
         if live.s.is_closed() {
@@ -283,7 +328,7 @@ impl Pools {
             return None;
         }
         let n = live.uses.fetch_add(1, Ordering::Relaxed) + 1;
-        let s = live.s.clone();
+        let s = (live.s.clone(), live.mtls.clone());
         if max_uses.is_some_and(|m| n >= m) {
             // Its last request: new ones get a new connection.
             map.remove(key);
@@ -340,20 +385,30 @@ impl Pools {
         }
     }
 
+    /// A new connection to `key`'s endpoint (with `tls` when asked: the ALPN of the
+    /// key's protocol), and its principals when it is mTLS. `timeout`
+    /// (`tcp.connectTimeout`) covers the TLS handshake too, as Envoy's does.
     async fn dial(
         &self,
         connector: &dyn Connector,
-        addr: SocketAddr,
+        key: &PoolKey,
+        tls: Option<&TlsTarget>,
         timeout: Option<Duration>,
-    ) -> io::Result<TokioIo<super::BoxIo>> {
-        let io = match timeout {
-            Some(t) => tokio::time::timeout(t, connector.connect(addr))
+    ) -> io::Result<(TokioIo<super::BoxIo>, Option<Arc<Principals>>)> {
+        let alpn = if key.h2 { Alpn::H2 } else { Alpn::Http11 };
+        let wish = tls.map(|t| (t, alpn));
+        let dialed = match timeout {
+            Some(t) => tokio::time::timeout(t, connector.connect(key.addr, wish))
                 .await
                 .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??,
-            None => connector.connect(addr).await?,
+            None => connector.connect(key.addr, wish).await?,
         };
         self.connects.fetch_add(1, Ordering::Relaxed);
-        Ok(TokioIo::new(io))
+        let mtls = dialed.peer_identity.map(|peer| {
+            let own = connector.local_identity().unwrap_or(UNKNOWN);
+            Arc::new(Principals::outbound(own, peer))
+        });
+        Ok((TokioIo::new(dialed.io), mtls))
     }
 
     /// Waits, as a pending request, until a new connection may be made for the
@@ -421,15 +476,21 @@ impl Pools {
         key: PoolKey,
         mut req: Request<RequestBody>,
         opts: SendOpts<'_>,
-    ) -> Result<(Response<Incoming>, Option<Checkout>), SendError> {
+    ) -> Result<Sent, SendError> {
         let max_uses = opts.limits.max_requests_per_connection;
         let mut pending: Option<SlotGuard> = None;
         let slot = loop {
             if key.h2 {
-                if let Some(mut s) = self.get_h2(&key, max_uses) {
+                if let Some((mut s, mtls)) = self.get_h2(&key, max_uses) {
                     self.reused.fetch_add(1, Ordering::Relaxed);
                     match s.try_send_request(req).await {
-                        Ok(resp) => return Ok((resp, None)),
+                        Ok(resp) => {
+                            return Ok(Sent {
+                                resp,
+                                conn: None,
+                                mtls,
+                            });
+                        }
                         Err(mut e) => match e.take_message() {
                             Some(back) => {
                                 self.forget_h2(&key);
@@ -444,8 +505,19 @@ impl Pools {
                     self.reused.fetch_add(1, Ordering::Relaxed);
                     match c.s.try_send_request(req).await {
                         Ok(resp) => {
-                            let out = self.checkout(key, c.s, c.slot, c.uses + 1, c.owner, &opts);
-                            return Ok((resp, Some(out)));
+                            let mtls = c.mtls.clone();
+                            let out = Conn {
+                                s: c.s,
+                                mtls: c.mtls,
+                                slot: c.slot,
+                                uses: c.uses + 1,
+                                owner: c.owner,
+                            };
+                            return Ok(Sent {
+                                resp,
+                                conn: Some(self.checkout(key, out, &opts)),
+                                mtls,
+                            });
                         }
                         Err(mut e) => match e.take_message() {
                             // Closed before the request was written: try the next one.
@@ -463,11 +535,11 @@ impl Pools {
         };
         // Counted from now: a request for the same endpoint meanwhile sees it.
         let counted = self.opened(key);
-        let io = match self
-            .dial(connector, key.addr, opts.limits.connect_timeout)
+        let (io, mtls) = match self
+            .dial(connector, &key, opts.tls, opts.limits.connect_timeout)
             .await
         {
-            Ok(io) => io,
+            Ok(x) => x,
             Err(e) => return Err(SendError::Connect(e, Box::new(req))),
         };
         if key.h2 {
@@ -491,6 +563,7 @@ impl Pools {
                     key,
                     LiveH2 {
                         s: s.clone(),
+                        mtls: mtls.clone(),
                         uses: Arc::new(AtomicU32::new(1)),
                     },
                 );
@@ -500,7 +573,11 @@ impl Pools {
                 }
             }
             return match s.try_send_request(req).await {
-                Ok(resp) => Ok((resp, None)),
+                Ok(resp) => Ok(Sent {
+                    resp,
+                    conn: None,
+                    mtls,
+                }),
                 Err(mut e) => match e.take_message() {
                     Some(back) => Err(SendError::Connect(
                         io::Error::other(e.into_error()),
@@ -525,8 +602,18 @@ impl Pools {
         });
         match s.try_send_request(req).await {
             Ok(resp) => {
-                let out = self.checkout(key, s, slot, 1, std::thread::current().id(), &opts);
-                Ok((resp, Some(out)))
+                let out = Conn {
+                    s,
+                    mtls: mtls.clone(),
+                    slot,
+                    uses: 1,
+                    owner: std::thread::current().id(),
+                };
+                Ok(Sent {
+                    resp,
+                    conn: Some(self.checkout(key, out, &opts)),
+                    mtls,
+                })
             }
             Err(mut e) => match e.take_message() {
                 Some(back) => Err(SendError::Connect(
@@ -538,24 +625,17 @@ impl Pools {
         }
     }
 
-    fn checkout(
-        self: &Arc<Self>,
-        key: PoolKey,
-        s: H1,
-        slot: ConnSlot,
-        uses: u32,
-        owner: std::thread::ThreadId,
-        opts: &SendOpts<'_>,
-    ) -> Checkout {
+    fn checkout(self: &Arc<Self>, key: PoolKey, c: Conn, opts: &SendOpts<'_>) -> Checkout {
         Checkout {
             pools: self.clone(),
             key,
-            s,
-            slot,
-            uses,
+            s: c.s,
+            mtls: c.mtls,
+            slot: c.slot,
+            uses: c.uses,
             max_uses: opts.limits.max_requests_per_connection,
             state: opts.state.cloned(),
-            owner,
+            owner: c.owner,
         }
     }
 }

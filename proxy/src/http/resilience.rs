@@ -128,6 +128,8 @@ pub struct ClusterState {
     pub(crate) freed: Notify,
     /// The limits of the latest compilation of the cluster.
     limits_seen: Mutex<Option<Limits>>,
+    /// The TLS target key of the latest compilation of the cluster (0: plaintext).
+    tls_seen: Mutex<Option<u64>>,
     last_trip: Mutex<Option<Trip>>,
 }
 
@@ -138,6 +140,16 @@ impl ClusterState {
         let mut seen = self.limits_seen.lock().unwrap_or_else(|p| p.into_inner());
         match seen.replace(l.clone()) {
             Some(old) if old != *l => Some(old),
+            _ => None,
+        }
+    }
+
+    /// Records the TLS target key a new compilation of the cluster has; the previous
+    /// one when it differs (the caller retires what was pooled under it).
+    pub(crate) fn swap_tls(&self, key: u64) -> Option<u64> {
+        let mut seen = self.tls_seen.lock().unwrap_or_else(|p| p.into_inner());
+        match seen.replace(key) {
+            Some(old) if old != key => Some(old),
             _ => None,
         }
     }

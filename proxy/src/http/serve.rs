@@ -32,12 +32,13 @@ use super::exchange::{
 };
 use super::headers::{self, X_ENVOY_OVERLOADED, X_FORWARDED_PROTO};
 use super::lb::InFlight;
-use super::metrics::{Flags, PeerLabels, ServiceLabels};
-use super::pool::{PoolKey, SendError, SendOpts};
+use super::metrics::{Flags, PeerLabels, Principals, ServiceLabels};
+use super::pool::{PoolKey, SendError, SendOpts, Sent};
 use super::prefixed::Prefixed;
 use super::resilience::{ClusterState, Limits, Outcome, RetryRule, SlotGuard, TryFailure};
 use super::select::{self, Action, RequestView};
 use super::{ConnCtx, LocalService};
+use crate::config::UNKNOWN;
 use crate::direction::Direction;
 
 /// The retry rule where no config gives one (passthrough): a request that could not be
@@ -86,6 +87,8 @@ struct ConnState {
     local: Option<(Arc<ServiceLabels>, Protocol)>,
     /// Inbound: this pod's Workload when AuthorizationPolicies apply to it.
     authz: Option<Arc<mesh_config::Workload>>,
+    /// Inbound over mTLS: the connection's principals (the client's, ours).
+    mtls: Option<Arc<Principals>>,
 }
 
 /// Reads until the bytes read are the h2 client preface, or cannot be. `None`: the
@@ -147,9 +150,9 @@ where
         return Ok(());
     };
     let io = TokioIo::new(Prefixed::new(prefix, io));
-    let (peer, local, authz) =
+    let (peer, local, authz, mtls) =
         match direction {
-            Direction::Outbound => (ctx.engine.metrics.unknown_peer(), None, None),
+            Direction::Outbound => (ctx.engine.metrics.unknown_peer(), None, None, None),
             Direction::Inbound => {
                 let peer = match ctx.resolver.peer(ctx.client.ip()).await {
                     Some(m) => Arc::new(PeerLabels::of_meta(&m)),
@@ -168,7 +171,11 @@ where
                     .own_workload()
                     .await
                     .filter(|w| !w.authorization.is_empty());
-                (peer, local, authz)
+                let mtls = ctx.peer_identity.as_ref().map(|p| {
+                    let own = ctx.connector.local_identity().unwrap_or(UNKNOWN);
+                    Arc::new(Principals::inbound(p.clone(), own))
+                });
+                (peer, local, authz, mtls)
             }
         };
     let drain = ctx.drain.clone();
@@ -179,6 +186,7 @@ where
         peer,
         local,
         authz,
+        mtls,
     });
     let service = service_fn(move |req| {
         let st = st.clone();
@@ -227,18 +235,24 @@ async fn handle(st: Arc<ConnState>, mut req: Request<Incoming>) -> Response<Resp
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         l.downstream_peer = Some(st.ctx.client);
+        l.downstream_peer_uri_san = st.ctx.peer_identity.clone();
     }
     match st.direction {
         Direction::Outbound => outbound(&st, req, ex, &mut rng).await,
         Direction::Inbound => {
             ex.peer = st.peer.clone();
+            ex.mtls = st.mtls.clone();
             if let Some((labels, _)) = &st.local {
                 ex.service = labels.clone();
             }
             if let Some(w) = &st.authz {
                 let v = RequestView::of(&req);
                 let attrs = crate::authz::Attributes {
-                    principal: None,
+                    principal: st
+                        .ctx
+                        .peer_identity
+                        .as_deref()
+                        .map(mesh_common::identity::principal),
                     source_ip: st.ctx.client.ip(),
                     destination_ip: st.ctx.orig_dst.ip(),
                     destination_port: st.ctx.orig_dst.port(),
@@ -556,7 +570,12 @@ async fn forward(
     };
     let mut resp = match sent {
         Ok(r) => r,
-        Err(Failure::Connect) => return exchange::local_reply(ex, 503, UF_BODY, None),
+        Err(Failure::Connect(None)) => return exchange::local_reply(ex, 503, UF_BODY, None),
+        Err(Failure::Connect(Some(tls))) => {
+            // As Envoy: the handshake's failure, named in the body.
+            let body = format!("{UF_BODY}, transport failure reason: {tls}");
+            return exchange::local_reply(ex, 503, body, None);
+        }
         Err(Failure::Reset) => {
             ex.flags |= Flags::UC;
             return exchange::local_reply(ex, 503, UC_BODY, None);
@@ -623,8 +642,8 @@ fn overflow_reply(mut ex: Box<Exchange>) -> Response<ResponseBody> {
 }
 
 enum Failure {
-    /// Every try failed to connect (`UF` set).
-    Connect,
+    /// Every try failed to connect (`UF` set); the last one's TLS failure, if it was one.
+    Connect(Option<String>),
     /// The upstream broke off after the request was sent, before the response head.
     Reset,
     /// The last try's `perTryTimeout`, or the route's timeout.
@@ -724,7 +743,7 @@ async fn send<'t>(
         let Some(req) = next.take() else {
             return Err(Failure::Reset);
         };
-        let (addr, endpoint) = match t.cluster {
+        let (addr, endpoint, tls) = match t.cluster {
             Some(c) if c.load_balancer != LoadBalancer::Passthrough => {
                 let avoid: &[SocketAddr] = if avoid_previous { &tried } else { &[] };
                 let Some(e) = c.pick(rng, avoid) else {
@@ -733,9 +752,11 @@ async fn send<'t>(
                 ex.in_flight = Some(InFlight::new(e));
                 ex.peer = e.peer.clone();
                 *last = Some(e);
-                (e.addr, Some(e))
+                let tls = if e.mtls { c.tls.as_ref() } else { None };
+                (e.addr, Some(e), tls.map(|t| (t, c.tls_key)))
             }
-            _ => (st.ctx.orig_dst, None),
+            // Passthrough and the original destination: plaintext.
+            _ => (st.ctx.orig_dst, None, None),
         };
         if let Some(l) = ex.log.as_mut() {
             l.upstream_host = Some(addr);
@@ -745,8 +766,13 @@ async fn send<'t>(
             direction: st.direction,
             h2: t.h2,
             scope,
+            tls: tls.map_or(0, |(_, k)| k),
         };
-        let opts = SendOpts { state, limits };
+        let opts = SendOpts {
+            state,
+            limits,
+            tls: tls.map(|(t, _)| t),
+        };
         let per_try = retry.and_then(|r| r.per_try_timeout);
         let tried_once = pools.send(&*st.ctx.connector, key, req, opts);
         let result = match per_try {
@@ -758,9 +784,11 @@ async fn send<'t>(
                 c.record_outcome(e, o);
             }
         };
+        // This try's TLS handshake failure, if its connect failed so.
+        let mut tls_failure: Option<String> = None;
         // What failed, and the request back when it was not sent.
         let (failure, back) = match result {
-            Some(Ok((resp, conn))) => {
+            Some(Ok(Sent { resp, conn, mtls })) => {
                 let status = resp.status().as_u16();
                 record(Outcome::Status(status));
                 let grpc = if ex.grpc {
@@ -775,13 +803,26 @@ async fn send<'t>(
                         ex.flags |= Flags::URX;
                     }
                     ex.conn = conn;
+                    if let Some(l) = ex.log.as_mut() {
+                        l.upstream_peer_uri_san = mtls.as_ref().map(|p| p.peer.clone());
+                        l.upstream_transport_failure_reason = None;
+                    }
+                    // Outbound, the request reports the upstream connection's mTLS;
+                    // inbound, the downstream one's (set when the request came in).
+                    if st.direction == Direction::Outbound {
+                        ex.mtls = mtls;
+                    }
                     return Ok(resp);
                 }
-                drop((resp, conn));
+                drop((resp, conn, mtls));
                 (None, None)
             }
             Some(Err(SendError::Connect(e, back))) => {
                 debug!(%addr, error = %e, "upstream connect failed");
+                tls_failure = super::TlsFailure::of(&e).map(ToString::to_string);
+                if let Some(l) = ex.log.as_mut() {
+                    l.upstream_transport_failure_reason = tls_failure.clone();
+                }
                 record(Outcome::LocalOrigin);
                 (Some(TryFailure::Connect), Some(*back))
             }
@@ -821,7 +862,7 @@ async fn send<'t>(
                 return Err(match f {
                     TryFailure::Connect => {
                         ex.flags |= Flags::UF;
-                        Failure::Connect
+                        Failure::Connect(tls_failure)
                     }
                     TryFailure::Reset | TryFailure::RefusedStream => Failure::Reset,
                     TryFailure::Timeout => Failure::Timeout,

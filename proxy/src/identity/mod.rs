@@ -11,10 +11,11 @@
 //! - [`verify`]: chain and identity checks (rustls-webpki);
 //! - [`ca_client`]: one certificate request, its answer checked;
 //! - [`store`]: the current certificate and roots, and the task that renews them;
-//! - [`tls`]: `server_config`, `client_config`, `peer_identity`, Istio's SNI and ALPN.
+//! - [`tls`]: `server_config`, `client_config`, `peer_identity`, Istio's SNI and ALPN;
+//! - [`mesh`]: the data path's [`mesh::MeshTls`]: terminate and originate mTLS.
 //!
 //! Order (each uses only those before it): `der`, `roots`, `csr`, `channel`, `verify`,
-//! `ca_client`, `store`, `tls`.
+//! `ca_client`, `store`, `tls`, `mesh`.
 //!
 //! TLS is 1.3 only, on ring: mesh-control, istiod and Envoy sidecars under
 //! `ISTIO_MUTUAL` all speak it, so TLS 1.2 is not compiled in (when the proxy is built
@@ -24,6 +25,7 @@ pub mod ca_client;
 pub mod channel;
 pub mod csr;
 pub mod der;
+pub mod mesh;
 pub mod roots;
 pub mod store;
 pub mod tls;

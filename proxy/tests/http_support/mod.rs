@@ -24,8 +24,8 @@ use mesh_config::{
 };
 use mesh_proxy::config::Identity;
 use mesh_proxy::http::{
-    BoxFuture, CompiledService, ConnCtx, Engine, HttpMetrics, LocalService, LogSink, Resolver,
-    TcpConnector,
+    BoxFuture, CompiledService, ConnCtx, Engine, HttpMetrics, LocalService, LogSink, MeshTls,
+    Resolver, TcpConnector,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -438,6 +438,11 @@ pub struct Proxy {
     pub engine: Arc<Engine>,
     pub metrics: Arc<HttpMetrics>,
     pub log: Arc<Mutex<Vec<String>>>,
+    /// Inbound with mTLS ([`proxy_with_tls`]): connections whose first byte was a TLS
+    /// handshake record (0x16), handshakes that succeeded, and plaintext connections.
+    pub tls_first_bytes: Arc<AtomicUsize>,
+    pub tls_handshakes: Arc<AtomicUsize>,
+    pub plaintext_conns: Arc<AtomicUsize>,
 }
 
 impl Proxy {
@@ -491,7 +496,7 @@ pub async fn proxy_with_drain(
     side: Side,
     drain: Option<tokio::sync::watch::Receiver<bool>>,
 ) -> Proxy {
-    start(Arc::new(resolver), orig_dst, side, drain).await
+    start(Arc::new(resolver), orig_dst, side, drain, None).await
 }
 
 /// [`proxy`] over any resolver.
@@ -500,7 +505,20 @@ pub async fn proxy_with_resolver(
     orig_dst: SocketAddr,
     side: Side,
 ) -> Proxy {
-    start(resolver, orig_dst, side, None).await
+    start(resolver, orig_dst, side, None, None).await
+}
+
+/// [`proxy`] with a workload identity: outbound, its connector originates mTLS where
+/// the cluster says; inbound, a connection that starts with a TLS record is terminated
+/// with `tls` (as the flow does) and served with the client's identity, any other is
+/// served in plaintext (PERMISSIVE).
+pub async fn proxy_with_tls(
+    resolver: StaticResolver,
+    orig_dst: SocketAddr,
+    side: Side,
+    tls: Arc<MeshTls>,
+) -> Proxy {
+    start(Arc::new(resolver), orig_dst, side, None, Some(tls)).await
 }
 
 async fn start(
@@ -508,6 +526,7 @@ async fn start(
     orig_dst: SocketAddr,
     side: Side,
     drain: Option<tokio::sync::watch::Receiver<bool>>,
+    tls: Option<Arc<MeshTls>>,
 ) -> Proxy {
     let identity = match side {
         Side::Outbound => Identity {
@@ -533,7 +552,16 @@ async fn start(
     let connector = Arc::new(TcpConnector {
         timeout: Duration::from_secs(2),
         inbound_passthrough: false,
+        tls: tls.clone(),
     });
+    let tls_first_bytes = Arc::new(AtomicUsize::new(0));
+    let tls_handshakes = Arc::new(AtomicUsize::new(0));
+    let plaintext_conns = Arc::new(AtomicUsize::new(0));
+    let counts = (
+        tls_first_bytes.clone(),
+        tls_handshakes.clone(),
+        plaintext_conns.clone(),
+    );
     let e = engine.clone();
     tokio::spawn(async move {
         loop {
@@ -542,18 +570,38 @@ async fn start(
             };
             // As the proxy's listeners do.
             let _ = stream.set_nodelay(true);
-            let ctx = ConnCtx {
+            let mut ctx = ConnCtx {
                 engine: e.clone(),
                 resolver: resolver.clone(),
                 connector: connector.clone(),
                 orig_dst,
                 client,
                 drain: drain.clone(),
+                peer_identity: None,
             };
+            let (tls, counts) = (tls.clone(), counts.clone());
             tokio::spawn(async move {
-                let _ = match side {
-                    Side::Outbound => mesh_proxy::http::serve_outbound(stream, ctx).await,
-                    Side::Inbound => mesh_proxy::http::serve_inbound(stream, ctx).await,
+                let _ = match (side, tls) {
+                    (Side::Outbound, _) => mesh_proxy::http::serve_outbound(stream, ctx).await,
+                    (Side::Inbound, None) => mesh_proxy::http::serve_inbound(stream, ctx).await,
+                    (Side::Inbound, Some(tls)) => {
+                        let mut first = [0u8; 1];
+                        if stream.peek(&mut first).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if first[0] != 0x16 {
+                            counts.2.fetch_add(1, Ordering::SeqCst);
+                            let _ = mesh_proxy::http::serve_inbound(stream, ctx).await;
+                            return;
+                        }
+                        counts.0.fetch_add(1, Ordering::SeqCst);
+                        let Ok(accepted) = tls.accept(stream).await else {
+                            return;
+                        };
+                        counts.1.fetch_add(1, Ordering::SeqCst);
+                        ctx.peer_identity = accepted.peer;
+                        mesh_proxy::http::serve_inbound(accepted.stream, ctx).await
+                    }
                 };
             });
         }
@@ -563,6 +611,9 @@ async fn start(
         engine,
         metrics,
         log,
+        tls_first_bytes,
+        tls_handshakes,
+        plaintext_conns,
     }
 }
 

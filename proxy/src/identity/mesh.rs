@@ -1,0 +1,156 @@
+//! The mTLS data path's TLS: one [`MeshTls`] per proxy, built from the identity store,
+//! that terminates Istio mTLS inbound and originates it outbound. Client configs are
+//! made once per destination identity set and protocol, and kept (a handful per proxy:
+//! one per Service it talks to over mTLS, not per connection).
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::io;
+use std::sync::{Arc, Mutex};
+
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
+
+use super::store::IdentityStore;
+use super::tls;
+
+/// What an mTLS connection carries, for the ALPN the client offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Alpn {
+    Http10,
+    Http11,
+    H2,
+    Tcp,
+}
+
+impl Alpn {
+    fn protocols(self) -> &'static [&'static [u8]] {
+        match self {
+            Alpn::Http10 => tls::CLIENT_ALPN_HTTP10,
+            Alpn::Http11 => tls::CLIENT_ALPN_HTTP11,
+            Alpn::H2 => tls::CLIENT_ALPN_H2,
+            Alpn::Tcp => tls::CLIENT_ALPN_TCP,
+        }
+    }
+}
+
+/// Where an mTLS connection goes: the SNI to send and the SPIFFE ids the server may
+/// present (empty: any of the trust domain's).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TlsTarget {
+    pub sni: String,
+    pub identities: Vec<String>,
+}
+
+impl TlsTarget {
+    /// Istio's SNI for the cluster (or its DestinationRule's `tls.sni`), and the
+    /// identities mesh-control listed for it.
+    pub fn for_cluster(c: &mesh_config::Cluster) -> TlsTarget {
+        TlsTarget {
+            sni: c
+                .tls
+                .sni
+                .clone()
+                .unwrap_or_else(|| tls::sni(c.port, c.subset.as_deref(), &c.host)),
+            identities: c.tls.identities.clone(),
+        }
+    }
+
+    /// A non-zero key telling targets apart (for connection pools).
+    pub fn key(&self) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.hash(&mut h);
+        h.finish() | 1
+    }
+}
+
+/// Client configs by (server identities, ALPN).
+type ClientConfigs = HashMap<(Vec<String>, Alpn), Arc<rustls::ClientConfig>>;
+
+/// The TLS of the mTLS data path.
+pub struct MeshTls {
+    store: Arc<IdentityStore>,
+    server: TlsAcceptor,
+    clients: Mutex<ClientConfigs>,
+}
+
+impl std::fmt::Debug for MeshTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshTls")
+            .field("spiffe_id", &self.store.spiffe_id())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A terminated inbound mTLS connection and who the client is.
+pub struct Accepted {
+    pub stream: server::TlsStream<TcpStream>,
+    /// The client's verified SPIFFE id.
+    pub peer: Option<Arc<str>>,
+    /// The ALPN protocol agreed (`h2`, `http/1.1` or `istio`, as [`tls::SERVER_ALPN`]
+    /// prefers them among what the client offered).
+    pub alpn: Option<Vec<u8>>,
+}
+
+impl MeshTls {
+    pub fn new(store: Arc<IdentityStore>) -> Result<Arc<MeshTls>, rustls::Error> {
+        let server = tls::server_config(&store, tls::SERVER_ALPN)?;
+        Ok(Arc::new(MeshTls {
+            store,
+            server: TlsAcceptor::from(server),
+            clients: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// This proxy's SPIFFE id.
+    pub fn spiffe_id(&self) -> &str {
+        self.store.spiffe_id()
+    }
+
+    /// Whether a certificate is held (without one, no handshake can succeed).
+    pub fn ready(&self) -> bool {
+        self.store.has_cert()
+    }
+
+    fn client(&self, identities: &[String], alpn: Alpn) -> io::Result<Arc<rustls::ClientConfig>> {
+        let mut map = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (identities.to_vec(), alpn);
+        if let Some(c) = map.get(&key) {
+            return Ok(c.clone());
+        }
+        let c = tls::client_config(&self.store, identities.to_vec(), alpn.protocols())
+            .map_err(io::Error::other)?;
+        map.insert(key, c.clone());
+        Ok(c)
+    }
+
+    /// Originates mTLS on `tcp` to `target`.
+    pub async fn connect(
+        &self,
+        tcp: TcpStream,
+        target: &TlsTarget,
+        alpn: Alpn,
+    ) -> io::Result<client::TlsStream<TcpStream>> {
+        let config = self.client(&target.identities, alpn)?;
+        let name = ServerName::try_from(target.sni.clone()).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("SNI {:?}: {e}", target.sni),
+            )
+        })?;
+        TlsConnector::from(config).connect(name, tcp).await
+    }
+
+    /// Terminates mTLS on `tcp` (a client certificate is required and verified).
+    pub async fn accept(&self, tcp: TcpStream) -> io::Result<Accepted> {
+        let stream = self.server.accept(tcp).await?;
+        let (_, conn) = stream.get_ref();
+        let peer = conn
+            .peer_certificates()
+            .and_then(tls::peer_identity)
+            .map(Arc::from);
+        let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
+        Ok(Accepted { stream, peer, alpn })
+    }
+}
