@@ -202,6 +202,7 @@ fn meta(ns: &str, sa: &str) -> PeerMeta {
 fn world(
     endpoint: SocketAddr,
     app_port: u16,
+    protocol: Protocol,
     tls: ClusterTls,
     mtls: bool,
     inbound: InboundTls,
@@ -216,7 +217,7 @@ fn world(
         ports: vec![ServicePort {
             port: PORT,
             name: "tcp".into(),
-            protocol: Protocol::Tcp,
+            protocol,
             routes: vec![],
             default_retry: None,
         }],
@@ -252,7 +253,7 @@ fn world(
             ports: vec![InboundPort {
                 port: PORT,
                 target_port: app_port,
-                protocol: Protocol::Tcp,
+                protocol,
             }],
         }],
         inbound_tls: inbound,
@@ -323,7 +324,15 @@ async fn mesh(
     let app = echo().await;
     let relay = relay().await;
     let port = app.addr.port();
-    ca.serve_config(world(relay.addr, port, tls, mtls, inbound(port), authz));
+    ca.serve_config(world(
+        relay.addr,
+        port,
+        Protocol::Tcp,
+        tls,
+        mtls,
+        inbound(port),
+        authz,
+    ));
     let server = pod(&ca, "foo", "httpbin", SERVER_IP, app.addr).await;
     *relay.to.lock().unwrap() = Some(server.inbound);
     let cluster_ip: SocketAddr = format!("{CLUSTER_IP}:{PORT}").parse().unwrap();
@@ -569,12 +578,15 @@ async fn a_server_first_protocol_works_in_permissive() {
     ca.serve_config(world(
         relay.addr,
         app.port(),
+        Protocol::Unknown,
         auto_mtls(),
         true,
         InboundTls::default(),
         Authorization::default(),
     ));
     let server = pod(&ca, "foo", "httpbin", SERVER_IP, app).await;
+    *relay.to.lock().unwrap() = Some(server.inbound);
+    // Straight to the server's sidecar, plaintext (PERMISSIVE).
     let mut c = TcpStream::connect(server.inbound).await.unwrap();
     let mut greeting = [0u8; 11];
     tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut greeting))
@@ -586,4 +598,23 @@ async fn a_server_first_protocol_works_in_permissive() {
     let mut back = [0u8; 4];
     c.read_exact(&mut back).await.unwrap();
     assert_eq!(&back, b"QUIT");
+
+    // Through both sidecars, the port unnamed (sniffed): the client's sidecar makes the
+    // mTLS connection while it waits, so the greeting comes through it, encrypted.
+    let cluster_ip: SocketAddr = format!("{CLUSTER_IP}:{PORT}").parse().unwrap();
+    let client = pod(&ca, "foo", "sleep", CLIENT_IP, cluster_ip).await;
+    let mut c = TcpStream::connect(client.outbound).await.unwrap();
+    let mut greeting = [0u8; 11];
+    tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut greeting))
+        .await
+        .expect("the greeting through both sidecars within 5 s")
+        .unwrap();
+    assert_eq!(&greeting, b"220 hello\r\n");
+    c.write_all(b"DATA").await.unwrap();
+    let mut back = [0u8; 4];
+    c.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"DATA");
+    let wire = relay.seen.lock().unwrap().clone();
+    assert_eq!(&wire[..2], &[0x16, 0x03], "mTLS on the wire");
+    assert!(!wire.windows(4).any(|w| w == b"DATA"));
 }

@@ -10,10 +10,13 @@ use std::time::Instant;
 use tokio::net::TcpStream;
 use tracing::{debug, info};
 
+use tokio_rustls::client::TlsStream;
+
+use super::detect::{SNIFF_LEN, Sniffed, classify};
 use super::http::{Plan, SniffOutcome, plan_outbound, sniff, tcp_upstream};
 use super::{Shared, connect, http, original_dst, refuse, reset, tcp};
 use crate::addrs::ListenAddr;
-use crate::identity::mesh::Alpn;
+use crate::identity::mesh::{Alpn, MeshTls, TlsTarget};
 use crate::record::ConnRecord;
 
 pub(super) async fn handle(
@@ -37,6 +40,9 @@ pub(super) async fn handle(
     let mut _slot = None;
     // mTLS to the endpoint, when the proxy has an identity and the cluster asks for it.
     let mut tls = None;
+    // Made while sniffing (with the first bytes the server sent, if it spoke first);
+    // boxed, as the TLS session is large and most connections have none.
+    let mut pre_tls = None;
     if let Some(l7) = &shared.l7 {
         let (plan, svc) = plan_outbound(l7, orig).await;
         // For a Service port the endpoint is picked first, so that a sniffed connection
@@ -45,14 +51,31 @@ pub(super) async fn handle(
             (Some(svc), Plan::Sniff | Plan::Tcp) => Some(tcp_upstream(svc, orig)),
             _ => None,
         };
-        if plan == Plan::Sniff {
+        // A sniffed port whose endpoint takes mTLS: the mTLS connection is made while the
+        // client's first bytes are awaited (TLS is client-first, so a server-first
+        // protocol behind the peer's sidecar can speak through it).
+        let sniff_tls = match (&l7.tls, up.as_ref()) {
+            (Some(mesh), Some(u)) if plan == Plan::Sniff => u
+                .tls
+                .as_ref()
+                .zip(u.endpoint)
+                .map(|(t, e)| (mesh.clone(), t.clone(), e)),
+            _ => None,
+        };
+        let mut sniffed_http = false;
+        if let Some((mesh, target, endpoint)) = &sniff_tls {
+            match Box::pin(sniff_mtls(shared, &client, mesh, target, *endpoint)).await {
+                MtlsSniff::Http => sniffed_http = true,
+                MtlsSniff::Opaque(r) => pre_tls = Some(r),
+            }
+        } else if plan == Plan::Sniff {
             let target = up.as_ref().and_then(|u| u.endpoint).unwrap_or(orig);
             match Box::pin(sniff(shared, &client, target, None)).await {
-                SniffOutcome::Http => {}
+                SniffOutcome::Http => sniffed_http = true,
                 SniffOutcome::Opaque(r) => dialled = Some(r),
             }
         }
-        if plan == Plan::Http || (plan == Plan::Sniff && dialled.is_none()) {
+        if plan == Plan::Http || sniffed_http {
             record.to_http(orig);
             // Boxed: an L4 connection's task must not carry the HTTP path's (much larger)
             // state inline.
@@ -107,6 +130,19 @@ pub(super) async fn handle(
             return;
         }
     };
+    if let (Some(r), Some((mesh, _))) = (pre_tls, &tls) {
+        return Box::pin(forward_sniffed_mtls(
+            shared,
+            client,
+            r,
+            record,
+            orig,
+            mesh,
+            connect_started,
+            idle_timeout,
+        ))
+        .await;
+    }
     if let Some((mesh, target)) = tls {
         // Boxed: the TLS session and its copy must not sit inline in every connection's
         // task (most are plaintext).
@@ -139,6 +175,143 @@ pub(super) async fn handle(
             .await
         }
         None => tcp::forward(shared, &mut client, &mut upstream, &meters).await,
+    };
+    record.closed(result.err().as_ref());
+}
+
+/// What sniffing an mTLS-bound connection found.
+enum MtlsSniff {
+    Http,
+    /// Not HTTP: the mTLS connection, and what the server already sent (boxed: the TLS
+    /// session is large).
+    Opaque(Box<std::io::Result<(TlsStream<TcpStream>, Vec<u8>)>>),
+}
+
+/// [`super::http::sniff`] for an endpoint that takes mTLS: waits for the client's first
+/// bytes while the mTLS connection is made; the server's first application bytes
+/// (read, kept) also mean "not HTTP".
+async fn sniff_mtls(
+    shared: &Shared,
+    client: &TcpStream,
+    mesh: &MeshTls,
+    target: &TlsTarget,
+    endpoint: crate::addrs::OrigDstAddr,
+) -> MtlsSniff {
+    use tokio::io::AsyncReadExt as _;
+    let dial = async {
+        let tcp = connect::connect(endpoint, None, shared.config.connect_timeout)
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        mesh.connect(tcp, target, Alpn::Tcp).await
+    };
+    tokio::pin!(dial);
+    let mut up: Option<TlsStream<TcpStream>> = None;
+    let mut buf = [0u8; SNIFF_LEN];
+    let mut partial = false;
+    loop {
+        let peek = async {
+            if partial {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            client.peek(&mut buf).await
+        };
+        let n = match up.as_mut() {
+            None => tokio::select! {
+                r = peek => r,
+                r = &mut dial => match r {
+                    Ok(s) => {
+                        up = Some(s);
+                        continue;
+                    }
+                    Err(e) => return MtlsSniff::Opaque(Box::new(Err(e))),
+                },
+            },
+            Some(stream) => {
+                let mut first = vec![0u8; 4096];
+                tokio::select! {
+                    r = peek => r,
+                    r = stream.read(&mut first) => {
+                        // The server spoke first: not HTTP.
+                        return MtlsSniff::Opaque(Box::new(match (r, up.take()) {
+                            (Ok(n), Some(s)) => {
+                                first.truncate(n);
+                                Ok((s, first))
+                            }
+                            (Err(e), _) => Err(e),
+                            (Ok(_), None) => Err(std::io::Error::other("no mTLS connection")),
+                        }));
+                    }
+                }
+            }
+        };
+        let n = match n {
+            Ok(n) if n > 0 => n,
+            _ => return MtlsSniff::Opaque(Box::new(finish_mtls(up, dial).await)),
+        };
+        match classify(&buf[..n]) {
+            Some(Sniffed::Http1 | Sniffed::H2) => return MtlsSniff::Http,
+            Some(Sniffed::Opaque) => {
+                return MtlsSniff::Opaque(Box::new(finish_mtls(up, dial).await));
+            }
+            None if n == buf.len() => {
+                return MtlsSniff::Opaque(Box::new(finish_mtls(up, dial).await));
+            }
+            None => partial = true,
+        }
+    }
+}
+
+async fn finish_mtls(
+    up: Option<TlsStream<TcpStream>>,
+    dial: impl Future<Output = std::io::Result<TlsStream<TcpStream>>>,
+) -> std::io::Result<(TlsStream<TcpStream>, Vec<u8>)> {
+    match up {
+        Some(s) => Ok((s, Vec::new())),
+        None => dial.await.map(|s| (s, Vec::new())),
+    }
+}
+
+/// Copies a sniffed mTLS connection: the server's first bytes to the client, then both
+/// ways until both end.
+#[allow(clippy::too_many_arguments)]
+async fn forward_sniffed_mtls(
+    shared: &Shared,
+    mut client: TcpStream,
+    made: Box<std::io::Result<(TlsStream<TcpStream>, Vec<u8>)>>,
+    record: &mut ConnRecord<'_>,
+    orig: crate::addrs::OrigDstAddr,
+    mesh: &MeshTls,
+    connect_started: Instant,
+    idle_timeout: Option<std::time::Duration>,
+) {
+    use tokio::io::AsyncWriteExt as _;
+    let (mut stream, first) = match *made {
+        Ok(m) => m,
+        Err(e) => {
+            info!(dst = %orig, error = %e, "mTLS connect failed; resetting client");
+            record.connect_failed(orig, crate::metrics::ConnectErrorKind::Other);
+            reset(client);
+            return;
+        }
+    };
+    let local = stream.get_ref().0.local_addr().ok();
+    let server_id = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(crate::identity::tls::peer_identity);
+    record.secure_peer(server_id.as_deref(), mesh.spiffe_id());
+    let meters = record.connected(orig, connect_started.elapsed(), || local);
+    if !first.is_empty() {
+        if let Err(e) = client.write_all(&first).await {
+            record.closed(Some(&e));
+            return;
+        }
+        meters.sent.add(first.len());
+    }
+    let result = match idle_timeout {
+        Some(idle) => tcp::forward_idle(shared, &mut client, &mut stream, &meters, idle).await,
+        None => tcp::forward(shared, &mut client, &mut stream, &meters).await,
     };
     record.closed(result.err().as_ref());
 }
