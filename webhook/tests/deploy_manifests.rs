@@ -930,27 +930,24 @@ fn kube_node_overlay_pins_the_control_plane_address_and_turns_dns_capture_on() {
             let config =
                 mesh_webhook::config::InjectConfig::from_yaml_str(&text, "kube-node ConfigMap")
                     .unwrap_or_else(|e| panic!("{e}"));
-            assert_eq!(config.control_plane_address, "198.19.0.15:15010");
-            assert_eq!(
-                config.control_plane_auth_policy,
-                mesh_webhook::config::ControlPlaneAuthPolicy::None
-            );
+            assert_eq!(config.control_plane_address, "198.19.0.15:15012");
+            assert_eq!(config.control_plane_san, "mesh-control.mesh-system.svc");
             assert!(config.dns_capture);
             let base = find(&default, "ConfigMap", "mesh-injection-config")["data"]["config.yaml"]
                 .as_str()
                 .unwrap()
                 .replace(
                     "controlPlaneAddress: mesh-control.mesh-system.svc:15012",
-                    "controlPlaneAddress: 198.19.0.15:15010",
+                    "controlPlaneAddress: 198.19.0.15:15012",
                 )
                 .replace(
-                    "controlPlaneAuthPolicy: MUTUAL_TLS",
-                    "controlPlaneAuthPolicy: NONE",
+                    "controlPlaneSan: \"\"",
+                    "controlPlaneSan: mesh-control.mesh-system.svc",
                 )
                 .replace("dnsCapture: false", "dnsCapture: true");
             assert_eq!(
                 text, base,
-                "only controlPlaneAddress, controlPlaneAuthPolicy and dnsCapture differ"
+                "only controlPlaneAddress, controlPlaneSan and dnsCapture differ"
             );
             o["data"]["config.yaml"] = Value::String(
                 find(&default, "ConfigMap", "mesh-injection-config")["data"]["config.yaml"]
