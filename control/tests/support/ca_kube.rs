@@ -4,19 +4,13 @@
 //! hand-made JWTs. Uses only kube and std, so it does not depend on the rest of the crate.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "kube_local.rs"]
+mod kube_local;
+#[allow(unused_imports)] // each test crate uses its part
+pub use kube_local::{HOW_TO_START, kube_local_dir, kubeconfig, kubectl_path};
+
 use std::future::Future;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-pub const HOW_TO_START: &str = "this test needs a real API server. Start kube-local with \
-    ../shared/kube-local/setup.sh (once) && ../shared/kube-local/start.sh and \
-    export KUBECONFIG=$HOME/.kube-local/run/kubeconfig";
-
-/// KUBECONFIG, or a failure that says how to get one.
-pub fn kubeconfig() -> String {
-    std::env::var("KUBECONFIG").unwrap_or_else(|_| panic!("KUBECONFIG is not set: {HOW_TO_START}"))
-}
 
 /// A client from KUBECONFIG, or a failure that says why.
 pub async fn client() -> kube::Client {
@@ -33,55 +27,9 @@ pub fn init_log() {
         .try_init();
 }
 
-/// kube-local's folder (`KUBE_LOCAL_DIR`, default `$HOME/.kube-local`).
-pub fn kube_local_dir() -> PathBuf {
-    std::env::var_os("KUBE_LOCAL_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".kube-local")
-        })
-}
-
-/// kube-local's kubectl (v1.20), never the system's.
-pub fn kubectl_path() -> PathBuf {
-    let k = kube_local_dir().join("bin/kubectl");
-    assert!(
-        k.is_file(),
-        "no {}: build kube-local with ../shared/kube-local/setup.sh",
-        k.display()
-    );
-    k
-}
-
-/// Runs kubectl; `Err` carries its output.
+/// Runs kubectl against KUBECONFIG; `Err` carries its output.
 pub fn kubectl_try(args: &[&str], stdin: Option<&str>) -> Result<String, String> {
-    use std::io::Write as _;
-    let mut child = Command::new(kubectl_path())
-        .args(args)
-        .env("KUBECONFIG", kubeconfig())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start kubectl");
-    {
-        let mut pipe = child.stdin.take().unwrap();
-        if let Some(s) = stdin {
-            let _ = pipe.write_all(s.as_bytes());
-        }
-    }
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    if out.status.success() {
-        Ok(stdout)
-    } else {
-        Err(format!(
-            "kubectl {} failed ({}):\n{stdout}{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
+    kube_local::kubectl_try(&kubeconfig(), args, stdin)
 }
 
 pub fn kubectl(args: &[&str], stdin: Option<&str>) -> String {
