@@ -68,6 +68,8 @@ struct Relay {
     addr: SocketAddr,
     to: Arc<Mutex<Option<SocketAddr>>>,
     seen: Arc<Mutex<Vec<u8>>>,
+    /// Connections the relay accepted.
+    accepted: Arc<AtomicUsize>,
 }
 
 async fn relay() -> Relay {
@@ -75,9 +77,11 @@ async fn relay() -> Relay {
     let addr = l.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let to = Arc::new(Mutex::new(None::<SocketAddr>));
-    let (keep, target) = (seen.clone(), to.clone());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let (keep, target, count) = (seen.clone(), to.clone(), accepted.clone());
     tokio::spawn(async move {
         while let Ok((mut a, _)) = l.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
             let keep = keep.clone();
             let Some(to) = *target.lock().unwrap() else {
                 continue;
@@ -111,7 +115,12 @@ async fn relay() -> Relay {
             });
         }
     });
-    Relay { addr, to, seen }
+    Relay {
+        addr,
+        to,
+        seen,
+        accepted,
+    }
 }
 
 struct Pod {
@@ -617,4 +626,6 @@ async fn a_server_first_protocol_works_in_permissive() {
     let wire = relay.seen.lock().unwrap().clone();
     assert_eq!(&wire[..2], &[0x16, 0x03], "mTLS on the wire");
     assert!(!wire.windows(4).any(|w| w == b"DATA"));
+    // One connection to the endpoint: the one made while sniffing, no second dial.
+    assert_eq!(relay.accepted.load(Ordering::SeqCst), 1);
 }

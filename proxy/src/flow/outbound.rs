@@ -117,6 +117,20 @@ pub(super) async fn handle(
             }
         }
     }
+    if let (Some(made), Some((mesh, _))) = (pre_tls, &tls) {
+        // Sniffed: the mTLS connection is made already.
+        return Box::pin(forward_mtls(
+            shared,
+            client,
+            made,
+            record,
+            orig,
+            mesh,
+            connect_started,
+            idle_timeout,
+        ))
+        .await;
+    }
     let dialled = match dialled {
         Some(r) => r,
         None => connect::connect(dial, None, connect_timeout).await,
@@ -130,30 +144,19 @@ pub(super) async fn handle(
             return;
         }
     };
-    if let (Some(r), Some((mesh, _))) = (pre_tls, &tls) {
-        return Box::pin(forward_sniffed_mtls(
-            shared,
-            client,
-            r,
-            record,
-            orig,
-            mesh,
-            connect_started,
-            idle_timeout,
-        ))
-        .await;
-    }
     if let Some((mesh, target)) = tls {
-        // Boxed: the TLS session and its copy must not sit inline in every connection's
-        // task (most are plaintext).
+        // Boxed, the handshake and the copy: the TLS session must not sit inline in
+        // every connection's task (most are plaintext).
+        let made = Box::pin(mesh.connect(upstream, &target, Alpn::Tcp))
+            .await
+            .map(|s| (s, Vec::new()));
         return Box::pin(forward_mtls(
             shared,
             client,
-            upstream,
+            Box::new(made),
             record,
             orig,
             &mesh,
-            &target,
             connect_started,
             idle_timeout,
         ))
@@ -271,10 +274,11 @@ async fn finish_mtls(
     }
 }
 
-/// Copies a sniffed mTLS connection: the server's first bytes to the client, then both
-/// ways until both end.
+/// Copies an mTLS connection to the endpoint (`made`: the connection and what the server
+/// already sent, when it spoke first while the connection was sniffed): those bytes to the
+/// client first, then both ways until both end.
 #[allow(clippy::too_many_arguments)]
-async fn forward_sniffed_mtls(
+async fn forward_mtls(
     shared: &Shared,
     mut client: TcpStream,
     made: Box<std::io::Result<(TlsStream<TcpStream>, Vec<u8>)>>,
@@ -288,7 +292,7 @@ async fn forward_sniffed_mtls(
     let (mut stream, first) = match *made {
         Ok(m) => m,
         Err(e) => {
-            info!(dst = %orig, error = %e, "mTLS connect failed; resetting client");
+            info!(dst = %orig, error = %e, "mTLS to the endpoint failed; resetting client");
             record.connect_failed(orig, crate::metrics::ConnectErrorKind::Other);
             reset(client);
             return;
@@ -302,6 +306,7 @@ async fn forward_sniffed_mtls(
         .and_then(crate::identity::tls::peer_identity);
     record.secure_peer(server_id.as_deref(), mesh.spiffe_id());
     let meters = record.connected(orig, connect_started.elapsed(), || local);
+    debug!(dst = %orig, peer = server_id.as_deref(), "connected upstream over mTLS");
     if !first.is_empty() {
         if let Err(e) = client.write_all(&first).await {
             record.closed(Some(&e));
@@ -309,44 +314,6 @@ async fn forward_sniffed_mtls(
         }
         meters.sent.add(first.len());
     }
-    let result = match idle_timeout {
-        Some(idle) => tcp::forward_idle(shared, &mut client, &mut stream, &meters, idle).await,
-        None => tcp::forward(shared, &mut client, &mut stream, &meters).await,
-    };
-    record.closed(result.err().as_ref());
-}
-
-/// Originates mTLS on `upstream` and copies between it and `client` until both end.
-#[allow(clippy::too_many_arguments)]
-async fn forward_mtls(
-    shared: &Shared,
-    mut client: TcpStream,
-    upstream: TcpStream,
-    record: &mut ConnRecord<'_>,
-    orig: crate::addrs::OrigDstAddr,
-    mesh: &crate::identity::mesh::MeshTls,
-    target: &crate::identity::mesh::TlsTarget,
-    connect_started: Instant,
-    idle_timeout: Option<std::time::Duration>,
-) {
-    let local = upstream.local_addr().ok();
-    let mut stream = match mesh.connect(upstream, target, Alpn::Tcp).await {
-        Ok(s) => s,
-        Err(e) => {
-            info!(dst = %orig, sni = %target.sni, error = %e, "mTLS handshake failed; resetting client");
-            record.connect_failed(orig, crate::metrics::ConnectErrorKind::Other);
-            reset(client);
-            return;
-        }
-    };
-    let server_id = stream
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(crate::identity::tls::peer_identity);
-    record.secure_peer(server_id.as_deref(), mesh.spiffe_id());
-    let meters = record.connected(orig, connect_started.elapsed(), || local);
-    debug!(dst = %orig, peer = server_id.as_deref(), "connected upstream over mTLS");
     let result = match idle_timeout {
         Some(idle) => tcp::forward_idle(shared, &mut client, &mut stream, &meters, idle).await,
         None => tcp::forward(shared, &mut client, &mut stream, &meters).await,
