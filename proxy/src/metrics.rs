@@ -202,7 +202,9 @@ impl TcpPeer {
         }
     }
 
-    /// This peer, over mTLS (see [`TcpPeer::mtls`]).
+    /// This peer, over mTLS: `peer_id` is the other side's verified SPIFFE id (when
+    /// known), `own_id` this proxy's. The destination reporter then says
+    /// `connection_security_policy="mutual_tls"`.
     pub fn secured(&self, direction: Direction, peer_id: Option<&str>, own_id: &str) -> TcpPeer {
         let side = match direction {
             Direction::Outbound => "destination",
@@ -218,28 +220,6 @@ impl TcpPeer {
             service: self.service.clone(),
             own_principal: Some(prom::escape_label_value(own_id)),
         }
-    }
-
-    /// [`TcpPeer::new`] for a connection over mTLS: `peer_id` is the other side's
-    /// verified SPIFFE id (when known), `own_id` this proxy's. The destination reporter
-    /// then says `connection_security_policy="mutual_tls"`.
-    pub fn mtls(
-        direction: Direction,
-        peer: Option<&mesh_config::PeerMeta>,
-        service: Option<(&str, &str, &str)>,
-        peer_id: Option<&str>,
-        own_id: &str,
-    ) -> TcpPeer {
-        let mut p = TcpPeer::new(direction, peer, service);
-        let side = match direction {
-            Direction::Outbound => "destination",
-            Direction::Inbound => "source",
-        };
-        let labels = peer.map_or_else(PeerLabels::unknown, PeerLabels::of_meta);
-        let principal = prom::escape_label_value(peer_id.unwrap_or(UNKNOWN));
-        p.side = labels.render(side, &principal);
-        p.own_principal = Some(prom::escape_label_value(own_id));
-        p
     }
 }
 

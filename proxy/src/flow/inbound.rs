@@ -26,7 +26,7 @@ use super::{Shared, connect, http, original_dst, refuse, reset, tcp};
 use crate::addrs::{ListenAddr, OrigDstAddr};
 use crate::authz::{Attributes, Decision};
 use crate::identity::mesh::MeshTls;
-use crate::metrics::{RefusalReason, TcpPeer};
+use crate::metrics::RefusalReason;
 use crate::record::ConnRecord;
 
 /// How long an inbound client may take to send its first bytes (or finish the mTLS
@@ -270,21 +270,8 @@ async fn serve_mtls(
         ))
         .await;
     }
-    let source_meta = {
-        use crate::http::Resolver as _;
-        let source = l7.resolver.peer(record.client().ip()).await;
-        let service = l7.resolver.inbound_service(orig.port()).await;
-        TcpPeer::mtls(
-            crate::direction::Direction::Inbound,
-            source.as_ref(),
-            service
-                .as_ref()
-                .map(|s| (s.host.as_str(), s.name.as_str(), s.namespace.as_str())),
-            peer_id.as_deref(),
-            mesh.spiffe_id(),
-        )
-    };
-    record.set_peer(source_meta);
+    record.set_peer(tcp_inbound_peer(l7, record.client(), orig).await);
+    record.secure_peer(peer_id.as_deref(), mesh.spiffe_id());
     if let Some(denied) = tcp_denied(l7, record, orig, peer_id.as_deref()).await {
         info!(dst = %orig, client = %record.client(), peer = peer_id.as_deref(), decision = ?denied, "connection denied by AuthorizationPolicy");
         record.refuse(RefusalReason::Denied, Some(orig));
