@@ -65,8 +65,9 @@ impl TlsTarget {
     }
 }
 
-/// Client configs by (server identities, ALPN).
-type ClientConfigs = HashMap<(Vec<String>, Alpn), Arc<rustls::ClientConfig>>;
+/// Client configs by ALPN, then by server identities (looked up by slice, so a
+/// connection to a known destination allocates nothing to find its config).
+type ClientConfigs = HashMap<Alpn, HashMap<Vec<String>, Arc<rustls::ClientConfig>>>;
 
 /// The TLS of the mTLS data path.
 pub struct MeshTls {
@@ -115,13 +116,13 @@ impl MeshTls {
 
     fn client(&self, identities: &[String], alpn: Alpn) -> io::Result<Arc<rustls::ClientConfig>> {
         let mut map = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (identities.to_vec(), alpn);
-        if let Some(c) = map.get(&key) {
+        let by_ids = map.entry(alpn).or_default();
+        if let Some(c) = by_ids.get(identities) {
             return Ok(c.clone());
         }
         let c = tls::client_config(&self.store, identities.to_vec(), alpn.protocols())
             .map_err(io::Error::other)?;
-        map.insert(key, c.clone());
+        by_ids.insert(identities.to_vec(), c.clone());
         Ok(c)
     }
 
