@@ -227,9 +227,14 @@ pub mod proxy {
         pub const APP_NAME: &str = "APP_NAME";
         /// The pod's `version` label, when it has one (else absent).
         pub const APP_VERSION: &str = "APP_VERSION";
+        /// Istio's `SECRET_TTL`: the workload certificate's lifetime asked of the CA,
+        /// same as `--cert-ttl` (the flag wins). Istio users set it through
+        /// `proxyMetadata` or an `env` entry of an `istio-proxy` container override.
+        /// Ignored without `--root-cert` (no identity).
+        pub const SECRET_TTL: &str = "SECRET_TTL";
 
         /// Every variable the proxy reads.
-        pub const ALL: [&str; 11] = [
+        pub const ALL: [&str; 12] = [
             LOG,
             POD_NAME,
             POD_NAMESPACE,
@@ -241,6 +246,7 @@ pub mod proxy {
             CANONICAL_REVISION,
             APP_NAME,
             APP_VERSION,
+            SECRET_TTL,
         ];
     }
 }

@@ -106,6 +106,10 @@ pub struct Args {
     pub trust_domain: Option<String>,
     /// Certificate lifetime asked of the CA.
     pub cert_ttl: Option<Duration>,
+    /// The same from `SECRET_TTL` (Istio's variable); `--cert-ttl` wins. Unlike the
+    /// flag it is no error without `--root-cert`: a mesh-wide `proxyMetadata` reaches
+    /// proxies without an identity too.
+    pub env_cert_ttl: Option<Duration>,
 }
 
 /// What the command line asked for.
@@ -184,7 +188,7 @@ Options:
                                  [default: /var/run/secrets/tokens/istio-token]
       --trust-domain <TD>        Trust domain of the workload identity [default: cluster.local]
       --cert-ttl <DUR>           Workload certificate lifetime asked of the CA, at least 1s;
-                                 renewed at half of it [default: 24h]
+                                 renewed at half of it [default: 24h] [env: SECRET_TTL]
   -h, --help                     Print help
   -V, --version                  Print version
 
@@ -357,6 +361,7 @@ impl Args {
         let log_filter =
             from_env(env, var::LOG, flag::LOG_LEVEL, parse_log_filter)?.unwrap_or_default();
         let instance_ip = from_env(env, var::INSTANCE_IP, flag::INSTANCE_IP, parse_ip)?.flatten();
+        let env_cert_ttl = from_env(env, var::SECRET_TTL, flag::CERT_TTL, parse_cert_ttl)?;
         Ok(Args {
             outbound_port: PROXY_OUTBOUND_PORT,
             inbound_port: PROXY_INBOUND_PORT,
@@ -391,6 +396,7 @@ impl Args {
             token_file: None,
             trust_domain: None,
             cert_ttl: None,
+            env_cert_ttl,
         })
     }
 
@@ -711,6 +717,7 @@ fn workload_identity(
             .unwrap_or_else(|| PathBuf::from(id::TOKEN_PATH)),
         cert_ttl: a
             .cert_ttl
+            .or(a.env_cert_ttl)
             .unwrap_or(Duration::from_secs(id::DEFAULT_CERT_TTL_SECS)),
     })
 }
@@ -992,6 +999,30 @@ mod tests {
         ));
         assert_eq!(w.cert_ttl, Duration::from_secs(5400));
         assert_eq!(w.token_file, PathBuf::from("/t"));
+    }
+
+    #[test]
+    fn secret_ttl_from_the_environment_and_the_flag_wins() {
+        let env = |v: &'static str| move |k: &str| (k == "SECRET_TTL").then(|| v.to_owned());
+        let ttl = |list: &[&str], v: &'static str| {
+            run_args(list, &env(v))
+                .into_config()
+                .unwrap()
+                .workload_identity
+                .map(|w| w.cert_ttl)
+        };
+        assert_eq!(ttl(&IDENTITY_BASE, "60s"), Some(Duration::from_secs(60)));
+        let mut with_flag = IDENTITY_BASE.to_vec();
+        with_flag.extend(["--cert-ttl", "2h"]);
+        assert_eq!(ttl(&with_flag, "60s"), Some(Duration::from_secs(7200)));
+        // No identity: a mesh-wide SECRET_TTL is no error there.
+        assert_eq!(ttl(&[], "60s"), None);
+        let bad = Args::command_from(["mesh-proxy"], &env("soon")).unwrap_err();
+        let e = bad.to_string();
+        assert!(
+            e.contains("SECRET_TTL") && e.contains("--cert-ttl") && e.contains("soon"),
+            "{e}"
+        );
     }
 
     #[test]
