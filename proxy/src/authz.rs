@@ -1,14 +1,17 @@
-//! AuthorizationPolicy on the inbound side: [`evaluate`] decides one connection or request
-//! against the [`Authorization`] mesh-control computed for this workload. Pure: the flows
-//! gather the attributes ([`Attributes`]) and act on the [`Decision`] (403 with
-//! `RBAC: access denied` for HTTP, a closed connection for TCP, as Istio's sidecars do).
-//! The semantics are written in `mesh_config::authz`.
+//! AuthorizationPolicy on the inbound side: [`Policies::evaluate`] decides one connection
+//! or request against the [`Authorization`] mesh-control computed for this workload,
+//! compiled once when the config arrives ([`Policies::compile`]: every CIDR parsed, a bad
+//! one refuses the config, so a rule can never be silently weakened by a block that does
+//! not parse). Pure: the flows gather the attributes ([`Attributes`]) and act on the
+//! [`Decision`] (403 with `RBAC: access denied` for HTTP, a closed connection for TCP, as
+//! Istio's sidecars do). The semantics are written in `mesh_config::authz`.
 
 use std::net::IpAddr;
+use std::ops::Deref;
 
 use ipnet::IpNet;
-use mesh_config::Authorization;
 use mesh_config::authz::{AuthzPolicy, AuthzRule, Condition, Operation, Source, value_matches};
+use mesh_config::{Authorization, ValidationError, Workload};
 
 /// What one connection (and, for HTTP, one request) is.
 #[derive(Debug, Clone)]
@@ -59,43 +62,209 @@ enum Kind {
     Deny,
 }
 
-/// Deny first, then allow; no ALLOW policy: allowed.
-pub fn evaluate(authz: &Authorization, a: &Attributes<'_>) -> Decision {
-    if let Some(p) = authz.deny.iter().find(|p| policy_matches(p, a, Kind::Deny)) {
-        return Decision::Denied(p.name.clone());
+/// A workload as the inbound side uses it: the config as received (through `Deref`)
+/// and its AuthorizationPolicies compiled.
+#[derive(Debug)]
+pub struct CompiledWorkload {
+    workload: Workload,
+    pub authz: Policies,
+}
+
+impl CompiledWorkload {
+    pub fn compile(w: &Workload) -> Result<CompiledWorkload, ValidationError> {
+        Ok(CompiledWorkload {
+            authz: Policies::compile(&w.authorization).map_err(|why| ValidationError {
+                what: format!("workload {} ({})", w.pod, w.ip),
+                why,
+            })?,
+            workload: w.clone(),
+        })
     }
-    if authz.allow.is_empty()
-        || authz
-            .allow
+}
+
+impl Deref for CompiledWorkload {
+    type Target = Workload;
+    fn deref(&self) -> &Workload {
+        &self.workload
+    }
+}
+
+/// One workload's DENY and ALLOW policies, their CIDRs parsed.
+#[derive(Debug, Default)]
+pub struct Policies {
+    deny: Vec<Policy>,
+    allow: Vec<Policy>,
+}
+
+#[derive(Debug)]
+struct Policy {
+    name: String,
+    rules: Vec<Rule>,
+}
+
+/// A rule with the networks of its `from` sources and `when` conditions, index for index.
+#[derive(Debug)]
+struct Rule {
+    rule: AuthzRule,
+    /// An ALLOW rule with an HTTP-only field, which never matches a TCP connection.
+    needs_http: bool,
+    sources: Vec<SourceNets>,
+    /// `Some` for the conditions on an address (`source.ip`, `remote.ip`,
+    /// `destination.ip`).
+    conditions: Vec<Option<Nets>>,
+}
+
+#[derive(Debug, Default)]
+struct SourceNets {
+    ip: Nets,
+    remote: Nets,
+}
+
+/// A pair of lists: the address must be in one of `any` (when it is not empty) and in
+/// none of `none`.
+#[derive(Debug, Default)]
+struct Nets {
+    any: Vec<IpNet>,
+    none: Vec<IpNet>,
+}
+
+impl Nets {
+    fn parse(any: &[String], none: &[String], field: &str) -> Result<Nets, String> {
+        let list = |l: &[String], f: String| {
+            l.iter()
+                .map(|b| {
+                    b.parse::<IpNet>()
+                        .map_err(|_| format!("{f}: {b:?} is not a CIDR"))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(Nets {
+            any: list(any, field.to_owned())?,
+            none: list(none, format!("not{}", capitalize(field)))?,
+        })
+    }
+
+    fn matches(&self, ip: IpAddr) -> bool {
+        (self.any.is_empty() || self.any.iter().any(|n| n.contains(&ip)))
+            && !self.none.iter().any(|n| n.contains(&ip))
+    }
+}
+
+fn capitalize(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+        .unwrap_or_default()
+}
+
+impl Policy {
+    fn compile(p: &AuthzPolicy, kind: Kind) -> Result<Policy, String> {
+        let rules = p
+            .rules
             .iter()
-            .any(|p| policy_matches(p, a, Kind::Allow))
-    {
-        Decision::Allow
-    } else {
-        Decision::NotAllowed
+            .enumerate()
+            .map(|(i, r)| Rule::compile(r, kind).map_err(|e| format!("{}: rules[{i}].{e}", p.name)))
+            .collect::<Result<_, _>>()?;
+        Ok(Policy {
+            name: p.name.clone(),
+            rules,
+        })
     }
 }
 
-fn policy_matches(p: &AuthzPolicy, a: &Attributes<'_>, kind: Kind) -> bool {
-    p.rules.iter().any(|r| rule_matches(r, a, kind))
-}
+impl Rule {
+    fn compile(r: &AuthzRule, kind: Kind) -> Result<Rule, String> {
+        let sources = r
+            .from
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let at = |e: String| format!("from[{i}].source.{e}");
+                Ok(SourceNets {
+                    ip: Nets::parse(&s.ip_blocks, &s.not_ip_blocks, "ipBlocks").map_err(at)?,
+                    remote: Nets::parse(
+                        &s.remote_ip_blocks,
+                        &s.not_remote_ip_blocks,
+                        "remoteIpBlocks",
+                    )
+                    .map_err(at)?,
+                })
+            })
+            .collect::<Result<_, String>>()?;
+        let conditions = r
+            .when
+            .iter()
+            .enumerate()
+            .map(|(i, c)| match c.key.as_str() {
+                "source.ip" | "remote.ip" | "destination.ip" => {
+                    Nets::parse(&c.values, &c.not_values, "values")
+                        .map(Some)
+                        .map_err(|e| format!("when[{i}] ({}).{e}", c.key))
+                }
+                _ => Ok(None),
+            })
+            .collect::<Result<_, String>>()?;
+        let needs_http = kind == Kind::Allow
+            && (r.from.iter().any(Source::has_http_fields)
+                || r.to.iter().any(Operation::has_http_fields)
+                || r.when.iter().any(Condition::is_http_only));
+        Ok(Rule {
+            rule: r.clone(),
+            needs_http,
+            sources,
+            conditions,
+        })
+    }
 
-fn rule_matches(r: &AuthzRule, a: &Attributes<'_>, kind: Kind) -> bool {
-    let tcp = a.http.is_none();
-    if tcp && kind == Kind::Allow {
-        // An ALLOW rule that needs HTTP never matches a TCP connection.
-        let needs_http = r.from.iter().any(Source::has_http_fields)
-            || r.to.iter().any(Operation::has_http_fields)
-            || r.when.iter().any(Condition::is_http_only);
-        if needs_http {
+    fn matches(&self, a: &Attributes<'_>) -> bool {
+        let tcp = a.http.is_none();
+        if tcp && self.needs_http {
             return false;
         }
+        let r = &self.rule;
+        (r.from.is_empty()
+            || r.from
+                .iter()
+                .zip(&self.sources)
+                .any(|(s, nets)| source_matches(s, nets, a)))
+            && (r.to.is_empty() || r.to.iter().any(|o| operation_matches(o, a)))
+            && r.when
+                .iter()
+                .zip(&self.conditions)
+                .all(|(c, nets)| (tcp && c.is_http_only()) || condition_matches(c, nets, a))
     }
-    (r.from.is_empty() || r.from.iter().any(|s| source_matches(s, a)))
-        && (r.to.is_empty() || r.to.iter().any(|o| operation_matches(o, a)))
-        && r.when
-            .iter()
-            .all(|c| (tcp && c.is_http_only()) || condition_matches(c, a))
+}
+
+impl Policies {
+    /// Parses every CIDR of `authz`; an error names the policy, the rule and the field.
+    pub fn compile(authz: &Authorization) -> Result<Policies, String> {
+        let all = |list: &[AuthzPolicy], kind| {
+            list.iter()
+                .map(|p| Policy::compile(p, kind))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(Policies {
+            deny: all(&authz.deny, Kind::Deny)?,
+            allow: all(&authz.allow, Kind::Allow)?,
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.deny.is_empty() && self.allow.is_empty()
+    }
+
+    /// Deny first, then allow; no ALLOW policy: allowed.
+    pub fn evaluate(&self, a: &Attributes<'_>) -> Decision {
+        let matches = |p: &Policy| p.rules.iter().any(|r| r.matches(a));
+        if let Some(p) = self.deny.iter().find(|p| matches(p)) {
+            return Decision::Denied(p.name.clone());
+        }
+        if self.allow.is_empty() || self.allow.iter().any(matches) {
+            Decision::Allow
+        } else {
+            Decision::NotAllowed
+        }
+    }
 }
 
 /// A field: matches when unset, or when some pattern matches the value (`None`: the
@@ -109,12 +278,6 @@ fn none(patterns: &[String], value: Option<&str>) -> bool {
     patterns.is_empty() || !value.is_some_and(|v| patterns.iter().any(|p| value_matches(p, v)))
 }
 
-fn in_blocks(blocks: &[String], ip: IpAddr) -> bool {
-    blocks
-        .iter()
-        .any(|b| b.parse::<IpNet>().is_ok_and(|n| n.contains(&ip)))
-}
-
 /// The namespace of a principal in Istio's form (`<td>/ns/<ns>/sa/<sa>`).
 fn namespace_of(principal: Option<&str>) -> Option<&str> {
     let rest = principal?.split_once("/ns/")?.1;
@@ -122,7 +285,7 @@ fn namespace_of(principal: Option<&str>) -> Option<&str> {
     (!ns.is_empty() && !sa.is_empty() && !ns.contains('/')).then_some(ns)
 }
 
-fn source_matches(s: &Source, a: &Attributes<'_>) -> bool {
+fn source_matches(s: &Source, nets: &SourceNets, a: &Attributes<'_>) -> bool {
     let ns = namespace_of(a.principal);
     let http = a.http.is_some();
     any(&s.principals, a.principal)
@@ -133,10 +296,9 @@ fn source_matches(s: &Source, a: &Attributes<'_>) -> bool {
         && (!http || none(&s.not_request_principals, None))
         && any(&s.namespaces, ns)
         && none(&s.not_namespaces, ns)
-        && (s.ip_blocks.is_empty() || in_blocks(&s.ip_blocks, a.source_ip))
-        && !in_blocks(&s.not_ip_blocks, a.source_ip)
-        && (s.remote_ip_blocks.is_empty() || in_blocks(&s.remote_ip_blocks, a.source_ip))
-        && !in_blocks(&s.not_remote_ip_blocks, a.source_ip)
+        && nets.ip.matches(a.source_ip)
+        // No X-Forwarded-For is trusted: the original client is the peer.
+        && nets.remote.matches(a.source_ip)
 }
 
 fn operation_matches(o: &Operation, a: &Attributes<'_>) -> bool {
@@ -161,14 +323,17 @@ fn operation_matches(o: &Operation, a: &Attributes<'_>) -> bool {
         && none(&o.not_paths, Some(path))
 }
 
-fn condition_matches(c: &Condition, a: &Attributes<'_>) -> bool {
-    let ip_cond = |ip: IpAddr| {
-        (c.values.is_empty() || in_blocks(&c.values, ip)) && !in_blocks(&c.not_values, ip)
-    };
+fn condition_matches(c: &Condition, nets: &Option<Nets>, a: &Attributes<'_>) -> bool {
     let str_cond = |v: Option<&str>| any(&c.values, v) && none(&c.not_values, v);
+    if let Some(nets) = nets {
+        let ip = if c.key == "destination.ip" {
+            a.destination_ip
+        } else {
+            a.source_ip
+        };
+        return nets.matches(ip);
+    }
     match c.key.as_str() {
-        "source.ip" | "remote.ip" => ip_cond(a.source_ip),
-        "destination.ip" => ip_cond(a.destination_ip),
         "destination.port" => str_cond(Some(&a.destination_port.to_string())),
         "source.namespace" => str_cond(namespace_of(a.principal)),
         "source.principal" => str_cond(a.principal),
@@ -241,6 +406,10 @@ mod tests {
 
     const SLEEP: &str = "cluster.local/ns/foo/sa/sleep";
     const BAR: &str = "cluster.local/ns/bar/sa/sleep";
+
+    fn evaluate(authz: &Authorization, a: &Attributes<'_>) -> Decision {
+        Policies::compile(authz).unwrap().evaluate(a)
+    }
 
     #[test]
     fn istio_order_deny_then_allow() {
@@ -387,5 +556,103 @@ mod tests {
         assert!(evaluate(&deny, &attrs(Some(SLEEP), Some(req("GET", "/", &h)))).allowed());
         let empty = http::HeaderMap::new();
         assert!(evaluate(&deny, &attrs(None, Some(req("GET", "/", &empty)))).allowed());
+    }
+
+    #[test]
+    fn address_blocks_and_conditions() {
+        let deny_ip = |key: &str, values: &[&str], not_values: &[&str]| Authorization {
+            deny: vec![policy(
+                "foo/ip",
+                vec![AuthzRule {
+                    when: vec![Condition {
+                        key: key.into(),
+                        values: values.iter().map(|v| (*v).into()).collect(),
+                        not_values: not_values.iter().map(|v| (*v).into()).collect(),
+                    }],
+                    ..AuthzRule::default()
+                }],
+            )],
+            allow: vec![],
+        };
+        // The client is 10.244.2.3, the pod 10.244.1.1.
+        let tcp = attrs(None, None);
+        assert!(!evaluate(&deny_ip("source.ip", &["10.244.2.0/24"], &[]), &tcp).allowed());
+        assert!(evaluate(&deny_ip("source.ip", &["10.244.1.0/24"], &[]), &tcp).allowed());
+        assert!(
+            evaluate(
+                &deny_ip("source.ip", &["10.0.0.0/8"], &["10.244.2.3/32"]),
+                &tcp
+            )
+            .allowed()
+        );
+        assert!(!evaluate(&deny_ip("destination.ip", &["10.244.1.1/32"], &[]), &tcp).allowed());
+        assert!(evaluate(&deny_ip("destination.ip", &["fd00::/8"], &[]), &tcp).allowed());
+        let not_blocks = Authorization {
+            deny: vec![],
+            allow: vec![policy(
+                "foo/not-from-there",
+                vec![AuthzRule {
+                    from: vec![Source {
+                        not_ip_blocks: vec!["10.244.2.0/24".into()],
+                        ..Source::default()
+                    }],
+                    ..AuthzRule::default()
+                }],
+            )],
+        };
+        assert_eq!(evaluate(&not_blocks, &tcp), Decision::NotAllowed);
+    }
+
+    #[test]
+    fn a_block_that_does_not_parse_refuses_the_config() {
+        let bad = |src: Source, when: Vec<Condition>| Authorization {
+            deny: vec![policy(
+                "foo/bad",
+                vec![
+                    AuthzRule::default(),
+                    AuthzRule {
+                        from: vec![Source::default(), src],
+                        when,
+                        ..AuthzRule::default()
+                    },
+                ],
+            )],
+            allow: vec![],
+        };
+        let e = Policies::compile(&bad(
+            Source {
+                not_ip_blocks: vec!["10.0.0.0/8".into(), "10.1.2.3".into()],
+                ..Source::default()
+            },
+            vec![],
+        ))
+        .unwrap_err();
+        assert_eq!(
+            e,
+            "foo/bad: rules[1].from[1].source.notIpBlocks: \"10.1.2.3\" is not a CIDR"
+        );
+        let e = Policies::compile(&bad(
+            Source::default(),
+            vec![Condition {
+                key: "remote.ip".into(),
+                values: vec!["nowhere".into()],
+                not_values: vec![],
+            }],
+        ))
+        .unwrap_err();
+        assert_eq!(
+            e,
+            "foo/bad: rules[1].when[0] (remote.ip).values: \"nowhere\" is not a CIDR"
+        );
+        // Strings elsewhere are patterns, not addresses.
+        let fine = bad(
+            Source::default(),
+            vec![Condition {
+                key: "source.principal".into(),
+                values: vec!["nowhere".into()],
+                not_values: vec![],
+            }],
+        );
+        assert!(Policies::compile(&fine).is_ok());
     }
 }

@@ -70,7 +70,7 @@ impl Resolver for StoreResolver {
         })
     }
 
-    fn own_workload(&self) -> BoxFuture<'_, Option<Arc<mesh_config::Workload>>> {
+    fn own_workload(&self) -> BoxFuture<'_, Option<Arc<crate::authz::CompiledWorkload>>> {
         Box::pin(async move {
             let ip = self.own_ip?;
             match self.answer(Key::Address(ip)).await? {

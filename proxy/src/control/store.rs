@@ -11,16 +11,17 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use mesh_config::key::normalize_host;
-use mesh_config::{Key, Resource, Workload};
+use mesh_config::{Key, Resource};
 use tokio::sync::{mpsc, watch};
 
+use crate::authz::CompiledWorkload;
 use crate::http::CompiledService;
 
 /// What a key resolved to, ready for the data path.
 #[derive(Debug, Clone)]
 pub enum Answer {
     Service(Arc<CompiledService>),
-    Workload(Arc<Workload>),
+    Workload(Arc<CompiledWorkload>),
     NotFound,
 }
 
@@ -129,7 +130,7 @@ impl Store {
     }
 
     /// The workload at `ip`, if known (no wait; asks for it otherwise).
-    pub fn peer(&self, ip: IpAddr) -> Option<Arc<Workload>> {
+    pub fn peer(&self, ip: IpAddr) -> Option<Arc<CompiledWorkload>> {
         let key = Key::Address(ip);
         match self.get(&key) {
             Some(Answer::Workload(w)) => Some(w),
@@ -159,7 +160,9 @@ impl Store {
                 Resource::Service(svc) => {
                     Answer::Service(Arc::new(compile(svc).map_err(|e| fail(e.to_string()))?))
                 }
-                Resource::Workload(w) => Answer::Workload(Arc::new(w.clone())),
+                Resource::Workload(w) => Answer::Workload(Arc::new(
+                    CompiledWorkload::compile(w).map_err(|e| fail(e.to_string()))?,
+                )),
                 Resource::NotFound => Answer::NotFound,
             };
             ready.push((
@@ -437,6 +440,68 @@ mod tests {
         assert!(store.get(&addr("10.96.0.2")).is_none());
         assert!(store.get(&addr("10.96.0.1")).is_some());
         assert_eq!(store.generation(), 1);
+    }
+
+    #[test]
+    fn a_workload_with_a_block_that_is_no_cidr_is_refused() {
+        let (store, _wanted) = Store::new([]);
+        let mut w = mesh_config::Workload {
+            ip: "10.244.1.5".parse().unwrap(),
+            pod: "shop/reviews-v1-abc".into(),
+            meta: mesh_config::PeerMeta {
+                workload: "reviews-v1".into(),
+                namespace: "shop".into(),
+                canonical_service: "reviews".into(),
+                canonical_revision: "v1".into(),
+                app: "reviews".into(),
+                version: "v1".into(),
+                service_account: "reviews".into(),
+                sidecar: true,
+            },
+            services: Vec::new(),
+            inbound_tls: Default::default(),
+            authorization: Default::default(),
+        };
+        w.authorization.deny.push(mesh_config::authz::AuthzPolicy {
+            name: "shop/block".into(),
+            rules: vec![mesh_config::authz::AuthzRule {
+                from: vec![mesh_config::authz::Source {
+                    ip_blocks: vec!["10.0.0.0/33".into()],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        });
+        let e = store
+            .apply(
+                vec![(
+                    addr("10.244.1.5"),
+                    Resource::Workload(w.clone()),
+                    "a".into(),
+                )],
+                compile,
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("addr/10.244.1.5")
+                && e.contains("shop/block: rules[0].from[0].source.ipBlocks")
+                && e.contains("10.0.0.0/33"),
+            "{e}"
+        );
+        assert!(store.get(&addr("10.244.1.5")).is_none());
+        w.authorization.deny[0].rules[0].from[0].ip_blocks = vec!["10.0.0.0/8".into()];
+        store
+            .apply(
+                vec![(addr("10.244.1.5"), Resource::Workload(w), "b".into())],
+                compile,
+            )
+            .unwrap();
+        let Some(Answer::Workload(got)) = store.get(&addr("10.244.1.5")) else {
+            panic!("no workload")
+        };
+        assert!(!got.authz.is_empty());
+        assert_eq!(got.pod, "shop/reviews-v1-abc");
     }
 
     #[tokio::test]

@@ -308,7 +308,7 @@ async fn tcp_denied(
 ) -> Option<Decision> {
     use crate::http::Resolver as _;
     let w = l7.resolver.own_workload().await?;
-    if w.authorization.is_empty() {
+    if w.authz.is_empty() {
         return None;
     }
     let attrs = Attributes {
@@ -319,6 +319,6 @@ async fn tcp_denied(
         sni: None,
         http: None,
     };
-    let d = crate::authz::evaluate(&w.authorization, &attrs);
+    let d = w.authz.evaluate(&attrs);
     (!d.allowed()).then_some(d)
 }

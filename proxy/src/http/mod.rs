@@ -161,7 +161,7 @@ pub trait Resolver: Send + Sync {
 
     /// This pod's own Workload (inbound: its AuthorizationPolicies and PeerAuthentication).
     /// Asked once per inbound connection. Default: unknown.
-    fn own_workload(&self) -> BoxFuture<'_, Option<Arc<mesh_config::Workload>>> {
+    fn own_workload(&self) -> BoxFuture<'_, Option<Arc<crate::authz::CompiledWorkload>>> {
         Box::pin(async { None })
     }
 }

@@ -86,7 +86,7 @@ struct ConnState {
     /// Inbound: the Service the pod port belongs to.
     local: Option<(Arc<ServiceLabels>, Protocol)>,
     /// Inbound: this pod's Workload when AuthorizationPolicies apply to it.
-    authz: Option<Arc<mesh_config::Workload>>,
+    authz: Option<Arc<crate::authz::CompiledWorkload>>,
     /// Inbound over mTLS: the connection's principals (the client's, ours).
     mtls: Option<Arc<Principals>>,
 }
@@ -170,7 +170,7 @@ where
                     .resolver
                     .own_workload()
                     .await
-                    .filter(|w| !w.authorization.is_empty());
+                    .filter(|w| !w.authz.is_empty());
                 let mtls = ctx.peer_identity.as_ref().map(|p| {
                     let own = ctx.connector.local_identity().unwrap_or(UNKNOWN);
                     Arc::new(Principals::inbound(p.clone(), own))
@@ -264,7 +264,7 @@ async fn handle(st: Arc<ConnState>, mut req: Request<Incoming>) -> Response<Resp
                         headers: req.headers(),
                     }),
                 };
-                let decision = crate::authz::evaluate(&w.authorization, &attrs);
+                let decision = w.authz.evaluate(&attrs);
                 if !decision.allowed() {
                     tracing::debug!(?decision, client = %st.ctx.client, "request denied by AuthorizationPolicy");
                     return exchange::local_reply(ex, 403, "RBAC: access denied", None);

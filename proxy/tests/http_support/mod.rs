@@ -426,8 +426,14 @@ impl Resolver for StaticResolver {
     fn inbound_service(&self, _port: u16) -> BoxFuture<'_, Option<LocalService>> {
         Box::pin(async move { self.local.clone() })
     }
-    fn own_workload(&self) -> BoxFuture<'_, Option<Arc<mesh_config::Workload>>> {
-        Box::pin(async move { self.own.clone() })
+    fn own_workload(&self) -> BoxFuture<'_, Option<Arc<mesh_proxy::authz::CompiledWorkload>>> {
+        let own = self.own.as_ref().map(|w| {
+            Arc::new(
+                mesh_proxy::authz::CompiledWorkload::compile(w)
+                    .expect("the test's own workload compiles"),
+            )
+        });
+        Box::pin(async move { own })
     }
 }
 
