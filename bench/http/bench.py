@@ -12,6 +12,8 @@ Topology (made here, deleted on exit, also on failure):
       |-- veth -- pod "direct-s" 198.18.2.2   no capture rules, the HTTP server
       |-- veth -- pod "mesh-c"   198.18.3.2   mesh-init rules + mesh-proxy (uid 1337)
       |-- veth -- pod "mesh-s"   198.18.4.2   mesh-init rules + mesh-proxy + the server
+      |-- ...       "mesh-mtls-c/-s": as mesh, with workload identities (certificates
+      |             from mesh-control's CA, mTLS between the two proxies);
       |-- ...       "nginx-c/-s", "haproxy-c/-s": the same rules, nginx / HAProxy as
                     uid 1337 on 15001 (outbound) and 15006 (inbound)
 
@@ -32,7 +34,9 @@ and the peer it saw; the mesh proxies' request metrics moved on both sides; ngin
 HAProxy add a response header per hop).
 
 The load is mesh-loadgen's HTTP mode (bench/loadgen/src/http.rs): 16 keep-alive
-connections, 1 KB responses, (a) 1,000 req/s in total, (b) as fast as they go.
+connections, 1 KB responses, (a) 1,000 req/s in total, (b) as fast as they go. Then, for
+direct, mesh and mesh-mtls, its TCP workloads on the Services' tcp-* ports: bulk, 64-byte
+request/response, new connections.
 """
 
 import json
@@ -53,7 +57,21 @@ RATE = float(os.environ.get("BENCH_RATE", "1000"))
 SERVICES_SMALL = 10
 IDLE_CPU_WINDOW = 3.0
 SERVICES_LARGE = int(os.environ.get("BENCH_SERVICES", "1000"))
-MODES_ALL = ("direct", "mesh", "mesh-policy", "nginx", "haproxy")
+MODES_ALL = ("direct", "mesh", "mesh-policy", "mesh-mtls", "nginx", "haproxy")
+# `mesh-mtls` is `mesh` with workload identities: its own pair of pods (label
+# security.istio.io/tlsMode=istio, ServiceAccounts bench-client / bench-server), proxies
+# given a root certificate and a TokenRequest token, certificates from mesh-control's CA
+# (TokenReview against kube-local), so the client proxy originates mTLS to the server
+# pod's proxy, which terminates it; its own Service `bench-mtls`. The modes whose proxies
+# are mesh-proxy:
+MESH_MODES = ("mesh", "mesh-mtls")
+# The TCP workloads (mesh-loadgen server: identity, bulk, echo, one-shot conn, hold on
+# TCP_BASE..+4), run for these modes: nginx and HAProxy are configured for HTTP only.
+TCP_MODES = ("direct", "mesh", "mesh-mtls")
+TCP_BASE = 5000
+TCP_PORTS = (("tcp-id", 0), ("tcp-bulk", 1), ("tcp-echo", 2), ("tcp-conn", 3), ("tcp-hold", 4))
+TOKEN_AUDIENCE = "istio-ca"
+CONTROL_PLANE_SAN = "mesh-control.mesh-system.svc"
 # `mesh-policy` is `mesh` (same pods, proxies and Service) with a DestinationRule whose
 # connectionPool limits and outlierDetection are on but never tripped, and the
 # VirtualService's route with a timeout and explicit retries: applied before each of its
@@ -81,6 +99,21 @@ spec:
 def base(mode):
     """The mode whose pods and proxies `mode` uses."""
     return "mesh" if mode == "mesh-policy" else mode
+
+
+def is_mesh(mode):
+    return base(mode) in MESH_MODES
+
+
+def service_of(mode):
+    """The kube Service a mesh mode's client dials."""
+    return "bench-mtls" if base(mode) == "mesh-mtls" else "bench"
+
+
+def pod_names(mode):
+    """(client, server) pod names in kube of a mesh mode."""
+    sfx = "-mtls" if base(mode) == "mesh-mtls" else ""
+    return f"bench-client{sfx}", f"bench-server{sfx}"
 INIT_ARGS = ["-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*",
              "-x", "", "-b", "*", "-d", "15090,15021"]
 AS_PROXY = ["setpriv", "--reuid=1337", "--regid=1337", "--clear-groups"]
@@ -295,15 +328,27 @@ class Bench:
                            stdout=subprocess.PIPE)
             if p.p.stdout.readline().strip() != "ready":
                 raise RuntimeError(f"HTTP server in {mode} did not start")
+            if mode in TCP_MODES:
+                p = self.spawn(f"tcp-server-{mode}", self.pod(mode, "s"),
+                               [self.bins["loadgen"], "server", str(TCP_BASE)],
+                               stdout=subprocess.PIPE)
+                if p.p.stdout.readline().strip() != "ready":
+                    raise RuntimeError(f"TCP server in {mode} did not start")
 
     # ------------------------------------------------------------ kube + mesh-control
     def kubectl(self, *args, input=None, check=True, timeout=300):
         return sh(self.kubectl_bin, *args, input=input, check=check, timeout=timeout)
 
-    def service_yaml(self, name, endpoint_ip, selector=None):
+    def service_yaml(self, name, endpoint_ip, selector=None, tcp=False):
+        """A Service and its slice; `selector` names the server pod (its `app` label and
+        name); `tcp`: also the TCP workloads' ports."""
         sel = f"\n  selector:\n    app: {selector}" if selector else ""
-        target = (f"\n  targetRef: {{kind: Pod, name: bench-server, namespace: {self.kns}}}"
+        target = (f"\n  targetRef: {{kind: Pod, name: {selector}, namespace: {self.kns}}}"
                   if selector else "")
+        svc_tcp = "".join(f"\n  - {{name: {n}, port: {TCP_BASE + o}, targetPort: {TCP_BASE + o}, "
+                          f"protocol: TCP}}" for n, o in TCP_PORTS) if tcp else ""
+        slice_tcp = "".join(f"\n- {{name: {n}, port: {TCP_BASE + o}, protocol: TCP}}"
+                            for n, o in TCP_PORTS) if tcp else ""
         return f"""---
 apiVersion: v1
 kind: Service
@@ -312,7 +357,7 @@ metadata:
   namespace: {self.kns}
 spec:{sel}
   ports:
-  - {{name: http, port: {APP_PORT}, targetPort: {APP_PORT}, protocol: TCP}}
+  - {{name: http, port: {APP_PORT}, targetPort: {APP_PORT}, protocol: TCP}}{svc_tcp}
 ---
 apiVersion: discovery.k8s.io/v1beta1
 kind: EndpointSlice
@@ -325,7 +370,7 @@ endpoints:
 - addresses: [{endpoint_ip}]
   conditions: {{ready: true}}{target}
 ports:
-- {{name: http, port: {APP_PORT}, protocol: TCP}}
+- {{name: http, port: {APP_PORT}, protocol: TCP}}{slice_tcp}
 """
 
     def filler_yaml(self, start, count):
@@ -333,15 +378,19 @@ ports:
         return "".join(self.service_yaml(f"fill-{i}", f"198.18.250.{i % 250 + 1}")
                        for i in range(start, start + count))
 
-    def pod_yaml(self, name, app):
+    def pod_yaml(self, name, app, account=None):
+        """A pod; with `account` (a ServiceAccount), the label an injected pod with a
+        workload identity carries, so mesh-control tells clients to use mTLS to it."""
+        tls = ", security.istio.io/tlsMode: istio" if account else ""
+        sa = f"\n  serviceAccountName: {account}" if account else ""
         return f"""---
 apiVersion: v1
 kind: Pod
 metadata:
   name: {name}
   namespace: {self.kns}
-  labels: {{app: {app}, version: v1}}
-spec:
+  labels: {{app: {app}, version: v1{tls}}}
+spec:{sa}
   containers:
   - name: app
     image: mesh-bench/app
@@ -366,16 +415,40 @@ spec:
         self.kube_created = True
         mc, ms = self.ip("mesh", "c"), self.ip("mesh", "s")
         vs = self.vs_yaml(False)
-        docs = (self.service_yaml("bench", ms, selector="bench-server")
+        docs = (self.service_yaml("bench", ms, selector="bench-server", tcp=True)
                 + self.filler_yaml(0, SERVICES_SMALL - 1)
                 + self.pod_yaml("bench-client", "bench-client")
                 + self.pod_yaml("bench-server", "bench-server") + vs)
+        mtls = "mesh-mtls" in self.modes
+        if mtls:
+            docs += "".join(f"""---
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: {sa}
+  namespace: {self.kns}
+""" for sa in ("bench-client", "bench-server"))
+            docs += (self.service_yaml("bench-mtls", self.ip("mesh-mtls", "s"),
+                                       selector="bench-server-mtls", tcp=True)
+                     + self.pod_yaml("bench-client-mtls", "bench-client-mtls", "bench-client")
+                     + self.pod_yaml("bench-server-mtls", "bench-server-mtls", "bench-server")
+                     + self.vs_yaml(False, "bench-mtls"))
         path = f"{self.tmp}/objects.yaml"
         with open(path, "w") as f:
             f.write(docs)
         self.kubectl("apply", "-f", path)
         self.set_pod_ip("bench-client", mc)
         self.set_pod_ip("bench-server", ms)
+        self.cluster_ips = {}
+        for mode in self.modes:
+            if is_mesh(mode) and mode == base(mode):
+                c, srv = pod_names(mode)
+                if mode != "mesh":
+                    self.set_pod_ip(c, self.ip(mode, "c"))
+                    self.set_pod_ip(srv, self.ip(mode, "s"))
+                self.cluster_ips[mode] = self.kubectl(
+                    "-n", self.kns, "get", "service", service_of(mode), "-o",
+                    "jsonpath={.spec.clusterIP}").stdout.strip()
         self.cluster_ip = self.kubectl("-n", self.kns, "get", "service", "bench", "-o",
                                        "jsonpath={.spec.clusterIP}").stdout.strip()
 
@@ -391,20 +464,64 @@ spec:
         self.spawn("kube-bridge-router", self.router,
                    ["socat", f"TCP-LISTEN:{port},bind={host},reuseaddr,fork",
                     f"UNIX-CONNECT:{sock}"])
+        # With mesh-mtls, the CA too (its root in Secret istio-ca-secret of mesh-system,
+        # made at first start and kept: the shared API server's other users see the same
+        # root) and the TLS port 15012, which serves the config stream and the CA; the
+        # plaintext port 15010 still serves the `mesh` mode's proxies.
+        ca = (["--addr", "0.0.0.0:15012"] if "mesh-mtls" in self.modes else ["--no-ca"])
+        if "mesh-mtls" in self.modes:
+            self.kubectl("create", "namespace", "mesh-system", check=False)
         self.mc = self.spawn("mesh-control", self.router,
                              ["env", f"KUBECONFIG={os.environ['KUBECONFIG']}",
-                              self.bins["control"], "serve", "--no-ca", "--plaintext-addr", "0.0.0.0:15010",
+                              self.bins["control"], "serve", *ca,
+                              "--plaintext-addr", "0.0.0.0:15010",
                               "--metrics-addr", "127.0.0.1:15014", "--log", "warn",
                               "--debounce", "50ms"])
         self.wait_for(lambda: self.mc_get("/readyz")[0] == "200", 60, "mesh-control ready")
-        # The Service with its endpoint, as the client pod's proxy will be told.
-        key = f"addr/{self.cluster_ip}"
-        self.wait_for(lambda: self.ip("mesh", "s") in self.mc_get(
-            f"/debug/config?proxy={self.kns}/bench-client&key={key}")[1], 30,
-            f"mesh-control serving {key} with the server pod's endpoint")
-        self.wait_for(lambda: "bench-all" in self.mc_get(
-            f"/debug/config?proxy={self.kns}/bench-client&key={key}")[1], 30,
-            "mesh-control serving the VirtualService's route")
+        for mode, ip in self.cluster_ips.items():
+            client, _ = pod_names(mode)
+            # The Service with its endpoint, as the client pod's proxy will be told.
+            key = f"addr/{ip}"
+            self.wait_for(lambda: self.ip(mode, "s") in self.mc_get(
+                f"/debug/config?proxy={self.kns}/{client}&key={key}")[1], 30,
+                f"mesh-control serving {key} with the server pod's endpoint")
+            self.wait_for(lambda: "bench-all" in self.mc_get(
+                f"/debug/config?proxy={self.kns}/{client}&key={key}")[1], 30,
+                "mesh-control serving the VirtualService's route")
+            if mode == "mesh-mtls":
+                self.wait_for(lambda: '"mtls":true' in self.mc_get(
+                    f"/debug/config?proxy={self.kns}/{client}&key={key}")[1].replace(" ", ""),
+                    30, "mesh-control marking the server pod's endpoint for mTLS")
+        if "mesh-mtls" in self.modes:
+            self.identity_files()
+
+    def identity_files(self):
+        """The mesh-mtls proxies' root certificate (ConfigMap istio-ca-root-cert, which
+        mesh-control publishes in every namespace) and their ServiceAccount tokens
+        (TokenRequest, audience istio-ca), as the kubelet would project them."""
+        def root():
+            r = self.kubectl("-n", self.kns, "get", "configmap", "istio-ca-root-cert", "-o",
+                             "jsonpath={.data.root-cert\\.pem}", check=False)
+            return r.stdout if "BEGIN CERTIFICATE" in r.stdout else None
+        self.wait_for(root, 30, "ConfigMap istio-ca-root-cert in the bench namespace")
+        self.root_cert = os.path.join(self.tmp, "root-cert.pem")
+        with open(self.root_cert, "w") as f:
+            f.write(root())
+        self.tokens = {}
+        req = os.path.join(self.tmp, "token-request.json")
+        with open(req, "w") as f:
+            json.dump({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                       "spec": {"audiences": [TOKEN_AUDIENCE], "expirationSeconds": 3600}}, f)
+        for sa in ("bench-client", "bench-server"):
+            out = self.kubectl("create", "--raw",
+                               f"/api/v1/namespaces/{self.kns}/serviceaccounts/{sa}/token",
+                               "-f", req).stdout
+            path = os.path.join(self.tmp, f"token-{sa}")
+            with open(path, "w") as f:
+                f.write(json.loads(out)["status"]["token"])
+            os.chown(path, 1337, 1337)
+            os.chmod(path, 0o400)
+            self.tokens[sa] = path
 
     def mc_get(self, path):
         r = sh(*self.ns_exec(self.router, "curl", "-s", "-o", "-", "-w", "\n%{http_code}",
@@ -432,27 +549,38 @@ spec:
         r = sh(*self.ns_exec(ns, "curl", "-s", "--max-time", "5", url), check=False)
         return r.stdout
 
-    def start_mesh_proxies(self):
+    def start_mesh_proxies(self, mode="mesh"):
         procs = {}
-        for side, name in (("out", "bench-client"), ("in", "bench-server")):
+        for side, name in zip(("out", "in"), pod_names(mode)):
             s = "c" if side == "out" else "s"
-            ns = self.pod("mesh", s)
+            ns = self.pod(mode, s)
+            router = f"198.18.{self.link_of(mode, s)}.1"
+            if mode == "mesh-mtls":
+                # As the injector writes them under controlPlaneAuthPolicy MUTUAL_TLS, the
+                # address being the router's IP (so the SAN is given).
+                sa = "bench-client" if side == "out" else "bench-server"
+                plane = ["--control-plane", f"{router}:15012",
+                         "--control-plane-san", CONTROL_PLANE_SAN,
+                         "--root-cert", self.root_cert, "--token-file", self.tokens[sa],
+                         "--service-account", sa]
+            else:
+                plane = ["--control-plane", f"{router}:15010"]
             procs[side] = self.spawn(
-                f"mesh-proxy-{side}", ns,
-                AS_PROXY + [self.bins["proxy"], "--control-plane",
-                            f"198.18.{self.link_of('mesh', s)}.1:15010",
+                f"{mode}-proxy-{side}", ns,
+                AS_PROXY + [self.bins["proxy"], *plane,
                             "--pod-name", name, "--pod-namespace", self.kns,
-                            "--instance-ip", self.ip("mesh", s),
+                            "--instance-ip", self.ip(mode, s),
                             "--admin-addr", "127.0.0.1:15021",
                             "--metrics-addr", "127.0.0.1:15090",
                             "--debug-addr", "127.0.0.1:15000"],
                 stop_signal=signal.SIGINT)  # SIGINT: drain at once, no drain delay
         for side, s in (("out", "c"), ("in", "s")):
-            ns = self.pod("mesh", s)
+            ns = self.pod(mode, s)
             self.wait_for(lambda: sh(*self.ns_exec(ns, "curl", "-sf", "--max-time", "1",
                                                    "http://127.0.0.1:15021/healthz/ready"),
-                                     check=False).returncode == 0, 20, f"mesh-proxy {side} ready")
-        self.proxies["mesh"] = procs
+                                     check=False).returncode == 0, 20,
+                          f"{mode} proxy {side} ready")
+        self.proxies[mode] = procs
 
     def stop_mesh_proxies(self):
         for p in self.proxies.pop("mesh").values():
@@ -490,9 +618,9 @@ spec:
     # ------------------------------------------------------------ clients
     def target(self, mode):
         """(address the app dials, Host header)."""
-        authority = f"bench:{APP_PORT}"
-        if base(mode) == "mesh":
-            return self.cluster_ip, authority
+        authority = f"{service_of(mode)}:{APP_PORT}"
+        if is_mesh(mode):
+            return self.cluster_ips[base(mode)], authority
         return self.ip(mode, "s"), authority
 
     def client(self, mode, *args, timeout=120):
@@ -543,25 +671,25 @@ spec:
             raise RuntimeError(f"{mode}: {r['non_200']} answers were not 200")
         return r
 
-    def vs_yaml(self, policy):
-        """The VirtualService `bench`; with `policy`, its route gets mesh-policy's
-        timeout and retries."""
+    def vs_yaml(self, policy, host="bench"):
+        """The VirtualService `host` (of Service `host`); with `policy`, its route gets
+        mesh-policy's timeout and retries."""
         extra = ("\n    timeout: 5s\n    retries: {attempts: 2, perTryTimeout: 2s, "
                  "retryOn: \"5xx,reset,connect-failure\"}") if policy else ""
         return f"""---
 apiVersion: networking.istio.io/v1beta1
 kind: VirtualService
 metadata:
-  name: bench
+  name: {host}
   namespace: {self.kns}
 spec:
-  hosts: [bench]
+  hosts: [{host}]
   http:
   - name: bench-all
     match:
     - uri: {{prefix: /}}
     route:
-    - destination: {{host: bench, port: {{number: {APP_PORT}}}}}{extra}
+    - destination: {{host: {host}, port: {{number: {APP_PORT}}}}}{extra}
 """
 
     def policy(self, on):
@@ -584,12 +712,103 @@ spec:
 
         self.wait_for(held, 30, f"client proxy {'holding' if on else 'without'} the policy")
 
+    # ------------------------------------------------------------ TCP (L4)
+    def tcp_host(self, mode):
+        """What the TCP client dials: the Service's ClusterIP in the mesh modes (the
+        outbound proxy picks the endpoint), the server pod's IP in direct."""
+        return self.cluster_ips[mode] if is_mesh(mode) else self.ip(mode, "s")
+
+    def tcp_client(self, mode, *args, timeout=120):
+        env = ["env", f"BASE_PORT={TCP_BASE}"]
+        r = sh(*self.ns_exec(self.pod(mode, "c"), *env, self.bins["loadgen"], "client",
+                             args[0], self.tcp_host(mode), *args[1:]), timeout=timeout)
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+    def prove_tcp_path(self, mode):
+        """One connection to the identity port: reached at the server pod's IP, seen from
+        the client (direct) or from 127.0.0.6 (mesh: the inbound proxy delivered it); in
+        the mesh modes the server-side proxy counted one more TCP connection, with
+        mTLS and the client's SPIFFE id in mesh-mtls, without in mesh."""
+        metric = "istio_tcp_connections_opened_total"
+        sec = ('connection_security_policy="mutual_tls"' if mode == "mesh-mtls"
+               else 'connection_security_policy="none"')
+        before = self.mesh_series("in", mode, metric, ()) if is_mesh(mode) else (0, [])
+        r = self.tcp_client(mode, "identity")
+        reached, saw = r["reached"][0], r["server_saw"][0]
+        ok = reached == self.ip(mode, "s")
+        why = [f"reached {reached}:{r['reached'][1]}, server saw {saw}:{r['server_saw'][1]}"]
+        if is_mesh(mode):
+            ok &= saw == "127.0.0.6"
+            # The proxy reports a connection once it closed or on the next scrape.
+            time.sleep(0.3)
+            after = self.mesh_series("in", mode, metric, ())
+            moved = after[0] - before[0]
+            ok &= moved == 1
+            line = next((x for x in after[1] if x not in before[1]), after[1][-1]
+                        if after[1] else "")
+            ok &= sec in line
+            why.append(f"server proxy {metric} +{moved}, {sec}")
+            if mode == "mesh-mtls":
+                principal = (f'source_principal="spiffe://cluster.local/ns/{self.kns}'
+                             f'/sa/bench-client"')
+                ok &= principal in line
+                why.append(principal)
+            r["server_side_series"] = line
+        else:
+            ok &= saw == self.ip(mode, "c")
+        r["ok"], r["why"] = ok, "; ".join(why)
+        if not ok:
+            raise RuntimeError(f"{mode}: TCP path check failed: {json.dumps(r)}")
+        return r
+
+    def tcp_run(self):
+        """Per repetition, the modes in a random order: one bulk stream, 64-byte
+        request/response on one connection, new connections (one client, then 4), each
+        for BENCH_TCP_SECONDS; the proxies' CPU over the bulk run."""
+        modes = [m for m in self.modes if m in TCP_MODES]
+        secs = str(float(os.environ.get("BENCH_TCP_SECONDS", "5")))
+        res = {m: {"bulk": [], "cpu_per_gb": [], "lat": [], "conn": [], "conn4": []}
+               for m in modes}
+        for rep in range(self.reps):
+            order = modes[:]
+            random.shuffle(order)
+            for mode in order:
+                procs = self.proxies.get(mode, {})
+                c0 = {k: p.cpu() for k, p in procs.items()}
+                b = self.tcp_client(mode, "bulk", "1", secs)
+                res[mode]["bulk"].append(b["gbit_s"])
+                res[mode]["cpu_per_gb"].append(
+                    {k: (p.cpu() - c0[k]) / (b["bytes"] / 1e9) for k, p in procs.items()})
+                res[mode]["lat"].append(self.tcp_client(mode, "latency", secs))
+                res[mode]["conn"].append(self.tcp_client(mode, "connrate", secs)["per_s"])
+                res[mode]["conn4"].append(self.tcp_client(mode, "connrate", secs, "4")["per_s"])
+                l = res[mode]["lat"][-1]
+                log(f"  tcp rep {rep + 1}/{self.reps} {mode:9s} bulk {b['gbit_s']:6.2f} Gbit/s  "
+                    f"64 B RR p50 {l['p50_us']:7.1f} p99 {l['p99_us']:7.1f} µs  conn/s "
+                    f"{res[mode]['conn'][-1]:7.0f} / {res[mode]['conn4'][-1]:7.0f}")
+        return res
+
     # ------------------------------------------------------------ checks
-    def mesh_requests(self, side):
-        ns = self.pod("mesh", "c" if side == "out" else "s")
+    def mesh_series(self, side, mode="mesh", metric="istio_requests_total", extra=()):
+        """The sum and the lines of `metric` on one of `mode`'s proxies for its Service,
+        at that proxy's reporter, with every label of `extra` too."""
+        ns = self.pod(mode, "c" if side == "out" else "s")
         reporter = "source" if side == "out" else "destination"
         text = self.pod_get(ns, "http://127.0.0.1:15090/stats/prometheus")
-        dest = f'destination_service="bench.{self.kns}.svc.cluster.local"'
+        dest = f'destination_service="{service_of(mode)}.{self.kns}.svc.cluster.local"'
+        total, lines = 0, []
+        for line in text.splitlines():
+            if (line.startswith(metric + "{") and f'reporter="{reporter}"' in line
+                    and dest in line and all(e in line for e in extra)):
+                total += int(float(line.rsplit(" ", 1)[1]))
+                lines.append(line)
+        return total, lines
+
+    def mesh_requests(self, side, mode="mesh"):
+        ns = self.pod(mode, "c" if side == "out" else "s")
+        reporter = "source" if side == "out" else "destination"
+        text = self.pod_get(ns, "http://127.0.0.1:15090/stats/prometheus")
+        dest = f'destination_service="{service_of(mode)}.{self.kns}.svc.cluster.local"'
         total, lines = 0, []
         for line in text.splitlines():
             if (line.startswith("istio_requests_total{") and f'reporter="{reporter}"' in line
@@ -605,7 +824,8 @@ spec:
             self.policy(False)
             r["why"] += "; with the policy DestinationRule and route retries/timeout held"
             return r
-        before = {s: self.mesh_requests(s)[0] for s in ("out", "in")} if mode == "mesh" else {}
+        before = ({s: self.mesh_requests(s, mode)[0] for s in ("out", "in")}
+                  if is_mesh(mode) else {})
         r = self.http_get(mode)
         h = r["headers"]
         ok, why = r["status"] == 200 and r["body_len"] == 1024, []
@@ -615,8 +835,8 @@ spec:
         if mode == "direct":
             ok &= peer_ip == self.ip(mode, "c") and h["x-peer"].rsplit(":", 1)[1] == client_port
             ok &= local == f"{self.ip(mode, 's')}:{APP_PORT}"
-        elif mode == "mesh":
-            after = {s: self.mesh_requests(s) for s in ("out", "in")}
+        elif is_mesh(mode):
+            after = {s: self.mesh_requests(s, mode) for s in ("out", "in")}
             # The outbound proxy chose the endpoint (the server pod, from the EndpointSlice)
             # and the inbound proxy delivered it from Istio's passthrough source.
             ok &= local == f"{self.ip(mode, 's')}:{APP_PORT}" and peer_ip == "127.0.0.6"
@@ -626,13 +846,23 @@ spec:
                 why.append(f"{s}: istio_requests_total +{moved}")
             labels = after["in"][1][0] if after["in"][1] else ""
             r["server_side_series"] = labels
+            # mTLS, as the server side saw it: the client's verified SPIFFE id.
+            sec = ('connection_security_policy="mutual_tls"' if mode == "mesh-mtls"
+                   else 'connection_security_policy="none"')
+            ok &= sec in labels
+            why.append(sec)
+            if mode == "mesh-mtls":
+                principal = (f'source_principal="spiffe://cluster.local/ns/{self.kns}'
+                             f'/sa/bench-client"')
+                ok &= principal in labels
+                why.append(principal)
             # The outbound proxy holds the ClusterIP's Service with the VirtualService's
             # rule (a catch-all prefix match, so every request takes it). (/debug/route would
             # say so per request, but mesh-proxy's admin parser drops the query string, so
             # it answers "host= is required" to every query.)
             dump = self.pod_get(self.pod(mode, "c"), "http://127.0.0.1:15000/config_dump")
             held = [x for x in json.loads(dump)["resources"]
-                    if x["key"] == f"addr/{self.cluster_ip}"]
+                    if x["key"] == f"addr/{self.cluster_ips[mode]}"]
             ok &= bool(held) and "bench-all" in json.dumps(held)
             why.append("client proxy holds route bench-all of VirtualService bench")
         else:
@@ -721,8 +951,9 @@ spec:
         for mode in self.modes[1:]:
             if base(mode) != mode:
                 continue
-            {"mesh": self.start_mesh_proxies, "nginx": self.start_nginx,
-             "haproxy": self.start_haproxy}[mode]()
+            {"mesh": self.start_mesh_proxies,
+             "mesh-mtls": lambda: self.start_mesh_proxies("mesh-mtls"),
+             "nginx": self.start_nginx, "haproxy": self.start_haproxy}[mode]()
         time.sleep(0.5)
         for mode, procs in self.proxies.items():
             for side, p in procs.items():
@@ -750,7 +981,7 @@ spec:
             # shared API server (and everyone's mesh-control) does not keep 1,000
             # Services; the namespace itself then stays Terminating.
             for kind in ("virtualservices.networking.istio.io", "endpointslices.discovery.k8s.io",
-                         "services", "pods"):
+                         "services", "pods", "serviceaccounts"):
                 self.kubectl("-n", self.kns, "delete", kind, "--all", "--grace-period=0",
                              "--force", "--wait=false", check=False, timeout=300)
             self.kubectl("delete", "namespace", self.kns, "--wait=false", check=False)
@@ -902,10 +1133,11 @@ def report(s, scale, paths, meta):
         out.append(f"  {mode:8s} machine {r['busy_fixed']:.0%}   kernel share {ks}   "
                    f"p99 of the best repetition {r['p99_best']:.1f} µs")
     out.append(f"load average at start / end: {meta['loadavg'][0]} / {meta['loadavg'][1]}")
-    if s.get("mesh", {}).get("rss_idle_anon_file"):
-        sp = s["mesh"]["rss_idle_anon_file"]
-        out.append(f"mesh-proxy idle RSS split (anonymous + file pages, KiB): out "
-                   f"{sp['out'][0]} + {sp['out'][1]}, in {sp['in'][0]} + {sp['in'][1]}")
+    for m in MESH_MODES:
+        if s.get(m, {}).get("rss_idle_anon_file"):
+            sp = s[m]["rss_idle_anon_file"]
+            out.append(f"{m} proxy idle RSS split (anonymous + file pages, KiB): out "
+                       f"{sp['out'][0]} + {sp['out'][1]}, in {sp['in'][0]} + {sp['in'][1]}")
     out.append(f"proxy RSS KiB at ready, before any request (out / in), and CPU s used while "
                f"idle for {IDLE_CPU_WINDOW:g} s after the path check:")
     for mode, r in s.items():
@@ -975,6 +1207,61 @@ def report(s, scale, paths, meta):
     return "\n".join(out)
 
 
+def tcp_report(tcp, paths, s):
+    secs = float(os.environ.get("BENCH_TCP_SECONDS", "5"))
+    out = [""]
+    out.append(f"TCP (L4) through the same pods, {secs:g} s per workload per repetition, medians "
+               f"of the repetitions; mesh: spliced plaintext, mesh-mtls: TLS 1.3 between the "
+               f"two proxies (the apps speak plaintext to their own proxy):")
+    out.append("")
+    for mode, r in paths.items():
+        out.append(f"  {mode:9s} path {'ok' if r['ok'] else 'FAILED'}: {r['why']}")
+    out.append("")
+    out.append("| mode | bulk 1 stream Gbit/s (ratio) | proxy CPU s/GB out / in | 64 B RR p50 µs "
+               "| p99 µs | p99.9 µs | new conn/s 1 client (ratio) | 4 clients (ratio) |")
+    out.append("|---|---|---|---|---|---|---|---|")
+    d = tcp["direct"]
+    db, dc, dc4 = med(d["bulk"]), med(d["conn"]), med(d["conn4"])
+    rows = {}
+    for mode, r in tcp.items():
+        bulk, conn, conn4 = med(r["bulk"]), med(r["conn"]), med(r["conn4"])
+        lat = {q: med([x[f"{q}_us"] for x in r["lat"]]) for q in ("p50", "p99", "p999")}
+        cpu = {k: med([x[k] for x in r["cpu_per_gb"]]) for k in ("out", "in")} \
+            if r["cpu_per_gb"] and r["cpu_per_gb"][0] else {}
+        rows[mode] = {"bulk": bulk, "conn": conn, "conn4": conn4, **lat}
+        cpus = " / ".join(fmt(cpu[k], ".2f") for k in ("out", "in")) if cpu else "-"
+        out.append(f"| {mode} | {bulk:.2f} ({bulk / db:.2f}) | {cpus} | {fmt(lat['p50'])} "
+                   f"| {fmt(lat['p99'])} | {fmt(lat['p999'])} | {conn:.0f} ({conn / dc:.2f}) "
+                   f"| {conn4:.0f} ({conn4 / dc4:.2f}) |")
+    if "mesh" in s and "mesh-mtls" in s and "mesh" in rows and "mesh-mtls" in rows:
+        p, m = s["mesh"], s["mesh-mtls"]
+        tp, tm = rows["mesh"], rows["mesh-mtls"]
+        out.append("")
+        out.append("plaintext (mesh) vs mTLS (mesh-mtls), same run:")
+        out.append(f"  HTTP p50 / p99 at {RATE:g} req/s: {fmt(p['p50'])} / {fmt(p['p99'])} vs "
+                   f"{fmt(m['p50'])} / {fmt(m['p99'])} µs: mTLS adds {m['p50'] - p['p50']:+.1f} / "
+                   f"{m['p99'] - p['p99']:+.1f} µs (target: p99 within +100 µs -> "
+                   f"{verdict(m['p99'] - p['p99'], 100)}); best repetitions' p99 "
+                   f"{p['p99_best']:.1f} vs {m['p99_best']:.1f} µs")
+        out.append(f"  HTTP max req/s: {p['max_rps']:.0f} vs {m['max_rps']:.0f} "
+                   f"({m['max_rps'] / p['max_rps']:.2f}); CPU s/1k req at {RATE:g} req/s out / "
+                   f"in: {p['cpu_1k']['out']:.4f} / {p['cpu_1k']['in']:.4f} vs "
+                   f"{m['cpu_1k']['out']:.4f} / {m['cpu_1k']['in']:.4f}")
+        out.append(f"  TCP bulk {tp['bulk']:.2f} vs {tm['bulk']:.2f} Gbit/s "
+                   f"({tm['bulk'] / tp['bulk']:.2f}); 64 B RR p99 {tp['p99']:.1f} vs "
+                   f"{tm['p99']:.1f} µs ({tm['p99'] - tp['p99']:+.1f}); new conn/s "
+                   f"{tp['conn']:.0f} vs {tm['conn']:.0f} ({tm['conn'] / tp['conn']:.2f}), "
+                   f"4 clients {tp['conn4']:.0f} vs {tm['conn4']:.0f} "
+                   f"({tm['conn4'] / tp['conn4']:.2f})")
+        w = lambda d: max(d.values()) if d else None
+        out.append(f"  RSS idle KiB out / in: {p['rss_idle']['out']} / {p['rss_idle']['in']} vs "
+                   f"{m['rss_idle']['out']} / {m['rss_idle']['in']} (with a certificate; "
+                   f"target <= 3 MB -> {verdict(w(m['rss_idle']), TARGETS['rss_idle_kb'])}); "
+                   f"at {RATE:g} req/s {p['rss_load']['out']} / {p['rss_load']['in']} vs "
+                   f"{m['rss_load']['out']} / {m['rss_load']['in']}")
+    return "\n".join(out)
+
+
 def run_main(argv):
     bins = dict(zip(("proxy", "control", "init", "loadgen"), argv))
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -992,24 +1279,28 @@ def run_main(argv):
         log(f"setting up: namespaces {b.router} + {2 * len(b.modes)} pods, kube namespace {b.kns}")
         b.setup()
         paths = {m: b.prove_path(m) for m in b.modes}
+        tcp_paths = {m: b.prove_tcp_path(m) for m in b.modes if m in TCP_MODES}
         # Idle with the config of the path loaded; and the proxies' CPU while idle, which
         # the CPU per request below would otherwise include.
         time.sleep(0.5)
         idle = b.idle_rss()
-        split = {k: rss_split_kb(p.p.pid) for k, p in b.proxies.get("mesh", {}).items()}
+        split = {m: {k: rss_split_kb(p.p.pid) for k, p in b.proxies.get(m, {}).items()}
+                 for m in MESH_MODES}
         cpu0 = {m: {k: p.cpu() for k, p in pr.items()} for m, pr in b.proxies.items()}
         time.sleep(IDLE_CPU_WINDOW)
         idle_cpu = {m: {k: p.cpu() - cpu0[m][k] for k, p in pr.items()}
                     for m, pr in b.proxies.items()}
         log(f"paths ok; measuring ({b.reps} reps)")
         res = b.run()
+        tcp = b.tcp_run() if len(tcp_paths) > 1 else None
         scale = None
         if "mesh" in b.modes and SERVICES_LARGE > SERVICES_SMALL:
             b.stop_mesh_proxies()
             scale = b.services_phase()
         s = summarize(res, idle, b.ready_rss, idle_cpu)
-        if "mesh" in s:
-            s["mesh"]["rss_idle_anon_file"] = split
+        for m in MESH_MODES:
+            if m in s:
+                s[m]["rss_idle_anon_file"] = split[m]
         meta = {"reps": b.reps, "seconds": b.seconds, "useconds": b.useconds, "kns": b.kns,
                 "cluster_ip": b.cluster_ip,
                 "loadavg": [load0, open("/proc/loadavg").read().split()[0]],
@@ -1017,11 +1308,13 @@ def run_main(argv):
                 "commit": os.environ.get("BENCH_COMMIT", "unknown"),
                 "proxy_bin": b.bin_ids["proxy"], "control_bin": b.bin_ids["control"]}
         print(report(s, scale, paths, meta))
+        if tcp:
+            print(tcp_report(tcp, tcp_paths, s))
         log(f"done in {time.time() - t0:.0f} s")
         path = os.environ.get("BENCH_JSON") or f"/tmp/bench-http-{b.tag}.json"
         with open(path, "w") as f:
             json.dump({"meta": meta, "summary": s, "runs": res, "services": scale,
-                       "paths": paths}, f, indent=1)
+                       "paths": paths, "tcp": tcp, "tcp_paths": tcp_paths}, f, indent=1)
         log(f"JSON written to {path}")
     finally:
         b.teardown()
