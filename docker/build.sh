@@ -96,11 +96,24 @@ if command -v rustup >/dev/null; then
         || die "cannot add the rust target $musl"
 fi
 target_dir=${CARGO_TARGET_DIR:-$root/target}
+# mesh-proxy is built on its own: cargo unifies the features of the packages one command
+# builds, and built with mesh-control it would link tokio's multi-thread scheduler,
+# regex's DFAs and literal search, rustls's TLS 1.2 and logging... (a 9.2 instead of a
+# 7.6 MB binary, 0.7 MB more idle RSS in every pod). The other images share one command.
 pkgs=()
-for entry in "${images[@]}"; do pkgs+=(-p "mesh-${entry%%=*}"); done
-echo "==== cargo build --release --locked --target $musl ${pkgs[*]}"
+proxy=0
+for entry in "${images[@]}"; do
+    if [ "${entry%%=*}" = proxy ]; then proxy=1; else pkgs+=(-p "mesh-${entry%%=*}"); fi
+done
 t0=$(date +%s)
-(cd "$root" && "$cargo" build --release --locked --target "$musl" "${pkgs[@]}")
+if [ "$proxy" = 1 ]; then
+    echo "==== cargo build --release --locked --target $musl -p mesh-proxy (alone: its own features)"
+    (cd "$root" && "$cargo" build --release --locked --target "$musl" -p mesh-proxy)
+fi
+if [ ${#pkgs[@]} -gt 0 ]; then
+    echo "==== cargo build --release --locked --target $musl ${pkgs[*]}"
+    (cd "$root" && "$cargo" build --release --locked --target "$musl" "${pkgs[@]}")
+fi
 echo "     binaries in $(($(date +%s) - t0)) s"
 
 if [ -n "${init_base:-}" ] && printf '%s\n' "${images[@]}" | grep -q '^init='; then

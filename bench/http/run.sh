@@ -56,7 +56,10 @@ if ! rustup target list --installed 2>/dev/null | grep -qx "$MUSL"; then
     rustup target add "$MUSL" >&2
 fi
 if [ -z "${MESH_PROXY_BIN:-}" ] || [ -z "${MESH_CONTROL_BIN:-}" ]; then
-    cargo build --release --target "$MUSL" -p mesh-proxy -p mesh-control >&2
+    # Two commands: built together, mesh-proxy would get mesh-control's features (see
+    # docker/build.sh).
+    cargo build --release --target "$MUSL" -p mesh-proxy >&2
+    cargo build --release --target "$MUSL" -p mesh-control >&2
 fi
 MESH_PROXY_BIN="${MESH_PROXY_BIN:-$CARGO_TARGET_DIR/$MUSL/release/mesh-proxy}"
 MESH_CONTROL_BIN="${MESH_CONTROL_BIN:-$CARGO_TARGET_DIR/$MUSL/release/mesh-control}"
