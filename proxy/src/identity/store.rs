@@ -7,7 +7,8 @@
 //! certificate's lifetime, jittered by ±10 % (so at 45-55 % of it; Istio's agent also
 //! rotates at about half life), counted from when it became valid or from its arrival,
 //! whichever is later. A failed renewal keeps the current certificate and retries on the
-//! same backoff, louder as expiry nears. The roots are re-read from `--root-cert` at each
+//! same backoff, louder as expiry nears, never waiting more than a quarter of the time
+//! left ([`retry_delay`]) nor, once expired, more than [`EXPIRED_RETRY_MAX`]. The roots are re-read from `--root-cert` at each
 //! renewal and every [`ROOT_POLL`] (the kubelet updates a ConfigMap volume in place).
 //!
 //! Rotation never touches open connections: a TLS session keeps the keys it was made
@@ -30,6 +31,8 @@ use super::roots::Roots;
 pub const RETRY_MIN: Duration = Duration::from_secs(1);
 /// The longest wait between two requests after failures.
 pub const RETRY_MAX: Duration = Duration::from_secs(30);
+/// The longest wait between two requests once the certificate held has expired.
+pub const EXPIRED_RETRY_MAX: Duration = Duration::from_secs(5);
 /// How often the root file is re-read between renewals.
 pub const ROOT_POLL: Duration = Duration::from_secs(30);
 /// Renewal never comes sooner than this after an issuance.
@@ -78,6 +81,19 @@ pub fn renewal_delay(not_before: i64, not_after: i64, now: i64, ratio: f64) -> D
     let at = start as f64 + lifetime * ratio;
     let secs = (at - now as f64).max(0.0);
     Duration::from_secs_f64(secs).max(MIN_RENEWAL_DELAY)
+}
+
+/// How long to wait after a failed request, the backoff being at `backoff` and the
+/// certificate held (if any) expiring in `left` seconds: the backoff, but never more than a
+/// quarter of what is left (at least [`RETRY_MIN`]), so the last tries before expiry are
+/// seconds apart and a CA back in those last seconds is not missed; once expired, at most
+/// [`EXPIRED_RETRY_MAX`], since every new mTLS connection fails until a renewal.
+pub fn retry_delay(backoff: Duration, left: Option<i64>) -> Duration {
+    match left {
+        None => backoff,
+        Some(left) if left <= 0 => backoff.min(EXPIRED_RETRY_MAX),
+        Some(left) => backoff.min(Duration::from_secs((left / 4) as u64).max(RETRY_MIN)),
+    }
 }
 
 /// Half, ±10 %.
@@ -233,8 +249,10 @@ impl IdentityStore {
                             next = tokio::time::Instant::now() + delay;
                         }
                         Err(e) => {
-                            self.issue_failed(&e, backoff);
-                            next = tokio::time::Instant::now() + backoff;
+                            let left = self.current().map(|c| c.not_after - now_secs());
+                            let wait = retry_delay(backoff, left);
+                            self.issue_failed(&e, wait);
+                            next = tokio::time::Instant::now() + wait;
                             backoff = (backoff * 2).min(RETRY_MAX);
                         }
                     }
@@ -417,6 +435,32 @@ mod tests {
             let r = jittered_half(&mut rng);
             assert!((0.45..=0.55).contains(&r), "{r}");
         }
+    }
+
+    #[test]
+    fn retries_near_expiry_come_seconds_apart() {
+        let secs = |s: u64| Duration::from_secs(s);
+        // No certificate yet, or plenty left: the backoff.
+        assert_eq!(retry_delay(secs(16), None), secs(16));
+        assert_eq!(retry_delay(RETRY_MAX, Some(43_200)), RETRY_MAX);
+        // A 60 s certificate with 16 s left after failures since half-life: the backoff
+        // (16 s) would land after expiry; a quarter of what is left, then less.
+        assert_eq!(retry_delay(secs(16), Some(16)), secs(4));
+        assert_eq!(retry_delay(secs(30), Some(6)), secs(1));
+        assert_eq!(retry_delay(secs(30), Some(1)), RETRY_MIN);
+        // Every try before expiry, in order: the sum stays below what was left.
+        let (mut left, mut backoff, mut tries) = (31_i64, secs(16), 0);
+        while left > 0 {
+            let wait = retry_delay(backoff, Some(left));
+            assert!(wait.as_secs() as i64 <= left.max(1), "{wait:?} with {left} s left");
+            left -= wait.as_secs() as i64;
+            backoff = (backoff * 2).min(RETRY_MAX);
+            tries += 1;
+        }
+        assert!(tries >= 5, "{tries}");
+        // Expired: peers refuse it; try again within seconds.
+        assert_eq!(retry_delay(RETRY_MAX, Some(-3)), EXPIRED_RETRY_MAX);
+        assert_eq!(retry_delay(secs(2), Some(0)), secs(2));
     }
 
     #[test]
