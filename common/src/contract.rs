@@ -159,8 +159,20 @@ pub mod proxy {
         /// `SECRET_TTL`), in [`crate::duration`]'s syntax.
         pub const CERT_TTL: &str = "--cert-ttl";
 
+        /// What this proxy is: [`ROLE_SIDECAR`] (the default; every injected sidecar,
+        /// which the injector writes no `--role` for) or [`ROLE_GATEWAY`] (a pod injected
+        /// with Istio's `gateway` template: its only job is the proxy, no `istio-init`, no
+        /// capture).
+        pub const ROLE: &str = "--role";
+        /// `--role sidecar`: the proxy of a captured app pod (the default).
+        pub const ROLE_SIDECAR: &str = "sidecar";
+        /// `--role gateway`: an ingress/egress gateway pod's proxy.
+        pub const ROLE_GATEWAY: &str = "gateway";
+        /// Every value of [`ROLE`].
+        pub const ROLES: [&str; 2] = [ROLE_SIDECAR, ROLE_GATEWAY];
+
         /// Every flag that takes a value.
-        pub const ALL: [&str; 27] = [
+        pub const ALL: [&str; 28] = [
             OUTBOUND_PORT,
             INBOUND_PORT,
             ADMIN_ADDR,
@@ -188,6 +200,7 @@ pub mod proxy {
             TOKEN_FILE,
             TRUST_DOMAIN,
             CERT_TTL,
+            ROLE,
         ];
 
         /// Every switch: a flag that takes no value.
@@ -287,6 +300,12 @@ mod tests {
             f.len(),
             proxy::flag::ALL.len() + proxy::flag::SWITCHES.len()
         );
+        assert!(
+            proxy::flag::ROLES
+                .iter()
+                .all(|r| !r.is_empty() && !r.starts_with('-'))
+        );
+        assert_ne!(proxy::flag::ROLE_SIDECAR, proxy::flag::ROLE_GATEWAY);
         let mut e = proxy::env::ALL.to_vec();
         e.sort_unstable();
         e.dedup();

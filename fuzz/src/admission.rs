@@ -125,10 +125,28 @@ fn named<'a>(pod: &'a Value, name: &str) -> Vec<&'a Value> {
 }
 
 /// When the user had no `istio-init` of their own (whose fields would override ours), the
-/// injected one runs `mesh-init` with arguments mesh-init accepts.
+/// injected one runs `mesh-init` with arguments mesh-init accepts. A gateway (its proxy
+/// has `--role gateway`) gets no `istio-init` at all.
 pub fn check_init_args(original: &Value, patched: &Value) {
     let init = mesh_common::containers::INIT;
     if !named(original, init).is_empty() {
+        return;
+    }
+    let gateway = named(patched, mesh_common::containers::PROXY)
+        .iter()
+        .any(|p| {
+            let args = p.get("args").and_then(Value::as_array);
+            args.and_then(|a| a.get(1)).and_then(Value::as_str)
+                == Some(mesh_common::contract::proxy::flag::ROLE_GATEWAY)
+                && args.and_then(|a| a.first()).and_then(Value::as_str)
+                    == Some(mesh_common::contract::proxy::flag::ROLE)
+        });
+    if gateway {
+        assert!(
+            named(patched, init).is_empty(),
+            "a gateway got an {init} container: {}",
+            short(&text(patched))
+        );
         return;
     }
     let ours = named(patched, init);

@@ -32,6 +32,29 @@ pub enum Ipv6Mode {
     Off,
 }
 
+/// What the proxy is (`--role`): the proxy of a captured app pod, or a gateway pod's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Role {
+    /// The default: every sidecar the injector writes (it writes no `--role` for them).
+    #[default]
+    Sidecar,
+    /// A pod injected with Istio's `gateway` template: the proxy is the pod's only job, no
+    /// `istio-init`, no capture. For now it runs exactly as a sidecar does (the gateway's
+    /// own listeners come with the gateway data path); [`Args::into_config`] logs that it
+    /// is one.
+    Gateway,
+}
+
+impl Role {
+    /// The value of `--role` that names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Sidecar => flag::ROLE_SIDECAR,
+            Role::Gateway => flag::ROLE_GATEWAY,
+        }
+    }
+}
+
 /// The command line, parsed but not yet validated as a whole.
 ///
 /// Parsed by hand rather than with clap: a sidecar runs in every pod, and clap's code
@@ -60,6 +83,8 @@ pub struct Args {
     pub copy_mode: CopyMode,
     /// Event-loop threads.
     pub worker_threads: u16,
+    /// Sidecar (the default) or gateway.
+    pub role: Role,
     /// Listen on IPv6 too.
     pub ipv6: Ipv6Mode,
     /// What to log: a level, optionally with `target=level` directives
@@ -155,6 +180,10 @@ Options:
                                  capture ports (SO_REUSEPORT); Istio's sidecar default
                                  concurrency [default: 2]
       --ipv6 <MODE>              auto, on or off [default: auto]
+      --role <ROLE>              sidecar (the proxy of a captured app pod) or gateway (a pod
+                                 injected with the gateway template: no istio-init, no
+                                 capture); a gateway runs as a sidecar does, for now
+                                 [default: sidecar]
       --log-level <FILTER>       A level (trace, debug, info, warn|warning, error|critical,
                                  off), optionally with target=level directives, e.g.
                                  warn,mesh_proxy=debug; at info every connection gets a
@@ -374,6 +403,7 @@ impl Args {
             access_log: None,
             copy_mode: CopyMode::Adaptive,
             worker_threads: 2,
+            role: Role::Sidecar,
             ipv6: Ipv6Mode::Auto,
             log_filter,
             pod_name: env(var::POD_NAME),
@@ -504,6 +534,15 @@ impl Args {
                 )?
             }
             flag::WORKER_THREADS => self.worker_threads = parse_num(v, 1, 64)?,
+            flag::ROLE => {
+                self.role = parse_enum(
+                    v,
+                    &[
+                        (flag::ROLE_SIDECAR, Role::Sidecar),
+                        (flag::ROLE_GATEWAY, Role::Gateway),
+                    ],
+                )?
+            }
             flag::IPV6 => {
                 self.ipv6 = parse_enum(
                     v,
@@ -565,7 +604,8 @@ pub enum ConfigError {
 }
 
 impl Args {
-    /// Validates the arguments and turns them into a [`Config`].
+    /// Validates the arguments and turns them into a [`Config`]. With `--role gateway`
+    /// it logs one info line saying so (the caller has started logging by then).
     pub fn into_config(self) -> Result<Config, ConfigError> {
         if self.outbound_port == self.inbound_port && self.outbound_port != 0 {
             return Err(ConfigError::SamePorts(self.outbound_port));
@@ -610,6 +650,14 @@ impl Args {
             .or_else(|| pod_name.clone())
             .unwrap_or_else(|| UNKNOWN.to_owned());
         let namespace = pod_namespace.unwrap_or_else(|| UNKNOWN.to_owned());
+        if self.role == Role::Gateway {
+            tracing::info!(
+                role = self.role.as_str(),
+                workload = %workload,
+                namespace = %namespace,
+                "running as a gateway (no capture); it serves as a sidecar does for now"
+            );
+        }
         Ok(Config {
             outbound: listen(self.outbound_port),
             inbound: listen(self.inbound_port),
@@ -797,6 +845,7 @@ mod tests {
             flag::TOKEN_FILE => "/var/run/secrets/tokens/istio-token",
             flag::TRUST_DOMAIN => "cluster.local",
             flag::CERT_TTL => "12h",
+            flag::ROLE => "gateway",
             other => panic!("no sample value for contract flag {other}: add one"),
         }
     }
@@ -1252,6 +1301,35 @@ mod tests {
             assert!(HELP.contains(name), "{name} missing from --help");
             assert_eq!(parse(&["--copy-mode", name]).unwrap().copy_mode, mode);
         }
+    }
+
+    #[test]
+    fn role_defaults_to_sidecar_and_names_the_flag_when_wrong() {
+        assert_eq!(run_args(&[], &|_| None).role, Role::Sidecar);
+        for name in flag::ROLES {
+            assert!(HELP.contains(name), "{name} missing from --help");
+            let a = run_args(&["--role", name], &|_| None);
+            assert_eq!(a.role.as_str(), name);
+            let inline = format!("--role={name}");
+            assert_eq!(run_args(&[&inline], &|_| None).role.as_str(), name);
+        }
+        assert_eq!(
+            run_args(&["--role", "gateway"], &|_| None).role,
+            Role::Gateway
+        );
+        // A gateway's configuration is a sidecar's (no data path of its own yet).
+        let g = parse(&["--role", "gateway"]).unwrap();
+        let s = parse(&[]).unwrap();
+        assert_eq!(format!("{g:?}"), format!("{s:?}"));
+        for bad in ["", "Gateway", "ingress", "router"] {
+            let e = parse(&["--role", bad]).unwrap_err();
+            assert!(
+                e.contains("--role") && e.contains("sidecar, gateway") && e.contains(bad),
+                "{bad}: {e}"
+            );
+        }
+        let e = parse(&["--role"]).unwrap_err();
+        assert!(e.contains("--role needs a value"), "{e}");
     }
 
     #[test]

@@ -17,7 +17,10 @@
 //! - the proxy is given a workload identity (`--root-cert`) but a file it reads for it (the
 //!   root certificate, the ServiceAccount token at `--token-file` or its default path) is
 //!   not on a mount of a pod volume, or the token volume is not a projected token for the
-//!   CA's audience with that file name.
+//!   CA's audience with that file name;
+//! - a gateway's proxy (`--role gateway`, Istio's gateway template) has `--dns-capture`, or
+//!   its pod an `istio-init` running `mesh-init`: nothing is captured in a gateway pod;
+//!   and a sidecar's proxy is written a `--role` at all (its args stay as they were).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
 
 use std::cell::RefCell;
@@ -244,6 +247,17 @@ fn shapes() -> Vec<(&'static str, Value)> {
             json!({"spec": {"containers": [app], "volumes": [{"name": "istio-token",
                 "projected": {"sources": [{"serviceAccountToken":
                     {"audience": "istio-ca", "expirationSeconds": 3600, "path": "istio-token"}}]}}]}}),
+        ),
+        (
+            "gateway-template",
+            json!({"metadata": {"annotations": {"inject.istio.io/templates": "gateway"}},
+                   "spec": {"containers": [{"name": "istio-proxy", "image": "auto"}]}}),
+        ),
+        (
+            "gateway-label",
+            json!({"metadata": {"labels": {"sidecar.istio.io/inject": "true"}},
+                   "spec": {"containers": [{"name": "istio-proxy", "image": "auto",
+                        "env": [{"name": "SECRET_TTL", "value": "12h"}]}]}}),
         ),
         (
             "user-env-in-override",
@@ -483,10 +497,39 @@ fn check_identity(template: &Value, proxy: &Value) -> Result<(), String> {
     Ok(())
 }
 
+/// A gateway (`--role gateway`) captures nothing; a sidecar is written no `--role`.
+fn check_role(template: &Value, proxy: &Value) -> Result<(), String> {
+    let role = flag_value(proxy, contract::proxy::flag::ROLE);
+    match role.as_deref() {
+        None => Ok(()),
+        Some(contract::proxy::flag::ROLE_GATEWAY) => {
+            if strings(proxy, "args")
+                .iter()
+                .any(|a| a == contract::proxy::flag::DNS_CAPTURE)
+            {
+                return Err("a gateway's istio-proxy has --dns-capture".into());
+            }
+            let capture = container(template, mesh_common::containers::INIT)
+                .is_some_and(|c| strings(c, "command") == [contract::init::BINARY]);
+            if capture {
+                return Err(format!(
+                    "a gateway's pod has an istio-init running {}",
+                    contract::init::BINARY
+                ));
+            }
+            Ok(())
+        }
+        Some(other) => Err(format!(
+            "istio-proxy is written --role {other}: a sidecar gets no --role"
+        )),
+    }
+}
+
 fn check(p: &Injected) -> Result<(), String> {
     let proxy = container(&p.template, mesh_common::containers::PROXY).ok_or("no istio-proxy")?;
     check_proxy(proxy, &p.user_proxy_env)?;
     check_identity(&p.template, proxy)?;
+    check_role(&p.template, proxy)?;
     if let Some(init) = container(&p.template, mesh_common::containers::INIT) {
         check_init(init, proxy)?;
         check_dns(init, proxy)?;
@@ -550,6 +593,21 @@ fn every_shape_and_config_starts_with_the_binaries_parsers() {
         args_of("shape basic with config dns-capture-no-control-plane").ends_with(" --dns-capture")
     );
     assert!(!args_of("shape basic with config default").contains("--dns-capture"));
+    // Gateways: `--role gateway`, no istio-init, whatever the config (native sidecars and
+    // DNS capture included); sidecars: no `--role`.
+    for (cname, _) in configs() {
+        for shape in ["gateway-template", "gateway-label"] {
+            let origin = format!("shape {shape} with config {cname}");
+            let p = pods.iter().find(|p| p.origin == origin).unwrap();
+            assert!(container(&p.template, "istio-init").is_none(), "{origin}");
+            assert!(
+                proxy_args_of(&origin).starts_with("--role gateway "),
+                "{origin}"
+            );
+        }
+        let basic = format!("shape basic with config {cname}");
+        assert!(!proxy_args_of(&basic).contains("--role"), "{basic}");
+    }
 }
 
 /// The checks above can fail: each way of breaking the contract is caught.
@@ -637,4 +695,31 @@ fn a_broken_contract_is_caught() {
     other_uid["securityContext"]["runAsUser"] = json!(1234);
     let e = check_init(&init, &other_uid).unwrap_err();
     assert!(e.contains("1234"), "{e}");
+
+    // A gateway captures nothing; a sidecar is written no --role.
+    assert_eq!(check_role(&base.template, &proxy), Ok(()));
+    let gw = pods
+        .iter()
+        .find(|p| p.origin == "shape gateway-template with config default")
+        .unwrap();
+    let gw_proxy = container(&gw.template, "istio-proxy").unwrap().clone();
+    assert_eq!(check_role(&gw.template, &gw_proxy), Ok(()));
+    let mut gw_dns = gw_proxy.clone();
+    gw_dns["args"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!(contract::proxy::flag::DNS_CAPTURE));
+    let e = check_role(&gw.template, &gw_dns).unwrap_err();
+    assert!(e.contains("--dns-capture"), "{e}");
+    let mut gw_captured = gw.template.clone();
+    gw_captured["spec"]["initContainers"] = json!([init.clone()]);
+    let e = check_role(&gw_captured, &gw_proxy).unwrap_err();
+    assert!(e.contains("istio-init running mesh-init"), "{e}");
+    let mut sidecar_role = proxy.clone();
+    sidecar_role["args"]
+        .as_array_mut()
+        .unwrap()
+        .extend([json!("--role"), json!("sidecar")]);
+    let e = check_role(&base.template, &sidecar_role).unwrap_err();
+    assert!(e.contains("a sidecar gets no --role"), "{e}");
 }

@@ -176,6 +176,100 @@ async fn reinjecting_the_result_changes_nothing() {
     );
 }
 
+/// The istio/gateway chart's pod as the API server hands it to the webhook (defaulted:
+/// `imagePullPolicy: Always` for `image: auto`, canonical quantities, the token volume)
+/// is injected as a gateway, even by a webhook that injects native sidecars, and exactly
+/// as kube-inject injects the same pod.
+#[tokio::test]
+async fn gateway_pod_is_injected_as_a_gateway_as_kube_inject_does() {
+    let s = state(NativeMode::True, 1 << 20);
+    let rev = recorded("pod-create-gateway.json");
+    let pod = &rev["request"]["object"];
+    let out = apply_patch(pod, &patch_of(&review(&s, &rev).await).expect("a patch")).unwrap();
+    assert!(out["spec"].get("initContainers").is_none(), "{out:#}");
+    assert_eq!(names(&out, "containers"), ["istio-proxy"]);
+    let proxy = &out["spec"]["containers"][0];
+    assert_eq!(proxy["image"], InjectConfig::default().proxy_image);
+    assert!(proxy.get("imagePullPolicy").is_none(), "{proxy:#}");
+    assert!(proxy.get("restartPolicy").is_none(), "{proxy:#}");
+    let args: Vec<&str> = proxy["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(args[..2], ["--role", "gateway"], "{args:?}");
+    assert!(args.contains(&"--root-cert"), "{args:?}");
+    let ports: Vec<i64> = proxy["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["containerPort"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ports, [15090, 15021]);
+    assert_eq!(proxy["readinessProbe"]["httpGet"]["port"], 15021);
+    assert_eq!(proxy["securityContext"]["runAsUser"], 1337);
+    assert!(
+        proxy["securityContext"]["capabilities"]
+            .get("add")
+            .is_none()
+    );
+    // The chart's own fields win or stay: its resources, its service-account mount, the
+    // API server's defaults, its pod-level sysctl, its prometheus annotations.
+    assert_eq!(proxy["resources"]["limits"]["cpu"], "2");
+    assert_eq!(proxy["terminationMessagePath"], "/dev/termination-log");
+    let mounts: Vec<&str> = proxy["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        mounts,
+        ["istio-token", "istiod-ca-cert", "kube-api-access-7qz4m"]
+    );
+    assert_eq!(
+        out["spec"]["securityContext"],
+        pod["spec"]["securityContext"]
+    );
+    let ann = &out["metadata"]["annotations"];
+    assert_eq!(ann["prometheus.io/port"], "15020");
+    assert!(ann.get("kubectl.kubernetes.io/default-container").is_none());
+    assert!(
+        out["metadata"]["labels"]
+            .get("security.istio.io/tlsMode")
+            .is_none()
+    );
+
+    // kube-inject of the same pod (a Pod document: the workload is derived as the
+    // webhook derives it) gives exactly the same pod (up to key order, which this test's
+    // own patch applier does not keep).
+    let cfg = InjectConfig::default();
+    let text = mesh_webhook::yaml::to_yaml(pod).unwrap();
+    let mode = mesh_webhook::kube_inject::Mode::Inject {
+        cfg: &cfg,
+        native_sidecars: true,
+    };
+    let offline = mesh_webhook::kube_inject::rewrite(&text, mode)
+        .unwrap()
+        .output;
+    let docs = mesh_webhook::yaml::split_documents(&offline);
+    assert_eq!(docs.len(), 1, "{offline}");
+    let offline = mesh_webhook::yaml::parse_document(&docs[0])
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        offline, out,
+        "webhook and kube-inject disagree on the gateway pod"
+    );
+
+    // And the injected pod reviewed again is left alone.
+    let mut again = rev.clone();
+    again["request"]["object"] = out;
+    again["request"]["uid"] = "again".into();
+    assert_eq!(patch_of(&review(&s, &again).await), None);
+}
+
 #[tokio::test]
 async fn user_istio_proxy_is_merged_not_duplicated() {
     let s = state(NativeMode::False, 1 << 20);

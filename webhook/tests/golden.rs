@@ -247,3 +247,60 @@ fn patch_escapes_status_annotation_key() {
     assert!(text.contains(r#""path":"/spec/containers/-""#), "{text}");
     assert!(text.contains(r#""path":"/spec/initContainers""#), "{text}");
 }
+
+/// Every gateway case (`gateway-*.yaml`): kube-uninject of its kube-inject output gives
+/// back exactly its input, key order included (the `uninject-gateway-*` cases pin two of
+/// them as goldens), and the output is a gateway's: the proxy has `--role gateway` and no
+/// `--dns-capture`, and no `istio-init` runs `mesh-init`.
+#[test]
+fn gateway_cases_uninject_to_their_input_and_capture_nothing() {
+    let mut seen = 0;
+    for entry in fs::read_dir(dir()).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if !(name.starts_with("gateway-") && name.ends_with(".yaml")) {
+            continue;
+        }
+        let case = Case::load(&dir().join(&name));
+        let injected = kube_inject::rewrite(&case.input, case.mode())
+            .unwrap()
+            .output;
+        let back = kube_inject::rewrite(&injected, Mode::Uninject)
+            .unwrap()
+            .output;
+        let (want, got) = (parse_all(&case.input), parse_all(&back));
+        assert_eq!(want.len(), got.len(), "{name}");
+        for (w, g) in want.iter().zip(&got) {
+            assert!(
+                identical(w, g),
+                "{name}: uninject does not give the input back\n--- input\n{w:#}\n--- uninjected\n{g:#}"
+            );
+        }
+        for doc in parse_all(&injected) {
+            for t in workloads::find_templates(&doc).unwrap() {
+                let spec = &doc.pointer(&t.pointer).unwrap()["spec"];
+                let all = ["initContainers", "containers"]
+                    .iter()
+                    .filter_map(|k| spec.get(*k).and_then(Value::as_array))
+                    .flatten();
+                let mut proxies = 0;
+                for c in all {
+                    let args: Vec<&str> = c["args"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .collect();
+                    assert_ne!(c["command"][0], "mesh-init", "{name}: {c}");
+                    if c["name"] == "istio-proxy" {
+                        proxies += 1;
+                        assert_eq!(args[..2], ["--role", "gateway"], "{name}");
+                        assert!(!args.contains(&"--dns-capture"), "{name}");
+                    }
+                }
+                assert_eq!(proxies, 1, "{name}: {}", t.label);
+            }
+        }
+        seen += 1;
+    }
+    assert!(seen >= 4, "only {seen} gateway cases");
+}

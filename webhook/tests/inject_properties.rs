@@ -314,3 +314,151 @@ fn identity_is_added_where_the_pod_has_none_of_its_own() {
         assert!(!text(&n).contains("--root-cert"), "{pod}");
     }
 }
+
+/// Gateway pods (`inject.istio.io/templates: gateway`, or a proxy-only pod labelled for
+/// injection): with every config and layout, the same properties as sidecars (patch ==
+/// desired, idempotent, re-injection == fresh injection, uninject restores), and the
+/// gateway's shape: no `istio-init` of ours, `--role gateway`, the proxy a regular
+/// container, no tlsMode label added, the user's other containers untouched.
+#[test]
+fn gateway_properties() {
+    let proxy = json!({"name": "istio-proxy", "image": "auto",
+                       "securityContext": {"readOnlyRootFilesystem": true}});
+    let metas = [
+        json!({"name": "gw", "annotations": {"inject.istio.io/templates": "gateway"}}),
+        json!({"name": "gw", "labels": {"sidecar.istio.io/inject": "true", "istio": "ingressgateway"}}),
+        json!({"name": "gw", "labels": {"sidecar.istio.io/inject": "true"},
+               "annotations": {"inject.istio.io/templates": "gateway",
+                               "prometheus.io/port": "15020"}}),
+    ];
+    let layouts = [
+        (None, json!([proxy.clone()])),
+        (Some(json!([])), json!([proxy.clone()])),
+        (
+            Some(
+                json!([{"name": "istio-init", "image": "theirs"}, {"name": "setup", "image": "s"}]),
+            ),
+            json!([proxy.clone()]),
+        ),
+    ];
+    let cfgs = configs();
+    let mut checked = 0;
+    for meta in &metas {
+        for (init, containers) in &layouts {
+            let mut extra = vec![containers.clone()];
+            // The annotation form also takes other containers, kept and not captured.
+            if meta["annotations"]["inject.istio.io/templates"] == "gateway" {
+                extra.push(json!([proxy.clone(), {"name": "shipper", "image": "s"}]));
+            }
+            for containers in extra {
+                let mut spec = json!({"serviceAccountName": "gw", "containers": containers});
+                if let Some(i) = init {
+                    spec["initContainers"] = i.clone();
+                }
+                let pod = json!({"metadata": meta, "spec": spec});
+                for (ci, cfg) in cfgs.iter().enumerate() {
+                    for native in [false, true] {
+                        let injected = inject_checked(&pod, cfg, native);
+                        let spec = &injected["spec"];
+                        let init_names: Vec<&str> = spec["initContainers"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|c| c["name"].as_str().unwrap())
+                            .collect();
+                        let user_init: Vec<&str> = pod["spec"]["initContainers"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|c| c["name"].as_str().unwrap())
+                            .collect();
+                        assert_eq!(init_names, user_init, "{pod}");
+                        assert_eq!(
+                            spec["initContainers"], pod["spec"]["initContainers"],
+                            "{pod}"
+                        );
+                        let names: Vec<&str> = spec["containers"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|c| c["name"].as_str().unwrap())
+                            .collect();
+                        assert_eq!(names.last(), Some(&"istio-proxy"), "{pod}");
+                        let p = spec["containers"].as_array().unwrap().last().unwrap();
+                        assert_eq!(p["args"][0], "--role");
+                        assert_eq!(p["args"][1], "gateway");
+                        assert!(!text(p).contains("--dns-capture"), "{pod}");
+                        assert!(p.get("restartPolicy").is_none(), "{pod}");
+                        assert_ne!(p["image"], "auto", "{pod}");
+                        assert_eq!(
+                            injected["metadata"]["labels"].get("security.istio.io/tlsMode"),
+                            None,
+                            "{pod}"
+                        );
+
+                        assert_eq!(
+                            inject::inject(&req(&injected, native), cfg).unwrap(),
+                            Outcome::Unchanged,
+                            "{pod}"
+                        );
+                        // A gateway does not depend on the sidecar layout: the other
+                        // layout leaves it alone too.
+                        assert_eq!(
+                            inject::inject(&req(&injected, !native), cfg).unwrap(),
+                            Outcome::Unchanged,
+                            "{pod}"
+                        );
+                        let other = &cfgs[(ci + 1) % cfgs.len()];
+                        let re = inject_checked(&injected, other, native);
+                        let fresh = inject_checked(&pod, other, native);
+                        assert_eq!(text(&re), text(&fresh), "re-injection of {pod}");
+
+                        let Outcome::Patched(ops) = inject::uninject(&injected).unwrap() else {
+                            panic!("uninject did nothing")
+                        };
+                        let mut back = injected.clone();
+                        json_patch::patch(&mut back, &ops).unwrap();
+                        assert_eq!(
+                            text(&normalized(back)),
+                            text(&normalized(pod.clone())),
+                            "uninject did not restore {pod}"
+                        );
+                        checked += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(checked, (3 * 2 + 3 + 3 * 2) * 4 * 2);
+}
+
+/// Asking an injected pod for the other template re-injects it: the result is what a
+/// fresh injection of the pod with that template gives (the hash covers the role).
+#[test]
+fn switching_between_sidecar_and_gateway_reinjects() {
+    let cfg = InjectConfig::default();
+    let sidecar = json!({"metadata": {"name": "p", "labels": {"app": "p"}},
+        "spec": {"containers": [{"name": "istio-proxy", "image": "auto"}, {"name": "app", "image": "a"}]}});
+    let mut gateway = sidecar.clone();
+    gateway["metadata"]["annotations"] = json!({"inject.istio.io/templates": "gateway"});
+    for native in [false, true] {
+        let as_sidecar = inject_checked(&sidecar, &cfg, native);
+        assert!(text(&as_sidecar).contains("mesh-init"));
+        let mut asked = as_sidecar.clone();
+        asked["metadata"]["annotations"]["inject.istio.io/templates"] = json!("gateway");
+        let re = inject_checked(&asked, &cfg, native);
+        let fresh = inject_checked(&gateway, &cfg, native);
+        assert_eq!(text(&re), text(&fresh));
+        assert!(!text(&re).contains("mesh-init"), "{re:#}");
+
+        let mut back = fresh.clone();
+        back["metadata"]["annotations"]
+            .as_object_mut()
+            .unwrap()
+            .shift_remove("inject.istio.io/templates");
+        let re = inject_checked(&back, &cfg, native);
+        // Equal, up to where `initContainers` sits among the spec's keys (the gateway had
+        // none, so the sidecar's comes after the volumes).
+        assert_eq!(re, as_sidecar);
+    }
+}

@@ -234,3 +234,52 @@ fn api_server_reads_our_yaml_as_we_meant_it() {
         mesh_common::DEFAULT_INIT_ARGS
     );
 }
+
+/// Gateways (issue #14): the istio/gateway chart's Deployment, the label form and a gateway
+/// with another container, kube-injected, pass validation as gateways: the proxy keeps
+/// `--role gateway`, its env and ports, there is no istio-init, and the chart's pod-level
+/// sysctl is still there (the API server accepts it on v1.20; only a v1.20 kubelet refuses
+/// to run it, see `inject::containers`).
+#[test]
+fn injected_gateways_pass_api_server_validation() {
+    require_kubeconfig();
+    let ns = TestNamespace::new();
+    let mut gateways = 0;
+    for case in [
+        "gateway-helm-annotation",
+        "gateway-label",
+        "gateway-with-app-container",
+    ] {
+        let input = testdata(&format!("testdata/inject/{case}.yaml"));
+        for o in server_dry_run(&input, &ns.0) {
+            if !matches!(o["kind"].as_str(), Some("Pod" | "Deployment")) {
+                continue;
+            }
+            let spec = pod_spec(&o);
+            assert!(
+                spec["initContainers"]
+                    .as_array()
+                    .is_none_or(|i| i.iter().all(|c| c["name"] != "istio-init")),
+                "{case}: {spec}"
+            );
+            let proxy = spec["containers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["name"] == "istio-proxy")
+                .unwrap_or_else(|| panic!("{case}: no istio-proxy"));
+            assert_eq!(proxy["args"][0], "--role", "{case}");
+            assert_eq!(proxy["args"][1], "gateway", "{case}");
+            assert!(proxy["env"].as_array().unwrap().len() >= 4, "{case}");
+            assert_eq!(proxy["ports"].as_array().unwrap().len(), 2, "{case}");
+            if case == "gateway-helm-annotation" {
+                assert_eq!(
+                    spec["securityContext"]["sysctls"][0]["name"],
+                    "net.ipv4.ip_unprivileged_port_start"
+                );
+            }
+            gateways += 1;
+        }
+    }
+    assert_eq!(gateways, 3);
+}

@@ -1,5 +1,9 @@
 //! The `istio-init` and `istio-proxy` containers, built with the Kubernetes types and then
 //! serialized to JSON; plus merging a user's own container of the same name into ours.
+//!
+//! A gateway's proxy ([`Role::Gateway`]) is the sidecar's with `--role gateway` first, no
+//! `--dns-capture`, its admin port declared too (`status-port`, which the gateway's
+//! Service targets), never a native sidecar; its `istio-init` is built but not used.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -17,6 +21,7 @@ use serde_json::{Map, Value};
 use super::error::InjectError;
 use super::mtls;
 use super::overrides::Overrides;
+use super::role::Role;
 use crate::config::{InjectConfig, ResourceAmounts};
 
 /// Our two containers, as JSON.
@@ -26,12 +31,15 @@ pub struct Built {
     pub proxy: Value,
 }
 
+/// What [`Built::cached`] keys its one entry on: (config hash, overrides, native, role).
+type CacheKey = (String, Overrides, bool, Role);
+
 thread_local! {
-    /// The last containers built on this thread, by (config hash, overrides, native). Most
-    /// pods of a file or a cluster share all three, and building (k8s-openapi types, then
-    /// JSON) is the most expensive step of an injection. Invisible to callers: same inputs,
-    /// same output.
-    static LAST: RefCell<Option<(String, Overrides, bool, Built)>> = const { RefCell::new(None) };
+    /// The last containers built on this thread, by (config hash, overrides, native, role).
+    /// Most pods of a file or a cluster share all four, and building (k8s-openapi types,
+    /// then JSON) is the most expensive step of an injection. Invisible to callers: same
+    /// inputs, same output.
+    static LAST: RefCell<Option<(CacheKey, Built)>> = const { RefCell::new(None) };
 }
 
 impl Built {
@@ -41,22 +49,37 @@ impl Built {
         config_hash: &str,
         ov: &Overrides,
         native: bool,
+        role: Role,
     ) -> Result<Self, InjectError> {
         let hit = LAST.with_borrow(|last| match last {
-            Some((h, o, n, b)) if h == config_hash && o == ov && *n == native => Some(b.clone()),
+            Some(((h, o, n, r), b))
+                if h == config_hash && o == ov && *n == native && *r == role =>
+            {
+                Some(b.clone())
+            }
             _ => None,
         });
         if let Some(b) = hit {
             return Ok(b);
         }
-        let b = Built::new(cfg, ov, native)?;
+        let b = Built::new(cfg, ov, native, role)?;
         LAST.with_borrow_mut(|last| {
-            *last = Some((config_hash.to_string(), ov.clone(), native, b.clone()));
+            *last = Some((
+                (config_hash.to_string(), ov.clone(), native, role),
+                b.clone(),
+            ));
         });
         Ok(b)
     }
 
-    pub fn new(cfg: &InjectConfig, ov: &Overrides, native: bool) -> Result<Self, InjectError> {
+    /// Our containers; a gateway's proxy is never a native sidecar, whatever `native` says.
+    pub fn new(
+        cfg: &InjectConfig,
+        ov: &Overrides,
+        native: bool,
+        role: Role,
+    ) -> Result<Self, InjectError> {
+        let native = native && role == Role::Sidecar;
         let to_value = |c: Container| {
             serde_json::to_value(c)
                 .map(readable_order)
@@ -67,7 +90,7 @@ impl Built {
         };
         Ok(Built {
             init: to_value(init_container(cfg, ov))?,
-            proxy: to_value(proxy_container(cfg, ov, native))?,
+            proxy: to_value(proxy_container(cfg, ov, native, role))?,
         })
     }
 }
@@ -142,9 +165,16 @@ pub fn init_args(cfg: &InjectConfig, ov: &Overrides) -> Vec<String> {
     args
 }
 
-/// The `mesh-proxy` arguments (flag names from `mesh_common::contract::proxy`).
-pub fn proxy_args(cfg: &InjectConfig) -> Vec<String> {
-    let mut args = vec![
+/// The `mesh-proxy` arguments (flag names from `mesh_common::contract::proxy`). A
+/// sidecar's carry no `--role` (its default); a gateway's start with `--role gateway` and
+/// never have `--dns-capture` (nothing redirects DNS to a gateway).
+pub fn proxy_args(cfg: &InjectConfig, role: Role) -> Vec<String> {
+    let mut args = Vec::new();
+    if role == Role::Gateway {
+        args.push(proxy::flag::ROLE.to_string());
+        args.push(proxy::flag::ROLE_GATEWAY.to_string());
+    }
+    args.extend([
         proxy::flag::OUTBOUND_PORT.into(),
         cfg.outbound_port.to_string(),
         proxy::flag::INBOUND_PORT.into(),
@@ -153,7 +183,7 @@ pub fn proxy_args(cfg: &InjectConfig) -> Vec<String> {
         format!("0.0.0.0:{}", cfg.admin_port),
         proxy::flag::METRICS_ADDR.into(),
         format!("0.0.0.0:{}", cfg.metrics_port),
-    ];
+    ]);
     // Empty: no control plane, the proxy stays L4.
     if !cfg.control_plane_address.is_empty() {
         args.push(proxy::flag::CONTROL_PLANE.into());
@@ -162,7 +192,7 @@ pub fn proxy_args(cfg: &InjectConfig) -> Vec<String> {
     if cfg.workload_identity() {
         args.extend(mtls::proxy_args(cfg));
     }
-    if cfg.dns_capture {
+    if cfg.dns_capture && role == Role::Sidecar {
         args.push(proxy::flag::DNS_CAPTURE.into());
     }
     args
@@ -198,7 +228,7 @@ fn init_container(cfg: &InjectConfig, ov: &Overrides) -> Container {
     }
 }
 
-fn proxy_container(cfg: &InjectConfig, ov: &Overrides, native: bool) -> Container {
+fn proxy_container(cfg: &InjectConfig, ov: &Overrides, native: bool, role: Role) -> Container {
     let field_env = |name: &str, path: &str| EnvVar {
         name: name.to_string(),
         value_from: Some(EnvVarSource {
@@ -265,39 +295,77 @@ fn proxy_container(cfg: &InjectConfig, ov: &Overrides, native: bool) -> Containe
             })
             .collect()
     });
+    let port = |port: u16, name: &str| ContainerPort {
+        container_port: i32::from(port),
+        name: Some(name.into()),
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    };
+    let mut ports = vec![port(cfg.metrics_port, "http-envoy-prom")];
+    if role == Role::Gateway {
+        // The gateway's Service sends its `status-port` (load balancers' health checks)
+        // here; Istio's chart targets it by number, naming it documents it.
+        ports.push(port(cfg.admin_port, "status-port"));
+    }
     Container {
         name: containers::PROXY.to_string(),
         image: Some(ov.proxy_image.clone()),
         image_pull_policy: cfg.image_pull_policy.clone(),
         command: Some(vec![proxy::BINARY.to_string()]),
-        args: Some(proxy_args(cfg)),
+        args: Some(proxy_args(cfg, role)),
         env: Some(env),
-        ports: Some(vec![ContainerPort {
-            container_port: i32::from(cfg.metrics_port),
-            name: Some("http-envoy-prom".into()),
-            protocol: Some("TCP".into()),
-            ..Default::default()
-        }]),
+        ports: Some(ports),
         readiness_probe: Some(readiness),
         startup_probe: startup,
         resources: Some(resources(&requests, &limits)),
         restart_policy: native.then(|| "Always".to_string()),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities {
-                add: None,
-                drop: Some(vec!["ALL".into()]),
-            }),
-            privileged: Some(false),
-            read_only_root_filesystem: Some(true),
-            // The effective ids (a user override's, when it sets them): the same ones
-            // istio-init's -u/-g exclude from capture.
-            run_as_group: Some(i64::from(ov.proxy_gid)),
-            run_as_non_root: Some(true),
-            run_as_user: Some(i64::from(ov.proxy_uid)),
-            ..Default::default()
-        }),
+        security_context: Some(proxy_security_context(ov)),
         volume_mounts: mounts,
+        ..Default::default()
+    }
+}
+
+/// The proxy's `securityContext`, the same for a sidecar and a gateway: uid/gid 1337 (the
+/// effective ids: a user override's, when it sets them, the same ones istio-init's -u/-g
+/// exclude from capture), non-root, every capability dropped, read-only root filesystem.
+///
+/// Ports below 1024. A gateway listens on 80 and 443, which uid 1337 may only bind when
+/// the pod's network namespace allows it, and we add nothing to a gateway for it:
+/// - the sysctl `net.ipv4.ip_unprivileged_port_start=0` (Istio's gateway template and
+///   chart set it at pod level) is the least privilege there is: per pod network
+///   namespace, no capability, no root. But the kubelet counts it as *unsafe* before
+///   Kubernetes 1.22 and rejects the pod (`SysctlForbidden`) unless the node allows it
+///   (`--allowed-unsafe-sysctls=net.ipv4.ip_unprivileged_port_start`), as on our v1.20
+///   test node. The injector cannot tell the kubelet's version (kube-inject has no cluster
+///   to ask, and the webhook and kube-inject must agree), so it never writes the sysctl:
+///   a pod that sets it itself (the `istio/gateway` chart's default) keeps it, untouched,
+///   and binds 80/443 wherever the kubelet accepts it.
+/// - `NET_BIND_SERVICE` in `capabilities.add` is not written either: for a non-root
+///   process it grants nothing. Kubernetes has no ambient capabilities
+///   (kubernetes/kubernetes#56374, still open), so the runtimes never make an added
+///   capability ambient, and the `execve` of `mesh-proxy` as uid 1337, a binary without
+///   file capabilities, leaves the process with none (capabilities(7)). It would be a
+///   privilege that looks granted and is not.
+/// - Running as root with only `NET_BIND_SERVICE` (what Istio's chart did before 1.22) is
+///   more privilege than a proxy needs, and breaks the contract that the proxy is uid
+///   1337. A user who wants it writes it in their own `istio-proxy`'s `securityContext`
+///   (`runAsUser: 0`, `runAsNonRoot: false`, `capabilities.add: [NET_BIND_SERVICE]`),
+///   which wins as every override does.
+///
+/// Without the sysctl, a gateway listens on unprivileged ports behind its Service (port
+/// 80 → targetPort 8080, as Istio's `istio-ingressgateway` long did).
+fn proxy_security_context(ov: &Overrides) -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            add: None,
+            drop: Some(vec!["ALL".into()]),
+        }),
+        privileged: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_group: Some(i64::from(ov.proxy_gid)),
+        run_as_non_root: Some(true),
+        run_as_user: Some(i64::from(ov.proxy_uid)),
         ..Default::default()
     }
 }
@@ -323,13 +391,17 @@ fn resources(requests: &ResourceAmounts, limits: &ResourceAmounts) -> ResourceRe
 /// Merge a user's container of the same name into ours: the user's fields win, fields we do
 /// not set (or do not know) are kept; objects merge recursively; `env`, `ports` and
 /// `volumeMounts` merge item by item (by name, containerPort, mountPath), like a strategic
-/// merge patch would; other lists are replaced by the user's.
+/// merge patch would, and one of them written as `null` (Helm renders an empty `env:`
+/// so, as the `istio/gateway` chart does) has no items, like `[]`, and keeps ours; other
+/// lists are replaced by the user's.
 pub fn merge_override(ours: &Value, user: &Value) -> Value {
     merge_value(ours, user, "")
 }
 
 fn merge_value(ours: &Value, user: &Value, key: &str) -> Value {
+    let item_merged = matches!(key, "env" | "ports" | "volumeMounts");
     match (ours, user) {
+        (Value::Array(_), Value::Null) if item_merged => ours.clone(),
         (Value::Object(a), Value::Object(b)) => {
             let mut out: Map<String, Value> = a.clone();
             for (k, v) in b {
@@ -380,7 +452,7 @@ mod tests {
     fn control_plane_and_dns_capture_flags_follow_the_config() {
         let cfg = InjectConfig::default();
         let ov = Overrides::read(&BTreeMap::new(), &cfg).unwrap();
-        let args = proxy_args(&cfg);
+        let args = proxy_args(&cfg, Role::Sidecar);
         let i = args.iter().position(|a| a == "--control-plane").unwrap();
         assert_eq!(args[i + 1], "mesh-control.mesh-system.svc:15012");
         assert_eq!(args[i + 2], "--root-cert", "{args:?}");
@@ -392,7 +464,7 @@ mod tests {
             dns_capture: true,
             ..InjectConfig::default()
         };
-        let args = proxy_args(&cfg);
+        let args = proxy_args(&cfg, Role::Sidecar);
         assert!(!args.contains(&"--control-plane".to_string()), "{args:?}");
         assert!(!args.contains(&"--root-cert".to_string()), "{args:?}");
         assert_eq!(args.last().map(String::as_str), Some("--dns-capture"));
@@ -408,7 +480,7 @@ mod tests {
             ..InjectConfig::default()
         };
         let ov = Overrides::read(&BTreeMap::new(), &cfg).unwrap();
-        let args = proxy_args(&cfg);
+        let args = proxy_args(&cfg, Role::Sidecar);
         let tail: Vec<&str> = args[8..].iter().map(String::as_str).collect();
         assert_eq!(
             tail,
@@ -422,7 +494,9 @@ mod tests {
                 "--dns-capture"
             ]
         );
-        let mounts = proxy_container(&cfg, &ov, false).volume_mounts.unwrap();
+        let mounts = proxy_container(&cfg, &ov, false, Role::Sidecar)
+            .volume_mounts
+            .unwrap();
         let got: Vec<(&str, &str, Option<bool>)> = mounts
             .iter()
             .map(|m| (m.name.as_str(), m.mount_path.as_str(), m.read_only))
@@ -440,12 +514,16 @@ mod tests {
             control_plane_address: "mesh-control.mesh-system.svc:15010".into(),
             ..InjectConfig::default()
         };
-        let args = proxy_args(&none);
+        let args = proxy_args(&none, Role::Sidecar);
         assert_eq!(
             args[8..],
             ["--control-plane", "mesh-control.mesh-system.svc:15010"]
         );
-        assert!(proxy_container(&none, &ov, false).volume_mounts.is_none());
+        assert!(
+            proxy_container(&none, &ov, false, Role::Sidecar)
+                .volume_mounts
+                .is_none()
+        );
     }
 
     #[test]
@@ -463,7 +541,7 @@ mod tests {
         ov.proxy_gid = 1234;
         let args = init_args(&cfg, &ov);
         assert!(!args.contains(&"-g".to_string()), "{args:?}");
-        let proxy = proxy_container(&cfg, &ov, false);
+        let proxy = proxy_container(&cfg, &ov, false, Role::Sidecar);
         let sc = proxy.security_context.unwrap();
         assert_eq!((sc.run_as_user, sc.run_as_group), (Some(1234), Some(1234)));
     }
@@ -494,5 +572,17 @@ mod tests {
         );
         assert_eq!(m["args"], json!(["--y"]));
         assert_eq!(m["futureField"], json!({"x": 1}));
+        // An empty list written as null (Helm's `env:`) keeps ours; other nulls win.
+        let m = merge_override(
+            &ours,
+            &json!({"env": null, "ports": null, "securityContext": null}),
+        );
+        assert_eq!(m["env"], ours["env"]);
+        assert_eq!(
+            m["ports"],
+            Value::Null,
+            "we set no ports here: the user's null stays"
+        );
+        assert_eq!(m["securityContext"], Value::Null);
     }
 }

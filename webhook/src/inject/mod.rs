@@ -58,6 +58,13 @@
 //! Deployment's pod alone: it derives the same Deployment from the pod's ReplicaSet that
 //! kube-inject read from the document. Uninject removes them with the container.
 //!
+//! Gateways: a pod that asks for Istio's `gateway` template (`inject.istio.io/templates:
+//! gateway`, or a proxy-only pod labelled for injection; see [`role`]) gets only the
+//! proxy, completed from the user's own `istio-proxy` (`image: auto` meaning ours), with
+//! `--role gateway`: no `istio-init`, no capture, no tlsMode label, never a native
+//! sidecar. Its status records no init containers, so uninject and re-injection work as
+//! for sidecars, and the role is in the hash, so switching template re-injects.
+//!
 //! Deviations from the requested API shape: none in signatures. Additions:
 //! [`desired_template`] (the template the patch produces, for tests and tools),
 //! [`SkipReason::NotInjected`] (uninject of a pod without status), and the submodules
@@ -72,6 +79,7 @@
 //! - [`view`]: the typed, validated view of a template (reads the status annotation);
 //! - [`workload`]: the workload a pod belongs to, and the proxy's identity env;
 //! - [`policy`]: inject or not;
+//! - [`role`]: sidecar or gateway (Istio's `inject.istio.io/templates`);
 //! - [`identity`]: the proxy's effective uid/gid (a user's `istio-proxy` override);
 //! - [`mtls`]: the workload identity's volumes, mounts, proxy flags and label (data);
 //! - [`containers`]: our two containers, and merging a user's override into one;
@@ -87,6 +95,7 @@ pub mod patch;
 pub mod policy;
 pub mod request;
 pub mod rewrite;
+pub mod role;
 pub mod status;
 pub mod view;
 pub mod workload;
@@ -147,6 +156,7 @@ pub(crate) fn desired_injected(
     if let Some(reason) = policy::skip_reason(req, &view)? {
         return Ok(Desired::Skip(reason));
     }
+    let role = role::select(&view)?;
     let mut ov = overrides::Overrides::read(&view.annotations, cfg)?;
     let derived;
     let wl = match req.workload {
@@ -161,6 +171,7 @@ pub(crate) fn desired_injected(
     let hash = status::injection_hash(
         &config_hash,
         req.native_sidecars,
+        role,
         &view.annotations,
         &identity,
     );
@@ -179,7 +190,7 @@ pub(crate) fn desired_injected(
     // From the template without a previous injection: its `istio-proxy`, if any, is the
     // user's own override as they wrote it.
     (ov.proxy_uid, ov.proxy_gid) = identity::effective_proxy_ids(&base, cfg)?;
-    let mut built = containers::Built::cached(cfg, &config_hash, &ov, req.native_sidecars)?;
+    let mut built = containers::Built::cached(cfg, &config_hash, &ov, req.native_sidecars, role)?;
     built.proxy = containers::with_identity_env(built.proxy, &identity);
     Ok(Desired::Template(rewrite::apply_injection(
         req.template,
@@ -188,5 +199,6 @@ pub(crate) fn desired_injected(
         cfg,
         hash,
         req.native_sidecars,
+        role,
     )?))
 }

@@ -57,7 +57,7 @@ pub fn skip_reason(
 }
 
 /// Istio's spellings of a yes/no switch.
-fn parse_switch(v: &str) -> Option<bool> {
+pub(crate) fn parse_switch(v: &str) -> Option<bool> {
     match v.trim().to_ascii_lowercase().as_str() {
         "true" | "y" | "yes" | "on" => Some(true),
         "false" | "n" | "no" | "off" => Some(false),

@@ -1,6 +1,7 @@
 //! The template rewrite: add our containers, volumes, label and annotations to a template,
 //! or remove exactly what a status annotation records (putting a user's overridden
-//! container back).
+//! container back). A gateway ([`Role::Gateway`], see [`super::role`]) gets only the
+//! proxy, no `istio-init`, and no `security.istio.io/tlsMode` label.
 
 use mesh_common::{PROXY_METRICS_PATH, annotations as ann, containers, labels};
 use serde_json::{Map, Value, json};
@@ -8,6 +9,7 @@ use serde_json::{Map, Value, json};
 use super::containers::{Built, merge_override};
 use super::error::InjectError;
 use super::mtls;
+use super::role::Role;
 use super::status::{OverrideRecord, Status};
 use super::view::PodView;
 use crate::config::InjectConfig;
@@ -226,8 +228,31 @@ fn add_identity_volumes(spec: &mut Map<String, Value>) -> Result<Vec<String>, In
     Ok(added)
 }
 
+/// Istio's `image: auto` in a user's container of ours: "the injector's image". The
+/// user's container without it, so ours stays (the override record keeps it as written).
+///
+/// Its `imagePullPolicy` goes too (unlike Istio, which keeps it): the API server defaults
+/// `Always` for the tagless name `auto` before the webhook sees the pod, so the webhook
+/// cannot tell it from one the user wrote, and kube-inject, reading the manifest, never
+/// sees it; honouring it would make the two disagree, and pull our image at every start
+/// (which fails on a node without a registry). The pull policy of our image is the
+/// config's `imagePullPolicy`.
+fn without_auto_image(user: &Value) -> Value {
+    let mut u = user.clone();
+    if u.get("image").and_then(Value::as_str) == Some(AUTO_IMAGE)
+        && let Some(m) = u.as_object_mut()
+    {
+        m.shift_remove("image");
+        m.shift_remove("imagePullPolicy");
+    }
+    u
+}
+
+/// The image name by which a user's `istio-proxy`/`istio-init` asks for ours (Istio's).
+pub const AUTO_IMAGE: &str = "auto";
+
 /// Add our containers and annotations (and, with a workload identity, its volumes and
-/// label) to a template that carries no injection.
+/// label) to a template that carries no injection. A gateway gets the proxy only.
 pub fn apply_injection(
     original: &Value,
     base: Value,
@@ -235,9 +260,12 @@ pub fn apply_injection(
     cfg: &InjectConfig,
     config_hash: String,
     native: bool,
+    role: Role,
 ) -> Result<Value, InjectError> {
+    let gateway = role == Role::Gateway;
     let mut t = base;
     let spec = spec_mut(&mut t)?;
+    let had_init = spec.contains_key("initContainers");
     let mut init = take_array(spec, "initContainers")?;
     let mut apps = take_array(spec, "containers")?;
 
@@ -250,7 +278,15 @@ pub fn apply_injection(
         let mut removed = 0;
         while i < list.len() {
             let name = name_of(&list[i]).unwrap_or_default().to_string();
-            let slot = if name == containers::INIT {
+            if gateway && field == "initContainers" && name == containers::PROXY {
+                return Err(pod_err(
+                    &format!("spec.{field}[{i}]"),
+                    "a gateway's istio-proxy must be in spec.containers: the gateway \
+                     template adds no init containers and no native sidecar",
+                ));
+            }
+            let slot = if name == containers::INIT && !gateway {
+                // A gateway has no istio-init: a container of that name is the user's own.
                 &mut user_init
             } else if name == containers::PROXY {
                 &mut user_proxy
@@ -276,26 +312,30 @@ pub fn apply_injection(
             *slot = Some(c);
         }
     }
-    let first_app = apps
-        .first()
-        .and_then(name_of)
-        .ok_or_else(|| {
-            pod_err(
-                "spec.containers",
-                "no application container (only the proxy's own)",
-            )
-        })?
-        .to_string();
+    // A gateway may have no other container (the usual case): then no default container.
+    let first_app = apps.first().and_then(name_of).map(str::to_string);
+    if first_app.is_none() && !gateway {
+        return Err(pod_err(
+            "spec.containers",
+            "no application container (only the proxy's own)",
+        ));
+    }
 
     let init_c = match &user_init {
-        Some(u) => merge_override(&built.init, u),
+        Some(u) => merge_override(&built.init, &without_auto_image(u)),
         None => built.init.clone(),
     };
     let proxy_c = match &user_proxy {
-        Some(u) => merge_override(&built.proxy, u),
+        Some(u) => merge_override(&built.proxy, &without_auto_image(u)),
         None => built.proxy.clone(),
     };
-    let status = if native {
+    let status = if gateway {
+        apps.push(proxy_c);
+        Status {
+            containers: vec![containers::PROXY.into()],
+            ..Default::default()
+        }
+    } else if native {
         init.splice(0..0, [init_c, proxy_c]);
         Status {
             init_containers: vec![containers::INIT.into(), containers::PROXY.into()],
@@ -310,15 +350,19 @@ pub fn apply_injection(
             ..Default::default()
         }
     };
-    spec.insert("initContainers".into(), Value::Array(init));
+    // A gateway adds no init container: the list stays as the pod had it (or absent).
+    if !gateway || had_init {
+        spec.insert("initContainers".into(), Value::Array(init));
+    }
     spec.insert("containers".into(), Value::Array(apps));
     let volumes = if cfg.workload_identity() {
         add_identity_volumes(spec)?
     } else {
         Vec::new()
     };
-    // Lists a previous injection's removal emptied (say, Istio's volumes) go away.
-    for key in ["volumes", "imagePullSecrets"] {
+    // Lists a previous injection's removal emptied (say, Istio's volumes, or a sidecar's
+    // istio-init on a pod that is now a gateway) go away.
+    for key in ["volumes", "imagePullSecrets", "initContainers"] {
         let emptied = spec
             .get(key)
             .and_then(Value::as_array)
@@ -337,7 +381,8 @@ pub fn apply_injection(
     meta_map_mut(&mut t, "annotations")?;
     // Labels: only where the pod has no value of its own (Istio's template keeps one).
     let mut added_labels: Vec<String> = Vec::new();
-    if cfg.workload_identity() {
+    // Istio's gateway template writes no tlsMode label: nothing originates mTLS to a gateway.
+    if cfg.workload_identity() && !gateway {
         let l = meta_map_mut(&mut t, "labels")?;
         for (k, v) in mtls::LABELS {
             if !l.contains_key(k) {
@@ -365,7 +410,9 @@ pub fn apply_injection(
         a.insert(k.to_string(), Value::String(v));
         added.push(k.to_string());
     };
-    if !a.contains_key(ann::DEFAULT_CONTAINER) {
+    if let Some(first_app) = first_app
+        && !a.contains_key(ann::DEFAULT_CONTAINER)
+    {
         set(a, ann::DEFAULT_CONTAINER, first_app);
     }
     let prom = [

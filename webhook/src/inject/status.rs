@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 
 use super::error::InjectError;
 use super::overrides::HONOURED;
+use super::role::Role;
 use crate::config::hex16;
 
 /// A user's own container that was merged into ours, and where it was.
@@ -97,20 +98,27 @@ impl Status {
     }
 }
 
-/// Hash of everything that shapes an injection: the config, native or regular sidecar, the
-/// honoured annotations' values, and the proxy's identity env (workload, owner, canonical
-/// service and revision, app and version: the values, so what changes them, a label or
-/// the owner, re-injects, and the webhook and kube-inject agree whenever the values do).
-/// Equal hash means re-injecting would change nothing.
+/// Hash of everything that shapes an injection: the config, native or regular sidecar or
+/// gateway, the honoured annotations' values, and the proxy's identity env (workload,
+/// owner, canonical service and revision, app and version: the values, so what changes
+/// them, a label or the owner, re-injects, and the webhook and kube-inject agree whenever
+/// the values do). Equal hash means re-injecting would change nothing. A gateway is never
+/// a native sidecar, so `native` does not count for it: a gateway kube-injected without a
+/// cluster to ask is left alone by a webhook whose cluster has native sidecars.
 pub fn injection_hash(
     config_hash: &str,
     native: bool,
+    role: Role,
     annotations: &BTreeMap<String, String>,
     identity: &[(&str, String)],
 ) -> String {
     let mut h = Sha256::new();
     h.update(config_hash.as_bytes());
-    h.update(if native { "\0native" } else { "\0regular" });
+    h.update(match (role, native) {
+        (Role::Gateway, _) => "\0gateway",
+        (Role::Sidecar, true) => "\0native",
+        (Role::Sidecar, false) => "\0regular",
+    });
     for k in HONOURED {
         if let Some(v) = annotations.get(k) {
             h.update(b"\0");

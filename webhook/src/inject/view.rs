@@ -24,6 +24,8 @@ pub struct PodView {
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
     pub host_network: bool,
+    /// The names of `spec.containers`, in order.
+    pub containers: Vec<String>,
     /// The parsed `sidecar.istio.io/status` annotation, when present.
     pub status: Option<Status>,
 }
@@ -81,6 +83,7 @@ impl PodView {
             None => None,
         };
         Ok(PodView {
+            containers: spec.containers.iter().map(|c| c.name.clone()).collect(),
             name: meta.name.unwrap_or_default(),
             generate_name: meta.generate_name.unwrap_or_default(),
             owner_references: meta.owner_references.unwrap_or_default(),
