@@ -13,6 +13,7 @@
 //! writes straight on; only bytes the destination cannot take at once are kept per
 //! connection, until they drain, so idle connections cost nothing.
 
+pub mod read_ahead;
 pub mod splice;
 mod stream;
 mod tcp;
@@ -66,16 +67,16 @@ impl Io for TcpStream {
 impl Io for tokio::io::DuplexStream {}
 
 /// mTLS, terminated (inbound): copied by the poll loop, never spliced.
-impl Io for tokio_rustls::server::TlsStream<TcpStream> {
+impl Io for tokio_rustls::server::TlsStream<read_ahead::ReadAhead<TcpStream>> {
     fn reset_on_close(&self) {
-        self.get_ref().0.reset_on_close();
+        self.get_ref().0.get_ref().reset_on_close();
     }
 }
 
 /// mTLS, originated (outbound).
-impl Io for tokio_rustls::client::TlsStream<TcpStream> {
+impl Io for tokio_rustls::client::TlsStream<read_ahead::ReadAhead<TcpStream>> {
     fn reset_on_close(&self) {
-        self.get_ref().0.reset_on_close();
+        self.get_ref().0.get_ref().reset_on_close();
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::Instant;
 use tokio::net::TcpStream;
 use tracing::{debug, info};
 
-use tokio_rustls::client::TlsStream;
+use crate::identity::mesh::ClientStream as TlsStream;
 
 use super::detect::{SNIFF_LEN, Sniffed, classify};
 use super::http::{Plan, SniffOutcome, plan_outbound, sniff, tcp_upstream};
@@ -187,7 +187,7 @@ enum MtlsSniff {
     Http,
     /// Not HTTP: the mTLS connection, and what the server already sent (boxed: the TLS
     /// session is large).
-    Opaque(Box<std::io::Result<(TlsStream<TcpStream>, Vec<u8>)>>),
+    Opaque(Box<std::io::Result<(TlsStream, Vec<u8>)>>),
 }
 
 /// [`super::http::sniff`] for an endpoint that takes mTLS: waits for the client's first
@@ -208,7 +208,7 @@ async fn sniff_mtls(
         mesh.connect(tcp, target, Alpn::Tcp).await
     };
     tokio::pin!(dial);
-    let mut up: Option<TlsStream<TcpStream>> = None;
+    let mut up: Option<TlsStream> = None;
     let mut buf = [0u8; SNIFF_LEN];
     let mut partial = false;
     loop {
@@ -265,9 +265,9 @@ async fn sniff_mtls(
 }
 
 async fn finish_mtls(
-    up: Option<TlsStream<TcpStream>>,
-    dial: impl Future<Output = std::io::Result<TlsStream<TcpStream>>>,
-) -> std::io::Result<(TlsStream<TcpStream>, Vec<u8>)> {
+    up: Option<TlsStream>,
+    dial: impl Future<Output = std::io::Result<TlsStream>>,
+) -> std::io::Result<(TlsStream, Vec<u8>)> {
     match up {
         Some(s) => Ok((s, Vec::new())),
         None => dial.await.map(|s| (s, Vec::new())),
@@ -281,7 +281,7 @@ async fn finish_mtls(
 async fn forward_mtls(
     shared: &Shared,
     mut client: TcpStream,
-    made: Box<std::io::Result<(TlsStream<TcpStream>, Vec<u8>)>>,
+    made: Box<std::io::Result<(TlsStream, Vec<u8>)>>,
     record: &mut ConnRecord<'_>,
     orig: crate::addrs::OrigDstAddr,
     mesh: &MeshTls,
@@ -298,7 +298,7 @@ async fn forward_mtls(
             return;
         }
     };
-    let local = stream.get_ref().0.local_addr().ok();
+    let local = stream.get_ref().0.get_ref().local_addr().ok();
     let server_id = stream
         .get_ref()
         .1

@@ -14,6 +14,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
 
 use super::store::IdentityStore;
 use super::tls;
+use crate::copy::read_ahead::ReadAhead;
 
 /// What an mTLS connection carries, for the ALPN the client offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -84,9 +85,15 @@ impl std::fmt::Debug for MeshTls {
     }
 }
 
+/// An originated mTLS connection. The socket is read through [`ReadAhead`]: rustls reads
+/// 4 KiB at a time.
+pub type ClientStream = client::TlsStream<ReadAhead<TcpStream>>;
+/// A terminated mTLS connection (see [`ClientStream`]).
+pub type ServerStream = server::TlsStream<ReadAhead<TcpStream>>;
+
 /// A terminated inbound mTLS connection and who the client is.
 pub struct Accepted {
-    pub stream: server::TlsStream<TcpStream>,
+    pub stream: ServerStream,
     /// The client's verified SPIFFE id.
     pub peer: Option<Arc<str>>,
     /// The ALPN protocol agreed (`h2`, `http/1.1` or `istio`, as [`tls::SERVER_ALPN`]
@@ -132,7 +139,7 @@ impl MeshTls {
         tcp: TcpStream,
         target: &TlsTarget,
         alpn: Alpn,
-    ) -> io::Result<client::TlsStream<TcpStream>> {
+    ) -> io::Result<ClientStream> {
         let config = self.client(&target.identities, alpn)?;
         let name = ServerName::try_from(target.sni.clone()).map_err(|e| {
             io::Error::new(
@@ -140,12 +147,14 @@ impl MeshTls {
                 format!("SNI {:?}: {e}", target.sni),
             )
         })?;
-        TlsConnector::from(config).connect(name, tcp).await
+        TlsConnector::from(config)
+            .connect(name, ReadAhead::new(tcp))
+            .await
     }
 
     /// Terminates mTLS on `tcp` (a client certificate is required and verified).
     pub async fn accept(&self, tcp: TcpStream) -> io::Result<Accepted> {
-        let stream = self.server.accept(tcp).await?;
+        let stream = self.server.accept(ReadAhead::new(tcp)).await?;
         let (_, conn) = stream.get_ref();
         let peer = conn
             .peer_certificates()
