@@ -452,7 +452,10 @@ mod tests {
         let (mut left, mut backoff, mut tries) = (31_i64, secs(16), 0);
         while left > 0 {
             let wait = retry_delay(backoff, Some(left));
-            assert!(wait.as_secs() as i64 <= left.max(1), "{wait:?} with {left} s left");
+            assert!(
+                wait.as_secs() as i64 <= left.max(1),
+                "{wait:?} with {left} s left"
+            );
             left -= wait.as_secs() as i64;
             backoff = (backoff * 2).min(RETRY_MAX);
             tries += 1;
