@@ -805,17 +805,8 @@ spec:
         return total, lines
 
     def mesh_requests(self, side, mode="mesh"):
-        ns = self.pod(mode, "c" if side == "out" else "s")
-        reporter = "source" if side == "out" else "destination"
-        text = self.pod_get(ns, "http://127.0.0.1:15090/stats/prometheus")
-        dest = f'destination_service="{service_of(mode)}.{self.kns}.svc.cluster.local"'
-        total, lines = 0, []
-        for line in text.splitlines():
-            if (line.startswith("istio_requests_total{") and f'reporter="{reporter}"' in line
-                    and dest in line and 'response_code="200"' in line):
-                total += int(float(line.rsplit(" ", 1)[1]))
-                lines.append(line)
-        return total, lines
+        """`istio_requests_total` answered 200, on one of `mode`'s proxies."""
+        return self.mesh_series(side, mode, "istio_requests_total", ('response_code="200"',))
 
     def prove_path(self, mode):
         if base(mode) != mode:

@@ -148,6 +148,20 @@ fn inject_checked(t: &Value, cfg: &InjectConfig, native: bool) -> Value {
 
 /// Drop what injection had to create and uninject cannot know was not there: empty
 /// `initContainers`/annotation/label maps and an empty `metadata`.
+/// Uninjecting `injected` gives back `pod` (up to key order).
+fn assert_uninject_restores(injected: &Value, pod: &Value) {
+    let Outcome::Patched(ops) = inject::uninject(injected).unwrap() else {
+        panic!("uninject did nothing")
+    };
+    let mut back = injected.clone();
+    json_patch::patch(&mut back, &ops).unwrap();
+    assert_eq!(
+        text(&normalized(back)),
+        text(&normalized(pod.clone())),
+        "uninject did not restore {pod}"
+    );
+}
+
 fn normalized(mut v: Value) -> Value {
     let obj = v.as_object_mut().unwrap();
     if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
@@ -197,16 +211,7 @@ fn inject_reinject_uninject_properties() {
                 }
 
                 // Uninject restores the original.
-                let Outcome::Patched(ops) = inject::uninject(&injected).unwrap() else {
-                    panic!("uninject did nothing")
-                };
-                let mut back = injected.clone();
-                json_patch::patch(&mut back, &ops).unwrap();
-                assert_eq!(
-                    text(&normalized(back)),
-                    text(&normalized(pod.clone())),
-                    "uninject did not restore {pod}"
-                );
+                assert_uninject_restores(&injected, &pod);
                 checked += 1;
             }
         }
@@ -413,16 +418,7 @@ fn gateway_properties() {
                         let fresh = inject_checked(&pod, other, native);
                         assert_eq!(text(&re), text(&fresh), "re-injection of {pod}");
 
-                        let Outcome::Patched(ops) = inject::uninject(&injected).unwrap() else {
-                            panic!("uninject did nothing")
-                        };
-                        let mut back = injected.clone();
-                        json_patch::patch(&mut back, &ops).unwrap();
-                        assert_eq!(
-                            text(&normalized(back)),
-                            text(&normalized(pod.clone())),
-                            "uninject did not restore {pod}"
-                        );
+                        assert_uninject_restores(&injected, &pod);
                         checked += 1;
                     }
                 }
