@@ -18,6 +18,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use mesh_config::{Key, Resource};
 use mesh_control::translate::{Diagnostic, MeshSettings, Objects, ProxyNode, Snapshot};
@@ -48,10 +49,10 @@ fn objects(case: &str, docs: &[Value]) -> Objects {
     let mut o = Objects::default();
     for d in docs {
         match d["kind"].as_str().unwrap_or_default() {
-            "Namespace" => o.namespaces.push(typed(d, case)),
-            "Pod" => o.pods.push(typed(d, case)),
-            "Service" => o.services.push(typed(d, case)),
-            "EndpointSlice" => o.endpoint_slices.push(typed(d, case)),
+            "Namespace" => o.namespaces.push(Arc::new(typed(d, case))),
+            "Pod" => o.pods.push(Arc::new(typed(d, case))),
+            "Service" => o.services.push(Arc::new(typed(d, case))),
+            "EndpointSlice" => o.endpoint_slices.push(Arc::new(typed(d, case))),
             "VirtualService" => o.virtual_services.push(d.clone()),
             "DestinationRule" => o.destination_rules.push(d.clone()),
             "PeerAuthentication" => o.peer_authentications.push(d.clone()),

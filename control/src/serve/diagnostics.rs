@@ -87,7 +87,7 @@ fn from_json(v: &serde_json::Value) -> Option<ObjRef> {
 /// The object `kind namespace/name` in `objects`.
 pub fn find(objects: &Objects, kind: &str, namespace: &str, name: &str) -> Option<ObjRef> {
     fn typed<K: Resource<DynamicType = ()>>(
-        list: &[K],
+        list: &[Arc<K>],
         namespace: &str,
         name: &str,
     ) -> Option<ObjRef> {

@@ -3,6 +3,11 @@
 //! every other path `UNIMPLEMENTED`, as generated services do. [`TlsServices`] puts it
 //! and the CA ([`crate::ca::grpc::CaService`]) on one server, routed by path (the TLS
 //! port); the plaintext port serves [`ConfigService`] alone.
+//!
+//! The stream's codec ([`StreamCodec`]) starts with 1 KiB buffers instead of tonic's
+//! 8 KiB (one to decode, one to encode, per stream): a proxy sends only small requests
+//! (subscriptions, ACKs), and each stream's buffers live as long as it does. A buffer
+//! still grows to the message it holds.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -12,9 +17,10 @@ use std::task::{Context as TaskContext, Poll};
 
 use mesh_config::wire::{SERVICE_NAME, STREAM_PATH, StreamRequest, StreamResponse};
 use tonic::body::Body;
+use tonic::codec::{BufferSettings, Codec};
 use tonic::server::{Grpc, NamedService};
 use tonic::{Request, Response, Status, Streaming};
-use tonic_prost::ProstCodec;
+use tonic_prost::{ProstDecoder, ProstEncoder};
 
 use crate::ca::grpc::CaService;
 use crate::serve::stream::{self, Context, Outbound};
@@ -33,6 +39,32 @@ impl ConfigService {
 
 impl NamedService for ConfigService {
     const NAME: &'static str = SERVICE_NAME;
+}
+
+/// Initial size of the decode buffer (per stream): a request is a few hundred bytes.
+const DECODE_BUFFER: usize = 1024;
+/// Initial size of the encode buffer (per stream); a response grows it as it needs.
+const ENCODE_BUFFER: usize = 1024;
+/// How many encoded bytes tonic gathers before it hands them to h2 (its default).
+const YIELD_THRESHOLD: usize = 32 * 1024;
+
+/// The prost codec of the config stream, with small initial buffers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StreamCodec;
+
+impl Codec for StreamCodec {
+    type Encode = StreamResponse;
+    type Decode = StreamRequest;
+    type Encoder = ProstEncoder<StreamResponse>;
+    type Decoder = ProstDecoder<StreamRequest>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        ProstEncoder::new(BufferSettings::new(ENCODE_BUFFER, YIELD_THRESHOLD))
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        ProstDecoder::new(BufferSettings::new(DECODE_BUFFER, YIELD_THRESHOLD))
+    }
 }
 
 /// The `Stream` method, as tonic's generic server calls it.
@@ -74,7 +106,7 @@ where
         if req.uri().path() == STREAM_PATH {
             let method = StreamMethod(self.ctx.clone());
             return Box::pin(async move {
-                let mut grpc = Grpc::new(ProstCodec::<StreamResponse, StreamRequest>::default());
+                let mut grpc = Grpc::new(StreamCodec);
                 Ok(grpc.streaming(method, req).await)
             });
         }

@@ -7,6 +7,8 @@
 //! - [`session`]: one stream's state as data (keys, ACK/NACK, what changed);
 //! - [`changes`]: change marks and the debounce;
 //! - [`slices`]: `discovery.k8s.io/v1beta1` EndpointSlices as `v1`;
+//! - [`trim`]: what the stores keep of each object (no managedFields, no
+//!   last-applied-configuration, of a Pod only what the translation reads);
 //! - [`discovery`]: which version of a group serves a kind;
 //! - [`watch`]: the reflectors and [`crate::translate::Objects`];
 //! - [`diagnostics`]: bad objects → log once, count, Kubernetes Event;
@@ -35,6 +37,7 @@ pub mod session;
 pub mod slices;
 pub mod stream;
 pub mod translator;
+pub mod trim;
 pub mod watch;
 
 use std::future::Future;

@@ -3,7 +3,10 @@
 //! [`Objects`].
 //!
 //! - Services, Pods, Namespaces: typed. EndpointSlices: `discovery.k8s.io/v1`, else
-//!   `v1beta1` as dynamic objects converted on read ([`crate::serve::slices`]).
+//!   `v1beta1`, converted to `v1` once as the watch delivers each slice
+//!   ([`crate::serve::slices::V1beta1Slice`]).
+//! - Every object is trimmed as it arrives ([`crate::serve::trim`]): what the translation
+//!   never reads is not kept.
 //! - VirtualService, DestinationRule (`networking.istio.io`), PeerAuthentication,
 //!   AuthorizationPolicy (`security.istio.io`): dynamic objects in the preferred served version of their
 //!   group ([`discovery::ISTIO_VERSIONS`]), asked again every
@@ -23,13 +26,14 @@ use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::WatchStreamExt as _;
 use kube::runtime::reflector::{self, Store, store::Writer};
 use kube::runtime::watcher::{self, Event};
-use kube::{Api, Client, Resource, ResourceExt as _};
+use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::task::JoinHandle;
 
 use crate::serve::changes::Changes;
 use crate::serve::discovery::{self, ISTIO_VERSIONS, SLICE_VERSIONS};
-use crate::serve::slices;
+use crate::serve::slices::V1beta1Slice;
+use crate::serve::trim;
 use crate::translate::Objects;
 
 pub const ISTIO_GROUP: &str = "networking.istio.io";
@@ -94,7 +98,7 @@ impl IstioKind {
             let Some(w) = w else { return Vec::new() };
             let api_version = format!("{}/{}", self.group, w.version);
             let mut objs = w.store.state();
-            objs.sort_by_key(|a| ns_name(a.as_ref()));
+            objs.sort_by(|a, b| by_ns_name(a.as_ref(), b.as_ref()));
             objs.iter()
                 .filter_map(|o| {
                     let mut v = serde_json::to_value(o.as_ref()).ok()?;
@@ -119,7 +123,7 @@ impl IstioKind {
             let writer = Writer::new(ar.clone());
             let store = writer.as_reader();
             let api = Api::<DynamicObject>::all_with(client.clone(), &ar);
-            let task = spawn_reflector(api, writer, changes.clone(), self.kind);
+            let task = spawn_reflector(api, writer, changes.clone(), self.kind, trim::metadata);
             Watched {
                 version: v,
                 store,
@@ -140,7 +144,7 @@ impl IstioKind {
 #[derive(Debug)]
 enum Slices {
     V1(Store<EndpointSlice>),
-    V1beta1(Store<DynamicObject>),
+    V1beta1(Store<V1beta1Slice>),
 }
 
 /// Every watcher, and the stores they fill.
@@ -165,17 +169,27 @@ impl Drop for Watchers {
     }
 }
 
-fn ns_name<K: Resource>(o: &K) -> (String, String) {
-    (o.namespace().unwrap_or_default(), o.name_any())
+/// Orders by namespace, then name (without copying either).
+fn by_ns_name<K: Resource>(a: &K, b: &K) -> std::cmp::Ordering {
+    fn key<K: Resource>(o: &K) -> (&str, &str) {
+        let m = o.meta();
+        (
+            m.namespace.as_deref().unwrap_or_default(),
+            m.name.as_deref().unwrap_or_default(),
+        )
+    }
+    key(a).cmp(&key(b))
 }
 
-/// A reflector for `api` into `writer`, marking `changes` on every event that changes the
-/// store; watch errors are logged and retried with kube-runtime's backoff.
+/// A reflector for `api` into `writer`, each object trimmed by `trim` before it is
+/// stored, marking `changes` on every event that changes the store; watch errors are
+/// logged and retried with kube-runtime's backoff.
 fn spawn_reflector<K>(
     api: Api<K>,
     writer: Writer<K>,
     changes: Arc<Changes>,
     kind: &'static str,
+    trim: fn(&mut K),
 ) -> JoinHandle<()>
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
@@ -186,7 +200,7 @@ where
             writer,
             watcher::watcher(api, watcher::Config::default())
                 .default_backoff()
-                .modify(|o: &mut K| o.managed_fields_mut().clear()),
+                .modify(trim),
         );
         let mut stream = std::pin::pin!(stream);
         let mut synced = false;
@@ -211,13 +225,20 @@ fn typed<K>(
     client: &Client,
     changes: &Arc<Changes>,
     kind: &'static str,
+    trim: fn(&mut K),
 ) -> (Store<K>, JoinHandle<()>)
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Eq + Hash + Clone + Default + Send + Sync,
 {
     let (store, writer) = reflector::store();
-    let task = spawn_reflector(Api::<K>::all(client.clone()), writer, changes.clone(), kind);
+    let task = spawn_reflector(
+        Api::<K>::all(client.clone()),
+        writer,
+        changes.clone(),
+        kind,
+        trim,
+    );
     (store, task)
 }
 
@@ -237,34 +258,20 @@ impl Watchers {
         };
         tracing::info!(version = %slice_version, "watching EndpointSlices");
         let mut tasks = Vec::new();
-        let (services, t) = typed::<Service>(&client, &changes, "Service");
+        let (services, t) = typed::<Service>(&client, &changes, "Service", trim::metadata);
         tasks.push(t);
-        let (pods, t) = typed::<Pod>(&client, &changes, "Pod");
+        let (pods, t) = typed::<Pod>(&client, &changes, "Pod", trim::pod);
         tasks.push(t);
-        let (namespaces, t) = typed::<Namespace>(&client, &changes, "Namespace");
+        let (namespaces, t) = typed::<Namespace>(&client, &changes, "Namespace", trim::metadata);
         tasks.push(t);
         let slices = if slice_version == "v1" {
-            let (s, t) = typed::<EndpointSlice>(&client, &changes, "EndpointSlice");
+            let (s, t) = typed::<EndpointSlice>(&client, &changes, "EndpointSlice", trim::metadata);
             tasks.push(t);
             Slices::V1(s)
         } else {
-            let ar = ApiResource {
-                group: "discovery.k8s.io".into(),
-                version: slice_version.clone(),
-                api_version: format!("discovery.k8s.io/{slice_version}"),
-                kind: "EndpointSlice".into(),
-                plural: "endpointslices".into(),
-            };
-            let writer = Writer::new(ar.clone());
-            let store = writer.as_reader();
-            let api = Api::<DynamicObject>::all_with(client.clone(), &ar);
-            tasks.push(spawn_reflector(
-                api,
-                writer,
-                changes.clone(),
-                "EndpointSlice",
-            ));
-            Slices::V1beta1(store)
+            let (s, t) = typed::<V1beta1Slice>(&client, &changes, "EndpointSlice", trim::metadata);
+            tasks.push(t);
+            Slices::V1beta1(s)
         };
         let virtual_services = Arc::new(IstioKind::new(
             ISTIO_GROUP,
@@ -353,30 +360,20 @@ impl Watchers {
 
     /// Everything watched now, each kind sorted by namespace and name.
     pub fn objects(&self) -> Objects {
-        fn all<K: Resource + Clone>(s: &Store<K>) -> Vec<K>
+        fn all<K: Resource + Clone>(s: &Store<K>) -> Vec<Arc<K>>
         where
             K::DynamicType: Eq + Hash + Clone,
         {
-            let mut v: Vec<K> = s.state().iter().map(|o| o.as_ref().clone()).collect();
-            v.sort_by_key(ns_name);
+            let mut v = s.state();
+            v.sort_by(|a, b| by_ns_name(a.as_ref(), b.as_ref()));
             v
         }
         let endpoint_slices = match &self.slices {
             Slices::V1(s) => all(s),
             Slices::V1beta1(s) => {
-                let mut v: Vec<EndpointSlice> = s
-                    .state()
-                    .iter()
-                    .filter_map(|o| {
-                        let json = serde_json::to_value(o.as_ref()).ok()?;
-                        slices::from_v1beta1(json)
-                            .map_err(|e| {
-                                tracing::debug!(slice = %o.name_any(), error = %e, "v1beta1 EndpointSlice not converted")
-                            })
-                            .ok()
-                    })
-                    .collect();
-                v.sort_by_key(ns_name);
+                let mut v: Vec<Arc<EndpointSlice>> =
+                    s.state().iter().filter_map(|o| o.v1().cloned()).collect();
+                v.sort_by(|a, b| by_ns_name(a.as_ref(), b.as_ref()));
                 v
             }
         };

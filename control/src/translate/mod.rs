@@ -36,6 +36,7 @@ mod workloads;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -59,11 +60,11 @@ use workloads::PodRec;
 /// Everything mesh-control watches, as the API server returned it.
 #[derive(Debug, Clone, Default)]
 pub struct Objects {
-    pub services: Vec<Service>,
+    pub services: Vec<Arc<Service>>,
     /// `discovery.k8s.io/v1` (a `v1beta1` slice is converted to it by the watcher).
-    pub endpoint_slices: Vec<EndpointSlice>,
-    pub pods: Vec<Pod>,
-    pub namespaces: Vec<Namespace>,
+    pub endpoint_slices: Vec<Arc<EndpointSlice>>,
+    pub pods: Vec<Arc<Pod>>,
+    pub namespaces: Vec<Arc<Namespace>>,
     /// `networking.istio.io` objects of any served version, as JSON
     /// (`apiVersion`, `kind`, `metadata`, `spec`).
     pub virtual_services: Vec<serde_json::Value>,
@@ -208,7 +209,7 @@ impl Snapshot {
         let domain = settings.cluster_domain.as_str();
         let mut diags = Vec::new();
 
-        let mut pods: Vec<PodRec> = objects.pods.iter().filter_map(PodRec::new).collect();
+        let mut pods: Vec<PodRec> = objects.pods.iter().filter_map(|p| PodRec::new(p)).collect();
         pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         pods.dedup_by(|a, b| a.namespace == b.namespace && a.name == b.name);
         let mut pod_by_name: HashMap<String, HashMap<String, usize>> = HashMap::new();
@@ -243,7 +244,7 @@ impl Snapshot {
         services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         services.dedup_by(|a, b| a.namespace == b.namespace && a.name == b.name);
         let mut slices: HashMap<(String, String), Vec<&EndpointSlice>> = HashMap::new();
-        for s in &objects.endpoint_slices {
+        for s in objects.endpoint_slices.iter().map(|s| &**s) {
             let Some(svc) = s
                 .metadata
                 .labels

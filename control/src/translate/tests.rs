@@ -38,15 +38,12 @@ fn mesh_sized_snapshot() {
     let pod_ip = |s: usize, p: usize| format!("10.{}.{}.{}", 1 + s / 250, s % 250, 1 + p);
     for s in 0..SERVICES {
         let name = format!("svc-{s}");
-        o.services.push(
-            serde_json::from_value(json!({
-                "metadata": {"name": name, "namespace": "app"},
-                "spec": {"clusterIP": format!("10.96.{}.{}", s / 250, s % 250),
-                         "selector": {"app": name},
-                         "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
-            }))
-            .unwrap(),
-        );
+        o.services.push(arc(json!({
+            "metadata": {"name": name, "namespace": "app"},
+            "spec": {"clusterIP": format!("10.96.{}.{}", s / 250, s % 250),
+                     "selector": {"app": name},
+                     "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
+        })));
         let mut endpoints = Vec::new();
         for p in 0..PODS_PER_SERVICE {
             let pod = format!("{name}-{p}");
@@ -56,28 +53,22 @@ fn mesh_sized_snapshot() {
             } else {
                 json!([{"name": "app"}])
             };
-            o.pods.push(
-                serde_json::from_value(json!({
-                    "metadata": {"name": pod, "namespace": "app",
-                                 "labels": {"app": name, "version": format!("v{}", p % 2)}},
-                    "spec": {"containers": containers},
-                    "status": {"podIP": pod_ip(s, p)}
-                }))
-                .unwrap(),
-            );
+            o.pods.push(arc(json!({
+                "metadata": {"name": pod, "namespace": "app",
+                             "labels": {"app": name, "version": format!("v{}", p % 2)}},
+                "spec": {"containers": containers},
+                "status": {"podIP": pod_ip(s, p)}
+            })));
             endpoints.push(json!({"addresses": [pod_ip(s, p)],
                                   "targetRef": {"kind": "Pod", "namespace": "app", "name": pod}}));
         }
-        o.endpoint_slices.push(
-            serde_json::from_value(json!({
-                "metadata": {"name": format!("{name}-x"), "namespace": "app",
-                             "labels": {"kubernetes.io/service-name": name}},
-                "addressType": "IPv4",
-                "ports": [{"name": "http", "port": 8080}],
-                "endpoints": endpoints
-            }))
-            .unwrap(),
-        );
+        o.endpoint_slices.push(arc(json!({
+            "metadata": {"name": format!("{name}-x"), "namespace": "app",
+                         "labels": {"kubernetes.io/service-name": name}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080}],
+            "endpoints": endpoints
+        })));
         o.destination_rules.push(json!({
             "metadata": {"name": name, "namespace": "app"},
             "spec": {"host": name, "subsets": [{"name": "v1", "labels": {"version": "v1"}}]}
@@ -136,15 +127,12 @@ fn diagnostics_are_sorted_and_deduplicated() {
 #[test]
 fn compatibility_version_1_23_retries_503_by_default() {
     let o = Objects {
-        services: vec![
-            serde_json::from_value(json!({
-                "metadata": {"name": "web", "namespace": "app"},
-                "spec": {"clusterIP": "10.96.0.5", "selector": {"app": "web"},
-                         "ports": [{"name": "http", "port": 80},
-                                   {"name": "tcp-db", "port": 5432}]}
-            }))
-            .unwrap(),
-        ],
+        services: vec![arc(json!({
+            "metadata": {"name": "web", "namespace": "app"},
+            "spec": {"clusterIP": "10.96.0.5", "selector": {"app": "web"},
+                     "ports": [{"name": "http", "port": 80},
+                               {"name": "tcp-db", "port": 5432}]}
+        }))],
         virtual_services: vec![json!({
             "metadata": {"name": "web", "namespace": "app"},
             "spec": {"hosts": ["web"], "http": [
@@ -213,4 +201,8 @@ fn compatibility_version_1_23_retries_503_by_default() {
                 .is_none_or(|r| r.retriable_status_codes.is_empty())
         }));
     }
+}
+
+fn arc<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> std::sync::Arc<T> {
+    std::sync::Arc::new(serde_json::from_value(v).unwrap())
 }
