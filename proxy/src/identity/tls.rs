@@ -181,7 +181,6 @@ fn no_tls12() -> rustls::Error {
     rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls12NotOffered)
 }
 
-/// Client certificates: chained to the mesh roots, for `clientAuth`.
 /// The handshake-signature methods both verifiers share: TLS 1.3 signatures checked with
 /// the provider's algorithms, TLS 1.2 refused.
 macro_rules! tls13_only_signatures {
@@ -210,6 +209,7 @@ macro_rules! tls13_only_signatures {
     };
 }
 
+/// Client certificates: chained to the mesh roots, for `clientAuth`.
 #[derive(Debug)]
 struct MeshClientVerifier {
     store: Arc<IdentityStore>,
