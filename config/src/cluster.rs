@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::resilience::{ConnectionPool, OutlierDetection};
 use crate::security::ClusterTls;
+use crate::service::Protocol;
 use crate::workload::PeerMeta;
 
 /// `outbound|<port>|<subset>|<host>`, Envoy's and Istio's cluster name.
@@ -39,6 +40,11 @@ pub struct Cluster {
     /// `trafficPolicy.tls`, else auto mTLS.
     #[serde(default, skip_serializing_if = "ClusterTls::is_default")]
     pub tls: ClusterTls,
+    /// The Service port's protocol, in a gateway's clusters: a gateway has no Service
+    /// port of its own to take the upstream protocol from (h2 for `http2`/`grpc`, else
+    /// HTTP/1.1). Sidecars use their port's; `None` there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<Protocol>,
 }
 
 /// `trafficPolicy.loadBalancer.simple`.

@@ -18,11 +18,15 @@ pub enum Key {
     /// `reviews.default.svc`, the FQDN, any case, no port, no trailing dot). mesh-control
     /// resolves short names in the asking proxy's namespace, as Kubernetes DNS does.
     Host(String),
+    /// The asking gateway's own config (`gateway`): the listeners of the Gateways whose
+    /// selector matches its pod, answered [`crate::Resource::Gateway`] (or
+    /// [`crate::Resource::NotFound`] when no Gateway selects it).
+    Gateway,
 }
 
 /// A key that does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("bad config key {key:?}: {why} (expected addr/<ip> or host/<name>)")]
+#[error("bad config key {key:?}: {why} (expected addr/<ip>, host/<name> or gateway)")]
 pub struct KeyError {
     pub key: String,
     pub why: &'static str,
@@ -64,6 +68,7 @@ impl fmt::Display for Key {
         match self {
             Key::Address(ip) => write!(f, "addr/{ip}"),
             Key::Host(h) => write!(f, "host/{h}"),
+            Key::Gateway => f.write_str("gateway"),
         }
     }
 }
@@ -76,6 +81,9 @@ impl FromStr for Key {
             key: s.to_owned(),
             why,
         };
+        if s == "gateway" {
+            return Ok(Key::Gateway);
+        }
         if let Some(ip) = s.strip_prefix("addr/") {
             return ip
                 .parse()
@@ -123,6 +131,7 @@ mod tests {
             "addr/10.96.0.12",
             "addr/fd00::1",
             "host/reviews.default.svc.cluster.local",
+            "gateway",
         ] {
             assert_eq!(s.parse::<Key>().unwrap().to_string(), s);
         }

@@ -5,7 +5,8 @@
 //! mesh-control answers each key with one [`Resource`]: a [`Service`] (its ports, the
 //! HTTP routes of the VirtualServices bound to it, and the clusters those routes send to,
 //! with their endpoints), a [`Workload`] (a pod: who it is, which Services select it), or
-//! [`Resource::NotFound`]. So a proxy's memory grows with what it talks to, not with the
+//! [`Resource::NotFound`]; an ingress gateway asks for [`Key::Gateway`], its own
+//! listeners ([`gateway::Gateway`]). So a proxy's memory grows with what it talks to, not with the
 //! mesh.
 //!
 //! Everything here is data with serde derives (JSON on the wire, in golden tests and in
@@ -15,11 +16,12 @@
 //! Modules, in dependency order: [`key`], [`service`] (ports, protocols), [`route`]
 //! (matches and actions), [`resilience`] (timeouts, retries, limits, ejection),
 //! [`cluster`] (endpoints and their load balancing),
-//! [`workload`], [`resource`] (what one key resolves to, and its validation), [`wire`].
+//! [`workload`], [`gateway`] (an ingress gateway's listeners), [`resource`] (what one key resolves to, and its validation), [`wire`].
 
 pub mod authz;
 pub mod ca;
 pub mod cluster;
+pub mod gateway;
 pub mod key;
 pub mod resilience;
 pub mod resource;
@@ -31,6 +33,7 @@ pub mod workload;
 
 pub use authz::Authorization;
 pub use cluster::{Cluster, Endpoint, LoadBalancer};
+pub use gateway::{Certificate, GatewayListener, TlsRoute, TlsServer, TlsServerMode, VirtualHost};
 pub use key::{Key, KeyError};
 pub use resilience::{ConnectionPool, OutlierDetection, RetryOn, RetryPolicy};
 pub use resource::{Resource, ValidationError};

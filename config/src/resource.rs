@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::gateway::{Gateway, TlsServerMode};
 use crate::route::{RouteAction, StringMatch};
 use crate::service::Service;
 use crate::workload::Workload;
@@ -14,6 +15,8 @@ pub enum Resource {
     Service(Service),
     /// A pod IP.
     Workload(Workload),
+    /// The asking gateway's listeners ([`crate::Key::Gateway`]).
+    Gateway(Gateway),
     /// Nothing in the mesh: an outside address or name (the proxy passes it through, or
     /// forwards the DNS query).
     NotFound,
@@ -44,140 +47,230 @@ impl Resource {
     /// are positive, percentages are 0–100, statuses are HTTP statuses. A proxy also
     /// compiles each regex (RE2 syntax) and refuses the resource if one does not.
     pub fn validate(&self) -> Result<(), ValidationError> {
-        let Resource::Service(svc) = self else {
-            return Ok(());
-        };
-        let err = |what: String, why: String| ValidationError { what, why };
-        for c in &svc.clusters {
-            if c.host.is_empty() || c.name.is_empty() {
+        match self {
+            Resource::Service(svc) => validate_service(svc),
+            Resource::Gateway(g) => validate_gateway(g),
+            Resource::Workload(_) | Resource::NotFound => Ok(()),
+        }
+    }
+
+    /// Every regex the resource carries, with where it is, for the proxy to compile.
+    pub fn regexes(&self) -> Vec<(String, &str)> {
+        match self {
+            Resource::Service(svc) => service_regexes(svc),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// A gateway's checks: each virtual host as the Service it is routed as
+/// ([`crate::VirtualHost::as_service`]), every name and pattern well formed, every
+/// passthrough route to known clusters with positive weights.
+fn validate_gateway(g: &Gateway) -> Result<(), ValidationError> {
+    let err = |what: String, why: String| ValidationError { what, why };
+    let pattern_ok = |p: &str| {
+        let rest = p.strip_prefix("*.").unwrap_or(p);
+        p == "*" || (!rest.is_empty() && !rest.contains('*') && !rest.contains(':'))
+    };
+    for l in &g.listeners {
+        if l.port == 0 || l.number == 0 {
+            return Err(err(
+                format!("gateway listener {}", l.number),
+                "port 0".into(),
+            ));
+        }
+        if g.listeners.iter().filter(|o| o.port == l.port).count() > 1 {
+            return Err(err(
+                format!("gateway listener {}", l.number),
+                format!("port {} is listed twice", l.port),
+            ));
+        }
+        for s in &l.tls {
+            if let Some(h) = s.hosts.iter().find(|h| !pattern_ok(h)) {
                 return Err(err(
-                    format!("service {}", svc.host),
-                    "a cluster without a name or host".into(),
+                    format!("gateway port {}, server {}", l.number, s.name),
+                    format!("bad host pattern {h:?}"),
                 ));
             }
-        }
-        for (port, i, r) in routes(svc) {
-            let what = || {
-                format!(
-                    "service {} port {port}, route {i} ({}, {})",
-                    svc.host, r.virtual_service, r.name
-                )
-            };
-            match &r.action {
-                RouteAction::Route(dests) => {
-                    if dests.is_empty() {
+            if let TlsServerMode::Passthrough { routes } = &s.mode {
+                for r in routes {
+                    let what = || {
+                        format!(
+                            "gateway port {}, server {}, tls route ({})",
+                            l.number, s.name, r.virtual_service
+                        )
+                    };
+                    if r.destinations.is_empty() {
                         return Err(err(what(), "no destination".into()));
                     }
-                    for d in dests {
+                    for d in &r.destinations {
                         if d.weight == 0 {
                             return Err(err(
                                 what(),
                                 format!("destination {} has weight 0", d.cluster),
                             ));
                         }
-                        if svc.cluster(&d.cluster).is_none() {
+                        if g.cluster(&d.cluster).is_none() {
                             return Err(err(what(), format!("unknown cluster {}", d.cluster)));
                         }
                     }
                 }
-                RouteAction::Redirect(rd) => {
-                    if !(300..400).contains(&rd.code) {
-                        return Err(err(what(), format!("redirect code {} is not 3xx", rd.code)));
-                    }
+            }
+        }
+    }
+    for (number, v) in g.virtual_hosts() {
+        let what = || format!("gateway port {number}, virtual host {}", v.name);
+        if v.domains.is_empty() {
+            return Err(err(what(), "no domains".into()));
+        }
+        if let Some(d) = v.domains.iter().find(|d| !pattern_ok(d)) {
+            return Err(err(what(), format!("bad domain pattern {d:?}")));
+        }
+        for r in &v.routes {
+            if let RouteAction::Route(ds) = &r.action
+                && let Some(d) = ds.iter().find(|d| g.cluster(&d.cluster).is_none())
+            {
+                return Err(err(
+                    format!("{}, route {} ({})", what(), r.name, r.virtual_service),
+                    format!("unknown cluster {}", d.cluster),
+                ));
+            }
+        }
+        validate_service(&v.as_service(number, &g.clusters)).map_err(|e| ValidationError {
+            what: format!("gateway port {number}: {}", e.what),
+            why: e.why,
+        })?;
+    }
+    Ok(())
+}
+
+fn validate_service(svc: &Service) -> Result<(), ValidationError> {
+    let err = |what: String, why: String| ValidationError { what, why };
+    for c in &svc.clusters {
+        if c.host.is_empty() || c.name.is_empty() {
+            return Err(err(
+                format!("service {}", svc.host),
+                "a cluster without a name or host".into(),
+            ));
+        }
+    }
+    for (port, i, r) in routes(svc) {
+        let what = || {
+            format!(
+                "service {} port {port}, route {i} ({}, {})",
+                svc.host, r.virtual_service, r.name
+            )
+        };
+        match &r.action {
+            RouteAction::Route(dests) => {
+                if dests.is_empty() {
+                    return Err(err(what(), "no destination".into()));
                 }
-                RouteAction::DirectResponse { status, .. } => {
-                    let status = *status;
-                    if !(100..600).contains(&status) {
+                for d in dests {
+                    if d.weight == 0 {
                         return Err(err(
                             what(),
-                            format!("status {status} is not an HTTP status"),
+                            format!("destination {} has weight 0", d.cluster),
                         ));
+                    }
+                    if svc.cluster(&d.cluster).is_none() {
+                        return Err(err(what(), format!("unknown cluster {}", d.cluster)));
                     }
                 }
             }
-            if let Some(f) = &r.fault {
-                for (kind, p) in [
-                    ("delay", f.delay.as_ref().map(|d| d.percentage)),
-                    ("abort", f.abort.as_ref().map(|a| a.percentage)),
-                ] {
-                    if let Some(p) = p
-                        && !(0.0..=100.0).contains(&p)
-                    {
-                        return Err(err(
-                            what(),
-                            format!("fault {kind} percentage {p} is not within 0-100"),
-                        ));
-                    }
-                }
-                if let Some(a) = &f.abort {
-                    match (a.http_status, a.grpc_status) {
-                        (Some(s), _) if !(200..600).contains(&s) => {
-                            return Err(err(
-                                what(),
-                                format!("fault abort status {s} is not an HTTP status"),
-                            ));
-                        }
-                        (None, None) => {
-                            return Err(err(what(), "fault abort without a status".into()));
-                        }
-                        _ => {}
-                    }
+            RouteAction::Redirect(rd) => {
+                if !(300..400).contains(&rd.code) {
+                    return Err(err(what(), format!("redirect code {} is not 3xx", rd.code)));
                 }
             }
-            for m in &r.matches {
-                for h in m
-                    .headers
+            RouteAction::DirectResponse { status, .. } => {
+                let status = *status;
+                if !(100..600).contains(&status) {
+                    return Err(err(
+                        what(),
+                        format!("status {status} is not an HTTP status"),
+                    ));
+                }
+            }
+        }
+        if let Some(f) = &r.fault {
+            for (kind, p) in [
+                ("delay", f.delay.as_ref().map(|d| d.percentage)),
+                ("abort", f.abort.as_ref().map(|a| a.percentage)),
+            ] {
+                if let Some(p) = p
+                    && !(0.0..=100.0).contains(&p)
+                {
+                    return Err(err(
+                        what(),
+                        format!("fault {kind} percentage {p} is not within 0-100"),
+                    ));
+                }
+            }
+            if let Some(a) = &f.abort {
+                match (a.http_status, a.grpc_status) {
+                    (Some(s), _) if !(200..600).contains(&s) => {
+                        return Err(err(
+                            what(),
+                            format!("fault abort status {s} is not an HTTP status"),
+                        ));
+                    }
+                    (None, None) => {
+                        return Err(err(what(), "fault abort without a status".into()));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for m in &r.matches {
+            for h in m
+                .headers
+                .iter()
+                .chain(&m.without_headers)
+                .chain(&m.query_params)
+            {
+                if h.name.is_empty() {
+                    return Err(err(what(), "a header or query match without a name".into()));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn service_regexes(svc: &Service) -> Vec<(String, &str)> {
+    let mut out = Vec::new();
+    for (port, i, r) in routes(svc) {
+        for m in &r.matches {
+            let fields = [
+                ("uri", m.uri.as_ref()),
+                ("scheme", m.scheme.as_ref()),
+                ("method", m.method.as_ref()),
+                ("authority", m.authority.as_ref()),
+            ]
+            .into_iter()
+            .map(|(n, v)| (n.to_owned(), v))
+            .chain(
+                m.headers
                     .iter()
                     .chain(&m.without_headers)
                     .chain(&m.query_params)
-                {
-                    if h.name.is_empty() {
-                        return Err(err(what(), "a header or query match without a name".into()));
-                    }
+                    .map(|h| (h.name.clone(), h.value.as_ref())),
+            );
+            for (field, v) in fields {
+                if let Some(StringMatch::Regex(re)) = v {
+                    out.push((
+                        format!(
+                            "service {} port {port}, route {i} ({}), match {field}",
+                            svc.host, r.virtual_service
+                        ),
+                        re.as_str(),
+                    ));
                 }
             }
         }
-        Ok(())
     }
-
-    /// Every regex the resource carries, with where it is, for the proxy to compile.
-    pub fn regexes(&self) -> Vec<(String, &str)> {
-        let mut out = Vec::new();
-        let Resource::Service(svc) = self else {
-            return out;
-        };
-        for (port, i, r) in routes(svc) {
-            for m in &r.matches {
-                let fields = [
-                    ("uri", m.uri.as_ref()),
-                    ("scheme", m.scheme.as_ref()),
-                    ("method", m.method.as_ref()),
-                    ("authority", m.authority.as_ref()),
-                ]
-                .into_iter()
-                .map(|(n, v)| (n.to_owned(), v))
-                .chain(
-                    m.headers
-                        .iter()
-                        .chain(&m.without_headers)
-                        .chain(&m.query_params)
-                        .map(|h| (h.name.clone(), h.value.as_ref())),
-                );
-                for (field, v) in fields {
-                    if let Some(StringMatch::Regex(re)) = v {
-                        out.push((
-                            format!(
-                                "service {} port {port}, route {i} ({}), match {field}",
-                                svc.host, r.virtual_service
-                            ),
-                            re.as_str(),
-                        ));
-                    }
-                }
-            }
-        }
-        out
-    }
+    out
 }
 
 /// Every route of every port, with the port and the route's index in it.

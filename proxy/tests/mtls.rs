@@ -249,6 +249,7 @@ fn world(
             connection_pool: Default::default(),
             outlier_detection: None,
             tls,
+            protocol: None,
         }],
     };
     let server = Workload {

@@ -392,6 +392,8 @@ impl Snapshot {
                         Resource::Service(self.service(node, s))
                     })
             }
+            // Gateways are translated in a later change.
+            Key::Gateway => Resource::NotFound,
         }
     }
 
@@ -511,6 +513,7 @@ impl Snapshot {
             connection_pool: policy.connection_pool,
             outlier_detection: policy.outlier_detection,
             tls,
+            protocol: None,
         }
     }
 

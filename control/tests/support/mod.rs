@@ -503,6 +503,7 @@ impl View for ServicesView {
                 None => return Resource::NotFound,
             },
             Key::Host(h) => h.clone(),
+            Key::Gateway => return Resource::NotFound,
         };
         let candidates = [
             host.clone(),

@@ -164,6 +164,9 @@ impl Store {
                     CompiledWorkload::compile(w).map_err(|e| fail(e.to_string()))?,
                 )),
                 Resource::NotFound => Answer::NotFound,
+                Resource::Gateway(_) => {
+                    return Err(fail("a gateway's config (not yet served)".into()));
+                }
             };
             ready.push((
                 key,
@@ -319,6 +322,7 @@ mod tests {
                 connection_pool: Default::default(),
                 outlier_detection: None,
                 tls: Default::default(),
+                protocol: None,
             }],
         })
     }

@@ -562,6 +562,7 @@ pub(crate) mod tests {
             connection_pool: Default::default(),
             outlier_detection: None,
             tls: Default::default(),
+            protocol: None,
         }
     }
 

@@ -310,6 +310,7 @@ pub fn cluster(subset: Option<&str>, endpoints: &[(SocketAddr, Option<PeerMeta>)
         connection_pool: Default::default(),
         outlier_detection: None,
         tls: Default::default(),
+        protocol: None,
     }
 }
 

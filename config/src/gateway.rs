@@ -1,0 +1,289 @@
+//! What an ingress gateway proxy serves (`--role gateway`), the answer to [`crate::Key::Gateway`]:
+//! the listeners of the Istio `Gateway`s whose `selector` matches its pod, each with the
+//! HTTP routes of the VirtualServices bound to them (`gateways:`), and the clusters those
+//! routes send to.
+//!
+//! Only the asking gateway gets it: mesh-control answers the key from the stream's node
+//! (the pod), and puts a `credentialName` Secret's key in it only for a stream whose
+//! client certificate is the pod's own identity, in the Secret's namespace.
+
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::Cluster;
+use crate::route::{HttpRoute, WeightedCluster};
+use crate::service::{Protocol, Service, ServicePort};
+
+/// The gateway's whole config.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Gateway {
+    /// `<namespace>/<name>` of every Gateway that selected the pod, sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gateways: Vec<String>,
+    /// One per port the proxy listens on, sorted by port.
+    pub listeners: Vec<GatewayListener>,
+    /// Every cluster a route of a listener names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clusters: Vec<Cluster>,
+}
+
+/// One port the gateway listens on: the servers of every selecting Gateway with this
+/// port number.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayListener {
+    /// The port the proxy binds: the `targetPort` of the gateway's Service port whose
+    /// `port` is the Gateway's number (as istiod maps it), else the number itself.
+    pub port: u16,
+    /// The Gateway's `servers[].port.number`: what `match.port` of a bound VirtualService
+    /// compares with.
+    pub number: u16,
+    /// The plaintext HTTP servers of this port, merged into one table: the virtual hosts
+    /// of every VirtualService bound to one of them, chosen by `Host` / `:authority`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http: Vec<VirtualHost>,
+    /// The TLS servers (HTTPS, TLS), chosen by the ClientHello's SNI: the first whose
+    /// `hosts` match it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tls: Vec<TlsServer>,
+}
+
+/// Requests for a set of host names, and their routes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VirtualHost {
+    /// The host it was made for (`bookinfo.example.com`, `*`), for logs and `/config_dump`.
+    pub name: String,
+    /// Host patterns, lower case, without port (a request's port is ignored): a name, a
+    /// `*.` suffix wildcard (`*.example.com` matches `a.example.com`, not `example.com`),
+    /// or `*` (any host). A request goes to the virtual host with an exact domain, else
+    /// the longest matching wildcard, else `*`.
+    pub domains: Vec<String>,
+    /// The server's `tls.httpsRedirect`: every request gets a 301 to `https://` the same
+    /// host and path.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub https_redirect: bool,
+    /// The routes of the VirtualServices bound to this host, theirs in order of their
+    /// creation (as Istio merges them), each's `http[]` in order. Empty: every request
+    /// gets 404 `NR`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<HttpRoute>,
+}
+
+/// A server with `tls`: HTTPS (terminated here) or a TLS passthrough.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsServer {
+    /// `<namespace>/<gateway> servers[<i>]` (or the server's `name`), for logs.
+    pub name: String,
+    /// SNI patterns, as [`VirtualHost::domains`]; `*` takes any SNI and a ClientHello
+    /// without one.
+    pub hosts: Vec<String>,
+    pub mode: TlsServerMode,
+}
+
+/// `servers[].tls.mode`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "SCREAMING_SNAKE_CASE", deny_unknown_fields)]
+pub enum TlsServerMode {
+    /// Terminated with the `credentialName` Secret's certificate, then HTTP.
+    Simple {
+        /// The Secret's name (in the gateway pod's namespace).
+        credential_name: String,
+        /// The Secret's `tls.crt` / `tls.key`; `None` when mesh-control may not send it
+        /// (the Secret is missing or not `kubernetes.io/tls`, or the stream is not
+        /// authenticated as the gateway pod): handshakes for this server fail, and
+        /// `why` says so.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        certificate: Option<Certificate>,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        why: String,
+        /// The HTTP routes after termination, as [`GatewayListener::http`].
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        virtual_hosts: Vec<VirtualHost>,
+    },
+    /// Not terminated: the connection goes, bytes untouched, to the destination of the
+    /// first bound VirtualService `tls[]` route whose `sniHosts` match the SNI.
+    Passthrough {
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        routes: Vec<TlsRoute>,
+    },
+}
+
+/// A PEM certificate chain and its private key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Certificate {
+    pub chain_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for Certificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Certificate")
+            .field("chain_pem", &self.chain_pem.len())
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
+}
+
+/// One `tls[]` entry of a VirtualService, for a passthrough server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsRoute {
+    /// `default/reviews` (the VirtualService's namespace and name).
+    pub virtual_service: String,
+    /// The union of its matches' `sniHosts` (patterns as [`VirtualHost::domains`]).
+    pub sni_hosts: Vec<String>,
+    /// Chosen by weight, as an HTTP route's.
+    pub destinations: Vec<WeightedCluster>,
+}
+
+/// Whether `host` (lower case, no port) matches the pattern `pattern`.
+pub fn host_matches(pattern: &str, host: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    match pattern.strip_prefix('*') {
+        Some(suffix) => host.len() > suffix.len() && host.ends_with(suffix),
+        None => pattern == host,
+    }
+}
+
+/// How specific a matching pattern is: exact beats any wildcard, a longer wildcard a
+/// shorter, `*` loses to all.
+pub fn match_rank(pattern: &str) -> usize {
+    if pattern == "*" {
+        0
+    } else if pattern.starts_with('*') {
+        pattern.len()
+    } else {
+        usize::MAX
+    }
+}
+
+/// The virtual host of `hosts` a request for `host` goes to (see
+/// [`VirtualHost::domains`]).
+pub fn pick_virtual_host<'v>(hosts: &'v [VirtualHost], host: &str) -> Option<&'v VirtualHost> {
+    let mut best: Option<(usize, &VirtualHost)> = None;
+    for v in hosts {
+        for d in &v.domains {
+            if host_matches(d, host) {
+                let r = match_rank(d);
+                if best.is_none_or(|(b, _)| r > b) {
+                    best = Some((r, v));
+                }
+            }
+        }
+    }
+    best.map(|(_, v)| v)
+}
+
+impl VirtualHost {
+    /// The virtual host as a [`Service`] with one HTTP port, `number`, and the clusters
+    /// `clusters`: the shape a proxy routes a request with, the same code for a sidecar
+    /// and a gateway.
+    pub fn as_service(&self, number: u16, clusters: &[Cluster]) -> Service {
+        let mut used: Vec<Cluster> = Vec::new();
+        for r in &self.routes {
+            if let crate::route::RouteAction::Route(ds) = &r.action {
+                for d in ds {
+                    if used.iter().all(|c| c.name != d.cluster)
+                        && let Some(c) = clusters.iter().find(|c| c.name == d.cluster)
+                    {
+                        used.push(c.clone());
+                    }
+                }
+            }
+        }
+        Service {
+            host: self.name.clone(),
+            name: self.name.clone(),
+            namespace: String::new(),
+            addresses: Vec::new(),
+            ports: vec![ServicePort {
+                port: number,
+                name: String::new(),
+                protocol: Protocol::Http,
+                routes: self.routes.clone(),
+                default_retry: None,
+            }],
+            domains: self.domains.clone(),
+            clusters: used,
+        }
+    }
+}
+
+impl Gateway {
+    /// Every virtual host with the port number its routes are for.
+    pub fn virtual_hosts(&self) -> impl Iterator<Item = (u16, &VirtualHost)> {
+        self.listeners.iter().flat_map(|l| {
+            l.http
+                .iter()
+                .chain(l.tls.iter().flat_map(|s| match &s.mode {
+                    TlsServerMode::Simple { virtual_hosts, .. } => virtual_hosts.as_slice(),
+                    TlsServerMode::Passthrough { .. } => &[],
+                }))
+                .map(move |v| (l.number, v))
+        })
+    }
+
+    /// The cluster named `name`.
+    pub fn cluster(&self, name: &str) -> Option<&Cluster> {
+        self.clusters.iter().find(|c| c.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn vh(name: &str, domains: &[&str]) -> VirtualHost {
+        VirtualHost {
+            name: name.into(),
+            domains: domains.iter().map(|d| (*d).to_owned()).collect(),
+            https_redirect: false,
+            routes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn patterns() {
+        assert!(host_matches("*", "a.b"));
+        assert!(host_matches("*.example.com", "a.example.com"));
+        assert!(host_matches("*.example.com", "a.b.example.com"));
+        assert!(!host_matches("*.example.com", "example.com"));
+        assert!(!host_matches("*.example.com", "xexample.com"));
+        assert!(host_matches("bookinfo.com", "bookinfo.com"));
+        assert!(!host_matches("bookinfo.com", "www.bookinfo.com"));
+    }
+
+    #[test]
+    fn most_specific_virtual_host_wins() {
+        let hosts = [
+            vh("any", &["*"]),
+            vh("wild", &["*.example.com"]),
+            vh("deeper", &["*.shop.example.com"]),
+            vh("exact", &["shop.example.com"]),
+        ];
+        let pick = |h| pick_virtual_host(&hosts, h).map(|v| v.name.as_str());
+        assert_eq!(pick("shop.example.com"), Some("exact"));
+        assert_eq!(pick("a.shop.example.com"), Some("deeper"));
+        assert_eq!(pick("a.example.com"), Some("wild"));
+        assert_eq!(pick("other.org"), Some("any"));
+        assert_eq!(
+            pick_virtual_host(&hosts[1..], "other.org").map(|v| &v.name),
+            None
+        );
+    }
+
+    #[test]
+    fn certificate_debug_hides_the_key() {
+        let c = Certificate {
+            chain_pem: "CHAIN".into(),
+            key_pem: "SECRET-KEY".into(),
+        };
+        assert!(!format!("{c:?}").contains("SECRET"));
+    }
+}
