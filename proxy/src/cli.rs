@@ -39,9 +39,9 @@ pub enum Role {
     #[default]
     Sidecar,
     /// A pod injected with Istio's `gateway` template: the proxy is the pod's only job, no
-    /// `istio-init`, no capture. For now it runs exactly as a sidecar does (the gateway's
-    /// own listeners come with the gateway data path); [`Args::into_config`] logs that it
-    /// is one.
+    /// `istio-init`, no capture; it listens on the ports of the Gateways that select its
+    /// pod (mesh-control's [`mesh_config::Key::Gateway`]) and routes by their bound
+    /// VirtualServices. Needs `--control-plane`.
     Gateway,
 }
 
@@ -181,9 +181,9 @@ Options:
                                  concurrency [default: 2]
       --ipv6 <MODE>              auto, on or off [default: auto]
       --role <ROLE>              sidecar (the proxy of a captured app pod) or gateway (a pod
-                                 injected with the gateway template: no istio-init, no
-                                 capture); a gateway runs as a sidecar does, for now
-                                 [default: sidecar]
+                                 injected with the gateway template: no capture; it listens
+                                 on the ports of the Gateways that select its pod; needs
+                                 --control-plane) [default: sidecar]
       --log-level <FILTER>       A level (trace, debug, info, warn|warning, error|critical,
                                  off), optionally with target=level directives, e.g.
                                  warn,mesh_proxy=debug; at info every connection gets a
@@ -583,6 +583,10 @@ pub enum ConfigError {
     SamePorts(u16),
     #[error("--connect-timeout must be greater than zero")]
     ZeroConnectTimeout,
+    #[error(
+        "--role gateway needs --control-plane: a gateway's listeners come from its Gateway config"
+    )]
+    GatewayWithoutControlPlane,
     #[error("{0} needs --root-cert (it configures the workload identity)")]
     NeedsRootCert(&'static str),
     #[error(
@@ -650,17 +654,31 @@ impl Args {
             .or_else(|| pod_name.clone())
             .unwrap_or_else(|| UNKNOWN.to_owned());
         let namespace = pod_namespace.unwrap_or_else(|| UNKNOWN.to_owned());
-        if self.role == Role::Gateway {
-            tracing::info!(
-                role = self.role.as_str(),
-                workload = %workload,
-                namespace = %namespace,
-                "running as a gateway (no capture); it serves as a sidecar does for now"
-            );
-        }
+        let gateway = match self.role {
+            Role::Sidecar => None,
+            Role::Gateway => {
+                if self.control_plane.is_none() {
+                    return Err(ConfigError::GatewayWithoutControlPlane);
+                }
+                tracing::info!(
+                    role = self.role.as_str(),
+                    workload = %workload,
+                    namespace = %namespace,
+                    "running as a gateway: no capture, the listeners of the Gateways that select this pod"
+                );
+                Some(listen(0).into_iter().map(|a| a.ip()).collect::<Vec<_>>())
+            }
+        };
+        let capture = |port| {
+            if gateway.is_some() {
+                Vec::new()
+            } else {
+                listen(port)
+            }
+        };
         Ok(Config {
-            outbound: listen(self.outbound_port),
-            inbound: listen(self.inbound_port),
+            outbound: capture(self.outbound_port),
+            inbound: capture(self.inbound_port),
             ipv6_required: self.ipv6 == Ipv6Mode::On,
             admin_addr: self.admin_addr,
             metrics_addr: self.metrics_addr,
@@ -702,6 +720,7 @@ impl Args {
                 Vec::new()
             },
             workload_identity,
+            gateway,
         })
     }
 }
@@ -870,6 +889,8 @@ mod tests {
             | flag::TOKEN_FILE
             | flag::TRUST_DOMAIN
             | flag::CERT_TTL => &IDENTITY_BASE,
+            // The sample value is `gateway`, which needs a control plane.
+            flag::ROLE => &["--control-plane", "mesh-control:15010"],
             _ => &[],
         }
     }
@@ -1317,10 +1338,21 @@ mod tests {
             run_args(&["--role", "gateway"], &|_| None).role,
             Role::Gateway
         );
-        // A gateway's configuration is a sidecar's (no data path of its own yet).
-        let g = parse(&["--role", "gateway"]).unwrap();
-        let s = parse(&[]).unwrap();
-        assert_eq!(format!("{g:?}"), format!("{s:?}"));
+        // A gateway captures nothing, listens where its Gateway config says, and needs
+        // a control plane to say it.
+        let g = parse(&["--role", "gateway", "--control-plane", "cp:15010"]).unwrap();
+        assert!(g.outbound.is_empty() && g.inbound.is_empty());
+        assert_eq!(
+            g.gateway,
+            Some(vec![
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+            ])
+        );
+        let s = parse(&["--control-plane", "cp:15010"]).unwrap();
+        assert!(s.gateway.is_none() && !s.outbound.is_empty());
+        let e = parse(&["--role", "gateway"]).unwrap_err();
+        assert!(e.contains("--role gateway needs --control-plane"), "{e}");
         for bad in ["", "Gateway", "ingress", "router"] {
             let e = parse(&["--role", bad]).unwrap_err();
             assert!(

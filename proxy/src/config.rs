@@ -129,6 +129,10 @@ pub struct Config {
     /// The workload identity and mTLS (`--root-cert`); `None`: plaintext config stream,
     /// no certificate.
     pub workload_identity: Option<WorkloadIdentity>,
+    /// `--role gateway`: the addresses the Gateway config's listeners bind (any IPv4,
+    /// and any IPv6 unless `--ipv6 off`); `outbound` and `inbound` are empty then (a
+    /// gateway has no capture). `None`: a sidecar.
+    pub gateway: Option<Vec<IpAddr>>,
 }
 
 impl Config {
@@ -155,6 +159,7 @@ impl Config {
             debug_addr: lo,
             dns: Vec::new(),
             workload_identity: None,
+            gateway: None,
         }
     }
 }

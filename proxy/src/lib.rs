@@ -27,6 +27,7 @@ pub mod debug;
 pub mod direction;
 pub mod dns;
 pub mod flow;
+pub mod gateway;
 pub mod http;
 pub mod identity;
 pub mod listener;
@@ -239,7 +240,12 @@ impl Proxy {
             None => (None, None),
             Some(_) => {
                 let own = config.identity.pod_ip;
-                let (store, wanted) = control::Store::new(own.map(mesh_config::Key::Address));
+                // Pinned: the pod's own IP, and a gateway's own config.
+                let pinned = own
+                    .map(mesh_config::Key::Address)
+                    .into_iter()
+                    .chain(config.gateway.as_ref().map(|_| mesh_config::Key::Gateway));
+                let (store, wanted) = control::Store::new(pinned);
                 let resolver = Arc::new(control::StoreResolver {
                     store: store.clone(),
                     own_ip: own,
@@ -446,15 +452,19 @@ impl Proxy {
                         );
                     }
                 });
-                Some(tokio::spawn(control::run(
-                    store,
-                    settings,
-                    wanted,
-                    move || {
+                // A gateway's first stream must present its certificate: only then does
+                // mesh-control send the keys of its TLS servers.
+                let first_cert = identity.clone().filter(|_| shared.config.gateway.is_some());
+                Some(tokio::spawn(async move {
+                    if let Some(id) = first_cert {
+                        id.wait_for_cert().await;
+                    }
+                    control::run(store, settings, wanted, move || {
                         ready.ready.store(true, Ordering::Release);
                         info!("first config applied; ready");
-                    },
-                )))
+                    })
+                    .await;
+                }))
             }
             _ => None,
         };
@@ -469,6 +479,13 @@ impl Proxy {
             loops.push(tokio::spawn(listener::accept_loop(
                 l,
                 direction,
+                shared.clone(),
+                tracker.clone(),
+                admin.drain.subscribe(),
+            )));
+        }
+        if shared.config.gateway.is_some() {
+            loops.push(tokio::spawn(listener::gateway_listeners(
                 shared.clone(),
                 tracker.clone(),
                 admin.drain.subscribe(),

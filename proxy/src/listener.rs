@@ -183,6 +183,83 @@ pub async fn accept_loop(
     debug!(%local, %direction, "listener closed for drain");
 }
 
+/// How often a gateway port that could not be bound is tried again.
+const GATEWAY_BIND_RETRY: Duration = Duration::from_secs(5);
+
+/// An ingress gateway's listeners on this thread's runtime (`--role gateway`): one
+/// accept loop per port of the Gateway config and address of `--ipv6`, each in the
+/// port's `SO_REUSEPORT` group (every worker thread runs this too), bound when a port
+/// appears in the config and closed when it leaves (open connections go on). A port
+/// that cannot be bound (taken, or below 1024 without the capability) is logged and
+/// tried again. Returns once the drain has started and every accept loop has ended.
+pub async fn gateway_listeners(
+    shared: Arc<Shared>,
+    tracker: Arc<ConnTracker>,
+    mut drain: watch::Receiver<bool>,
+) {
+    let (Some(ips), Some(l7)) = (shared.config.gateway.clone(), shared.l7.as_ref()) else {
+        return;
+    };
+    let mut generation = l7.store.subscribe();
+    let mut bound: std::collections::BTreeMap<u16, Vec<tokio::task::JoinHandle<()>>> =
+        Default::default();
+    loop {
+        if *drain.borrow_and_update() {
+            break;
+        }
+        let wanted = flow::gateway::current(&l7.store)
+            .map(|g| g.ports())
+            .unwrap_or_default();
+        bound.retain(|port, loops| {
+            let keep = wanted.contains(port);
+            if !keep {
+                debug!(port, "gateway port left the config; closing its listener");
+                loops.iter().for_each(tokio::task::JoinHandle::abort);
+            }
+            keep
+        });
+        let mut missing = false;
+        let new: Vec<u16> = wanted
+            .iter()
+            .copied()
+            .filter(|p| !bound.contains_key(p))
+            .collect();
+        for port in new {
+            let mut loops = Vec::new();
+            for &ip in &ips {
+                let addr = SocketAddr::new(ip, port);
+                match bind_std(addr, true).and_then(TcpListener::from_std) {
+                    Ok(l) => loops.push(tokio::spawn(accept_loop(
+                        l,
+                        Direction::Outbound,
+                        shared.clone(),
+                        tracker.clone(),
+                        drain.clone(),
+                    ))),
+                    Err(e) if ip.is_ipv6() && !shared.config.ipv6_required => {
+                        debug!(%addr, error = %e, "gateway port not bound on IPv6");
+                    }
+                    Err(e) => warn!(%addr, error = %e, "cannot listen on a gateway port; retrying"),
+                }
+            }
+            if loops.is_empty() {
+                missing = true;
+            } else {
+                debug!(port, "listening on a gateway port");
+                bound.insert(port, loops);
+            }
+        }
+        tokio::select! {
+            changed = generation.changed() => if changed.is_err() { break },
+            changed = drain.changed() => if changed.is_err() { break },
+            () = tokio::time::sleep(GATEWAY_BIND_RETRY), if missing => {}
+        }
+    }
+    for l in bound.into_values().flatten() {
+        let _ = l.await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -64,16 +64,20 @@ pub enum RefusalReason {
     PlaintextRefused,
     /// The mTLS handshake failed (no or a bad client certificate, a timeout).
     TlsHandshake,
+    /// A gateway has no server for it: no Gateway server on the port, none for its
+    /// SNI, or no route or endpoint for a TLS passthrough.
+    NoServer,
 }
 
 impl RefusalReason {
-    pub const ALL: [RefusalReason; 6] = [
+    pub const ALL: [RefusalReason; 7] = [
         RefusalReason::Loop,
         RefusalReason::Limit,
         RefusalReason::NoOriginalDst,
         RefusalReason::Denied,
         RefusalReason::PlaintextRefused,
         RefusalReason::TlsHandshake,
+        RefusalReason::NoServer,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -84,6 +88,7 @@ impl RefusalReason {
             RefusalReason::Denied => "denied",
             RefusalReason::PlaintextRefused => "plaintext_refused",
             RefusalReason::TlsHandshake => "tls_handshake",
+            RefusalReason::NoServer => "no_server",
         }
     }
 
@@ -91,7 +96,9 @@ impl RefusalReason {
     /// route for it; the proxy shed it for its own load).
     pub fn flags(self) -> ResponseFlags {
         match self {
-            RefusalReason::Loop | RefusalReason::NoOriginalDst => ResponseFlags::NoRoute,
+            RefusalReason::Loop | RefusalReason::NoOriginalDst | RefusalReason::NoServer => {
+                ResponseFlags::NoRoute
+            }
             RefusalReason::Limit => ResponseFlags::Overload,
             // Envoy's RBAC filter sets no flag either; nor does a failed handshake.
             RefusalReason::Denied
@@ -790,8 +797,8 @@ mod tests {
 
     /// The whole exposition, byte for byte (the file was first rendered by the code
     /// before it moved onto `mesh_common::prom`; since then only the canonical
-    /// service/revision labels were added, app/version filled in, and the `denied`
-    /// refusal reason added).
+    /// service/revision labels were added, app/version filled in, and the `denied`,
+    /// `plaintext_refused`, `tls_handshake` and `no_server` refusal reasons added).
     #[test]
     fn rendering_is_unchanged() {
         let m = web_with_two_series();

@@ -2,7 +2,8 @@
 //! runtime with capture listeners of its own on the same addresses (`SO_REUSEPORT`), so
 //! the kernel spreads new connections over the threads and a connection lives on one
 //! thread from accept to close: no task moves between threads and no thread wakes
-//! another. The threads share only the metrics, the connection count and the drain.
+//! another. A gateway's threads each run the gateway listener set
+//! ([`gateway_listeners`]), which joins every Gateway port's group the same way. The threads share only the metrics, the connection count and the drain.
 
 use std::io;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::direction::Direction;
 use crate::flow::Shared;
-use crate::listener::{ConnTracker, accept_loop};
+use crate::listener::{ConnTracker, accept_loop, gateway_listeners};
 
 /// A worker thread whose listeners are registered, waiting for [`Worker::start`].
 #[derive(Debug)]
@@ -63,7 +64,7 @@ impl Worker {
                     if start_rx.await.is_err() {
                         return; // the proxy was dropped before it ran
                     }
-                    let loops: Vec<_> = registered
+                    let mut loops: Vec<_> = registered
                         .into_iter()
                         .map(|(l, direction)| {
                             tokio::spawn(accept_loop(
@@ -75,6 +76,13 @@ impl Worker {
                             ))
                         })
                         .collect();
+                    if shared.config.gateway.is_some() {
+                        loops.push(tokio::spawn(gateway_listeners(
+                            shared.clone(),
+                            tracker.clone(),
+                            drain.clone(),
+                        )));
+                    }
                     for l in loops {
                         let _ = l.await;
                     }

@@ -18,7 +18,6 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::store::Store;
-use crate::http::CompiledService;
 use crate::identity::channel::{self, ChannelError, Target, TlsSettings};
 
 /// How the client runs.
@@ -173,7 +172,7 @@ fn apply(store: &Store, lb: &crate::http::LbStates, res: &StreamResponse) -> Str
         }
     }
     if error.is_empty()
-        && let Err(e) = store.apply(updates, |svc| CompiledService::compile_in(svc, lb))
+        && let Err(e) = store.apply(updates, lb)
     {
         error = e.to_string();
     }

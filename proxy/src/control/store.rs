@@ -15,13 +15,16 @@ use mesh_config::{Key, Resource};
 use tokio::sync::{mpsc, watch};
 
 use crate::authz::CompiledWorkload;
-use crate::http::CompiledService;
+use crate::gateway::CompiledGateway;
+use crate::http::{CompiledService, LbStates};
 
 /// What a key resolved to, ready for the data path.
 #[derive(Debug, Clone)]
 pub enum Answer {
     Service(Arc<CompiledService>),
     Workload(Arc<CompiledWorkload>),
+    /// This gateway's own listeners ([`Key::Gateway`]).
+    Gateway(Arc<CompiledGateway>),
     NotFound,
 }
 
@@ -142,12 +145,13 @@ impl Store {
         }
     }
 
-    /// Applies one response whole, or not at all. `compile` turns a Service into its
-    /// data-path form (regexes compiled); any failure refuses the whole response.
+    /// Applies one response whole, or not at all. Each resource is compiled into its
+    /// data-path form (regexes, CIDRs, certificates parsed; load-balancing state taken
+    /// over from `states`); any failure refuses the whole response.
     pub fn apply(
         &self,
         updates: Vec<(Key, Resource, String)>,
-        compile: impl Fn(&mesh_config::Service) -> Result<CompiledService, mesh_config::ValidationError>,
+        states: &LbStates,
     ) -> Result<usize, ApplyError> {
         let mut ready = Vec::with_capacity(updates.len());
         for (key, resource, version) in updates {
@@ -157,16 +161,16 @@ impl Store {
             };
             resource.validate().map_err(|e| fail(e.to_string()))?;
             let answer = match &resource {
-                Resource::Service(svc) => {
-                    Answer::Service(Arc::new(compile(svc).map_err(|e| fail(e.to_string()))?))
-                }
+                Resource::Service(svc) => Answer::Service(Arc::new(
+                    CompiledService::compile_in(svc, states).map_err(|e| fail(e.to_string()))?,
+                )),
                 Resource::Workload(w) => Answer::Workload(Arc::new(
                     CompiledWorkload::compile(w).map_err(|e| fail(e.to_string()))?,
                 )),
                 Resource::NotFound => Answer::NotFound,
-                Resource::Gateway(_) => {
-                    return Err(fail("a gateway's config (not yet served)".into()));
-                }
+                Resource::Gateway(g) => Answer::Gateway(Arc::new(
+                    CompiledGateway::compile(g, states).map_err(|e| fail(e.to_string()))?,
+                )),
             };
             ready.push((
                 key,
@@ -247,12 +251,18 @@ impl Store {
         self.connected.load(Ordering::Acquire)
     }
 
+    /// Changes with every applied response (and stream up/down).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
     /// Responses applied so far.
     pub fn generation(&self) -> u64 {
         *self.generation.borrow()
     }
 
-    /// `/config_dump`: every key with its version and resource, sorted by key.
+    /// `/config_dump`: every key with its version and resource, sorted by key (private
+    /// keys redacted).
     pub fn dump(&self) -> serde_json::Value {
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
         let mut keys: Vec<&Key> = state.entries.keys().collect();
@@ -264,7 +274,7 @@ impl Store {
                 Some(serde_json::json!({
                     "key": k.to_string(),
                     "version": e.version,
-                    "resource": serde_json::to_value(&*e.raw).unwrap_or(serde_json::Value::Null),
+                    "resource": redacted(serde_json::to_value(&*e.raw).unwrap_or(serde_json::Value::Null)),
                 }))
             })
             .collect();
@@ -274,6 +284,27 @@ impl Store {
             "resources": resources,
         })
     }
+}
+
+/// A resource for `/config_dump`: a gateway's private keys (`keyPem`) replaced.
+fn redacted(mut v: serde_json::Value) -> serde_json::Value {
+    fn walk(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, x) in m.iter_mut() {
+                    if k == "keyPem" {
+                        *x = serde_json::Value::String("<redacted>".into());
+                    } else {
+                        walk(x);
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    walk(&mut v);
+    v
 }
 
 fn domain_index(entries: &HashMap<Key, Entry>) -> HashMap<String, Arc<CompiledService>> {
@@ -327,12 +358,6 @@ mod tests {
         })
     }
 
-    fn compile(
-        svc: &mesh_config::Service,
-    ) -> Result<CompiledService, mesh_config::ValidationError> {
-        CompiledService::compile(svc)
-    }
-
     fn addr(ip: &str) -> Key {
         Key::Address(ip.parse().unwrap())
     }
@@ -355,7 +380,7 @@ mod tests {
                     ),
                     (addr("203.0.113.9"), Resource::NotFound, "c".into()),
                 ],
-                compile,
+                &LbStates::default(),
             )
             .unwrap();
         assert_eq!(n, 3);
@@ -399,7 +424,7 @@ mod tests {
                     service("reviews", "10.96.0.1"),
                     "a".into(),
                 )],
-                compile,
+                &LbStates::default(),
             )
             .unwrap();
         let Resource::Service(mut bad) = service("ratings", "10.96.0.2") else {
@@ -435,7 +460,7 @@ mod tests {
                     ),
                     (addr("10.96.0.2"), Resource::Service(bad), "y".into()),
                 ],
-                compile,
+                &LbStates::default(),
             )
             .unwrap_err();
         assert!(e.to_string().contains("addr/10.96.0.2"), "{e}");
@@ -483,7 +508,7 @@ mod tests {
                     Resource::Workload(w.clone()),
                     "a".into(),
                 )],
-                compile,
+                &LbStates::default(),
             )
             .unwrap_err()
             .to_string();
@@ -498,7 +523,7 @@ mod tests {
         store
             .apply(
                 vec![(addr("10.244.1.5"), Resource::Workload(w), "b".into())],
-                compile,
+                &LbStates::default(),
             )
             .unwrap();
         let Some(Answer::Workload(got)) = store.get(&addr("10.244.1.5")) else {
@@ -534,7 +559,7 @@ mod tests {
                     service("reviews", "10.96.0.1"),
                     "a".into(),
                 )],
-                compile,
+                &LbStates::default(),
             )
             .unwrap();
         assert!(matches!(answer.await.unwrap(), Some(Answer::Service(_))));
@@ -560,7 +585,7 @@ mod tests {
                     ),
                     (addr("10.1.0.5"), Resource::NotFound, "b".into()),
                 ],
-                compile,
+                &LbStates::default(),
             )
             .unwrap();
         assert!(store.sweep(Duration::from_secs(60)).is_empty(), "just used");

@@ -71,8 +71,11 @@ pub enum Hello {
     /// The start of a ClientHello: more bytes are needed.
     Incomplete,
     /// A ClientHello, with the ALPN protocols it offers (empty: none, or not readable
-    /// from the first record).
-    Tls { alpn: Vec<Vec<u8>> },
+    /// from the first record) and the server name it asks for (SNI, lower case).
+    Tls {
+        alpn: Vec<Vec<u8>>,
+        sni: Option<String>,
+    },
 }
 
 impl Hello {
@@ -81,7 +84,7 @@ impl Hello {
     /// the app's own, passed through.
     pub fn is_istio(&self) -> bool {
         match self {
-            Hello::Tls { alpn } => alpn
+            Hello::Tls { alpn, .. } => alpn
                 .iter()
                 .any(|p| p.as_slice() == b"istio" || p.starts_with(b"istio-")),
             _ => false,
@@ -93,7 +96,7 @@ impl Hello {
 pub const HELLO_MAX: usize = 5 + 16 * 1024;
 
 /// Reads the ClientHello at the start of `buf` (a TLS handshake record) far enough to
-/// find its ALPN extension. Never panics on any input.
+/// find its ALPN and server name extensions. Never panics on any input.
 pub fn client_hello(buf: &[u8]) -> Hello {
     // Record header: content type 22 (handshake), version 3.x, length.
     match buf {
@@ -116,11 +119,14 @@ pub fn client_hello(buf: &[u8]) -> Hello {
     if record.len() < 4 || record[0] != 0x01 {
         return Hello::NotTls;
     }
-    match hello_alpn(&record[4..]) {
-        Some(alpn) => Hello::Tls { alpn },
+    match hello_extensions(&record[4..]) {
+        Some((alpn, sni)) => Hello::Tls { alpn, sni },
         // A ClientHello longer than its first record, or malformed: TLS all the same,
-        // without a readable ALPN.
-        None => Hello::Tls { alpn: Vec::new() },
+        // without a readable ALPN or SNI.
+        None => Hello::Tls {
+            alpn: Vec::new(),
+            sni: None,
+        },
     }
 }
 
@@ -145,8 +151,8 @@ impl<'a> Bytes<'a> {
     }
 }
 
-/// The ALPN list of a ClientHello body (after the handshake header).
-fn hello_alpn(body: &[u8]) -> Option<Vec<Vec<u8>>> {
+/// The ALPN list and the SNI host name of a ClientHello body (after the handshake header).
+fn hello_extensions(body: &[u8]) -> Option<(Vec<Vec<u8>>, Option<String>)> {
     let mut b = Bytes(body);
     b.take(2 + 32)?; // client_version, random
     let n = b.u8()?;
@@ -155,8 +161,9 @@ fn hello_alpn(body: &[u8]) -> Option<Vec<Vec<u8>>> {
     b.take(n)?; // cipher suites
     let n = b.u8()?;
     b.take(n)?; // compression methods
+    let (mut alpn, mut sni) = (Vec::new(), None);
     if b.0.is_empty() {
-        return Some(Vec::new()); // no extensions
+        return Some((alpn, sni)); // no extensions
     }
     let n = b.u16()?;
     let mut exts = Bytes(b.take(n)?);
@@ -164,19 +171,37 @@ fn hello_alpn(body: &[u8]) -> Option<Vec<Vec<u8>>> {
         let kind = exts.u16()?;
         let len = exts.u16()?;
         let data = exts.take(len)?;
-        if kind == 0x0010 {
-            let mut d = Bytes(data);
-            let n = d.u16()?;
-            let mut list = Bytes(d.take(n)?);
-            let mut out = Vec::new();
-            while !list.0.is_empty() {
-                let n = list.u8()?;
-                out.push(list.take(n)?.to_vec());
+        match kind {
+            // application_layer_protocol_negotiation (RFC 7301)
+            0x0010 => {
+                let mut d = Bytes(data);
+                let n = d.u16()?;
+                let mut list = Bytes(d.take(n)?);
+                while !list.0.is_empty() {
+                    let n = list.u8()?;
+                    alpn.push(list.take(n)?.to_vec());
+                }
             }
-            return Some(out);
+            // server_name (RFC 6066 §3): the first host_name entry
+            0x0000 => {
+                let mut d = Bytes(data);
+                let n = d.u16()?;
+                let mut list = Bytes(d.take(n)?);
+                while !list.0.is_empty() {
+                    let kind = list.u8()?;
+                    let n = list.u16()?;
+                    let name = list.take(n)?;
+                    if kind == 0 && sni.is_none() {
+                        sni = std::str::from_utf8(name)
+                            .ok()
+                            .map(|n| n.trim_end_matches('.').to_ascii_lowercase());
+                    }
+                }
+            }
+            _ => {}
         }
     }
-    Some(Vec::new())
+    Some((alpn, sni))
 }
 
 #[cfg(test)]
@@ -224,7 +249,8 @@ mod tests {
                     b"istio-http/1.1".to_vec(),
                     b"istio".to_vec(),
                     b"http/1.1".to_vec()
-                ]
+                ],
+                sni: Some("outbound_.9080_._.reviews".into()),
             }
         );
         assert!(got.is_istio());
@@ -232,7 +258,10 @@ mod tests {
         assert!(matches!(app_tls, Hello::Tls { .. }) && !app_tls.is_istio());
         assert_eq!(
             client_hello(&rustls_hello(&[])),
-            Hello::Tls { alpn: vec![] }
+            Hello::Tls {
+                alpn: vec![],
+                sni: Some("outbound_.9080_._.reviews".into()),
+            }
         );
         // Every prefix is incomplete, never a wrong answer.
         for n in 0..h.len() {
@@ -244,7 +273,13 @@ mod tests {
         // Garbage after a plausible header: TLS without ALPN, no panic.
         let mut junk = vec![0x16, 0x03, 0x01, 0x00, 0x40, 0x01];
         junk.extend(std::iter::repeat_n(0xff, 0x3f));
-        assert_eq!(client_hello(&junk), Hello::Tls { alpn: vec![] });
+        assert_eq!(
+            client_hello(&junk),
+            Hello::Tls {
+                alpn: vec![],
+                sni: None
+            }
+        );
         let mut rng = 0x2545_f491_u64;
         for _ in 0..2000 {
             let mut b = h.clone();

@@ -47,7 +47,7 @@ thread_local! {
 }
 
 impl L7 {
-    fn engine(&self) -> Arc<Engine> {
+    pub(super) fn engine(&self) -> Arc<Engine> {
         ENGINE.with(|e| {
             e.borrow_mut()
                 .get_or_insert_with(|| Engine::new(self.metrics.clone(), self.log.clone()))

@@ -8,6 +8,7 @@
 
 pub mod connect;
 pub mod detect;
+pub mod gateway;
 pub mod http;
 mod inbound;
 mod outbound;
@@ -66,6 +67,10 @@ pub fn spawn(
         async move {
             let mut record = ConnRecord::accepted(&shared, direction, peer);
             match direction {
+                // A gateway has no capture: what it accepts is the Gateway's.
+                Direction::Outbound if shared.config.gateway.is_some() => {
+                    gateway::handle(&shared, client, &mut record, listen).await;
+                }
                 Direction::Outbound => outbound::handle(&shared, client, &mut record, listen).await,
                 Direction::Inbound => inbound::handle(&shared, client, &mut record, listen).await,
             }

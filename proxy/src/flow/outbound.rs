@@ -278,7 +278,7 @@ async fn finish_mtls(
 /// already sent, when it spoke first while the connection was sniffed): those bytes to the
 /// client first, then both ways until both end.
 #[allow(clippy::too_many_arguments)]
-async fn forward_mtls(
+pub(super) async fn forward_mtls(
     shared: &Shared,
     mut client: TcpStream,
     made: Box<std::io::Result<(TlsStream, Vec<u8>)>>,

@@ -214,6 +214,9 @@ pub struct CompiledCluster {
     pub port: u16,
     pub load_balancer: LoadBalancer,
     pub labels: Arc<ServiceLabels>,
+    /// The Service port's protocol, given in a gateway's clusters (its upstream h2 or
+    /// HTTP/1.1); `None` in a sidecar's, which use their port's.
+    pub protocol: Option<Protocol>,
     /// Where mTLS connections go (SNI, expected server identities); `None` when the
     /// cluster's mode is `DISABLE`. Used for the endpoints whose `mtls` says so.
     pub tls: Option<TlsTarget>,
@@ -312,6 +315,7 @@ impl CompiledService {
                     &c.service_name,
                     &c.service_namespace,
                 )),
+                protocol: c.protocol,
                 tls,
                 tls_key,
                 endpoints,

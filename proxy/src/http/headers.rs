@@ -54,6 +54,19 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// Appends `client` to `x-forwarded-for` (made when absent), as an edge proxy does.
+pub fn append_forwarded_for(h: &mut HeaderMap, client: std::net::IpAddr) {
+    let value = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(v) if !v.trim().is_empty() => format!("{v}, {client}"),
+        _ => client.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        h.insert(X_FORWARDED_FOR.clone(), v);
+    }
+}
+
 /// Whether the request asks for a protocol upgrade (WebSocket and the like) on HTTP/1.1.
 pub fn is_upgrade(h: &HeaderMap) -> bool {
     h.contains_key(header::UPGRADE)

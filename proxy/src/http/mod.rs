@@ -92,6 +92,7 @@
 pub mod body;
 pub mod compile;
 pub mod exchange;
+pub mod gateway;
 pub mod headers;
 pub mod lb;
 pub mod log;
@@ -119,12 +120,13 @@ pub use crate::identity::mesh::{Alpn, MeshTls, TlsTarget};
 
 pub use compile::{CompiledCluster, CompiledEndpoint, CompiledPort, CompiledService};
 pub use exchange::ResponseBody;
+pub use gateway::{CompiledVirtualHost, GatewayRoutes, VirtualHosts};
 pub use lb::LbStates;
 pub use log::{LogSink, stdout_sink};
 pub use metrics::{Flags, HttpMetrics, Principals};
 pub use prefixed::Prefixed;
 pub use select::{Action, RequestView, RouteExplanation, Selection, explain, select};
-pub use serve::{ServeError, serve_inbound, serve_outbound};
+pub use serve::{ServeError, serve_gateway, serve_inbound, serve_outbound};
 
 /// A boxed, sendable future (what the traits below return).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

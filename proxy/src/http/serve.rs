@@ -30,6 +30,7 @@ use super::compile::{CompiledCluster, CompiledDest, CompiledRoute, CompiledServi
 use super::exchange::{
     self, Exchange, FAULT_BODY, NC_BODY, ResponseBody, UC_BODY, UF_BODY, UH_BODY, UO_BODY, UT_BODY,
 };
+use super::gateway::{GatewayRoutes, VirtualHosts};
 use super::headers::{self, X_ENVOY_OVERLOADED, X_FORWARDED_PROTO};
 use super::lb::InFlight;
 use super::metrics::{Flags, PeerLabels, Principals, ServiceLabels};
@@ -64,7 +65,23 @@ pub async fn serve_outbound<IO>(io: IO, ctx: ConnCtx) -> Result<(), ServeError>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    serve(io, ctx, Direction::Outbound).await
+    serve(io, ctx, Direction::Outbound, None).await
+}
+
+/// Serves a connection accepted by an ingress gateway (`--role gateway`):
+/// `reporter="source"`, as Istio's gateways report. Each request's virtual host comes
+/// from `routes` (by its authority; none: 404 `NR`), then it is routed as an outbound
+/// request to a Service is. The gateway is the edge: `x-forwarded-proto` says how the
+/// client connected, and the client's address is appended to `x-forwarded-for`.
+pub async fn serve_gateway<IO>(
+    io: IO,
+    ctx: ConnCtx,
+    routes: Arc<dyn GatewayRoutes>,
+) -> Result<(), ServeError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    serve(io, ctx, Direction::Outbound, Some(routes)).await
 }
 
 /// Serves an inbound connection (a peer calling the pod's app):
@@ -73,7 +90,7 @@ pub async fn serve_inbound<IO>(io: IO, ctx: ConnCtx) -> Result<(), ServeError>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    serve(io, ctx, Direction::Inbound).await
+    serve(io, ctx, Direction::Inbound, None).await
 }
 
 /// What the requests of one connection share.
@@ -89,6 +106,8 @@ struct ConnState {
     authz: Option<Arc<crate::authz::CompiledWorkload>>,
     /// Inbound over mTLS: the connection's principals (the client's, ours).
     mtls: Option<Arc<Principals>>,
+    /// An ingress gateway's connection: where its virtual hosts come from.
+    gateway: Option<Arc<dyn GatewayRoutes>>,
 }
 
 /// Reads until the bytes read are the h2 client preface, or cannot be. `None`: the
@@ -142,7 +161,12 @@ macro_rules! drive {
     }};
 }
 
-async fn serve<IO>(mut io: IO, ctx: ConnCtx, direction: Direction) -> Result<(), ServeError>
+async fn serve<IO>(
+    mut io: IO,
+    ctx: ConnCtx,
+    direction: Direction,
+    gateway: Option<Arc<dyn GatewayRoutes>>,
+) -> Result<(), ServeError>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -187,6 +211,7 @@ where
         local,
         authz,
         mtls,
+        gateway,
     });
     let service = service_fn(move |req| {
         let st = st.clone();
@@ -211,7 +236,16 @@ async fn handle(st: Arc<ConnState>, mut req: Request<Incoming>) -> Response<Resp
     let mut rng = Rng::new();
     ex.grpc = headers::is_grpc(req.headers());
     let request_id = headers::ensure_request_id(req.headers_mut(), &mut rng);
-    if !req.headers().contains_key(&X_FORWARDED_PROTO) {
+    let gateway = st.gateway.as_ref().map(|g| g.hosts());
+    if let Some(hosts) = &gateway {
+        // The edge: how the client connected to us, and who it is.
+        let https = hosts.as_ref().is_some_and(|h| h.https);
+        req.headers_mut().insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(if https { "https" } else { "http" }),
+        );
+        headers::append_forwarded_for(req.headers_mut(), st.ctx.client.ip());
+    } else if !req.headers().contains_key(&X_FORWARDED_PROTO) {
         req.headers_mut()
             .insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     }
@@ -238,7 +272,7 @@ async fn handle(st: Arc<ConnState>, mut req: Request<Incoming>) -> Response<Resp
         l.downstream_peer_uri_san = st.ctx.peer_identity.clone();
     }
     match st.direction {
-        Direction::Outbound => outbound(&st, req, ex, &mut rng).await,
+        Direction::Outbound => outbound(&st, req, ex, &mut rng, gateway).await,
         Direction::Inbound => {
             ex.peer = st.peer.clone();
             ex.mtls = st.mtls.clone();
@@ -330,15 +364,57 @@ async fn find_service(st: &ConnState, authority: &str) -> Option<Arc<CompiledSer
     s.port(orig.port()).is_some().then_some(s)
 }
 
+/// A gateway request's virtual host: its Service and port number, or the reply it gets
+/// instead (404 `NR` for a host no virtual host takes, 301 for `httpsRedirect`).
+// The reply is what the request gets, returned as is: boxing it would only add an
+// allocation.
+#[allow(clippy::result_large_err)]
+fn gateway_service(
+    hosts: Option<Arc<VirtualHosts>>,
+    req: &Request<Incoming>,
+    mut ex: Box<Exchange>,
+) -> Result<(Arc<CompiledService>, u16, Box<Exchange>), Response<ResponseBody>> {
+    let authority = RequestView::of(req).authority;
+    let host = mesh_config::key::normalize_host(split_authority(authority).0);
+    let Some((vh, number)) = hosts
+        .as_ref()
+        .and_then(|h| h.pick(&host).map(|v| (v, h.number)))
+    else {
+        ex.flags |= Flags::NR;
+        return Err(exchange::local_reply(ex, 404, "", None));
+    };
+    if let Some(l) = ex.log.as_mut() {
+        l.route_name = Some(vh.name.clone());
+    }
+    if vh.https_redirect {
+        let pq = req.uri().path_and_query().map_or("/", PathAndQuery::as_str);
+        let location = HeaderValue::from_str(&format!("https://{host}{pq}")).ok();
+        return Err(exchange::configured_reply(ex, 301, Bytes::new(), location));
+    }
+    Ok((vh.service.clone(), number, ex))
+}
+
 async fn outbound(
     st: &ConnState,
     req: Request<Incoming>,
     mut ex: Box<Exchange>,
     rng: &mut Rng,
+    gateway: Option<Option<Arc<VirtualHosts>>>,
 ) -> Response<ResponseBody> {
     let orig = st.ctx.orig_dst;
     let authority = RequestView::of(&req).authority.to_owned();
-    let Some(svc) = find_service(st, &authority).await else {
+    let (svc, port) = match gateway {
+        Some(hosts) => match gateway_service(hosts, &req, ex) {
+            Ok((svc, number, e)) => {
+                ex = e;
+                (Some(svc), number)
+            }
+            Err(reply) => return reply,
+        },
+        None => (find_service(st, &authority).await, orig.port()),
+    };
+    let is_gateway = st.gateway.is_some();
+    let Some(svc) = svc else {
         // Istio's PassthroughCluster: to the original destination, unchanged.
         let host = if authority.is_empty() {
             orig.to_string()
@@ -361,8 +437,11 @@ async fn outbound(
         };
         return forward(st, req, ex, target, rng).await;
     };
-    ex.service = svc.labels.clone();
-    let sel = select::select(&svc, orig.port(), &RequestView::of(&req), rng);
+    if !is_gateway {
+        // A gateway's virtual host is not a Service: the cluster chosen names it.
+        ex.service = svc.labels.clone();
+    }
+    let sel = select::select(&svc, port, &RequestView::of(&req), rng);
     if sel.delay.is_some() {
         ex.flags |= Flags::DI;
     }
@@ -409,8 +488,12 @@ async fn outbound(
             resp
         }
         Action::Forward { cluster, dest } => {
-            let port = svc.port(orig.port());
-            let h2 = port.is_some_and(|p| p.protocol == Protocol::Http2);
+            let port = svc.port(port);
+            let h2 = if is_gateway {
+                cluster.protocol == Some(Protocol::Http2)
+            } else {
+                port.is_some_and(|p| p.protocol == Protocol::Http2)
+            };
             let retry = match route {
                 Some(r) => r.retry.as_ref(),
                 None => port.and_then(|p| p.default_retry.as_ref()),

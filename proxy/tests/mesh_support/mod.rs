@@ -47,8 +47,10 @@ pub struct CaState {
     pub issued: AtomicU64,
     /// Requests on the config stream's path (the proxy's stream came over TLS).
     pub stream_requests: AtomicU64,
-    /// What the config stream answers (once, whole); empty: an error.
+    /// What the config stream answers (whole); empty: an error.
     pub resources: Mutex<Vec<(String, mesh_config::Resource)>>,
+    /// Bumped by [`FakeCa::serve_config`]: open streams send the new resources.
+    pub config_version: tokio::sync::watch::Sender<u64>,
     pub key: KeyPair,
     pub params: CertificateParams,
 }
@@ -97,6 +99,7 @@ impl FakeCa {
             issued: AtomicU64::new(0),
             stream_requests: AtomicU64::new(0),
             resources: Mutex::new(Vec::new()),
+            config_version: tokio::sync::watch::channel(0).0,
             key,
             params,
         });
@@ -162,9 +165,11 @@ impl FakeCa {
         }
     }
 
-    /// From now on the config stream answers with `resources` (key, resource).
+    /// From now on the config stream answers with `resources` (key, resource); open
+    /// streams get them as a new response.
     pub fn serve_config(&self, resources: Vec<(String, mesh_config::Resource)>) {
         *self.state.resources.lock().unwrap() = resources;
+        self.state.config_version.send_modify(|v| *v += 1);
     }
 
     pub fn set_mode(&self, mode: Mode) {
@@ -183,14 +188,14 @@ pub fn grpc_error(code: u32, message: &str) -> Resp {
         .unwrap()
 }
 
-pub async fn answer(state: &CaState, req: http::Request<hyper::body::Incoming>) -> Resp {
+pub async fn answer(state: &Arc<CaState>, req: http::Request<hyper::body::Incoming>) -> Resp {
     if req.uri().path() == mesh_config::wire::STREAM_PATH {
         state.stream_requests.fetch_add(1, Ordering::Relaxed);
         let resources = state.resources.lock().unwrap().clone();
         if resources.is_empty() {
             return grpc_error(12, "not a control plane");
         }
-        return config_stream(resources, req.into_body());
+        return config_stream(state, resources, req.into_body());
     }
     if req.uri().path() != CREATE_CERTIFICATE_PATH {
         return grpc_error(12, "unknown method");
@@ -248,22 +253,17 @@ pub async fn answer(state: &CaState, req: http::Request<hyper::body::Incoming>) 
         .unwrap()
 }
 
-/// The config stream as a fake control plane answers it: one response with every
-/// resource, then nothing more (the stream stays open while the proxy's requests keep
-/// coming; they are read and dropped).
-fn config_stream(
-    resources: Vec<(String, mesh_config::Resource)>,
-    mut requests: hyper::body::Incoming,
-) -> Resp {
+/// One response of the config stream, as a gRPC frame.
+fn config_frame(version: u64, resources: Vec<(String, mesh_config::Resource)>) -> Bytes {
     use mesh_config::wire::{ResourceUpdate, StreamResponse};
     let msg = StreamResponse {
-        version: 1,
-        nonce: "n1".into(),
+        version,
+        nonce: format!("n{version}"),
         resources: resources
             .into_iter()
             .map(|(key, r)| ResourceUpdate {
                 key,
-                version: "1".into(),
+                version: version.to_string(),
                 body: r.to_json(),
             })
             .collect(),
@@ -272,13 +272,40 @@ fn config_stream(
     let mut frame = vec![0u8];
     frame.extend_from_slice(&(msg.len() as u32).to_be_bytes());
     frame.extend_from_slice(&msg);
+    Bytes::from(frame)
+}
+
+/// The config stream as a fake control plane answers it: one response with every
+/// resource, then one more each time [`FakeCa::serve_config`] changes them (the
+/// proxy's requests and ACKs are read and dropped).
+fn config_stream(
+    state: &Arc<CaState>,
+    resources: Vec<(String, mesh_config::Resource)>,
+    mut requests: hyper::body::Incoming,
+) -> Resp {
+    let mut changes = state.config_version.subscribe();
+    let first = config_frame(1, resources);
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, Infallible>>(4);
+    let state = state.clone();
     tokio::spawn(async move {
-        let _ = tx
-            .send(Ok(hyper::body::Frame::data(Bytes::from(frame))))
-            .await;
-        // Read (and ignore) the proxy's requests and ACKs until it goes away.
-        while let Some(Ok(_)) = requests.frame().await {}
+        let _ = tx.send(Ok(hyper::body::Frame::data(first))).await;
+        let mut version = 1;
+        loop {
+            tokio::select! {
+                // Read (and ignore) the proxy's requests and ACKs until it goes away.
+                r = requests.frame() => if !matches!(r, Some(Ok(_))) { break },
+                c = changes.changed() => {
+                    if c.is_err() {
+                        break;
+                    }
+                    version += 1;
+                    let now = state.resources.lock().unwrap().clone();
+                    if tx.send(Ok(hyper::body::Frame::data(config_frame(version, now)))).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
         drop(tx);
     });
     http::Response::builder()

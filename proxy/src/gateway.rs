@@ -1,0 +1,377 @@
+//! An ingress gateway's config (`--role gateway`), compiled when it arrives
+//! ([`CompiledGateway::compile`]): per listener port, the plaintext HTTP virtual hosts
+//! and the TLS servers, each SIMPLE server's certificate parsed into a rustls config and
+//! each passthrough server's clusters ready for load balancing. A certificate or key that
+//! does not parse refuses (NACKs) the whole config, so the gateway keeps serving the last
+//! good certificate; a server mesh-control sent no certificate for fails its handshakes,
+//! saying why. Pure: the flow (`flow/gateway.rs`) accepts, reads the ClientHello and
+//! calls into this, and the listener set (`listener::gateway_listeners`) binds the ports.
+
+use std::sync::Arc;
+
+use mesh_config::gateway::{Gateway, TlsServerMode, host_matches, match_rank};
+use mesh_config::{Certificate, Service, ValidationError};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::http::{CompiledService, LbStates, VirtualHosts};
+
+/// ALPN a gateway's HTTPS servers offer.
+const HTTPS_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+/// A gateway's listeners, ready for connections.
+#[derive(Debug)]
+pub struct CompiledGateway {
+    pub listeners: Vec<CompiledListener>,
+    raw: Gateway,
+}
+
+/// One port.
+#[derive(Debug)]
+pub struct CompiledListener {
+    /// The port bound.
+    pub port: u16,
+    /// The Gateway's port number.
+    pub number: u16,
+    /// Plaintext HTTP, when a server of this port takes it.
+    pub http: Option<Arc<VirtualHosts>>,
+    pub tls: Vec<CompiledTlsServer>,
+}
+
+/// One TLS server.
+#[derive(Debug)]
+pub struct CompiledTlsServer {
+    pub name: String,
+    pub hosts: Vec<String>,
+    pub mode: CompiledTlsMode,
+}
+
+/// What a TLS server does with a connection whose SNI chose it.
+pub enum CompiledTlsMode {
+    /// Terminate with `config` (`Err`: no certificate, and why), then HTTP with `hosts`.
+    Simple {
+        config: Result<Arc<rustls::ServerConfig>, String>,
+        hosts: Arc<VirtualHosts>,
+    },
+    /// Forward the bytes as they are, to a cluster of `clusters` chosen by `routes`.
+    Passthrough {
+        routes: Vec<CompiledTlsRoute>,
+        /// The routes' clusters (a Service without ports, for their load balancing).
+        clusters: Arc<CompiledService>,
+    },
+}
+
+impl std::fmt::Debug for CompiledTlsMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CompiledTlsMode::Simple { config, hosts } => f
+                .debug_struct("Simple")
+                .field("certificate", &config.as_ref().map(|_| "loaded"))
+                .field("hosts", hosts)
+                .finish(),
+            CompiledTlsMode::Passthrough { routes, .. } => f
+                .debug_struct("Passthrough")
+                .field("routes", routes)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+/// One VirtualService `tls[]` route.
+#[derive(Debug)]
+pub struct CompiledTlsRoute {
+    pub virtual_service: String,
+    pub sni_hosts: Vec<String>,
+    /// (cluster name, weight).
+    pub destinations: Vec<(String, u32)>,
+}
+
+impl CompiledTlsRoute {
+    /// A destination cluster by weight.
+    pub fn pick(&self, rng: &mut fastrand::Rng) -> Option<&str> {
+        let total: u64 = self.destinations.iter().map(|(_, w)| u64::from(*w)).sum();
+        if total == 0 {
+            return None;
+        }
+        let mut at = rng.u64(0..total);
+        for (c, w) in &self.destinations {
+            if at < u64::from(*w) {
+                return Some(c);
+            }
+            at -= u64::from(*w);
+        }
+        None
+    }
+}
+
+/// The pattern of `patterns` that matches `name` best (exact, longest wildcard, `*`),
+/// with its rank; `None` when none does. A missing SNI matches only `*`.
+fn best_match(patterns: &[String], name: Option<&str>) -> Option<usize> {
+    patterns
+        .iter()
+        .filter(|p| match name {
+            Some(n) => host_matches(p, n),
+            None => p.as_str() == "*",
+        })
+        .map(|p| match_rank(p))
+        .max()
+}
+
+impl CompiledListener {
+    /// The TLS server a ClientHello asking for `sni` goes to: the one whose hosts match
+    /// it best (the first of equals).
+    pub fn tls_server(&self, sni: Option<&str>) -> Option<&CompiledTlsServer> {
+        let mut best: Option<(usize, &CompiledTlsServer)> = None;
+        for s in &self.tls {
+            if let Some(rank) = best_match(&s.hosts, sni)
+                && best.is_none_or(|(b, _)| rank > b)
+            {
+                best = Some((rank, s));
+            }
+        }
+        best.map(|(_, s)| s)
+    }
+}
+
+impl CompiledTlsMode {
+    /// A passthrough server's route for `sni`: the first whose `sniHosts` match.
+    pub fn tls_route(&self, sni: Option<&str>) -> Option<&CompiledTlsRoute> {
+        match self {
+            CompiledTlsMode::Passthrough { routes, .. } => routes
+                .iter()
+                .find(|r| best_match(&r.sni_hosts, sni).is_some()),
+            CompiledTlsMode::Simple { .. } => None,
+        }
+    }
+}
+
+impl CompiledGateway {
+    /// Validates and compiles `g`, load-balancing state taken over from `states`.
+    pub fn compile(g: &Gateway, states: &LbStates) -> Result<CompiledGateway, ValidationError> {
+        mesh_config::Resource::Gateway(g.clone()).validate()?;
+        let mut listeners = Vec::with_capacity(g.listeners.len());
+        for l in &g.listeners {
+            let http = if l.http.is_empty() {
+                None
+            } else {
+                Some(Arc::new(VirtualHosts::compile(
+                    l.number,
+                    false,
+                    &l.http,
+                    &g.clusters,
+                    states,
+                )?))
+            };
+            let mut tls = Vec::with_capacity(l.tls.len());
+            for s in &l.tls {
+                let what = || format!("gateway port {}, server {}", l.number, s.name);
+                let mode = match &s.mode {
+                    TlsServerMode::Simple {
+                        credential_name,
+                        certificate,
+                        why,
+                        virtual_hosts,
+                    } => {
+                        let config = match certificate {
+                            Some(c) => Ok(server_config(c).map_err(|why| ValidationError {
+                                what: format!("{}, credential {credential_name}", what()),
+                                why,
+                            })?),
+                            None if why.is_empty() => {
+                                Err(format!("no certificate for credential {credential_name}"))
+                            }
+                            None => Err(format!("credential {credential_name}: {why}")),
+                        };
+                        let hosts = VirtualHosts::compile(
+                            l.number,
+                            true,
+                            virtual_hosts,
+                            &g.clusters,
+                            states,
+                        )?;
+                        CompiledTlsMode::Simple {
+                            config,
+                            hosts: Arc::new(hosts),
+                        }
+                    }
+                    TlsServerMode::Passthrough { routes } => {
+                        let mut used: Vec<mesh_config::Cluster> = Vec::new();
+                        for r in routes {
+                            for d in &r.destinations {
+                                if used.iter().all(|c| c.name != d.cluster)
+                                    && let Some(c) = g.cluster(&d.cluster)
+                                {
+                                    used.push(c.clone());
+                                }
+                            }
+                        }
+                        let svc = Service {
+                            host: s.name.clone(),
+                            name: s.name.clone(),
+                            namespace: String::new(),
+                            addresses: Vec::new(),
+                            ports: Vec::new(),
+                            domains: Vec::new(),
+                            clusters: used,
+                        };
+                        CompiledTlsMode::Passthrough {
+                            routes: routes
+                                .iter()
+                                .map(|r| CompiledTlsRoute {
+                                    virtual_service: r.virtual_service.clone(),
+                                    sni_hosts: r.sni_hosts.clone(),
+                                    destinations: r
+                                        .destinations
+                                        .iter()
+                                        .map(|d| (d.cluster.clone(), d.weight))
+                                        .collect(),
+                                })
+                                .collect(),
+                            clusters: Arc::new(CompiledService::compile_in(&svc, states)?),
+                        }
+                    }
+                };
+                tls.push(CompiledTlsServer {
+                    name: s.name.clone(),
+                    hosts: s.hosts.clone(),
+                    mode,
+                });
+            }
+            listeners.push(CompiledListener {
+                port: l.port,
+                number: l.number,
+                http,
+                tls,
+            });
+        }
+        Ok(CompiledGateway {
+            listeners,
+            raw: g.clone(),
+        })
+    }
+
+    /// The listener bound to `port`.
+    pub fn listener(&self, port: u16) -> Option<&CompiledListener> {
+        self.listeners.iter().find(|l| l.port == port)
+    }
+
+    /// The ports to listen on.
+    pub fn ports(&self) -> Vec<u16> {
+        self.listeners.iter().map(|l| l.port).collect()
+    }
+
+    /// The config as received.
+    pub fn raw(&self) -> &Gateway {
+        &self.raw
+    }
+}
+
+/// A SIMPLE server's rustls config: TLS 1.3 and 1.2 (outside clients are not all
+/// recent), ALPN `h2` and `http/1.1`, the chain and key of the credential.
+fn server_config(c: &Certificate) -> Result<Arc<rustls::ServerConfig>, String> {
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(c.chain_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("the certificate chain does not parse: {e}"))?;
+    if chain.is_empty() {
+        return Err("the certificate chain holds no certificate".into());
+    }
+    let key = PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes())
+        .map_err(|e| format!("the private key does not parse: {e}"))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+    .map_err(|e| e.to_string())?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .map_err(|e| format!("the certificate and key do not make a server certificate: {e}"))?;
+    config.alpn_protocols = HTTPS_ALPN.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use mesh_config::{GatewayListener, TlsServer, VirtualHost};
+
+    fn cert(name: &str) -> Certificate {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+        let c = params.self_signed(&key).unwrap();
+        Certificate {
+            chain_pem: c.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
+    fn gateway(certificate: Option<Certificate>) -> Gateway {
+        Gateway {
+            gateways: vec!["shop/gw".into()],
+            listeners: vec![GatewayListener {
+                port: 8443,
+                number: 443,
+                http: Vec::new(),
+                tls: vec![
+                    TlsServer {
+                        name: "shop/gw servers[0]".into(),
+                        hosts: vec!["*.example.com".into()],
+                        mode: TlsServerMode::Simple {
+                            credential_name: "shop-cert".into(),
+                            certificate,
+                            why: String::new(),
+                            virtual_hosts: vec![VirtualHost {
+                                name: "*.example.com".into(),
+                                domains: vec!["*.example.com".into()],
+                                https_redirect: false,
+                                routes: Vec::new(),
+                            }],
+                        },
+                    },
+                    TlsServer {
+                        name: "shop/gw servers[1]".into(),
+                        hosts: vec!["db.example.com".into()],
+                        mode: TlsServerMode::Passthrough { routes: Vec::new() },
+                    },
+                ],
+            }],
+            clusters: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn servers_by_sni() {
+        let g =
+            CompiledGateway::compile(&gateway(Some(cert("a.example.com"))), &LbStates::default())
+                .unwrap();
+        let l = g.listener(8443).unwrap();
+        assert_eq!(
+            l.tls_server(Some("db.example.com")).unwrap().name,
+            "shop/gw servers[1]"
+        );
+        assert_eq!(
+            l.tls_server(Some("a.example.com")).unwrap().name,
+            "shop/gw servers[0]"
+        );
+        assert!(l.tls_server(Some("example.org")).is_none());
+        assert!(l.tls_server(None).is_none(), "no SNI matches only *");
+        assert!(matches!(
+            &l.tls_server(Some("a.example.com")).unwrap().mode,
+            CompiledTlsMode::Simple { config: Ok(_), .. }
+        ));
+    }
+
+    #[test]
+    fn a_missing_certificate_fails_its_server_only_and_a_bad_one_refuses_the_config() {
+        let g = CompiledGateway::compile(&gateway(None), &LbStates::default()).unwrap();
+        let CompiledTlsMode::Simple { config, .. } = &g.listeners[0].tls[0].mode else {
+            panic!()
+        };
+        assert!(config.as_ref().unwrap_err().contains("shop-cert"));
+        let mut bad = cert("a.example.com");
+        bad.key_pem = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n".into();
+        let e = CompiledGateway::compile(&gateway(Some(bad)), &LbStates::default()).unwrap_err();
+        assert!(e.to_string().contains("credential shop-cert"), "{e}");
+    }
+}

@@ -1,0 +1,535 @@
+//! The whole proxy as an ingress gateway (`--role gateway`, parsed by the real CLI): its
+//! certificate from a fake CA, its Gateway config from the fake config stream, its
+//! listeners bound from that config, and real clients on loopback: plaintext HTTP routed
+//! by host and path, 404 `NR` for what no virtual host or route takes, `httpsRedirect`,
+//! HTTPS terminated with the credential's certificate (the client verifies it, by SNI),
+//! a new certificate served after a config update without a restart, TLS passthrough by
+//! SNI to a TLS upstream (bytes untouched: the client verifies the upstream's own
+//! certificate), and the gateway's request metrics counting exactly what was sent.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod http_support;
+mod mesh_support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_support::{Proto, Upstream, sum_series, upstream};
+use mesh_config::gateway::{Gateway, TlsServerMode};
+use mesh_config::{
+    Certificate, Cluster, Endpoint, GatewayListener, HeaderEdit, HttpRoute, LoadBalancer,
+    RequestMatch, Resource, RouteAction, StringMatch, TlsRoute, TlsServer, VirtualHost,
+    WeightedCluster,
+};
+use mesh_proxy::Proxy;
+use mesh_proxy::config::Config;
+use mesh_proxy::orig_dst::FixedOriginalDst;
+use mesh_support::{FakeCa, Files, TOKEN, eventually, get};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const HTTP_NUMBER: u16 = 80;
+const HTTPS_NUMBER: u16 = 443;
+
+/// A test CA and what it signs.
+struct TestCa {
+    key: KeyPair,
+    params: CertificateParams,
+    pem: String,
+}
+
+impl TestCa {
+    fn new() -> TestCa {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let pem = params.self_signed(&key).unwrap().pem();
+        TestCa { key, params, pem }
+    }
+
+    /// A server certificate for `name`, and its serial (to tell two apart).
+    fn issue(&self, name: &str, serial: u64) -> Certificate {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(vec![name.to_owned()]).unwrap();
+        p.serial_number = Some(serial.into());
+        let issuer = Issuer::from_params(&self.params, &self.key);
+        let cert = p.signed_by(&key, &issuer).unwrap();
+        Certificate {
+            chain_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
+    fn client(&self) -> tokio_rustls::TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        use rustls::pki_types::pem::PemObject as _;
+        for c in rustls::pki_types::CertificateDer::pem_slice_iter(self.pem.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let config = rustls::ClientConfig::builder_with_provider(mesh_support::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    }
+}
+
+fn cluster(name: &str, addr: SocketAddr) -> Cluster {
+    let host = format!("{name}.shop.svc.cluster.local");
+    Cluster {
+        name: mesh_config::cluster::cluster_name(9080, None, &host),
+        host,
+        service_name: name.into(),
+        service_namespace: "shop".into(),
+        port: 9080,
+        subset: None,
+        load_balancer: LoadBalancer::RoundRobin,
+        endpoints: vec![Endpoint {
+            addr,
+            serving: true,
+            terminating: false,
+            mtls: false,
+            peer: None,
+        }],
+        connection_pool: Default::default(),
+        outlier_detection: None,
+        tls: Default::default(),
+        protocol: Some(mesh_config::Protocol::Http),
+    }
+}
+
+fn to(c: &Cluster) -> RouteAction {
+    RouteAction::Route(vec![WeightedCluster {
+        cluster: c.name.clone(),
+        weight: 100,
+        request_headers: HeaderEdit::default(),
+        response_headers: HeaderEdit::default(),
+    }])
+}
+
+fn route(name: &str, uri: StringMatch, c: &Cluster) -> HttpRoute {
+    HttpRoute {
+        name: name.into(),
+        virtual_service: "shop/bookinfo".into(),
+        matches: vec![RequestMatch {
+            uri: Some(uri),
+            ..Default::default()
+        }],
+        action: to(c),
+        fault: None,
+        request_headers: HeaderEdit::default(),
+        response_headers: HeaderEdit::default(),
+        rewrite: None,
+        timeout_ms: None,
+        retry: None,
+    }
+}
+
+fn vhost(name: &str, routes: Vec<HttpRoute>) -> VirtualHost {
+    VirtualHost {
+        name: name.into(),
+        domains: vec![name.into()],
+        https_redirect: false,
+        routes,
+    }
+}
+
+/// The gateway's config: port `http` (number 80) with bookinfo's routes for `*` and a
+/// redirecting host; port `https` (number 443) with a SIMPLE server for
+/// shop.example.com and a passthrough for db.example.com.
+fn config(
+    http: u16,
+    https: u16,
+    page: &Cluster,
+    db: &Cluster,
+    cert: Option<Certificate>,
+) -> Gateway {
+    let bookinfo = vec![
+        route(
+            "productpage",
+            StringMatch::Exact("/productpage".into()),
+            page,
+        ),
+        route("static", StringMatch::Prefix("/static".into()), page),
+    ];
+    let mut redirect = vhost("secure.example.com", bookinfo.clone());
+    redirect.https_redirect = true;
+    Gateway {
+        gateways: vec!["shop/bookinfo-gateway".into()],
+        listeners: vec![
+            GatewayListener {
+                port: http,
+                number: HTTP_NUMBER,
+                http: vec![vhost("*", bookinfo.clone()), redirect],
+                tls: Vec::new(),
+            },
+            GatewayListener {
+                port: https,
+                number: HTTPS_NUMBER,
+                http: Vec::new(),
+                tls: vec![
+                    TlsServer {
+                        name: "shop/bookinfo-gateway servers[1]".into(),
+                        hosts: vec!["shop.example.com".into()],
+                        mode: TlsServerMode::Simple {
+                            credential_name: "shop-cert".into(),
+                            certificate: cert,
+                            why: String::new(),
+                            virtual_hosts: vec![vhost("shop.example.com", bookinfo)],
+                        },
+                    },
+                    TlsServer {
+                        name: "shop/bookinfo-gateway servers[2]".into(),
+                        hosts: vec!["db.example.com".into()],
+                        mode: TlsServerMode::Passthrough {
+                            routes: vec![TlsRoute {
+                                virtual_service: "shop/db".into(),
+                                sni_hosts: vec!["db.example.com".into()],
+                                destinations: vec![WeightedCluster {
+                                    cluster: db.name.clone(),
+                                    weight: 1,
+                                    request_headers: HeaderEdit::default(),
+                                    response_headers: HeaderEdit::default(),
+                                }],
+                            }],
+                        },
+                    },
+                ],
+            },
+        ],
+        clusters: vec![page.clone(), db.clone()],
+    }
+}
+
+async fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// One HTTP/1.1 request: (status, head lower case, body); status 0 when the
+/// connection broke before a response.
+async fn request<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    s: S,
+    host: &str,
+    path: &str,
+) -> (u16, String, String) {
+    use http_body_util::BodyExt as _;
+    let Ok((mut send, conn)) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s)).await
+    else {
+        return (0, String::new(), String::new());
+    };
+    tokio::spawn(conn);
+    let req = hyper::Request::get(path)
+        .header("host", host)
+        .body(http_body_util::Empty::<hyper::body::Bytes>::new())
+        .unwrap();
+    let Ok(resp) = send.send_request(req).await else {
+        return (0, String::new(), String::new());
+    };
+    let status = resp.status().as_u16();
+    let head = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| format!("{k}: {}\n", v.to_str().unwrap_or("")))
+        .collect::<String>();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, head, String::from_utf8_lossy(&body).into_owned())
+}
+
+async fn plain(addr: SocketAddr, host: &str, path: &str) -> (u16, String, String) {
+    request(TcpStream::connect(addr).await.unwrap(), host, path).await
+}
+
+/// HTTPS through the gateway, verifying the server's certificate for `sni`; also
+/// returns the (DER) certificate the gateway served.
+async fn https(
+    ca: &TestCa,
+    addr: SocketAddr,
+    sni: &str,
+    path: &str,
+) -> std::io::Result<(u16, String, Vec<u8>)> {
+    let tcp = TcpStream::connect(addr).await?;
+    let tls = ca
+        .client()
+        .connect(ServerName::try_from(sni.to_owned()).unwrap(), tcp)
+        .await?;
+    let served = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+    let (status, _, body) = request(tls, sni, path).await;
+    Ok((status, body, served))
+}
+
+/// The DER of a certificate, to compare what was served with what was configured.
+fn der_of(c: &Certificate) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject as _;
+    rustls::pki_types::CertificateDer::from_pem_slice(c.chain_pem.as_bytes())
+        .unwrap()
+        .to_vec()
+}
+
+/// A TLS server for `name` that answers `db:<what it read>` on each connection.
+async fn tls_upstream(ca: &TestCa, name: &str) -> SocketAddr {
+    use rustls::pki_types::pem::PemObject as _;
+    let cert = ca.issue(name, 77);
+    let chain = rustls::pki_types::CertificateDer::pem_slice_iter(cert.chain_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(mesh_support::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut s) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut buf = [0u8; 64];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let mut reply = b"db:".to_vec();
+                reply.extend_from_slice(&buf[..n]);
+                let _ = s.write_all(&reply).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+struct Gw {
+    http: SocketAddr,
+    https: SocketAddr,
+    metrics: SocketAddr,
+    _files: Files,
+    task: tokio::task::JoinHandle<mesh_proxy::DrainReport>,
+}
+
+async fn gateway(ca: &FakeCa, http: u16, https: u16) -> Gw {
+    let files = Files::new(&ca.root_pem, TOKEN);
+    let addr = ca.addr.to_string();
+    let (root, token) = (files.path("root-cert.pem"), files.path("istio-token"));
+    let args = vec![
+        "mesh-proxy",
+        "--role",
+        "gateway",
+        "--root-cert",
+        &root,
+        "--token-file",
+        &token,
+        "--control-plane",
+        &addr,
+        "--pod-namespace",
+        "shop",
+        "--service-account",
+        "istio-ingressgateway",
+        "--workload-name",
+        "istio-ingressgateway",
+        "--instance-ip",
+        "127.0.0.1",
+    ];
+    let parsed = match mesh_proxy::cli::Args::command_from(args, &|_| None).unwrap() {
+        mesh_proxy::cli::Command::Run(a) => a.into_config().unwrap(),
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        parsed.outbound.is_empty() && parsed.inbound.is_empty(),
+        "a gateway captures nothing"
+    );
+    assert!(parsed.gateway.is_some());
+    let mut config = Config::loopback();
+    config.outbound = Vec::new();
+    config.inbound = Vec::new();
+    config.gateway = Some(vec!["127.0.0.1".parse().unwrap()]);
+    config.control_plane = parsed.control_plane.clone();
+    config.workload_identity = parsed.workload_identity.clone();
+    config.identity = parsed.identity.clone();
+    config.worker_threads = 2;
+    let p = Proxy::bind(
+        config,
+        Arc::new(FixedOriginalDst("127.0.0.1:1".parse().unwrap())),
+    )
+    .await
+    .unwrap();
+    let addrs = p.addrs().clone();
+    let task = tokio::spawn(p.run());
+    eventually(Duration::from_secs(10), "gateway ready", || async {
+        get(addrs.admin, "/healthz/ready").await.0 == 200
+    })
+    .await;
+    let gw = Gw {
+        http: SocketAddr::from(([127, 0, 0, 1], http)),
+        https: SocketAddr::from(([127, 0, 0, 1], https)),
+        metrics: addrs.metrics,
+        _files: files,
+        task,
+    };
+    let port = gw.http;
+    eventually(
+        Duration::from_secs(5),
+        "gateway port bound",
+        || async move { TcpStream::connect(port).await.is_ok() },
+    )
+    .await;
+    gw
+}
+
+fn requests(text: &str, want: &[&str]) -> u64 {
+    sum_series(text, "istio_requests_total{", want)
+}
+
+#[tokio::test]
+async fn routes_terminates_and_passes_through_as_istio_gateways_do() {
+    let ca = FakeCa::start().await;
+    let test_ca = TestCa::new();
+    let page: Upstream = upstream("productpage", Proto::H1).await;
+    let page_cluster = cluster("productpage", page.addr);
+    let db_cluster = cluster("db", tls_upstream(&test_ca, "db.example.com").await);
+    let (http_port, https_port) = (free_port().await, free_port().await);
+    let first = test_ca.issue("shop.example.com", 1);
+    ca.serve_config(vec![(
+        "gateway".into(),
+        Resource::Gateway(config(
+            http_port,
+            https_port,
+            &page_cluster,
+            &db_cluster,
+            Some(first.clone()),
+        )),
+    )]);
+    let gw = gateway(&ca, http_port, https_port).await;
+
+    // Plaintext HTTP, routed by path for any host.
+    let (s, _, body) = plain(gw.http, "bookinfo.example.org", "/productpage").await;
+    assert_eq!((s, body.as_str()), (200, "productpage"));
+    let (s, _, _) = plain(gw.http, "bookinfo.example.org:80", "/static/css/x.css").await;
+    assert_eq!(s, 200, "prefix /static");
+    let (_, path, headers) = page.seen_last();
+    assert_eq!(path, "/static/css/x.css");
+    assert_eq!(headers["x-forwarded-proto"], "http");
+    assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
+    assert!(headers.contains_key("x-request-id"));
+    let (s, _, _) = plain(gw.http, "bookinfo.example.org", "/other").await;
+    assert_eq!(s, 404, "no route");
+    // httpsRedirect: a 301 to the same host and path over https.
+    let (s, head, _) = plain(gw.http, "secure.example.com", "/productpage?a=1").await;
+    assert_eq!(s, 301);
+    assert!(
+        head.contains("location: https://secure.example.com/productpage?a=1"),
+        "{head}"
+    );
+
+    // HTTPS: the credential's certificate, verified by the client for its SNI.
+    let (s, body, serial) = https(&test_ca, gw.https, "shop.example.com", "/productpage")
+        .await
+        .unwrap();
+    assert_eq!((s, body.as_str()), (200, "productpage"));
+    assert_eq!(serial, der_of(&first));
+    assert_eq!(page.seen_last().2["x-forwarded-proto"], "https");
+    // An SNI no server takes: the connection is closed, no certificate is shown.
+    assert!(
+        https(&test_ca, gw.https, "other.example.com", "/")
+            .await
+            .is_err()
+    );
+    // Plaintext on the TLS-only port: closed.
+    let (s, _, _) = plain(gw.https, "shop.example.com", "/productpage").await;
+    assert_eq!(s, 0);
+
+    // Passthrough: the upstream's own certificate, and the bytes untouched.
+    let tcp = TcpStream::connect(gw.https).await.unwrap();
+    let mut tls = test_ca
+        .client()
+        .connect(ServerName::try_from("db.example.com").unwrap(), tcp)
+        .await
+        .unwrap();
+    tls.write_all(b"ping").await.unwrap();
+    let mut got = Vec::new();
+    let _ = tls.read_to_end(&mut got).await;
+    assert_eq!(got, b"db:ping");
+
+    // Metrics: exactly what was sent, as the source workload.
+    let text = get(gw.metrics, "/stats/prometheus").await.1;
+    let me = "source_workload=\"istio-ingressgateway\"";
+    let routed = [
+        "reporter=\"source\"",
+        me,
+        "destination_service_name=\"productpage\"",
+        "response_code=\"200\"",
+    ];
+    assert_eq!(requests(&text, &routed), 3, "{text}");
+    assert_eq!(
+        requests(
+            &text,
+            &[me, "response_code=\"404\"", "response_flags=\"NR\""]
+        ),
+        1,
+        "{text}"
+    );
+    assert_eq!(requests(&text, &[me, "response_code=\"301\""]), 1, "{text}");
+
+    // A new certificate (the Secret rotated): served without a restart once the config
+    // carries it.
+    let second = test_ca.issue("shop.example.com", 2);
+    ca.serve_config(vec![(
+        "gateway".into(),
+        Resource::Gateway(config(
+            http_port,
+            https_port,
+            &page_cluster,
+            &db_cluster,
+            Some(second.clone()),
+        )),
+    )]);
+    let mut served = Vec::new();
+    for _ in 0..200 {
+        if let Ok((200, _, s)) = https(&test_ca, gw.https, "shop.example.com", "/productpage").await
+        {
+            served = s;
+            if served == der_of(&second) {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(served == der_of(&second), "the new certificate is served");
+    assert!(!gw.task.is_finished());
+}
+
+#[tokio::test]
+async fn a_server_without_its_certificate_fails_its_handshakes_only() {
+    let ca = FakeCa::start().await;
+    let test_ca = TestCa::new();
+    let page = upstream("productpage", Proto::H1).await;
+    let page_cluster = cluster("productpage", page.addr);
+    let db_cluster = cluster("db", page.addr);
+    let (http_port, https_port) = (free_port().await, free_port().await);
+    ca.serve_config(vec![(
+        "gateway".into(),
+        Resource::Gateway(config(
+            http_port,
+            https_port,
+            &page_cluster,
+            &db_cluster,
+            None,
+        )),
+    )]);
+    let gw = gateway(&ca, http_port, https_port).await;
+    assert!(
+        https(&test_ca, gw.https, "shop.example.com", "/productpage")
+            .await
+            .is_err()
+    );
+    let (s, _, _) = plain(gw.http, "bookinfo.example.org", "/productpage").await;
+    assert_eq!(s, 200, "the plaintext port still routes");
+}
