@@ -5,12 +5,12 @@
 //! as outbound.
 //!
 //! A listener with TLS servers reads the first bytes: a ClientHello picks the server by
-//! its SNI ([`CompiledListener::tls_server`]): `SIMPLE` terminates TLS with the server's
+//! its SNI (`CompiledListener::tls_server`): `SIMPLE` terminates TLS with the server's
 //! certificate and serves HTTP with its virtual hosts; `PASSTHROUGH` forwards the
 //! bytes, untouched, to the endpoint its `tls[]` route picks (over mTLS when the
 //! endpoint's pod has a sidecar). Anything else is plaintext HTTP for the port's HTTP
 //! servers, or closed when there are none. Each request's virtual host is looked up in
-//! the newest config ([`StoreRoutes`]), so a change applies to kept-alive connections.
+//! the newest config (`StoreRoutes`), so a change applies to kept-alive connections.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

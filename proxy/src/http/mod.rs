@@ -55,6 +55,15 @@
 //! breaks off before its response head: 503 `UC`. No route: 404 `NR`. Without a
 //! Service (passthrough) a request that could not be sent is tried twice more.
 //!
+//! A gateway (`--role gateway`, [`serve_gateway`]): the request's virtual host is
+//! chosen by its authority among the listener's (or the TLS server's)
+//! ([`VirtualHosts::pick`]: an exact domain, else the longest wildcard, else `*`; none:
+//! 404 `NR`; `httpsRedirect`: 301 to `https://`), then it is routed as an outbound
+//! request to a Service is, with the Gateway's port number for `match.port`, the
+//! upstream protocol from the cluster (`Cluster::protocol`) and `destination_service`
+//! from the cluster chosen; `x-forwarded-proto` is how the client connected and the
+//! client's address is appended to `x-forwarded-for`.
+//!
 //! Inbound (`reporter="destination"`): to the original destination (the app), no
 //! routes, no faults; h2 upstream when the Service port says `http2`/`grpc`, else the
 //! downstream's protocol; the source labels come from `Resolver::peer` (asked once per
@@ -84,9 +93,9 @@
 //! # Modules, in dependency order
 //!
 //! [`metrics`] (label sets, flags, the registry) → [`resilience`] (limits, ejections,
-//! retry rules) → [`body`] → [`pool`] → [`compile`] → [`lb`] → [`select`] →
-//! [`headers`] → [`prefixed`] → [`log`] → [`exchange`] →
-//! [`serve`]. Nothing here depends on `flow`; `flow` calls in. Of the rest of the crate
+//! retry rules) → [`body`] → [`pool`] → [`compile`] → [`lb`] → [`gateway`] (an
+//! ingress gateway's virtual hosts) → [`select`] → [`headers`] → [`prefixed`] →
+//! [`log`] → [`exchange`] → [`serve`]. Nothing here depends on `flow`; `flow` calls in. Of the rest of the crate
 //! it uses `identity::mesh` (TLS origination), `authz`, `config` and `direction`.
 
 pub mod body;
