@@ -37,7 +37,7 @@ timed() { # label command...: runs it and records how long it took
 
 export DEBIAN_FRONTEND=noninteractive
 need=()
-for pkg in iptables iproute2 nftables util-linux curl socat haproxy hey ca-certificates musl-tools tcpdump; do
+for pkg in iptables iproute2 nftables util-linux curl openssl socat haproxy hey ca-certificates musl-tools tcpdump; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
