@@ -42,8 +42,10 @@ pub struct GatewayListener {
     /// of every VirtualService bound to one of them, chosen by `Host` / `:authority`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub http: Vec<VirtualHost>,
-    /// The TLS servers (HTTPS, TLS), chosen by the ClientHello's SNI: the first whose
-    /// `hosts` match it.
+    /// The TLS servers (HTTPS, TLS), chosen by the ClientHello's SNI: the one whose
+    /// `hosts` match it most specifically (as [`VirtualHost::domains`] are chosen; the
+    /// first of equals). A listener with neither `http` nor `tls` takes plaintext HTTP
+    /// and answers every request 404 `NR`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tls: Vec<TlsServer>,
 }
@@ -84,7 +86,12 @@ pub struct TlsServer {
 
 /// `servers[].tls.mode`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "mode", rename_all = "SCREAMING_SNAKE_CASE", deny_unknown_fields)]
+#[serde(
+    tag = "mode",
+    rename_all = "SCREAMING_SNAKE_CASE",
+    rename_all_fields = "camelCase",
+    deny_unknown_fields
+)]
 pub enum TlsServerMode {
     /// Terminated with the `credentialName` Secret's certificate, then HTTP.
     Simple {
@@ -103,7 +110,8 @@ pub enum TlsServerMode {
         virtual_hosts: Vec<VirtualHost>,
     },
     /// Not terminated: the connection goes, bytes untouched, to the destination of the
-    /// first bound VirtualService `tls[]` route whose `sniHosts` match the SNI.
+    /// bound VirtualService `tls[]` route whose `sniHosts` match the SNI most
+    /// specifically (the first of equals).
     Passthrough {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         routes: Vec<TlsRoute>,

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::gateway::{Gateway, TlsServerMode};
-use crate::route::{RouteAction, StringMatch};
+use crate::route::{HttpRoute, RouteAction, StringMatch};
 use crate::service::Service;
 use crate::workload::Workload;
 
@@ -56,10 +56,21 @@ impl Resource {
 
     /// Every regex the resource carries, with where it is, for the proxy to compile.
     pub fn regexes(&self) -> Vec<(String, &str)> {
+        let mut out = Vec::new();
         match self {
-            Resource::Service(svc) => service_regexes(svc),
-            _ => Vec::new(),
+            Resource::Service(svc) => {
+                route_regexes(&format!("service {}", svc.host), routes(svc), &mut out);
+            }
+            Resource::Gateway(g) => {
+                for (number, v) in g.virtual_hosts() {
+                    let owner = format!("gateway virtual host {}", v.name);
+                    let routes = v.routes.iter().enumerate().map(|(i, r)| (number, i, r));
+                    route_regexes(&owner, routes, &mut out);
+                }
+            }
+            Resource::Workload(_) | Resource::NotFound => {}
         }
+        out
     }
 }
 
@@ -238,9 +249,13 @@ fn validate_service(svc: &Service) -> Result<(), ValidationError> {
     Ok(())
 }
 
-fn service_regexes(svc: &Service) -> Vec<(String, &str)> {
-    let mut out = Vec::new();
-    for (port, i, r) in routes(svc) {
+/// The regexes of `routes`, each with where it is: `<owner> port <port>, route <i>`.
+fn route_regexes<'a>(
+    owner: &str,
+    routes: impl Iterator<Item = (u16, usize, &'a HttpRoute)>,
+    out: &mut Vec<(String, &'a str)>,
+) {
+    for (port, i, r) in routes {
         for m in &r.matches {
             let fields = [
                 ("uri", m.uri.as_ref()),
@@ -261,8 +276,8 @@ fn service_regexes(svc: &Service) -> Vec<(String, &str)> {
                 if let Some(StringMatch::Regex(re)) = v {
                     out.push((
                         format!(
-                            "service {} port {port}, route {i} ({}), match {field}",
-                            svc.host, r.virtual_service
+                            "{owner} port {port}, route {i} ({}), match {field}",
+                            r.virtual_service
                         ),
                         re.as_str(),
                     ));
@@ -270,7 +285,6 @@ fn service_regexes(svc: &Service) -> Vec<(String, &str)> {
             }
         }
     }
-    out
 }
 
 /// Every route of every port, with the port and the route's index in it.

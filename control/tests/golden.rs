@@ -1,10 +1,11 @@
 //! Golden corpus for the translation (`Snapshot::build` + `Snapshot::resolve`).
 //!
 //! Every `testdata/translate/<case>/` holds:
-//! - `input.yaml`: Namespaces, Pods, Services, EndpointSlices, VirtualServices and
-//!   DestinationRules (multi-document YAML, as `kubectl get -o yaml` shows them); a
+//! - `input.yaml`: Namespaces, Pods, Services, EndpointSlices, Secrets and the Istio
+//!   kinds (multi-document YAML, as `kubectl get -o yaml` shows them); a
 //!   leading `# base: bookinfo.yaml` line reads that file of `testdata/translate/` first;
-//! - `queries.yaml`: a list of `{proxy: <namespace>/<pod>, key: host/reviews}`;
+//! - `queries.yaml`: a list of `{proxy: <namespace>/<pod>, key: host/reviews}`, with
+//!   `identity: spiffe://...` for a stream authenticated by that client certificate;
 //! - `expected.yaml`: the build's diagnostics, then each query with the resource it
 //!   resolves to.
 //!
@@ -53,6 +54,8 @@ fn objects(case: &str, docs: &[Value]) -> Objects {
             "Pod" => o.pods.push(Arc::new(typed(d, case))),
             "Service" => o.services.push(Arc::new(typed(d, case))),
             "EndpointSlice" => o.endpoint_slices.push(Arc::new(typed(d, case))),
+            "Secret" => o.secrets.push(Arc::new(typed(d, case))),
+            "Gateway" => o.gateways.push(d.clone()),
             "VirtualService" => o.virtual_services.push(d.clone()),
             "DestinationRule" => o.destination_rules.push(d.clone()),
             "PeerAuthentication" => o.peer_authentications.push(d.clone()),
@@ -91,9 +94,10 @@ fn run_case(case: &str, path: &Path) -> String {
         let (namespace, pod_name) = proxy.split_once('/').expect("proxy: <namespace>/<pod>");
         let key_text = q["key"].as_str().expect("key: addr/<ip> or host/<name>");
         let key: Key = key_text.parse().unwrap_or_else(|e| panic!("{case}: {e}"));
+        let identity = q["identity"].as_str().map(str::to_owned);
         let node = ProxyNode {
-            namespace: namespace.into(),
-            pod_name: pod_name.into(),
+            identity: identity.clone(),
+            ..ProxyNode::new(namespace, pod_name)
         };
         let resource = snapshot.resolve(&node, &key);
         let what = format!("{case}: {proxy} {key_text}");
@@ -108,11 +112,15 @@ fn run_case(case: &str, path: &Path) -> String {
             resource,
             "{what}: wire round trip"
         );
-        answers.push(json!({
+        let mut answer = json!({
             "proxy": proxy,
             "key": key_text,
             "resource": serde_json::to_value(&resource).unwrap(),
-        }));
+        });
+        if let Some(id) = identity {
+            answer["identity"] = id.into();
+        }
+        answers.push(answer);
     }
     let out = json!({
         "diagnostics": diags.iter().map(diagnostic).collect::<Vec<_>>(),

@@ -134,14 +134,21 @@ impl CompiledListener {
 }
 
 impl CompiledTlsMode {
-    /// A passthrough server's route for `sni`: the first whose `sniHosts` match.
+    /// A passthrough server's route for `sni`: the one whose `sniHosts` match it most
+    /// specifically (the first of equals).
     pub fn tls_route(&self, sni: Option<&str>) -> Option<&CompiledTlsRoute> {
-        match self {
-            CompiledTlsMode::Passthrough { routes, .. } => routes
-                .iter()
-                .find(|r| best_match(&r.sni_hosts, sni).is_some()),
-            CompiledTlsMode::Simple { .. } => None,
+        let CompiledTlsMode::Passthrough { routes, .. } = self else {
+            return None;
+        };
+        let mut best: Option<(usize, &CompiledTlsRoute)> = None;
+        for r in routes {
+            if let Some(rank) = best_match(&r.sni_hosts, sni)
+                && best.is_none_or(|(b, _)| rank > b)
+            {
+                best = Some((rank, r));
+            }
         }
+        best.map(|(_, r)| r)
     }
 }
 

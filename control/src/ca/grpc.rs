@@ -94,7 +94,10 @@ async fn create(
     req: Request<IstioCertificateRequest>,
 ) -> Result<Response<IstioCertificateResponse>, Status> {
     let peer = req
-        .remote_addr()
+        .extensions()
+        .get::<crate::ca::tls::PeerInfo>()
+        .and_then(|p| p.remote_addr)
+        .or_else(|| req.remote_addr())
         .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
     let refuse = |why: CaRefusal, caller: &str, status: Status| {
         ctx.metrics.ca_refused(why);

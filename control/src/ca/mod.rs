@@ -9,11 +9,12 @@
 //!   layout), else the self-signed root in Secret `istio-ca-secret`, made once, racing
 //!   replicas converging on one;
 //! - [`rootcert`]: ConfigMap `istio-ca-root-cert` in every namespace, kept as it should be;
+//! - [`tls`]: mesh-control's own serving certificate on 15012, issued by [`authority`] and
+//!   renewed at half-life, and the TLS accept loop (client certificates of the mesh asked
+//!   for, optional; who the peer is, [`tls::PeerInfo`], goes with each request);
 //! - [`grpc`]: the `CreateCertificate` service (token → identity → signed chain; its
 //!   counters live in [`crate::serve::metrics`], a leaf module that depends on nothing
-//!   here);
-//! - [`tls`]: mesh-control's own serving certificate on 15012, issued by [`authority`] and
-//!   renewed at half-life, and the TLS accept loop.
+//!   here).
 //!
 //! [`crate::serve`] wires them: it loads the CA at start ([`bootstrap`]; a failure is a
 //! start-up error), serves [`grpc`] beside the config stream on the TLS port, runs

@@ -10,8 +10,12 @@
 //!   the current certificate; [`renew_loop`] issues a new key and certificate at half the
 //!   old one's life and swaps it in. Open connections keep their session; nothing
 //!   restarts.
-//! - **TLS.** rustls with ring, TLS 1.3 and 1.2, ALPN `h2` only (gRPC), no client
-//!   certificates (callers authenticate with their token).
+//! - **TLS.** rustls with ring, TLS 1.3 and 1.2, ALPN `h2` only (gRPC). A client
+//!   certificate is asked for, not required: one that does not chain to the mesh's
+//!   root fails the handshake; without one the connection is anonymous (the CA's callers
+//!   authenticate with their token). The verified certificate's SPIFFE id (its first
+//!   `spiffe://` URI SAN) is the connection's [`PeerInfo::identity`]: the config stream
+//!   of a gateway whose id is its pod's own gets its Secrets' keys.
 //! - **Accepting.** Each handshake runs in its own task with a time-out
 //!   ([`HANDSHAKE_TIMEOUT`]), so a slow or silent client never holds up the others.
 
@@ -23,7 +27,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use rcgen::KeyPair;
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -31,7 +35,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::server::Connected;
 
 use crate::ca::authority::{Authority, SignError, human};
 
@@ -54,6 +58,8 @@ pub enum TlsError {
     Key(rcgen::Error),
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
+    #[error("the mesh's root certificate, to verify clients with: {0}")]
+    Roots(String),
 }
 
 /// The serving certificate's SANs.
@@ -213,34 +219,74 @@ pub async fn renew_loop(cert: Arc<ServingCert>) {
 }
 
 /// rustls' server side of the TLS port: TLS 1.3 and 1.2 (ring), ALPN `h2`, the
-/// certificate from `resolver`.
+/// certificate from `resolver`; client certificates asked for, optional, verified
+/// against `root_pem` (one or more PEM roots: the mesh's).
 pub fn server_config(
     resolver: Arc<dyn ResolvesServerCert>,
+    root_pem: &str,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-    .with_no_client_auth()
-    .with_cert_resolver(resolver);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    let blocks = pem::parse_many(root_pem).map_err(|e| TlsError::Roots(e.to_string()))?;
+    for b in blocks.into_iter().filter(|b| b.tag() == "CERTIFICATE") {
+        roots
+            .add(rustls_pki_types::CertificateDer::from(b.into_contents()))
+            .map_err(|e| TlsError::Roots(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(TlsError::Roots("no certificate in it".into()));
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| TlsError::Roots(e.to_string()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
 }
 
-/// One accepted TLS connection, as tonic's server takes it (its connect info is the TCP
-/// peer, so `Request::remote_addr` works).
+/// Who is at the other end of a TLS port connection (tonic puts it in each request's
+/// extensions).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    pub local_addr: Option<SocketAddr>,
+    pub remote_addr: Option<SocketAddr>,
+    /// The SPIFFE id of the client certificate, verified against the mesh's root; `None`
+    /// without one.
+    pub identity: Option<String>,
+}
+
+/// The first `spiffe://` URI SAN of a DER certificate.
+pub fn spiffe_id_of(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|g| match g {
+        x509_parser::extensions::GeneralName::URI(u) if u.starts_with("spiffe://") => {
+            Some((*u).to_owned())
+        }
+        _ => None,
+    })
+}
+
+/// One accepted TLS connection, as tonic's server takes it (its connect info is
+/// [`PeerInfo`]).
 pub struct TlsConn {
     inner: tokio_rustls::server::TlsStream<TcpStream>,
+    identity: Option<String>,
 }
 
 impl Connected for TlsConn {
-    type ConnectInfo = TcpConnectInfo;
+    type ConnectInfo = PeerInfo;
 
-    fn connect_info(&self) -> TcpConnectInfo {
+    fn connect_info(&self) -> PeerInfo {
         let tcp = self.inner.get_ref().0;
-        TcpConnectInfo {
+        PeerInfo {
             local_addr: tcp.local_addr().ok(),
             remote_addr: tcp.peer_addr().ok(),
+            identity: self.identity.clone(),
         }
     }
 }
@@ -321,7 +367,17 @@ async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, tx: Tx) {
 async fn handshake(acceptor: TlsAcceptor, tcp: TcpStream, peer: SocketAddr, tx: Tx) {
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(inner)) => {
-            let _ = tx.send(Ok(TlsConn { inner })).await;
+            // rustls verified the chain; the leaf's SPIFFE id is who the peer is.
+            let identity = inner
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|leaf| spiffe_id_of(leaf.as_ref()));
+            if identity.is_some() {
+                tracing::debug!(%peer, identity = ?identity, "TLS client certificate verified");
+            }
+            let _ = tx.send(Ok(TlsConn { inner, identity })).await;
         }
         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -362,6 +418,123 @@ mod tests {
                 "10.96.0.12".parse::<IpAddr>().unwrap(),
                 "::1".parse().unwrap()
             ]
+        );
+    }
+
+    /// An in-memory handshake between `server` and `client` (for name `mesh-control`).
+    fn handshake(
+        server: Arc<rustls::ServerConfig>,
+        client: rustls::ClientConfig,
+    ) -> Result<rustls::ServerConnection, rustls::Error> {
+        let mut s = rustls::ServerConnection::new(server)?;
+        let name = rustls_pki_types::ServerName::try_from("mesh-control").unwrap();
+        let mut c = rustls::ClientConnection::new(Arc::new(client), name)?;
+        for _ in 0..10 {
+            let mut buf = Vec::new();
+            while c.wants_write() {
+                c.write_tls(&mut buf).unwrap();
+            }
+            s.read_tls(&mut buf.as_slice()).unwrap();
+            s.process_new_packets()?;
+            let mut buf = Vec::new();
+            while s.wants_write() {
+                s.write_tls(&mut buf).unwrap();
+            }
+            c.read_tls(&mut buf.as_slice()).unwrap();
+            c.process_new_packets()?;
+            if !s.is_handshaking() && !c.is_handshaking() && !c.wants_write() {
+                return Ok(s);
+            }
+        }
+        panic!("the handshake did not finish");
+    }
+
+    fn client_config(root: &str, cert: Option<(Vec<String>, KeyPair)>) -> rustls::ClientConfig {
+        let mut roots = rustls::RootCertStore::empty();
+        for b in pem::parse_many(root).unwrap() {
+            roots
+                .add(rustls_pki_types::CertificateDer::from(b.into_contents()))
+                .unwrap();
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots);
+        match cert {
+            None => builder.with_no_client_auth(),
+            Some((chain, key)) => {
+                let ders = chain
+                    .iter()
+                    .flat_map(|p| pem::parse_many(p).unwrap())
+                    .map(|b| rustls_pki_types::CertificateDer::from(b.into_contents()))
+                    .collect();
+                let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+                builder.with_client_auth_cert(ders, key).unwrap()
+            }
+        }
+    }
+
+    /// A workload certificate for `id` from `a`: leaf and intermediates, and its key.
+    fn workload(a: &Authority, id: &str) -> (Vec<String>, KeyPair) {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut p = rcgen::CertificateParams::default();
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.subject_alt_names = vec![rcgen::SanType::URI(id.try_into().unwrap())];
+        let csr = p.serialize_request(&key).unwrap().pem().unwrap();
+        let mut chain = a
+            .sign(&csr, id, Duration::from_secs(3600), SystemTime::now())
+            .unwrap();
+        chain.pop(); // the root
+        (chain, key)
+    }
+
+    #[test]
+    fn client_certificates_are_asked_for_verified_and_named() {
+        let a = Arc::new(Authority::self_signed("cluster.local", SystemTime::now()).unwrap());
+        let serving = ServingCert::new(
+            a.clone(),
+            ServerNames::new("ns", &[]),
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+        let config = server_config(serving, a.root_pem()).unwrap();
+        let id = "spiffe://cluster.local/ns/istio-system/sa/ingress";
+
+        // A workload certificate of the mesh: verified, its SPIFFE id known.
+        let s = handshake(
+            config.clone(),
+            client_config(a.root_pem(), Some(workload(&a, id))),
+        )
+        .unwrap();
+        let leaf = &s.peer_certificates().unwrap()[0];
+        assert_eq!(spiffe_id_of(leaf.as_ref()).as_deref(), Some(id));
+
+        // No certificate: the connection is anonymous, not refused (the CA's callers).
+        let s = handshake(config.clone(), client_config(a.root_pem(), None)).unwrap();
+        assert!(s.peer_certificates().is_none());
+
+        // Another CA's certificate: refused.
+        let other = Authority::self_signed("cluster.local", SystemTime::now()).unwrap();
+        let e = handshake(
+            config,
+            client_config(a.root_pem(), Some(workload(&other, id))),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("certificate"), "{e}");
+
+        assert!(
+            server_config(
+                ServingCert::new(
+                    a.clone(),
+                    ServerNames::new("ns", &[]),
+                    Duration::from_secs(60)
+                )
+                .unwrap(),
+                "no PEM here"
+            )
+            .is_err()
         );
     }
 

@@ -1,5 +1,5 @@
-//! Istio's networking kinds (`VirtualService`, `DestinationRule`), as the API server
-//! returns them in `v1alpha3`, `v1beta1` and `v1` (one schema).
+//! Istio's networking kinds (`VirtualService`, `DestinationRule`, `Gateway`) and security
+//! kinds, as the API server returns them in every version Istio serves (one schema).
 //!
 //! The types follow `istio.io/api/networking/v1alpha3` field for field where mesh-control
 //! reads the field, in the JSON spelling (camelCase); fields we do not read yet are not
@@ -10,12 +10,13 @@
 //! bad rule does not cost the whole object; a value of the wrong type (a duration that is
 //! not a string, a number that is not an integer) does.
 //!
-//! Modules: [`virtual_service`], [`destination_rule`] (`networking.istio.io`),
+//! Modules: [`virtual_service`], [`destination_rule`], [`gateway`] (`networking.istio.io`),
 //! [`peer_authentication`], [`authorization_policy`] (`security.istio.io`); each uses [`Meta`] and [`ParseError`]
 //! from here.
 
 pub mod authorization_policy;
 pub mod destination_rule;
+pub mod gateway;
 pub mod peer_authentication;
 pub mod virtual_service;
 
@@ -26,6 +27,7 @@ use serde_json::Value;
 
 pub use authorization_policy::AuthorizationPolicy;
 pub use destination_rule::DestinationRule;
+pub use gateway::Gateway;
 pub use peer_authentication::PeerAuthentication;
 pub use virtual_service::VirtualService;
 

@@ -1,7 +1,8 @@
 //! `VirtualService`: the fields of `spec` the translation reads (`hosts`, `gateways`,
-//! `exportTo`, `http[]`, with each rule's `timeout` and `retries`). `tcp[]`, `tls[]` and
-//! the `http[]` fields of later issues (`mirror*`, `corsPolicy`, `retries.backoff`, ...)
-//! are not declared, so they parse and are ignored; see `translate::routes` for the list.
+//! `exportTo`, `http[]`, with each rule's `timeout` and `retries`, and `tls[]`, which
+//! only gateways use: SNI routes for `PASSTHROUGH` servers). `tcp[]` and the `http[]`
+//! fields of later issues (`mirror*`, `corsPolicy`, `retries.backoff`, ...) are not
+//! declared, so they parse and are ignored; see `translate::routes` for the list.
 
 use std::collections::BTreeMap;
 
@@ -39,6 +40,43 @@ pub struct VirtualServiceSpec {
     pub export_to: Vec<String>,
     #[serde(deserialize_with = "nullable")]
     pub http: Vec<HttpRoute>,
+    #[serde(deserialize_with = "nullable")]
+    pub tls: Vec<TlsRoute>,
+}
+
+/// `tls[]`: routes for TLS that is not terminated, by SNI.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct TlsRoute {
+    #[serde(rename = "match", deserialize_with = "nullable")]
+    pub matches: Vec<TlsMatchAttributes>,
+    #[serde(deserialize_with = "nullable")]
+    pub route: Vec<RouteDestination>,
+}
+
+/// `tls[].match[]`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct TlsMatchAttributes {
+    #[serde(deserialize_with = "nullable")]
+    pub sni_hosts: Vec<String>,
+    #[serde(deserialize_with = "nullable")]
+    pub port: u32,
+    #[serde(deserialize_with = "nullable")]
+    pub gateways: Vec<String>,
+    /// Only checked for presence: not supported.
+    #[serde(deserialize_with = "nullable")]
+    pub destination_subnets: Vec<String>,
+}
+
+/// `tls[].route[]` (`RouteDestination`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RouteDestination {
+    pub destination: Option<Destination>,
+    /// Absent: 0 (Istio's int32 default).
+    #[serde(deserialize_with = "nullable")]
+    pub weight: i64,
 }
 
 /// `http[]`.
@@ -278,10 +316,17 @@ mod tests {
                     "fault": {"abort": {"grpcStatus": "UNAVAILABLE",
                                         "percentage": {"value": 50}}}
                 }],
-                "tcp": [{"route": []}]
+                "tcp": [{"route": []}],
+                "tls": [{"match": [{"sniHosts": ["a.example.com"], "port": 443,
+                                    "gateways": ["gw"]}],
+                         "route": [{"destination": {"host": "a", "port": {"number": 8443}},
+                                    "weight": 100}]}]
             }
         }))
         .unwrap();
+        let t = &vs.spec.tls[0];
+        assert_eq!(t.matches[0].sni_hosts, ["a.example.com"]);
+        assert_eq!((t.matches[0].port, t.route[0].weight), (443, 100));
         assert_eq!(vs.meta.name, "reviews");
         assert!(vs.meta.created.is_some());
         let r = &vs.spec.http[0];

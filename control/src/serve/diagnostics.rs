@@ -113,6 +113,7 @@ pub fn find(objects: &Objects, kind: &str, namespace: &str, name: &str) -> Optio
         "DestinationRule" => json(&objects.destination_rules),
         "PeerAuthentication" => json(&objects.peer_authentications),
         "AuthorizationPolicy" => json(&objects.authorization_policies),
+        "Gateway" => json(&objects.gateways),
         _ => None,
     }
 }

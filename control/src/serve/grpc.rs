@@ -23,6 +23,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tonic_prost::{ProstDecoder, ProstEncoder};
 
 use crate::ca::grpc::CaService;
+use crate::ca::tls::PeerInfo;
 use crate::serve::stream::{self, Context, Outbound};
 
 /// The service; cheap to clone (one per connection).
@@ -80,9 +81,16 @@ impl tower::Service<Request<Streaming<StreamRequest>>> for StreamMethod {
     }
 
     fn call(&mut self, req: Request<Streaming<StreamRequest>>) -> Self::Future {
+        // The TLS port's connections carry the verified client identity; the plaintext
+        // port's none.
+        let identity = req
+            .extensions()
+            .get::<PeerInfo>()
+            .and_then(|p| p.identity.clone());
         std::future::ready(Ok(Response::new(stream::open(
             self.0.clone(),
             req.into_inner(),
+            identity,
         ))))
     }
 }

@@ -1,5 +1,9 @@
 //! The monitoring port (`--metrics-addr`): `/metrics`, `/readyz`, `/healthz`, and
 //! `/debug/config`, `/debug/proxies`, `/debug/objects` (JSON).
+//!
+//! `/debug/config` answers as for the pod's own authenticated stream (so a gateway's
+//! certificates show as they are sent), with every private key (`keyPem`) replaced by
+//! `<redacted>`: the port has no authentication.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
@@ -78,12 +82,13 @@ struct ConfigQuery {
     key: Option<String>,
 }
 
-/// What `proxy` (`<namespace>/<pod>`) would get for `key`, whether it is connected or not.
+/// What `proxy` (`<namespace>/<pod>`) would get for `key` on a stream authenticated as
+/// its pod, whether it is connected or not; private keys redacted.
 async fn debug_config(State(s): State<Arc<HttpState>>, Query(q): Query<ConfigQuery>) -> Response {
     let (Some(proxy), Some(key)) = (q.proxy, q.key) else {
         return text(
             StatusCode::BAD_REQUEST,
-            "usage: /debug/config?proxy=<namespace>/<pod>&key=<addr/IP|host/NAME>\n".into(),
+            "usage: /debug/config?proxy=<namespace>/<pod>&key=<addr/IP|host/NAME|gateway>\n".into(),
         );
     };
     let Some((namespace, pod_name)) = proxy
@@ -102,14 +107,35 @@ async fn debug_config(State(s): State<Arc<HttpState>>, Query(q): Query<ConfigQue
     let Some(published) = s.snapshots.borrow().clone() else {
         return text(StatusCode::SERVICE_UNAVAILABLE, "no snapshot yet\n".into());
     };
-    let node = ProxyNode {
-        namespace: namespace.to_owned(),
-        pod_name: pod_name.to_owned(),
-    };
+    let mut node = ProxyNode::new(namespace, pod_name);
+    node.identity = published.view.identity_of(&node);
+    let resource = published.view.resolve(&node, &key);
+    let mut value = serde_json::to_value(&resource).unwrap_or_default();
+    redact_keys(&mut value);
     json(
         StatusCode::OK,
-        published.view.resolve(&node, &key).to_json(),
+        serde_json::to_vec(&value).unwrap_or_default(),
     )
+}
+
+/// What `/debug/...` shows instead of a private key.
+pub const REDACTED: &str = "<redacted>";
+
+/// Replaces the value of every `keyPem` field in `v` by [`REDACTED`].
+pub fn redact_keys(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                if k == "keyPem" {
+                    *x = REDACTED.into();
+                } else {
+                    redact_keys(x);
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(redact_keys),
+        _ => {}
+    }
 }
 
 async fn debug_proxies(State(s): State<Arc<HttpState>>) -> Response {
@@ -146,6 +172,7 @@ async fn debug_objects(State(s): State<Arc<HttpState>>) -> Response {
     counts.insert("endpointSlices", o.endpoint_slices.len());
     counts.insert("pods", o.pods.len());
     counts.insert("namespaces", o.namespaces.len());
+    counts.insert("secrets", o.secrets.len());
     let body = serde_json::json!({
         "counts": counts,
         "endpointSlicesVersion": w.slice_version(),
@@ -165,9 +192,28 @@ async fn debug_objects(State(s): State<Arc<HttpState>>) -> Response {
             "version": w.authorization_policies.version(),
             "objects": names(&o.authorization_policies),
         },
+        "gateways": {
+            "version": w.gateways.version(),
+            "objects": names(&o.gateways),
+        },
     });
     json(
         StatusCode::OK,
         serde_json::to_vec_pretty(&body).unwrap_or_default(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_redacted_wherever_they_are() {
+        let mut v = serde_json::json!({"kind": "gateway", "listeners": [{"tls": [{"mode": {
+            "certificate": {"chainPem": "CHAIN", "keyPem": "SECRET"}}}]}]});
+        redact_keys(&mut v);
+        let text = v.to_string();
+        assert!(!text.contains("SECRET"), "{text}");
+        assert!(text.contains("CHAIN") && text.contains(REDACTED), "{text}");
+    }
 }

@@ -23,7 +23,10 @@
 //! ([`crate::ca::bootstrap`]; a failure ends start-up with that error), then serves the
 //! TLS port (config stream and `CreateCertificate`, [`crate::ca::tls`]), renews its own
 //! serving certificate, and keeps ConfigMap `istio-ca-root-cert` in every namespace
-//! ([`crate::ca::rootcert`]). The plaintext port never serves the CA.
+//! ([`crate::ca::rootcert`]). The plaintext port never serves the CA. The TLS port asks
+//! for (does not require) a client certificate of the mesh; its verified SPIFFE id is the
+//! stream's [`crate::translate::ProxyNode::identity`], which decides whether a gateway
+//! gets its Secrets' keys.
 
 pub mod changes;
 pub mod diagnostics;
@@ -456,7 +459,7 @@ async fn start_ca(
     let authority = Arc::new(authority);
     let names = ServerNames::new(&ca.namespace, &ca.tls_sans);
     let serving = ServingCert::new(authority.clone(), names.clone(), ca.serving_cert_ttl)?;
-    let config = tls::server_config(serving.clone())?;
+    let config = tls::server_config(serving.clone(), authority.root_pem())?;
     tracing::info!(
         ?source,
         trust_domain = %ca.trust_domain,

@@ -52,6 +52,9 @@ impl Drop for Registration {
 #[serde(rename_all = "camelCase")]
 pub struct ProxyView {
     pub proxy: String,
+    /// The verified SPIFFE id of the stream's client certificate (TLS port).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
     pub ip: String,
     pub proxy_version: String,
     pub stream: u64,
@@ -108,6 +111,7 @@ impl Proxies {
                 let s = lock(&s);
                 ProxyView {
                     proxy: format!("{}/{}", s.node.namespace, s.node.pod_name),
+                    identity: s.node.identity.clone(),
                     ip: s.ip.clone(),
                     proxy_version: s.proxy_version.clone(),
                     stream: id,

@@ -326,10 +326,7 @@ mod tests {
 
     fn session() -> Session {
         Session::new(
-            ProxyNode {
-                namespace: "ns".into(),
-                pod_name: "p".into(),
-            },
+            ProxyNode::new("ns", "p"),
             "10.0.0.9".into(),
             "test".into(),
             7,

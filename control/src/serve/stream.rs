@@ -30,16 +30,26 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
 }
 
-/// Starts serving one stream; returns the responses to write.
-pub fn open(ctx: Arc<Context>, inbound: Streaming<StreamRequest>) -> Outbound {
+/// Starts serving one stream; returns the responses to write. `identity`: the verified
+/// SPIFFE id of the connection's client certificate (TLS port), if any.
+pub fn open(
+    ctx: Arc<Context>,
+    inbound: Streaming<StreamRequest>,
+    identity: Option<String>,
+) -> Outbound {
     let (tx, rx) = mpsc::channel(QUEUE);
-    tokio::spawn(run(ctx, inbound, tx));
+    tokio::spawn(run(ctx, inbound, tx, identity));
     ReceiverStream::new(rx)
 }
 
 type Tx = mpsc::Sender<Result<StreamResponse, Status>>;
 
-async fn run(ctx: Arc<Context>, mut inbound: Streaming<StreamRequest>, tx: Tx) {
+async fn run(
+    ctx: Arc<Context>,
+    mut inbound: Streaming<StreamRequest>,
+    tx: Tx,
+    identity: Option<String>,
+) {
     let first = match inbound.next().await {
         Some(Ok(r)) => r,
         Some(Err(status)) => {
@@ -67,13 +77,21 @@ async fn run(ctx: Arc<Context>, mut inbound: Streaming<StreamRequest>, tx: Tx) {
         ProxyNode {
             namespace: node.namespace.clone(),
             pod_name: node.pod_name.clone(),
+            identity: identity.clone(),
         },
         node.ip.clone(),
         node.proxy_version.clone(),
         id,
     );
     let (session, _registration) = ctx.proxies.register(id, session);
-    tracing::info!(%proxy, ip = %node.ip, version = %node.proxy_version, stream = id, "proxy connected");
+    tracing::info!(
+        %proxy,
+        ip = %node.ip,
+        version = %node.proxy_version,
+        stream = id,
+        identity = identity.as_deref().unwrap_or("none"),
+        "proxy connected"
+    );
 
     let mut snapshots = ctx.snapshots.clone();
     let published = match snapshots.wait_for(Option::is_some).await {

@@ -18,6 +18,12 @@ pub trait Translator: Send + Sync + 'static {
 /// What each proxy gets for each key, for one snapshot of the cluster.
 pub trait View: Send + Sync + 'static {
     fn resolve(&self, node: &ProxyNode, key: &Key) -> Resource;
+
+    /// The identity the pod `node` names has on an authenticated stream (its
+    /// ServiceAccount's SPIFFE id), for `/debug/config`; `None` if unknown.
+    fn identity_of(&self, _node: &ProxyNode) -> Option<String> {
+        None
+    }
 }
 
 /// The real translation: [`Snapshot::build`] and [`Snapshot::resolve`].
@@ -34,5 +40,9 @@ impl Translator for Istio {
 impl View for Snapshot {
     fn resolve(&self, node: &ProxyNode, key: &Key) -> Resource {
         Snapshot::resolve(self, node, key)
+    }
+
+    fn identity_of(&self, node: &ProxyNode) -> Option<String> {
+        self.pod_identity(node)
     }
 }

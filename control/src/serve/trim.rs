@@ -9,13 +9,17 @@
 //! - Pods, the largest objects watched, keep what `translate/workloads.rs` reads (the
 //!   list is at [`pod`]): no images, commands, volumes, probes, resources, conditions
 //!   or container statuses.
+//! - Secrets keep their name, namespace, uid, resourceVersion and type, and of their data
+//!   only a certificate and key pair a Gateway may use ([`secret`]): nothing else of
+//!   anyone's Secrets is held.
 //!
 //! Services, EndpointSlices, Namespaces and the Istio kinds are kept whole otherwise: the
 //! translation reads most of them. A field the translation starts reading must be kept
 //! here too; the test below builds the golden corpus with and without trimming and
 //! requires the same answers.
 
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodStatus};
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodStatus, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
 
 /// The annotation `kubectl apply` writes: the whole object once more.
@@ -73,6 +77,35 @@ pub fn pod(p: &mut Pod) {
             pod_ips: status.pod_ips,
             ..PodStatus::default()
         });
+    }
+}
+
+/// A Secret as the translation reads it (`translate/gateways.rs`): `type`, the metadata
+/// that names it, and of `data` each pair of `cert` / `key` (Istio's generic layout) and
+/// `tls.crt` / `tls.key` (`kubernetes.io/tls`) that is there whole.
+pub fn secret(s: &mut Secret) {
+    let md = std::mem::take(&mut s.metadata);
+    s.metadata = ObjectMeta {
+        name: md.name,
+        namespace: md.namespace,
+        uid: md.uid,
+        resource_version: md.resource_version,
+        ..ObjectMeta::default()
+    };
+    s.string_data = None;
+    s.immutable = None;
+    if let Some(mut data) = s.data.take() {
+        let mut kept = std::collections::BTreeMap::new();
+        for (c, k) in crate::translate::SECRET_KEYS {
+            if data.contains_key(c) && data.contains_key(k) {
+                for name in [c, k] {
+                    if let Some(v) = data.remove(name) {
+                        kept.insert(name.to_owned(), v);
+                    }
+                }
+            }
+        }
+        s.data = (!kept.is_empty()).then_some(kept);
     }
 }
 
@@ -164,6 +197,17 @@ mod tests {
                     }
                     o.endpoint_slices.push(Arc::new(s));
                 }
+                "Secret" => {
+                    let mut s: Secret = serde_json::from_value(d).unwrap();
+                    if trimmed {
+                        s.metadata.labels = Some([("app".to_owned(), "shop".to_owned())].into());
+                        if let Some(data) = s.data.as_mut() {
+                            data.insert("ca.crt".into(), k8s_openapi::ByteString(b"CA".to_vec()));
+                        }
+                        secret(&mut s);
+                    }
+                    o.secrets.push(Arc::new(s));
+                }
                 _ => {
                     let d = if trimmed {
                         // As the Istio watchers store them: dynamic objects, trimmed.
@@ -178,6 +222,7 @@ mod tests {
                         "DestinationRule" => o.destination_rules.push(d),
                         "PeerAuthentication" => o.peer_authentications.push(d),
                         "AuthorizationPolicy" => o.authorization_policies.push(d),
+                        "Gateway" => o.gateways.push(d),
                         other => panic!("unexpected kind {other:?}"),
                     }
                 }
@@ -193,8 +238,8 @@ mod tests {
         for q in queries {
             let (ns, pod) = q["proxy"].as_str().unwrap().split_once('/').unwrap();
             let node = ProxyNode {
-                namespace: ns.into(),
-                pod_name: pod.into(),
+                identity: q["identity"].as_str().map(str::to_owned),
+                ..ProxyNode::new(ns, pod)
             };
             let key: Key = q["key"].as_str().unwrap().parse().unwrap();
             out.push_str(&String::from_utf8(snap.resolve(&node, &key).to_json()).unwrap());
@@ -237,6 +282,34 @@ mod tests {
             cases += 1;
         }
         assert!(cases >= 20, "only {cases} cases found");
+    }
+
+    #[test]
+    fn a_secret_keeps_only_a_whole_certificate_and_key_pair() {
+        let mut s: Secret = serde_json::from_value(json!({
+            "metadata": {"name": "cert", "namespace": "gw", "uid": "u", "resourceVersion": "3",
+                "labels": {"a": "b"}, "annotations": {LAST_APPLIED: "{}"},
+                "managedFields": [{"manager": "kubectl"}]},
+            "type": "kubernetes.io/tls",
+            "data": {"tls.crt": "Q1JU", "tls.key": "S0VZ", "ca.crt": "Q0E=", "cert": "WA=="}
+        }))
+        .unwrap();
+        secret(&mut s);
+        assert_eq!(
+            serde_json::to_value(&s).unwrap(),
+            json!({"apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "cert", "namespace": "gw", "uid": "u", "resourceVersion": "3"},
+                "type": "kubernetes.io/tls",
+                "data": {"tls.crt": "Q1JU", "tls.key": "S0VZ"}})
+        );
+        let mut opaque: Secret = serde_json::from_value(json!({
+            "metadata": {"name": "db", "namespace": "app"},
+            "type": "Opaque", "data": {"password": "cHc=", "key": "aw=="}
+        }))
+        .unwrap();
+        secret(&mut opaque);
+        assert_eq!(opaque.data, None);
+        assert_eq!(opaque.metadata.name.as_deref(), Some("db"));
     }
 
     #[test]

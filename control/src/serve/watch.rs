@@ -7,12 +7,17 @@
 //!   ([`crate::serve::slices::V1beta1Slice`]).
 //! - Every object is trimmed as it arrives ([`crate::serve::trim`]): what the translation
 //!   never reads is not kept.
-//! - VirtualService, DestinationRule (`networking.istio.io`), PeerAuthentication,
+//! - VirtualService, DestinationRule, Gateway (`networking.istio.io`), PeerAuthentication,
 //!   AuthorizationPolicy (`security.istio.io`): dynamic objects in the preferred served version of their
 //!   group ([`discovery::ISTIO_VERSIONS`]), asked again every
 //!   `crd_interval`: a CRD that appears starts its watcher, one that goes away stops it
 //!   (its objects with it), a new preferred version restarts it. Their absence never
 //!   blocks readiness.
+//! - Secrets, for Gateways' `credentialName`: two watches, field selectors
+//!   `type=kubernetes.io/tls` and `type=Opaque` (Istio's generic `cert` / `key` layout),
+//!   each Secret trimmed to its certificate and key ([`trim::secret`]; an `Opaque` one
+//!   without them keeps only its name). No other type is listed. They do not block
+//!   readiness either (a Secret that arrives later is pushed like any change).
 
 use std::fmt::Debug;
 use std::hash::Hash;
@@ -20,7 +25,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::WatchStreamExt as _;
@@ -123,7 +128,14 @@ impl IstioKind {
             let writer = Writer::new(ar.clone());
             let store = writer.as_reader();
             let api = Api::<DynamicObject>::all_with(client.clone(), &ar);
-            let task = spawn_reflector(api, writer, changes.clone(), self.kind, trim::metadata);
+            let task = spawn_reflector(
+                api,
+                writer,
+                changes.clone(),
+                self.kind,
+                trim::metadata,
+                watcher::Config::default(),
+            );
             Watched {
                 version: v,
                 store,
@@ -158,8 +170,14 @@ pub struct Watchers {
     pub destination_rules: Arc<IstioKind>,
     pub peer_authentications: Arc<IstioKind>,
     pub authorization_policies: Arc<IstioKind>,
+    pub gateways: Arc<IstioKind>,
+    /// `type=kubernetes.io/tls` and `type=Opaque`.
+    secrets: [Store<Secret>; 2],
     tasks: Vec<JoinHandle<()>>,
 }
+
+/// The field selectors of the Secret watches.
+pub const SECRET_SELECTORS: [&str; 2] = ["type=kubernetes.io/tls", "type=Opaque"];
 
 impl Drop for Watchers {
     fn drop(&mut self) {
@@ -190,6 +208,7 @@ fn spawn_reflector<K>(
     changes: Arc<Changes>,
     kind: &'static str,
     trim: fn(&mut K),
+    config: watcher::Config,
 ) -> JoinHandle<()>
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
@@ -198,9 +217,7 @@ where
     tokio::spawn(async move {
         let stream = reflector::reflector(
             writer,
-            watcher::watcher(api, watcher::Config::default())
-                .default_backoff()
-                .modify(trim),
+            watcher::watcher(api, config).default_backoff().modify(trim),
         );
         let mut stream = std::pin::pin!(stream);
         let mut synced = false;
@@ -231,6 +248,20 @@ where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Eq + Hash + Clone + Default + Send + Sync,
 {
+    typed_with(client, changes, kind, trim, watcher::Config::default())
+}
+
+fn typed_with<K>(
+    client: &Client,
+    changes: &Arc<Changes>,
+    kind: &'static str,
+    trim: fn(&mut K),
+    config: watcher::Config,
+) -> (Store<K>, JoinHandle<()>)
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + Hash + Clone + Default + Send + Sync,
+{
     let (store, writer) = reflector::store();
     let task = spawn_reflector(
         Api::<K>::all(client.clone()),
@@ -238,6 +269,7 @@ where
         changes.clone(),
         kind,
         trim,
+        config,
     );
     (store, task)
 }
@@ -293,9 +325,22 @@ impl Watchers {
             "AuthorizationPolicy",
             "authorizationpolicies",
         ));
+        let gateways = Arc::new(IstioKind::new(ISTIO_GROUP, "Gateway", "gateways"));
+        let secrets = SECRET_SELECTORS.map(|selector| {
+            let (s, t) = typed_with::<Secret>(
+                &client,
+                &changes,
+                "Secret",
+                trim::secret,
+                watcher::Config::default().fields(selector),
+            );
+            tasks.push(t);
+            s
+        });
         let kinds = [
             virtual_services.clone(),
             destination_rules.clone(),
+            gateways.clone(),
             peer_authentications.clone(),
             authorization_policies.clone(),
         ];
@@ -329,6 +374,8 @@ impl Watchers {
             destination_rules,
             peer_authentications,
             authorization_policies,
+            gateways,
+            secrets,
             tasks,
         }
     }
@@ -386,6 +433,12 @@ impl Watchers {
             destination_rules: self.destination_rules.values(),
             peer_authentications: self.peer_authentications.values(),
             authorization_policies: self.authorization_policies.values(),
+            gateways: self.gateways.values(),
+            secrets: {
+                let mut v: Vec<Arc<Secret>> = self.secrets.iter().flat_map(Store::state).collect();
+                v.sort_by(|a, b| by_ns_name(a.as_ref(), b.as_ref()));
+                v
+            },
         }
     }
 }

@@ -10,7 +10,8 @@
 //! one Istio block → its config, with Istio's defaults and ranges), `policy`
 //! (DestinationRules: lookup, subsets, and per cluster the load balancer, connection
 //! pool and outlier detection), `routes` (VirtualServices → HTTP routes, with their
-//! timeouts and retries); this file puts a [`Resource`] together: every port that
+//! timeouts and retries), `gateways` (Gateways → a gateway pod's listeners, for
+//! `Key::Gateway`); this file puts a [`Resource`] together: every port that
 //! carries routes (HTTP, or sniffed) gets Istio's default retry policy for the requests
 //! no route takes ([`ServicePort::default_retry`]), a TCP port none.
 //!
@@ -23,9 +24,13 @@
 //! and then work proportional to the answer only: the bound VirtualService's rules per
 //! port, and the endpoints of the clusters they name. Nothing in `resolve` walks all
 //! Services, pods or rules, except VirtualServices and DestinationRules with wildcard
-//! hosts, which are scanned in order of specificity.
+//! hosts, which are scanned in order of specificity. Gateways: `build` also checks each
+//! pod's labels against each Gateway's selector (the conflicts between servers are
+//! reported per set of Gateways a pod has), and `resolve` for `Key::Gateway` walks the
+//! Gateways, then only the selecting ones' servers and the VirtualServices bound to them.
 
 mod authz;
+mod gateways;
 mod hosts;
 mod policy;
 mod resilience;
@@ -38,7 +43,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use mesh_config::cluster::cluster_name;
 use mesh_config::{
@@ -48,6 +53,8 @@ use mesh_config::{
 
 use crate::istio::{self, DestinationRule, ParseError, VirtualService};
 use authz::ApIndex;
+use gateways::GatewayIndex;
+pub use gateways::{NOT_AUTHENTICATED, SECRET_KEYS};
 use hosts::{HostPattern, labels_match, search_names};
 use policy::{DrIndex, PreparedDr};
 use routes::{
@@ -72,6 +79,11 @@ pub struct Objects {
     /// `security.istio.io` PeerAuthentications and AuthorizationPolicies, as JSON.
     pub peer_authentications: Vec<serde_json::Value>,
     pub authorization_policies: Vec<serde_json::Value>,
+    /// `networking.istio.io` Gateways, as JSON.
+    pub gateways: Vec<serde_json::Value>,
+    /// The Secrets a Gateway's `credentialName` may name (the watchers keep
+    /// `kubernetes.io/tls` and `Opaque` ones, each trimmed to its certificate and key).
+    pub secrets: Vec<Arc<Secret>>,
 }
 
 /// Mesh-wide settings.
@@ -141,6 +153,21 @@ impl std::fmt::Display for CompatibilityVersion {
 pub struct ProxyNode {
     pub namespace: String,
     pub pod_name: String,
+    /// The SPIFFE id of the config stream's client certificate, verified against the
+    /// mesh's root (the TLS port); `None` on the plaintext port or without one. A gateway
+    /// gets its Secrets' keys only when this is its pod's own identity.
+    pub identity: Option<String>,
+}
+
+impl ProxyNode {
+    /// A proxy whose stream is not authenticated.
+    pub fn new(namespace: impl Into<String>, pod_name: impl Into<String>) -> ProxyNode {
+        ProxyNode {
+            namespace: namespace.into(),
+            pod_name: pod_name.into(),
+            identity: None,
+        }
+    }
 }
 
 /// Something wrong with one object, and what was skipped because of it.
@@ -201,6 +228,9 @@ pub struct Snapshot {
     drs: DrIndex,
     pas: PaIndex,
     aps: ApIndex,
+    gws: GatewayIndex,
+    /// `(namespace, name)` → Secret.
+    secrets: HashMap<(String, String), Arc<Secret>>,
 }
 
 impl Snapshot {
@@ -327,7 +357,7 @@ impl Snapshot {
         let drs = DrIndex::new(drs, &settings.root_namespace, &mut diags);
 
         let mut vss = Vec::new();
-        {
+        let gws = {
             let default_retry = resilience::default_retry(settings.compatibility_version);
             let cat = Catalog {
                 services: &services,
@@ -336,13 +366,34 @@ impl Snapshot {
                 domain,
                 default_retry: &default_retry,
             };
+            let mut for_gateways = Vec::new();
             for v in &objects.virtual_services {
                 match VirtualService::from_json(v) {
-                    Ok(vs) => vss.extend(PreparedVs::new(vs, &cat, &mut diags)),
+                    Ok(vs) => {
+                        if vs.spec.gateways.iter().any(|g| g != routes::MESH) {
+                            for_gateways.push(vs.clone());
+                        }
+                        vss.extend(PreparedVs::new(vs, &cat, &mut diags));
+                    }
                     Err(e) => diags.push(e.into()),
                 }
             }
-        }
+            GatewayIndex::new(&objects.gateways, for_gateways, &cat, &mut diags)
+        };
+        gws.report_conflicts(&pods, &mut diags);
+        let secrets = objects
+            .secrets
+            .iter()
+            .filter_map(|s| {
+                let name = s.metadata.name.clone()?;
+                let ns = s
+                    .metadata
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| "default".into());
+                Some(((ns, name), s.clone()))
+            })
+            .collect();
         let vs = VsIndex::new(vss, &services, &svc_by_fqdn, &mut diags);
         port_diagnostics(&vs, &services, &svc_by_fqdn, &mut diags);
 
@@ -361,6 +412,8 @@ impl Snapshot {
             drs,
             pas,
             aps,
+            gws,
+            secrets,
         };
         (snapshot, diags)
     }
@@ -392,8 +445,7 @@ impl Snapshot {
                         Resource::Service(self.service(node, s))
                     })
             }
-            // Gateways are translated in a later change.
-            Key::Gateway => Resource::NotFound,
+            Key::Gateway => self.gateway(node),
         }
     }
 
@@ -560,8 +612,8 @@ impl Snapshot {
         }
     }
 
-    fn workload(&self, ip: IpAddr, p: usize) -> Workload {
-        let pod = &self.pods[p];
+    /// The Services that select `pod` (indexes, in namespace and name order).
+    fn services_of(&self, pod: &workloads::PodRec) -> Vec<usize> {
         let mut candidates: Vec<usize> = Vec::new();
         if let Some(by_label) = self.svc_by_selector.get(&pod.namespace) {
             for (k, v) in &pod.labels {
@@ -572,10 +624,16 @@ impl Snapshot {
         }
         candidates.sort_unstable();
         candidates.dedup();
-        let services = candidates
+        candidates.retain(|&i| labels_match(&self.services[i].selector, &pod.labels));
+        candidates
+    }
+
+    fn workload(&self, ip: IpAddr, p: usize) -> Workload {
+        let pod = &self.pods[p];
+        let services = self
+            .services_of(pod)
             .into_iter()
             .map(|i| &self.services[i])
-            .filter(|s| labels_match(&s.selector, &pod.labels))
             .map(|s| InboundService {
                 host: s.fqdn.clone(),
                 name: s.name.clone(),

@@ -10,9 +10,10 @@
 //!
 //! Per client and port ([`port_routes`]), as Istio's `BuildHTTPRoutesForVirtualService`:
 //! `http[]` in order; a `match[]` entry is kept when its `port` is unset or this port,
-//! and, when it names `gateways`, they include `mesh`, else when its `sourceLabels` are
-//! the client's labels and its `sourceNamespace` (if set) the client's namespace; a rule
-//! whose entries were all dropped is dropped; translation stops after a catch-all (no
+//! and, when it names `gateways`, they include `mesh` (for a gateway: that Gateway),
+//! else when its `sourceLabels` are the client's labels and its `sourceNamespace` (if
+//! set) the client's namespace; a rule whose entries were all dropped is dropped;
+//! translation stops after a catch-all (no
 //! `match`, or an entry matching every request). A destination without a port goes to
 //! the destination Service's only port, else to the request's port; one whose subset the
 //! client's DestinationRule lacks is dropped. A single destination gets all the traffic
@@ -32,8 +33,14 @@
 //! `corsPolicy`, `rewrite.uriRegexRewrite`, `match[].statPrefix`, JWT-claim header
 //! matches (`@request.auth.claims...`, taken as plain header names), an `authority`
 //! rewrite in a weighted destination's headers (route-level and single-destination ones
-//! are the rewrite's authority), and the `tcp[]` / `tls[]` sections. `delegate` and `directResponse.body.bytes` are reported and
-//! their rule skipped.
+//! are the rewrite's authority), and the `tcp[]` section. `delegate` and
+//! `directResponse.body.bytes` are reported and their rule skipped.
+//!
+//! The same preparation serves gateways ([`Side::Gateways`], see `gateways`): a
+//! VirtualService whose `gateways` name a Gateway is prepared once more for them, with
+//! every `match[]` entry kept (the gateways it names resolved as Istio does,
+//! [`resolve_gateway_name`]), and its `tls[]` entries (SNI routes) prepared too; for
+//! sidecars `tls[]` is ignored.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -55,7 +62,21 @@ use crate::istio::virtual_service::{
 };
 use crate::istio::{Labels, Meta};
 
-/// A VirtualService that applies to sidecars, checked.
+/// The `gateways` keyword for sidecars.
+pub const MESH: &str = "mesh";
+
+/// Which proxies a VirtualService is prepared for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// Sidecars: VirtualServices without `gateways` or naming `mesh`; `match[]` entries
+    /// for gateways only are left out.
+    Mesh,
+    /// Gateways: VirtualServices whose `gateways` name a Gateway; every entry is kept,
+    /// with the gateways it names, and `tls[]` is prepared too.
+    Gateways,
+}
+
+/// A VirtualService that applies to sidecars (or gateways), checked.
 #[derive(Debug, Clone)]
 pub struct PreparedVs {
     pub meta: Meta,
@@ -65,6 +86,53 @@ pub struct PreparedVs {
     pub hosts: Vec<(usize, HostPattern)>,
     pub export: Visibility,
     pub rules: Vec<Rule>,
+    /// [`Side::Gateways`]: `(index in spec.gateways, <namespace>/<name>)` of the Gateways
+    /// it binds to ([`resolve_gateway_name`]; `mesh` left out).
+    pub gateways: Vec<(usize, String)>,
+    /// [`Side::Gateways`]: the usable `tls[]` entries.
+    pub tls: Vec<TlsRule>,
+}
+
+/// One usable `tls[]` entry (for gateways' `PASSTHROUGH` servers).
+#[derive(Debug, Clone)]
+pub struct TlsRule {
+    pub matches: Vec<TlsEntry>,
+    pub dests: Vec<Dest>,
+    /// `route[]` had one entry: it gets all the connections.
+    pub single: bool,
+}
+
+/// One `tls[].match[]` entry.
+#[derive(Debug, Clone)]
+pub struct TlsEntry {
+    /// Lower case, patterns as VirtualService hosts (`*`, `*.example.com`, a name).
+    pub sni_hosts: Vec<String>,
+    pub port: Option<u16>,
+    /// `<namespace>/<name>` ([`resolve_gateway_name`]); empty: every bound gateway.
+    pub gateways: Vec<String>,
+}
+
+/// A Gateway name as written in a VirtualService in `vs_namespace` (`spec.gateways`,
+/// `match[].gateways`), as `<namespace>/<name>`, with Istio's rules: `mesh` stays
+/// itself; `name` is in the VirtualService's namespace; `./name` too; `ns/name` as
+/// written; the legacy `name.ns.svc.<domain>` (any name with a dot and no `/`) is
+/// `ns/name`.
+pub fn resolve_gateway_name(name: &str, vs_namespace: &str) -> String {
+    let name = name.trim();
+    if name == MESH {
+        return MESH.to_owned();
+    }
+    match name.split_once('/') {
+        Some((".", rest)) => format!("{vs_namespace}/{rest}"),
+        Some(_) => name.to_owned(),
+        None => match name.split_once('.') {
+            None => format!("{vs_namespace}/{name}"),
+            Some((short, rest)) => {
+                let ns = rest.split('.').next().unwrap_or(rest);
+                format!("{ns}/{short}")
+            }
+        },
+    }
 }
 
 /// One usable `http[]` rule.
@@ -86,13 +154,14 @@ pub struct Rule {
     pub retry: Option<RetryPolicy>,
 }
 
-/// One `match[]` entry that may apply to sidecars.
+/// One `match[]` entry that may apply to the proxies prepared for.
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub request: RequestMatch,
     pub port: Option<u16>,
-    /// The entry names `gateways` (with `mesh`): source conditions are not looked at.
-    pub by_gateway: bool,
+    /// The entry's `gateways`, resolved ([`resolve_gateway_name`]; `mesh` as is): when
+    /// set, only those proxies take it and source conditions are not looked at.
+    pub gateways: Vec<String>,
     pub source_labels: Labels,
     pub source_namespace: Option<String>,
     /// Matches every request (at config time).
@@ -175,8 +244,32 @@ impl PreparedVs {
         cat: &Catalog<'_>,
         diags: &mut Vec<Diagnostic>,
     ) -> Option<PreparedVs> {
+        PreparedVs::new_for(vs, Side::Mesh, cat, diags)
+    }
+
+    /// `None` when the VirtualService does not apply to `side` (for sidecars: its
+    /// `gateways` do not include `mesh`; for gateways: they name no Gateway) or has no
+    /// hosts.
+    pub fn new_for(
+        vs: VirtualService,
+        side: Side,
+        cat: &Catalog<'_>,
+        diags: &mut Vec<Diagnostic>,
+    ) -> Option<PreparedVs> {
         let VirtualService { meta, spec } = vs;
-        if !spec.gateways.is_empty() && !spec.gateways.iter().any(|g| g == "mesh") {
+        let gateways: Vec<(usize, String)> = spec
+            .gateways
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| !g.trim().is_empty())
+            .map(|(i, g)| (i, resolve_gateway_name(g, &meta.namespace)))
+            .filter(|(_, g)| g != MESH)
+            .collect();
+        let applies = match side {
+            Side::Mesh => spec.gateways.is_empty() || spec.gateways.iter().any(|g| g == MESH),
+            Side::Gateways => !gateways.is_empty(),
+        };
+        if !applies {
             return None;
         }
         let mut hosts: Vec<(usize, HostPattern)> = Vec::new();
@@ -199,10 +292,19 @@ impl PreparedVs {
         }
         let mut rules = Vec::new();
         for (i, http) in spec.http.iter().enumerate() {
-            match prepare_rule(i, http, &meta, cat, diags) {
+            match prepare_rule(i, http, side, &meta, cat, diags) {
                 Ok(Some(r)) => rules.push(r),
                 Ok(None) => {}
                 Err((field, message)) => diags.push(vs_diag(&meta, field, message)),
+            }
+        }
+        let mut tls = Vec::new();
+        if side == Side::Gateways {
+            for (i, t) in spec.tls.iter().enumerate() {
+                match prepare_tls_rule(i, t, &meta, cat, diags) {
+                    Ok(r) => tls.push(r),
+                    Err((field, message)) => diags.push(vs_diag(&meta, field, message)),
+                }
             }
         }
         Some(PreparedVs {
@@ -211,8 +313,86 @@ impl PreparedVs {
             meta,
             hosts,
             rules,
+            gateways: if side == Side::Gateways {
+                gateways
+            } else {
+                Vec::new()
+            },
+            tls,
         })
     }
+}
+
+/// A `tls[]` entry: its matches (each needs `sniHosts`) and destinations, as an HTTP
+/// rule's (weights, hosts, ports, subsets).
+fn prepare_tls_rule(
+    i: usize,
+    t: &virtual_service::TlsRoute,
+    meta: &Meta,
+    cat: &Catalog<'_>,
+    diags: &mut Vec<Diagnostic>,
+) -> Result<TlsRule, Skip> {
+    let f = format!("spec.tls[{i}]");
+    let mut matches = Vec::new();
+    for (j, m) in t.matches.iter().enumerate() {
+        let mf = format!("{f}.match[{j}]");
+        let sni_hosts: Vec<String> = m
+            .sni_hosts
+            .iter()
+            .map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase())
+            .filter(|h| !h.is_empty())
+            .collect();
+        if sni_hosts.is_empty() {
+            diags.push(vs_diag(
+                meta,
+                format!("{mf}.sniHosts"),
+                "a tls match needs sniHosts; match skipped".into(),
+            ));
+            continue;
+        }
+        if !m.destination_subnets.is_empty() {
+            diags.push(vs_diag(
+                meta,
+                format!("{mf}.destinationSubnets"),
+                "destinationSubnets is not supported; match skipped".into(),
+            ));
+            continue;
+        }
+        let port = match m.port {
+            0 => None,
+            p => Some(
+                u16::try_from(p)
+                    .map_err(|_| skip(format!("{mf}.port"), format!("bad port {p}")))?,
+            ),
+        };
+        matches.push(TlsEntry {
+            sni_hosts,
+            port,
+            gateways: m
+                .gateways
+                .iter()
+                .map(|g| resolve_gateway_name(g, &meta.namespace))
+                .collect(),
+        });
+    }
+    if matches.is_empty() {
+        return Err(skip(format!("{f}.match"), "no usable match (sniHosts)"));
+    }
+    let specs: Vec<DestSpec<'_>> = t
+        .route
+        .iter()
+        .map(|r| DestSpec {
+            destination: r.destination.as_ref(),
+            weight: r.weight,
+            headers: None,
+        })
+        .collect();
+    let (dests, _) = prepare_dests(&format!("{f}.route"), &specs, meta, cat, diags, None)?;
+    Ok(TlsRule {
+        matches,
+        dests,
+        single: t.route.len() == 1,
+    })
 }
 
 fn skip(field: String, what: impl std::fmt::Display) -> Skip {
@@ -223,6 +403,7 @@ fn skip(field: String, what: impl std::fmt::Display) -> Skip {
 fn prepare_rule(
     i: usize,
     http: &IHttpRoute,
+    side: Side,
     meta: &Meta,
     cat: &Catalog<'_>,
     diags: &mut Vec<Diagnostic>,
@@ -236,7 +417,7 @@ fn prepare_rule(
     } else {
         let mut entries = Vec::new();
         for (j, m) in http.matches.iter().enumerate() {
-            if let Some(e) = prepare_entry(m, &format!("{f}.match[{j}]"))? {
+            if let Some(e) = prepare_entry(m, &format!("{f}.match[{j}]"), side, &meta.namespace)? {
                 entries.push(e);
             }
         }
@@ -314,7 +495,23 @@ fn prepare_rule(
         Action::Direct { status, body }
     } else {
         let single = http.route.len() == 1;
-        let dests = prepare_dests(i, http, meta, cat, diags, &mut request_headers)?;
+        let specs: Vec<DestSpec<'_>> = http
+            .route
+            .iter()
+            .map(|d| DestSpec {
+                destination: d.destination.as_ref(),
+                weight: d.weight,
+                headers: d.headers.as_ref(),
+            })
+            .collect();
+        let dests = prepare_dests(
+            &format!("spec.http[{i}].route"),
+            &specs,
+            meta,
+            cat,
+            diags,
+            Some(&mut request_headers),
+        )?;
         let authority = http
             .rewrite
             .as_ref()
@@ -358,25 +555,36 @@ fn prepare_rule(
     }))
 }
 
-/// The destinations, and the authority a single destination's headers set.
+/// One `route[]` entry of an `http[]` or `tls[]` rule.
+struct DestSpec<'a> {
+    destination: Option<&'a virtual_service::Destination>,
+    weight: i64,
+    headers: Option<&'a virtual_service::Headers>,
+}
+
+/// The destinations of `route` (field `f`), and the authority a single destination's
+/// headers set (HTTP rules: `route_request_headers` gets a lone destination's request
+/// edits).
 fn prepare_dests(
-    i: usize,
-    http: &IHttpRoute,
+    f: &str,
+    route: &[DestSpec<'_>],
     meta: &Meta,
     cat: &Catalog<'_>,
     diags: &mut Vec<Diagnostic>,
-    route_request_headers: &mut HeaderEdit,
+    mut route_request_headers: Option<&mut HeaderEdit>,
 ) -> Result<(Vec<Dest>, Option<String>), Skip> {
-    let f = format!("spec.http[{i}].route");
-    if http.route.is_empty() {
-        return Err(skip(
-            f,
-            "no destination (route, redirect or directResponse)",
-        ));
+    let f = f.to_owned();
+    if route.is_empty() {
+        let what = if route_request_headers.is_some() {
+            "no destination (route, redirect or directResponse)"
+        } else {
+            "no destination"
+        };
+        return Err(skip(f, what));
     }
-    let several = http.route.len() > 1;
+    let several = route.len() > 1;
     let mut total = 0i64;
-    for (j, d) in http.route.iter().enumerate() {
+    for (j, d) in route.iter().enumerate() {
         if d.weight < 0 || d.weight > i64::from(u32::MAX) {
             return Err(skip(
                 format!("{f}[{j}].weight"),
@@ -393,7 +601,7 @@ fn prepare_dests(
     }
     let mut out = Vec::new();
     let mut single_authority = None;
-    for (j, d) in http.route.iter().enumerate() {
+    for (j, d) in route.iter().enumerate() {
         let df = format!("{f}[{j}]");
         if several && d.weight == 0 {
             continue;
@@ -401,7 +609,7 @@ fn prepare_dests(
         let dropped = |field: String, why: String| {
             vs_diag(meta, field, format!("{why}; destination dropped"))
         };
-        let Some(dst) = d.destination.as_ref().filter(|d| !d.host.trim().is_empty()) else {
+        let Some(dst) = d.destination.filter(|d| !d.host.trim().is_empty()) else {
             diags.push(dropped(format!("{df}.destination.host"), "missing".into()));
             continue;
         };
@@ -440,12 +648,11 @@ fn prepare_dests(
             continue;
         }
         let (mut request_headers, authority) =
-            header_edit(d.headers.as_ref().and_then(|h| h.request.as_ref()));
-        let (mut response_headers, _) =
-            header_edit(d.headers.as_ref().and_then(|h| h.response.as_ref()));
-        if !several {
+            header_edit(d.headers.and_then(|h| h.request.as_ref()));
+        let (mut response_headers, _) = header_edit(d.headers.and_then(|h| h.response.as_ref()));
+        if !several && let Some(route_headers) = route_request_headers.as_deref_mut() {
             // Istio adds a lone destination's edits to the route's, after them.
-            append(route_request_headers, std::mem::take(&mut request_headers));
+            append(route_headers, std::mem::take(&mut request_headers));
             single_authority = authority;
         }
         out.push(Dest {
@@ -542,10 +749,14 @@ fn header_matches(
     Ok(out)
 }
 
-/// `Ok(None)`: the entry is for gateways only.
-fn prepare_entry(m: &HttpMatchRequest, f: &str) -> Result<Option<Entry>, Skip> {
-    let by_gateway = !m.gateways.is_empty();
-    if by_gateway && !m.gateways.iter().any(|g| g == "mesh") {
+/// `Ok(None)`: the entry is for gateways only (and `side` is [`Side::Mesh`]).
+fn prepare_entry(
+    m: &HttpMatchRequest,
+    f: &str,
+    side: Side,
+    vs_namespace: &str,
+) -> Result<Option<Entry>, Skip> {
+    if side == Side::Mesh && !m.gateways.is_empty() && !m.gateways.iter().any(|g| g == MESH) {
         return Ok(None);
     }
     let port = match m.port {
@@ -585,7 +796,11 @@ fn prepare_entry(m: &HttpMatchRequest, f: &str) -> Result<Option<Entry>, Skip> {
     Ok(Some(Entry {
         request,
         port,
-        by_gateway,
+        gateways: m
+            .gateways
+            .iter()
+            .map(|g| resolve_gateway_name(g, vs_namespace))
+            .collect(),
         source_labels: m.source_labels.clone(),
         source_namespace: (!m.source_namespace.is_empty()).then(|| m.source_namespace.clone()),
         catch_all,
@@ -777,13 +992,23 @@ pub struct Client<'a> {
     pub drs: &'a DrIndex,
 }
 
+impl Client<'_> {
+    /// Whether an entry's `sourceLabels` and `sourceNamespace` select this proxy.
+    pub fn source_selects(&self, e: &Entry) -> bool {
+        labels_match(&e.source_labels, self.labels)
+            && e.source_namespace
+                .as_deref()
+                .is_none_or(|ns| ns == self.namespace)
+    }
+}
+
 impl ClientView for Client<'_> {
     fn selects(&self, e: &Entry) -> bool {
-        e.by_gateway
-            || (labels_match(&e.source_labels, self.labels)
-                && e.source_namespace
-                    .as_deref()
-                    .is_none_or(|ns| ns == self.namespace))
+        if e.gateways.is_empty() {
+            self.source_selects(e)
+        } else {
+            e.gateways.iter().any(|g| g == MESH)
+        }
     }
 
     fn has_subset(&self, svc: usize, subset: &str) -> bool {
@@ -848,37 +1073,8 @@ pub fn port_routes(
         let f = format!("spec.http[{}]", rule.index);
         let action = match &rule.action {
             Action::Route { dests, single } => {
-                let mut weighted = Vec::new();
-                for d in dests {
-                    let svc = &services[d.svc];
-                    let q = d.port.unwrap_or(match svc.ports.as_slice() {
-                        [only] => only.port,
-                        _ => port,
-                    });
-                    if svc.port(q).is_none() {
-                        report(
-                            format!("{}.destination", d.field),
-                            format!(
-                                "Service {} has no port {q} (the request's port, as no \
-                                 destination port is given); destination dropped for port {port}",
-                                svc.fqdn
-                            ),
-                        );
-                        continue;
-                    }
-                    if let Some(s) = &d.subset
-                        && !client.has_subset(d.svc, s)
-                    {
-                        continue;
-                    }
-                    needed.insert((d.svc, q, d.subset.clone()));
-                    weighted.push(WeightedCluster {
-                        cluster: cluster_name(q, d.subset.as_deref(), &svc.fqdn),
-                        weight: if *single { 100 } else { d.weight },
-                        request_headers: d.request_headers.clone(),
-                        response_headers: d.response_headers.clone(),
-                    });
-                }
+                let weighted =
+                    weighted_clusters(dests, *single, port, services, client, needed, report);
                 if weighted.is_empty() {
                     report(
                         format!("{f}.route"),
@@ -928,6 +1124,53 @@ pub fn port_routes(
         }
     }
     out
+}
+
+/// The clusters `dests` send to for a request (or connection) to `port` (the Service or
+/// Gateway port), for `client`: a destination without a port goes to its Service's only
+/// port, else to `port`; one the Service lacks is reported and dropped, one whose subset
+/// the client's DestinationRule lacks is dropped. The clusters named go to `needed`.
+pub fn weighted_clusters(
+    dests: &[Dest],
+    single: bool,
+    port: u16,
+    services: &[SvcRec],
+    client: &dyn ClientView,
+    needed: &mut Needed,
+    report: &mut dyn FnMut(String, String),
+) -> Vec<WeightedCluster> {
+    let mut weighted = Vec::new();
+    for d in dests {
+        let svc = &services[d.svc];
+        let q = d.port.unwrap_or(match svc.ports.as_slice() {
+            [only] => only.port,
+            _ => port,
+        });
+        if svc.port(q).is_none() {
+            report(
+                format!("{}.destination", d.field),
+                format!(
+                    "Service {} has no port {q} (the request's port, as no \
+                     destination port is given); destination dropped for port {port}",
+                    svc.fqdn
+                ),
+            );
+            continue;
+        }
+        if let Some(s) = &d.subset
+            && !client.has_subset(d.svc, s)
+        {
+            continue;
+        }
+        needed.insert((d.svc, q, d.subset.clone()));
+        weighted.push(WeightedCluster {
+            cluster: cluster_name(q, d.subset.as_deref(), &svc.fqdn),
+            weight: if single { 100 } else { d.weight },
+            request_headers: d.request_headers.clone(),
+            response_headers: d.response_headers.clone(),
+        });
+    }
+    weighted
 }
 
 /// Every sidecar VirtualService, and which one binds each Service host.

@@ -36,6 +36,9 @@ pub struct SvcRec {
     pub ports: Vec<PortRec>,
     /// `spec.selector`; empty: the Service selects no pods (its slices are its own).
     pub selector: BTreeMap<String, String>,
+    /// Gateways map their port numbers through this Service (not labelled
+    /// `networking.istio.io/disable-gateway-port-translation`).
+    pub gateway_port_translation: bool,
 }
 
 impl SvcRec {
@@ -134,6 +137,10 @@ impl SvcRec {
             addresses,
             ports,
             selector: spec.selector.unwrap_or_default(),
+            gateway_port_translation: !md
+                .labels
+                .as_ref()
+                .is_some_and(|l| l.contains_key(super::gateways::DISABLE_PORT_TRANSLATION)),
         })
     }
 

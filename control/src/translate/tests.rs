@@ -7,10 +7,7 @@ use serde_json::json;
 use super::*;
 
 fn node(ns: &str, pod: &str) -> ProxyNode {
-    ProxyNode {
-        namespace: ns.into(),
-        pod_name: pod.into(),
-    }
+    ProxyNode::new(ns, pod)
 }
 
 #[test]
