@@ -247,6 +247,13 @@ pub mod proxy {
         pub const SECRET_TTL: &str = "SECRET_TTL";
 
         /// Every variable the proxy reads.
+        ///
+        /// The injector also writes variables the proxy does not read: each entry of the
+        /// pod's ProxyConfig `proxyMetadata` (its `proxy.istio.io/config` annotation over
+        /// the injection config's `defaultConfig`), passed through as Istio's injector
+        /// passes it, the user's as their own `istio-proxy` env is. Those of them that
+        /// are in this list ([`SECRET_TTL`], [`LOG`], [`INSTANCE_IP`]) are checked at
+        /// injection as the proxy parses them.
         pub const ALL: [&str; 12] = [
             LOG,
             POD_NAME,

@@ -9,7 +9,9 @@
 //! - an argument is unknown to the binary, or a value is one the binary would reject
 //!   (parsing and validation, exactly as the binary does before it starts);
 //! - the injector sets an environment variable the proxy never reads (variables the
-//!   user put into their own `istio-proxy` container are theirs, not the injector's);
+//!   user put into their own `istio-proxy` container, or into the `proxyMetadata` of the
+//!   pod's ProxyConfig, `proxy.istio.io/config` over the config's `defaultConfig`, are
+//!   theirs, not the injector's: Istio passes `proxyMetadata` through the same way);
 //! - `mesh-init -u`/`-g` differ from the uid/gid the proxy container really runs as, so
 //!   the proxy's own connections would be captured and loop;
 //! - one of the two has `--dns-capture` and the other not: the app's DNS would be sent to a
@@ -31,6 +33,7 @@ use std::path::{Path, PathBuf};
 use mesh_common::contract;
 use mesh_webhook::config::{ControlPlaneAuthPolicy, InjectConfig, NativeSidecars};
 use mesh_webhook::inject::{self, InjectRequest, NamespacePolicy};
+use mesh_webhook::proxy_config::{self, ProxyConfig};
 use mesh_webhook::{workloads, yaml};
 use serde_json::{Value, json};
 
@@ -71,6 +74,33 @@ fn env_names(c: Option<&Value>) -> BTreeSet<String> {
         .collect()
 }
 
+/// The `proxyMetadata` names of a template's ProxyConfig (its `proxy.istio.io/config` over
+/// the config's `defaultConfig`): env the injector passes through for the user.
+fn proxy_metadata_names(template: &Value, cfg: &InjectConfig) -> BTreeSet<String> {
+    let annotated = template
+        .get("metadata")
+        .and_then(|m| m.get("annotations"))
+        .and_then(|a| a.get(proxy_config::ANNOTATION))
+        .and_then(Value::as_str)
+        .map(|t| ProxyConfig::parse(t).unwrap().config)
+        .unwrap_or_default();
+    annotated
+        .merged_over(&cfg.default_config)
+        .proxy_metadata
+        .into_keys()
+        .collect()
+}
+
+/// A golden case's injection config (its `# config:` header), or the default.
+fn case_config(input: &str) -> InjectConfig {
+    input
+        .lines()
+        .take_while(|l| l.starts_with('#'))
+        .find_map(|l| l.strip_prefix("# config:"))
+        .map(|c| InjectConfig::from_yaml_str(c.trim(), "case header").unwrap())
+        .unwrap_or_default()
+}
+
 /// Every injected template of the golden corpus (uninject cases and error cases have
 /// nothing injected to check).
 fn golden_pods() -> Vec<Injected> {
@@ -93,6 +123,7 @@ fn golden_pods() -> Vec<Injected> {
             continue;
         }
         let output = fs::read_to_string(&golden).unwrap();
+        let cfg = case_config(&input);
         let (ins, outs) = (parse_all(&input), parse_all(&output));
         assert_eq!(
             ins.len(),
@@ -109,6 +140,8 @@ fn golden_pods() -> Vec<Injected> {
                 let user = din
                     .pointer(&t.pointer)
                     .and_then(|tin| container(tin, mesh_common::containers::PROXY));
+                let mut user_proxy_env = env_names(user);
+                user_proxy_env.extend(proxy_metadata_names(&template, &cfg));
                 out.push(Injected {
                     origin: format!(
                         "{} doc {i} {}",
@@ -116,7 +149,7 @@ fn golden_pods() -> Vec<Injected> {
                         t.label
                     ),
                     template,
-                    user_proxy_env: env_names(user),
+                    user_proxy_env,
                 });
             }
         }
@@ -179,6 +212,18 @@ fn configs() -> Vec<(&'static str, InjectConfig)> {
             InjectConfig {
                 control_plane_address: String::new(),
                 dns_capture: true,
+                ..InjectConfig::default()
+            },
+        ),
+        (
+            "default-proxy-config",
+            InjectConfig {
+                default_config: ProxyConfig::parse(
+                    "{concurrency: 0, terminationDrainDuration: 1m, \
+                     proxyMetadata: {TEAM: mesh, SECRET_TTL: 6h}}",
+                )
+                .unwrap()
+                .config,
                 ..InjectConfig::default()
             },
         ),
@@ -260,6 +305,14 @@ fn shapes() -> Vec<(&'static str, Value)> {
                         "env": [{"name": "SECRET_TTL", "value": "12h"}]}]}}),
         ),
         (
+            "proxy-config",
+            json!({"metadata": {"annotations": {"proxy.istio.io/config":
+                "concurrency: 4\nterminationDrainDuration: 30s\nproxyMetadata:\n  \
+                 ISTIO_META_DNS_CAPTURE: \"true\"\n  FOO: bar\n  MESH_PROXY_LOG: debug\n\
+                 holdApplicationUntilProxyStarts: true\ntracing: {sampling: 1}\n"}},
+                   "spec": {"containers": [app]}}),
+        ),
+        (
             "user-env-in-override",
             json!({"spec": {"containers": [app,
                 {"name": "istio-proxy", "env": [{"name": "MY_OWN", "value": "1"}]}]}}),
@@ -280,13 +333,23 @@ fn shape_pods() -> Vec<Injected> {
                 workload: None,
                 native_sidecars: native,
             };
-            let template = inject::desired_template(&req, &cfg)
-                .unwrap_or_else(|e| panic!("{sname} with {cname}: {e}"))
-                .unwrap_or_else(|| panic!("{sname} with {cname}: not injected"));
+            let template = match inject::desired_template(&req, &cfg) {
+                // A gateway needs a control plane: refused, never injected half-working.
+                Err(inject::InjectError::Gateway { .. })
+                    if sname.starts_with("gateway") && cfg.control_plane_address.is_empty() =>
+                {
+                    continue;
+                }
+                r => r
+                    .unwrap_or_else(|e| panic!("{sname} with {cname}: {e}"))
+                    .unwrap_or_else(|| panic!("{sname} with {cname}: not injected")),
+            };
+            let mut user_proxy_env = env_names(container(&pod, mesh_common::containers::PROXY));
+            user_proxy_env.extend(proxy_metadata_names(&pod, &cfg));
             out.push(Injected {
                 origin: format!("shape {sname} with config {cname}"),
                 template,
-                user_proxy_env: env_names(container(&pod, mesh_common::containers::PROXY)),
+                user_proxy_env,
             });
         }
     }
@@ -593,12 +656,34 @@ fn every_shape_and_config_starts_with_the_binaries_parsers() {
         args_of("shape basic with config dns-capture-no-control-plane").ends_with(" --dns-capture")
     );
     assert!(!args_of("shape basic with config default").contains("--dns-capture"));
+    // proxy.istio.io/config: concurrency, terminationDrainDuration and
+    // ISTIO_META_DNS_CAPTURE reach the proxy (and mesh-init) as flags; the config's
+    // defaultConfig too (concurrency 0: one worker per CPU of the 2000m limit).
+    let tuned = proxy_args_of("shape proxy-config with config default");
+    assert!(
+        tuned.contains("--worker-threads 4") && tuned.contains("--drain-delay 30s"),
+        "{tuned}"
+    );
+    assert!(args_of("shape proxy-config with config default").ends_with(" --dns-capture"));
+    let defaulted = proxy_args_of("shape basic with config default-proxy-config");
+    assert!(
+        defaulted.contains("--worker-threads 2") && defaulted.contains("--drain-delay 1m"),
+        "{defaulted}"
+    );
     // Gateways: `--role gateway`, no istio-init, whatever the config (native sidecars and
-    // DNS capture included); sidecars: no `--role`.
-    for (cname, _) in configs() {
+    // DNS capture included), and never without a control plane; sidecars: no `--role`.
+    for (cname, cfg) in configs() {
         for shape in ["gateway-template", "gateway-label"] {
             let origin = format!("shape {shape} with config {cname}");
-            let p = pods.iter().find(|p| p.origin == origin).unwrap();
+            let found = pods.iter().find(|p| p.origin == origin);
+            if cfg.control_plane_address.is_empty() {
+                assert!(
+                    found.is_none(),
+                    "{origin}: injected without a control plane"
+                );
+                continue;
+            }
+            let p = found.unwrap_or_else(|| panic!("{origin}: not injected"));
             assert!(container(&p.template, "istio-init").is_none(), "{origin}");
             assert!(
                 proxy_args_of(&origin).starts_with("--role gateway "),

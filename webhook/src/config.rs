@@ -14,6 +14,7 @@ use mesh_common::log::LogFilter;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::proxy_config::{self, ProxyConfig};
 use crate::quantity::parse_quantity;
 
 /// Whether the proxy runs as a native sidecar (an init container with `restartPolicy: Always`,
@@ -232,6 +233,13 @@ pub struct InjectConfig {
     /// --dns-capture`, `mesh-proxy --dns-capture`), as Istio's
     /// `ISTIO_META_DNS_CAPTURE: "true"`.
     pub dns_capture: bool,
+    /// Istio's `meshConfig.defaultConfig`: the ProxyConfig every pod starts from, under its
+    /// `proxy.istio.io/config` annotation (which wins field by field, `proxyMetadata` key by
+    /// key). Only the fields the injector honours ([`proxy_config::HONOURED_FIELDS`]);
+    /// any other is an error. Left out of the hash's input when empty, so configs without
+    /// it keep their hash.
+    #[serde(skip_serializing_if = "ProxyConfig::is_empty")]
+    pub default_config: ProxyConfig,
 }
 
 /// The default `controlPlaneAddress`: mesh-control's Service in `mesh-system`, its TLS
@@ -294,6 +302,7 @@ impl Default for InjectConfig {
             ca_address: String::new(),
             trust_domain: common::identity::DEFAULT_TRUST_DOMAIN.into(),
             dns_capture: false,
+            default_config: ProxyConfig::default(),
         }
     }
 }
@@ -436,7 +445,51 @@ impl InjectConfig {
             check_host_port(&self.control_plane_address)
                 .map_err(|e| invalid("controlPlaneAddress", e))?;
         }
+        self.validate_default_config(origin)?;
         self.validate_identity(origin)
+    }
+
+    /// `defaultConfig` (its fields were checked when parsed): nothing in it that would be
+    /// ignored or that contradicts the config's own keys.
+    fn validate_default_config(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |field: &str, reason: String| ConfigError::Invalid {
+            origin: origin.to_string(),
+            field: format!("defaultConfig.{field}"),
+            reason,
+        };
+        let dc = &self.default_config;
+        let dns = format!(
+            "{}.{}",
+            proxy_config::PROXY_METADATA,
+            proxy_config::DNS_CAPTURE_KEY
+        );
+        match dc.dns_capture() {
+            Some(Err(v)) => {
+                return Err(invalid(
+                    &dns,
+                    format!("{v:?} is not a boolean (\"true\" or \"false\")"),
+                ));
+            }
+            Some(Ok(false)) if self.dns_capture => {
+                return Err(invalid(
+                    &dns,
+                    "\"false\" contradicts dnsCapture: true; keep one of them".into(),
+                ));
+            }
+            _ => {}
+        }
+        if dc.hold_application_until_proxy_starts == Some(true)
+            && self.native_sidecars == NativeSidecars::False
+        {
+            return Err(invalid(
+                proxy_config::HOLD_APPLICATION,
+                "true would be ignored: nativeSidecars is false, and a regular sidecar cannot \
+                 hold the app (mesh-proxy has no command for a postStart hook to wait with); \
+                 use nativeSidecars: auto or true (Kubernetes >= 1.29), or remove it"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     /// The identity keys: well-formed, consistent with each other, and never set where
@@ -944,6 +997,83 @@ mod tests {
             },
         ] {
             assert_ne!(a.hash(), c.hash());
+        }
+    }
+
+    #[test]
+    fn default_config_parses_hashes_and_refuses_what_it_would_not_do() {
+        let c = InjectConfig::from_yaml_str(
+            "defaultConfig: {concurrency: 2, terminationDrainDuration: 10s, \
+             proxyMetadata: {TEAM: mesh}, holdApplicationUntilProxyStarts: true}",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.default_config.concurrency, Some(2));
+        assert_eq!(
+            c.default_config.termination_drain_duration.as_deref(),
+            Some("10s")
+        );
+        assert_ne!(c.hash(), InjectConfig::default().hash());
+        // Empty: the hash of a config without it (existing injections stay unchanged).
+        let empty = InjectConfig::from_yaml_str("defaultConfig: {}", "t").unwrap();
+        assert_eq!(empty.hash(), InjectConfig::default().hash());
+        let dns = InjectConfig::from_yaml_str(
+            "defaultConfig: {proxyMetadata: {ISTIO_META_DNS_CAPTURE: \"true\"}}",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(dns.default_config.dns_capture(), Some(Ok(true)));
+        for (text, field, want) in [
+            (
+                "defaultConfig: {tracing: {sampling: 1}}",
+                "defaultConfig.tracing",
+                "not a ProxyConfig field this injector honours",
+            ),
+            (
+                "defaultConfig: {concurrency: 65}",
+                "defaultConfig.concurrency",
+                "65 is out of range",
+            ),
+            (
+                "defaultConfig: {proxyMetadata: {A: 1}}",
+                "defaultConfig.proxyMetadata.A",
+                "must be a string",
+            ),
+            (
+                "defaultConfig: {proxyMetadata: {ISTIO_META_DNS_CAPTURE: \"yes\"}}",
+                "defaultConfig.proxyMetadata.ISTIO_META_DNS_CAPTURE",
+                "\"yes\" is not a boolean",
+            ),
+            (
+                "{dnsCapture: true, defaultConfig: {proxyMetadata: {ISTIO_META_DNS_CAPTURE: \"false\"}}}",
+                "defaultConfig.proxyMetadata.ISTIO_META_DNS_CAPTURE",
+                "contradicts dnsCapture: true",
+            ),
+            (
+                "{nativeSidecars: false, defaultConfig: {holdApplicationUntilProxyStarts: true}}",
+                "defaultConfig.holdApplicationUntilProxyStarts",
+                "would be ignored: nativeSidecars is false",
+            ),
+            (
+                "defaultConfig: [concurrency]",
+                "defaultConfig",
+                "must be a mapping",
+            ),
+        ] {
+            let e = InjectConfig::from_yaml_str(text, "cfg.yaml")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("cfg.yaml") && e.contains(&format!("`{field}`")) && e.contains(want),
+                "{text}: {e}"
+            );
+        }
+        // A hold with native sidecars decided per cluster, or always: accepted.
+        for native in ["auto", "true"] {
+            let text = format!(
+                "{{nativeSidecars: {native}, defaultConfig: {{holdApplicationUntilProxyStarts: true}}}}"
+            );
+            assert!(InjectConfig::from_yaml_str(&text, "t").is_ok(), "{text}");
         }
     }
 

@@ -217,7 +217,7 @@ fn rewrite_document(
             Mode::Inject {
                 cfg,
                 native_sidecars,
-            } => inject::inject(
+            } => inject::inject_with_warnings(
                 &InjectRequest {
                     template,
                     namespace: namespace.as_deref(),
@@ -227,7 +227,7 @@ fn rewrite_document(
                 },
                 cfg,
             ),
-            Mode::Uninject => inject::uninject(template),
+            Mode::Uninject => inject::uninject(template).map(|o| (o, Vec::new())),
         };
         // The core's message is kept verbatim (fields relative to the pod template), so it
         // reads the same as the webhook's denial.
@@ -240,6 +240,10 @@ fn rewrite_document(
             }
             KubeInjectError::Inject { pos, error }
         })?;
+        let (outcome, warnings) = outcome;
+        for w in warnings {
+            notes.push(format!("document {index} ({label}): warning: {w}"));
+        }
         match outcome {
             Outcome::Skipped(reason) => {
                 notes.push(format!("document {index} ({label}): skipped: {reason}"));

@@ -9,6 +9,7 @@ pub mod commands;
 pub mod config;
 pub mod inject;
 pub mod kube_inject;
+pub mod proxy_config;
 pub mod quantity;
 pub mod workloads;
 pub mod yaml;

@@ -607,3 +607,66 @@ fn the_test_patch_applier_follows_rfc6902() {
         .is_err()
     );
 }
+
+/// `proxy.istio.io/config`: the honoured fields are in the patch, what is not done comes
+/// back as admission warnings (kubectl prints them); a bad field denies the pod naming the
+/// annotation and the field; a pod without one gets no `warnings` key at all.
+#[tokio::test]
+async fn proxy_config_annotation_is_patched_warned_or_denied() {
+    let s = state(NativeMode::False, 1 << 20);
+    let plain = review(&s, &recorded("pod-create.json")).await;
+    assert!(plain.get("warnings").is_none(), "{plain}");
+
+    let with = |config: &str| {
+        let mut rev = recorded("pod-create.json");
+        rev["request"]["object"]["metadata"]["annotations"] =
+            serde_json::json!({"proxy.istio.io/config": config});
+        rev
+    };
+    let rev = with("concurrency: 3\nholdApplicationUntilProxyStarts: true\ntracing: {}\n");
+    let resp = review(&s, &rev).await;
+    assert_eq!(resp["allowed"], true, "{resp}");
+    let warnings: Vec<&str> = resp["warnings"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no warnings: {resp}"))
+        .iter()
+        .map(|w| w.as_str().unwrap())
+        .collect();
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with("proxy.istio.io/config: ignored"),
+        "{warnings:?}"
+    );
+    assert!(warnings[0].contains("tracing"), "{warnings:?}");
+    assert!(
+        warnings[1].contains("holdApplicationUntilProxyStarts"),
+        "{warnings:?}"
+    );
+    assert!(warnings.iter().all(|w| w.len() <= 256), "{warnings:?}");
+    let out = apply_patch(&rev["request"]["object"], &patch_of(&resp).unwrap()).unwrap();
+    let proxy = out["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "istio-proxy")
+        .unwrap();
+    let args: Vec<&str> = proxy["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(
+        args.windows(2).any(|w| w == ["--worker-threads", "3"]),
+        "{args:?}"
+    );
+
+    let resp = review(&s, &with("concurrency: 65")).await;
+    assert_eq!(resp["allowed"], false, "{resp}");
+    let msg = resp["status"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("proxy.istio.io/config") && msg.contains("field concurrency"),
+        "{msg}"
+    );
+    assert!(resp.get("warnings").is_none(), "{resp}");
+}

@@ -95,6 +95,8 @@ fn control_plane_may_read_what_it_translates_and_write_events_only() {
         ("networking.istio.io", "gateways"),
         ("security.istio.io", "peerauthentications"),
         ("security.istio.io", "authorizationpolicies"),
+        // A Gateway's credentialName: read, never written outside mesh-system.
+        ("", "secrets"),
     ] {
         for verb in ["get", "list", "watch"] {
             if !can(verb, group, resource) {
@@ -134,8 +136,6 @@ fn control_plane_may_read_what_it_translates_and_write_events_only() {
         }
     }
     for (verb, group, resource) in [
-        ("get", "", "secrets"),
-        ("list", "", "secrets"),
         ("list", "", "endpoints"),
         ("list", "networking.istio.io", "serviceentries"),
         ("update", "", "services/status"),

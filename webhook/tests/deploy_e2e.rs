@@ -11,6 +11,7 @@
 
 mod deploy_support;
 
+use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -304,6 +305,73 @@ fn pods_created_with_kubectl_are_stored_injected_exactly_where_istio_would_injec
     for w in &want {
         assert!(env.contains(w), "{w:?} not in the stored proxy env {env:?}");
     }
+
+    // Istio's per-pod ProxyConfig: the honoured fields are stored as the proxy's flags and
+    // env; what is not done (a field not honoured, the hold with this v1.20 API server's
+    // regular sidecars) reaches kubectl as admission warnings, and the status records it.
+    let tuned = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "tuned", "namespace": on, "annotations": {
+            "proxy.istio.io/config": "concurrency: 3\nholdApplicationUntilProxyStarts: true\n\
+                                      tracing: {sampling: 1}\nproxyMetadata: {FOO: bar}\n"}},
+        "spec": {"serviceAccountName": "default",
+                 "containers": [{"name": "app", "image": "example/app:1"}]}
+    });
+    let mut child = Command::new(deploy_support::kubectl())
+        .args(["create", "-f", "-", "-o", "json"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(tuned.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "kubectl create: {stderr}");
+    for want in [
+        "Warning: proxy.istio.io/config: ignored (not honoured by this injector): tracing",
+        "Warning: proxy.istio.io/config: holdApplicationUntilProxyStarts is not honoured with a regular sidecar",
+    ] {
+        assert!(
+            stderr.contains(want),
+            "{want:?} not in kubectl's stderr:\n{stderr}"
+        );
+    }
+    let stored: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let proxy = stored["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "istio-proxy")
+        .expect("the tuned pod is injected")
+        .clone();
+    let args: Vec<&str> = proxy["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        args.windows(2).any(|w| w == ["--worker-threads", "3"]),
+        "{args:?}"
+    );
+    assert!(
+        proxy["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "FOO" && e["value"] == "bar"),
+        "{proxy}"
+    );
+    let status = stored["metadata"]["annotations"]["sidecar.istio.io/status"]
+        .as_str()
+        .unwrap();
+    assert!(status.contains("\"warnings\":["), "{status}");
 
     for n in [&on, &off, &none] {
         let _ = Command::new(deploy_support::kubectl())

@@ -789,10 +789,12 @@ fn assert_control_plane(objs: &[Value]) {
     assert_eq!(pspec.min_available, Some(IntOrString::Int(1)));
     assert!(selects(pspec.selector.as_ref().unwrap(), &pod_labels));
 
-    // Least privilege: read what it translates, write Events, nothing else.
+    // Least privilege: read what it translates (Secrets: a Gateway's credentialName),
+    // write Events, nothing else.
     let read = ["get", "list", "watch"];
     let allowed: Vec<(&str, &str, &[&str])> = vec![
         ("", "services", &read),
+        ("", "secrets", &read),
         ("", "pods", &read),
         ("", "namespaces", &read),
         ("discovery.k8s.io", "endpointslices", &read),

@@ -363,6 +363,12 @@ fn gateway_properties() {
                 let pod = json!({"metadata": meta, "spec": spec});
                 for (ci, cfg) in cfgs.iter().enumerate() {
                     for native in [false, true] {
+                        if cfg.control_plane_address.is_empty() {
+                            // A gateway needs mesh-control: refused, saying so.
+                            let e = inject::inject(&req(&pod, native), cfg).unwrap_err();
+                            assert!(e.to_string().contains("controlPlaneAddress"), "{e}");
+                            continue;
+                        }
                         let injected = inject_checked(&pod, cfg, native);
                         let spec = &injected["spec"];
                         let init_names: Vec<&str> = spec["initContainers"]
@@ -413,7 +419,10 @@ fn gateway_properties() {
                             Outcome::Unchanged,
                             "{pod}"
                         );
-                        let other = &cfgs[(ci + 1) % cfgs.len()];
+                        let other = (1..cfgs.len())
+                            .map(|k| &cfgs[(ci + k) % cfgs.len()])
+                            .find(|c| !c.control_plane_address.is_empty())
+                            .unwrap();
                         let re = inject_checked(&injected, other, native);
                         let fresh = inject_checked(&pod, other, native);
                         assert_eq!(text(&re), text(&fresh), "re-injection of {pod}");
@@ -425,7 +434,8 @@ fn gateway_properties() {
             }
         }
     }
-    assert_eq!(checked, (3 * 2 + 3 + 3 * 2) * 4 * 2);
+    // Every config but the one without a control plane (refused above).
+    assert_eq!(checked, (3 * 2 + 3 + 3 * 2) * 3 * 2);
 }
 
 /// Asking an injected pod for the other template re-injects it: the result is what a

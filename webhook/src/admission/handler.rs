@@ -87,6 +87,10 @@ struct ResponseOut<'a> {
     patch: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     status: Option<StatusOut>,
+    /// Admission warnings (`admission.k8s.io/v1`, Kubernetes >= 1.19): kubectl prints
+    /// them to whoever created the pod.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<String>,
 }
 
 /// A `meta/v1` Status, as the API server shows it to the user who created the pod.
@@ -126,6 +130,9 @@ pub struct Subject {
 pub struct Answer {
     pub subject: Subject,
     pub decision: Decision,
+    /// What the pod asked for that the injection does not do (also in the response's
+    /// `warnings`), for the log.
+    pub warnings: Vec<String>,
     /// Serialized AdmissionReview response.
     pub body: Vec<u8>,
 }
@@ -175,7 +182,11 @@ pub fn review(body: &[u8], cfg: &InjectConfig, settings: Settings) -> Result<Ans
         // Derived from the pod's ownerReferences and labels, as Istio's webhook does.
         workload: None,
     };
-    let (decision, out) = match inject::inject(&ireq, cfg) {
+    let (result, warnings) = match inject::inject_with_warnings(&ireq, cfg) {
+        Ok((outcome, warnings)) => (Ok(outcome), warnings),
+        Err(e) => (Err(e), Vec::new()),
+    };
+    let (decision, mut out) = match result {
         Ok(Outcome::Patched(ops)) if !ops.is_empty() => {
             let n = ops.len();
             let patch = json_patch::Patch(ops);
@@ -212,7 +223,31 @@ pub fn review(body: &[u8], cfg: &InjectConfig, settings: Settings) -> Result<Ans
             )
         }
     };
-    Ok(answer(subject, decision, out))
+    if out.allowed {
+        out.warnings = admission_warnings(&warnings);
+    }
+    let mut a = answer(subject, decision, out);
+    a.warnings = warnings;
+    Ok(a)
+}
+
+/// The API server truncates each warning to 256 characters (and all of them to 4 KiB):
+/// cut ours on a character boundary first, so the cut is ours, and say so.
+fn admission_warnings(warnings: &[String]) -> Vec<String> {
+    const MAX: usize = 256;
+    warnings
+        .iter()
+        .map(|w| {
+            if w.len() <= MAX {
+                return w.clone();
+            }
+            let mut end = MAX - 3;
+            while !w.is_char_boundary(end) {
+                end -= 1;
+            }
+            format!("{}...", &w[..end])
+        })
+        .collect()
 }
 
 fn subject_of(req: &RequestIn) -> Subject {
@@ -247,6 +282,7 @@ fn allow(uid: &str, patch: Option<String>) -> ResponseOut<'_> {
         patch_type: patch.as_ref().map(|_| "JSONPatch"),
         patch,
         status: None,
+        warnings: Vec::new(),
     }
 }
 
@@ -262,6 +298,7 @@ fn deny<'a>(uid: &'a str, message: String, code: u16, reason: &'static str) -> R
             reason,
             code,
         }),
+        warnings: Vec::new(),
     }
 }
 
@@ -277,6 +314,22 @@ fn answer(subject: Subject, decision: Decision, response: ResponseOut<'_>) -> An
     Answer {
         subject,
         decision,
+        warnings: Vec::new(),
         body,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admission_warnings_are_cut_where_the_api_server_would_cut_them() {
+        let short = "proxy.istio.io/config: ignored: tracing".to_string();
+        let long = format!("proxy.istio.io/config: {}", "é".repeat(200));
+        let out = admission_warnings(&[short.clone(), long.clone()]);
+        assert_eq!(out[0], short);
+        assert!(out[1].len() <= 256 && out[1].ends_with("..."), "{}", out[1]);
+        assert!(long.starts_with(out[1].trim_end_matches("...")));
     }
 }

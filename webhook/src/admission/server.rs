@@ -239,6 +239,9 @@ async fn answer_review(state: &AppState, req: axum::extract::Request) -> Respons
                 span.record("uid", answer.subject.uid.as_str());
                 span.record("namespace", answer.subject.namespace.as_str());
                 span.record("name", answer.subject.name.as_str());
+                for w in &answer.warnings {
+                    tracing::warn!(warning = %w, "injected with a warning");
+                }
                 match &answer.decision {
                     Decision::Injected { operations } => {
                         m.request(RequestResult::Allowed);

@@ -119,6 +119,38 @@ pub fn with_identity_env(mut proxy: Value, identity: &[(&str, String)]) -> Value
     proxy
 }
 
+/// `proxy` with the ProxyConfig's `proxyMetadata` as env, as Istio's template writes it
+/// (after everything else, in name order): a name we already set is given the user's
+/// value in place (Istio's later duplicate wins the same way), any other is added at the
+/// end. Applied after [`with_identity_env`], so it wins over those too; a user's own
+/// `istio-proxy` env is merged later still, and wins over all.
+pub fn with_proxy_metadata(mut proxy: Value, metadata: &BTreeMap<String, String>) -> Value {
+    if metadata.is_empty() {
+        return proxy;
+    }
+    let Some(obj) = proxy.as_object_mut() else {
+        return proxy;
+    };
+    let env = obj.entry("env").or_insert_with(|| Value::Array(Vec::new()));
+    let Some(env) = env.as_array_mut() else {
+        return proxy;
+    };
+    for (name, value) in metadata {
+        let mut e = Map::new();
+        e.insert("name".into(), Value::String(name.clone()));
+        e.insert("value".into(), Value::String(value.clone()));
+        let entry = Value::Object(e);
+        match env
+            .iter()
+            .position(|x| x.get("name").and_then(Value::as_str) == Some(name.as_str()))
+        {
+            Some(i) => env[i] = entry,
+            None => env.push(entry),
+        }
+    }
+    proxy
+}
+
 /// k8s-openapi writes fields alphabetically; put the ones people look for first, as
 /// `kubectl` users are used to reading them.
 fn readable_order(v: Value) -> Value {
@@ -159,7 +191,7 @@ pub fn init_args(cfg: &InjectConfig, ov: &Overrides) -> Vec<String> {
             &ov.exclude_outbound_ports,
         ));
     }
-    if cfg.dns_capture {
+    if ov.dns_capture {
         args.push(init::DNS_CAPTURE.to_string());
     }
     args
@@ -167,8 +199,10 @@ pub fn init_args(cfg: &InjectConfig, ov: &Overrides) -> Vec<String> {
 
 /// The `mesh-proxy` arguments (flag names from `mesh_common::contract::proxy`). A
 /// sidecar's carry no `--role` (its default); a gateway's start with `--role gateway` and
-/// never have `--dns-capture` (nothing redirects DNS to a gateway).
-pub fn proxy_args(cfg: &InjectConfig, role: Role) -> Vec<String> {
+/// never have `--dns-capture` (nothing redirects DNS to a gateway). Last, what the pod's
+/// ProxyConfig sets: `--worker-threads` (`concurrency`), `--drain-delay`
+/// (`terminationDrainDuration`).
+pub fn proxy_args(cfg: &InjectConfig, ov: &Overrides, role: Role) -> Vec<String> {
     let mut args = Vec::new();
     if role == Role::Gateway {
         args.push(proxy::flag::ROLE.to_string());
@@ -192,8 +226,16 @@ pub fn proxy_args(cfg: &InjectConfig, role: Role) -> Vec<String> {
     if cfg.workload_identity() {
         args.extend(mtls::proxy_args(cfg));
     }
-    if cfg.dns_capture && role == Role::Sidecar {
+    if ov.dns_capture && role == Role::Sidecar {
         args.push(proxy::flag::DNS_CAPTURE.into());
+    }
+    if let Some(n) = ov.worker_threads {
+        args.push(proxy::flag::WORKER_THREADS.into());
+        args.push(n.to_string());
+    }
+    if let Some(d) = &ov.drain_delay {
+        args.push(proxy::flag::DRAIN_DELAY.into());
+        args.push(d.clone());
     }
     args
 }
@@ -312,7 +354,7 @@ fn proxy_container(cfg: &InjectConfig, ov: &Overrides, native: bool, role: Role)
         image: Some(ov.proxy_image.clone()),
         image_pull_policy: cfg.image_pull_policy.clone(),
         command: Some(vec![proxy::BINARY.to_string()]),
-        args: Some(proxy_args(cfg, role)),
+        args: Some(proxy_args(cfg, ov, role)),
         env: Some(env),
         ports: Some(ports),
         readiness_probe: Some(readiness),
@@ -452,7 +494,7 @@ mod tests {
     fn control_plane_and_dns_capture_flags_follow_the_config() {
         let cfg = InjectConfig::default();
         let ov = Overrides::read(&BTreeMap::new(), &cfg).unwrap();
-        let args = proxy_args(&cfg, Role::Sidecar);
+        let args = proxy_args(&cfg, &ov, Role::Sidecar);
         let i = args.iter().position(|a| a == "--control-plane").unwrap();
         assert_eq!(args[i + 1], "mesh-control.mesh-system.svc:15012");
         assert_eq!(args[i + 2], "--root-cert", "{args:?}");
@@ -464,7 +506,8 @@ mod tests {
             dns_capture: true,
             ..InjectConfig::default()
         };
-        let args = proxy_args(&cfg, Role::Sidecar);
+        let ov = Overrides::read(&BTreeMap::new(), &cfg).unwrap();
+        let args = proxy_args(&cfg, &ov, Role::Sidecar);
         assert!(!args.contains(&"--control-plane".to_string()), "{args:?}");
         assert!(!args.contains(&"--root-cert".to_string()), "{args:?}");
         assert_eq!(args.last().map(String::as_str), Some("--dns-capture"));
@@ -480,7 +523,7 @@ mod tests {
             ..InjectConfig::default()
         };
         let ov = Overrides::read(&BTreeMap::new(), &cfg).unwrap();
-        let args = proxy_args(&cfg, Role::Sidecar);
+        let args = proxy_args(&cfg, &ov, Role::Sidecar);
         let tail: Vec<&str> = args[8..].iter().map(String::as_str).collect();
         assert_eq!(
             tail,
@@ -514,7 +557,11 @@ mod tests {
             control_plane_address: "mesh-control.mesh-system.svc:15010".into(),
             ..InjectConfig::default()
         };
-        let args = proxy_args(&none, Role::Sidecar);
+        let args = proxy_args(
+            &none,
+            &Overrides::read(&BTreeMap::new(), &none).unwrap(),
+            Role::Sidecar,
+        );
         assert_eq!(
             args[8..],
             ["--control-plane", "mesh-control.mesh-system.svc:15010"]

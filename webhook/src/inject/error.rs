@@ -11,4 +11,7 @@ pub enum InjectError {
     },
     #[error("invalid pod: {field}: {reason}")]
     InvalidPod { field: String, reason: String },
+    /// A gateway asked for where the injection config gives it nothing to run with.
+    #[error("cannot inject a gateway: {reason}")]
+    Gateway { reason: String },
 }

@@ -46,6 +46,22 @@
 //! - `overrides` keeps each user container named `istio-proxy`/`istio-init` as the user
 //!   wrote it, with its list (`containers`/`initContainers`) and index, so re-injection
 //!   re-merges it and uninject puts it back exactly where it was.
+//! - `warnings` (ours, absent when empty): what the pod's ProxyConfig asks for that this
+//!   injection does not do, in words (below). Also in the hash.
+//!
+//! Istio's ProxyConfig (`proxy.istio.io/config` over the config's `defaultConfig`; see
+//! [`crate::proxy_config`]): `concurrency` → `--worker-threads`,
+//! `terminationDrainDuration` → `--drain-delay` (both last in the proxy's args),
+//! `proxyMetadata` → env on `istio-proxy` after our own (a name of ours takes the user's
+//! value in place), `ISTIO_META_DNS_CAPTURE` → `--dns-capture` on both containers,
+//! `holdApplicationUntilProxyStarts` → what a native sidecar's startup probe already does.
+//! A bad value is an [`InjectError::InvalidAnnotation`] naming the field; what is accepted
+//! but not done is a warning ([`inject_with_warnings`]): fields not honoured,
+//! `holdApplicationUntilProxyStarts` with a regular sidecar (no `mesh-proxy` command to
+//! wait with in a postStart hook), a drain not shorter than the pod's
+//! `terminationGracePeriodSeconds` (default 30), `concurrency: 0` without a CPU limit to
+//! count cores by, an `ISTIO_META_DNS_CAPTURE` that is no boolean. The webhook returns
+//! them as admission warnings and logs them; kube-inject prints them.
 //!
 //! The proxy's identity: `istio-proxy` gets, as literal env values computed here, the
 //! workload the pod belongs to as Istio derives it (`ISTIO_META_WORKLOAD_NAME`,
@@ -66,6 +82,7 @@
 //! for sidecars, and the role is in the hash, so switching template re-injects.
 //!
 //! Deviations from the requested API shape: none in signatures. Additions:
+//! [`inject_with_warnings`] ([`inject`] and its warnings),
 //! [`desired_template`] (the template the patch produces, for tests and tools),
 //! [`SkipReason::NotInjected`] (uninject of a pod without status), and the submodules
 //! are public for reuse.
@@ -74,7 +91,8 @@
 //! all and none uses it):
 //! - [`error`], [`request`]: the types of the API above ([`InjectError`], [`InjectRequest`],
 //!   [`Outcome`], ...);
-//! - [`overrides`]: the honoured annotations, validated and merged with the config;
+//! - [`overrides`]: the honoured annotations (and the ProxyConfig's honoured fields),
+//!   validated and merged with the config;
 //! - [`status`]: the status annotation (format and hash);
 //! - [`view`]: the typed, validated view of a template (reads the status annotation);
 //! - [`workload`]: the workload a pod belongs to, and the proxy's identity env;
@@ -109,12 +127,23 @@ pub use request::{InjectRequest, NamespacePolicy, Outcome, SkipReason, Workload}
 
 /// Decide and, when injecting, return the patch. See the module docs.
 pub fn inject(req: &InjectRequest<'_>, cfg: &InjectConfig) -> Result<Outcome, InjectError> {
-    let desired = match desired_injected(req, cfg)? {
-        Desired::Skip(r) => return Ok(Outcome::Skipped(r)),
-        Desired::Unchanged => return Ok(Outcome::Unchanged),
-        Desired::Template(t) => t,
+    inject_with_warnings(req, cfg).map(|(outcome, _)| outcome)
+}
+
+/// [`inject`], and what the pod asked for that the injection does not do, in words
+/// (empty when skipped): the webhook returns them as admission warnings, kube-inject
+/// prints them; they are recorded in the status annotation too.
+pub fn inject_with_warnings(
+    req: &InjectRequest<'_>,
+    cfg: &InjectConfig,
+) -> Result<(Outcome, Vec<String>), InjectError> {
+    let (desired, warnings) = desired_injected(req, cfg)?;
+    let outcome = match desired {
+        Desired::Skip(r) => Outcome::Skipped(r),
+        Desired::Unchanged => Outcome::Unchanged,
+        Desired::Template(t) => Outcome::Patched(patch::diff(req.template, &t)),
     };
-    Ok(Outcome::Patched(patch::diff(req.template, &desired)))
+    Ok((outcome, warnings))
 }
 
 /// The template [`inject`]'s patch produces, or `None` when it would not patch. For tests
@@ -123,7 +152,7 @@ pub fn desired_template(
     req: &InjectRequest<'_>,
     cfg: &InjectConfig,
 ) -> Result<Option<Value>, InjectError> {
-    Ok(match desired_injected(req, cfg)? {
+    Ok(match desired_injected(req, cfg)?.0 {
         Desired::Template(t) => Some(t),
         Desired::Skip(_) | Desired::Unchanged => None,
     })
@@ -147,17 +176,85 @@ pub(crate) enum Desired {
     Template(Value),
 }
 
-/// The injected template (used by [`inject`], and by tests that check the patch).
+/// Kubernetes' default `terminationGracePeriodSeconds`.
+const DEFAULT_GRACE_SECONDS: i64 = 30;
+
+/// What the effective ProxyConfig asks of the pod's lifecycle that cannot be done as
+/// asked: holding the app with a regular sidecar, a drain that outlasts the grace period.
+fn lifecycle_warnings(
+    reading: &overrides::Reading,
+    view: &view::PodView,
+    role: role::Role,
+    native: bool,
+) -> Vec<String> {
+    let pc = &reading.proxy_config;
+    let from = overrides::source;
+    let mut out = Vec::new();
+    // A gateway has no app to hold; a native sidecar's startup probe holds the app
+    // containers until the proxy is ready, which is what Istio's hold does.
+    if pc.hold_application_until_proxy_starts == Some(true)
+        && role == role::Role::Sidecar
+        && !native
+    {
+        out.push(format!(
+            "{}: holdApplicationUntilProxyStarts is not honoured with a regular sidecar \
+             (mesh-proxy has no wait command for a postStart hook): the app may start \
+             before the proxy; native sidecars (Kubernetes >= 1.29) hold it",
+            from(
+                reading
+                    .annotated
+                    .hold_application_until_proxy_starts
+                    .is_some()
+            )
+        ));
+    }
+    if let Some(d) = pc.drain_duration() {
+        let grace = view
+            .termination_grace_period_seconds
+            .unwrap_or(DEFAULT_GRACE_SECONDS);
+        if u64::try_from(grace).map_or(true, |g| d.as_secs_f64() >= g as f64) {
+            out.push(format!(
+                "{}: terminationDrainDuration {} is not shorter than the pod's \
+                 terminationGracePeriodSeconds ({grace}): the kubelet kills the proxy before \
+                 its drain starts",
+                from(reading.annotated.termination_drain_duration.is_some()),
+                pc.termination_drain_duration.as_deref().unwrap_or_default()
+            ));
+        }
+    }
+    out
+}
+
+/// The injected template (used by [`inject`], and by tests that check the patch), and
+/// the warnings about it.
 pub(crate) fn desired_injected(
     req: &InjectRequest<'_>,
     cfg: &InjectConfig,
-) -> Result<Desired, InjectError> {
+) -> Result<(Desired, Vec<String>), InjectError> {
     let view = view::PodView::read(req.template)?;
     if let Some(reason) = policy::skip_reason(req, &view)? {
-        return Ok(Desired::Skip(reason));
+        return Ok((Desired::Skip(reason), Vec::new()));
     }
     let role = role::select(&view)?;
-    let mut ov = overrides::Overrides::read(&view.annotations, cfg)?;
+    if role == role::Role::Gateway && cfg.control_plane_address.is_empty() {
+        // A gateway's listeners and routes come from mesh-control (mesh-proxy refuses
+        // --role gateway without --control-plane): injecting one that cannot start
+        // would only move the error to the pod's log.
+        return Err(InjectError::Gateway {
+            reason: "the injection config has no controlPlaneAddress, and a gateway's \
+                     listeners come from mesh-control"
+                .into(),
+        });
+    }
+    let reading = overrides::Overrides::read_all(&view.annotations, cfg)?;
+    let mut warnings = reading.warnings.clone();
+    warnings.extend(lifecycle_warnings(
+        &reading,
+        &view,
+        role,
+        req.native_sidecars,
+    ));
+    let mut ov = reading.overrides;
     let derived;
     let wl = match req.workload {
         Some(w) => w,
@@ -174,6 +271,7 @@ pub(crate) fn desired_injected(
         role,
         &view.annotations,
         &identity,
+        &warnings,
     );
     let base = match &view.status {
         // Same hash, and everything the status records is still there (someone may have
@@ -182,7 +280,7 @@ pub(crate) fn desired_injected(
             if st.config_hash.as_deref() == Some(hash.as_str())
                 && rewrite::recorded_containers_present(req.template, st) =>
         {
-            return Ok(Desired::Unchanged);
+            return Ok((Desired::Unchanged, warnings));
         }
         Some(_) => rewrite::remove_injection(req.template, &view, false)?,
         None => req.template.clone(),
@@ -192,13 +290,127 @@ pub(crate) fn desired_injected(
     (ov.proxy_uid, ov.proxy_gid) = identity::effective_proxy_ids(&base, cfg)?;
     let mut built = containers::Built::cached(cfg, &config_hash, &ov, req.native_sidecars, role)?;
     built.proxy = containers::with_identity_env(built.proxy, &identity);
-    Ok(Desired::Template(rewrite::apply_injection(
+    built.proxy = containers::with_proxy_metadata(built.proxy, &ov.proxy_metadata);
+    let template = rewrite::apply_injection(
         req.template,
         base,
         &built,
         cfg,
-        hash,
+        rewrite::Stamp {
+            hash,
+            warnings: warnings.clone(),
+        },
         req.native_sidecars,
         role,
-    )?))
+    )?;
+    Ok((Desired::Template(template), warnings))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn run(pod: &Value, native: bool, cfg: &InjectConfig) -> (Outcome, Vec<String>) {
+        let req = InjectRequest {
+            template: pod,
+            namespace: Some("default"),
+            namespace_policy: NamespacePolicy::Selected,
+            native_sidecars: native,
+            workload: None,
+        };
+        inject_with_warnings(&req, cfg).unwrap()
+    }
+
+    fn pod(config: &str, extra_spec: Value) -> Value {
+        let mut spec = json!({"containers": [{"name": "app", "image": "app"}]});
+        if let (Some(s), Some(e)) = (spec.as_object_mut(), extra_spec.as_object()) {
+            s.extend(e.clone());
+        }
+        json!({"metadata": {"name": "p", "annotations": {"proxy.istio.io/config": config}},
+               "spec": spec})
+    }
+
+    #[test]
+    fn hold_is_warned_about_only_where_it_cannot_be_honoured() {
+        let cfg = InjectConfig::default();
+        let hold = pod("holdApplicationUntilProxyStarts: true", json!({}));
+        let (_, w) = run(&hold, false, &cfg);
+        assert!(
+            w.len() == 1 && w[0].contains("not honoured with a regular sidecar"),
+            "{w:?}"
+        );
+        assert!(run(&hold, true, &cfg).1.is_empty(), "native sidecars hold");
+        let gateway = json!({"metadata": {"name": "g", "annotations": {
+                "proxy.istio.io/config": "holdApplicationUntilProxyStarts: true",
+                "inject.istio.io/templates": "gateway"}},
+            "spec": {"containers": [{"name": "istio-proxy", "image": "auto"}]}});
+        assert!(run(&gateway, false, &cfg).1.is_empty(), "no app to hold");
+        let off = pod("holdApplicationUntilProxyStarts: false", json!({}));
+        assert!(run(&off, false, &cfg).1.is_empty());
+    }
+
+    #[test]
+    fn a_drain_that_outlasts_the_grace_period_is_warned_about() {
+        let cfg = InjectConfig::default();
+        let warned = |drain: &str, spec: Value| {
+            !run(
+                &pod(&format!("terminationDrainDuration: {drain}"), spec),
+                false,
+                &cfg,
+            )
+            .1
+            .is_empty()
+        };
+        assert!(!warned("29.9s", json!({})), "under the default 30 s");
+        assert!(warned("30s", json!({})));
+        assert!(warned("1m", json!({"terminationGracePeriodSeconds": 45})));
+        assert!(!warned("1m", json!({"terminationGracePeriodSeconds": 90})));
+        assert!(warned("1s", json!({"terminationGracePeriodSeconds": 0})));
+    }
+
+    #[test]
+    fn warnings_are_recorded_and_hashed_and_skips_have_none() {
+        let cfg = InjectConfig::default();
+        let p = pod(
+            "{holdApplicationUntilProxyStarts: true, tracing: {}}",
+            json!({}),
+        );
+        let req = InjectRequest {
+            template: &p,
+            namespace: Some("default"),
+            namespace_policy: NamespacePolicy::Selected,
+            native_sidecars: false,
+            workload: None,
+        };
+        let injected = desired_template(&req, &cfg).unwrap().unwrap();
+        let status = view::PodView::read(&injected).unwrap().status.unwrap();
+        assert_eq!(status.warnings.len(), 2, "{:?}", status.warnings);
+        // Injected again: unchanged, the same warnings.
+        let (outcome, w) = run(&injected, false, &cfg);
+        assert_eq!(outcome, Outcome::Unchanged);
+        assert_eq!(w, status.warnings);
+        // Only the grace period changed: the warning, the hash and so the pod change.
+        let drain = pod("terminationDrainDuration: 40s", json!({}));
+        let req = InjectRequest {
+            template: &drain,
+            ..req
+        };
+        let mut injected = desired_template(&req, &cfg).unwrap().unwrap();
+        injected["spec"]["terminationGracePeriodSeconds"] = json!(60);
+        let (outcome, w) = run(&injected, false, &cfg);
+        assert!(
+            matches!(outcome, Outcome::Patched(_)) && w.is_empty(),
+            "{outcome:?} {w:?}"
+        );
+        // A skipped pod's annotation is not even read.
+        let mut skipped = pod("concurrency: 1000", json!({"hostNetwork": true}));
+        assert!(matches!(run(&skipped, false, &cfg), (Outcome::Skipped(_), w) if w.is_empty()));
+        skipped["spec"]["hostNetwork"] = json!(false);
+        let req = InjectRequest {
+            template: &skipped,
+            ..req
+        };
+        assert!(inject_with_warnings(&req, &cfg).is_err());
+    }
 }

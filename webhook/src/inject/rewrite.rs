@@ -251,6 +251,14 @@ fn without_auto_image(user: &Value) -> Value {
 /// The image name by which a user's `istio-proxy`/`istio-init` asks for ours (Istio's).
 pub const AUTO_IMAGE: &str = "auto";
 
+/// What the status annotation records besides what was added: the injection's hash and
+/// its warnings (see [`Status`]).
+#[derive(Debug, Clone, Default)]
+pub struct Stamp {
+    pub hash: String,
+    pub warnings: Vec<String>,
+}
+
 /// Add our containers and annotations (and, with a workload identity, its volumes and
 /// label) to a template that carries no injection. A gateway gets the proxy only.
 pub fn apply_injection(
@@ -258,7 +266,7 @@ pub fn apply_injection(
     base: Value,
     built: &Built,
     cfg: &InjectConfig,
-    config_hash: String,
+    stamp: Stamp,
     native: bool,
     role: Role,
 ) -> Result<Value, InjectError> {
@@ -429,8 +437,9 @@ pub fn apply_injection(
         volumes,
         annotations: added,
         labels: added_labels,
-        config_hash: Some(config_hash),
+        config_hash: Some(stamp.hash),
         overrides,
+        warnings: stamp.warnings,
         ..status
     };
     a.insert(ann::STATUS.into(), json!(status.to_json()));

@@ -56,6 +56,16 @@ pub struct Status {
     pub config_hash: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub overrides: Vec<OverrideRecord>,
+    /// What the pod asked for (in `proxy.istio.io/config`, or the config's
+    /// `defaultConfig`) that this injection does not do, in words: the one place the
+    /// owner of a Deployment's pod can read them (admission warnings go to the
+    /// ReplicaSet controller). Our key; absent when there are none.
+    #[serde(
+        default,
+        deserialize_with = "null_as_empty",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub warnings: Vec<String>,
 }
 
 fn null_as_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -99,7 +109,9 @@ impl Status {
 }
 
 /// Hash of everything that shapes an injection: the config, native or regular sidecar or
-/// gateway, the honoured annotations' values, and the proxy's identity env (workload,
+/// gateway, the honoured annotations' values, the warnings recorded in the status (so
+/// what changes only them, say the pod's `terminationGracePeriodSeconds`, re-injects
+/// too), and the proxy's identity env (workload,
 /// owner, canonical service and revision, app and version: the values, so what changes
 /// them, a label or the owner, re-injects, and the webhook and kube-inject agree whenever
 /// the values do). Equal hash means re-injecting would change nothing. A gateway is never
@@ -111,6 +123,7 @@ pub fn injection_hash(
     role: Role,
     annotations: &BTreeMap<String, String>,
     identity: &[(&str, String)],
+    warnings: &[String],
 ) -> String {
     let mut h = Sha256::new();
     h.update(config_hash.as_bytes());
@@ -132,6 +145,10 @@ pub fn injection_hash(
         h.update(k.as_bytes());
         h.update(b"=");
         h.update(v.as_bytes());
+    }
+    for w in warnings {
+        h.update(b"\0warning:");
+        h.update(w.as_bytes());
     }
     hex16(&h.finalize())
 }

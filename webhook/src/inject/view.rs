@@ -24,6 +24,8 @@ pub struct PodView {
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
     pub host_network: bool,
+    /// `spec.terminationGracePeriodSeconds`, when set (Kubernetes' default is 30).
+    pub termination_grace_period_seconds: Option<i64>,
     /// The names of `spec.containers`, in order.
     pub containers: Vec<String>,
     /// The parsed `sidecar.istio.io/status` annotation, when present.
@@ -90,6 +92,7 @@ impl PodView {
             labels: meta.labels.unwrap_or_default(),
             annotations,
             host_network: spec.host_network.unwrap_or(false),
+            termination_grace_period_seconds: spec.termination_grace_period_seconds,
             status,
         })
     }
