@@ -170,21 +170,33 @@ pub fn match_rank(pattern: &str) -> usize {
     }
 }
 
-/// The virtual host of `hosts` a request for `host` goes to (see
-/// [`VirtualHost::domains`]).
-pub fn pick_virtual_host<'v>(hosts: &'v [VirtualHost], host: &str) -> Option<&'v VirtualHost> {
-    let mut best: Option<(usize, &VirtualHost)> = None;
-    for v in hosts {
-        for d in &v.domains {
-            if host_matches(d, host) {
-                let r = match_rank(d);
-                if best.is_none_or(|(b, _)| r > b) {
-                    best = Some((r, v));
-                }
-            }
+/// The item of `items` whose patterns (`patterns(item)`, as [`VirtualHost::domains`])
+/// match `name` most specifically: an exact name, else the longest wildcard, else `*`;
+/// the first of equals. A `name` of `None` (a ClientHello without SNI) matches only `*`.
+/// How a gateway picks a virtual host by `Host`, a TLS server and a passthrough route by
+/// SNI.
+pub fn most_specific<'a, T: 'a>(
+    items: impl IntoIterator<Item = &'a T>,
+    patterns: impl Fn(&'a T) -> &'a [String],
+    name: Option<&str>,
+) -> Option<&'a T> {
+    let mut best: Option<(usize, &'a T)> = None;
+    for item in items {
+        let rank = patterns(item)
+            .iter()
+            .filter(|p| match name {
+                Some(n) => host_matches(p, n),
+                None => p.as_str() == "*",
+            })
+            .map(|p| match_rank(p))
+            .max();
+        if let Some(rank) = rank
+            && best.is_none_or(|(b, _)| rank > b)
+        {
+            best = Some((rank, item));
         }
     }
-    best.map(|(_, v)| v)
+    best.map(|(_, item)| item)
 }
 
 impl VirtualHost {
@@ -275,14 +287,19 @@ mod tests {
             vh("deeper", &["*.shop.example.com"]),
             vh("exact", &["shop.example.com"]),
         ];
-        let pick = |h| pick_virtual_host(&hosts, h).map(|v| v.name.as_str());
+        let pick = |h| most_specific(&hosts, |v| &v.domains, Some(h)).map(|v| v.name.as_str());
         assert_eq!(pick("shop.example.com"), Some("exact"));
         assert_eq!(pick("a.shop.example.com"), Some("deeper"));
         assert_eq!(pick("a.example.com"), Some("wild"));
         assert_eq!(pick("other.org"), Some("any"));
         assert_eq!(
-            pick_virtual_host(&hosts[1..], "other.org").map(|v| &v.name),
+            most_specific(&hosts[1..], |v| &v.domains, Some("other.org")).map(|v| &v.name),
             None
+        );
+        assert_eq!(
+            most_specific(&hosts, |v| &v.domains, None).map(|v| v.name.as_str()),
+            Some("any"),
+            "no name (no SNI): only *"
         );
     }
 

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use mesh_config::gateway::{Gateway, TlsServerMode, host_matches, match_rank};
+use mesh_config::gateway::{Gateway, TlsServerMode, most_specific};
 use mesh_config::{Certificate, Service, ValidationError};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -104,32 +104,11 @@ impl CompiledTlsRoute {
     }
 }
 
-/// The pattern of `patterns` that matches `name` best (exact, longest wildcard, `*`),
-/// with its rank; `None` when none does. A missing SNI matches only `*`.
-fn best_match(patterns: &[String], name: Option<&str>) -> Option<usize> {
-    patterns
-        .iter()
-        .filter(|p| match name {
-            Some(n) => host_matches(p, n),
-            None => p.as_str() == "*",
-        })
-        .map(|p| match_rank(p))
-        .max()
-}
-
 impl CompiledListener {
     /// The TLS server a ClientHello asking for `sni` goes to: the one whose hosts match
     /// it best (the first of equals).
     pub fn tls_server(&self, sni: Option<&str>) -> Option<&CompiledTlsServer> {
-        let mut best: Option<(usize, &CompiledTlsServer)> = None;
-        for s in &self.tls {
-            if let Some(rank) = best_match(&s.hosts, sni)
-                && best.is_none_or(|(b, _)| rank > b)
-            {
-                best = Some((rank, s));
-            }
-        }
-        best.map(|(_, s)| s)
+        most_specific(&self.tls, |s| &s.hosts, sni)
     }
 }
 
@@ -137,18 +116,12 @@ impl CompiledTlsMode {
     /// A passthrough server's route for `sni`: the one whose `sniHosts` match it most
     /// specifically (the first of equals).
     pub fn tls_route(&self, sni: Option<&str>) -> Option<&CompiledTlsRoute> {
-        let CompiledTlsMode::Passthrough { routes, .. } = self else {
-            return None;
-        };
-        let mut best: Option<(usize, &CompiledTlsRoute)> = None;
-        for r in routes {
-            if let Some(rank) = best_match(&r.sni_hosts, sni)
-                && best.is_none_or(|(b, _)| rank > b)
-            {
-                best = Some((rank, r));
+        match self {
+            CompiledTlsMode::Passthrough { routes, .. } => {
+                most_specific(routes, |r| &r.sni_hosts, sni)
             }
+            CompiledTlsMode::Simple { .. } => None,
         }
-        best.map(|(_, r)| r)
     }
 }
 

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use mesh_config::gateway::{host_matches, match_rank};
+use mesh_config::gateway::most_specific;
 use mesh_config::{Cluster, ValidationError, VirtualHost};
 
 use super::compile::CompiledService;
@@ -67,18 +67,7 @@ impl VirtualHosts {
     /// The virtual host a request for `host` (normalised: lower case, no port) goes to:
     /// an exact domain, else the longest matching wildcard, else `*`.
     pub fn pick(&self, host: &str) -> Option<&CompiledVirtualHost> {
-        let mut best: Option<(usize, &CompiledVirtualHost)> = None;
-        for v in &self.hosts {
-            for d in &v.domains {
-                if host_matches(d, host) {
-                    let rank = match_rank(d);
-                    if best.is_none_or(|(b, _)| rank > b) {
-                        best = Some((rank, v));
-                    }
-                }
-            }
-        }
-        best.map(|(_, v)| v)
+        most_specific(&self.hosts, |v| &v.domains, Some(host))
     }
 }
 
