@@ -103,6 +103,18 @@ pub mod proxy {
     /// The binary the sidecar container runs.
     pub const BINARY: &str = "mesh-proxy";
 
+    /// `mesh-proxy wait`: exits 0 once the proxy of the same pod is ready (its admin
+    /// port's `/healthz/ready` answers 200), 1 when `--timeout` runs out: the injector's
+    /// `postStart` hook for ProxyConfig `holdApplicationUntilProxyStarts` with a regular
+    /// sidecar (Istio's `pilot-agent wait`).
+    pub mod wait {
+        pub const SUBCOMMAND: &str = "wait";
+        /// The admin address to ask (default `127.0.0.1:15021`).
+        pub const ADMIN_ADDR: &str = "--admin-addr";
+        /// How long to wait (default `60s`, Istio's), `mesh_common::duration` syntax.
+        pub const TIMEOUT: &str = "--timeout";
+    }
+
     /// Long flags. Those in `ALL` take a value; those in `SWITCHES` take none.
     pub mod flag {
         pub const OUTBOUND_PORT: &str = "--outbound-port";

@@ -146,6 +146,8 @@ pub enum Command {
     Help,
     /// `--version`.
     Version,
+    /// `mesh-proxy wait`: block until the pod's proxy is ready ([`crate::wait`]).
+    Wait(crate::wait::WaitArgs),
 }
 
 /// The usage text of `--help`. Its flag and variable names are the contract's
@@ -155,6 +157,7 @@ Transparent sidecar proxy: forwards redirected TCP to its original destination, 
 HTTP routing from mesh-control
 
 Usage: mesh-proxy [OPTIONS]
+       mesh-proxy wait [--admin-addr 127.0.0.1:15021] [--timeout 60s]   (exit 0 once ready)
 
 Options:
       --outbound-port <PORT>     Outbound capture listener port [default: 15001]
@@ -271,6 +274,41 @@ where
         Ok(v) if v >= min && v <= max => Ok(v),
         _ => Err(format!("expected a number from {min} to {max}")),
     }
+}
+
+/// `mesh-proxy wait [--admin-addr HOST:PORT] [--timeout DURATION]`.
+fn wait_args(args: impl Iterator<Item = String>) -> Result<Command, ArgError> {
+    use mesh_common::contract::proxy::wait::{ADMIN_ADDR, TIMEOUT};
+    let mut w = crate::wait::WaitArgs::default();
+    let mut it = args;
+    while let Some(arg) = it.next() {
+        if arg == "-h" || arg == "--help" {
+            return Ok(Command::Help);
+        }
+        let (name, inline) = match arg.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n.to_owned(), Some(v.to_owned())),
+            _ => (arg.clone(), None),
+        };
+        let flag = match name.as_str() {
+            ADMIN_ADDR => ADMIN_ADDR,
+            TIMEOUT => TIMEOUT,
+            _ => return Err(ArgError::Unknown(arg)),
+        };
+        let value = inline
+            .or_else(|| it.next())
+            .ok_or(ArgError::MissingValue(flag))?;
+        let invalid = |reason: String| ArgError::Invalid {
+            flag,
+            value: value.clone(),
+            reason,
+        };
+        if flag == ADMIN_ADDR {
+            w.admin_addr = value.parse().map_err(|e| invalid(format!("{e}")))?;
+        } else {
+            w.timeout = parse_duration(&value).map_err(invalid)?;
+        }
+    }
+    Ok(Command::Wait(w))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -443,6 +481,16 @@ impl Args {
                 println!("mesh-proxy {}", env!("CARGO_PKG_VERSION"));
                 std::process::exit(0)
             }
+            Ok(Command::Wait(w)) => match crate::wait::wait(&w) {
+                Ok(took) => {
+                    println!("mesh-proxy is ready (waited {took:?})");
+                    std::process::exit(0)
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    std::process::exit(1)
+                }
+            },
             Err(e) => {
                 eprintln!("error: {e}");
                 std::process::exit(2)
@@ -459,6 +507,7 @@ impl Args {
         match Args::command_from(args, &|k| std::env::var(k).ok())? {
             Command::Run(a) => Ok(*a),
             Command::Help | Command::Version => Err(ArgError::Unknown("--help".into())),
+            Command::Wait(_) => Err(ArgError::Unknown("wait".into())),
         }
     }
 
@@ -472,8 +521,12 @@ impl Args {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
+        let mut it = args.into_iter().map(Into::into).skip(1).peekable();
+        if it.peek().map(String::as_str) == Some(mesh_common::contract::proxy::wait::SUBCOMMAND) {
+            it.next();
+            return wait_args(it);
+        }
         let mut a = Args::defaults(env)?;
-        let mut it = args.into_iter().map(Into::into).skip(1);
         while let Some(arg) = it.next() {
             if arg == "-h" || arg == "--help" {
                 return Ok(Command::Help);
@@ -1322,6 +1375,31 @@ mod tests {
             assert!(HELP.contains(name), "{name} missing from --help");
             assert_eq!(parse(&["--copy-mode", name]).unwrap().copy_mode, mode);
         }
+    }
+
+    #[test]
+    fn wait_is_a_subcommand_with_its_own_flags() {
+        let cmd = |args: &[&str]| {
+            let mut all = vec!["mesh-proxy", "wait"];
+            all.extend(args);
+            Args::command_from(all, &|_| None)
+        };
+        let Ok(Command::Wait(w)) = cmd(&[]) else {
+            panic!()
+        };
+        assert_eq!(w, crate::wait::WaitArgs::default());
+        assert_eq!(w.admin_addr.port(), 15021);
+        let Ok(Command::Wait(w)) = cmd(&["--timeout", "5s", "--admin-addr=127.0.0.1:9"]) else {
+            panic!()
+        };
+        assert_eq!(
+            (w.timeout, w.admin_addr.port()),
+            (Duration::from_secs(5), 9)
+        );
+        let e = cmd(&["--timeout", "soon"]).unwrap_err().to_string();
+        assert!(e.contains("--timeout"), "{e}");
+        let e = cmd(&["--worker-threads", "2"]).unwrap_err().to_string();
+        assert!(e.contains("--worker-threads"), "{e}");
     }
 
     #[test]

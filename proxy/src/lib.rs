@@ -36,6 +36,7 @@ pub mod metrics;
 pub mod orig_dst;
 pub mod record;
 pub mod rlimit;
+pub mod wait;
 pub mod workers;
 
 use std::io;

@@ -434,6 +434,29 @@ fn check_proxy(proxy: &Value, user_env: &BTreeSet<String>) -> Result<(), String>
             contract::proxy::BINARY
         ));
     }
+    // holdApplicationUntilProxyStarts: the postStart hook is `mesh-proxy wait`, which the
+    // proxy's own parser must take as such.
+    if let Some(hook) = proxy.pointer("/lifecycle/postStart/exec/command") {
+        let hook: Vec<String> = hook
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect();
+        if hook.first().map(String::as_str) != Some(contract::proxy::BINARY) {
+            return Err(format!(
+                "istio-proxy's postStart hook {hook:?} is not mesh-proxy"
+            ));
+        }
+        match mesh_proxy::cli::Args::command_from(hook.clone(), &|_| None) {
+            Ok(mesh_proxy::cli::Command::Wait(_)) => {}
+            other => {
+                return Err(format!(
+                    "istio-proxy's postStart hook {hook:?} is not `mesh-proxy wait`: {other:?}"
+                ));
+            }
+        }
+    }
     let mut env = Vec::new();
     for e in proxy
         .get("env")
@@ -665,6 +688,20 @@ fn every_shape_and_config_starts_with_the_binaries_parsers() {
         "{tuned}"
     );
     assert!(args_of("shape proxy-config with config default").ends_with(" --dns-capture"));
+    // holdApplicationUntilProxyStarts on a regular sidecar: first, with the wait hook.
+    let held = pods
+        .iter()
+        .find(|p| p.origin == "shape proxy-config with config default")
+        .unwrap();
+    assert_eq!(
+        held.template["spec"]["containers"][0]["name"],
+        "istio-proxy"
+    );
+    assert!(
+        held.template["spec"]["containers"][0]
+            .pointer("/lifecycle/postStart/exec/command")
+            .is_some()
+    );
     let defaulted = proxy_args_of("shape basic with config default-proxy-config");
     assert!(
         defaulted.contains("--worker-threads 2") && defaulted.contains("--drain-delay 1m"),
@@ -723,6 +760,16 @@ fn a_broken_contract_is_caught() {
             .unwrap_err()
             .contains("rejects")
     );
+
+    for hook in [
+        json!(["sleep", "5"]),
+        json!(["mesh-proxy", "wait", "--soon"]),
+    ] {
+        let mut bad_hook = proxy.clone();
+        bad_hook["lifecycle"] = json!({"postStart": {"exec": {"command": hook}}});
+        let e = check_proxy(&bad_hook, &BTreeSet::new()).unwrap_err();
+        assert!(e.contains("postStart"), "{e}");
+    }
 
     let mut unknown_flag = proxy.clone();
     unknown_flag["args"]

@@ -478,17 +478,6 @@ impl InjectConfig {
             }
             _ => {}
         }
-        if dc.hold_application_until_proxy_starts == Some(true)
-            && self.native_sidecars == NativeSidecars::False
-        {
-            return Err(invalid(
-                proxy_config::HOLD_APPLICATION,
-                "true would be ignored: nativeSidecars is false, and a regular sidecar cannot \
-                 hold the app (mesh-proxy has no command for a postStart hook to wait with); \
-                 use nativeSidecars: auto or true (Kubernetes >= 1.29), or remove it"
-                    .into(),
-            ));
-        }
         Ok(())
     }
 
@@ -1050,11 +1039,6 @@ mod tests {
                 "contradicts dnsCapture: true",
             ),
             (
-                "{nativeSidecars: false, defaultConfig: {holdApplicationUntilProxyStarts: true}}",
-                "defaultConfig.holdApplicationUntilProxyStarts",
-                "would be ignored: nativeSidecars is false",
-            ),
-            (
                 "defaultConfig: [concurrency]",
                 "defaultConfig",
                 "must be a mapping",
@@ -1068,8 +1052,9 @@ mod tests {
                 "{text}: {e}"
             );
         }
-        // A hold with native sidecars decided per cluster, or always: accepted.
-        for native in ["auto", "true"] {
+        // A hold, whatever the sidecars: native ones hold with their startup probe,
+        // regular ones go first with a postStart hook.
+        for native in ["auto", "true", "false"] {
             let text = format!(
                 "{{nativeSidecars: {native}, defaultConfig: {{holdApplicationUntilProxyStarts: true}}}}"
             );

@@ -14,8 +14,8 @@
 //!   `ISTIO_META_DNS_CAPTURE` (Go's boolean spellings, as Istio reads it) also turns the
 //!   DNS capture on or off (`--dns-capture` on both containers).
 //! - `holdApplicationUntilProxyStarts` → with native sidecars, what the injector already
-//!   does (the proxy's startup probe holds the app containers); with a regular sidecar it
-//!   cannot be honoured (a warning says so).
+//!   does (the proxy's startup probe holds the app containers); a regular sidecar goes
+//!   first with a `postStart` hook `mesh-proxy wait`, as Istio's (`pilot-agent wait`).
 //!
 //! Field names are Istio's JSON names, or the proto names (`proxy_metadata`) that Istio's
 //! parser accepts too. A value of the wrong type or out of range is an error naming the

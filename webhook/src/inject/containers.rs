@@ -9,8 +9,9 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-    ObjectFieldSelector, Probe, ResourceRequirements, SecurityContext, VolumeMount,
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, ExecAction, HTTPGetAction,
+    Lifecycle, LifecycleHandler, ObjectFieldSelector, Probe, ResourceRequirements, SecurityContext,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -29,6 +30,9 @@ use crate::config::{InjectConfig, ResourceAmounts};
 pub struct Built {
     pub init: Value,
     pub proxy: Value,
+    /// The proxy goes first among the containers (a regular sidecar that holds the app:
+    /// ProxyConfig `holdApplicationUntilProxyStarts`).
+    pub proxy_first: bool,
 }
 
 /// What [`Built::cached`] keys its one entry on: (config hash, overrides, native, role).
@@ -91,6 +95,7 @@ impl Built {
         Ok(Built {
             init: to_value(init_container(cfg, ov))?,
             proxy: to_value(proxy_container(cfg, ov, native, role))?,
+            proxy_first: ov.hold_application && !native && role == Role::Sidecar,
         })
     }
 }
@@ -349,9 +354,33 @@ fn proxy_container(cfg: &InjectConfig, ov: &Overrides, native: bool, role: Role)
         // here; Istio's chart targets it by number, naming it documents it.
         ports.push(port(cfg.admin_port, "status-port"));
     }
+    // holdApplicationUntilProxyStarts with a regular sidecar, as Istio's injector does it:
+    // the proxy goes first (rewrite.rs) and its postStart hook returns only once it is
+    // ready; the kubelet starts the next container only after that. A native sidecar's
+    // startup probe holds the app already; a gateway has no app.
+    let lifecycle = (ov.hold_application && !native && role == Role::Sidecar).then(|| {
+        let mut command = vec![
+            proxy::BINARY.to_string(),
+            proxy::wait::SUBCOMMAND.to_string(),
+        ];
+        if cfg.admin_port != mesh_common::PROXY_ADMIN_PORT {
+            command.push(proxy::wait::ADMIN_ADDR.to_string());
+            command.push(format!("127.0.0.1:{}", cfg.admin_port));
+        }
+        Lifecycle {
+            post_start: Some(LifecycleHandler {
+                exec: Some(ExecAction {
+                    command: Some(command),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    });
     Container {
         name: containers::PROXY.to_string(),
         image: Some(ov.proxy_image.clone()),
+        lifecycle,
         image_pull_policy: cfg.image_pull_policy.clone(),
         command: Some(vec![proxy::BINARY.to_string()]),
         args: Some(proxy_args(cfg, ov, role)),

@@ -54,11 +54,13 @@
 //! `terminationDrainDuration` → `--drain-delay` (both last in the proxy's args),
 //! `proxyMetadata` → env on `istio-proxy` after our own (a name of ours takes the user's
 //! value in place), `ISTIO_META_DNS_CAPTURE` → `--dns-capture` on both containers,
-//! `holdApplicationUntilProxyStarts` → what a native sidecar's startup probe already does.
+//! `holdApplicationUntilProxyStarts` → a regular sidecar goes first among the containers
+//! with a `postStart` hook `mesh-proxy wait` (the kubelet starts the next container only
+//! once it returns: once the proxy is ready), as Istio's injector does; a native
+//! sidecar's startup probe does that already.
 //! A bad value is an [`InjectError::InvalidAnnotation`] naming the field; what is accepted
-//! but not done is a warning ([`inject_with_warnings`]): fields not honoured,
-//! `holdApplicationUntilProxyStarts` with a regular sidecar (no `mesh-proxy` command to
-//! wait with in a postStart hook), a drain not shorter than the pod's
+//! but not done is a warning ([`inject_with_warnings`]): fields not honoured, a drain not
+//! shorter than the pod's
 //! `terminationGracePeriodSeconds` (default 30), `concurrency: 0` without a CPU limit to
 //! count cores by, an `ISTIO_META_DNS_CAPTURE` that is no boolean. The webhook returns
 //! them as admission warnings and logs them; kube-inject prints them.
@@ -180,34 +182,11 @@ pub(crate) enum Desired {
 const DEFAULT_GRACE_SECONDS: i64 = 30;
 
 /// What the effective ProxyConfig asks of the pod's lifecycle that cannot be done as
-/// asked: holding the app with a regular sidecar, a drain that outlasts the grace period.
-fn lifecycle_warnings(
-    reading: &overrides::Reading,
-    view: &view::PodView,
-    role: role::Role,
-    native: bool,
-) -> Vec<String> {
+/// asked: a drain that outlasts the grace period.
+fn lifecycle_warnings(reading: &overrides::Reading, view: &view::PodView) -> Vec<String> {
     let pc = &reading.proxy_config;
     let from = overrides::source;
     let mut out = Vec::new();
-    // A gateway has no app to hold; a native sidecar's startup probe holds the app
-    // containers until the proxy is ready, which is what Istio's hold does.
-    if pc.hold_application_until_proxy_starts == Some(true)
-        && role == role::Role::Sidecar
-        && !native
-    {
-        out.push(format!(
-            "{}: holdApplicationUntilProxyStarts is not honoured with a regular sidecar \
-             (mesh-proxy has no wait command for a postStart hook): the app may start \
-             before the proxy; native sidecars (Kubernetes >= 1.29) hold it",
-            from(
-                reading
-                    .annotated
-                    .hold_application_until_proxy_starts
-                    .is_some()
-            )
-        ));
-    }
     if let Some(d) = pc.drain_duration() {
         let grace = view
             .termination_grace_period_seconds
@@ -248,12 +227,7 @@ pub(crate) fn desired_injected(
     }
     let reading = overrides::Overrides::read_all(&view.annotations, cfg)?;
     let mut warnings = reading.warnings.clone();
-    warnings.extend(lifecycle_warnings(
-        &reading,
-        &view,
-        role,
-        req.native_sidecars,
-    ));
+    warnings.extend(lifecycle_warnings(&reading, &view));
     let mut ov = reading.overrides;
     let derived;
     let wl = match req.workload {
@@ -332,22 +306,50 @@ mod tests {
     }
 
     #[test]
-    fn hold_is_warned_about_only_where_it_cannot_be_honoured() {
+    fn hold_puts_a_regular_sidecar_first_with_a_wait_hook() {
         let cfg = InjectConfig::default();
-        let hold = pod("holdApplicationUntilProxyStarts: true", json!({}));
+        let with = |config: &str| {
+            let mut p = pod(config, json!({}));
+            p["spec"]["containers"] = json!([{"name": "app", "image": "app"}]);
+            p
+        };
+        let names = |t: &Value| -> Vec<String> {
+            t["spec"]["containers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["name"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        let desired = |p: &Value, native: bool| {
+            let req = InjectRequest {
+                template: p,
+                namespace: Some("default"),
+                namespace_policy: NamespacePolicy::Selected,
+                native_sidecars: native,
+                workload: None,
+            };
+            desired_template(&req, &cfg).unwrap().unwrap()
+        };
+        let hold = with("holdApplicationUntilProxyStarts: true");
         let (_, w) = run(&hold, false, &cfg);
-        assert!(
-            w.len() == 1 && w[0].contains("not honoured with a regular sidecar"),
-            "{w:?}"
+        assert!(w.is_empty(), "{w:?}");
+        let t = desired(&hold, false);
+        assert_eq!(names(&t), ["istio-proxy", "app"]);
+        assert_eq!(
+            t["spec"]["containers"][0]["lifecycle"]["postStart"]["exec"]["command"],
+            json!(["mesh-proxy", "wait"])
         );
-        assert!(run(&hold, true, &cfg).1.is_empty(), "native sidecars hold");
-        let gateway = json!({"metadata": {"name": "g", "annotations": {
-                "proxy.istio.io/config": "holdApplicationUntilProxyStarts: true",
-                "inject.istio.io/templates": "gateway"}},
-            "spec": {"containers": [{"name": "istio-proxy", "image": "auto"}]}});
-        assert!(run(&gateway, false, &cfg).1.is_empty(), "no app to hold");
-        let off = pod("holdApplicationUntilProxyStarts: false", json!({}));
-        assert!(run(&off, false, &cfg).1.is_empty());
+        // Native sidecars hold with their startup probe; without the field, no hook.
+        let native = desired(&hold, true);
+        assert!(
+            native["spec"]["initContainers"][1]
+                .get("lifecycle")
+                .is_none()
+        );
+        let off = desired(&with("holdApplicationUntilProxyStarts: false"), false);
+        assert_eq!(names(&off), ["app", "istio-proxy"]);
+        assert!(off["spec"]["containers"][1].get("lifecycle").is_none());
     }
 
     #[test]
@@ -372,10 +374,7 @@ mod tests {
     #[test]
     fn warnings_are_recorded_and_hashed_and_skips_have_none() {
         let cfg = InjectConfig::default();
-        let p = pod(
-            "{holdApplicationUntilProxyStarts: true, tracing: {}}",
-            json!({}),
-        );
+        let p = pod("{terminationDrainDuration: 45s, tracing: {}}", json!({}));
         let req = InjectRequest {
             template: &p,
             namespace: Some("default"),

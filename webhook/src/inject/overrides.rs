@@ -76,6 +76,9 @@ pub struct Overrides {
     /// `--dns-capture` on both containers: `proxyMetadata.ISTIO_META_DNS_CAPTURE` when it
     /// is a boolean, else the config's `dnsCapture`.
     pub dns_capture: bool,
+    /// ProxyConfig `holdApplicationUntilProxyStarts`: a regular sidecar goes first, with a
+    /// `postStart` hook (`mesh-proxy wait`) that holds the app until it is ready.
+    pub hold_application: bool,
 }
 
 /// Everything [`Overrides::read_all`] learns from the annotations.
@@ -300,6 +303,7 @@ impl Overrides {
             drain_delay,
             proxy_metadata,
             dns_capture,
+            hold_application: pc.hold_application_until_proxy_starts == Some(true),
         };
         Ok(Reading {
             overrides,

@@ -351,7 +351,12 @@ pub fn apply_injection(
         }
     } else {
         init.push(init_c);
-        apps.push(proxy_c);
+        if built.proxy_first {
+            // First, so its postStart hook (`mesh-proxy wait`) holds the app containers.
+            apps.insert(0, proxy_c);
+        } else {
+            apps.push(proxy_c);
+        }
         Status {
             init_containers: vec![containers::INIT.into()],
             containers: vec![containers::PROXY.into()],
