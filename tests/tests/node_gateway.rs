@@ -765,7 +765,7 @@ fn gateway_diagnosis(node: &KubeNode, pod: &PodInfo) -> String {
 }
 
 /// `istio_requests_total` of each gateway pod.
-fn gateway_metrics(pods: &[PodInfo]) -> Vec<String> {
+fn metrics_of(pods: &[PodInfo]) -> Vec<String> {
     pods.iter().map(|p| proxy_metrics(&p.ip)).collect()
 }
 
@@ -852,7 +852,8 @@ fn ingress_gateway_routes_terminates_tls_rotates_redirects_and_counts() {
     ));
 
     // Through the Service's nodePort, from outside the mesh: a measured batch.
-    let before = gateway_metrics(&gw_pods);
+    let before = metrics_of(&gw_pods);
+    let app_before = metrics_of(&app_pods);
     let t0 = Instant::now();
     let mut routed = 0u64;
     let mut not_found = 0u64;
@@ -888,7 +889,7 @@ fn ingress_gateway_routes_terminates_tls_rotates_redirects_and_counts() {
         send("/productpage/more", 404);
     }
     let took = t0.elapsed();
-    let after = gateway_metrics(&gw_pods);
+    let after = metrics_of(&gw_pods);
     let sent = routed + not_found;
     let (total, per_pod) = grew(&before, &after, &[SOURCE, GW_WORKLOAD, GW_WORKLOAD_NS]);
     let dest_ns = format!(r#"destination_service_namespace="{}""#, app.name);
@@ -931,6 +932,29 @@ fn ingress_gateway_routes_terminates_tls_rotates_redirects_and_counts() {
     assert!(
         per_pod.iter().all(|&n| n > 0),
         "the Service sent every request to one gateway pod: {per_pod:?}"
+    );
+    // The gateway reached productpage's sidecar over mTLS, as itself: the app's side
+    // counted every routed request from the gateway's SPIFFE id.
+    let app_after = metrics_of(&app_pods);
+    let gw_id = format!(r#"source_principal="spiffe://cluster.local/ns/{GW_NS}/sa/{GW_NAME}""#);
+    let (mtls, _) = grew(
+        &app_before,
+        &app_after,
+        &[
+            r#"reporter="destination""#,
+            GW_WORKLOAD,
+            &gw_id,
+            r#"connection_security_policy="mutual_tls""#,
+        ],
+    );
+    report(&format!(
+        "productpage's sidecar: {mtls} of {routed} routed requests from the gateway over mTLS ({gw_id})"
+    ));
+    assert_eq!(
+        mtls,
+        routed,
+        "productpage's sidecar counted {mtls} mTLS requests from the gateway, {routed} were routed\n{}",
+        app_after.join("\n")
     );
     // And through the ClusterIP, port 80.
     let cluster_http: SocketAddr = format!("{}:80", gw.cluster_ip).parse().unwrap();
@@ -1106,7 +1130,7 @@ fn ingress_gateway_routes_terminates_tls_rotates_redirects_and_counts() {
         "bookinfo-gateway deleted -> Host {OTHER_HOST} 404 on both pods in {:.1} s",
         t0.elapsed().as_secs_f64()
     ));
-    let before = gateway_metrics(&gw_pods);
+    let before = metrics_of(&gw_pods);
     let mut sent = 0u64;
     for i in 0..10 {
         let r = get(gw.http_addr(), OTHER_HOST, &format!("/productpage?n={i}"))
@@ -1122,7 +1146,7 @@ fn ingress_gateway_routes_terminates_tls_rotates_redirects_and_counts() {
         r.short()
     );
     sent += 1;
-    let after = gateway_metrics(&gw_pods);
+    let after = metrics_of(&gw_pods);
     let (total, _) = grew(&before, &after, &[SOURCE, GW_WORKLOAD]);
     let (nr, _) = grew(
         &before,
