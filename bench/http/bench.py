@@ -33,6 +33,20 @@ Each mode proves its path first (the server answers with the address it was reac
 and the peer it saw; the mesh proxies' request metrics moved on both sides; nginx and
 HAProxy add a response header per hop).
 
+The ingress gateway modes (#14) add one pod:
+    |-- veth -- pod "gw"       198.18.99.2  no capture rules: `mesh-proxy --role gateway`
+                (uid 1337, config from mesh-control: the Gateway's port 80 bound at 8080,
+                the targetPort of the Service istio-ingressgateway that selects the pod)
+  gateway       client pod (outside the mesh: no rules, no proxy, not a kube Pod) -> the
+                gateway pod's IP:8080 (Host bench.example.com; the VirtualService bound to
+                the Gateway routes `/` to Service bench-gw) -> the backend pod's IP:8080,
+                the backend without a sidecar;
+  gateway-mesh  the same gateway (Host bench-mesh.example.com, VirtualService bench-gwm,
+                Service bench-gwm) to a backend pod with its sidecar (mesh-init's rules,
+                the inbound mesh-proxy delivers from 127.0.0.6).
+A LoadBalancer or a nodePort ends at that pod IP and targetPort too (kube-local has no
+kube-proxy, so the Service's port 80 is not dialled).
+
 The load is mesh-loadgen's HTTP mode (bench/loadgen/src/http.rs): 16 keep-alive
 connections, 1 KB responses, (a) 1,000 req/s in total, (b) as fast as they go. Then, for
 direct, mesh and mesh-mtls, its TCP workloads on the Services' tcp-* ports: bulk, 64-byte
@@ -57,7 +71,8 @@ RATE = float(os.environ.get("BENCH_RATE", "1000"))
 SERVICES_SMALL = 10
 IDLE_CPU_WINDOW = 3.0
 SERVICES_LARGE = int(os.environ.get("BENCH_SERVICES", "1000"))
-MODES_ALL = ("direct", "mesh", "mesh-policy", "mesh-mtls", "nginx", "haproxy")
+MODES_ALL = ("direct", "mesh", "mesh-policy", "mesh-mtls", "nginx", "haproxy", "gateway",
+             "gateway-mesh")
 # `mesh-mtls` is `mesh` with workload identities: its own pair of pods (label
 # security.istio.io/tlsMode=istio, ServiceAccounts bench-client / bench-server), proxies
 # given a root certificate and a TokenRequest token, certificates from mesh-control's CA
@@ -96,6 +111,37 @@ spec:
 """
 
 
+# The ingress gateway (#14): one gateway pod (link GW_LINK, no capture rules) running
+# `mesh-proxy --role gateway` as the injector's gateway template would (the identity env
+# of a pod of Deployment istio-ingressgateway in namespace `<bench namespace>-ingress`,
+# labels istio: ingressgateway, app: istio-ingressgateway), config over mesh-control's
+# plaintext stream (the Gateway serves plain HTTP, no certificate is needed). Gateway
+# `bench-gw` (selector istio: ingressgateway, port 80 HTTP, hosts *) and the Service
+# istio-ingressgateway (80 -> 8080): the gateway binds 8080. `gateway` routes to a
+# backend without a sidecar, `gateway-mesh` (same gateway pod, another host) to a backend
+# with its sidecar. Their clients are outside the mesh: no rules, no proxy, no kube Pod.
+GATEWAY_MODES = ("gateway", "gateway-mesh")
+GW_LINK = 99
+GW_NUMBER = 80               # the Gateway server's port.number (the Service's port)
+GW_PORT = 8080               # its targetPort: what the gateway binds, what clients dial
+GW_WORKLOAD = "istio-ingressgateway"
+# As a pod of the Deployment's ReplicaSet (its owner reference names one, which does not
+# exist: kube-local has no controllers, nor a garbage collector), so mesh-control's peer
+# metadata of the pod says workload istio-ingressgateway, as the gateway says of itself.
+GW_HASH = "5c8d9f7b6d"
+GW_POD = f"istio-ingressgateway-{GW_HASH}-bench"
+GW_OWNER_UID = "00000000-0000-4000-8000-00000000b14c"
+GW_LABELS = "{app: istio-ingressgateway, istio: ingressgateway}"
+GW_POD_LABELS = ("{app: istio-ingressgateway, istio: ingressgateway, "
+                 f"pod-template-hash: {GW_HASH}}}")
+GW_HOST = {"gateway": "bench.example.com", "gateway-mesh": "bench-mesh.example.com"}
+GW_SERVICE = {"gateway": "bench-gw", "gateway-mesh": "bench-gwm"}
+GW_BACKEND = {"gateway": "bench-backend-gw", "gateway-mesh": "bench-backend-gwm"}
+# mesh-loadgen's unmeasured requests per connection before each run (WARMUP in
+# bench/loadgen/src/http.rs): the gateway counts them too.
+LOADGEN_WARMUP = 20
+
+
 def base(mode):
     """The mode whose pods and proxies `mode` uses."""
     return "mesh" if mode == "mesh-policy" else mode
@@ -105,8 +151,35 @@ def is_mesh(mode):
     return base(mode) in MESH_MODES
 
 
+def is_gateway(mode):
+    return mode in GATEWAY_MODES
+
+
+def sides_of(mode):
+    """The proxies a mode's requests cross, in path order: `gw` is the ingress gateway."""
+    if mode == "direct":
+        return ()
+    if mode == "gateway":
+        return ("gw",)
+    if mode == "gateway-mesh":
+        return ("gw", "in")
+    return ("out", "in")
+
+
+def captured(mode, side):
+    """Whether a pod of `mode` gets mesh-init's rules (a client outside the mesh, a
+    gateway pod and a backend without a sidecar do not)."""
+    if mode == "direct" or mode == "gateway" or side == "g":
+        return False
+    if mode == "gateway-mesh":
+        return side == "s"
+    return True
+
+
 def service_of(mode):
-    """The kube Service a mesh mode's client dials."""
+    """The kube Service a mesh mode's client dials (a gateway mode's route goes to)."""
+    if is_gateway(mode):
+        return GW_SERVICE[mode]
     return "bench-mtls" if base(mode) == "mesh-mtls" else "bench"
 
 
@@ -245,6 +318,8 @@ class Bench:
         bad = [m for m in self.modes if m not in MODES_ALL]
         if "mesh-policy" in self.modes and "mesh" not in self.modes:
             bad.append("mesh-policy (needs mesh)")
+        if "gateway-mesh" in self.modes and "gateway" not in self.modes:
+            bad.append("gateway-mesh (needs gateway: it shares its gateway pod)")
         if bad or self.modes[0] != "direct":
             raise SystemExit(f"BENCH_MODES must start with direct and name only {MODES_ALL}; "
                              f"unknown: {bad}")
@@ -267,7 +342,13 @@ class Bench:
             self.bins[name] = copy
         self.bin_ids = {n: f"{bins[n]} ({binary_id(self.bins[n])})" for n in ("proxy", "control")}
         self.kns = f"bench-http-{self.tag}-{int(time.time()) % 100000}"
+        # The gateway pod's namespace, one per run (as istio-ingress is for the chart's
+        # gateway): a namespace deleted in kube-local stays Terminating (no
+        # controller-manager), so a fixed name could not be used twice.
+        self.gw_ns = f"{self.kns}-ingress"
         self.kube_created = False
+        self.gw_ns_created = False
+        self.gw_checks = []        # per gateway load run: requests counted vs sent
         self.kubectl_bin = os.environ["KUBECTL"]
         self.cluster_ip = None
         self.mc = None
@@ -275,6 +356,8 @@ class Bench:
 
     # ------------------------------------------------------------ topology
     def link_of(self, mode, side):
+        if side == "g":
+            return GW_LINK
         return 2 * self.modes.index(base(mode)) + (1 if side == "c" else 2)
 
     def pod(self, mode, side):
@@ -291,24 +374,24 @@ class Bench:
         self.namespaces.append(self.router)
         sh("ip", "-n", self.router, "link", "set", "lo", "up")
         sh(*self.ns_exec(self.router, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"))
-        for mode in self.modes:
-            if base(mode) != mode:
-                continue
-            for side in "cs":
-                i, pod = self.link_of(mode, side), self.pod(mode, side)
-                sh("ip", "netns", "add", pod)
-                self.namespaces.append(pod)
-                sh("ip", "-n", pod, "link", "set", "lo", "up")
-                a, b = f"hp{i}x{self.tag}"[:15], f"hr{i}x{self.tag}"[:15]
-                sh("ip", "link", "add", a, "netns", pod, "type", "veth", "peer", "name", b,
-                   "netns", self.router)
-                sh("ip", "-n", pod, "addr", "add", f"198.18.{i}.2/24", "dev", a)
-                sh("ip", "-n", self.router, "addr", "add", f"198.18.{i}.1/24", "dev", b)
-                sh("ip", "-n", pod, "link", "set", a, "up")
-                sh("ip", "-n", self.router, "link", "set", b, "up")
-                sh("ip", "-n", pod, "route", "add", "default", "via", f"198.18.{i}.1")
-                if mode != "direct":
-                    sh(*self.ns_exec(pod, self.bins["init"], *INIT_ARGS))
+        pods = [(mode, side) for mode in self.modes if base(mode) == mode for side in "cs"]
+        if "gateway" in self.modes:
+            pods.append(("gateway", "g"))
+        for mode, side in pods:
+            i, pod = self.link_of(mode, side), self.pod(mode, side)
+            sh("ip", "netns", "add", pod)
+            self.namespaces.append(pod)
+            sh("ip", "-n", pod, "link", "set", "lo", "up")
+            a, b = f"hp{i}x{self.tag}"[:15], f"hr{i}x{self.tag}"[:15]
+            sh("ip", "link", "add", a, "netns", pod, "type", "veth", "peer", "name", b,
+               "netns", self.router)
+            sh("ip", "-n", pod, "addr", "add", f"198.18.{i}.2/24", "dev", a)
+            sh("ip", "-n", self.router, "addr", "add", f"198.18.{i}.1/24", "dev", b)
+            sh("ip", "-n", pod, "link", "set", a, "up")
+            sh("ip", "-n", self.router, "link", "set", b, "up")
+            sh("ip", "-n", pod, "route", "add", "default", "via", f"198.18.{i}.1")
+            if captured(mode, side):
+                sh(*self.ns_exec(pod, self.bins["init"], *INIT_ARGS))
 
     def spawn(self, name, ns, cmd, tree=False, stop_signal=signal.SIGTERM, log_file=None,
               stdout=None):
@@ -397,28 +480,120 @@ spec:{sa}
     ports: [{{name: http, containerPort: {APP_PORT}}}]
 """
 
-    def set_pod_ip(self, name, ip):
+    def set_pod_ip(self, name, ip, namespace=None):
         """kube-local has no kubelet: the pod stays Pending without an IP. mesh-control
         only knows a pod (labels, peer metadata, which Services front it) by its
         status.podIP, so it is written through the status subresource."""
-        pod = json.loads(self.kubectl("-n", self.kns, "get", "pod", name, "-o", "json").stdout)
+        ns = namespace or self.kns
+        pod = json.loads(self.kubectl("-n", ns, "get", "pod", name, "-o", "json").stdout)
         pod["status"].update({"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
                               "hostIP": "198.18.0.254"})
         path = f"{self.tmp}/{name}-status.json"
         with open(path, "w") as f:
             json.dump(pod, f)
         self.kubectl("replace", "--raw",
-                     f"/api/v1/namespaces/{self.kns}/pods/{name}/status", "-f", path)
+                     f"/api/v1/namespaces/{ns}/pods/{name}/status", "-f", path)
+
+    def gateway_yaml(self):
+        """The ingress gateway's objects: in its own namespace the pod (labels as the
+        istio/gateway chart's, container ports as deploy/overlays/gateway's) and the
+        Service istio-ingressgateway (80 -> 8080, 443 -> 8443, as that overlay's);
+        in the bench namespace the Gateway bench-gw and, per gateway mode, its backend
+        (Service, slice, Pod) and the VirtualService bound to the Gateway."""
+        gw = self.gw_ns
+        docs = f"""---
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: {GW_WORKLOAD}
+  namespace: {gw}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: {GW_POD}
+  generateName: {GW_WORKLOAD}-{GW_HASH}-
+  namespace: {gw}
+  labels: {GW_POD_LABELS}
+  ownerReferences:
+  - {{apiVersion: apps/v1, kind: ReplicaSet, name: {GW_WORKLOAD}-{GW_HASH}, uid: {GW_OWNER_UID},
+     controller: true}}
+spec:
+  serviceAccountName: {GW_WORKLOAD}
+  containers:
+  - name: istio-proxy
+    image: mesh-bench/mesh-proxy
+    args: [--role, gateway]
+    ports:
+    - {{name: http2, containerPort: {GW_PORT}, protocol: TCP}}
+    - {{name: https, containerPort: 8443, protocol: TCP}}
+    - {{name: http-envoy-prom, containerPort: 15090, protocol: TCP}}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: {GW_WORKLOAD}
+  namespace: {gw}
+  labels: {GW_LABELS}
+spec:
+  type: LoadBalancer
+  selector: {GW_LABELS}
+  ports:
+  - {{name: status-port, port: 15021, targetPort: 15021, protocol: TCP}}
+  - {{name: http2, port: {GW_NUMBER}, targetPort: {GW_PORT}, protocol: TCP}}
+  - {{name: https, port: 443, targetPort: 8443, protocol: TCP}}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: Gateway
+metadata:
+  name: bench-gw
+  namespace: {self.kns}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {GW_NUMBER}, name: http, protocol: HTTP}}
+    hosts: ["*"]
+"""
+        for mode in GATEWAY_MODES:
+            if mode not in self.modes:
+                continue
+            svc, backend = GW_SERVICE[mode], GW_BACKEND[mode]
+            hosts = '"*"' if mode == "gateway" else GW_HOST[mode]
+            docs += (self.service_yaml(svc, self.ip(mode, "s"), selector=backend)
+                     + self.pod_yaml(backend, backend) + f"""---
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata:
+  name: {svc}
+  namespace: {self.kns}
+spec:
+  hosts: [{hosts}]
+  gateways: [bench-gw]
+  http:
+  - name: {svc}-all
+    match:
+    - uri: {{prefix: /}}
+    route:
+    - destination: {{host: {svc}, port: {{number: {APP_PORT}}}}}
+""")
+        return docs
 
     def create_kube_objects(self):
         self.kubectl("create", "namespace", self.kns)
         self.kube_created = True
-        mc, ms = self.ip("mesh", "c"), self.ip("mesh", "s")
-        vs = self.vs_yaml(False)
-        docs = (self.service_yaml("bench", ms, selector="bench-server", tcp=True)
-                + self.filler_yaml(0, SERVICES_SMALL - 1)
-                + self.pod_yaml("bench-client", "bench-client")
-                + self.pod_yaml("bench-server", "bench-server") + vs)
+        if "mesh" in self.modes:
+            mc, ms = self.ip("mesh", "c"), self.ip("mesh", "s")
+            docs = (self.service_yaml("bench", ms, selector="bench-server", tcp=True)
+                    + self.filler_yaml(0, SERVICES_SMALL - 1)
+                    + self.pod_yaml("bench-client", "bench-client")
+                    + self.pod_yaml("bench-server", "bench-server") + self.vs_yaml(False))
+        else:
+            # Without `mesh` (its Service `bench`), still 10 Services in the namespace.
+            docs = self.filler_yaml(0, SERVICES_SMALL)
+        if "gateway" in self.modes:
+            self.kubectl("create", "namespace", self.gw_ns)
+            self.gw_ns_created = True
+            docs += self.gateway_yaml()
         mtls = "mesh-mtls" in self.modes
         if mtls:
             docs += "".join(f"""---
@@ -437,8 +612,14 @@ metadata:
         with open(path, "w") as f:
             f.write(docs)
         self.kubectl("apply", "-f", path)
-        self.set_pod_ip("bench-client", mc)
-        self.set_pod_ip("bench-server", ms)
+        if "mesh" in self.modes:
+            self.set_pod_ip("bench-client", mc)
+            self.set_pod_ip("bench-server", ms)
+        if "gateway" in self.modes:
+            self.set_pod_ip(GW_POD, self.ip("gateway", "g"), self.gw_ns)
+            for mode in GATEWAY_MODES:
+                if mode in self.modes:
+                    self.set_pod_ip(GW_BACKEND[mode], self.ip(mode, "s"))
         self.cluster_ips = {}
         for mode in self.modes:
             if is_mesh(mode) and mode == base(mode):
@@ -449,8 +630,9 @@ metadata:
                 self.cluster_ips[mode] = self.kubectl(
                     "-n", self.kns, "get", "service", service_of(mode), "-o",
                     "jsonpath={.spec.clusterIP}").stdout.strip()
-        self.cluster_ip = self.kubectl("-n", self.kns, "get", "service", "bench", "-o",
-                                       "jsonpath={.spec.clusterIP}").stdout.strip()
+        if "mesh" in self.modes:
+            self.cluster_ip = self.kubectl("-n", self.kns, "get", "service", "bench", "-o",
+                                           "jsonpath={.spec.clusterIP}").stdout.strip()
 
     def start_mesh_control(self):
         sock = os.path.join(self.tmp, "kube.sock")
@@ -492,8 +674,26 @@ metadata:
                 self.wait_for(lambda: '"mtls":true' in self.mc_get(
                     f"/debug/config?proxy={self.kns}/{client}&key={key}")[1].replace(" ", ""),
                     30, "mesh-control marking the server pod's endpoint for mTLS")
+        if "gateway" in self.modes:
+            self.wait_for(self.gateway_served, 30,
+                          f"mesh-control serving key `gateway` to {self.gw_ns}/{GW_POD} "
+                          f"(listener {GW_PORT} for port {GW_NUMBER}, the backends' endpoints)")
         if "mesh-mtls" in self.modes:
             self.identity_files()
+
+    def gateway_served(self):
+        """mesh-control's answer for the gateway pod's key `gateway` has the listener
+        on the targetPort with our Gateway and every gateway mode's backend endpoint."""
+        cfg = json.loads(self.mc_get(
+            f"/debug/config?proxy={self.gw_ns}/{GW_POD}&key=gateway")[1] or "{}")
+        if cfg.get("kind") != "gateway" or f"{self.kns}/bench-gw" not in cfg.get("gateways", []):
+            return False
+        if not any(l.get("port") == GW_PORT and l.get("number") == GW_NUMBER
+                   for l in cfg.get("listeners", [])):
+            return False
+        eps = json.dumps(cfg.get("clusters", []))
+        return all(f'"{self.ip(m, "s")}:{APP_PORT}"' in eps for m in GATEWAY_MODES
+                   if m in self.modes)
 
     def identity_files(self):
         """The mesh-mtls proxies' root certificate (ConfigMap istio-ca-root-cert, which
@@ -582,6 +782,57 @@ metadata:
                           f"{mode} proxy {side} ready")
         self.proxies[mode] = procs
 
+    def wait_ready(self, ns, what):
+        self.wait_for(lambda: sh(*self.ns_exec(ns, "curl", "-sf", "--max-time", "1",
+                                               "http://127.0.0.1:15021/healthz/ready"),
+                                 check=False).returncode == 0, 20, f"{what} ready")
+
+    def start_gateway(self):
+        """The ingress gateway pod's only container, as the injector's gateway template
+        writes it (`--role gateway`, the capture ports it passes but a gateway does not
+        bind, the pod's identity as env), its control plane the plaintext stream; then
+        until it listens on the Gateway's port (8080, from its config)."""
+        if "gateway" in self.proxies:
+            return
+        ns, router = self.pod("gateway", "g"), f"198.18.{GW_LINK}.1"
+        env = ["env", f"POD_NAME={GW_POD}", f"POD_NAMESPACE={self.gw_ns}",
+               f"INSTANCE_IP={self.ip('gateway', 'g')}", f"SERVICE_ACCOUNT={GW_WORKLOAD}",
+               f"ISTIO_META_WORKLOAD_NAME={GW_WORKLOAD}",
+               f"ISTIO_META_OWNER=kubernetes://apis/apps/v1/namespaces/{self.gw_ns}"
+               f"/deployments/{GW_WORKLOAD}",
+               f"CANONICAL_SERVICE={GW_WORKLOAD}", "CANONICAL_REVISION=latest",
+               f"APP_NAME={GW_WORKLOAD}"]
+        gw = self.spawn("gateway-proxy", ns,
+                        AS_PROXY + env + [self.bins["proxy"], "--role", "gateway",
+                                          "--outbound-port", "15001", "--inbound-port", "15006",
+                                          "--admin-addr", "127.0.0.1:15021",
+                                          "--metrics-addr", "127.0.0.1:15090",
+                                          "--debug-addr", "127.0.0.1:15000",
+                                          "--control-plane", f"{router}:15010"],
+                        stop_signal=signal.SIGINT)
+        self.wait_ready(ns, "gateway proxy")
+        self.wait_for(lambda: f":{GW_PORT}" in sh(*self.ns_exec(
+            ns, "ss", "-Hltn", f"sport = :{GW_PORT}"), check=False).stdout, 20,
+            f"gateway listening on {GW_PORT}")
+        self.proxies["gateway"] = {"gw": gw}
+
+    def start_backend_sidecar(self):
+        """gateway-mesh: the gateway (shared with `gateway`) and the backend pod's
+        sidecar, inbound only (the backend sends nothing out)."""
+        self.start_gateway()
+        mode = "gateway-mesh"
+        ns, router = self.pod(mode, "s"), f"198.18.{self.link_of(mode, 's')}.1"
+        p = self.spawn(f"{mode}-proxy-in", ns,
+                       AS_PROXY + [self.bins["proxy"], "--control-plane", f"{router}:15010",
+                                   "--pod-name", GW_BACKEND[mode], "--pod-namespace", self.kns,
+                                   "--instance-ip", self.ip(mode, "s"),
+                                   "--admin-addr", "127.0.0.1:15021",
+                                   "--metrics-addr", "127.0.0.1:15090",
+                                   "--debug-addr", "127.0.0.1:15000"],
+                       stop_signal=signal.SIGINT)
+        self.wait_ready(ns, f"{mode} backend sidecar")
+        self.proxies[mode] = {"gw": self.proxies["gateway"]["gw"], "in": p}
+
     def stop_mesh_proxies(self):
         for p in self.proxies.pop("mesh").values():
             p.stop()
@@ -617,11 +868,15 @@ metadata:
 
     # ------------------------------------------------------------ clients
     def target(self, mode):
-        """(address the app dials, Host header)."""
+        """(address the app dials, its port, Host header)."""
+        if is_gateway(mode):
+            # The gateway pod's IP and the Service's targetPort: where a LoadBalancer or a
+            # nodePort delivers in the end (kube-local has no kube-proxy for port 80).
+            return self.ip("gateway", "g"), GW_PORT, GW_HOST[mode]
         authority = f"{service_of(mode)}:{APP_PORT}"
         if is_mesh(mode):
-            return self.cluster_ips[base(mode)], authority
-        return self.ip(mode, "s"), authority
+            return self.cluster_ips[base(mode)], APP_PORT, authority
+        return self.ip(mode, "s"), APP_PORT, authority
 
     def client(self, mode, *args, timeout=120):
         r = sh(*self.ns_exec(self.pod(mode, "c"), self.bins["loadgen"], "client", *args),
@@ -629,22 +884,23 @@ metadata:
         return json.loads(r.stdout.strip().splitlines()[-1])
 
     def http_get(self, mode):
-        host, auth = self.target(mode)
-        r = self.client(mode, "http-get", host, str(APP_PORT), auth, timeout=20)
+        host, port, auth = self.target(mode)
+        r = self.client(mode, "http-get", host, str(port), auth, timeout=20)
         r["headers"] = dict(r["headers"])
         return r
 
     def load(self, mode, rate, seconds, sample_rss=False):
         """One load run; proxy CPU seconds over it and, if asked, the proxies' highest
         VmRSS sampled every 100 ms while it ran."""
-        host, auth = self.target(mode)
+        host, port, auth = self.target(mode)
         procs = self.proxies.get(base(mode), {})
         if mode == "mesh-policy":
             self.policy(True)
+        gw_before = self.mesh_series("gw", mode)[0] if is_gateway(mode) else None
         cpu0 = {k: p.cpu_split() for k, p in procs.items()}
         m0, w0 = busy_cpu_seconds(), time.monotonic()
         cmd = self.ns_exec(self.pod(mode, "c"), self.bins["loadgen"], "client", "http", host,
-                           str(APP_PORT), auth, str(CONNS), f"{rate:g}", f"{seconds:g}")
+                           str(port), auth, str(CONNS), f"{rate:g}", f"{seconds:g}")
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         peak = {k: 0 for k in procs}
         while p.poll() is None:
@@ -656,6 +912,7 @@ metadata:
         if p.returncode != 0:
             raise RuntimeError(f"{mode} load failed: {err.strip()[-500:]}")
         r = json.loads(out.strip().splitlines()[-1])
+        r["loadavg"] = float(open("/proc/loadavg").read().split()[0])
         # Over the client's whole life (its warm-up included), so a lower bound.
         r["machine_busy"] = (busy_cpu_seconds() - m0) / ((os.cpu_count() or 1)
                                                          * (time.monotonic() - w0))
@@ -665,6 +922,21 @@ metadata:
         r["cpu_s_per_1k"] = {k: v / (r["requests"] / 1000) for k, v in r["cpu_s"].items()}
         if sample_rss:
             r["rss_peak_kb"] = peak
+        if gw_before is not None:
+            # The gateway's istio_requests_total (reporter=source, the backend's Service)
+            # against what the client sent: the measured requests and the warm-up ones.
+            # (Scraped after the CPU reading above, so not charged to the requests.)
+            sent = r["requests"] + LOADGEN_WARMUP * CONNS
+            deadline = time.time() + 3
+            while True:
+                counted = self.mesh_series("gw", mode)[0] - gw_before
+                if counted >= sent or time.time() > deadline:
+                    break
+                time.sleep(0.1)
+            r["gw_counted"], r["gw_sent"] = counted, sent
+            self.gw_checks.append({"mode": mode, "rate": rate, "counted": counted, "sent": sent})
+            if counted != sent:
+                log(f"  {mode}: the gateway counted {counted} requests, {sent} were sent")
         if mode == "mesh-policy":
             self.policy(False)
         if r["non_200"]:
@@ -792,8 +1064,11 @@ spec:
     def mesh_series(self, side, mode="mesh", metric="istio_requests_total", extra=()):
         """The sum and the lines of `metric` on one of `mode`'s proxies for its Service,
         at that proxy's reporter, with every label of `extra` too."""
-        ns = self.pod(mode, "c" if side == "out" else "s")
-        reporter = "source" if side == "out" else "destination"
+        if side == "gw":
+            ns, reporter = self.pod("gateway", "g"), "source"
+        else:
+            ns = self.pod(mode, "c" if side == "out" else "s")
+            reporter = "source" if side == "out" else "destination"
         text = self.pod_get(ns, "http://127.0.0.1:15090/stats/prometheus")
         dest = f'destination_service="{service_of(mode)}.{self.kns}.svc.cluster.local"'
         total, lines = 0, []
@@ -808,7 +1083,64 @@ spec:
         """`istio_requests_total` answered 200, on one of `mode`'s proxies."""
         return self.mesh_series(side, mode, "istio_requests_total", ('response_code="200"',))
 
+    def prove_gateway_path(self, mode):
+        """One GET through the gateway: 200 with the backend's 1 KB, reached at the
+        backend pod's IP, seen from the gateway pod (gateway) or from 127.0.0.6 (the
+        backend's sidecar delivered it: gateway-mesh); the gateway's
+        istio_requests_total (reporter=source, the backend Service, 200) moved by exactly
+        one with the gateway's workload labels, and the sidecar's (reporter=destination)
+        too in gateway-mesh; the gateway holds our Gateway's listener on 8080 for port 80."""
+        sides = sides_of(mode)
+        before = {s: self.mesh_requests(s, mode)[0] for s in sides}
+        r = self.http_get(mode)
+        h = r["headers"]
+        ok, why = r["status"] == 200 and r["body_len"] == 1024, []
+        peer_ip = h.get("x-peer", ":").rsplit(":", 1)[0]
+        ok &= h.get("x-local", "") == f"{self.ip(mode, 's')}:{APP_PORT}"
+        ok &= peer_ip == (self.ip("gateway", "g") if mode == "gateway" else "127.0.0.6")
+        # Reported when the exchange ends: give the proxies a moment.
+        deadline = time.time() + 3
+        while True:
+            after = {s: self.mesh_requests(s, mode) for s in sides}
+            moved = {s: after[s][0] - before[s] for s in sides}
+            if all(v >= 1 for v in moved.values()) or time.time() > deadline:
+                break
+            time.sleep(0.1)
+        for s in sides:
+            ok &= moved[s] == 1
+            why.append(f"{s}: istio_requests_total +{moved[s]}")
+        line = next((x for x in after["gw"][1]), "")
+        for label in (f'source_workload="{GW_WORKLOAD}"',
+                      f'source_workload_namespace="{self.gw_ns}"'):
+            ok &= label in line
+            why.append(label)
+        r["gateway_series"] = line
+        if "in" in sides:
+            r["server_side_series"] = next((x for x in after["in"][1]), "")
+        dump = json.loads(self.pod_get(self.pod("gateway", "g"),
+                                       "http://127.0.0.1:15000/config_dump") or "{}")
+        res = next((x["resource"] for x in dump.get("resources", [])
+                    if x["key"] == "gateway"), {})
+        names = res.get("gateways", [])
+        ours = f"{self.kns}/bench-gw"
+        listeners = [(l.get("port"), l.get("number")) for l in res.get("listeners", [])]
+        ok &= ours in names and (GW_PORT, GW_NUMBER) in listeners
+        foreign = [n for n in names if n != ours]
+        r["gateway_config"] = {"gateways": names, "listeners": listeners}
+        why.append(f"gateway holds Gateway {ours}, listener {GW_PORT} for port {GW_NUMBER}")
+        if foreign:
+            # The API server is shared: a Gateway of anyone's that selects
+            # istio: ingressgateway selects this pod too (merged, as Istio does).
+            why.append(f"also selected by Gateways of other users of kube-local: "
+                       f"{', '.join(foreign)} (listeners {listeners})")
+        r["ok"], r["why"] = ok, "; ".join(why)
+        if not ok:
+            raise RuntimeError(f"{mode}: path check failed: {json.dumps(r)}")
+        return r
+
     def prove_path(self, mode):
+        if is_gateway(mode):
+            return self.prove_gateway_path(mode)
         if base(mode) != mode:
             self.policy(True)
             r = self.prove_path(base(mode))
@@ -944,7 +1276,8 @@ spec:
                 continue
             {"mesh": self.start_mesh_proxies,
              "mesh-mtls": lambda: self.start_mesh_proxies("mesh-mtls"),
-             "nginx": self.start_nginx, "haproxy": self.start_haproxy}[mode]()
+             "nginx": self.start_nginx, "haproxy": self.start_haproxy,
+             "gateway": self.start_gateway, "gateway-mesh": self.start_backend_sidecar}[mode]()
         time.sleep(0.5)
         for mode, procs in self.proxies.items():
             for side, p in procs.items():
@@ -971,11 +1304,17 @@ spec:
             # No controller-manager in kube-local: delete what is inside ourselves, so the
             # shared API server (and everyone's mesh-control) does not keep 1,000
             # Services; the namespace itself then stays Terminating.
-            for kind in ("virtualservices.networking.istio.io", "endpointslices.discovery.k8s.io",
-                         "services", "pods", "serviceaccounts"):
+            for kind in ("virtualservices.networking.istio.io", "gateways.networking.istio.io",
+                         "endpointslices.discovery.k8s.io", "services", "pods",
+                         "serviceaccounts"):
                 self.kubectl("-n", self.kns, "delete", kind, "--all", "--grace-period=0",
                              "--force", "--wait=false", check=False, timeout=300)
             self.kubectl("delete", "namespace", self.kns, "--wait=false", check=False)
+        if self.gw_ns_created:
+            for kind in ("services", "pods", "serviceaccounts"):
+                self.kubectl("-n", self.gw_ns, "delete", kind, "--all", "--grace-period=0",
+                             "--force", "--wait=false", check=False, timeout=300)
+            self.kubectl("delete", "namespace", self.gw_ns, "--wait=false", check=False)
         if os.environ.get("BENCH_KEEP_LOGS"):
             log(f"logs kept in {self.tmp}")
         else:
@@ -1054,21 +1393,26 @@ def summarize(res, idle, ready, idle_cpu):
         row["late_p99"] = med([x["late_p99_us"] for x in f])
         row["p99_best"] = min(x["p99_us"] for x in f)
         row["busy_fixed"] = med([x["machine_busy"] for x in f])
-        cpu_tot = {k: sum(sum(x["cpu_user_sys_s"][k]) for x in f) for k in
-                   (("out", "in") if mode != "direct" else ())}
+        row["loadavg_fixed"] = med([x.get("loadavg") for x in f])
+        sides = sides_of(mode)
+        cpu_tot = {k: sum(sum(x["cpu_user_sys_s"][k]) for x in f) for k in sides}
         row["sys_share_fixed"] = {k: (sum(x["cpu_user_sys_s"][k][1] for x in f) / v if v else None)
                                   for k, v in cpu_tot.items()}
         row["max_rps"] = med([x["rps"] for x in u])
         row["u_p50"] = med([x["p50_us"] for x in u])
         row["u_p99"] = med([x["p99_us"] for x in u])
         row["u_busy"] = med([x["machine_busy"] for x in u])
-        sides = ("out", "in") if mode != "direct" else ()
         row["cpu_1k"] = {k: med([x["cpu_s_per_1k"][k] for x in f]) for k in sides}
         row["cpu_1k_u"] = {k: med([x["cpu_s_per_1k"][k] for x in u]) for k in sides}
         row["rss_idle"] = idle.get(mode, {})
         row["rss_ready"] = ready.get(mode, {})
         row["idle_cpu_s"] = idle_cpu.get(mode, {})
         row["rss_load"] = {k: max(x["rss_peak_kb"][k] for x in f) for k in sides}
+        if is_gateway(mode):
+            row["gw_counted"] = sum(x["gw_counted"] for x in f + u)
+            row["gw_sent"] = sum(x["gw_sent"] for x in f + u)
+            row["gw_runs_exact"] = sum(x["gw_counted"] == x["gw_sent"] for x in f + u)
+            row["gw_runs"] = len(f + u)
         s[mode] = row
     d = s["direct"]
     for mode, row in s.items():
@@ -1085,8 +1429,10 @@ def report(s, scale, paths, meta):
                f"{meta['useconds']:g} s unbounded per repetition; medians of the repetitions.")
     out.append(f"{meta['date']}, {meta['cpus']} CPUs, commit {meta['commit']}")
     out.append(f"mesh-proxy {meta['proxy_bin']}; mesh-control {meta['control_bin']}")
-    out.append(f"kube-local namespace {meta['kns']}, Service bench ClusterIP {meta['cluster_ip']}; "
-               f"Pods with status.podIP set (peer labels known)")
+    out.append(f"kube-local namespace {meta['kns']}"
+               + (f", Service bench ClusterIP {meta['cluster_ip']}" if meta['cluster_ip'] else "")
+               + (f", gateway pod {meta['gw_ns']}/{GW_POD}" if meta.get('gw_ns') else "")
+               + "; Pods with status.podIP set (peer labels known)")
     out.append("")
     out.append("path check:")
     for mode, r in paths.items():
@@ -1096,17 +1442,24 @@ def report(s, scale, paths, meta):
                    f"{r['client_local']}) {r['why']}")
     if "mesh" in paths and paths["mesh"].get("server_side_series"):
         out.append(f"  server-side proxy's series: {paths['mesh']['server_side_series'][:400]}")
+    for m in GATEWAY_MODES:
+        if m in paths:
+            out.append(f"  {m}: gateway's series: {paths[m]['gateway_series'][:500]}")
+            if paths[m].get("server_side_series"):
+                out.append(f"  {m}: backend sidecar's series: "
+                           f"{paths[m]['server_side_series'][:500]}")
     out.append("")
     out.append(f"at {RATE:g} req/s (latency of a request from its write to the end of its body; "
                "added = minus direct; CPU s per 1,000 requests and RSS for the outbound / "
-               "inbound proxy):")
+               "inbound proxy; gateway: the gateway proxy; gateway-mesh: the gateway / the "
+               "backend's inbound sidecar):")
     out.append("")
     out.append("| mode | req/s (send lag p99 µs) | p50 µs | p90 µs | p99 µs | p99.9 µs | added p50 / p90 / p99 µs "
                "| CPU s/1k req out / in | RSS idle KiB out / in | RSS at 1k/s KiB out / in |")
     out.append("|---|---|---|---|---|---|---|---|---|---|")
     for mode, r in s.items():
         a = r["added"]
-        two = lambda dct, spec: " / ".join(fmt(dct.get(k), spec) for k in ("out", "in")) \
+        two = lambda dct, spec: " / ".join(fmt(dct.get(k), spec) for k in sides_of(mode)) \
             if dct else "-"
         out.append(f"| {mode} | {fmt(r['rate'], '.0f')} ({fmt(r['late_p99'], '.0f')}) | {fmt(r['p50'])} | {fmt(r['p90'])} "
                    f"| {fmt(r['p99'])} | {fmt(r['p999'])} | "
@@ -1119,22 +1472,24 @@ def report(s, scale, paths, meta):
                "this benchmark alone needs a fraction of one CPU), and the proxies' kernel share "
                "of their CPU time (stime / (utime + stime)), out / in:")
     for mode, r in s.items():
-        ks = " / ".join(f"{r['sys_share_fixed'][k]:.0%}" for k in ("out", "in")) \
+        ks = " / ".join(f"{r['sys_share_fixed'][k]:.0%}" for k in sides_of(mode)) \
             if r["sys_share_fixed"] else "-"
         out.append(f"  {mode:8s} machine {r['busy_fixed']:.0%}   kernel share {ks}   "
                    f"p99 of the best repetition {r['p99_best']:.1f} µs")
     out.append(f"load average at start / end: {meta['loadavg'][0]} / {meta['loadavg'][1]}")
-    for m in MESH_MODES:
+    for m in MESH_MODES + GATEWAY_MODES:
         if s.get(m, {}).get("rss_idle_anon_file"):
             sp = s[m]["rss_idle_anon_file"]
-            out.append(f"{m} proxy idle RSS split (anonymous + file pages, KiB): out "
-                       f"{sp['out'][0]} + {sp['out'][1]}, in {sp['in'][0]} + {sp['in'][1]}")
-    out.append(f"proxy RSS KiB at ready, before any request (out / in), and CPU s used while "
-               f"idle for {IDLE_CPU_WINDOW:g} s after the path check:")
+            out.append(f"{m} proxy idle RSS split (anonymous + file pages, KiB): "
+                       + ", ".join(f"{k} {sp[k][0]} + {sp[k][1]}" for k in sides_of(m)))
+    out.append(f"proxy RSS KiB at ready, before any request (out / in; gateway: gw; "
+               f"gateway-mesh: gw / in), and CPU s used while idle for {IDLE_CPU_WINDOW:g} s "
+               f"after the path check:")
     for mode, r in s.items():
         if r["rss_ready"]:
-            out.append(f"  {mode:8s} ready {r['rss_ready']['out']} / {r['rss_ready']['in']}   "
-                       f"idle CPU {r['idle_cpu_s']['out']:.2f} / {r['idle_cpu_s']['in']:.2f} s")
+            sd = sides_of(mode)
+            out.append(f"  {mode:8s} ready {' / '.join(str(r['rss_ready'][k]) for k in sd)}   "
+                       f"idle CPU {' / '.join(format(r['idle_cpu_s'][k], '.2f') for k in sd)} s")
     out.append("")
     out.append(f"unbounded ({CONNS} connections as fast as they go; the whole machine's busy share):")
     out.append("")
@@ -1142,10 +1497,14 @@ def report(s, scale, paths, meta):
     out.append("|---|---|---|---|---|---|")
     base = s["direct"]["max_rps"]
     for mode, r in s.items():
-        cpu = " / ".join(fmt(r["cpu_1k_u"].get(k), ".4f") for k in ("out", "in")) \
+        cpu = " / ".join(fmt(r["cpu_1k_u"].get(k), ".4f") for k in sides_of(mode)) \
             if r["cpu_1k_u"] else "-"
         out.append(f"| {mode} | {fmt(r['max_rps'], '.0f')} ({r['max_rps'] / base:.2f}) "
                    f"| {fmt(r['u_p50'])} | {fmt(r['u_p99'])} | {cpu} | {r['u_busy']:.0%} |")
+    gw_modes = [m for m in GATEWAY_MODES if m in s]
+    if gw_modes:
+        out.append("")
+        out.extend(gateway_report(s, gw_modes, paths))
     if scale:
         sm, lg, rn = scale["small"], scale["large"], scale["running"]
         out.append("")
@@ -1196,6 +1555,48 @@ def report(s, scale, paths, meta):
         for what, v, limit, shown in rows:
             out.append(f"  {what}: {shown} -> {verdict(v, limit)}")
     return "\n".join(out)
+
+
+def gateway_report(s, gw_modes, paths):
+    """Ingress gateway vs direct, same run (#14)."""
+    d = s["direct"]
+    out = [f"ingress gateway vs direct to the backend, same run (client outside the mesh; "
+           f"gateway = mesh-proxy --role gateway at its pod IP:{GW_PORT}, the targetPort of "
+           f"Service istio-ingressgateway's port {GW_NUMBER}; gateway: backend without a "
+           f"sidecar, gateway-mesh: backend with its sidecar; CPU and RSS of the gateway "
+           f"proxy, gateway-mesh's sidecar after the slash):", ""]
+    out.append(f"| mode | req/s at {RATE:g}/s | p50 µs | p90 µs | p99 µs | added p50 / p90 / p99 µs "
+               "| max req/s (ratio) | unbounded p50 / p99 µs | CPU s/1k req at 1k/s | CPU s/1k "
+               "req unbounded | RSS ready / idle / at 1k/s KiB | requests counted / sent |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for mode in ["direct"] + gw_modes:
+        r = s[mode]
+        sd = sides_of(mode)
+        j = lambda dct, spec: " / ".join(fmt(dct.get(k), spec) for k in sd) if sd else "-"
+        rss = "; ".join(f"{r['rss_ready'][k]} / {r['rss_idle'][k]} / {r['rss_load'][k]}"
+                        + (f" ({k})" if len(sd) > 1 else "") for k in sd) or "-"
+        added = ("-" if mode == "direct" else
+                 " / ".join(fmt(r["added"][q]) for q in ("p50", "p90", "p99")))
+        counted = (f"{r['gw_counted']} / {r['gw_sent']} "
+                   f"({'exact' if r['gw_counted'] == r['gw_sent'] else 'MISMATCH'} in "
+                   f"{r['gw_runs_exact']} of {r['gw_runs']} runs)" if sd else "-")
+        out.append(f"| {mode} | {fmt(r['rate'], '.0f')} | {fmt(r['p50'])} | {fmt(r['p90'])} "
+                   f"| {fmt(r['p99'])} | {added} | {fmt(r['max_rps'], '.0f')} "
+                   f"({r['max_rps'] / d['max_rps']:.2f}) | {fmt(r['u_p50'])} / {fmt(r['u_p99'])} "
+                   f"| {j(r['cpu_1k'], '.4f')} | {j(r['cpu_1k_u'], '.4f')} | {rss} | {counted} |")
+    out.append("")
+    out.append(f"  direct: p99 of the best repetition {d['p99_best']:.1f} µs; machine busy "
+               f"{d['busy_fixed']:.0%} at 1k/s, {d['u_busy']:.0%} unbounded; load average "
+               f"(1 min) at its 1k/s runs {fmt(d['loadavg_fixed'], '.2f')}")
+    for mode in gw_modes:
+        r = s[mode]
+        out.append(f"  {mode}: p99 of the best repetition {r['p99_best']:.1f} µs; machine busy "
+                   f"{r['busy_fixed']:.0%} at 1k/s, {r['u_busy']:.0%} unbounded; load average "
+                   f"(1 min) at its 1k/s runs {fmt(r['loadavg_fixed'], '.2f')}")
+    gc = paths[gw_modes[0]]["gateway_config"]
+    out.append(f"  the gateway's config (Gateways that select it, listeners bound / port.number): "
+               f"{', '.join(gc['gateways'])}; {gc['listeners']}")
+    return out
 
 
 def tcp_report(tcp, paths, s):
@@ -1276,7 +1677,7 @@ def run_main(argv):
         time.sleep(0.5)
         idle = b.idle_rss()
         split = {m: {k: rss_split_kb(p.p.pid) for k, p in b.proxies.get(m, {}).items()}
-                 for m in MESH_MODES}
+                 for m in MESH_MODES + GATEWAY_MODES}
         cpu0 = {m: {k: p.cpu() for k, p in pr.items()} for m, pr in b.proxies.items()}
         time.sleep(IDLE_CPU_WINDOW)
         idle_cpu = {m: {k: p.cpu() - cpu0[m][k] for k, p in pr.items()}
@@ -1289,11 +1690,12 @@ def run_main(argv):
             b.stop_mesh_proxies()
             scale = b.services_phase()
         s = summarize(res, idle, b.ready_rss, idle_cpu)
-        for m in MESH_MODES:
+        for m in MESH_MODES + GATEWAY_MODES:
             if m in s:
                 s[m]["rss_idle_anon_file"] = split[m]
         meta = {"reps": b.reps, "seconds": b.seconds, "useconds": b.useconds, "kns": b.kns,
                 "cluster_ip": b.cluster_ip,
+                "gw_ns": b.gw_ns if "gateway" in b.modes else None,
                 "loadavg": [load0, open("/proc/loadavg").read().split()[0]],
                 "date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "cpus": os.cpu_count(),
                 "commit": os.environ.get("BENCH_COMMIT", "unknown"),
@@ -1305,6 +1707,7 @@ def run_main(argv):
         path = os.environ.get("BENCH_JSON") or f"/tmp/bench-http-{b.tag}.json"
         with open(path, "w") as f:
             json.dump({"meta": meta, "summary": s, "runs": res, "services": scale,
+                       "gateway_counts": b.gw_checks,
                        "paths": paths, "tcp": tcp, "tcp_paths": tcp_paths}, f, indent=1)
         log(f"JSON written to {path}")
     finally:

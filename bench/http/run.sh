@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # L7 benchmark: HTTP/1.1 through two sidecar hops (client pod outbound, server pod
 # inbound): direct vs mesh-proxy (config streamed by the real mesh-control from
-# kube-local) vs nginx vs HAProxy (mode http), in network namespaces this script creates
-# and deletes. Needs root, iproute2, iptables, setpriv, socat, curl, python3; installs
-# nginx (Debian's) if missing; starts kube-local if it is not up (never stops it).
+# kube-local) vs nginx vs HAProxy (mode http), and through mesh-proxy as the ingress
+# gateway (--role gateway: modes gateway, gateway-mesh), in network namespaces this
+# script creates and deletes. Needs root, iproute2, iptables, setpriv, socat, curl,
+# python3; installs nginx (Debian's) if missing; starts kube-local if it is not up (never
+# stops it).
 #
 #   bench/http/run.sh                        # 3 reps x (5 s at 1,000 req/s + 3 s unbounded)
 #   BENCH_REPS=5 BENCH_SECONDS=10 bench/http/run.sh
 #   BENCH_MODES=direct,mesh BENCH_SERVICES=0 bench/http/run.sh   # no 10 -> 1,000 Services phase
+#   BENCH_MODES=direct,gateway bench/http/run.sh   # through the ingress gateway vs direct (#14)
 #   BENCH_JSON=/tmp/http.json  MESH_PROXY_BIN=/path/to/mesh-proxy  BENCH_KEEP_LOGS=1
 #
 # mesh-proxy and mesh-control are the images' builds (static musl,
@@ -26,7 +29,7 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get update -q >&2
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}" >&2
 fi
-for tool in ip iptables-restore python3 setpriv socat curl haproxy; do
+for tool in ip ss iptables-restore python3 setpriv socat curl haproxy; do
     command -v "$tool" >/dev/null || { echo "missing tool: $tool" >&2; exit 1; }
 done
 
@@ -41,12 +44,14 @@ fi
 if [ ! -x "$KUBECTL" ] || [ ! -r "$KUBECONFIG" ]; then
     echo "need kube-local's kubectl ($KUBECTL) and kubeconfig ($KUBECONFIG)" >&2; exit 1
 fi
-# The VirtualService kind: deploy/crds (already there when the tests ran; applying the same
-# CRDs again changes nothing).
-if ! "$KUBECTL" get crd virtualservices.networking.istio.io >/dev/null 2>&1; then
+# The VirtualService, DestinationRule and Gateway kinds: deploy/crds (already there when
+# the tests ran; applying the same CRDs again changes nothing).
+if ! "$KUBECTL" get crd virtualservices.networking.istio.io >/dev/null 2>&1 ||
+    ! "$KUBECTL" get crd gateways.networking.istio.io >/dev/null 2>&1; then
     "$KUBECTL" apply -k deploy/crds >&2
     "$KUBECTL" wait --for=condition=established --timeout=30s \
-        crd/virtualservices.networking.istio.io crd/destinationrules.networking.istio.io >&2
+        crd/virtualservices.networking.istio.io crd/destinationrules.networking.istio.io \
+        crd/gateways.networking.istio.io >&2
 fi
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$(pwd)/target}"
@@ -64,9 +69,13 @@ fi
 MESH_PROXY_BIN="${MESH_PROXY_BIN:-$CARGO_TARGET_DIR/$MUSL/release/mesh-proxy}"
 MESH_CONTROL_BIN="${MESH_CONTROL_BIN:-$CARGO_TARGET_DIR/$MUSL/release/mesh-control}"
 
-BENCH_COMMIT="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-git diff --quiet HEAD -- proxy control config common Cargo.toml Cargo.lock 2>/dev/null ||
-    BENCH_COMMIT+="+dirty"
+# BENCH_COMMIT may be given with MESH_PROXY_BIN / MESH_CONTROL_BIN: the commit they were
+# built from (e.g. a `git archive` of it, when other sessions edit this working tree).
+if [ -z "${BENCH_COMMIT:-}" ]; then
+    BENCH_COMMIT="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    git diff --quiet HEAD -- proxy control config common Cargo.toml Cargo.lock 2>/dev/null ||
+        BENCH_COMMIT+="+dirty"
+fi
 export BENCH_COMMIT
 export BENCH_TAG="$$"
 export BENCH_JSON="${BENCH_JSON:-$CARGO_TARGET_DIR/bench-http.json}"
