@@ -23,9 +23,8 @@ use mesh_config::{
     WeightedCluster,
 };
 use mesh_proxy::Proxy;
-use mesh_proxy::config::Config;
 use mesh_proxy::orig_dst::FixedOriginalDst;
-use mesh_support::{FakeCa, Files, TOKEN, eventually, get};
+use mesh_support::{FakeCa, Files, TOKEN, eventually, get, pod_config};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -317,43 +316,20 @@ struct Gw {
 
 async fn gateway(ca: &FakeCa, http: u16, https: u16) -> Gw {
     let files = Files::new(&ca.root_pem, TOKEN);
-    let addr = ca.addr.to_string();
-    let (root, token) = (files.path("root-cert.pem"), files.path("istio-token"));
-    let args = vec![
-        "mesh-proxy",
-        "--role",
-        "gateway",
-        "--root-cert",
-        &root,
-        "--token-file",
-        &token,
-        "--control-plane",
-        &addr,
-        "--pod-namespace",
-        "shop",
-        "--service-account",
-        "istio-ingressgateway",
-        "--workload-name",
-        "istio-ingressgateway",
-        "--instance-ip",
-        "127.0.0.1",
-    ];
-    let parsed = match mesh_proxy::cli::Args::command_from(args, &|_| None).unwrap() {
-        mesh_proxy::cli::Command::Run(a) => a.into_config().unwrap(),
-        other => panic!("{other:?}"),
-    };
+    let ip = "127.0.0.1";
+    let mut config = pod_config(
+        ca,
+        &files,
+        ("shop", "istio-ingressgateway", ip),
+        &["--role", "gateway"],
+    );
     assert!(
-        parsed.outbound.is_empty() && parsed.inbound.is_empty(),
+        config.outbound.is_empty() && config.inbound.is_empty(),
         "a gateway captures nothing"
     );
-    assert!(parsed.gateway.is_some());
-    let mut config = Config::loopback();
-    config.outbound = Vec::new();
-    config.inbound = Vec::new();
-    config.gateway = Some(vec!["127.0.0.1".parse().unwrap()]);
-    config.control_plane = parsed.control_plane.clone();
-    config.workload_identity = parsed.workload_identity.clone();
-    config.identity = parsed.identity.clone();
+    assert!(config.gateway.is_some());
+    // Its listeners on loopback only.
+    config.gateway = Some(vec![ip.parse().unwrap()]);
     config.worker_threads = 2;
     let p = Proxy::bind(
         config,

@@ -26,7 +26,6 @@ use mesh_config::{
     InboundTls, LoadBalancer, MtlsMode, PeerMeta, Protocol, Resource, Service, ServicePort,
     Workload,
 };
-use mesh_proxy::config::Config;
 use mesh_proxy::orig_dst::FixedOriginalDst;
 use mesh_proxy::{DrainTrigger, Proxy};
 use mesh_support::*;
@@ -143,34 +142,7 @@ impl Drop for Pod {
 /// (parsed by the real CLI); its connections' original destination is `orig`.
 async fn pod(ca: &FakeCa, ns: &str, sa: &str, ip: &str, orig: SocketAddr) -> Pod {
     let files = Files::new(&ca.root_pem, TOKEN);
-    let addr = ca.addr.to_string();
-    let (root, token) = (files.path("root-cert.pem"), files.path("istio-token"));
-    let args = vec![
-        "mesh-proxy",
-        "--root-cert",
-        &root,
-        "--token-file",
-        &token,
-        "--control-plane",
-        &addr,
-        "--pod-namespace",
-        ns,
-        "--service-account",
-        sa,
-        "--workload-name",
-        sa,
-        "--instance-ip",
-        ip,
-    ];
-    let parsed = match mesh_proxy::cli::Args::command_from(args, &|_| None).unwrap() {
-        mesh_proxy::cli::Command::Run(a) => a.into_config().unwrap(),
-        other => panic!("{other:?}"),
-    };
-    let mut config = Config::loopback();
-    config.control_plane = parsed.control_plane.clone();
-    config.workload_identity = parsed.workload_identity.clone();
-    config.identity = parsed.identity.clone();
-    config.connect_timeout = Duration::from_secs(2);
+    let config = pod_config(ca, &files, (ns, sa, ip), &[]);
     let p = Proxy::bind(config, Arc::new(FixedOriginalDst(orig)))
         .await
         .unwrap();

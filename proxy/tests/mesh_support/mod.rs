@@ -317,6 +317,54 @@ fn config_stream(
         .unwrap()
 }
 
+/// The config of a proxy for pod `ns/sa` at `ip` with the identity flags as the injector
+/// writes them (parsed by the real CLI), `extra` flags after them (`--role gateway`),
+/// pointed at `ca` for its certificate and config, its files in `files`; on loopback
+/// otherwise ([`Config::loopback`]), 2 s connect timeout.
+pub fn pod_config(
+    ca: &FakeCa,
+    files: &Files,
+    (ns, sa, ip): (&str, &str, &str),
+    extra: &[&str],
+) -> Config {
+    let addr = ca.addr.to_string();
+    let (root, token) = (files.path("root-cert.pem"), files.path("istio-token"));
+    let mut args = vec![
+        "mesh-proxy",
+        "--root-cert",
+        &root,
+        "--token-file",
+        &token,
+        "--control-plane",
+        &addr,
+        "--pod-namespace",
+        ns,
+        "--service-account",
+        sa,
+        "--workload-name",
+        sa,
+        "--instance-ip",
+        ip,
+    ];
+    args.extend(extra);
+    let parsed = match mesh_proxy::cli::Args::command_from(args, &|_| None).unwrap() {
+        mesh_proxy::cli::Command::Run(a) => a.into_config().unwrap(),
+        other => panic!("{other:?}"),
+    };
+    let mut config = Config::loopback();
+    config.control_plane = parsed.control_plane.clone();
+    config.workload_identity = parsed.workload_identity.clone();
+    config.identity = parsed.identity.clone();
+    config.gateway = parsed.gateway.clone();
+    if parsed.outbound.is_empty() && parsed.inbound.is_empty() {
+        // A gateway: no capture listeners, as the CLI says.
+        config.outbound.clear();
+        config.inbound.clear();
+    }
+    config.connect_timeout = Duration::from_secs(2);
+    config
+}
+
 /// A directory of its own for the root and token files, removed on drop.
 pub struct Files {
     pub dir: PathBuf,
