@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use mesh_config::Key;
 use tokio::net::TcpStream;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::detect::{HELLO_MAX, Hello, client_hello};
 use super::http::L7;
@@ -117,7 +117,9 @@ pub(super) async fn handle(
             let config = match config {
                 Ok(c) => c.clone(),
                 Err(why) => {
-                    warn!(server = %server.name, sni = sni.as_deref(), %why, "cannot terminate TLS: no certificate; closing");
+                    // Per connection, so not a warning each time; the server's `why` is
+                    // in /config_dump too.
+                    info!(server = %server.name, sni = sni.as_deref(), %why, "cannot terminate TLS: no certificate; closing");
                     return refuse(record, client, (RefusalReason::TlsHandshake, Some(local)));
                 }
             };
