@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use mesh_proxy::config::Config;
 use mesh_proxy::identity::{IdentityStore, tls};
 use mesh_proxy::orig_dst::FixedOriginalDst;
 use mesh_proxy::{DrainTrigger, Proxy};
@@ -43,36 +42,12 @@ impl Drop for Running {
 }
 
 /// The proxy on loopback with the identity flags as the injector would write them
-/// (parsed by the real CLI), the CA at `ca`.
+/// ([`pod_config`]: parsed by the real CLI), the CA at `ca`.
 async fn proxy(ca: &FakeCa, token: &str, extra: &[&str]) -> Running {
     let files = Files::new(&ca.root_pem, token);
-    let addr = ca.addr.to_string();
-    let root = files.path("root-cert.pem");
-    let token_file = files.path("istio-token");
-    let mut args = vec![
-        "mesh-proxy",
-        "--root-cert",
-        &root,
-        "--token-file",
-        &token_file,
-        "--control-plane",
-        &addr,
-        "--pod-namespace",
-        NS,
-        "--service-account",
-        SA,
-    ];
-    args.extend_from_slice(extra);
-    let parsed = match mesh_proxy::cli::Args::command_from(args, &|_| None).unwrap() {
-        mesh_proxy::cli::Command::Run(a) => a.into_config().unwrap(),
-        other => panic!("{other:?}"),
-    };
-    let mut config = Config::loopback();
-    config.control_plane = parsed.control_plane.clone();
-    config.workload_identity = parsed.workload_identity.clone();
+    let mut config = pod_config(ca, &files, (NS, SA, "127.0.0.1"), extra);
     // Readiness waits for the certificate, not for a config nobody here sends.
     config.config_wait = Duration::from_millis(100);
-    config.connect_timeout = Duration::from_secs(2);
     let p = Proxy::bind(config, Arc::new(FixedOriginalDst(ca.addr)))
         .await
         .unwrap();
