@@ -147,6 +147,22 @@ pub struct TlsRoute {
     pub destinations: Vec<WeightedCluster>,
 }
 
+/// A host pattern a proxy takes (see [`VirtualHost::domains`]): `*`, a name, or `*.` and a
+/// name; DNS characters only, no port.
+pub fn valid_pattern(h: &str) -> bool {
+    if h == "*" {
+        return true;
+    }
+    let rest = h.strip_prefix("*.").unwrap_or(h);
+    !rest.is_empty()
+        && !rest.starts_with('.')
+        && !rest.ends_with('.')
+        && !rest.contains("..")
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+}
+
 /// Whether `host` (lower case, no port) matches the pattern `pattern`.
 pub fn host_matches(pattern: &str, host: &str) -> bool {
     if pattern == "*" {
@@ -199,23 +215,32 @@ pub fn most_specific<'a, T: 'a>(
     best.map(|(_, item)| item)
 }
 
+/// The clusters of `clusters` that `names` names, each once, in the order first named:
+/// what a virtual host's or a passthrough server's routes send to.
+fn clusters_named<'a>(
+    names: impl IntoIterator<Item = &'a str>,
+    clusters: &[Cluster],
+) -> Vec<Cluster> {
+    let mut used: Vec<Cluster> = Vec::new();
+    for name in names {
+        if used.iter().all(|c| c.name != name)
+            && let Some(c) = clusters.iter().find(|c| c.name == name)
+        {
+            used.push(c.clone());
+        }
+    }
+    used
+}
+
 impl VirtualHost {
     /// The virtual host as a [`Service`] with one HTTP port, `number`, and the clusters
     /// `clusters`: the shape a proxy routes a request with, the same code for a sidecar
     /// and a gateway.
     pub fn as_service(&self, number: u16, clusters: &[Cluster]) -> Service {
-        let mut used: Vec<Cluster> = Vec::new();
-        for r in &self.routes {
-            if let crate::route::RouteAction::Route(ds) = &r.action {
-                for d in ds {
-                    if used.iter().all(|c| c.name != d.cluster)
-                        && let Some(c) = clusters.iter().find(|c| c.name == d.cluster)
-                    {
-                        used.push(c.clone());
-                    }
-                }
-            }
-        }
+        let names = self.routes.iter().flat_map(|r| match &r.action {
+            crate::route::RouteAction::Route(ds) => ds.as_slice(),
+            _ => &[],
+        });
         Service {
             host: self.name.clone(),
             name: self.name.clone(),
@@ -229,8 +254,25 @@ impl VirtualHost {
                 default_retry: None,
             }],
             domains: self.domains.clone(),
-            clusters: used,
+            clusters: clusters_named(names.map(|d| d.cluster.as_str()), clusters),
         }
+    }
+}
+
+/// A passthrough server's (`server`, its `routes`) clusters as a [`Service`] without
+/// ports, named as the server: what the proxy load-balances its connections with.
+pub fn passthrough_service(server: &str, routes: &[TlsRoute], clusters: &[Cluster]) -> Service {
+    let names = routes
+        .iter()
+        .flat_map(|r| r.destinations.iter().map(|d| d.cluster.as_str()));
+    Service {
+        host: server.to_owned(),
+        name: server.to_owned(),
+        namespace: String::new(),
+        addresses: Vec::new(),
+        ports: Vec::new(),
+        domains: Vec::new(),
+        clusters: clusters_named(names, clusters),
     }
 }
 
@@ -280,6 +322,18 @@ mod tests {
     }
 
     #[test]
+    fn patterns_a_proxy_takes() {
+        for ok in ["*", "a.com", "*.a.com", "localhost", "a_b.c"] {
+            assert!(valid_pattern(ok), "{ok}");
+        }
+        for bad in [
+            "", "*.", "*a.com", "a.*.com", "a.com:80", "a..com", ".a.com", "a/b",
+        ] {
+            assert!(!valid_pattern(bad), "{bad}");
+        }
+    }
+
+    #[test]
     fn most_specific_virtual_host_wins() {
         let hosts = [
             vh("any", &["*"]),
@@ -310,5 +364,38 @@ mod tests {
             key_pem: "SECRET-KEY".into(),
         };
         assert!(!format!("{c:?}").contains("SECRET"));
+    }
+
+    #[test]
+    fn debug_json_redacts_keys_wherever_they_are() {
+        let c = Certificate {
+            chain_pem: "CHAIN".into(),
+            key_pem: "SECRET-KEY".into(),
+        };
+        let g = Gateway {
+            gateways: Vec::new(),
+            listeners: vec![GatewayListener {
+                port: 8443,
+                number: 443,
+                http: Vec::new(),
+                tls: vec![TlsServer {
+                    name: "s".into(),
+                    hosts: vec!["*".into()],
+                    mode: TlsServerMode::Simple {
+                        credential_name: "cred".into(),
+                        certificate: Some(c),
+                        why: String::new(),
+                        virtual_hosts: Vec::new(),
+                    },
+                }],
+            }],
+            clusters: Vec::new(),
+        };
+        let text = crate::Resource::Gateway(g).to_redacted_value().to_string();
+        assert!(!text.contains("SECRET"), "{text}");
+        assert!(
+            text.contains("CHAIN") && text.contains(crate::resource::REDACTED),
+            "{text}"
+        );
     }
 }

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::gateway::{Gateway, TlsServerMode};
+use crate::gateway::{Gateway, TlsServerMode, valid_pattern};
 use crate::route::{HttpRoute, RouteAction, StringMatch};
 use crate::service::Service;
 use crate::workload::Workload;
@@ -43,6 +43,14 @@ impl Resource {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
+    /// The resource as JSON for a debug endpoint (mesh-control's `/debug/config`, the
+    /// proxy's `/config_dump`): every private key (`keyPem`) replaced by [`REDACTED`].
+    pub fn to_redacted_value(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        redact_keys(&mut v);
+        v
+    }
+
     /// The structural checks: every route names clusters the resource carries, weights
     /// are positive, percentages are 0–100, statuses are HTTP statuses. A proxy also
     /// compiles each regex (RE2 syntax) and refuses the resource if one does not.
@@ -74,15 +82,31 @@ impl Resource {
     }
 }
 
+/// What debug output shows instead of a private key.
+pub const REDACTED: &str = "<redacted>";
+
+/// Replaces the value of every `keyPem` field in `v` by [`REDACTED`].
+fn redact_keys(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                if k == "keyPem" {
+                    *x = REDACTED.into();
+                } else {
+                    redact_keys(x);
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(redact_keys),
+        _ => {}
+    }
+}
+
 /// A gateway's checks: each virtual host as the Service it is routed as
 /// ([`crate::VirtualHost::as_service`]), every name and pattern well formed, every
 /// passthrough route to known clusters with positive weights.
 fn validate_gateway(g: &Gateway) -> Result<(), ValidationError> {
     let err = |what: String, why: String| ValidationError { what, why };
-    let pattern_ok = |p: &str| {
-        let rest = p.strip_prefix("*.").unwrap_or(p);
-        p == "*" || (!rest.is_empty() && !rest.contains('*') && !rest.contains(':'))
-    };
     for l in &g.listeners {
         if l.port == 0 || l.number == 0 {
             return Err(err(
@@ -97,7 +121,7 @@ fn validate_gateway(g: &Gateway) -> Result<(), ValidationError> {
             ));
         }
         for s in &l.tls {
-            if let Some(h) = s.hosts.iter().find(|h| !pattern_ok(h)) {
+            if let Some(h) = s.hosts.iter().find(|h| !valid_pattern(h)) {
                 return Err(err(
                     format!("gateway port {}, server {}", l.number, s.name),
                     format!("bad host pattern {h:?}"),
@@ -134,7 +158,7 @@ fn validate_gateway(g: &Gateway) -> Result<(), ValidationError> {
         if v.domains.is_empty() {
             return Err(err(what(), "no domains".into()));
         }
-        if let Some(d) = v.domains.iter().find(|d| !pattern_ok(d)) {
+        if let Some(d) = v.domains.iter().find(|d| !valid_pattern(d)) {
             return Err(err(what(), format!("bad domain pattern {d:?}")));
         }
         for r in &v.routes {

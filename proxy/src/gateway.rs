@@ -9,8 +9,8 @@
 
 use std::sync::Arc;
 
-use mesh_config::gateway::{Gateway, TlsServerMode, most_specific};
-use mesh_config::{Certificate, Service, ValidationError};
+use mesh_config::gateway::{Gateway, TlsServerMode, most_specific, passthrough_service};
+use mesh_config::{Certificate, ValidationError};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -23,7 +23,6 @@ const HTTPS_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 #[derive(Debug)]
 pub struct CompiledGateway {
     pub listeners: Vec<CompiledListener>,
-    raw: Gateway,
 }
 
 /// One port.
@@ -175,25 +174,7 @@ impl CompiledGateway {
                         }
                     }
                     TlsServerMode::Passthrough { routes } => {
-                        let mut used: Vec<mesh_config::Cluster> = Vec::new();
-                        for r in routes {
-                            for d in &r.destinations {
-                                if used.iter().all(|c| c.name != d.cluster)
-                                    && let Some(c) = g.cluster(&d.cluster)
-                                {
-                                    used.push(c.clone());
-                                }
-                            }
-                        }
-                        let svc = Service {
-                            host: s.name.clone(),
-                            name: s.name.clone(),
-                            namespace: String::new(),
-                            addresses: Vec::new(),
-                            ports: Vec::new(),
-                            domains: Vec::new(),
-                            clusters: used,
-                        };
+                        let svc = passthrough_service(&s.name, routes, &g.clusters);
                         CompiledTlsMode::Passthrough {
                             routes: routes
                                 .iter()
@@ -224,10 +205,7 @@ impl CompiledGateway {
                 tls,
             });
         }
-        Ok(CompiledGateway {
-            listeners,
-            raw: g.clone(),
-        })
+        Ok(CompiledGateway { listeners })
     }
 
     /// The listener bound to `port`.
@@ -238,11 +216,6 @@ impl CompiledGateway {
     /// The ports to listen on.
     pub fn ports(&self) -> Vec<u16> {
         self.listeners.iter().map(|l| l.port).collect()
-    }
-
-    /// The config as received.
-    pub fn raw(&self) -> &Gateway {
-        &self.raw
     }
 }
 

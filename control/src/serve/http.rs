@@ -110,32 +110,11 @@ async fn debug_config(State(s): State<Arc<HttpState>>, Query(q): Query<ConfigQue
     let mut node = ProxyNode::new(namespace, pod_name);
     node.identity = published.view.identity_of(&node);
     let resource = published.view.resolve(&node, &key);
-    let mut value = serde_json::to_value(&resource).unwrap_or_default();
-    redact_keys(&mut value);
+    let value = resource.to_redacted_value();
     json(
         StatusCode::OK,
         serde_json::to_vec(&value).unwrap_or_default(),
     )
-}
-
-/// What `/debug/...` shows instead of a private key.
-pub const REDACTED: &str = "<redacted>";
-
-/// Replaces the value of every `keyPem` field in `v` by [`REDACTED`].
-pub fn redact_keys(v: &mut serde_json::Value) {
-    match v {
-        serde_json::Value::Object(m) => {
-            for (k, x) in m.iter_mut() {
-                if k == "keyPem" {
-                    *x = REDACTED.into();
-                } else {
-                    redact_keys(x);
-                }
-            }
-        }
-        serde_json::Value::Array(a) => a.iter_mut().for_each(redact_keys),
-        _ => {}
-    }
 }
 
 async fn debug_proxies(State(s): State<Arc<HttpState>>) -> Response {
@@ -201,19 +180,4 @@ async fn debug_objects(State(s): State<Arc<HttpState>>) -> Response {
         StatusCode::OK,
         serde_json::to_vec_pretty(&body).unwrap_or_default(),
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_are_redacted_wherever_they_are() {
-        let mut v = serde_json::json!({"kind": "gateway", "listeners": [{"tls": [{"mode": {
-            "certificate": {"chainPem": "CHAIN", "keyPem": "SECRET"}}}]}]});
-        redact_keys(&mut v);
-        let text = v.to_string();
-        assert!(!text.contains("SECRET"), "{text}");
-        assert!(text.contains("CHAIN") && text.contains(REDACTED), "{text}");
-    }
 }

@@ -226,7 +226,7 @@ pub struct Catalog<'a> {
 /// A rule-level problem: (field, message); the rule is skipped.
 type Skip = (String, String);
 
-fn vs_diag(meta: &Meta, field: String, message: String) -> Diagnostic {
+pub(super) fn vs_diag(meta: &Meta, field: String, message: String) -> Diagnostic {
     Diagnostic {
         kind: virtual_service::KIND.into(),
         namespace: meta.namespace.clone(),

@@ -274,7 +274,7 @@ impl Store {
                 Some(serde_json::json!({
                     "key": k.to_string(),
                     "version": e.version,
-                    "resource": redacted(serde_json::to_value(&*e.raw).unwrap_or(serde_json::Value::Null)),
+                    "resource": e.raw.to_redacted_value(),
                 }))
             })
             .collect();
@@ -284,27 +284,6 @@ impl Store {
             "resources": resources,
         })
     }
-}
-
-/// A resource for `/config_dump`: a gateway's private keys (`keyPem`) replaced.
-fn redacted(mut v: serde_json::Value) -> serde_json::Value {
-    fn walk(v: &mut serde_json::Value) {
-        match v {
-            serde_json::Value::Object(m) => {
-                for (k, x) in m.iter_mut() {
-                    if k == "keyPem" {
-                        *x = serde_json::Value::String("<redacted>".into());
-                    } else {
-                        walk(x);
-                    }
-                }
-            }
-            serde_json::Value::Array(a) => a.iter_mut().for_each(walk),
-            _ => {}
-        }
-    }
-    walk(&mut v);
-    v
 }
 
 fn domain_index(entries: &HashMap<Key, Entry>) -> HashMap<String, Arc<CompiledService>> {
