@@ -276,6 +276,14 @@ where
     }
 }
 
+/// `--flag=value` → (`--flag`, the value); anything else is a name alone.
+fn split_inline(arg: &str) -> (&str, Option<String>) {
+    match arg.split_once('=') {
+        Some((n, v)) if n.starts_with("--") => (n, Some(v.to_owned())),
+        _ => (arg, None),
+    }
+}
+
 /// `mesh-proxy wait [--admin-addr HOST:PORT] [--timeout DURATION]`.
 fn wait_args(args: impl Iterator<Item = String>) -> Result<Command, ArgError> {
     use mesh_common::contract::proxy::wait::{ADMIN_ADDR, TIMEOUT};
@@ -285,11 +293,8 @@ fn wait_args(args: impl Iterator<Item = String>) -> Result<Command, ArgError> {
         if arg == "-h" || arg == "--help" {
             return Ok(Command::Help);
         }
-        let (name, inline) = match arg.split_once('=') {
-            Some((n, v)) if n.starts_with("--") => (n.to_owned(), Some(v.to_owned())),
-            _ => (arg.clone(), None),
-        };
-        let flag = match name.as_str() {
+        let (name, inline) = split_inline(&arg);
+        let flag = match name {
             ADMIN_ADDR => ADMIN_ADDR,
             TIMEOUT => TIMEOUT,
             _ => return Err(ArgError::Unknown(arg)),
@@ -538,10 +543,7 @@ impl Args {
                 a.dns_capture = true;
                 continue;
             }
-            let (name, inline) = match arg.split_once('=') {
-                Some((n, v)) if n.starts_with("--") => (n.to_owned(), Some(v.to_owned())),
-                _ => (arg.clone(), None),
-            };
+            let (name, inline) = split_inline(&arg);
             let flag: &'static str = match flag::ALL.iter().find(|f| **f == name) {
                 Some(f) => f,
                 None => return Err(ArgError::Unknown(arg)),

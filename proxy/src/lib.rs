@@ -164,13 +164,6 @@ fn bind_one(addr: SocketAddr, what: &'static str) -> Result<TcpListener, ProxyEr
     listener::bind(addr).map_err(|source| ProxyError::Bind { addr, what, source })
 }
 
-fn ipv6_unavailable(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(nix::libc::EAFNOSUPPORT | nix::libc::EADDRNOTAVAIL | nix::libc::EPROTONOSUPPORT)
-    )
-}
-
 impl Proxy {
     /// Binds every listener (one set per worker thread) and starts the workers' threads;
     /// nothing is accepted until [`Proxy::run`]. Access-log lines (`--access-log`) go
@@ -207,7 +200,11 @@ impl Proxy {
                 let l = match listener::bind_std(addr, shared_port).and_then(TcpListener::from_std)
                 {
                     Ok(l) => l,
-                    Err(e) if addr.is_ipv6() && !config.ipv6_required && ipv6_unavailable(&e) => {
+                    Err(e)
+                        if addr.is_ipv6()
+                            && !config.ipv6_required
+                            && listener::ipv6_unavailable(&e) =>
+                    {
                         warn!(%addr, error = %e, "IPv6 unavailable; listening on IPv4 only");
                         continue;
                     }

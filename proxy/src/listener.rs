@@ -48,6 +48,15 @@ pub fn bind_std(addr: SocketAddr, shared_port: bool) -> io::Result<std::net::Tcp
     Ok(socket.into())
 }
 
+/// Whether binding failed because the machine (or pod) has no IPv6: with `--ipv6 auto` the
+/// proxy then listens on IPv4 only.
+pub(crate) fn ipv6_unavailable(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(nix::libc::EAFNOSUPPORT | nix::libc::EADDRNOTAVAIL | nix::libc::EPROTONOSUPPORT)
+    )
+}
+
 /// [`bind_std`] for a port of its own, registered with the current runtime.
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(bind_std(addr, false)?)
@@ -236,7 +245,9 @@ pub async fn gateway_listeners(
                         tracker.clone(),
                         drain.clone(),
                     ))),
-                    Err(e) if ip.is_ipv6() && !shared.config.ipv6_required => {
+                    Err(e)
+                        if ip.is_ipv6() && !shared.config.ipv6_required && ipv6_unavailable(&e) =>
+                    {
                         debug!(%addr, error = %e, "gateway port not bound on IPv6");
                     }
                     Err(e) => warn!(%addr, error = %e, "cannot listen on a gateway port; retrying"),

@@ -88,7 +88,7 @@ pub(super) async fn handle(
         return refuse(record, client, (RefusalReason::NoServer, Some(local)));
     };
     if listener.tls.is_empty() {
-        return serve_http(shared, l7, client, record, local, None, None).await;
+        return serve_http(shared, l7, client, record, local, None).await;
     }
     let hello = match tokio::time::timeout(HELLO_WAIT, read_hello(&client)).await {
         Ok(Some(h)) => h,
@@ -101,7 +101,7 @@ pub(super) async fn handle(
         Hello::Tls { sni, .. } => sni,
         Hello::NotTls | Hello::Incomplete => {
             return if listener.http.is_some() {
-                serve_http(shared, l7, client, record, local, None, None).await
+                serve_http(shared, l7, client, record, local, None).await
             } else {
                 debug!(client = %record.client(), "plaintext on a TLS-only Gateway port; closing");
                 refuse(record, client, (RefusalReason::NoServer, Some(local)))
@@ -138,7 +138,7 @@ pub(super) async fn handle(
                 }
             };
             let name = server.name.clone();
-            serve_http(shared, l7, stream, record, local, Some(name), None).await
+            serve_http(shared, l7, stream, record, local, Some(name)).await
         }
         CompiledTlsMode::Passthrough { clusters, .. } => {
             let Some(route) = server.mode.tls_route(sni.as_deref()) else {
@@ -205,7 +205,6 @@ async fn serve_http<IO>(
     record: &mut ConnRecord<'_>,
     local: OrigDstAddr,
     server: Option<String>,
-    peer_identity: Option<Arc<str>>,
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -222,7 +221,8 @@ async fn serve_http<IO>(
         orig_dst: local.addr(),
         client: record.client().addr(),
         drain: Some(shared.drain.clone()),
-        peer_identity,
+        // Clients of a gateway come from outside the mesh: no client certificate.
+        peer_identity: None,
     };
     if let Err(e) = Box::pin(crate::http::serve_gateway(io, ctx, routes)).await {
         debug!(error = %e, "gateway HTTP connection ended with an error");
