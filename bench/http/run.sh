@@ -24,6 +24,11 @@ command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
 command -v haproxy >/dev/null || need+=(haproxy)
 command -v socat >/dev/null || need+=(socat)
 command -v curl >/dev/null || need+=(curl)
+# ring (rustls) compiles C for the musl target with musl-gcc.
+command -v musl-gcc >/dev/null || need+=(musl-tools)
+command -v iptables-restore >/dev/null || need+=(iptables)
+command -v ip >/dev/null || need+=(iproute2)
+command -v setpriv >/dev/null || need+=(util-linux)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}" >&2
     apt-get update -q >&2

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # mesh-proxy benchmark: direct vs mesh-proxy vs HAProxy, in network namespaces this
-# script creates and deletes. Needs root, iproute2, iptables, haproxy, python3, setpriv.
+# script creates and deletes. Needs root and python3; installs iproute2, iptables, haproxy,
+# util-linux (setpriv) and musl-tools with apt when missing.
 #
 #   bench/proxy/run.sh                 # release builds, 3 reps x 2 s per workload
 #   BENCH_REPS=5 BENCH_SECONDS=3 bench/proxy/run.sh
@@ -16,6 +17,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 [ "$(id -u)" = 0 ] || { echo "run as root (network namespaces, iptables)" >&2; exit 1; }
+need=()
+command -v ip >/dev/null || need+=(iproute2)
+command -v iptables-restore >/dev/null || need+=(iptables)
+command -v haproxy >/dev/null || need+=(haproxy)
+command -v setpriv >/dev/null || need+=(util-linux)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "installing: ${need[*]}" >&2
+    apt-get update -q >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}" >&2
+fi
 for tool in ip iptables-restore haproxy python3 setpriv; do
     command -v "$tool" >/dev/null || { echo "missing tool: $tool" >&2; exit 1; }
 done
@@ -33,6 +44,12 @@ if [ -z "${MESH_PROXY_BIN:-}" ]; then
                  "to measure another build" >&2
             exit 1
         }
+    fi
+    if ! command -v musl-gcc >/dev/null; then
+        # ring (rustls) compiles C for the musl target with musl-gcc.
+        echo "installing: musl-tools" >&2
+        apt-get update -q >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends musl-tools >&2
     fi
     cargo build --release --target "$MUSL" -p mesh-proxy >&2
     MESH_PROXY_BIN="$CARGO_TARGET_DIR/$MUSL/release/mesh-proxy"
