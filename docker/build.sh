@@ -109,6 +109,13 @@ t0=$(date +%s)
 if [ "$proxy" = 1 ]; then
     echo "==== cargo build --release --locked --target $musl -p mesh-proxy (alone: its own features)"
     (cd "$root" && "$cargo" build --release --locked --target "$musl" -p mesh-proxy)
+    # proxy/build.rs lays the sidecar's code out for a small resident set
+    # (proxy/link/README.md): the image must not ship without it unnoticed.
+    if [ "${MESH_PROXY_LAYOUT:-}" != plain ]; then
+        hot=$(readelf -SW "$target_dir/$musl/release/mesh-proxy" | sed 's/^ *\[ *[0-9]*\] *//' | awk '$1 == ".text.hot" {print $5}')
+        [ -n "$hot" ] || die "mesh-proxy has no .text.hot section: proxy/link/hot.txt was not applied"
+        echo "     mesh-proxy .text.hot: $((16#$hot / 1024)) KiB"
+    fi
 fi
 if [ ${#pkgs[@]} -gt 0 ]; then
     echo "==== cargo build --release --locked --target $musl ${pkgs[*]}"

@@ -57,6 +57,7 @@ import json
 import os
 import random
 import resource
+import shlex
 import shutil
 import signal
 import statistics
@@ -767,7 +768,7 @@ metadata:
                 plane = ["--control-plane", f"{router}:15010"]
             procs[side] = self.spawn(
                 f"{mode}-proxy-{side}", ns,
-                AS_PROXY + [self.bins["proxy"], *plane,
+                AS_PROXY + self.proxy_cmd(f"{mode}-{side}") + [*plane,
                             "--pod-name", name, "--pod-namespace", self.kns,
                             "--instance-ip", self.ip(mode, s),
                             "--admin-addr", "127.0.0.1:15021",
@@ -803,7 +804,7 @@ metadata:
                f"CANONICAL_SERVICE={GW_WORKLOAD}", "CANONICAL_REVISION=latest",
                f"APP_NAME={GW_WORKLOAD}"]
         gw = self.spawn("gateway-proxy", ns,
-                        AS_PROXY + env + [self.bins["proxy"], "--role", "gateway",
+                        AS_PROXY + env + self.proxy_cmd("gateway") + ["--role", "gateway",
                                           "--outbound-port", "15001", "--inbound-port", "15006",
                                           "--admin-addr", "127.0.0.1:15021",
                                           "--metrics-addr", "127.0.0.1:15090",
@@ -823,7 +824,8 @@ metadata:
         mode = "gateway-mesh"
         ns, router = self.pod(mode, "s"), f"198.18.{self.link_of(mode, 's')}.1"
         p = self.spawn(f"{mode}-proxy-in", ns,
-                       AS_PROXY + [self.bins["proxy"], "--control-plane", f"{router}:15010",
+                       AS_PROXY + self.proxy_cmd(f"{mode}-in") + [
+                                   "--control-plane", f"{router}:15010",
                                    "--pod-name", GW_BACKEND[mode], "--pod-namespace", self.kns,
                                    "--instance-ip", self.ip(mode, "s"),
                                    "--admin-addr", "127.0.0.1:15021",
@@ -832,6 +834,14 @@ metadata:
                        stop_signal=signal.SIGINT)
         self.wait_ready(ns, f"{mode} backend sidecar")
         self.proxies[mode] = {"gw": self.proxies["gateway"]["gw"], "in": p}
+
+    def proxy_cmd(self, name):
+        """mesh-proxy's command, behind MESH_PROXY_WRAP when it is set (a command prefix;
+        `{name}` in it becomes the proxy's name: `mesh-out`, `gateway`...), as
+        proxy/link/generate.sh runs the proxies under callgrind."""
+        wrap = [w.replace("{name}", name)
+                for w in shlex.split(os.environ.get("MESH_PROXY_WRAP", ""))]
+        return wrap + [self.bins["proxy"]]
 
     def stop_mesh_proxies(self):
         for p in self.proxies.pop("mesh").values():

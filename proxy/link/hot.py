@@ -1,0 +1,154 @@
+#!/usr/bin/env python3
+"""Writes proxy/link/hot.txt from callgrind outputs of mesh-proxy runs (generate.sh).
+
+Each function callgrind saw run becomes up to two section-name patterns (after
+`.text.`), which proxy/build.rs turns into a linker script that packs them into
+`.text.hot`:
+
+- exact: its name with the legacy symbol hash (`17h<16 hex>E`, which depends on the
+  crate's version, features and the compiler, not on its code), so that of a generic
+  function only the instances that ran are taken; the v0 names of std (which spell the
+  instance) without their crate disambiguators (`Cs<base62>_`);
+- loose: the legacy name without its hash, listed later: it takes what the exact one
+  no longer names once a dependency or the compiler changed (every instance then, but
+  still away from the cold code).
+
+Assembly (ring's) has one `.text` per object: an `object:ARCHIVE:MEMBER` line takes it.
+
+The linker takes each section at the first line that names it, in this order, which
+is also the layout: functions only the mTLS sidecars ran (exact), musl's libc.a (whole:
+it has one section per object), functions the plaintext sidecars ran (exact, then
+loose), functions only the gateway ran (exact), the loose rest. Each kind of proxy
+then runs one contiguous stretch.
+
+    hot.py OUT.txt DIR BINARY   # DIR holds <name>.<pid>.cg files (name: mesh-out,
+                                # mesh-mtls-in, gateway...) of runs of BINARY
+"""
+import collections
+import glob
+import os
+import re
+import subprocess
+import sys
+
+LEGACY_HASH = re.compile(r"17h[0-9a-f]{16}E$")
+V0_CRATE = re.compile(r"Cs[0-9A-Za-z]+_")
+C_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+FN = re.compile(r"^c?fn=\((\d+)\)(?: (.*))?$")
+
+
+def patterns(sym):
+    """(exact, loose) section-name patterns of a function; either may be None."""
+    sym = re.sub(r"'\d+$", "", sym)  # callgrind's mark of a recursion level
+    sym = sym.split(".llvm.")[0]  # ThinLTO's suffix of a promoted local: per module
+    if sym.startswith("_ZN"):
+        if not LEGACY_HASH.search(sym):
+            return None, None
+        return sym + "*", LEGACY_HASH.sub("17h*", sym)
+    if sym.startswith("_R"):
+        return V0_CRATE.sub("C*", sym) + "*", None
+    # C: ring's objects have a section per function (`.text.<name>`); musl's libc.a has
+    # one `.text` per object, taken whole by the `archive:libc.a` line.
+    return (sym, None) if C_NAME.match(sym) else (None, None)
+
+
+def functions(path):
+    """The functions of one callgrind output (names are given once, then by number)."""
+    names, seen = {}, set()
+    with open(path, errors="replace") as f:
+        for line in f:
+            m = FN.match(line.rstrip("\n"))
+            if not m:
+                continue
+            if m.group(2):
+                names[m.group(1)] = m.group(2)
+            if line.startswith("fn="):
+                seen.add(names.get(m.group(1)))
+    return {s for s in seen if s}
+
+
+def aliases(binary):
+    """name -> the names at the same address in the binary: identical functions are
+    folded into one, which callgrind may report by any of its names while the section
+    carries one of them."""
+    at = collections.defaultdict(list)
+    nm = subprocess.run(["nm", "--defined-only", binary], capture_output=True, text=True,
+                        check=True).stdout
+    for line in nm.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1] in "tTwW":
+            at[parts[0]].append(parts[2])
+    return {n: names for names in at.values() for n in names}
+
+
+def asm_objects(binary):
+    """name -> `object:` line, for the functions of the C/assembly archives that build
+    scripts made (ring's), found beside the binary: an assembly object has one `.text`
+    for all its functions, so the object is what can be placed. The rlib's hash and
+    cc's prefix of the object's name become `*`."""
+    build = os.path.join(os.path.dirname(binary), "build")
+    where = {}
+    for archive in glob.glob(os.path.join(build, "*", "out", "*.a")):
+        if archive.endswith("_test.a"):
+            continue
+        nm = subprocess.run(["nm", "-A", "--defined-only", archive], capture_output=True,
+                            text=True).stdout
+        # rustc bundles the archive into its crate's rlib, which is what the linker
+        # reads: build/ring-<hash>/out/libring_core_0_17_14_.a -> libring-*.rlib.
+        crate = re.sub(r"-[0-9a-f]{16}$", "", os.path.basename(os.path.dirname(
+            os.path.dirname(archive))))
+        arch = f"lib{crate.replace('-', '_')}-*.rlib"
+        for line in nm.splitlines():
+            loc, _, rest = line.rpartition(":")
+            parts = rest.split()
+            if len(parts) == 3 and parts[1] in "tT":
+                member = re.sub(r"^[0-9a-f]{16}-", "*-", loc.rsplit(":", 1)[-1])
+                where[parts[2]] = f"object:{arch}:{member}"
+    return where
+
+
+def main():
+    out, d, binary = sys.argv[1], sys.argv[2], sys.argv[3]
+    same = aliases(binary)
+    objects = asm_objects(binary)
+    exact = collections.defaultdict(set)  # pattern -> {"plain", "mtls", "gateway"}
+    loose = collections.defaultdict(set)
+    runs = collections.Counter()
+    for name in sorted(os.listdir(d)):
+        if ".cg" not in name:
+            continue
+        proc = name.split(".")[0]
+        kind = "gateway" if proc == "gateway" else "mtls" if "mtls" in proc else "plain"
+        runs[kind] += 1
+        ran = functions(os.path.join(d, name))
+        for sym in {a for s in ran for a in same.get(s, [s])}:
+            e, lo = patterns(sym)
+            if sym in objects:
+                exact[objects[sym]].add(kind)
+            if e:
+                exact[e].add(kind)
+            if lo:
+                loose[lo].add(kind)
+    if not runs["plain"]:
+        sys.exit(f"{d}: no callgrind output of a plaintext sidecar (mesh-out, mesh-in)")
+    tiers = [
+        ("mTLS only", sorted(p for p, k in exact.items() if "mtls" in k and "plain" not in k)),
+        ("libc", ["archive:libc.a"]),
+        ("every sidecar", sorted(p for p, k in exact.items() if "plain" in k)),
+        ("every sidecar, loose", sorted(p for p, k in loose.items() if "plain" in k)),
+        ("gateway only", sorted(p for p, k in exact.items() if k == {"gateway"})),
+        ("the rest, loose", sorted(p for p, k in loose.items() if "plain" not in k)),
+    ]
+    with open(out, "w") as f:
+        f.write("# The functions mesh-proxy runs, packed into .text.hot by proxy/build.rs.\n")
+        f.write("# Generated by proxy/link/generate.sh (see proxy/link/README.md): do not edit.\n")
+        f.write(f"# callgrind runs: {dict(sorted(runs.items()))}\n")
+        for title, lines in tiers:
+            f.write(f"# {title}: {len(lines)}\n")
+            for p in lines:
+                f.write(p + "\n")
+    print(f"{out}: " + ", ".join(f"{t} {len(ls)}" for t, ls in tiers))
+
+
+if __name__ == "__main__":
+    main()
