@@ -26,6 +26,7 @@ use mesh_config::{
     RouteAction, Service,
 };
 use mesh_proxy::http::{LocalService, MeshTls};
+use mesh_proxy::identity::exchange::NodeMetadata;
 use mesh_proxy::identity::{IdentityStore, Roots, ca_client, csr};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
@@ -91,7 +92,11 @@ impl Ca {
         let roots = Roots::from_pem(self.root_pem.as_bytes(), path).unwrap();
         let now = rustls::pki_types::UnixTime::now();
         let cert = ca_client::accept(&chain, key, id, &roots, path, now).unwrap();
-        MeshTls::new(IdentityStore::fixed(cert, roots, TRUST_DOMAIN)).unwrap()
+        MeshTls::new(
+            IdentityStore::fixed(cert, roots, TRUST_DOMAIN),
+            &NodeMetadata::default(),
+        )
+        .unwrap()
     }
 }
 

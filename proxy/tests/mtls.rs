@@ -26,6 +26,7 @@ use mesh_config::{
     InboundTls, LoadBalancer, MtlsMode, PeerMeta, Protocol, Resource, Service, ServicePort,
     Workload,
 };
+use mesh_proxy::identity::exchange;
 use mesh_proxy::orig_dst::FixedOriginalDst;
 use mesh_proxy::{DrainTrigger, Proxy};
 use mesh_support::*;
@@ -126,6 +127,7 @@ struct Pod {
     outbound: SocketAddr,
     inbound: SocketAddr,
     metrics: SocketAddr,
+    identity: Arc<mesh_proxy::identity::IdentityStore>,
     drain: DrainTrigger,
     task: tokio::task::JoinHandle<mesh_proxy::DrainReport>,
     _files: Files,
@@ -148,10 +150,12 @@ async fn pod(ca: &FakeCa, ns: &str, sa: &str, ip: &str, orig: SocketAddr) -> Pod
         .unwrap();
     let addrs = p.addrs().clone();
     let drain = p.drain_trigger();
+    let identity = p.identity().unwrap();
     let pod = Pod {
         outbound: addrs.outbound[0],
         inbound: addrs.inbound[0],
         metrics: addrs.metrics,
+        identity,
         drain,
         task: tokio::spawn(p.run()),
         _files: files,
@@ -601,4 +605,137 @@ async fn a_server_first_protocol_works_in_permissive() {
     assert!(!wire.windows(4).any(|w| w == b"DATA"));
     // One connection to the endpoint: the one made while sniffing, no second dial.
     assert_eq!(relay.accepted.load(Ordering::SeqCst), 1);
+}
+
+/// What an Envoy sidecar would send first: its own node metadata.
+fn envoy_frame(workload: &str, ip: &str) -> Vec<u8> {
+    exchange::frame(&exchange::NodeMetadata {
+        id: format!("sidecar~{ip}~{workload}-0.foo~foo.svc.cluster.local"),
+        fields: vec![
+            ("NAMESPACE".into(), "foo".into()),
+            ("WORKLOAD_NAME".into(), workload.into()),
+        ],
+        labels: vec![("app".into(), workload.into())],
+    })
+}
+
+/// Reads one peer-exchange frame and returns its node metadata's string fields and the
+/// node id, decoded with protobuf's own types.
+async fn read_frame<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
+) -> (BTreeMap<String, String>, String) {
+    use prost::Message as _;
+    use prost_types::value::Kind;
+    let mut head = [0u8; 8];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut head))
+        .await
+        .expect("a frame within 5 s")
+        .unwrap();
+    assert_eq!(
+        u32::from_be_bytes(head[..4].try_into().unwrap()),
+        exchange::MAGIC
+    );
+    let mut payload = vec![0u8; u32::from_be_bytes(head[4..].try_into().unwrap()) as usize];
+    s.read_exact(&mut payload).await.unwrap();
+    let any = prost_types::Any::decode(payload.as_slice()).unwrap();
+    assert_eq!(any.type_url, exchange::STRUCT_TYPE_URL);
+    let data = prost_types::Struct::decode(any.value.as_slice()).unwrap();
+    let id = match data.fields[exchange::KEY_ID].kind.as_ref() {
+        Some(Kind::StringValue(v)) => v.clone(),
+        other => panic!("node id: {other:?}"),
+    };
+    let Some(Kind::StructValue(node)) = data.fields[exchange::KEY_METADATA].kind.as_ref() else {
+        panic!("no node metadata");
+    };
+    let fields = node
+        .fields
+        .iter()
+        .filter_map(|(k, v)| match &v.kind {
+            Some(Kind::StringValue(x)) => Some((k.clone(), x.clone())),
+            _ => None,
+        })
+        .collect();
+    (fields, id)
+}
+
+/// Istio's peer metadata exchange with a peer that speaks it as Envoy does: an Envoy
+/// client (ALPN `istio-peer-exchange, istio`) gets our frame first and its own frame
+/// never reaches the app; our client, to an Envoy server, sends its frame first and
+/// drops the server's.
+#[tokio::test]
+async fn istio_peer_exchange_with_envoy_like_peers() {
+    use mesh_proxy::identity::tls;
+    let m = mesh(auto_mtls(), true, permissive(), Authorization::default()).await;
+    let envoy_alpn: &[&[u8]] = &[tls::ALPN_PEER_EXCHANGE, tls::ALPN_ISTIO];
+
+    // An Envoy client sidecar (the sleep pod's identity) to the server pod's sidecar.
+    let connector = tokio_rustls::TlsConnector::from(
+        tls::client_config(&m.client.identity, vec![HTTPBIN_ID.into()], envoy_alpn).unwrap(),
+    );
+    let name = rustls::pki_types::ServerName::try_from(tls::sni(
+        PORT,
+        None,
+        "httpbin.foo.svc.cluster.local",
+    ))
+    .unwrap();
+    let tcp = TcpStream::connect(m.server.inbound).await.unwrap();
+    let mut c = connector.connect(name, tcp).await.unwrap();
+    assert_eq!(c.get_ref().1.alpn_protocol(), Some(tls::ALPN_PEER_EXCHANGE));
+    c.write_all(&envoy_frame("sleep", CLIENT_IP)).await.unwrap();
+    c.write_all(b"ping-1234").await.unwrap();
+    let (fields, id) = read_frame(&mut c).await;
+    assert_eq!(fields.get("NAMESPACE").map(String::as_str), Some("foo"));
+    assert_eq!(
+        fields.get("WORKLOAD_NAME").map(String::as_str),
+        Some("httpbin")
+    );
+    assert!(id.starts_with(&format!("sidecar~{SERVER_IP}~")), "{id}");
+    // The echo app got the payload only: it sends back exactly that.
+    let mut back = [0u8; 9];
+    tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut back))
+        .await
+        .expect("the echo within 5 s")
+        .unwrap();
+    assert_eq!(&back, b"ping-1234");
+    drop(c);
+
+    // An Envoy server sidecar behind the relay: our client proxy's frame comes first.
+    let acceptor = tokio_rustls::TlsAcceptor::from(
+        tls::server_config(&m.server.identity, envoy_alpn).unwrap(),
+    );
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    *m.relay.to.lock().unwrap() = Some(l.local_addr().unwrap());
+    let envoy = tokio::spawn(async move {
+        let (tcp, _) = l.accept().await.unwrap();
+        let mut s = acceptor.accept(tcp).await.unwrap();
+        assert_eq!(s.get_ref().1.alpn_protocol(), Some(tls::ALPN_PEER_EXCHANGE));
+        let got = read_frame(&mut s).await;
+        s.write_all(&envoy_frame("httpbin", SERVER_IP))
+            .await
+            .unwrap();
+        let mut b = [0u8; 9];
+        s.read_exact(&mut b).await.unwrap();
+        s.write_all(&b).await.unwrap();
+        s.flush().await.unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest).await;
+        (got, b)
+    });
+    let got = round_trip(m.client.outbound, b"pong-5678").await;
+    assert_eq!(
+        got.unwrap(),
+        b"pong-5678",
+        "the server's frame reached the app"
+    );
+    let ((fields, id), seen) = tokio::time::timeout(Duration::from_secs(5), envoy)
+        .await
+        .expect("the Envoy-like server done")
+        .unwrap();
+    assert_eq!(&seen, b"pong-5678", "our frame was not first");
+    assert_eq!(
+        fields.get("WORKLOAD_NAME").map(String::as_str),
+        Some("sleep")
+    );
+    assert_eq!(fields.get("NAMESPACE").map(String::as_str), Some("foo"));
+    assert!(id.starts_with(&format!("sidecar~{CLIENT_IP}~")), "{id}");
 }

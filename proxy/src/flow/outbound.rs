@@ -298,12 +298,8 @@ pub(super) async fn forward_mtls(
             return;
         }
     };
-    let local = stream.get_ref().0.get_ref().local_addr().ok();
-    let server_id = stream
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(crate::identity::tls::peer_identity);
+    let local = stream.tcp().local_addr().ok();
+    let server_id = stream.peer_identity();
     record.secure_peer(server_id.as_deref(), mesh.spiffe_id());
     let meters = record.connected(orig, connect_started.elapsed(), || local);
     debug!(dst = %orig, peer = server_id.as_deref(), "connected upstream over mTLS");

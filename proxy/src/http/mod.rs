@@ -312,12 +312,7 @@ impl TcpConnector {
             .connect(stream, target, alpn)
             .await
             .map_err(TlsFailure::wrap)?;
-        let peer_identity = stream
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(crate::identity::tls::peer_identity)
-            .map(Arc::from);
+        let peer_identity = stream.peer_identity().map(Arc::from);
         Ok(Dialed {
             io: Box::new(stream),
             peer_identity,

@@ -12,6 +12,7 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
 
+use super::exchange::{self, NodeMetadata, PeerExchange};
 use super::store::IdentityStore;
 use super::tls;
 use crate::copy::read_ahead::ReadAhead;
@@ -75,6 +76,8 @@ pub struct MeshTls {
     store: Arc<IdentityStore>,
     server: TlsAcceptor,
     clients: Mutex<ClientConfigs>,
+    /// Our `istio-peer-exchange` frame, written first on a connection that agreed on it.
+    exchange_frame: Vec<u8>,
 }
 
 impl std::fmt::Debug for MeshTls {
@@ -86,29 +89,68 @@ impl std::fmt::Debug for MeshTls {
 }
 
 /// An originated mTLS connection. The socket is read through [`ReadAhead`]: rustls reads
-/// 4 KiB at a time.
-pub type ClientStream = client::TlsStream<ReadAhead<TcpStream>>;
+/// 4 KiB at a time. [`PeerExchange`] drops the server's metadata frame when the
+/// connection agreed on `istio-peer-exchange` (opaque TCP), and passes everything
+/// through otherwise.
+pub type ClientStream = PeerExchange<client::TlsStream<ReadAhead<TcpStream>>>;
 /// A terminated mTLS connection (see [`ClientStream`]).
-pub type ServerStream = server::TlsStream<ReadAhead<TcpStream>>;
+pub type ServerStream = PeerExchange<server::TlsStream<ReadAhead<TcpStream>>>;
+
+impl ClientStream {
+    /// The socket underneath.
+    pub fn tcp(&self) -> &TcpStream {
+        self.get_ref().get_ref().0.get_ref()
+    }
+
+    /// The server's verified SPIFFE id.
+    pub fn peer_identity(&self) -> Option<String> {
+        self.get_ref()
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(tls::peer_identity)
+    }
+}
 
 /// A terminated inbound mTLS connection and who the client is.
 pub struct Accepted {
     pub stream: ServerStream,
     /// The client's verified SPIFFE id.
     pub peer: Option<Arc<str>>,
-    /// The ALPN protocol agreed (`h2`, `http/1.1` or `istio`, as [`tls::SERVER_ALPN`]
-    /// prefers them among what the client offered).
+    /// The ALPN protocol agreed (`h2`, `http/1.1`, `istio-peer-exchange` or `istio`, as
+    /// [`tls::SERVER_ALPN`] prefers them among what the client offered).
     pub alpn: Option<Vec<u8>>,
 }
 
 impl MeshTls {
-    pub fn new(store: Arc<IdentityStore>) -> Result<Arc<MeshTls>, rustls::Error> {
+    /// `meta`: what this proxy says about its workload to peers that agree on
+    /// `istio-peer-exchange`.
+    pub fn new(
+        store: Arc<IdentityStore>,
+        meta: &NodeMetadata,
+    ) -> Result<Arc<MeshTls>, rustls::Error> {
         let server = tls::server_config(&store, tls::SERVER_ALPN)?;
         Ok(Arc::new(MeshTls {
             store,
             server: TlsAcceptor::from(server),
             clients: Mutex::new(HashMap::new()),
+            exchange_frame: exchange::frame(meta),
         }))
+    }
+
+    /// After the handshake: with `istio-peer-exchange` agreed, our frame goes first and
+    /// the peer's is expected first.
+    async fn exchange<S>(&self, mut stream: S, alpn: Option<&[u8]>) -> io::Result<PeerExchange<S>>
+    where
+        S: tokio::io::AsyncWrite + Unpin,
+    {
+        use tokio::io::AsyncWriteExt as _;
+        if alpn != Some(tls::ALPN_PEER_EXCHANGE) {
+            return Ok(PeerExchange::passthrough(stream));
+        }
+        stream.write_all(&self.exchange_frame).await?;
+        stream.flush().await?;
+        Ok(PeerExchange::expecting(stream))
     }
 
     /// This proxy's SPIFFE id.
@@ -147,9 +189,11 @@ impl MeshTls {
                 format!("SNI {:?}: {e}", target.sni),
             )
         })?;
-        TlsConnector::from(config)
+        let stream = TlsConnector::from(config)
             .connect(name, ReadAhead::new(tcp))
-            .await
+            .await?;
+        let alpn = stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+        self.exchange(stream, alpn.as_deref()).await
     }
 
     /// Terminates mTLS on `tcp` (a client certificate is required and verified).
@@ -161,6 +205,7 @@ impl MeshTls {
             .and_then(tls::peer_identity)
             .map(Arc::from);
         let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
+        let stream = self.exchange(stream, alpn.as_deref()).await?;
         Ok(Accepted { stream, peer, alpn })
     }
 }

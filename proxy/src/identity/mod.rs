@@ -12,19 +12,21 @@
 //! - [`ca_client`]: one certificate request, its answer checked;
 //! - [`store`]: the current certificate and roots, and the task that renews them;
 //! - [`tls`]: `server_config`, `client_config`, `peer_identity`, Istio's SNI and ALPN;
+//! - [`exchange`]: Istio's `istio-peer-exchange` frame, ours and the peer's;
 //! - [`mesh`]: the data path's [`mesh::MeshTls`]: terminate and originate mTLS.
 //!
 //! Order (each uses only those before it): `der`, `roots`, `csr`, `channel`, `verify`,
-//! `ca_client`, `store`, `tls`, `mesh`.
+//! `ca_client`, `store`, `tls`, `exchange`, `mesh`.
 //!
-//! TLS is 1.3 only, on ring: mesh-control, istiod and Envoy sidecars under
-//! `ISTIO_MUTUAL` all speak it, so TLS 1.2 is not compiled in (when the proxy is built
-//! alone).
+//! The mesh's TLS is 1.3 only, on ring, set in code: mesh-control, istiod and Envoy
+//! sidecars under `ISTIO_MUTUAL` all speak it (TLS 1.2 is compiled in for a gateway's
+//! HTTPS servers only).
 
 pub mod ca_client;
 pub mod channel;
 pub mod csr;
 pub mod der;
+pub mod exchange;
 pub mod mesh;
 pub mod roots;
 pub mod store;

@@ -13,13 +13,15 @@
 //!   subset empty when none: `outbound_.9080_._.reviews.shop.svc.cluster.local`.
 //! - **ALPN** (client): the protocol the connection carries, Istio-prefixed, then
 //!   `istio`, then the plain name: [`CLIENT_ALPN_HTTP10`], [`CLIENT_ALPN_HTTP11`],
-//!   [`CLIENT_ALPN_H2`]; for opaque TCP Envoy offers `istio-peer-exchange, istio`.
-//!   A server that picks [`ALPN_PEER_EXCHANGE`] commits both sides to Istio's in-band
-//!   metadata exchange, which this proxy does not speak yet: [`CLIENT_ALPN_TCP`] offers
-//!   `istio` only, and [`SERVER_ALPN`] never selects the peer exchange.
+//!   [`CLIENT_ALPN_H2`]; for opaque TCP `istio-peer-exchange, istio`
+//!   ([`CLIENT_ALPN_TCP`]), as Envoy offers them. A server that picks
+//!   [`ALPN_PEER_EXCHANGE`] commits both sides to Istio's in-band metadata exchange
+//!   (`super::exchange`): each writes its frame first and reads the other's first.
 //! - **ALPN** (server): an Envoy client always offers `istio`, and rustls, unlike
 //!   BoringSSL, refuses a handshake whose offered protocols share none with its own, so a
-//!   server config must list `istio` ([`SERVER_ALPN`] does, after `h2` and `http/1.1`).
+//!   server config must list `istio` ([`SERVER_ALPN`] does, after `h2`, `http/1.1` and
+//!   `istio-peer-exchange`, which it picks when the client offers it: an Envoy client
+//!   then finds our frame, which its metrics' peer labels come from).
 //!   The data path tells the application protocol from what the client *offered*
 //!   (`istio-h2`, `istio-http/1.1`, ...), which rustls's `Acceptor` shows before the
 //!   handshake, as Envoy's filter chains match on it.
@@ -65,10 +67,10 @@ pub const CLIENT_ALPN_HTTP10: &[&[u8]] = &[ALPN_HTTP10, ALPN_ISTIO, b"http/1.0"]
 pub const CLIENT_ALPN_HTTP11: &[&[u8]] = &[ALPN_HTTP11, ALPN_ISTIO, b"http/1.1"];
 /// What a client offers for HTTP/2 over mTLS.
 pub const CLIENT_ALPN_H2: &[&[u8]] = &[ALPN_H2, ALPN_ISTIO, b"h2"];
-/// What a client offers for opaque TCP over mTLS (no peer exchange: see the module docs).
-pub const CLIENT_ALPN_TCP: &[&[u8]] = &[ALPN_ISTIO];
+/// What a client offers for opaque TCP over mTLS (with Istio's peer exchange first).
+pub const CLIENT_ALPN_TCP: &[&[u8]] = &[ALPN_PEER_EXCHANGE, ALPN_ISTIO];
 /// What an inbound server accepts, in its order of preference.
-pub const SERVER_ALPN: &[&[u8]] = &[b"h2", b"http/1.1", ALPN_ISTIO];
+pub const SERVER_ALPN: &[&[u8]] = &[b"h2", b"http/1.1", ALPN_PEER_EXCHANGE, ALPN_ISTIO];
 
 /// Istio's SNI for a connection to `fqdn`'s `port` (and `subset`).
 pub fn sni(port: u16, subset: Option<&str>, fqdn: &str) -> String {

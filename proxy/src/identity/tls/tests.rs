@@ -99,7 +99,10 @@ async fn no_expected_identity_means_any_of_our_trust_domain() {
         "x",
     )
     .await;
-    assert_eq!(c.unwrap().get_ref().1.alpn_protocol(), Some(&b"istio"[..]));
+    assert_eq!(
+        c.unwrap().get_ref().1.alpn_protocol(),
+        Some(ALPN_PEER_EXCHANGE)
+    );
     // Same root, another trust domain: refused.
     let foreign = "spiffe://other.domain/ns/shop/sa/reviews";
     let other = IdentityStore::fixed(ca.issue(foreign, 3600), ca.roots(), "other.domain");
@@ -190,12 +193,15 @@ async fn rotation_reaches_new_handshakes_and_spares_open_connections() {
 }
 
 #[tokio::test]
-async fn envoys_tcp_offer_lands_on_istio_not_the_peer_exchange() {
+async fn envoys_offers_land_on_the_peer_exchange_for_tcp_and_on_http_for_http() {
     let ca = TestCa::new();
     let srv = server_config(&store(&ca, REVIEWS), SERVER_ALPN).unwrap();
     let envoy_tcp: &[&[u8]] = &[ALPN_PEER_EXCHANGE, ALPN_ISTIO];
+    let istio_only: &[&[u8]] = &[ALPN_ISTIO];
     for (offer, want) in [
-        (envoy_tcp, &b"istio"[..]),
+        (envoy_tcp, ALPN_PEER_EXCHANGE),
+        (CLIENT_ALPN_TCP, ALPN_PEER_EXCHANGE),
+        (istio_only, b"istio"),
         (CLIENT_ALPN_HTTP10, b"istio"),
         (CLIENT_ALPN_HTTP11, b"http/1.1"),
         (CLIENT_ALPN_H2, b"h2"),
