@@ -8,9 +8,10 @@
 //!   with its config, serving HTTP, TCP and mTLS) into one output section, `.text.hot`,
 //!   placed before `.text`. The kernel maps a file page with its neighbours (fault-around,
 //!   64 KB), so code spread over the whole `.text` keeps most of it resident; packed, the
-//!   same work keeps a fraction of it. The names are patterns without the symbol hashes
-//!   (`17h*`, `Cs*_`), so they survive changes to the code; a stale line matches nothing
-//!   and only costs memory. `link/README.md` says how the list is made.
+//!   same work keeps a fraction of it. The lines are exact symbol names (their hashes
+//!   follow crate versions and the compiler, not the code), then the same names without
+//!   hashes as a fallback, musl's libc.a and ring's assembly objects; a stale line
+//!   matches nothing and only costs memory. `link/README.md` says how the list is made.
 //!
 //! Other builds (debug, glibc, tests) link as cargo does. `MESH_PROXY_LAYOUT=plain`
 //! turns both off, to measure the difference.
