@@ -22,6 +22,8 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v iptables-restore >/dev/null || need+=(iptables)
 command -v haproxy >/dev/null || need+=(haproxy)
 command -v setpriv >/dev/null || need+=(util-linux)
+# ring (rustls) compiles C for the musl target with musl-gcc (the `mesh` build below).
+[ -n "${MESH_PROXY_BIN:-}" ] || command -v musl-gcc >/dev/null || need+=(musl-tools)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}" >&2
     apt-get update -q >&2
@@ -44,12 +46,6 @@ if [ -z "${MESH_PROXY_BIN:-}" ]; then
                  "to measure another build" >&2
             exit 1
         }
-    fi
-    if ! command -v musl-gcc >/dev/null; then
-        # ring (rustls) compiles C for the musl target with musl-gcc.
-        echo "installing: musl-tools" >&2
-        apt-get update -q >&2
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends musl-tools >&2
     fi
     cargo build --release --target "$MUSL" -p mesh-proxy >&2
     MESH_PROXY_BIN="$CARGO_TARGET_DIR/$MUSL/release/mesh-proxy"

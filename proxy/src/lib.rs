@@ -252,19 +252,19 @@ impl Proxy {
                 // mTLS: with an identity, connections are terminated and originated
                 // with the workload certificate (built once; it reads the store at each
                 // handshake).
-                let mesh_tls = match (&workload_identity, &config.workload_identity) {
-                    (Some(store), Some(w)) => {
+                let mesh_tls = match &workload_identity {
+                    None => None,
+                    Some(store) => {
                         let meta = identity::exchange::NodeMetadata::of(
                             &config.identity,
                             config.pod_name.as_deref(),
-                            &w.trust_domain,
+                            store.trust_domain(),
                         );
                         Some(
                             identity::mesh::MeshTls::new(store.clone(), &meta)
                                 .map_err(|e| ProxyError::Tls(e.to_string()))?,
                         )
                     }
-                    _ => None,
                 };
                 let dial = |inbound_passthrough| {
                     Arc::new(http::TcpConnector {
