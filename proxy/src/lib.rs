@@ -249,22 +249,30 @@ impl Proxy {
                     own_ip: own,
                     wait: control::LOOKUP_WAIT,
                 });
+                // What the proxy says of itself to Istio's peers: in the TCP exchange
+                // frame (over mTLS) and the HTTP exchange headers.
+                let meta = identity::exchange::NodeMetadata::of(
+                    &config.identity,
+                    config.pod_name.as_deref(),
+                    workload_identity
+                        .as_ref()
+                        .map_or(mesh_common::identity::DEFAULT_TRUST_DOMAIN, |s| {
+                            s.trust_domain()
+                        }),
+                );
+                let meta = match config.gateway {
+                    Some(_) => meta.router(),
+                    None => meta,
+                };
                 // mTLS: with an identity, connections are terminated and originated
                 // with the workload certificate (built once; it reads the store at each
                 // handshake).
                 let mesh_tls = match &workload_identity {
                     None => None,
-                    Some(store) => {
-                        let meta = identity::exchange::NodeMetadata::of(
-                            &config.identity,
-                            config.pod_name.as_deref(),
-                            store.trust_domain(),
-                        );
-                        Some(
-                            identity::mesh::MeshTls::new(store.clone(), &meta)
-                                .map_err(|e| ProxyError::Tls(e.to_string()))?,
-                        )
-                    }
+                    Some(store) => Some(
+                        identity::mesh::MeshTls::new(store.clone(), &meta)
+                            .map_err(|e| ProxyError::Tls(e.to_string()))?,
+                    ),
                 };
                 let dial = |inbound_passthrough| {
                     Arc::new(http::TcpConnector {
@@ -279,6 +287,7 @@ impl Proxy {
                     resolver,
                     metrics: http_metrics.clone(),
                     log: config.access_log.map(|_| http::stdout_sink()),
+                    peer_headers: http::PeerMetadataHeaders::new(&meta),
                     outbound: dial(false),
                     inbound: dial(true),
                 };

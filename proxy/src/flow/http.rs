@@ -28,6 +28,8 @@ pub struct L7 {
     pub resolver: Arc<StoreResolver>,
     pub metrics: Arc<HttpMetrics>,
     pub log: Option<LogSink>,
+    /// Istio's HTTP metadata exchange headers, ours.
+    pub peer_headers: Option<crate::http::PeerMetadataHeaders>,
     pub outbound: Arc<TcpConnector>,
     pub inbound: Arc<TcpConnector>,
 }
@@ -50,7 +52,13 @@ impl L7 {
     pub(super) fn engine(&self) -> Arc<Engine> {
         ENGINE.with(|e| {
             e.borrow_mut()
-                .get_or_insert_with(|| Engine::new(self.metrics.clone(), self.log.clone()))
+                .get_or_insert_with(|| {
+                    Engine::new(
+                        self.metrics.clone(),
+                        self.log.clone(),
+                        self.peer_headers.clone(),
+                    )
+                })
                 .clone()
         })
     }

@@ -1,5 +1,5 @@
 //! Header handling: hop-by-hop headers (RFC 9110 §7.6.1), the config's header edits,
-//! `x-request-id`, and what gRPC needs (detection, status, Envoy's HTTP → gRPC status
+//! `x-request-id`, Istio's peer metadata exchange headers, and what gRPC needs (detection, status, Envoy's HTTP → gRPC status
 //! mapping for the proxy's own replies). Tracing headers (B3, `traceparent`,
 //! `tracestate`) are never touched.
 
@@ -51,6 +51,67 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     h.remove(header::TE);
     if te_trailers {
         h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Istio's HTTP metadata exchange: the peer's node metadata (a protobuf `Struct` in
+/// base64) and its node id.
+pub(crate) static X_ENVOY_PEER_METADATA: HeaderName =
+    HeaderName::from_static("x-envoy-peer-metadata");
+pub(crate) static X_ENVOY_PEER_METADATA_ID: HeaderName =
+    HeaderName::from_static("x-envoy-peer-metadata-id");
+
+/// This proxy's side of Istio's HTTP metadata exchange, built once from its node
+/// metadata. Envoy sidecars read their peer's workload labels for their metrics from
+/// these headers: on the request an outbound sidecar sends into the mesh, and on the
+/// response an inbound sidecar gives back when the request carried them. Each side
+/// removes the peer's before the application sees them.
+#[derive(Debug, Clone)]
+pub struct PeerMetadataHeaders {
+    id: HeaderValue,
+    metadata: HeaderValue,
+}
+
+/// Which of the peer's exchange headers a request carried.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PeerHeadersSeen {
+    pub id: bool,
+    pub metadata: bool,
+}
+
+impl PeerMetadataHeaders {
+    /// `None` when a value is not a valid header value (a pod name is; this is a guard).
+    pub fn new(meta: &crate::identity::exchange::NodeMetadata) -> Option<PeerMetadataHeaders> {
+        let metadata = crate::identity::exchange::header_value(meta);
+        Some(PeerMetadataHeaders {
+            id: HeaderValue::from_str(&meta.id).ok()?,
+            metadata: HeaderValue::from_str(&metadata).ok()?,
+        })
+    }
+
+    /// Outbound, to a Service of the mesh: ours, replacing any the application set.
+    pub fn insert_upstream(&self, h: &mut HeaderMap) {
+        h.insert(X_ENVOY_PEER_METADATA_ID.clone(), self.id.clone());
+        h.insert(X_ENVOY_PEER_METADATA.clone(), self.metadata.clone());
+    }
+
+    /// Inbound, on the response: each of ours whose counterpart the request carried.
+    pub fn insert_downstream(&self, h: &mut HeaderMap, seen: PeerHeadersSeen) {
+        if seen.id {
+            h.insert(X_ENVOY_PEER_METADATA_ID.clone(), self.id.clone());
+        }
+        if seen.metadata {
+            h.insert(X_ENVOY_PEER_METADATA.clone(), self.metadata.clone());
+        }
+    }
+}
+
+/// Removes the peer's exchange headers (from an inbound request, or an outbound
+/// response) and says which were there.
+pub fn strip_peer_metadata(h: &mut HeaderMap) -> PeerHeadersSeen {
+    PeerHeadersSeen {
+        id: h.remove(&X_ENVOY_PEER_METADATA_ID).is_some(),
+        metadata: h.remove(&X_ENVOY_PEER_METADATA).is_some(),
     }
 }
 

@@ -69,6 +69,14 @@
 //! downstream's protocol; the source labels come from `Resolver::peer` (asked once per
 //! connection), `destination_service` from `Resolver::inbound_service`.
 //!
+//! Istio's HTTP metadata exchange ([`headers::PeerMetadataHeaders`], given to
+//! [`Engine::new`]): a request forwarded to a Service's cluster (not passthrough)
+//! carries our `x-envoy-peer-metadata` and `x-envoy-peer-metadata-id`, replacing the
+//! application's; the inbound side removes a client's from the request and answers
+//! each with ours on the response, every reply included (403s, 503s); the outbound
+//! side removes the upstream's from the response. Envoy sidecars label their metrics
+//! from them; our own labels come from mesh-control by address.
+//!
 //! mTLS (Istio's `ISTIO_MUTUAL`, auto mTLS): outbound, a connection to an endpoint
 //! of a cluster whose TLS mode is not `DISABLE` originates mTLS when
 //! `ClusterTls::mtls_to` says so for that endpoint ([`CompiledEndpoint::mtls`]), with
@@ -130,6 +138,7 @@ pub use crate::identity::mesh::{Alpn, MeshTls, TlsTarget};
 pub use compile::{CompiledCluster, CompiledEndpoint, CompiledPort, CompiledService};
 pub use exchange::ResponseBody;
 pub use gateway::{CompiledVirtualHost, GatewayRoutes, VirtualHosts};
+pub use headers::{PeerHeadersSeen, PeerMetadataHeaders};
 pub use lb::LbStates;
 pub use log::{LogSink, stdout_sink};
 pub use metrics::{Flags, HttpMetrics, Principals};
@@ -344,6 +353,9 @@ pub struct Engine {
     pub(crate) metrics: Arc<HttpMetrics>,
     pub(crate) log: Option<LogSink>,
     pub(crate) pools: Arc<pool::Pools>,
+    /// Istio's HTTP metadata exchange (`None`: the proxy sends none, and still strips
+    /// its peers').
+    pub(crate) peer_headers: Option<headers::PeerMetadataHeaders>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -356,13 +368,18 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    pub fn new(metrics: Arc<HttpMetrics>, log: Option<LogSink>) -> Arc<Engine> {
+    pub fn new(
+        metrics: Arc<HttpMetrics>,
+        log: Option<LogSink>,
+        peer_headers: Option<headers::PeerMetadataHeaders>,
+    ) -> Arc<Engine> {
         let pools = Arc::default();
         pool::register(&pools);
         Arc::new(Engine {
             metrics,
             log,
             pools,
+            peer_headers,
         })
     }
 

@@ -274,60 +274,75 @@ async fn handle(st: Arc<ConnState>, mut req: Request<Incoming>) -> Response<Resp
     match st.direction {
         Direction::Outbound => outbound(&st, req, ex, &mut rng, gateway).await,
         Direction::Inbound => {
-            ex.peer = st.peer.clone();
-            ex.mtls = st.mtls.clone();
-            if let Some((labels, _)) = &st.local {
-                ex.service = labels.clone();
+            let seen = headers::strip_peer_metadata(req.headers_mut());
+            let mut resp = inbound(&st, req, ex, &mut rng).await;
+            if let Some(p) = &st.ctx.engine.peer_headers {
+                p.insert_downstream(resp.headers_mut(), seen);
             }
-            if let Some(w) = &st.authz {
-                let v = RequestView::of(&req);
-                let attrs = crate::authz::Attributes {
-                    principal: st
-                        .ctx
-                        .peer_identity
-                        .as_deref()
-                        .map(mesh_common::identity::principal),
-                    source_ip: st.ctx.client.ip(),
-                    destination_ip: st.ctx.orig_dst.ip(),
-                    destination_port: st.ctx.orig_dst.port(),
-                    sni: None,
-                    http: Some(crate::authz::HttpAttributes {
-                        host: v.authority,
-                        method: v.method,
-                        path: req.uri().path(),
-                        headers: req.headers(),
-                    }),
-                };
-                let decision = w.authz.evaluate(&attrs);
-                if !decision.allowed() {
-                    tracing::debug!(?decision, client = %st.ctx.client, "request denied by AuthorizationPolicy");
-                    return exchange::local_reply(ex, 403, "RBAC: access denied", None);
-                }
-            }
-            let h2 = match &st.local {
-                Some((labels, proto)) => {
-                    ex.service = labels.clone();
-                    match proto {
-                        Protocol::Http2 => true,
-                        Protocol::Http => false,
-                        Protocol::Tcp | Protocol::Unknown => st.downstream_h2,
-                    }
-                }
-                None => st.downstream_h2,
-            };
-            let target = Target {
-                cluster: None,
-                dest: None,
-                route: None,
-                h2,
-                rewrite_path: None,
-                rewrite_authority: None,
-                retry: None,
-                timeout: None,
-            };
-            forward(&st, req, ex, target, &mut rng).await
+            resp
         }
     }
+}
+
+/// Inbound (`reporter="destination"`): AuthorizationPolicy, then to the app.
+async fn inbound(
+    st: &ConnState,
+    req: Request<Incoming>,
+    mut ex: Box<Exchange>,
+    rng: &mut Rng,
+) -> Response<ResponseBody> {
+    ex.peer = st.peer.clone();
+    ex.mtls = st.mtls.clone();
+    if let Some((labels, _)) = &st.local {
+        ex.service = labels.clone();
+    }
+    if let Some(w) = &st.authz {
+        let v = RequestView::of(&req);
+        let attrs = crate::authz::Attributes {
+            principal: st
+                .ctx
+                .peer_identity
+                .as_deref()
+                .map(mesh_common::identity::principal),
+            source_ip: st.ctx.client.ip(),
+            destination_ip: st.ctx.orig_dst.ip(),
+            destination_port: st.ctx.orig_dst.port(),
+            sni: None,
+            http: Some(crate::authz::HttpAttributes {
+                host: v.authority,
+                method: v.method,
+                path: req.uri().path(),
+                headers: req.headers(),
+            }),
+        };
+        let decision = w.authz.evaluate(&attrs);
+        if !decision.allowed() {
+            tracing::debug!(?decision, client = %st.ctx.client, "request denied by AuthorizationPolicy");
+            return exchange::local_reply(ex, 403, "RBAC: access denied", None);
+        }
+    }
+    let h2 = match &st.local {
+        Some((labels, proto)) => {
+            ex.service = labels.clone();
+            match proto {
+                Protocol::Http2 => true,
+                Protocol::Http => false,
+                Protocol::Tcp | Protocol::Unknown => st.downstream_h2,
+            }
+        }
+        None => st.downstream_h2,
+    };
+    let target = Target {
+        cluster: None,
+        dest: None,
+        route: None,
+        h2,
+        rewrite_path: None,
+        rewrite_authority: None,
+        retry: None,
+        timeout: None,
+    };
+    forward(st, req, ex, target, rng).await
 }
 
 /// `reviews:9080` → (`reviews`, Some(9080)); `[fd00::1]:80` → (`fd00::1`, Some(80)).
@@ -562,6 +577,11 @@ fn upstream_request(
     if let Some(r) = t.route {
         headers::apply_edit(h, &r.request_headers);
     }
+    if t.cluster.is_some()
+        && let Some(p) = &st.ctx.engine.peer_headers
+    {
+        p.insert_upstream(h);
+    }
     let (mut parts, body) = req.into_parts();
     if t.h2 {
         parts.uri = Uri::builder()
@@ -696,6 +716,9 @@ async fn forward(
         ex.grpc_status = headers::grpc_status(&parts.headers);
     }
     headers::strip_hop_by_hop(&mut parts.headers, upgraded);
+    if st.direction == Direction::Outbound {
+        headers::strip_peer_metadata(&mut parts.headers);
+    }
     if let Some(d) = t.dest {
         headers::apply_edit(&mut parts.headers, &d.response_headers);
     }

@@ -10,6 +10,10 @@
 //! `NAMESPACE`, `WORKLOAD_NAME`, `OWNER`, `LABELS`, `MESH_ID`, `CLUSTER_ID`, ...), and
 //! `x-envoy-peer-metadata-id`, the node id (`sidecar~<ip>~<pod>.<ns>~<ns>.svc.cluster.local`).
 //!
+//! Over HTTP, Istio exchanges the same metadata in the headers of those names instead:
+//! [`header_value`] is ours (the `Struct` alone, in base64), and `http::headers` adds,
+//! strips and answers them.
+//!
 //! [`frame`] encodes ours (by hand: a handful of length-delimited fields, no protobuf
 //! runtime types in the proxy). [`PeerExchange`] wraps a stream and drops the peer's
 //! frame from what is read; bytes that do not start with the magic are the
@@ -93,10 +97,20 @@ impl NodeMetadata {
         );
         NodeMetadata { id, fields, labels }
     }
+
+    /// The same pod as a gateway: Istio names a gateway's node `router~...`.
+    pub fn router(mut self) -> NodeMetadata {
+        if let Some(rest) = self.id.strip_prefix("sidecar~") {
+            self.id = format!("router~{rest}");
+        }
+        self
+    }
 }
 
-/// Our frame: header and payload, ready to be written first.
-pub fn frame(meta: &NodeMetadata) -> Vec<u8> {
+/// The node metadata as a protobuf `google.protobuf.Struct`, encoded: what the frame's
+/// `x-envoy-peer-metadata` field holds and what the HTTP header of that name carries in
+/// base64.
+pub fn node_struct(meta: &NodeMetadata) -> Vec<u8> {
     let mut node = Vec::new();
     let mut fields: Vec<(&str, Vec<u8>)> = meta
         .fields
@@ -115,8 +129,13 @@ pub fn frame(meta: &NodeMetadata) -> Vec<u8> {
     for (k, v) in &fields {
         map_entry(&mut node, k, v);
     }
+    node
+}
+
+/// Our frame: header and payload, ready to be written first.
+pub fn frame(meta: &NodeMetadata) -> Vec<u8> {
     let mut data = Vec::new();
-    map_entry(&mut data, KEY_METADATA, &struct_value(&node));
+    map_entry(&mut data, KEY_METADATA, &struct_value(&node_struct(meta)));
     map_entry(&mut data, KEY_ID, &string_value(&meta.id));
     let mut any = Vec::new();
     bytes_field(&mut any, 1, STRUCT_TYPE_URL.as_bytes());
@@ -126,6 +145,13 @@ pub fn frame(meta: &NodeMetadata) -> Vec<u8> {
     out.extend_from_slice(&(any.len() as u32).to_be_bytes());
     out.extend_from_slice(&any);
     out
+}
+
+/// The value of the HTTP header `x-envoy-peer-metadata`: [`node_struct`] in standard
+/// base64 with padding, as Envoy writes it (its reader takes it with or without).
+pub fn header_value(meta: &NodeMetadata) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(node_struct(meta))
 }
 
 fn varint(out: &mut Vec<u8>, mut v: u64) {

@@ -71,6 +71,9 @@ pub enum Proto {
 /// - `/delay/<ms>...`: after that long, as for anything else;
 /// - `/fail-first/<n>`: 503 to the first `n` requests this upstream saw, then as for
 ///   anything else;
+/// - `/envoy-peer...`: as an inbound Envoy sidecar answers a peer that sent its
+///   metadata: the upstream's name, with `x-envoy-peer-metadata(-id)` of its own
+///   ([`ENVOY_PEER_ID`], [`envoy_peer_metadata`]);
 /// - anything else: the upstream's name, `x-upstream: <name>`.
 ///
 /// An upstream made with [`upstream_failing`] answers every request with its status
@@ -124,6 +127,14 @@ async fn answer(
             .body(UpBody::Full(Full::new(Bytes::new())))
             .unwrap();
     }
+    if path.starts_with("/envoy-peer") {
+        return Response::builder()
+            .header("x-upstream", name.as_str())
+            .header("x-envoy-peer-metadata-id", ENVOY_PEER_ID)
+            .header("x-envoy-peer-metadata", envoy_peer_metadata())
+            .body(UpBody::Full(Full::new(Bytes::from(name))))
+            .unwrap();
+    }
     if path.starts_with("/echo") {
         return Response::new(UpBody::Echo(req.into_body()));
     }
@@ -152,6 +163,42 @@ async fn answer(
         .header("x-upstream", name.as_str())
         .body(UpBody::Full(Full::new(Bytes::from(name))))
         .unwrap()
+}
+
+/// The node id an Envoy-like peer sends in `x-envoy-peer-metadata-id`.
+pub const ENVOY_PEER_ID: &str = "sidecar~10.1.2.3~details-v1-1.default~default.svc.cluster.local";
+
+/// What an Envoy-like peer sends in `x-envoy-peer-metadata`: a `Struct` with its
+/// workload, in base64, as Envoy encodes it (by `prost-types`, not by our encoder).
+pub fn envoy_peer_metadata() -> String {
+    use base64::Engine as _;
+    use prost::Message as _;
+    use prost_types::value::Kind;
+    let s = |v: &str| prost_types::Value {
+        kind: Some(Kind::StringValue(v.into())),
+    };
+    let labels = prost_types::Struct {
+        fields: [("app", s("details")), ("version", s("v1"))]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
+    };
+    let node = prost_types::Struct {
+        fields: [
+            ("NAME".to_owned(), s("details-v1-1")),
+            ("NAMESPACE".to_owned(), s("default")),
+            ("WORKLOAD_NAME".to_owned(), s("details-v1")),
+            (
+                "LABELS".to_owned(),
+                prost_types::Value {
+                    kind: Some(Kind::StructValue(labels)),
+                },
+            ),
+        ]
+        .into_iter()
+        .collect(),
+    };
+    base64::engine::general_purpose::STANDARD.encode(node.encode_to_vec())
 }
 
 /// Bodies upstreams send.
@@ -553,7 +600,17 @@ async fn start(
     };
     let metrics = Arc::new(HttpMetrics::new(&identity));
     let (sink, log) = LogSink::capture();
-    let engine = Engine::new(metrics.clone(), Some(sink));
+    let pod = match side {
+        Side::Outbound => "productpage-v1-5d9f8-abcde",
+        Side::Inbound => "reviews-v1-7c4b6-fghij",
+    };
+    let meta =
+        mesh_proxy::identity::exchange::NodeMetadata::of(&identity, Some(pod), "cluster.local");
+    let engine = Engine::new(
+        metrics.clone(),
+        Some(sink),
+        mesh_proxy::http::PeerMetadataHeaders::new(&meta),
+    );
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let connector = Arc::new(TcpConnector {
