@@ -1688,6 +1688,14 @@ def run_main(argv):
         idle = b.idle_rss()
         split = {m: {k: rss_split_kb(p.p.pid) for k, p in b.proxies.get(m, {}).items()}
                  for m in MESH_MODES + GATEWAY_MODES}
+        if os.environ.get("BENCH_SMAPS"):
+            # For memory work: each proxy's /proc/PID/smaps at this idle point.
+            os.makedirs(os.environ["BENCH_SMAPS"], exist_ok=True)
+            for m in MESH_MODES + GATEWAY_MODES:
+                for k, p in b.proxies.get(m, {}).items():
+                    with open(f"/proc/{p.p.pid}/smaps") as src, \
+                            open(os.path.join(os.environ["BENCH_SMAPS"], f"{m}-{k}.smaps"), "w") as dst:
+                        dst.write(src.read())
         cpu0 = {m: {k: p.cpu() for k, p in pr.items()} for m, pr in b.proxies.items()}
         time.sleep(IDLE_CPU_WINDOW)
         idle_cpu = {m: {k: p.cpu() - cpu0[m][k] for k, p in pr.items()}

@@ -73,6 +73,8 @@ if [ -z "${MESH_PROXY_BIN:-}" ] || [ -z "${MESH_CONTROL_BIN:-}" ]; then
 fi
 MESH_PROXY_BIN="${MESH_PROXY_BIN:-$CARGO_TARGET_DIR/$MUSL/release/mesh-proxy}"
 MESH_CONTROL_BIN="${MESH_CONTROL_BIN:-$CARGO_TARGET_DIR/$MUSL/release/mesh-control}"
+# How much of the code layout's list this binary matches (a stale list shows in RSS).
+python3 proxy/link/hot.py --check proxy/link/hot.txt "$MESH_PROXY_BIN" >&2 || true
 
 # BENCH_COMMIT may be given with MESH_PROXY_BIN / MESH_CONTROL_BIN: the commit they were
 # built from (e.g. a `git archive` of it, when other sessions edit this working tree).

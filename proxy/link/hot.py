@@ -13,6 +13,10 @@ Each function callgrind saw run becomes up to two section-name patterns (after
   no longer names once a dependency or the compiler changed (every instance then, but
   still away from the cold code).
 
+A function that is the only one of its hash-less name in the binary (not generic, or
+one instance) is listed hash-less in its exact tier: as precise, and it stays placed
+when the hashes change.
+
 Assembly (ring's) has one `.text` per object: an `object:ARCHIVE:MEMBER` line takes it.
 
 The linker takes each section at the first line that names it, in this order, which
@@ -23,6 +27,7 @@ then runs one contiguous stretch.
 
     hot.py OUT.txt DIR BINARY   # DIR holds <name>.<pid>.cg files (name: mesh-out,
                                 # mesh-mtls-in, gateway...) of runs of BINARY
+    hot.py --check HOT.txt BINARY [MIN%]   # how much of the list BINARY still matches
 """
 import collections
 import glob
@@ -107,9 +112,48 @@ def asm_objects(binary):
     return where
 
 
+def instances(binary):
+    """hash-less legacy name -> how many functions of the binary carry it (a generic
+    function has one per instance)."""
+    nm = subprocess.run(["nm", "--defined-only", binary], capture_output=True, text=True,
+                        check=True).stdout
+    return collections.Counter(LEGACY_HASH.sub("17h*", line.split()[2])
+                               for line in nm.splitlines()
+                               if len(line.split()) == 3 and LEGACY_HASH.search(line.split()[2]))
+
+
+def check(hot, binary):
+    """How many of hot.txt's function lines (not the archive and object lines) name a
+    function of the binary: a list made for other symbol hashes still builds, but
+    places less, and the proxy's memory shows it."""
+    import bisect
+    nm = subprocess.run(["nm", "--defined-only", binary], capture_output=True, text=True,
+                        check=True).stdout
+    names = sorted(line.split()[2] for line in nm.splitlines() if len(line.split()) == 3)
+    total = found = 0
+    with open(hot) as f:
+        for line in f:
+            p = line.strip()
+            if not p or p.startswith("#") or ":" in p:
+                continue
+            total += 1
+            prefix = p.split("*")[0]
+            i = bisect.bisect_left(names, prefix)
+            found += i < len(names) and names[i].startswith(prefix)
+    share = 100 * found // max(total, 1)
+    print(f"{hot}: {found} of {total} lines name functions of {os.path.basename(binary)} "
+          f"({share}%)")
+    return share
+
+
 def main():
+    if sys.argv[1] == "--check":
+        # hot.py --check HOT.txt BINARY [MIN%]: exit 1 below MIN% (default 0).
+        share = check(sys.argv[2], sys.argv[3])
+        sys.exit(1 if share < int(sys.argv[4] if len(sys.argv) > 4 else 0) else 0)
     out, d, binary = sys.argv[1], sys.argv[2], sys.argv[3]
     same = aliases(binary)
+    count = instances(binary)
     objects = asm_objects(binary)
     exact = collections.defaultdict(set)  # pattern -> {"plain", "mtls", "gateway"}
     loose = collections.defaultdict(set)
@@ -125,7 +169,12 @@ def main():
             e, lo = patterns(sym)
             if sym in objects:
                 exact[objects[sym]].add(kind)
-            if e:
+            if e and lo and count[lo] == 1:
+                # The only function of that name: the hash-less pattern is as precise,
+                # and outlives a rename of the crate's hashes (a dependency added to
+                # mesh-proxy renames all of its own and of its instances).
+                exact[lo].add(kind)
+            elif e:
                 exact[e].add(kind)
             if lo:
                 loose[lo].add(kind)
