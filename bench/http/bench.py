@@ -1482,7 +1482,9 @@ def report(s, scale, paths, meta):
                "this benchmark alone needs a fraction of one CPU), and the proxies' kernel share "
                "of their CPU time (stime / (utime + stime)), out / in:")
     for mode, r in s.items():
-        ks = " / ".join(f"{r['sys_share_fixed'][k]:.0%}" for k in sides_of(mode)) \
+        # None: no CPU seen (a proxy behind MESH_PROXY_WRAP is measured as its wrapper).
+        ks = " / ".join("-" if r["sys_share_fixed"].get(k) is None
+                        else f"{r['sys_share_fixed'][k]:.0%}" for k in sides_of(mode)) \
             if r["sys_share_fixed"] else "-"
         out.append(f"  {mode:8s} machine {r['busy_fixed']:.0%}   kernel share {ks}   "
                    f"p99 of the best repetition {r['p99_best']:.1f} µs")

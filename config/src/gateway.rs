@@ -252,6 +252,7 @@ impl VirtualHost {
                 protocol: Protocol::Http,
                 routes: self.routes.clone(),
                 default_retry: None,
+                tcp_route: None,
             }],
             domains: self.domains.clone(),
             clusters: clusters_named(names.map(|d| d.cluster.as_str()), clusters),

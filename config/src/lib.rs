@@ -42,7 +42,7 @@ pub use route::{
     Rewrite, RouteAction, StringMatch, WeightedCluster,
 };
 pub use security::{ClusterTls, ClusterTlsMode, InboundTls, MtlsMode};
-pub use service::{Protocol, Service, ServicePort};
+pub use service::{Protocol, Service, ServicePort, TcpCluster, TcpRoute};
 pub use workload::{InboundPort, InboundService, PeerMeta, Workload};
 
 /// The trust domain when nothing else says (Istio's default).

@@ -189,6 +189,24 @@ fn validate_service(svc: &Service) -> Result<(), ValidationError> {
             ));
         }
     }
+    for p in &svc.ports {
+        let Some(t) = &p.tcp_route else { continue };
+        let what = format!(
+            "service {} port {}, tcp route {} of {}",
+            svc.host, p.port, t.rule, t.virtual_service
+        );
+        if t.clusters.is_empty() {
+            return Err(err(what, "no destination".into()));
+        }
+        for d in &t.clusters {
+            if d.weight == 0 {
+                return Err(err(what, format!("destination {} has weight 0", d.cluster)));
+            }
+            if svc.cluster(&d.cluster).is_none() {
+                return Err(err(what, format!("unknown cluster {}", d.cluster)));
+            }
+        }
+    }
     for (port, i, r) in routes(svc) {
         let what = || {
             format!(

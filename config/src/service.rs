@@ -1,5 +1,5 @@
 //! A Service as a client's proxy needs it: where it is, its ports and their protocols, the
-//! HTTP routes bound to it and the clusters they send to.
+//! HTTP routes bound to it, the TCP route of each L4 port, and the clusters they send to.
 
 use std::net::IpAddr;
 
@@ -49,6 +49,33 @@ pub struct ServicePort {
     /// default policy; `None`: no retries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_retry: Option<RetryPolicy>,
+    /// The `tcp[]` route of the VirtualService bound to this host that takes this port's
+    /// L4 connections (a `tcp` port, or a sniffed one whose client did not speak HTTP),
+    /// resolved for the asking proxy: its matches (`port`, `sourceLabels`,
+    /// `sourceNamespace`, `gateways`) are all known at config time, so at most one rule
+    /// applies. `None`: every connection goes to the port's default cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_route: Option<TcpRoute>,
+}
+
+/// A `tcp[]` rule for one port: each connection goes to one of its clusters, picked by
+/// weight (share = weight / sum).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TcpRoute {
+    /// `namespace/name` of the VirtualService, and the rule's index in its `tcp[]`.
+    pub virtual_service: String,
+    pub rule: usize,
+    pub clusters: Vec<TcpCluster>,
+}
+
+/// One destination of a [`TcpRoute`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TcpCluster {
+    pub cluster: String,
+    /// At least 1.
+    pub weight: u32,
 }
 
 /// What a port speaks, by Istio's rules: the port's `appProtocol`, else the prefix of its

@@ -205,6 +205,7 @@ fn world(
             protocol,
             routes: vec![],
             default_retry: None,
+            tcp_route: None,
         }],
         domains: vec![host.into()],
         clusters: vec![Cluster {

@@ -70,9 +70,14 @@ impl Load {
 
 impl App {
     fn start() -> App {
+        App::start_in("l7")
+    }
+
+    /// The app in a namespace of its own, `prefix-…`.
+    fn start_in(prefix: &str) -> App {
         let node = KubeNode::get();
         install_mesh();
-        let ns = TestNamespace::new(node, "l7", &["istio-injection=enabled"]);
+        let ns = TestNamespace::new(node, prefix, &["istio-injection=enabled"]);
         let yaml =
             std::fs::read_to_string(repo_file("examples/bookstore/reviews-local.yaml")).unwrap();
         let t0 = Instant::now();
@@ -107,7 +112,11 @@ impl App {
     }
 
     fn load(&self, args: &[&str]) -> Load {
-        let mut cmd = vec!["/mesh-bookstore", "load", URL];
+        self.load_from(URL, args)
+    }
+
+    fn load_from(&self, url: &str, args: &[&str]) -> Load {
+        let mut cmd = vec!["/mesh-bookstore", "load", url];
         cmd.extend_from_slice(args);
         let r = self.node.exec(&self.ns.name, &self.client, "client", &cmd);
         assert!(
@@ -127,9 +136,19 @@ impl App {
     /// Loads in small batches until `ok` holds for one (the config reached the client's
     /// proxy), for up to 15 s; returns how long that took.
     fn until(&self, what: &str, args: &[&str], ok: impl Fn(&Load) -> bool) -> Duration {
+        self.until_from(URL, what, args, ok)
+    }
+
+    fn until_from(
+        &self,
+        url: &str,
+        what: &str,
+        args: &[&str],
+        ok: impl Fn(&Load) -> bool,
+    ) -> Duration {
         let t0 = Instant::now();
         loop {
-            let l = self.load(args);
+            let l = self.load_from(url, args);
             if ok(&l) {
                 return t0.elapsed();
             }
@@ -438,6 +457,123 @@ spec:
 /// A port that declares no protocol is sniffed, but a server-first protocol is never held
 /// up waiting for the client: the greeting arrives at once, and the connection is counted
 /// as TCP, labelled with its Service.
+/// Istio's TCP traffic shifting (the shape of samples/tcp-echo's tcp-echo-20-v2.yaml, for
+/// sidecars): a `tcp` port's L4 connections follow the VirtualService's `tcp[]` weights,
+/// one pick per connection, and the client's TCP metrics say which version each went
+/// to. The app's HTTP is carried opaquely here: the port is named `tcp`, and every
+/// request closes its connection (`Connection: close`), so each is a new connection.
+#[test]
+fn tcp_traffic_shifting_by_connection() {
+    let app = App::start_in("l7l4");
+    app.apply(
+        r#"apiVersion: v1
+kind: Service
+metadata: {name: reviews-l4, labels: {app: reviews}}
+spec:
+  selector: {app: reviews}
+  ports:
+    - {name: tcp, port: 9000, targetPort: 9080}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews-l4}
+spec:
+  host: reviews-l4
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+  - {name: v3, labels: {version: v3}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews-l4}
+spec:
+  hosts: [reviews-l4]
+  tcp:
+  - match:
+    - port: 9000
+    route:
+    - destination: {host: reviews-l4, port: {number: 9000}, subset: v1}
+"#,
+    );
+    const L4_URL: &str = "http://reviews-l4:9000/";
+    let close = ["--header", "Connection: close"];
+    let all_v1 = app.until_from(
+        L4_URL,
+        "tcp[] all to v1",
+        &["--count", "30", close[0], close[1]],
+        |l| l.errors == 0 && l.version("v1") == 30,
+    );
+    report(&format!(
+        "tcp[] 100 % v1: every connection to v1 {:.2} s after kubectl apply",
+        all_v1.as_secs_f64()
+    ));
+    app.apply(
+        r#"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews-l4}
+spec:
+  hosts: [reviews-l4]
+  tcp:
+  - match:
+    - port: 9000
+    route:
+    - destination: {host: reviews-l4, port: {number: 9000}, subset: v1}
+      weight: 80
+    - destination: {host: reviews-l4, port: {number: 9000}, subset: v3}
+      weight: 20
+"#,
+    );
+    app.until_from(
+        L4_URL,
+        "tcp[] 80/20 applied",
+        &["--count", "50", close[0], close[1]],
+        |l| l.version("v3") > 0,
+    );
+    let series = |m: &str, v: &str| {
+        metric_sum(
+            m,
+            "istio_tcp_connections_opened_total",
+            &[
+                "reporter=\"source\"",
+                "destination_service_name=\"reviews-l4\"",
+                &format!("destination_version=\"{v}\""),
+            ],
+        )
+    };
+    let before = app.client_metrics();
+    let l = app.load_from(L4_URL, &["--count", "1000", close[0], close[1]]);
+    let after = app.client_metrics();
+    let connections = l.raw["connections"].as_u64().unwrap_or(0);
+    report(&format!(
+        "tcp[] 80/20 v1/v3: {} connections, v1 {} ({:.1} %), v3 {} ({:.1} %), v2 {}, errors {}",
+        connections,
+        l.version("v1"),
+        100.0 * l.share("v1"),
+        l.version("v3"),
+        100.0 * l.share("v3"),
+        l.version("v2"),
+        l.errors
+    ));
+    assert_eq!(
+        (l.sent, l.errors, connections),
+        (1000, 0, 1000),
+        "{:?}",
+        l.raw
+    );
+    assert_eq!(l.version("v2"), 0, "{:?}", l.raw);
+    assert!(within(l.share("v1"), 0.80, 0.04), "{:?}", l.raw);
+    // Kiali's TCP edges: the client's proxy counted each connection by the version it
+    // went to.
+    for v in ["v1", "v3"] {
+        assert_eq!(
+            series(&after, v) - series(&before, v),
+            l.version(v),
+            "connections to {v} by istio_tcp_connections_opened_total"
+        );
+    }
+}
+
 #[test]
 fn a_server_first_protocol_on_an_unnamed_port_is_not_held_up() {
     let node = KubeNode::get();

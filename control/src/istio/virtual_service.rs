@@ -1,7 +1,7 @@
 //! `VirtualService`: the fields of `spec` the translation reads (`hosts`, `gateways`,
-//! `exportTo`, `http[]`, with each rule's `timeout` and `retries`, and `tls[]`, which
-//! only gateways use: SNI routes for `PASSTHROUGH` servers). `tcp[]` and the `http[]`
-//! fields of later issues (`mirror*`, `corsPolicy`, `retries.backoff`, ...) are not
+//! `exportTo`, `http[]`, with each rule's `timeout` and `retries`, `tls[]`, which
+//! only gateways use: SNI routes for `PASSTHROUGH` servers, and `tcp[]`, the L4 routes of
+//! sidecars). The `http[]` fields of later issues (`mirror*`, `corsPolicy`, `retries.backoff`, ...) are not
 //! declared, so they parse and are ignored; see `translate::routes` for the list.
 
 use std::collections::BTreeMap;
@@ -42,6 +42,38 @@ pub struct VirtualServiceSpec {
     pub http: Vec<HttpRoute>,
     #[serde(deserialize_with = "nullable")]
     pub tls: Vec<TlsRoute>,
+    #[serde(deserialize_with = "nullable")]
+    pub tcp: Vec<TcpRoute>,
+}
+
+/// `tcp[]`: routes for L4 connections (opaque TCP, and TLS that is not terminated).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct TcpRoute {
+    #[serde(rename = "match", deserialize_with = "nullable")]
+    pub matches: Vec<L4MatchAttributes>,
+    #[serde(deserialize_with = "nullable")]
+    pub route: Vec<RouteDestination>,
+}
+
+/// `tcp[].match[]`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct L4MatchAttributes {
+    #[serde(deserialize_with = "nullable")]
+    pub port: u32,
+    #[serde(deserialize_with = "nullable")]
+    pub source_labels: Labels,
+    #[serde(deserialize_with = "nullable")]
+    pub source_namespace: String,
+    #[serde(deserialize_with = "nullable")]
+    pub gateways: Vec<String>,
+    /// Only checked for presence: not supported.
+    #[serde(deserialize_with = "nullable")]
+    pub destination_subnets: Vec<String>,
+    /// Only checked for presence: not supported (deprecated in Istio).
+    #[serde(deserialize_with = "nullable")]
+    pub source_subnet: String,
 }
 
 /// `tls[]`: routes for TLS that is not terminated, by SNI.

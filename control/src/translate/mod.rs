@@ -13,7 +13,8 @@
 //! timeouts and retries), `gateways` (Gateways → a gateway pod's listeners, for
 //! `Key::Gateway`); this file puts a [`Resource`] together: every port that
 //! carries routes (HTTP, or sniffed) gets Istio's default retry policy for the requests
-//! no route takes ([`ServicePort::default_retry`]), a TCP port none.
+//! no route takes ([`ServicePort::default_retry`]), a TCP port none; every `tcp` or
+//! sniffed port gets the `tcp[]` route that applies to it ([`ServicePort::tcp_route`]).
 //!
 //! The one input besides the objects is [`MeshSettings`], `compatibility_version`
 //! included (`mesh-control serve --compatibility-version`).
@@ -58,7 +59,8 @@ pub use gateways::{NOT_AUTHENTICATED, SECRET_KEYS};
 use hosts::{HostPattern, labels_match, search_names};
 use policy::{DrIndex, PreparedDr};
 use routes::{
-    AnyClient, Catalog, Client, Needed, PreparedVs, VsIndex, port_routes, routed_protocol,
+    AnyClient, Catalog, Client, Needed, PreparedVs, VsIndex, l4_protocol, port_routes,
+    routed_protocol, tcp_port_route,
 };
 use security::PaIndex;
 use services::{SERVICE_NAME_LABEL, SvcRec, target_port};
@@ -483,12 +485,23 @@ impl Snapshot {
                     ),
                     _ => Vec::new(),
                 };
+                let tcp_route = vs.filter(|_| l4_protocol(p.protocol)).and_then(|vs| {
+                    tcp_port_route(
+                        vs,
+                        p.port,
+                        &self.services,
+                        &client,
+                        &mut needed,
+                        &mut |_, _| {},
+                    )
+                });
                 ServicePort {
                     port: p.port,
                     name: p.name.clone(),
                     protocol: p.protocol,
                     routes,
                     default_retry: routed_protocol(p.protocol).then(|| default_retry.clone()),
+                    tcp_route,
                 }
             })
             .collect();
@@ -688,27 +701,36 @@ fn port_diagnostics(
         bound.sort_unstable();
         bound.dedup();
         for s in bound {
-            for p in services[s]
-                .ports
-                .iter()
-                .filter(|p| routed_protocol(p.protocol))
-            {
-                port_routes(
-                    v,
-                    p.port,
-                    services,
-                    &AnyClient,
-                    &mut Needed::new(),
-                    &mut |field, message| {
-                        diags.push(Diagnostic {
-                            kind: istio::virtual_service::KIND.into(),
-                            namespace: v.meta.namespace.clone(),
-                            name: v.meta.name.clone(),
-                            field,
-                            message,
-                        });
-                    },
-                );
+            for p in &services[s].ports {
+                let mut report = |field, message| {
+                    diags.push(Diagnostic {
+                        kind: istio::virtual_service::KIND.into(),
+                        namespace: v.meta.namespace.clone(),
+                        name: v.meta.name.clone(),
+                        field,
+                        message,
+                    });
+                };
+                if routed_protocol(p.protocol) {
+                    port_routes(
+                        v,
+                        p.port,
+                        services,
+                        &AnyClient,
+                        &mut Needed::new(),
+                        &mut report,
+                    );
+                }
+                if l4_protocol(p.protocol) {
+                    tcp_port_route(
+                        v,
+                        p.port,
+                        services,
+                        &AnyClient,
+                        &mut Needed::new(),
+                        &mut report,
+                    );
+                }
             }
         }
     }

@@ -33,8 +33,15 @@
 //! `corsPolicy`, `rewrite.uriRegexRewrite`, `match[].statPrefix`, JWT-claim header
 //! matches (`@request.auth.claims...`, taken as plain header names), an `authority`
 //! rewrite in a weighted destination's headers (route-level and single-destination ones
-//! are the rewrite's authority), and the `tcp[]` section. `delegate` and
+//! are the rewrite's authority). `delegate` and
 //! `directResponse.body.bytes` are reported and their rule skipped.
+//!
+//! `tcp[]` ([`tcp_port_route`]) gives a sidecar's L4 connections to a `tcp` (or sniffed,
+//! not HTTP) port: every condition of its `match[]` entries is known at config time
+//! (`port`, `sourceLabels`, `sourceNamespace`, `gateways`), so the first rule that
+//! applies to the client and port is the port's one route, its destinations resolved as
+//! an HTTP rule's; `destinationSubnets` and `sourceSubnet` are reported and their entry
+//! left out.
 //!
 //! The same preparation serves gateways ([`Side::Gateways`], see `gateways`): a
 //! VirtualService whose `gateways` name a Gateway is prepared once more for them, with
@@ -49,7 +56,7 @@ use mesh_config::route::{
     Fault, FaultAbort, FaultDelay, HeaderEdit, HeaderMatch, HttpRoute, Redirect, RequestMatch,
     Rewrite, RouteAction, StringMatch, WeightedCluster,
 };
-use mesh_config::{Protocol, cluster::cluster_name};
+use mesh_config::{Protocol, TcpCluster, TcpRoute, cluster::cluster_name};
 
 use super::Diagnostic;
 use super::hosts::{HostPattern, Visibility, labels_match, resolve_config_host};
@@ -91,6 +98,21 @@ pub struct PreparedVs {
     pub gateways: Vec<(usize, String)>,
     /// [`Side::Gateways`]: the usable `tls[]` entries.
     pub tls: Vec<TlsRule>,
+    /// [`Side::Mesh`]: the usable `tcp[]` rules, in order.
+    pub tcp: Vec<TcpRule>,
+}
+
+/// One usable `tcp[]` rule (sidecars' L4 connections).
+#[derive(Debug, Clone)]
+pub struct TcpRule {
+    /// Index in `spec.tcp`.
+    pub index: usize,
+    /// `None`: no `match` (every connection). Each entry matches every connection its
+    /// config-time conditions (port, source, gateways) let through.
+    pub matches: Option<Vec<Entry>>,
+    pub dests: Vec<Dest>,
+    /// `route[]` had one entry: it gets all the connections.
+    pub single: bool,
 }
 
 /// One usable `tls[]` entry (for gateways' `PASSTHROUGH` servers).
@@ -307,6 +329,25 @@ impl PreparedVs {
                 }
             }
         }
+        let mut tcp = Vec::new();
+        if side == Side::Gateways && !spec.tcp.is_empty() {
+            diags.push(vs_diag(
+                &meta,
+                "spec.tcp".into(),
+                "tcp[] routes are not supported on gateways (a Gateway's TCP servers are \
+                 not either); ignored for its gateways"
+                    .into(),
+            ));
+        }
+        if side == Side::Mesh {
+            for (i, t) in spec.tcp.iter().enumerate() {
+                match prepare_tcp_rule(i, t, &meta, cat, diags) {
+                    Ok(Some(r)) => tcp.push(r),
+                    Ok(None) => {}
+                    Err((field, message)) => diags.push(vs_diag(&meta, field, message)),
+                }
+            }
+        }
         Some(PreparedVs {
             id: format!("{}/{}", meta.namespace, meta.name),
             export: Visibility::from_export_to(&spec.export_to, &meta.namespace),
@@ -319,8 +360,86 @@ impl PreparedVs {
                 Vec::new()
             },
             tls,
+            tcp,
         })
     }
+}
+
+/// A `tcp[]` rule for sidecars: its matches (`port`, `sourceLabels`, `sourceNamespace`,
+/// `gateways`; an entry for gateways only is left out, one with `destinationSubnets` or
+/// `sourceSubnet` is reported and left out) and destinations, as an HTTP rule's.
+/// `Ok(None)`: every entry was left out, the rule does not apply to sidecars.
+fn prepare_tcp_rule(
+    i: usize,
+    t: &virtual_service::TcpRoute,
+    meta: &Meta,
+    cat: &Catalog<'_>,
+    diags: &mut Vec<Diagnostic>,
+) -> Result<Option<TcpRule>, Skip> {
+    let f = format!("spec.tcp[{i}]");
+    let matches = if t.matches.is_empty() {
+        None
+    } else {
+        let mut entries = Vec::new();
+        for (j, m) in t.matches.iter().enumerate() {
+            let mf = format!("{f}.match[{j}]");
+            if !m.gateways.is_empty() && !m.gateways.iter().any(|g| g == MESH) {
+                continue;
+            }
+            let unsupported = [
+                ("destinationSubnets", !m.destination_subnets.is_empty()),
+                ("sourceSubnet", !m.source_subnet.is_empty()),
+            ];
+            if let Some((name, _)) = unsupported.iter().find(|(_, set)| *set) {
+                diags.push(vs_diag(
+                    meta,
+                    format!("{mf}.{name}"),
+                    format!("{name} is not supported; match skipped"),
+                ));
+                continue;
+            }
+            let port = match m.port {
+                0 => None,
+                p => Some(
+                    u16::try_from(p)
+                        .map_err(|_| skip(format!("{mf}.port"), format!("bad port {p}")))?,
+                ),
+            };
+            entries.push(Entry {
+                request: RequestMatch::default(),
+                port,
+                gateways: m
+                    .gateways
+                    .iter()
+                    .map(|g| resolve_gateway_name(g, &meta.namespace))
+                    .collect(),
+                source_labels: m.source_labels.clone(),
+                source_namespace: (!m.source_namespace.is_empty())
+                    .then(|| m.source_namespace.clone()),
+                catch_all: true,
+            });
+        }
+        if entries.is_empty() {
+            return Ok(None);
+        }
+        Some(entries)
+    };
+    let specs: Vec<DestSpec<'_>> = t
+        .route
+        .iter()
+        .map(|r| DestSpec {
+            destination: r.destination.as_ref(),
+            weight: r.weight,
+            headers: None,
+        })
+        .collect();
+    let (dests, _) = prepare_dests(&format!("{f}.route"), &specs, meta, cat, diags, None)?;
+    Ok(Some(TcpRule {
+        index: i,
+        matches,
+        dests,
+        single: t.route.len() == 1,
+    }))
 }
 
 /// A `tls[]` entry: its matches (each needs `sniHosts`) and destinations, as an HTTP
@@ -1126,6 +1245,58 @@ pub fn port_routes(
     out
 }
 
+/// The `tcp[]` route of `vs` for the L4 connections to port `port` of a Service it is
+/// bound to, for `client`: the first rule without `match`, or with an entry whose port
+/// is unset or `port` and whose source conditions hold, that keeps a destination (one
+/// that keeps none is reported and the next rule looked at). Its clusters go to `needed`.
+pub fn tcp_port_route(
+    vs: &PreparedVs,
+    port: u16,
+    services: &[SvcRec],
+    client: &dyn ClientView,
+    needed: &mut Needed,
+    report: &mut dyn FnMut(String, String),
+) -> Option<TcpRoute> {
+    for rule in &vs.tcp {
+        let applies = rule.matches.as_ref().is_none_or(|entries| {
+            entries
+                .iter()
+                .any(|e| e.port.is_none_or(|p| p == port) && client.selects(e))
+        });
+        if !applies {
+            continue;
+        }
+        let weighted = weighted_clusters(
+            &rule.dests,
+            rule.single,
+            port,
+            services,
+            client,
+            needed,
+            report,
+        );
+        if weighted.is_empty() {
+            report(
+                format!("spec.tcp[{}].route", rule.index),
+                format!("no destination left for port {port}; rule skipped there"),
+            );
+            continue;
+        }
+        return Some(TcpRoute {
+            virtual_service: vs.id.clone(),
+            rule: rule.index,
+            clusters: weighted
+                .into_iter()
+                .map(|w| TcpCluster {
+                    cluster: w.cluster,
+                    weight: w.weight,
+                })
+                .collect(),
+        });
+    }
+    None
+}
+
 /// The clusters `dests` send to for a request (or connection) to `port` (the Service or
 /// Gateway port), for `client`: a destination without a port goes to its Service's only
 /// port, else to `port`; one the Service lacks is reported and dropped, one whose subset
@@ -1303,4 +1474,9 @@ impl VsIndex {
 /// Whether a port carries the routes (HTTP, or sniffed).
 pub fn routed_protocol(p: Protocol) -> bool {
     p != Protocol::Tcp
+}
+
+/// Whether a port's connections may take the L4 route (`tcp`, or sniffed and not HTTP).
+pub fn l4_protocol(p: Protocol) -> bool {
+    matches!(p, Protocol::Tcp | Protocol::Unknown)
 }

@@ -475,6 +475,7 @@ impl Translator for ServicesOnly {
                         name: n,
                         routes: vec![],
                         default_retry: None,
+                        tcp_route: None,
                     }
                 })
                 .collect();

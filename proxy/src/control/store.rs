@@ -318,6 +318,7 @@ mod tests {
                 protocol: Protocol::Http,
                 routes: Vec::new(),
                 default_retry: None,
+                tcp_route: None,
             }],
             domains: vec![host.clone(), format!("{name}.shop"), name.into(), ip.into()],
             clusters: vec![Cluster {

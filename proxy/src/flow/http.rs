@@ -112,14 +112,37 @@ pub struct TcpUpstream {
     pub tls: Option<crate::identity::mesh::TlsTarget>,
 }
 
+/// The cluster an L4 connection to `port` goes to: one of the port's `tcp[]` route
+/// clusters, picked by weight, else the port's default cluster.
+fn tcp_cluster_name(raw: &mesh_config::Service, port: u16, rng: &mut fastrand::Rng) -> String {
+    let route = raw
+        .ports
+        .iter()
+        .find(|p| p.port == port)
+        .and_then(|p| p.tcp_route.as_ref());
+    if let Some(r) = route {
+        let total: u64 = r.clusters.iter().map(|c| u64::from(c.weight)).sum();
+        if total > 0 {
+            let mut at = rng.u64(0..total);
+            for c in &r.clusters {
+                let w = u64::from(c.weight);
+                if at < w {
+                    return c.cluster.clone();
+                }
+                at -= w;
+            }
+        }
+    }
+    raw.default_cluster(port)
+}
+
 /// An L4 connection to a Service port: see [`TcpUpstream`].
 pub fn tcp_upstream(svc: &CompiledService, orig: OrigDstAddr) -> TcpUpstream {
     let raw = svc.service();
-    let cluster_name = raw.default_cluster(orig.port());
+    let mut rng = fastrand::Rng::new();
+    let cluster_name = tcp_cluster_name(raw, orig.port(), &mut rng);
     let cluster = svc.cluster(&cluster_name);
-    let picked = cluster
-        .and_then(|c| c.pick(&mut fastrand::Rng::new(), &[]))
-        .map(|e| e.addr);
+    let picked = cluster.and_then(|c| c.pick(&mut rng, &[])).map(|e| e.addr);
     let slot = match cluster {
         None => Ok(None),
         Some(c) => match c.state.connection(&c.limits) {
@@ -307,6 +330,48 @@ mod tests {
     use super::*;
     use crate::http::compile::tests::reviews;
     use crate::http::{CompiledService, LbStates};
+
+    /// `tcp[]` traffic shifting: each L4 connection picks one of the route's clusters by
+    /// weight; without a route, the port's default cluster (all endpoints).
+    #[test]
+    fn l4_connections_follow_the_port_s_tcp_route_weights() {
+        use crate::http::compile::tests::subset;
+        use mesh_config::{Protocol, TcpCluster, TcpRoute};
+        let mut svc = reviews(vec![]);
+        svc.ports[0].protocol = Protocol::Tcp;
+        let orig = OrigDstAddr("10.96.0.12:9080".parse().unwrap());
+        let count = |svc: &mesh_config::Service| {
+            let compiled = CompiledService::compile(svc).unwrap();
+            let mut by_ip = std::collections::BTreeMap::<String, u32>::new();
+            for _ in 0..2000 {
+                let up = tcp_upstream(&compiled, orig);
+                *by_ip
+                    .entry(up.endpoint.unwrap().ip().to_string())
+                    .or_default() += 1;
+            }
+            by_ip
+        };
+        let spread = count(&svc);
+        assert_eq!(spread.len(), 3, "{spread:?}");
+        svc.ports[0].tcp_route = Some(TcpRoute {
+            virtual_service: "default/reviews".into(),
+            rule: 0,
+            clusters: vec![
+                TcpCluster {
+                    cluster: subset("v1"),
+                    weight: 80,
+                },
+                TcpCluster {
+                    cluster: subset("v3"),
+                    weight: 20,
+                },
+            ],
+        });
+        let shifted = count(&svc);
+        assert_eq!(shifted.keys().collect::<Vec<_>>(), ["10.0.0.1", "10.0.0.3"]);
+        let v1 = f64::from(shifted["10.0.0.1"]) / 2000.0;
+        assert!((0.76..=0.84).contains(&v1), "{shifted:?}");
+    }
 
     #[test]
     fn l4_connections_to_a_service_hold_a_slot_under_max_connections() {

@@ -608,6 +608,7 @@ pub(crate) mod tests {
                 protocol: Protocol::Http,
                 routes,
                 default_retry: None,
+                tcp_route: None,
             }],
             domains: vec![
                 "reviews.default.svc.cluster.local".into(),
@@ -627,6 +628,30 @@ pub(crate) mod tests {
 
     pub(crate) fn subset(s: &str) -> String {
         mesh_config::cluster::cluster_name(9080, Some(s), "reviews.default.svc.cluster.local")
+    }
+
+    /// A `tcp[]` route naming a cluster the Service lacks, or with a weight of 0, is
+    /// refused: the config is NACKed and the last good one kept.
+    #[test]
+    fn bad_tcp_routes_are_refused() {
+        use mesh_config::{TcpCluster, TcpRoute};
+        let mut svc = reviews(vec![]);
+        let route = |cluster: String, weight| TcpRoute {
+            virtual_service: "default/reviews".into(),
+            rule: 0,
+            clusters: vec![TcpCluster { cluster, weight }],
+        };
+        svc.ports[0].tcp_route = Some(route(subset("v1"), 100));
+        assert!(CompiledService::compile(&svc).is_ok());
+        svc.ports[0].tcp_route = Some(route(subset("v9"), 100));
+        let e = CompiledService::compile(&svc).err().unwrap().to_string();
+        assert!(
+            e.contains("tcp route 0 of default/reviews") && e.contains("unknown cluster"),
+            "{e}"
+        );
+        svc.ports[0].tcp_route = Some(route(subset("v1"), 0));
+        let e = CompiledService::compile(&svc).err().unwrap().to_string();
+        assert!(e.contains("weight 0"), "{e}");
     }
 
     #[test]

@@ -408,6 +408,7 @@ pub fn reviews(ups: &[&Upstream], protocol: Protocol, routes: Vec<HttpRoute>) ->
             protocol,
             routes,
             default_retry: Some(istio_default_retry()),
+            tcp_route: None,
         }],
         domains: vec![
             HOST.into(),
