@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cluster::Cluster;
 use crate::route::{HttpRoute, WeightedCluster};
-use crate::service::{Protocol, Service, ServicePort};
+use crate::service::{Protocol, Service, ServicePort, TcpRoute};
 
 /// The gateway's whole config.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -48,6 +48,12 @@ pub struct GatewayListener {
     /// and answers every request 404 `NR`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tls: Vec<TlsServer>,
+    /// A `TCP` server's port (it takes the port alone: no `http`, no `tls`): every
+    /// connection goes, bytes untouched, to a cluster of the `tcp[]` route of the
+    /// VirtualServices bound to it (the first rule whose match applies to the Gateway
+    /// and port), picked by weight. `None` with no `http` nor `tls`: see `tls`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpRoute>,
 }
 
 /// Requests for a set of host names, and their routes.
@@ -277,6 +283,20 @@ pub fn passthrough_service(server: &str, routes: &[TlsRoute], clusters: &[Cluste
     }
 }
 
+/// A TCP server's route clusters as a [`Service`] without ports (named `name`), for
+/// their load balancing.
+pub fn tcp_service(name: &str, route: &TcpRoute, clusters: &[Cluster]) -> Service {
+    Service {
+        host: name.to_owned(),
+        name: name.to_owned(),
+        namespace: String::new(),
+        addresses: Vec::new(),
+        ports: Vec::new(),
+        domains: Vec::new(),
+        clusters: clusters_named(route.clusters.iter().map(|c| c.cluster.as_str()), clusters),
+    }
+}
+
 impl Gateway {
     /// Every virtual host with the port number its routes are for.
     pub fn virtual_hosts(&self) -> impl Iterator<Item = (u16, &VirtualHost)> {
@@ -376,6 +396,7 @@ mod tests {
         let g = Gateway {
             gateways: Vec::new(),
             listeners: vec![GatewayListener {
+                tcp: None,
                 port: 8443,
                 number: 443,
                 http: Vec::new(),

@@ -120,6 +120,26 @@ fn validate_gateway(g: &Gateway) -> Result<(), ValidationError> {
                 format!("port {} is listed twice", l.port),
             ));
         }
+        if let Some(t) = &l.tcp {
+            let what = format!(
+                "gateway port {}, tcp route {} of {}",
+                l.number, t.rule, t.virtual_service
+            );
+            if !l.http.is_empty() || !l.tls.is_empty() {
+                return Err(err(what, "a TCP port takes no HTTP or TLS servers".into()));
+            }
+            if t.clusters.is_empty() {
+                return Err(err(what, "no destination".into()));
+            }
+            for d in &t.clusters {
+                if d.weight == 0 {
+                    return Err(err(what, format!("destination {} has weight 0", d.cluster)));
+                }
+                if g.cluster(&d.cluster).is_none() {
+                    return Err(err(what, format!("unknown cluster {}", d.cluster)));
+                }
+            }
+        }
         for s in &l.tls {
             if let Some(h) = s.hosts.iter().find(|h| !valid_pattern(h)) {
                 return Err(err(

@@ -1,7 +1,8 @@
 //! An ingress gateway's config (`--role gateway`), compiled when it arrives
 //! ([`CompiledGateway::compile`]): per listener port, the plaintext HTTP virtual hosts
 //! and the TLS servers, each SIMPLE server's certificate parsed into a rustls config and
-//! each passthrough server's clusters ready for load balancing. A certificate or key that
+//! each passthrough server's clusters ready for load balancing, or a TCP server's route
+//! and clusters. A certificate or key that
 //! does not parse refuses (NACKs) the whole config, so the gateway keeps serving the last
 //! good certificate; a server mesh-control sent no certificate for fails its handshakes,
 //! saying why. Pure: the flow (`flow/gateway.rs`) accepts, reads the ClientHello and
@@ -9,7 +10,9 @@
 
 use std::sync::Arc;
 
-use mesh_config::gateway::{Gateway, TlsServerMode, most_specific, passthrough_service};
+use mesh_config::gateway::{
+    Gateway, TlsServerMode, most_specific, passthrough_service, tcp_service,
+};
 use mesh_config::{Certificate, ValidationError};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -35,6 +38,17 @@ pub struct CompiledListener {
     /// Plaintext HTTP, when a server of this port takes it.
     pub http: Option<Arc<VirtualHosts>>,
     pub tls: Vec<CompiledTlsServer>,
+    /// A TCP server's port: every connection to a cluster of this route.
+    pub tcp: Option<CompiledTcp>,
+}
+
+/// A TCP server's route and its clusters.
+#[derive(Debug)]
+pub struct CompiledTcp {
+    /// The route, as a passthrough route without SNI hosts.
+    pub route: CompiledTlsRoute,
+    /// Its clusters (a Service without ports, for their load balancing).
+    pub clusters: Arc<CompiledService>,
 }
 
 /// One TLS server.
@@ -198,11 +212,31 @@ impl CompiledGateway {
                     mode,
                 });
             }
+            let tcp = match &l.tcp {
+                None => None,
+                Some(t) => {
+                    let name = format!("gateway port {} tcp", l.number);
+                    let svc = tcp_service(&name, t, &g.clusters);
+                    Some(CompiledTcp {
+                        route: CompiledTlsRoute {
+                            virtual_service: t.virtual_service.clone(),
+                            sni_hosts: Vec::new(),
+                            destinations: t
+                                .clusters
+                                .iter()
+                                .map(|c| (c.cluster.clone(), c.weight))
+                                .collect(),
+                        },
+                        clusters: Arc::new(CompiledService::compile_in(&svc, states)?),
+                    })
+                }
+            };
             listeners.push(CompiledListener {
                 port: l.port,
                 number: l.number,
                 http,
                 tls,
+                tcp,
             });
         }
         Ok(CompiledGateway { listeners })
@@ -263,6 +297,7 @@ mod tests {
         Gateway {
             gateways: vec!["shop/gw".into()],
             listeners: vec![GatewayListener {
+                tcp: None,
                 port: 8443,
                 number: 443,
                 http: Vec::new(),

@@ -5,7 +5,8 @@
 //! HTTPS terminated with the credential's certificate (the client verifies it, by SNI),
 //! a new certificate served after a config update without a restart, TLS passthrough by
 //! SNI to a TLS upstream (bytes untouched: the client verifies the upstream's own
-//! certificate), and the gateway's request metrics counting exactly what was sent.
+//! certificate), a TCP server shifting connections by weight, and the gateway's request
+//! and TCP metrics counting exactly what was sent.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod http_support;
@@ -161,12 +162,14 @@ fn config(
         gateways: vec!["shop/bookinfo-gateway".into()],
         listeners: vec![
             GatewayListener {
+                tcp: None,
                 port: http,
                 number: HTTP_NUMBER,
                 http: vec![vhost("*", bookinfo.clone()), redirect],
                 tls: Vec::new(),
             },
             GatewayListener {
+                tcp: None,
                 port: https,
                 number: HTTPS_NUMBER,
                 http: Vec::new(),
@@ -508,4 +511,137 @@ async fn a_server_without_its_certificate_fails_its_handshakes_only() {
     );
     let (s, _, _) = plain(gw.http, "bookinfo.example.org", "/productpage").await;
     assert_eq!(s, 200, "the plaintext port still routes");
+}
+
+/// A plain TCP server that answers `<name>:<what it read>` on each connection.
+async fn tcp_upstream(name: &'static str) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 64];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let mut reply = format!("{name}:").into_bytes();
+                reply.extend_from_slice(&buf[..n]);
+                let _ = s.write_all(&reply).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// A Gateway `TCP` server (Istio's TCP traffic shifting through the ingress gateway):
+/// every connection to its port goes, bytes untouched, to one of the `tcp[]` route's
+/// clusters by weight, and the gateway's TCP metrics name the version each went to.
+#[tokio::test]
+async fn a_tcp_server_shifts_connections_by_weight() {
+    let ca = FakeCa::start().await;
+    let page = upstream("productpage", Proto::H1).await;
+    let page_cluster = cluster("productpage", page.addr);
+    let versioned = |version: &str, addr| {
+        let mut c = cluster("tcp-echo", addr);
+        c.name = mesh_config::cluster::cluster_name(9000, Some(version), &c.host);
+        c.subset = Some(version.into());
+        c.protocol = Some(mesh_config::Protocol::Tcp);
+        c.endpoints[0].peer = Some(mesh_config::PeerMeta {
+            workload: format!("tcp-echo-{version}"),
+            namespace: "shop".into(),
+            canonical_service: "tcp-echo".into(),
+            canonical_revision: version.into(),
+            app: "tcp-echo".into(),
+            version: version.into(),
+            service_account: "default".into(),
+            sidecar: false,
+        });
+        c
+    };
+    let v1 = versioned("v1", tcp_upstream("v1").await);
+    let v2 = versioned("v2", tcp_upstream("v2").await);
+    let (http_port, tcp_port) = (free_port().await, free_port().await);
+    let mut g = Gateway {
+        gateways: vec!["shop/tcp-echo-gateway".into()],
+        listeners: vec![GatewayListener {
+            tcp: None,
+            port: http_port,
+            number: HTTP_NUMBER,
+            http: vec![vhost(
+                "*",
+                vec![route(
+                    "page",
+                    StringMatch::Prefix("/".into()),
+                    &page_cluster,
+                )],
+            )],
+            tls: Vec::new(),
+        }],
+        clusters: vec![page_cluster.clone(), v1.clone(), v2.clone()],
+    };
+    g.listeners.push(GatewayListener {
+        tcp: Some(mesh_config::TcpRoute {
+            virtual_service: "shop/tcp-echo".into(),
+            rule: 0,
+            clusters: vec![
+                mesh_config::TcpCluster {
+                    cluster: v1.name.clone(),
+                    weight: 80,
+                },
+                mesh_config::TcpCluster {
+                    cluster: v2.name.clone(),
+                    weight: 20,
+                },
+            ],
+        }),
+        port: tcp_port,
+        number: 31400,
+        http: Vec::new(),
+        tls: Vec::new(),
+    });
+    g.listeners.sort_by_key(|l| l.port);
+    ca.serve_config(vec![("gateway".into(), Resource::Gateway(g))]);
+    let gw = gateway(&ca, http_port, tcp_port).await;
+    let addr = SocketAddr::from(([127, 0, 0, 1], tcp_port));
+    let (mut n1, mut n2) = (0u64, 0u64);
+    for i in 0..500 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let ping = format!("ping{i}");
+        s.write_all(ping.as_bytes()).await.unwrap();
+        let mut got = String::new();
+        s.read_to_string(&mut got).await.unwrap();
+        match got.split_once(':') {
+            Some(("v1", rest)) if rest == ping => n1 += 1,
+            Some(("v2", rest)) if rest == ping => n2 += 1,
+            _ => panic!("connection {i}: {got:?}"),
+        }
+    }
+    let share = n1 as f64 / 500.0;
+    assert!((0.74..=0.86).contains(&share), "v1 {n1}, v2 {n2}");
+    let opened = |text: &str, v: &str| {
+        sum_series(
+            text,
+            "istio_tcp_connections_opened_total{",
+            &[
+                "reporter=\"source\"",
+                "source_workload=\"istio-ingressgateway\"",
+                &format!("destination_version=\"{v}\""),
+            ],
+        )
+    };
+    let mut text = String::new();
+    for _ in 0..50 {
+        text = get(gw.metrics, "/stats/prometheus").await.1;
+        if opened(&text, "v1") + opened(&text, "v2") == 500 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        (opened(&text, "v1"), opened(&text, "v2")),
+        (n1, n2),
+        "{text}"
+    );
+    // The HTTP port beside it still routes.
+    let (s, _, _) = plain(gw.http, "bookinfo.example.org", "/productpage").await;
+    assert_eq!(s, 200);
 }

@@ -26,7 +26,9 @@
 //! `https://`; a host no server names → 404; the gateway's `istio_requests_total`
 //! (reporter source, summed over both pods) counts exactly the requests sent, with
 //! `source_workload="istio-ingressgateway"`, `destination_service_name="productpage"` for
-//! the routed ones and `response_flags="NR"` for the 404s.
+//! the routed ones and `response_flags="NR"` for the 404s; a `TCP` server on 31400
+//! (examples/bookstore/gateway/productpage-tcp-gateway.yaml, samples/tcp-echo's shape)
+//! passes each connection to productpage, counted as a TCP connection by the gateway.
 //!
 //! At the end the gateway's namespace goes (the whole overlay lives in it), as does the
 //! app's: the rest of the node tests see the mesh as install_mesh leaves it.
@@ -473,6 +475,7 @@ struct Gateway {
     cluster_ip: String,
     http_node_port: u16,
     https_node_port: u16,
+    tcp_node_port: u16,
 }
 
 impl Drop for Gateway {
@@ -518,6 +521,7 @@ impl Gateway {
             cluster_ip: String::new(),
             http_node_port: 0,
             https_node_port: 0,
+            tcp_node_port: 0,
         };
         for obj in [
             "namespace/istio-ingress",
@@ -636,6 +640,7 @@ impl Gateway {
         port("status-port", "15021", "15021");
         gw.http_node_port = port("http2", "80", &GW_HTTP_PORT.to_string());
         gw.https_node_port = port("https", "443", &GW_HTTPS_PORT.to_string());
+        gw.tcp_node_port = port("tcp", "31400", "31400");
         gw.node_ip = node
             .kubectl_ok(&[
                 "get",
@@ -684,6 +689,12 @@ impl Gateway {
             assert_eq!(f[2], "15021/healthz/ready", "{}: readiness probe", p.name);
         }
         pods
+    }
+
+    fn tcp_addr(&self) -> SocketAddr {
+        format!("{}:{}", self.node_ip, self.tcp_node_port)
+            .parse()
+            .unwrap()
     }
 
     fn http_addr(&self) -> SocketAddr {
@@ -771,10 +782,15 @@ fn metrics_of(pods: &[PodInfo]) -> Vec<String> {
 
 /// The growth of the sum over both pods of the series matching `labels`.
 fn grew(before: &[String], after: &[String], labels: &[&str]) -> (u64, Vec<u64>) {
+    grew_named(before, after, REQUESTS, labels)
+}
+
+/// How much metric `name` with `labels` grew, summed over the pods, and per pod.
+fn grew_named(before: &[String], after: &[String], name: &str, labels: &[&str]) -> (u64, Vec<u64>) {
     let per: Vec<u64> = before
         .iter()
         .zip(after)
-        .map(|(b, a)| metric_sum(a, REQUESTS, labels) - metric_sum(b, REQUESTS, labels))
+        .map(|(b, a)| metric_sum(a, name, labels) - metric_sum(b, name, labels))
         .collect();
     (per.iter().sum(), per)
 }
@@ -1152,6 +1168,51 @@ fn ingress_gateway_routes_terminates_tls_rotates_redirects_and_counts() {
     ));
     assert_eq!(nr, 10, "404 NR for Host {OTHER_HOST}\n{}", after.join("\n"));
     assert_eq!(total, sent, "requests counted\n{}", after.join("\n"));
+
+    // ---- A TCP server (Istio's samples/tcp-echo shape): every connection to 31400, bytes
+    // untouched, to productpage; the gateway counts them as TCP connections.
+    let t0 = Instant::now();
+    node.apply(&["-n", &app.name], &example("productpage-tcp-gateway.yaml"));
+    for p in &gw_pods {
+        let addr = pod_addr(p, 31400);
+        until_served(
+            node,
+            p,
+            &format!(
+                "gateway pod {} ({addr}) passing TCP to productpage after                  productpage-tcp-gateway.yaml was applied",
+                p.name
+            ),
+            CONFIG,
+            || expect_productpage(&get(addr, "tcp.example", "/productpage")?, "/productpage"),
+        );
+    }
+    report(&format!(
+        "productpage-tcp-gateway applied -> TCP 31400 to productpage from both pods in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    ));
+    let tcp_opened = [
+        SOURCE,
+        GW_WORKLOAD,
+        "destination_service_name=\"productpage\"",
+    ];
+    let before = metrics_of(&gw_pods);
+    for i in 0..20 {
+        let path = format!("/productpage?tcp={i}");
+        let r = get(gw.tcp_addr(), "tcp.example", &path).unwrap_or_else(|e| panic!("{e}"));
+        expect_productpage(&r, &path).unwrap_or_else(|e| panic!("TCP via the nodePort: {e}"));
+    }
+    let after = metrics_of(&gw_pods);
+    let (opened, per_pod) = grew_named(
+        &before,
+        &after,
+        "istio_tcp_connections_opened_total",
+        &tcp_opened,
+    );
+    report(&format!(
+        "TCP via nodePort {}: 20 connections to productpage, gateway counted {opened}          (per pod {per_pod:?})",
+        gw.tcp_node_port
+    ));
+    assert_eq!(opened, 20, "TCP connections counted\n{}", after.join("\n"));
 
     // What the gateway proxies hold, after all of it.
     let rss: Vec<u64> = gw_pods

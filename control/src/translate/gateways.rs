@@ -3,8 +3,8 @@
 //! Build time ([`GatewayIndex::new`]) prepares each Gateway's servers, reporting what
 //! cannot be served one server at a time ([`Diagnostic`] on the Gateway, the server
 //! skipped, the rest kept): a port number out of range, a protocol other than `HTTP`,
-//! `HTTP2`, `GRPC`, `GRPC-WEB`, `HTTPS`, `TLS` (any case; `TCP` and the other opaque
-//! ones are not served yet), `HTTPS`/`TLS` without `tls`, `tls.mode` `MUTUAL`,
+//! `HTTP2`, `GRPC`, `GRPC-WEB`, `HTTPS`, `TLS`, `TCP`, `MONGO`, `REDIS`, `MYSQL` (any
+//! case), `HTTPS`/`TLS` without `tls`, `tls.mode` `MUTUAL`,
 //! `ISTIO_MUTUAL`, `AUTO_PASSTHROUGH`, `OPTIONAL_MUTUAL`, `SIMPLE` without
 //! `credentialName` (file-path certificates are not supported), `SIMPLE` on a `TLS`
 //! server (terminated TLS routed by `tcp[]`), no usable host. Hosts are `host` or
@@ -23,8 +23,13 @@
 //!   are not used), else the number itself;
 //! - on one port, plaintext HTTP servers merge into one table; TLS servers sit side by
 //!   side, chosen by SNI; a plaintext and a TLS server never share a port, nor two TLS
-//!   servers a host, nor two numbers a bound port: the later server is skipped (and
-//!   reported, at build time, for every set of Gateways some pod has).
+//!   servers a host, nor two numbers a bound port, and a `TCP` server takes its port
+//!   alone: the later server is skipped (and reported, at build time, for every set of
+//!   Gateways some pod has);
+//! - a `TCP` server's port gets the first `tcp[]` rule, of the VirtualServices bound to
+//!   its Gateway whose hosts meet the server's (oldest first), whose match applies to
+//!   the Gateway and the server's port number (`routes::tcp_port_route`): every
+//!   connection to one of its destinations by weight, bytes untouched.
 //!
 //! Virtual hosts (plaintext, and after `SIMPLE` termination, per server): for each
 //! VirtualService bound to the server's Gateway (`spec.gateways`, see
@@ -69,8 +74,8 @@ use mesh_config::{Cluster, Resource};
 
 use super::hosts::labels_match;
 use super::routes::{
-    Catalog, Client, ClientView, Entry, Needed, PreparedVs, Side, port_routes, vs_diag,
-    weighted_clusters,
+    Catalog, Client, ClientView, Entry, Needed, PreparedVs, Side, port_routes, tcp_port_route,
+    vs_diag, weighted_clusters,
 };
 use super::services::target_port;
 use super::workloads::PodRec;
@@ -136,6 +141,9 @@ pub enum ServerKind {
     Simple { credential_name: String },
     /// `HTTPS` or `TLS` with `tls.mode: PASSTHROUGH`: by SNI, not terminated.
     Passthrough,
+    /// `TCP` (and `MONGO`, `REDIS`, `MYSQL`): opaque, routed by the VirtualServices'
+    /// `tcp[]`; alone on its port.
+    Tcp,
 }
 
 /// One usable server.
@@ -232,16 +240,7 @@ fn prepare_server(
     let tls_family = match protocol.as_str() {
         "HTTP" | "HTTP2" | "GRPC" | "GRPC-WEB" => false,
         "HTTPS" | "TLS" => true,
-        "TCP" | "MONGO" | "REDIS" | "MYSQL" => {
-            report(
-                format!("{f}.port.protocol"),
-                skipped(&format!(
-                    "protocol {} (opaque TCP) is not supported on gateways yet",
-                    port.protocol
-                )),
-            );
-            return None;
-        }
+        "TCP" | "MONGO" | "REDIS" | "MYSQL" => false,
         "" => {
             report(format!("{f}.port.protocol"), skipped("missing"));
             return None;
@@ -303,7 +302,16 @@ fn prepare_server(
         report(format!("{f}.hosts"), skipped("no usable host"));
         return None;
     }
-    let kind = if !tls_family {
+    let opaque = matches!(protocol.as_str(), "TCP" | "MONGO" | "REDIS" | "MYSQL");
+    let kind = if opaque {
+        if s.tls.is_some() {
+            report(
+                format!("{f}.tls"),
+                format!("a {} server takes no tls; ignored", port.protocol),
+            );
+        }
+        ServerKind::Tcp
+    } else if !tls_family {
         match &s.tls {
             None => ServerKind::Http {
                 https_redirect: false,
@@ -484,6 +492,34 @@ impl GatewayIndex {
                 }
             }
         }
+        for gw in &gws {
+            for s in gw.servers.iter().filter(|s| s.kind == ServerKind::Tcp) {
+                let routed = by_gateway.get(&gw.id).into_iter().flatten().any(|&i| {
+                    let vs = &prepared[i];
+                    !vs_hosts_on(vs, s).is_empty()
+                        && tcp_port_route(
+                            vs,
+                            s.number,
+                            cat.services,
+                            &AnyGatewayClient(&gw.id),
+                            &mut Needed::new(),
+                            &mut |_, _| {},
+                        )
+                        .is_some()
+                });
+                if !routed {
+                    diags.push(gw_diag(
+                        &gw.meta,
+                        format!("spec.servers[{}]", s.index),
+                        format!(
+                            "no tcp[] route of a VirtualService bound to this Gateway applies \
+                             to port {}; the port is not served",
+                            s.number
+                        ),
+                    ));
+                }
+            }
+        }
         GatewayIndex {
             gws,
             vss: prepared,
@@ -568,6 +604,16 @@ fn port_diagnostics(
         ));
     };
     match s.kind {
+        ServerKind::Tcp => {
+            tcp_port_route(
+                vs,
+                s.number,
+                cat.services,
+                &client,
+                &mut Needed::new(),
+                &mut report,
+            );
+        }
         ServerKind::Passthrough => {
             for rule in &vs.tls {
                 weighted_clusters(
@@ -638,6 +684,20 @@ fn merge<'a>(
                 .first()
                 .map(|(_, f)| f.name.clone())
                 .unwrap_or_default();
+            if matches!(s.kind, ServerKind::Tcp)
+                || l.servers.iter().any(|(_, f)| f.kind == ServerKind::Tcp)
+            {
+                skipped(
+                    g,
+                    s,
+                    format!(
+                        "port {} already has a server ({first}); a TCP server takes a port \
+                         alone; server skipped",
+                        s.number
+                    ),
+                );
+                continue;
+            }
             if l.number != s.number {
                 skipped(
                     g,
@@ -827,12 +887,21 @@ impl Snapshot {
         let mut listeners = Vec::new();
         for (port, l) in merged {
             let mut listener = GatewayListener {
+                tcp: None,
                 port,
                 number: l.number,
                 http: Vec::new(),
                 tls: Vec::new(),
             };
-            if l.plaintext {
+            if let [(g, s)] = l.servers.as_slice()
+                && s.kind == ServerKind::Tcp
+            {
+                // No route: the port is not bound (reported at build time).
+                let Some(route) = self.tcp_route(g, s, pod, &mut needed) else {
+                    continue;
+                };
+                listener.tcp = Some(route);
+            } else if l.plaintext {
                 let mut vh = Vhosts::default();
                 for (g, s) in &l.servers {
                     self.server_vhosts(g, s, pod, &mut vh, &mut needed);
@@ -855,7 +924,7 @@ impl Snapshot {
                         ServerKind::Passthrough => TlsServerMode::Passthrough {
                             routes: self.passthrough_routes(g, s, pod, &mut needed),
                         },
-                        ServerKind::Http { .. } => continue,
+                        ServerKind::Http { .. } | ServerKind::Tcp => continue,
                     };
                     listener.tls.push(TlsServer {
                         name: s.name.clone(),
@@ -960,6 +1029,32 @@ impl Snapshot {
                 out.hosts.entry(h).or_default().https_redirect = true;
             }
         }
+    }
+
+    /// The `tcp[]` route of TCP server `s` of `g`: the first rule, of the VirtualServices
+    /// bound to `g` whose hosts meet the server's (oldest first), that applies to the
+    /// Gateway and its port number and keeps a destination.
+    fn tcp_route(
+        &self,
+        g: &PreparedGateway,
+        s: &PreparedServer,
+        pod: &PodRec,
+        needed: &mut Needed,
+    ) -> Option<mesh_config::TcpRoute> {
+        let client = self.client(&g.id, pod);
+        self.gws
+            .bound(&g.id, &pod.namespace)
+            .filter(|vs| !vs_hosts_on(vs, s).is_empty())
+            .find_map(|vs| {
+                tcp_port_route(
+                    vs,
+                    s.number,
+                    &self.services,
+                    &client,
+                    needed,
+                    &mut |_, _| {},
+                )
+            })
     }
 
     /// The `tls[]` routes of the VirtualServices bound to `g` for passthrough server `s`.

@@ -41,7 +41,8 @@
 //! (`port`, `sourceLabels`, `sourceNamespace`, `gateways`), so the first rule that
 //! applies to the client and port is the port's one route, its destinations resolved as
 //! an HTTP rule's; `destinationSubnets` and `sourceSubnet` are reported and their entry
-//! left out.
+//! left out. A gateway's `TCP` server takes the same route (see `gateways`), its entries
+//! selected by the Gateway instead of the client's source.
 //!
 //! The same preparation serves gateways ([`Side::Gateways`], see `gateways`): a
 //! VirtualService whose `gateways` name a Gateway is prepared once more for them, with
@@ -98,7 +99,8 @@ pub struct PreparedVs {
     pub gateways: Vec<(usize, String)>,
     /// [`Side::Gateways`]: the usable `tls[]` entries.
     pub tls: Vec<TlsRule>,
-    /// [`Side::Mesh`]: the usable `tcp[]` rules, in order.
+    /// The usable `tcp[]` rules, in order (for sidecars, without the entries for
+    /// gateways only).
     pub tcp: Vec<TcpRule>,
 }
 
@@ -330,22 +332,11 @@ impl PreparedVs {
             }
         }
         let mut tcp = Vec::new();
-        if side == Side::Gateways && !spec.tcp.is_empty() {
-            diags.push(vs_diag(
-                &meta,
-                "spec.tcp".into(),
-                "tcp[] routes are not supported on gateways (a Gateway's TCP servers are \
-                 not either); ignored for its gateways"
-                    .into(),
-            ));
-        }
-        if side == Side::Mesh {
-            for (i, t) in spec.tcp.iter().enumerate() {
-                match prepare_tcp_rule(i, t, &meta, cat, diags) {
-                    Ok(Some(r)) => tcp.push(r),
-                    Ok(None) => {}
-                    Err((field, message)) => diags.push(vs_diag(&meta, field, message)),
-                }
+        for (i, t) in spec.tcp.iter().enumerate() {
+            match prepare_tcp_rule(i, t, side, &meta, cat, diags) {
+                Ok(Some(r)) => tcp.push(r),
+                Ok(None) => {}
+                Err((field, message)) => diags.push(vs_diag(&meta, field, message)),
             }
         }
         Some(PreparedVs {
@@ -365,13 +356,14 @@ impl PreparedVs {
     }
 }
 
-/// A `tcp[]` rule for sidecars: its matches (`port`, `sourceLabels`, `sourceNamespace`,
-/// `gateways`; an entry for gateways only is left out, one with `destinationSubnets` or
+/// A `tcp[]` rule: its matches (`port`, `sourceLabels`, `sourceNamespace`, `gateways`;
+/// for sidecars an entry for gateways only is left out; one with `destinationSubnets` or
 /// `sourceSubnet` is reported and left out) and destinations, as an HTTP rule's.
-/// `Ok(None)`: every entry was left out, the rule does not apply to sidecars.
+/// `Ok(None)`: every entry was left out, the rule does not apply to `side`.
 fn prepare_tcp_rule(
     i: usize,
     t: &virtual_service::TcpRoute,
+    side: Side,
     meta: &Meta,
     cat: &Catalog<'_>,
     diags: &mut Vec<Diagnostic>,
@@ -383,7 +375,8 @@ fn prepare_tcp_rule(
         let mut entries = Vec::new();
         for (j, m) in t.matches.iter().enumerate() {
             let mf = format!("{f}.match[{j}]");
-            if !m.gateways.is_empty() && !m.gateways.iter().any(|g| g == MESH) {
+            if side == Side::Mesh && !m.gateways.is_empty() && !m.gateways.iter().any(|g| g == MESH)
+            {
                 continue;
             }
             let unsupported = [

@@ -9,7 +9,8 @@
 //! certificate and serves HTTP with its virtual hosts; `PASSTHROUGH` forwards the
 //! bytes, untouched, to the endpoint its `tls[]` route picks (over mTLS when the
 //! endpoint's pod has a sidecar). Anything else is plaintext HTTP for the port's HTTP
-//! servers, or closed when there are none. Each request's virtual host is looked up in
+//! servers, or closed when there are none. A TCP server's port reads nothing: each
+//! connection goes to the endpoint its `tcp[]` route picks, as a passthrough does. Each request's virtual host is looked up in
 //! the newest config (`StoreRoutes`), so a change applies to kept-alive connections.
 
 use std::sync::Arc;
@@ -87,6 +88,10 @@ pub(super) async fn handle(
         );
         return refuse(record, client, (RefusalReason::NoServer, Some(local)));
     };
+    if let Some(tcp) = &listener.tcp {
+        // Opaque TCP: nothing to read first.
+        return to_route(shared, l7, client, record, local, &tcp.route, &tcp.clusters).await;
+    }
     if listener.tls.is_empty() {
         return serve_http(shared, l7, client, record, local, None).await;
     }
@@ -145,34 +150,48 @@ pub(super) async fn handle(
                 info!(client = %record.client(), sni = sni.as_deref(), server = %server.name, "no tls route for this SNI; closing");
                 return refuse(record, client, (RefusalReason::NoServer, Some(local)));
             };
-            let mut rng = fastrand::Rng::new();
-            let cluster = route.pick(&mut rng).and_then(|c| clusters.cluster(c));
-            let Some(cluster) = cluster else {
-                return refuse(record, client, (RefusalReason::NoServer, Some(local)));
-            };
-            let Some(endpoint) = cluster.pick(&mut rng, &[]) else {
-                info!(cluster = %cluster.name, "no healthy endpoint for a TLS passthrough; closing");
-                return refuse(record, client, (RefusalReason::NoServer, Some(local)));
-            };
-            let raw = clusters.service().cluster(&cluster.name);
-            let meta = raw
-                .and_then(|c| c.endpoints.iter().find(|e| e.addr == endpoint.addr))
-                .and_then(|e| e.peer.as_ref());
-            record.set_peer(TcpPeer::new(
-                crate::direction::Direction::Outbound,
-                meta,
-                raw.map(|c| {
-                    (
-                        c.host.as_str(),
-                        c.service_name.as_str(),
-                        c.service_namespace.as_str(),
-                    )
-                }),
-            ));
-            let tls = endpoint.mtls.then_some(cluster.tls.as_ref()).flatten();
-            passthrough(shared, l7, client, record, OrigDstAddr(endpoint.addr), tls).await;
+            to_route(shared, l7, client, record, local, route, clusters).await;
         }
     }
+}
+
+/// An opaque connection (TLS passthrough, TCP server) to a cluster of `route` picked by
+/// weight, then an endpoint of it; labelled with that endpoint's workload.
+async fn to_route(
+    shared: &Shared,
+    l7: &L7,
+    client: TcpStream,
+    record: &mut ConnRecord<'_>,
+    local: OrigDstAddr,
+    route: &crate::gateway::CompiledTlsRoute,
+    clusters: &crate::http::CompiledService,
+) {
+    let mut rng = fastrand::Rng::new();
+    let cluster = route.pick(&mut rng).and_then(|c| clusters.cluster(c));
+    let Some(cluster) = cluster else {
+        return refuse(record, client, (RefusalReason::NoServer, Some(local)));
+    };
+    let Some(endpoint) = cluster.pick(&mut rng, &[]) else {
+        info!(cluster = %cluster.name, "no healthy endpoint for an opaque gateway connection; closing");
+        return refuse(record, client, (RefusalReason::NoServer, Some(local)));
+    };
+    let raw = clusters.service().cluster(&cluster.name);
+    let meta = raw
+        .and_then(|c| c.endpoints.iter().find(|e| e.addr == endpoint.addr))
+        .and_then(|e| e.peer.as_ref());
+    record.set_peer(TcpPeer::new(
+        crate::direction::Direction::Outbound,
+        meta,
+        raw.map(|c| {
+            (
+                c.host.as_str(),
+                c.service_name.as_str(),
+                c.service_namespace.as_str(),
+            )
+        }),
+    ));
+    let tls = endpoint.mtls.then_some(cluster.tls.as_ref()).flatten();
+    passthrough(shared, l7, client, record, OrigDstAddr(endpoint.addr), tls).await;
 }
 
 /// Peeks until the first bytes say whether they are a ClientHello; `None`: the client
@@ -229,8 +248,8 @@ async fn serve_http<IO>(
     }
 }
 
-/// A TLS passthrough: the client's bytes (its ClientHello still unread) to `endpoint`,
-/// over mTLS when `tls` says so.
+/// A TLS passthrough or a TCP server's connection: the client's bytes (a ClientHello
+/// still unread) to `endpoint`, over mTLS when `tls` says so.
 async fn passthrough(
     shared: &Shared,
     l7: &L7,
