@@ -1179,7 +1179,7 @@ fn ingress_gateway_routes_terminates_tls_rotates_redirects_and_counts() {
             node,
             p,
             &format!(
-                "gateway pod {} ({addr}) passing TCP to productpage after                  productpage-tcp-gateway.yaml was applied",
+                "gateway pod {} ({addr}) passing TCP to productpage after productpage-tcp-gateway.yaml was applied",
                 p.name
             ),
             CONFIG,
@@ -1209,7 +1209,7 @@ fn ingress_gateway_routes_terminates_tls_rotates_redirects_and_counts() {
         &tcp_opened,
     );
     report(&format!(
-        "TCP via nodePort {}: 20 connections to productpage, gateway counted {opened}          (per pod {per_pod:?})",
+        "TCP via nodePort {}: 20 connections to productpage, gateway counted {opened} (per pod {per_pod:?})",
         gw.tcp_node_port
     ));
     assert_eq!(opened, 20, "TCP connections counted\n{}", after.join("\n"));
