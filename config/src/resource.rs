@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::gateway::{Gateway, TlsServerMode, valid_pattern};
 use crate::route::{HttpRoute, RouteAction, StringMatch};
-use crate::service::Service;
+use crate::service::{Service, TcpRoute};
 use crate::workload::Workload;
 
 /// The answer for one key.
@@ -128,17 +128,7 @@ fn validate_gateway(g: &Gateway) -> Result<(), ValidationError> {
             if !l.http.is_empty() || !l.tls.is_empty() {
                 return Err(err(what, "a TCP port takes no HTTP or TLS servers".into()));
             }
-            if t.clusters.is_empty() {
-                return Err(err(what, "no destination".into()));
-            }
-            for d in &t.clusters {
-                if d.weight == 0 {
-                    return Err(err(what, format!("destination {} has weight 0", d.cluster)));
-                }
-                if g.cluster(&d.cluster).is_none() {
-                    return Err(err(what, format!("unknown cluster {}", d.cluster)));
-                }
-            }
+            validate_tcp_route(t, what, |c| g.cluster(c).is_some())?;
         }
         for s in &l.tls {
             if let Some(h) = s.hosts.iter().find(|h| !valid_pattern(h)) {
@@ -199,6 +189,31 @@ fn validate_gateway(g: &Gateway) -> Result<(), ValidationError> {
     Ok(())
 }
 
+/// A `tcp[]` route (`what` names it): a destination at least, each with a weight and a
+/// cluster that `known` knows.
+fn validate_tcp_route(
+    t: &TcpRoute,
+    what: String,
+    known: impl Fn(&str) -> bool,
+) -> Result<(), ValidationError> {
+    let err = |why: String| ValidationError {
+        what: what.clone(),
+        why,
+    };
+    if t.clusters.is_empty() {
+        return Err(err("no destination".into()));
+    }
+    for d in &t.clusters {
+        if d.weight == 0 {
+            return Err(err(format!("destination {} has weight 0", d.cluster)));
+        }
+        if !known(&d.cluster) {
+            return Err(err(format!("unknown cluster {}", d.cluster)));
+        }
+    }
+    Ok(())
+}
+
 fn validate_service(svc: &Service) -> Result<(), ValidationError> {
     let err = |what: String, why: String| ValidationError { what, why };
     for c in &svc.clusters {
@@ -215,17 +230,7 @@ fn validate_service(svc: &Service) -> Result<(), ValidationError> {
             "service {} port {}, tcp route {} of {}",
             svc.host, p.port, t.rule, t.virtual_service
         );
-        if t.clusters.is_empty() {
-            return Err(err(what, "no destination".into()));
-        }
-        for d in &t.clusters {
-            if d.weight == 0 {
-                return Err(err(what, format!("destination {} has weight 0", d.cluster)));
-            }
-            if svc.cluster(&d.cluster).is_none() {
-                return Err(err(what, format!("unknown cluster {}", d.cluster)));
-            }
-        }
+        validate_tcp_route(t, what, |c| svc.cluster(c).is_some())?;
     }
     for (port, i, r) in routes(svc) {
         let what = || {

@@ -391,13 +391,7 @@ fn prepare_tcp_rule(
                 ));
                 continue;
             }
-            let port = match m.port {
-                0 => None,
-                p => Some(
-                    u16::try_from(p)
-                        .map_err(|_| skip(format!("{mf}.port"), format!("bad port {p}")))?,
-                ),
-            };
+            let port = match_port(m.port, &mf)?;
             entries.push(Entry {
                 request: RequestMatch::default(),
                 port,
@@ -417,16 +411,7 @@ fn prepare_tcp_rule(
         }
         Some(entries)
     };
-    let specs: Vec<DestSpec<'_>> = t
-        .route
-        .iter()
-        .map(|r| DestSpec {
-            destination: r.destination.as_ref(),
-            weight: r.weight,
-            headers: None,
-        })
-        .collect();
-    let (dests, _) = prepare_dests(&format!("{f}.route"), &specs, meta, cat, diags, None)?;
+    let dests = l4_dests(&f, &t.route, meta, cat, diags)?;
     Ok(Some(TcpRule {
         index: i,
         matches,
@@ -470,13 +455,7 @@ fn prepare_tls_rule(
             ));
             continue;
         }
-        let port = match m.port {
-            0 => None,
-            p => Some(
-                u16::try_from(p)
-                    .map_err(|_| skip(format!("{mf}.port"), format!("bad port {p}")))?,
-            ),
-        };
+        let port = match_port(m.port, &mf)?;
         matches.push(TlsEntry {
             sni_hosts,
             port,
@@ -490,8 +469,33 @@ fn prepare_tls_rule(
     if matches.is_empty() {
         return Err(skip(format!("{f}.match"), "no usable match (sniHosts)"));
     }
-    let specs: Vec<DestSpec<'_>> = t
-        .route
+    let dests = l4_dests(&f, &t.route, meta, cat, diags)?;
+    Ok(TlsRule {
+        matches,
+        dests,
+        single: t.route.len() == 1,
+    })
+}
+
+/// A `match[].port` (0: unset).
+fn match_port(p: u32, f: &str) -> Result<Option<u16>, Skip> {
+    match p {
+        0 => Ok(None),
+        p => u16::try_from(p)
+            .map(Some)
+            .map_err(|_| skip(format!("{f}.port"), format!("bad port {p}"))),
+    }
+}
+
+/// The destinations of an L4 rule's `route[]` (`tls[]`, `tcp[]`: no headers).
+fn l4_dests(
+    f: &str,
+    route: &[virtual_service::RouteDestination],
+    meta: &Meta,
+    cat: &Catalog<'_>,
+    diags: &mut Vec<Diagnostic>,
+) -> Result<Vec<Dest>, Skip> {
+    let specs: Vec<DestSpec<'_>> = route
         .iter()
         .map(|r| DestSpec {
             destination: r.destination.as_ref(),
@@ -499,12 +503,7 @@ fn prepare_tls_rule(
             headers: None,
         })
         .collect();
-    let (dests, _) = prepare_dests(&format!("{f}.route"), &specs, meta, cat, diags, None)?;
-    Ok(TlsRule {
-        matches,
-        dests,
-        single: t.route.len() == 1,
-    })
+    prepare_dests(&format!("{f}.route"), &specs, meta, cat, diags, None).map(|(d, _)| d)
 }
 
 fn skip(field: String, what: impl std::fmt::Display) -> Skip {
@@ -871,12 +870,7 @@ fn prepare_entry(
     if side == Side::Mesh && !m.gateways.is_empty() && !m.gateways.iter().any(|g| g == MESH) {
         return Ok(None);
     }
-    let port = match m.port {
-        0 => None,
-        p => {
-            Some(u16::try_from(p).map_err(|_| skip(format!("{f}.port"), format!("bad port {p}")))?)
-        }
-    };
+    let port = match_port(m.port, f)?;
     let opt = |v: &Option<IStringMatch>, name: &str| -> Result<Option<StringMatch>, Skip> {
         match v {
             Some(v) => string_match(v, &format!("{f}.{name}"), false),
