@@ -116,9 +116,10 @@ if [ "$proxy" = 1 ]; then
         [ -n "$hot" ] || die "mesh-proxy has no .text.hot section: proxy/link/hot.txt was not applied"
         echo "     mesh-proxy .text.hot: $((16#$hot / 1024)) KiB"
         # A list made for other symbol hashes (a dependency added to mesh-proxy renames
-        # its functions) still links, but places less: say so, with the fix.
+        # its functions; an edit renumbers a function's closures) still links, but places
+        # less: 2 % of its lines missing cost a sidecar 0.5 MB once. Say so, with the fix.
         if command -v python3 >/dev/null && ! python3 "$root/proxy/link/hot.py" --check "$root/proxy/link/hot.txt" \
-                "$target_dir/$musl/release/mesh-proxy" 90 | sed 's/^/     /'; then
+                "$target_dir/$musl/release/mesh-proxy" 100 | sed 's/^/     /'; then
             echo "     WARNING: proxy/link/hot.txt is stale for this build: the sidecar's idle RSS" \
                  "is higher than it should be; regenerate it (proxy/link/generate.sh)" >&2
         fi
