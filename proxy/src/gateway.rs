@@ -2,10 +2,9 @@
 //! ([`CompiledGateway::compile`]): per listener port, the plaintext HTTP virtual hosts
 //! and the TLS servers, each SIMPLE server's certificate parsed into a rustls config and
 //! each passthrough server's clusters ready for load balancing, or a TCP server's route
-//! and clusters. A certificate or key that
-//! does not parse refuses (NACKs) the whole config, so the gateway keeps serving the last
-//! good certificate; a server mesh-control sent no certificate for fails its handshakes,
-//! saying why. Pure: the flow (`flow/gateway.rs`) accepts, reads the ClientHello and
+//! and clusters. A certificate or key that does not parse refuses (NACKs) the whole
+//! config, so the gateway keeps serving the last good certificate; a server mesh-control
+//! sent no certificate for fails its handshakes, saying why. Pure: the flow (`flow/gateway.rs`) accepts, reads the ClientHello and
 //! calls into this, and the listener set (`listener::gateway_listeners`) binds the ports.
 
 use std::sync::Arc;
@@ -102,18 +101,9 @@ pub struct CompiledTlsRoute {
 impl CompiledTlsRoute {
     /// A destination cluster by weight.
     pub fn pick(&self, rng: &mut fastrand::Rng) -> Option<&str> {
-        let total: u64 = self.destinations.iter().map(|(_, w)| u64::from(*w)).sum();
-        if total == 0 {
-            return None;
-        }
-        let mut at = rng.u64(0..total);
-        for (c, w) in &self.destinations {
-            if at < u64::from(*w) {
-                return Some(c);
-            }
-            at -= u64::from(*w);
-        }
-        None
+        let weight = |d: &(String, u32)| u64::from(d.1);
+        let total = self.destinations.iter().map(weight).sum();
+        crate::http::by_weight(&self.destinations, total, weight, rng).map(|(c, _)| c.as_str())
     }
 }
 

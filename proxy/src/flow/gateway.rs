@@ -10,8 +10,9 @@
 //! bytes, untouched, to the endpoint its `tls[]` route picks (over mTLS when the
 //! endpoint's pod has a sidecar). Anything else is plaintext HTTP for the port's HTTP
 //! servers, or closed when there are none. A TCP server's port reads nothing: each
-//! connection goes to the endpoint its `tcp[]` route picks, as a passthrough does. Each request's virtual host is looked up in
-//! the newest config (`StoreRoutes`), so a change applies to kept-alive connections.
+//! connection goes to the endpoint its `tcp[]` route picks, as a passthrough does. Each
+//! request's virtual host is looked up in the newest config (`StoreRoutes`), so a
+//! change applies to kept-alive connections.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -120,20 +120,13 @@ fn tcp_cluster_name(raw: &mesh_config::Service, port: u16, rng: &mut fastrand::R
         .iter()
         .find(|p| p.port == port)
         .and_then(|p| p.tcp_route.as_ref());
-    if let Some(r) = route {
-        let total: u64 = r.clusters.iter().map(|c| u64::from(c.weight)).sum();
-        if total > 0 {
-            let mut at = rng.u64(0..total);
-            for c in &r.clusters {
-                let w = u64::from(c.weight);
-                if at < w {
-                    return c.cluster.clone();
-                }
-                at -= w;
-            }
-        }
-    }
-    raw.default_cluster(port)
+    let weight = |c: &mesh_config::TcpCluster| u64::from(c.weight);
+    route
+        .and_then(|r| {
+            let total = r.clusters.iter().map(weight).sum();
+            crate::http::by_weight(&r.clusters, total, weight, rng)
+        })
+        .map_or_else(|| raw.default_cluster(port), |c| c.cluster.clone())
 }
 
 /// An L4 connection to a Service port: see [`TcpUpstream`].

@@ -1,6 +1,6 @@
 //! Header handling: hop-by-hop headers (RFC 9110 §7.6.1), the config's header edits,
-//! `x-request-id`, Istio's peer metadata exchange headers, and what gRPC needs (detection, status, Envoy's HTTP → gRPC status
-//! mapping for the proxy's own replies). Tracing headers (B3, `traceparent`,
+//! `x-request-id`, Istio's peer metadata exchange headers, and what gRPC needs
+//! (detection, status, Envoy's HTTP → gRPC status mapping for the proxy's own replies). Tracing headers (B3, `traceparent`,
 //! `tracestate`) are never touched.
 
 use hyper::HeaderMap;

@@ -24,6 +24,29 @@ use super::compile::{CompiledCluster, CompiledEndpoint};
 use super::pool::Pools;
 use super::resilience::{ClusterState, EndpointHealth, now_ms};
 
+/// One of `items`, each with probability `weight(item) / total` (`total`: the sum of the
+/// weights), as a route's weighted destinations are chosen (HTTP routes, a gateway's
+/// `tls[]` routes, a port's `tcp[]` route). `None` when `total` is 0.
+pub(crate) fn by_weight<'a, T>(
+    items: &'a [T],
+    total: u64,
+    weight: impl Fn(&T) -> u64,
+    rng: &mut Rng,
+) -> Option<&'a T> {
+    if total == 0 {
+        return None;
+    }
+    let mut at = rng.u64(..total);
+    for item in items {
+        let w = weight(item);
+        if at < w {
+            return Some(item);
+        }
+        at -= w;
+    }
+    items.last()
+}
+
 /// State shared by key and held weakly: whoever asks for a key gets the live value, or
 /// a new one; what nobody holds any more goes at the next [`WeakMap::sweep`].
 #[derive(Debug)]

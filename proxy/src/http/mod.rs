@@ -140,6 +140,7 @@ pub use exchange::ResponseBody;
 pub use gateway::{CompiledVirtualHost, GatewayRoutes, VirtualHosts};
 pub use headers::{PeerHeadersSeen, PeerMetadataHeaders};
 pub use lb::LbStates;
+pub(crate) use lb::by_weight;
 pub use log::{LogSink, stdout_sink};
 pub use metrics::{Flags, HttpMetrics, Principals};
 pub use prefixed::Prefixed;

@@ -250,14 +250,7 @@ fn pick_weighted<'d>(
     if dests.len() <= 1 || total == 0 {
         return dests.first();
     }
-    let mut r = rng.u64(..total);
-    for d in dests {
-        if r < d.weight {
-            return Some(d);
-        }
-        r -= d.weight;
-    }
-    dests.last()
+    super::lb::by_weight(dests, total, |d| d.weight, rng)
 }
 
 /// `None`: the route does not match; `Some(k)`: entry `k` holds (`Some(None)`: the
