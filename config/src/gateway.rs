@@ -111,6 +111,10 @@ pub enum TlsServerMode {
         certificate: Option<Certificate>,
         #[serde(default, skip_serializing_if = "String::is_empty")]
         why: String,
+        /// `MUTUAL` and `OPTIONAL_MUTUAL`: the client certificate asked for, and how it
+        /// is checked. `None`: `SIMPLE`, none is asked for.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_certificates: Option<ClientCertificates>,
         /// The HTTP routes after termination, as [`GatewayListener::http`].
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         virtual_hosts: Vec<VirtualHost>,
@@ -122,6 +126,33 @@ pub enum TlsServerMode {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         routes: Vec<TlsRoute>,
     },
+}
+
+/// How a terminating server checks its clients' certificates (`tls.mode` `MUTUAL`,
+/// `OPTIONAL_MUTUAL`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClientCertificates {
+    /// `MUTUAL`: a client that sends no certificate is refused. `OPTIONAL_MUTUAL`: it is
+    /// served; a certificate it does send is checked all the same.
+    pub required: bool,
+    /// The CA certificates (PEM) a client's chain must lead to: the credential's
+    /// `cacert` / `ca.crt`, from Secret `<credentialName>-cacert` when there is one,
+    /// else from the credential's own Secret (as istiod looks them up). Empty when the
+    /// server has no [certificate](TlsServerMode::Simple): its handshakes fail anyway.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ca_pem: String,
+    /// Revoked client certificates (PEM CRLs, the same Secret's `crl` / `ca.crl`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub crl_pem: String,
+    /// `subjectAltNames`: when set, the client certificate must carry one of them as a
+    /// DNS or URI name (exactly).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subject_alt_names: Vec<String>,
+    /// `verifyCertificateHash`: when set, the SHA-256 of the client certificate (DER)
+    /// must be one of them, lowercase hex without separators.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificate_hashes: Vec<String>,
 }
 
 /// A PEM certificate chain and its private key.
@@ -407,6 +438,7 @@ mod tests {
                         credential_name: "cred".into(),
                         certificate: Some(c),
                         why: String::new(),
+                        client_certificates: None,
                         virtual_hosts: Vec::new(),
                     },
                 }],

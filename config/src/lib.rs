@@ -33,7 +33,10 @@ pub mod workload;
 
 pub use authz::Authorization;
 pub use cluster::{Cluster, Endpoint, LoadBalancer};
-pub use gateway::{Certificate, GatewayListener, TlsRoute, TlsServer, TlsServerMode, VirtualHost};
+pub use gateway::{
+    Certificate, ClientCertificates, GatewayListener, TlsRoute, TlsServer, TlsServerMode,
+    VirtualHost,
+};
 pub use key::{Key, KeyError};
 pub use resilience::{ConnectionPool, OutlierDetection, RetryOn, RetryPolicy};
 pub use resource::{Resource, ValidationError};

@@ -1,20 +1,23 @@
 //! An ingress gateway's config (`--role gateway`), compiled when it arrives
 //! ([`CompiledGateway::compile`]): per listener port, the plaintext HTTP virtual hosts
-//! and the TLS servers, each SIMPLE server's certificate parsed into a rustls config and
+//! and the TLS servers, each terminating server's certificate parsed into a rustls config
+//! (`MUTUAL` and `OPTIONAL_MUTUAL`: with a client verifier over the credential's CA and
+//! CRLs, then the server's `subjectAltNames` and certificate hashes, [`ClientCheck`]) and
 //! each passthrough server's clusters ready for load balancing, or a TCP server's route
-//! and clusters. A certificate or key that does not parse refuses (NACKs) the whole
-//! config, so the gateway keeps serving the last good certificate; a server mesh-control
-//! sent no certificate for fails its handshakes, saying why. Pure: the flow (`flow/gateway.rs`) accepts, reads the ClientHello and
-//! calls into this, and the listener set (`listener::gateway_listeners`) binds the ports.
+//! and clusters. A certificate, key, CA or CRL that does not parse refuses (NACKs) the
+//! whole config, so the gateway keeps serving the last good one; a server mesh-control
+//! sent no certificate for fails its handshakes, saying why. Pure: the flow
+//! (`flow/gateway.rs`) accepts, reads the ClientHello and calls into this, and the
+//! listener set (`listener::gateway_listeners`) binds the ports.
 
 use std::sync::Arc;
 
 use mesh_config::gateway::{
     Gateway, TlsServerMode, most_specific, passthrough_service, tcp_service,
 };
-use mesh_config::{Certificate, ValidationError};
+use mesh_config::{Certificate, ClientCertificates, ValidationError};
 use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
 use crate::http::{CompiledService, LbStates, VirtualHosts};
 
@@ -64,6 +67,9 @@ pub enum CompiledTlsMode {
     Simple {
         config: Result<Arc<rustls::ServerConfig>, String>,
         hosts: Arc<VirtualHosts>,
+        /// The URI subjectAltNames of the server's own certificate (`By` of the
+        /// `x-forwarded-client-cert` element for a client certificate).
+        own_uris: Arc<[String]>,
     },
     /// Forward the bytes as they are, to a cluster of `clusters` chosen by `routes`.
     Passthrough {
@@ -76,7 +82,7 @@ pub enum CompiledTlsMode {
 impl std::fmt::Debug for CompiledTlsMode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            CompiledTlsMode::Simple { config, hosts } => f
+            CompiledTlsMode::Simple { config, hosts, .. } => f
                 .debug_struct("Simple")
                 .field("certificate", &config.as_ref().map(|_| "loaded"))
                 .field("hosts", hosts)
@@ -153,13 +159,16 @@ impl CompiledGateway {
                         credential_name,
                         certificate,
                         why,
+                        client_certificates,
                         virtual_hosts,
                     } => {
                         let config = match certificate {
-                            Some(c) => Ok(server_config(c).map_err(|why| ValidationError {
-                                what: format!("{}, credential {credential_name}", what()),
-                                why,
-                            })?),
+                            Some(c) => Ok(server_config(c, client_certificates.as_ref()).map_err(
+                                |why| ValidationError {
+                                    what: format!("{}, credential {credential_name}", what()),
+                                    why,
+                                },
+                            )?),
                             None if why.is_empty() => {
                                 Err(format!("no certificate for credential {credential_name}"))
                             }
@@ -175,6 +184,11 @@ impl CompiledGateway {
                         CompiledTlsMode::Simple {
                             config,
                             hosts: Arc::new(hosts),
+                            own_uris: certificate
+                                .as_ref()
+                                .map(|c| leaf_uris(&c.chain_pem))
+                                .unwrap_or_default()
+                                .into(),
                         }
                     }
                     TlsServerMode::Passthrough { routes } => {
@@ -243,9 +257,14 @@ impl CompiledGateway {
     }
 }
 
-/// A SIMPLE server's rustls config: TLS 1.3 and 1.2 (outside clients are not all
-/// recent), ALPN `h2` and `http/1.1`, the chain and key of the credential.
-fn server_config(c: &Certificate) -> Result<Arc<rustls::ServerConfig>, String> {
+/// A terminating server's rustls config: TLS 1.3 and 1.2 (outside clients are not all
+/// recent), ALPN `h2` and `http/1.1`, the chain and key of the credential; with
+/// `clients` (`MUTUAL`, `OPTIONAL_MUTUAL`), client certificates asked for and checked
+/// ([`ClientCheck`]).
+fn server_config(
+    c: &Certificate,
+    clients: Option<&ClientCertificates>,
+) -> Result<Arc<rustls::ServerConfig>, String> {
     let chain: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(c.chain_pem.as_bytes())
             .collect::<Result<_, _>>()
@@ -255,16 +274,146 @@ fn server_config(c: &Certificate) -> Result<Arc<rustls::ServerConfig>, String> {
     }
     let key = PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes())
         .map_err(|e| format!("the private key does not parse: {e}"))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-    .map_err(|e| e.to_string())?
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .map_err(|e| format!("the certificate and key do not make a server certificate: {e}"))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| e.to_string())?;
+    let builder = match clients {
+        None => builder.with_no_client_auth(),
+        Some(cc) => builder.with_client_cert_verifier(client_verifier(cc, provider)?),
+    };
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| format!("the certificate and key do not make a server certificate: {e}"))?;
     config.alpn_protocols = HTTPS_ALPN.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
+}
+
+/// The URI subjectAltNames of a chain's leaf (`By` of the `x-forwarded-client-cert`
+/// element a terminating server adds).
+fn leaf_uris(chain_pem: &str) -> Vec<String> {
+    CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .next()
+        .and_then(Result::ok)
+        .map(|leaf| crate::identity::verify::uri_sans(&leaf))
+        .unwrap_or_default()
+}
+
+/// rustls-webpki's client verifier over the credential's CA certificates and CRLs (every
+/// certificate of the chain checked against them, unknown status refused: Envoy's
+/// defaults), anonymous clients allowed unless `required`, then [`ClientCheck`].
+fn client_verifier(
+    cc: &ClientCertificates,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for (i, der) in CertificateDer::pem_slice_iter(cc.ca_pem.as_bytes()).enumerate() {
+        let der = der.map_err(|e| format!("the client CA certificates do not parse: {e}"))?;
+        roots
+            .add(der)
+            .map_err(|e| format!("client CA certificate {}: {e}", i + 1))?;
+    }
+    if roots.is_empty() {
+        return Err("no client CA certificate: a client certificate cannot be checked".into());
+    }
+    let crls = CertificateRevocationListDer::pem_slice_iter(cc.crl_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("the client CRLs do not parse: {e}"))?;
+    let mut b =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .with_crls(crls);
+    if !cc.required {
+        b = b.allow_unauthenticated();
+    }
+    let inner = b.build().map_err(|e| format!("client certificates: {e}"))?;
+    if cc.subject_alt_names.is_empty() && cc.certificate_hashes.is_empty() {
+        return Ok(inner);
+    }
+    Ok(Arc::new(ClientCheck {
+        inner,
+        subject_alt_names: cc.subject_alt_names.clone(),
+        certificate_hashes: cc.certificate_hashes.clone(),
+    }))
+}
+
+/// A client certificate that chains to the CA must also carry one of
+/// `subject_alt_names` (as a DNS or URI name, exactly) and hash to one of
+/// `certificate_hashes` (SHA-256 of its DER, lowercase hex), each list when not empty.
+#[derive(Debug)]
+struct ClientCheck {
+    inner: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    subject_alt_names: Vec<String>,
+    certificate_hashes: Vec<String>,
+}
+
+impl rustls::server::danger::ClientCertVerifier for ClientCheck {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        if !self.certificate_hashes.is_empty() {
+            let d = ring::digest::digest(&ring::digest::SHA256, end_entity.as_ref());
+            let hash = crate::identity::der::hex(d.as_ref());
+            if !self.certificate_hashes.contains(&hash) {
+                return Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::ApplicationVerificationFailure,
+                ));
+            }
+        }
+        if !self.subject_alt_names.is_empty() {
+            let ee = webpki::EndEntityCert::try_from(end_entity)
+                .map_err(crate::identity::verify::to_rustls)?;
+            let named = ee
+                .valid_dns_names()
+                .chain(ee.valid_uri_names())
+                .any(|n| self.subject_alt_names.iter().any(|want| want == n));
+            if !named {
+                return Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::NotValidForName,
+                ));
+            }
+        }
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 #[cfg(test)]
@@ -299,6 +448,7 @@ mod tests {
                             credential_name: "shop-cert".into(),
                             certificate,
                             why: String::new(),
+                            client_certificates: None,
                             virtual_hosts: vec![VirtualHost {
                                 name: "*.example.com".into(),
                                 domains: vec!["*.example.com".into()],

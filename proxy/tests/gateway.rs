@@ -5,7 +5,9 @@
 //! HTTPS terminated with the credential's certificate (the client verifies it, by SNI),
 //! a new certificate served after a config update without a restart, TLS passthrough by
 //! SNI to a TLS upstream (bytes untouched: the client verifies the upstream's own
-//! certificate), a TCP server shifting connections by weight, and the gateway's request
+//! certificate), a TCP server shifting connections by weight, `MUTUAL` and
+//! `OPTIONAL_MUTUAL` servers checking client certificates (CA, CRL, subjectAltNames,
+//! hashes) and telling the app in `x-forwarded-client-cert`, and the gateway's request
 //! and TCP metrics counting exactly what was sent.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -17,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http_support::{Proto, Upstream, sum_series, upstream};
-use mesh_config::gateway::{Gateway, TlsServerMode};
+use mesh_config::gateway::{ClientCertificates, Gateway, TlsServerMode};
 use mesh_config::{
     Certificate, Cluster, Endpoint, GatewayListener, HeaderEdit, HttpRoute, LoadBalancer,
     RequestMatch, Resource, RouteAction, StringMatch, TlsRoute, TlsServer, VirtualHost,
@@ -181,6 +183,7 @@ fn config(
                             credential_name: "shop-cert".into(),
                             certificate: cert,
                             why: String::new(),
+                            client_certificates: None,
                             virtual_hosts: vec![vhost("shop.example.com", bookinfo)],
                         },
                     },
@@ -644,4 +647,273 @@ async fn a_tcp_server_shifts_connections_by_weight() {
     // The HTTP port beside it still routes.
     let (s, _, _) = plain(gw.http, "bookinfo.example.org", "/productpage").await;
     assert_eq!(s, 200);
+}
+
+/// A client certificate from `ca`: subject `CN=<cn>,O=client organization`, DNS name
+/// `cn`, serial `serial`.
+fn client_cert(ca: &TestCa, cn: &str, serial: u64) -> Certificate {
+    let key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(vec![cn.to_owned()]).unwrap();
+    p.serial_number = Some(serial.into());
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.distinguished_name
+        .push(rcgen::DnType::OrganizationName, "client organization");
+    p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    let issuer = Issuer::from_params(&ca.params, &ca.key);
+    let cert = p.signed_by(&key, &issuer).unwrap();
+    Certificate {
+        chain_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    }
+}
+
+/// One listener (number 443) with a terminating server for shop.example.com that asks
+/// for client certificates as `clients` says.
+fn mutual_config(
+    https: u16,
+    page: &Cluster,
+    cert: &Certificate,
+    clients: ClientCertificates,
+) -> Gateway {
+    Gateway {
+        gateways: vec!["shop/mutual".into()],
+        listeners: vec![GatewayListener {
+            tcp: None,
+            port: https,
+            number: HTTPS_NUMBER,
+            http: Vec::new(),
+            tls: vec![TlsServer {
+                name: "shop/mutual servers[0]".into(),
+                hosts: vec!["shop.example.com".into()],
+                mode: TlsServerMode::Simple {
+                    credential_name: "shop-credential".into(),
+                    certificate: Some(cert.clone()),
+                    why: String::new(),
+                    client_certificates: Some(clients),
+                    virtual_hosts: vec![vhost(
+                        "shop.example.com",
+                        vec![route("all", StringMatch::Prefix("/".into()), page)],
+                    )],
+                },
+            }],
+        }],
+        clusters: vec![page.clone()],
+    }
+}
+
+/// GET / over TLS to shop.example.com (server verified against `server_ca`), with
+/// `client` as the client certificate and a forged `x-forwarded-client-cert`: the
+/// status, 0 when the handshake or the request failed.
+async fn mutual_get(server_ca: &TestCa, addr: SocketAddr, client: Option<&Certificate>) -> u16 {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(server_ca.pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let b = rustls::ClientConfig::builder_with_provider(mesh_support::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = match client {
+        None => b.with_no_client_auth(),
+        Some(c) => b
+            .with_client_auth_cert(
+                CertificateDer::pem_slice_iter(c.chain_pem.as_bytes())
+                    .collect::<Result<_, _>>()
+                    .unwrap(),
+                PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+    };
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let Ok(tls) = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("shop.example.com").unwrap(), tcp)
+        .await
+    else {
+        return 0;
+    };
+    let Ok((mut send, conn)) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await
+    else {
+        return 0;
+    };
+    tokio::spawn(conn);
+    let req = hyper::Request::get("/")
+        .header("host", "shop.example.com")
+        .header(
+            "x-forwarded-client-cert",
+            "By=spiffe://forged;URI=spiffe://admin",
+        )
+        .body(http_body_util::Empty::<hyper::body::Bytes>::new())
+        .unwrap();
+    match send.send_request(req).await {
+        Ok(r) => r.status().as_u16(),
+        Err(_) => 0,
+    }
+}
+
+/// `MUTUAL` and `OPTIONAL_MUTUAL` servers, as Istio's mutual TLS ingress task uses
+/// them: the client certificate is checked against the credential's CA (and the
+/// server's subjectAltNames and hashes), and the app reads it from
+/// `x-forwarded-client-cert`, set by the gateway alone (`SANITIZE_SET`, with the
+/// certificate itself: what istiod asks of Envoy gateways).
+#[tokio::test]
+async fn mutual_servers_check_client_certificates_and_tell_the_app() {
+    let ca = FakeCa::start().await;
+    let server_ca = TestCa::new();
+    let client_ca = TestCa::new();
+    let stranger_ca = TestCa::new();
+    let page = upstream("productpage", Proto::H1).await;
+    let page_cluster = cluster("productpage", page.addr);
+    let https_port = free_port().await;
+    let server_cert = server_ca.issue("shop.example.com", 1);
+    let good = client_cert(&client_ca, "client.example.com", 1);
+    let other_name = client_cert(&client_ca, "other.example.com", 2);
+    let revoked = client_cert(&client_ca, "client.example.com", 3);
+    let stranger = client_cert(&stranger_ca, "client.example.com", 1);
+    let mutual = ClientCertificates {
+        required: true,
+        ca_pem: client_ca.pem.clone(),
+        crl_pem: String::new(),
+        subject_alt_names: Vec::new(),
+        certificate_hashes: Vec::new(),
+    };
+    ca.serve_config(vec![(
+        "gateway".into(),
+        Resource::Gateway(mutual_config(
+            https_port,
+            &page_cluster,
+            &server_cert,
+            mutual.clone(),
+        )),
+    )]);
+    // No plaintext port: the one bound is the one `gateway` waits for.
+    let gw = gateway(&ca, https_port, https_port).await;
+    let addr = gw.https;
+
+    // MUTUAL: a client certificate the CA signed is served; the app sees it, and only
+    // it (the client's own header is dropped).
+    assert_eq!(mutual_get(&server_ca, gw.https, Some(&good)).await, 200);
+    let good_der = der_of(&good);
+    let hash = mesh_proxy::identity::der::hex(
+        ring::digest::digest(&ring::digest::SHA256, &good_der).as_ref(),
+    );
+    let xfcc = page.seen_last().2["x-forwarded-client-cert"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let parts: Vec<&str> = xfcc.split(';').collect();
+    assert_eq!(parts.len(), 5, "{xfcc}");
+    assert_eq!(parts[0], format!("Hash={hash}"));
+    let pem = parts[1]
+        .strip_prefix("Cert=\"")
+        .and_then(|c| c.strip_suffix('"'))
+        .unwrap()
+        .replace("%0A", "\n")
+        .replace("%20", " ")
+        .replace("%2B", "+")
+        .replace("%2F", "/")
+        .replace("%3D", "=");
+    {
+        use rustls::pki_types::pem::PemObject as _;
+        let der = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+        assert_eq!(der.to_vec(), good_der, "Cert is the client's certificate");
+    }
+    assert_eq!(
+        &parts[2..],
+        [
+            "Subject=\"CN=client.example.com,O=client organization\"",
+            "URI=",
+            "DNS=client.example.com"
+        ]
+    );
+    // No certificate, or one another CA signed: refused, the app never reached.
+    let seen = page.seen.lock().unwrap().len();
+    assert_eq!(mutual_get(&server_ca, gw.https, None).await, 0);
+    assert_eq!(mutual_get(&server_ca, gw.https, Some(&stranger)).await, 0);
+    assert_eq!(page.seen.lock().unwrap().len(), seen);
+
+    // OPTIONAL_MUTUAL, with subjectAltNames and a certificate hash: no certificate is
+    // served (and the app gets no header at all); a certificate is still checked.
+    // A CRL from the client CA revoking serial 3 (the credential's ca.crl).
+    assert_eq!(mutual_get(&server_ca, gw.https, Some(&revoked)).await, 200);
+    let now = time::OffsetDateTime::now_utc();
+    let crl = rcgen::CertificateRevocationListParams {
+        this_update: now - time::Duration::minutes(1),
+        next_update: now + time::Duration::hours(1),
+        crl_number: 1u64.into(),
+        issuing_distribution_point: None,
+        revoked_certs: vec![rcgen::RevokedCertParams {
+            serial_number: 3u64.into(),
+            revocation_time: now - time::Duration::minutes(1),
+            reason_code: None,
+            invalidity_date: None,
+        }],
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(&Issuer::from_params(&client_ca.params, &client_ca.key))
+    .unwrap()
+    .pem()
+    .unwrap();
+    let with_crl = ClientCertificates {
+        crl_pem: crl,
+        ..mutual.clone()
+    };
+    ca.serve_config(vec![(
+        "gateway".into(),
+        Resource::Gateway(mutual_config(
+            https_port,
+            &page_cluster,
+            &server_cert,
+            with_crl,
+        )),
+    )]);
+    eventually(Duration::from_secs(10), "the CRL applied", || {
+        let (ca, c) = (&server_ca, &revoked);
+        async move { mutual_get(ca, addr, Some(c)).await == 0 }
+    })
+    .await;
+    assert_eq!(mutual_get(&server_ca, gw.https, Some(&good)).await, 200);
+
+    let optional = ClientCertificates {
+        required: false,
+        subject_alt_names: vec!["client.example.com".into()],
+        certificate_hashes: vec![hash.clone(), "00".repeat(32)],
+        ..mutual
+    };
+    ca.serve_config(vec![(
+        "gateway".into(),
+        Resource::Gateway(mutual_config(
+            https_port,
+            &page_cluster,
+            &server_cert,
+            optional,
+        )),
+    )]);
+    eventually(Duration::from_secs(10), "OPTIONAL_MUTUAL applied", || {
+        let ca = &server_ca;
+        async move { mutual_get(ca, addr, None).await == 200 }
+    })
+    .await;
+    assert!(
+        !page.seen_last().2.contains_key("x-forwarded-client-cert"),
+        "no client certificate: no header"
+    );
+    assert_eq!(mutual_get(&server_ca, gw.https, Some(&good)).await, 200);
+    assert!(
+        page.seen_last().2["x-forwarded-client-cert"]
+            .to_str()
+            .unwrap()
+            .starts_with(&format!("Hash={hash};Cert="))
+    );
+    let seen = page.seen.lock().unwrap().len();
+    assert_eq!(
+        mutual_get(&server_ca, gw.https, Some(&other_name)).await,
+        0,
+        "a name subjectAltNames does not list (and a hash not listed)"
+    );
+    assert_eq!(mutual_get(&server_ca, gw.https, Some(&stranger)).await, 0);
+    assert_eq!(page.seen.lock().unwrap().len(), seen);
+    assert!(!gw.task.is_finished());
 }

@@ -544,3 +544,53 @@ async fn a_failing_handshake_ejects_the_endpoint() {
     assert_eq!(good.tls_handshakes.load(Ordering::SeqCst), 1);
     assert_eq!(app.seen.lock().unwrap().len(), 6);
 }
+
+/// The app behind the server sidecar learns who called from `x-forwarded-client-cert`,
+/// as an Istio sidecar writes it: our identity (`By`), the client certificate's SHA-256,
+/// its empty subject and its SPIFFE id. What a client sends in that header itself is
+/// never believed: the outbound sidecar drops it, and so does an inbound side reached
+/// in plaintext.
+#[tokio::test]
+async fn the_app_sees_the_client_certificate_in_x_forwarded_client_cert() {
+    const FORGED: &str = "By=spiffe://cluster.local/ns/default/sa/bookinfo-reviews;URI=spiffe://cluster.local/ns/foo/sa/admin";
+    let ca = Ca::new();
+    let app = upstream("app", Proto::H1).await;
+    let srv = server(&ca, REVIEWS, &app, server_resolver(Protocol::Http)).await;
+    let svc = reviews_at(srv.addr, true, auto_tls(&[REVIEWS]), Protocol::Http);
+    let cli = client(&ca, SLEEP, &svc).await;
+    let mut c = H1Client::connect(cli.addr).await;
+    let (s, _, _) = c
+        .get("reviews:9080", "/", &[("x-forwarded-client-cert", FORGED)])
+        .await;
+    assert_eq!(s.as_u16(), 200);
+    let (_, _, h) = app.seen_last();
+    let values: Vec<&str> = h
+        .get_all("x-forwarded-client-cert")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(values.len(), 1, "{values:?}");
+    let v = values[0];
+    let hash = v
+        .strip_prefix(&format!("By={REVIEWS};Hash="))
+        .and_then(|r| r.strip_suffix(&format!(";Subject=\"\";URI={SLEEP}")))
+        .unwrap_or_else(|| panic!("unexpected element {v:?}"));
+    assert_eq!(hash.len(), 64, "{v}");
+    assert!(
+        hash.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+        "{v}"
+    );
+    // A second request on the same connection carries the same element.
+    c.get("reviews:9080", "/", &[]).await;
+    let (_, _, h2) = app.seen_last();
+    assert_eq!(h2.get("x-forwarded-client-cert").unwrap(), v);
+    // Straight to the server's inbound side in plaintext: the forged header is dropped.
+    let mut plain = H1Client::connect(srv.addr).await;
+    let (s, _, _) = plain
+        .get("reviews:9080", "/", &[("x-forwarded-client-cert", FORGED)])
+        .await;
+    assert_eq!(s.as_u16(), 200);
+    let (_, _, h3) = app.seen_last();
+    assert!(h3.get("x-forwarded-client-cert").is_none(), "{h3:?}");
+}

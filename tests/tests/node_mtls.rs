@@ -13,7 +13,9 @@
 //!   the request in clear on the link, and httpbin's sidecar reports
 //!   `connection_security_policy="mutual_tls"` with sleep's SPIFFE id as
 //!   `source_principal`; legacy → httpbin (PERMISSIVE, the default): 200, the request in
-//!   clear, reported as `none`.
+//!   clear, reported as `none`. httpbin's app reads sleep's certificate in
+//!   `x-forwarded-client-cert` (`By`, `Hash`, `Subject`, `URI`, as Istio's sidecars
+//!   write it), and no such header from legacy, whose forged one is dropped.
 //! - `strict_port_level_and_destination_rule_disable`: PeerAuthentication STRICT in the
 //!   namespace → legacy gets no answer, sleep still 200; a workload policy with
 //!   `portLevelMtls` PERMISSIVE on httpbin's port → legacy answered again; back to
@@ -277,8 +279,43 @@ fn mtls_between_sidecars_and_plaintext_from_legacy() {
         ],
     );
     assert!(plain >= 5, "{plain} plaintext requests counted");
+
+    // What the app reads (Istio's X-Forwarded-Client-Cert, as httpbin's /headers shows
+    // it in Istio's mTLS tasks): httpbin's identity, the client certificate's hash, its
+    // empty subject and sleep's SPIFFE id; a forged header never gets through.
+    let forged = "x-forwarded-client-cert: By=spiffe://forged;URI=spiffe://cluster.local/ns/x/sa/admin";
+    let xfcc_of = |ns: &str, pod: &str, url: &str| -> Option<String> {
+        let r = w.node.exec(
+            ns,
+            pod,
+            "sleep",
+            &["/mesh-bookstore", "get", url, "--header", forged],
+        );
+        assert!(r.ok, "get {url} from {pod}: {}{}", r.stdout, r.stderr);
+        let body: Value = serde_json::from_str(r.stdout.trim())
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", r.stdout));
+        let headers = body["headers"].as_object().expect("headers").clone();
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("x-forwarded-client-cert"))
+            .map(|(_, v)| v.as_str().unwrap_or_default().to_owned())
+    };
+    let xfcc = xfcc_of(&w.ns.name, &w.sleep.name, "http://httpbin:8000/headers")
+        .expect("httpbin saw no x-forwarded-client-cert from sleep");
+    let by = format!("spiffe://cluster.local/ns/{}/sa/httpbin", w.ns.name);
+    let hash = xfcc
+        .strip_prefix(&format!("By={by};Hash="))
+        .and_then(|r| r.strip_suffix(&format!(";Subject=\"\";URI={sleep_id}")))
+        .unwrap_or_else(|| panic!("unexpected x-forwarded-client-cert {xfcc:?}"));
+    assert!(
+        hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{xfcc}"
+    );
+    let legacy_url = format!("http://{}:8000/headers", w.cluster_ip);
+    let legacy_xfcc = xfcc_of(&w.legacy_ns.name, &w.legacy, &legacy_url);
+    assert_eq!(legacy_xfcc, None, "a plaintext client's header reached the app");
     report(&format!(
-        "mtls wire: sleep -> httpbin 20/20 200 over mTLS (nothing in clear on the link, {mtls} counted mutual_tls from {sleep_id}); legacy -> httpbin 5/5 200 in clear ({plain} counted none)"
+        "mtls wire: sleep -> httpbin 20/20 200 over mTLS (nothing in clear on the link, {mtls} counted mutual_tls from {sleep_id}); legacy -> httpbin 5/5 200 in clear ({plain} counted none); httpbin's app saw x-forwarded-client-cert {xfcc:?} from sleep and none from legacy (forged header dropped)"
     ));
 }
 

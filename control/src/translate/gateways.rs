@@ -918,6 +918,7 @@ impl Snapshot {
                                 credential_name: credential_name.clone(),
                                 certificate,
                                 why,
+                                client_certificates: None,
                                 virtual_hosts: vh.finish(),
                             }
                         }

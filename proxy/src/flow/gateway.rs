@@ -94,7 +94,7 @@ pub(super) async fn handle(
         return to_route(shared, l7, client, record, local, &tcp.route, &tcp.clusters).await;
     }
     if listener.tls.is_empty() {
-        return serve_http(shared, l7, client, record, local, None).await;
+        return serve_http(shared, l7, client, record, local, None, None).await;
     }
     let hello = match tokio::time::timeout(HELLO_WAIT, read_hello(&client)).await {
         Ok(Some(h)) => h,
@@ -107,7 +107,7 @@ pub(super) async fn handle(
         Hello::Tls { sni, .. } => sni,
         Hello::NotTls | Hello::Incomplete => {
             return if listener.http.is_some() {
-                serve_http(shared, l7, client, record, local, None).await
+                serve_http(shared, l7, client, record, local, None, None).await
             } else {
                 debug!(client = %record.client(), "plaintext on a TLS-only Gateway port; closing");
                 refuse(record, client, (RefusalReason::NoServer, Some(local)))
@@ -119,7 +119,9 @@ pub(super) async fn handle(
         return refuse(record, client, (RefusalReason::NoServer, Some(local)));
     };
     match &server.mode {
-        CompiledTlsMode::Simple { config, .. } => {
+        CompiledTlsMode::Simple {
+            config, own_uris, ..
+        } => {
             let config = match config {
                 Ok(c) => c.clone(),
                 Err(why) => {
@@ -143,8 +145,15 @@ pub(super) async fn handle(
                     return;
                 }
             };
+            // MUTUAL, OPTIONAL_MUTUAL: the verified client certificate, for the app.
+            let client_cert = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|leaf| Arc::from(crate::identity::xfcc::element(own_uris, leaf, true)));
             let name = server.name.clone();
-            serve_http(shared, l7, stream, record, local, Some(name)).await
+            serve_http(shared, l7, stream, record, local, Some(name), client_cert).await
         }
         CompiledTlsMode::Passthrough { clusters, .. } => {
             let Some(route) = server.mode.tls_route(sni.as_deref()) else {
@@ -225,6 +234,7 @@ async fn serve_http<IO>(
     record: &mut ConnRecord<'_>,
     local: OrigDstAddr,
     server: Option<String>,
+    client_cert: Option<Arc<str>>,
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -241,8 +251,10 @@ async fn serve_http<IO>(
         orig_dst: local.addr(),
         client: record.client().addr(),
         drain: Some(shared.drain.clone()),
-        // Clients of a gateway come from outside the mesh: no client certificate.
+        // Clients of a gateway come from outside the mesh: not a mesh identity, even
+        // with a client certificate (which the app sees in x-forwarded-client-cert).
         peer_identity: None,
+        client_cert,
     };
     if let Err(e) = Box::pin(crate::http::serve_gateway(io, ctx, routes)).await {
         debug!(error = %e, "gateway HTTP connection ended with an error");

@@ -280,8 +280,17 @@ async fn finish(
     }
 }
 
-/// Serves `client` (plain TCP, or mTLS the inbound flow terminated, then `peer_identity`
-/// is the client's SPIFFE id) with the HTTP engine until it closes.
+/// Who the client of a TLS connection the proxy terminated is.
+#[derive(Debug, Default)]
+pub struct ClientTls {
+    /// Its verified SPIFFE id.
+    pub identity: Option<Arc<str>>,
+    /// Its certificate's `x-forwarded-client-cert` element (none: it sent none).
+    pub client_cert: Option<Arc<str>>,
+}
+
+/// Serves `client` (plain TCP, `tls` default; or mTLS the inbound flow terminated) with
+/// the HTTP engine until it closes.
 pub async fn serve<IO>(
     shared: &Shared,
     l7: &L7,
@@ -289,7 +298,7 @@ pub async fn serve<IO>(
     peer: ClientAddr,
     orig: OrigDstAddr,
     inbound: bool,
-    peer_identity: Option<Arc<str>>,
+    tls: ClientTls,
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -305,7 +314,8 @@ pub async fn serve<IO>(
         orig_dst: orig.addr(),
         client: peer.addr(),
         drain: Some(shared.drain.clone()),
-        peer_identity,
+        peer_identity: tls.identity,
+        client_cert: tls.client_cert,
     };
     let result = if inbound {
         crate::http::serve_inbound(client, ctx).await

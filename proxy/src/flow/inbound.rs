@@ -96,7 +96,7 @@ pub(super) async fn handle(
                 record.client(),
                 orig,
                 true,
-                None,
+                http::ClientTls::default(),
             ))
             .await;
         }
@@ -266,7 +266,10 @@ async fn serve_mtls(
             record.client(),
             orig,
             true,
-            peer_id,
+            http::ClientTls {
+                identity: peer_id,
+                client_cert: accepted.client_cert,
+            },
         ))
         .await;
     }

@@ -86,7 +86,7 @@ pub(super) async fn handle(
                 record.client(),
                 orig,
                 false,
-                None,
+                http::ClientTls::default(),
             ))
             .await;
         }

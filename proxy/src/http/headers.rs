@@ -128,6 +128,53 @@ pub fn append_forwarded_for(h: &mut HeaderMap, client: std::net::IpAddr) {
     }
 }
 
+pub(crate) static X_FORWARDED_CLIENT_CERT: HeaderName =
+    HeaderName::from_static("x-forwarded-client-cert");
+
+/// How a request's `x-forwarded-client-cert` is rewritten, given the element for the
+/// connection's client certificate (`identity::xfcc`; `None`: the client presented
+/// none, or the connection is plaintext):
+/// - no client certificate: the header is removed, whatever the mode (a client cannot
+///   pass one on without proving it);
+/// - `append` (Envoy's `APPEND_FORWARD`, a sidecar's inbound side): the element is
+///   appended to the header's elements (`,`), or makes it;
+/// - else (`SANITIZE_SET`, a gateway): the header is the element alone.
+///
+/// Several header lines count as one list, in order.
+pub fn forward_client_cert(h: &mut HeaderMap, element: Option<&str>, append: bool) {
+    let Some(element) = element else {
+        h.remove(&X_FORWARDED_CLIENT_CERT);
+        return;
+    };
+    let mut value = String::new();
+    if append {
+        for v in h.get_all(&X_FORWARDED_CLIENT_CERT) {
+            let v = String::from_utf8_lossy(v.as_bytes());
+            let v = v.trim();
+            if !v.is_empty() {
+                value.push_str(v);
+                value.push(',');
+            }
+        }
+    }
+    value.push_str(element);
+    match HeaderValue::from_str(&value) {
+        Ok(v) => {
+            h.insert(X_FORWARDED_CLIENT_CERT.clone(), v);
+        }
+        // Not expected (the element is ASCII, the old value was a header value): the
+        // element alone rather than the client's unchecked one.
+        Err(_) => match HeaderValue::from_str(element) {
+            Ok(v) => {
+                h.insert(X_FORWARDED_CLIENT_CERT.clone(), v);
+            }
+            Err(_) => {
+                h.remove(&X_FORWARDED_CLIENT_CERT);
+            }
+        },
+    }
+}
+
 /// Whether the request asks for a protocol upgrade (WebSocket and the like) on HTTP/1.1.
 pub fn is_upgrade(h: &HeaderMap) -> bool {
     h.contains_key(header::UPGRADE)
@@ -211,6 +258,39 @@ pub fn http_to_grpc_status(status: u16) -> u32 {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn client_cert_is_appended_replaced_or_removed() {
+        let xfcc = |h: &HeaderMap| {
+            h.get_all(&X_FORWARDED_CLIENT_CERT)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
+        let mut h = HeaderMap::new();
+        h.append(
+            &X_FORWARDED_CLIENT_CERT,
+            HeaderValue::from_static("By=a;URI=b"),
+        );
+        h.append(
+            &X_FORWARDED_CLIENT_CERT,
+            HeaderValue::from_static(" By=c;URI=d "),
+        );
+        let mut appended = h.clone();
+        forward_client_cert(&mut appended, Some("By=me;URI=you"), true);
+        assert_eq!(xfcc(&appended), ["By=a;URI=b,By=c;URI=d,By=me;URI=you"]);
+        let mut set = h.clone();
+        forward_client_cert(&mut set, Some("Hash=1;URI="), false);
+        assert_eq!(xfcc(&set), ["Hash=1;URI="]);
+        for append in [true, false] {
+            let mut none = h.clone();
+            forward_client_cert(&mut none, None, append);
+            assert!(xfcc(&none).is_empty());
+        }
+        let mut fresh = HeaderMap::new();
+        forward_client_cert(&mut fresh, Some("By=me"), true);
+        assert_eq!(xfcc(&fresh), ["By=me"]);
+    }
 
     fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -419,6 +419,11 @@ pub struct ConnCtx {
     pub drain: Option<watch::Receiver<bool>>,
     /// Inbound over mTLS: the client's verified SPIFFE id (`None`: plaintext).
     pub peer_identity: Option<Arc<str>>,
+    /// The `x-forwarded-client-cert` element of the client's certificate
+    /// (`identity::xfcc`), when it presented one: a sidecar's inbound side appends it to
+    /// each request's header, a gateway sets the header to it; without one the header
+    /// is removed ([`headers::forward_client_cert`]).
+    pub client_cert: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for ConnCtx {

@@ -236,6 +236,11 @@ async fn handle(st: Arc<ConnState>, mut req: Request<Incoming>) -> Response<Resp
     let mut rng = Rng::new();
     ex.grpc = headers::is_grpc(req.headers());
     let request_id = headers::ensure_request_id(req.headers_mut(), &mut rng);
+    headers::forward_client_cert(
+        req.headers_mut(),
+        st.ctx.client_cert.as_deref(),
+        st.direction == Direction::Inbound,
+    );
     let gateway = st.gateway.as_ref().map(|g| g.hosts());
     if let Some(hosts) = &gateway {
         // The edge: how the client connected to us, and who it is.

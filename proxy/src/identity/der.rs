@@ -109,6 +109,34 @@ impl<'a> Reader<'a> {
 
 /// Reads the serial, validity, subject and issuer of a DER X.509 certificate.
 pub fn describe(cert: &[u8]) -> Result<CertInfo, DerError> {
+    let f = fields(cert)?;
+    Ok(CertInfo {
+        serial: f.serial.to_vec(),
+        not_before: f.not_before,
+        not_after: f.not_after,
+        subject: name(f.subject)?,
+        issuer: name(f.issuer)?,
+    })
+}
+
+/// A certificate's subject as RFC 2253 writes a distinguished name (and OpenSSL's
+/// `XN_FLAG_RFC2253`, which Envoy's `x-forwarded-client-cert` uses): the last RDN
+/// first, `CN=client,O=Example\, Inc.`; empty for an empty subject (the mesh's
+/// workload certificates).
+pub fn subject_rfc2253(cert: &[u8]) -> Result<String, DerError> {
+    rfc2253(fields(cert)?.subject)
+}
+
+/// The parts of a TBSCertificate [`describe`] reads; names as their content octets.
+struct Fields<'a> {
+    serial: &'a [u8],
+    issuer: &'a [u8],
+    not_before: i64,
+    not_after: i64,
+    subject: &'a [u8],
+}
+
+fn fields(cert: &[u8]) -> Result<Fields<'_>, DerError> {
     let mut outer = Reader::new(cert);
     let certificate = outer.expect(SEQUENCE, "Certificate")?;
     if !outer.is_empty() {
@@ -119,22 +147,22 @@ pub fn describe(cert: &[u8]) -> Result<CertInfo, DerError> {
     if tbs.peek() == Some(EXPLICIT_0) {
         tbs.next()?; // version
     }
-    let serial = tbs.expect(INTEGER, "serialNumber")?.to_vec();
+    let serial = tbs.expect(INTEGER, "serialNumber")?;
     tbs.expect(SEQUENCE, "signature")?;
-    let issuer = name(tbs.expect(SEQUENCE, "issuer")?)?;
+    let issuer = tbs.expect(SEQUENCE, "issuer")?;
     let mut validity = Reader::new(tbs.expect(SEQUENCE, "validity")?);
     let not_before = time(&mut validity)?;
     let not_after = time(&mut validity)?;
     if !validity.is_empty() {
         return Err(DerError::Trailing("validity"));
     }
-    let subject = name(tbs.expect(SEQUENCE, "subject")?)?;
-    Ok(CertInfo {
+    let subject = tbs.expect(SEQUENCE, "subject")?;
+    Ok(Fields {
         serial,
+        issuer,
         not_before,
         not_after,
         subject,
-        issuer,
     })
 }
 
@@ -256,6 +284,100 @@ fn name(content: &[u8]) -> Result<String, DerError> {
         }
     }
     Ok(parts.join(", "))
+}
+
+/// The short names RFC 2253 and OpenSSL print for an attribute type (content octets
+/// of its OBJECT IDENTIFIER).
+fn short_name(oid: &[u8]) -> Option<&'static str> {
+    Some(match oid {
+        [0x55, 0x04, 0x03] => "CN",
+        [0x55, 0x04, 0x04] => "SN",
+        [0x55, 0x04, 0x05] => "serialNumber",
+        [0x55, 0x04, 0x06] => "C",
+        [0x55, 0x04, 0x07] => "L",
+        [0x55, 0x04, 0x08] => "ST",
+        [0x55, 0x04, 0x09] => "street",
+        [0x55, 0x04, 0x0a] => "O",
+        [0x55, 0x04, 0x0b] => "OU",
+        [0x55, 0x04, 0x0c] => "title",
+        [0x55, 0x04, 0x2a] => "GN",
+        [0x09, 0x92, 0x26, 0x89, 0x93, 0xf2, 0x2c, 0x64, 0x01, 0x01] => "UID",
+        [0x09, 0x92, 0x26, 0x89, 0x93, 0xf2, 0x2c, 0x64, 0x01, 0x19] => "DC",
+        [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x01] => "emailAddress",
+        _ => return None,
+    })
+}
+
+const UTF8_STRING: u8 = 0x0c;
+const PRINTABLE_STRING: u8 = 0x13;
+const TELETEX_STRING: u8 = 0x14;
+const IA5_STRING: u8 = 0x16;
+const BMP_STRING: u8 = 0x1e;
+
+/// A `Name`'s content in RFC 2253 form: RDNs last to first, joined by `,`; the
+/// attributes of a multi-valued RDN by `+`; a string value escaped (`,+"\<>;`, a
+/// leading `#` or space, a trailing space, control characters as `\XX`), an attribute
+/// type without a short name as its dotted OID, a value of another type as `#` and the
+/// hex of its DER.
+fn rfc2253(content: &[u8]) -> Result<String, DerError> {
+    let mut rdns: Vec<String> = Vec::new();
+    let mut r = Reader::new(content);
+    while !r.is_empty() {
+        let mut set = Reader::new(r.expect(SET, "RelativeDistinguishedName")?);
+        let mut atvs: Vec<String> = Vec::new();
+        while !set.is_empty() {
+            let mut atv = Reader::new(set.expect(SEQUENCE, "AttributeTypeAndValue")?);
+            let oid = atv.expect(OID, "attribute type")?;
+            let whole = atv.buf;
+            let (tag, value) = atv.next()?;
+            let key = match short_name(oid) {
+                Some(k) => k.to_owned(),
+                None => dotted_oid(oid)?,
+            };
+            let text = match tag {
+                UTF8_STRING | PRINTABLE_STRING | IA5_STRING | TELETEX_STRING => {
+                    std::str::from_utf8(value).ok().map(str::to_owned)
+                }
+                BMP_STRING if value.len() % 2 == 0 => {
+                    let units = value
+                        .chunks_exact(2)
+                        .map(|c| u16::from_be_bytes([c[0], c[1]]));
+                    char::decode_utf16(units)
+                        .collect::<Result<String, _>>()
+                        .ok()
+                }
+                _ => None,
+            };
+            atvs.push(match text {
+                Some(t) => format!("{key}={}", escape_2253(&t)),
+                None => format!("{key}=#{}", hex(whole)),
+            });
+        }
+        rdns.push(atvs.join("+"));
+    }
+    rdns.reverse();
+    Ok(rdns.join(","))
+}
+
+fn escape_2253(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    let last = v.chars().count().saturating_sub(1);
+    for (i, c) in v.chars().enumerate() {
+        match c {
+            ',' | '+' | '"' | '\\' | '<' | '>' | ';' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '#' | ' ' if i == 0 => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' ' if i == last => out.push_str("\\ "),
+            c if c.is_ascii_control() => out.push_str(&format!("\\{:02X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// An OBJECT IDENTIFIER's content as `2.5.4.3`.

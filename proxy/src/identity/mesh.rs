@@ -117,6 +117,8 @@ pub struct Accepted {
     pub stream: ServerStream,
     /// The client's verified SPIFFE id.
     pub peer: Option<Arc<str>>,
+    /// The client certificate's `x-forwarded-client-cert` element, by our SPIFFE id.
+    pub client_cert: Option<Arc<str>>,
     /// The ALPN protocol agreed (`h2`, `http/1.1`, `istio-peer-exchange` or `istio`, as
     /// [`tls::SERVER_ALPN`] prefers them among what the client offered).
     pub alpn: Option<Vec<u8>>,
@@ -200,12 +202,19 @@ impl MeshTls {
     pub async fn accept(&self, tcp: TcpStream) -> io::Result<Accepted> {
         let stream = self.server.accept(ReadAhead::new(tcp)).await?;
         let (_, conn) = stream.get_ref();
-        let peer = conn
-            .peer_certificates()
-            .and_then(tls::peer_identity)
-            .map(Arc::from);
+        let certs = conn.peer_certificates();
+        let peer = certs.and_then(tls::peer_identity).map(Arc::from);
+        let client_cert = certs.and_then(|c| c.first()).map(|leaf| {
+            let by = [self.spiffe_id().to_owned()];
+            Arc::from(super::xfcc::element(&by, leaf, false))
+        });
         let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
         let stream = self.exchange(stream, alpn.as_deref()).await?;
-        Ok(Accepted { stream, peer, alpn })
+        Ok(Accepted {
+            stream,
+            peer,
+            client_cert,
+            alpn,
+        })
     }
 }

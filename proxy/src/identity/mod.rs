@@ -13,10 +13,11 @@
 //! - [`store`]: the current certificate and roots, and the task that renews them;
 //! - [`tls`]: `server_config`, `client_config`, `peer_identity`, Istio's SNI and ALPN;
 //! - [`exchange`]: Istio's `istio-peer-exchange` frame, ours and the peer's;
+//! - [`xfcc`]: the `x-forwarded-client-cert` element for a client certificate;
 //! - [`mesh`]: the data path's [`mesh::MeshTls`]: terminate and originate mTLS.
 //!
 //! Order (each uses only those before it): `der`, `roots`, `csr`, `channel`, `verify`,
-//! `ca_client`, `store`, `tls`, `exchange`, `mesh`.
+//! `ca_client`, `store`, `tls`, `exchange`, `xfcc`, `mesh`.
 //!
 //! The mesh's TLS is 1.3 only, on ring, set in code: mesh-control, istiod and Envoy
 //! sidecars under `ISTIO_MUTUAL` all speak it (TLS 1.2 is compiled in for a gateway's
@@ -32,6 +33,7 @@ pub mod roots;
 pub mod store;
 pub mod tls;
 pub mod verify;
+pub mod xfcc;
 
 #[cfg(test)]
 pub(crate) mod testca;

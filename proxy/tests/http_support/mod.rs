@@ -643,6 +643,7 @@ async fn start(
                 client,
                 drain: drain.clone(),
                 peer_identity: None,
+                client_cert: None,
             };
             let (tls, counts) = (tls.clone(), counts.clone());
             tokio::spawn(async move {
@@ -665,6 +666,7 @@ async fn start(
                         };
                         counts.1.fetch_add(1, Ordering::SeqCst);
                         ctx.peer_identity = accepted.peer;
+                        ctx.client_cert = accepted.client_cert;
                         mesh_proxy::http::serve_inbound(accepted.stream, ctx).await
                     }
                 };
