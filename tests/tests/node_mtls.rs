@@ -283,7 +283,8 @@ fn mtls_between_sidecars_and_plaintext_from_legacy() {
     // What the app reads (Istio's X-Forwarded-Client-Cert, as httpbin's /headers shows
     // it in Istio's mTLS tasks): httpbin's identity, the client certificate's hash, its
     // empty subject and sleep's SPIFFE id; a forged header never gets through.
-    let forged = "x-forwarded-client-cert: By=spiffe://forged;URI=spiffe://cluster.local/ns/x/sa/admin";
+    let forged =
+        "x-forwarded-client-cert: By=spiffe://forged;URI=spiffe://cluster.local/ns/x/sa/admin";
     let xfcc_of = |ns: &str, pod: &str, url: &str| -> Option<String> {
         let r = w.node.exec(
             ns,
@@ -313,7 +314,10 @@ fn mtls_between_sidecars_and_plaintext_from_legacy() {
     );
     let legacy_url = format!("http://{}:8000/headers", w.cluster_ip);
     let legacy_xfcc = xfcc_of(&w.legacy_ns.name, &w.legacy, &legacy_url);
-    assert_eq!(legacy_xfcc, None, "a plaintext client's header reached the app");
+    assert_eq!(
+        legacy_xfcc, None,
+        "a plaintext client's header reached the app"
+    );
     report(&format!(
         "mtls wire: sleep -> httpbin 20/20 200 over mTLS (nothing in clear on the link, {mtls} counted mutual_tls from {sleep_id}); legacy -> httpbin 5/5 200 in clear ({plain} counted none); httpbin's app saw x-forwarded-client-cert {xfcc:?} from sleep and none from legacy (forged header dropped)"
     ));
