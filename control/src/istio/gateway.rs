@@ -2,8 +2,9 @@
 //! fields of `spec` the translation reads: `selector` and `servers[]` (`port`, `bind`,
 //! `hosts`, `tls`, `name`, `defaultEndpoint`). Fields not declared (`tls.cipherSuites`,
 //! `tls.minProtocolVersion`, ...) parse and are ignored; what the translation cannot
-//! serve (`bind`, `tls.mode: MUTUAL`, file-path certificates, ...) is its to report, one
-//! server at a time (`translate::gateways`).
+//! serve (`bind`, `tls.mode: ISTIO_MUTUAL`, file-path certificates,
+//! `tls.verifyCertificateSpki`, ...) is its to report, one server at a time
+//! (`translate::gateways`).
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -95,6 +96,22 @@ pub struct ServerTls {
     pub private_key: String,
     #[serde(deserialize_with = "nullable")]
     pub ca_certificates: String,
+    /// A file path too (the client CRL): only checked for presence.
+    #[serde(deserialize_with = "nullable")]
+    pub ca_crl: String,
+    /// The Secret or ConfigMap of the client CA (Istio 1.28): only checked for presence.
+    #[serde(deserialize_with = "nullable")]
+    pub ca_cert_credential_name: String,
+    /// `MUTUAL` / `OPTIONAL_MUTUAL`: names one of which a client certificate must carry.
+    #[serde(deserialize_with = "nullable")]
+    pub subject_alt_names: Vec<String>,
+    /// `MUTUAL` / `OPTIONAL_MUTUAL`: SHA-256 hashes (hex, colons allowed) one of which a
+    /// client certificate must have.
+    #[serde(deserialize_with = "nullable")]
+    pub verify_certificate_hash: Vec<String>,
+    /// Only checked for presence (not supported).
+    #[serde(deserialize_with = "nullable")]
+    pub verify_certificate_spki: Vec<String>,
 }
 
 #[cfg(test)]

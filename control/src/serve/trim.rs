@@ -10,7 +10,8 @@
 //!   list is at [`pod`]): no images, commands, volumes, probes, resources, conditions
 //!   or container statuses.
 //! - Secrets keep their name, namespace, uid, resourceVersion and type, and of their data
-//!   only a certificate and key pair a Gateway may use ([`secret`]): nothing else of
+//!   only a certificate and key pair a Gateway may use, and the client CA certificates and
+//!   CRLs of such a Secret or of a `<name>-cacert` one ([`secret`]): nothing else of
 //!   anyone's Secrets is held.
 //!
 //! Services, EndpointSlices, Namespaces and the Istio kinds are kept whole otherwise: the
@@ -82,8 +83,16 @@ pub fn pod(p: &mut Pod) {
 
 /// A Secret as the translation reads it (`translate/gateways.rs`): `type`, the metadata
 /// that names it, and of `data` each pair of `cert` / `key` (Istio's generic layout) and
-/// `tls.crt` / `tls.key` (`kubernetes.io/tls`) that is there whole.
+/// `tls.crt` / `tls.key` (`kubernetes.io/tls`) that is there whole; and, in a Secret
+/// that keeps such a pair or whose name ends with `-cacert` (where a `MUTUAL` server's
+/// client CA may be), the client CA certificates and CRLs `cacert`, `crl`, `ca.crt`,
+/// `ca.crl` (public data).
 pub fn secret(s: &mut Secret) {
+    let ca_secret = s
+        .metadata
+        .name
+        .as_deref()
+        .is_some_and(|n| n.ends_with(crate::translate::CA_SECRET_SUFFIX));
     let md = std::mem::take(&mut s.metadata);
     s.metadata = ObjectMeta {
         name: md.name,
@@ -99,6 +108,15 @@ pub fn secret(s: &mut Secret) {
         for (c, k) in crate::translate::SECRET_KEYS {
             if data.contains_key(c) && data.contains_key(k) {
                 for name in [c, k] {
+                    if let Some(v) = data.remove(name) {
+                        kept.insert(name.to_owned(), v);
+                    }
+                }
+            }
+        }
+        if ca_secret || !kept.is_empty() {
+            for (ca, crl) in crate::translate::CA_KEYS {
+                for name in [ca, crl] {
                     if let Some(v) = data.remove(name) {
                         kept.insert(name.to_owned(), v);
                     }
@@ -202,7 +220,10 @@ mod tests {
                     if trimmed {
                         s.metadata.labels = Some([("app".to_owned(), "shop".to_owned())].into());
                         if let Some(data) = s.data.as_mut() {
-                            data.insert("ca.crt".into(), k8s_openapi::ByteString(b"CA".to_vec()));
+                            data.insert(
+                                "password".into(),
+                                k8s_openapi::ByteString(b"hunter2".to_vec()),
+                            );
                         }
                         secret(&mut s);
                     }
@@ -285,13 +306,14 @@ mod tests {
     }
 
     #[test]
-    fn a_secret_keeps_only_a_whole_certificate_and_key_pair() {
+    fn a_secret_keeps_only_a_whole_certificate_and_key_pair_and_client_cas() {
         let mut s: Secret = serde_json::from_value(json!({
             "metadata": {"name": "cert", "namespace": "gw", "uid": "u", "resourceVersion": "3",
                 "labels": {"a": "b"}, "annotations": {LAST_APPLIED: "{}"},
                 "managedFields": [{"manager": "kubectl"}]},
             "type": "kubernetes.io/tls",
-            "data": {"tls.crt": "Q1JU", "tls.key": "S0VZ", "ca.crt": "Q0E=", "cert": "WA=="}
+            "data": {"tls.crt": "Q1JU", "tls.key": "S0VZ", "ca.crt": "Q0E=", "cert": "WA==",
+                "tls.ocsp-staple": "Tw=="}
         }))
         .unwrap();
         secret(&mut s);
@@ -300,16 +322,30 @@ mod tests {
             json!({"apiVersion": "v1", "kind": "Secret",
                 "metadata": {"name": "cert", "namespace": "gw", "uid": "u", "resourceVersion": "3"},
                 "type": "kubernetes.io/tls",
-                "data": {"tls.crt": "Q1JU", "tls.key": "S0VZ"}})
+                "data": {"tls.crt": "Q1JU", "tls.key": "S0VZ", "ca.crt": "Q0E="}})
         );
         let mut opaque: Secret = serde_json::from_value(json!({
             "metadata": {"name": "db", "namespace": "app"},
-            "type": "Opaque", "data": {"password": "cHc=", "key": "aw=="}
+            "type": "Opaque", "data": {"password": "cHc=", "key": "aw==", "cacert": "Q0E="}
         }))
         .unwrap();
         secret(&mut opaque);
-        assert_eq!(opaque.data, None);
+        assert_eq!(
+            opaque.data, None,
+            "a CA is kept only beside a credential or in -cacert"
+        );
         assert_eq!(opaque.metadata.name.as_deref(), Some("db"));
+        let mut ca: Secret = serde_json::from_value(json!({
+            "metadata": {"name": "cert-cacert", "namespace": "gw"},
+            "type": "Opaque",
+            "data": {"cacert": "Q0E=", "crl": "Q1JM", "ca.crl": "Qw==", "password": "cHc="}
+        }))
+        .unwrap();
+        secret(&mut ca);
+        assert_eq!(
+            serde_json::to_value(ca.data).unwrap(),
+            json!({"cacert": "Q0E=", "crl": "Q1JM", "ca.crl": "Qw=="})
+        );
     }
 
     #[test]

@@ -15,7 +15,8 @@
 //!   blocks readiness.
 //! - Secrets, for Gateways' `credentialName`: two watches, field selectors
 //!   `type=kubernetes.io/tls` and `type=Opaque` (Istio's generic `cert` / `key` layout),
-//!   each Secret trimmed to its certificate and key ([`trim::secret`]; an `Opaque` one
+//!   each Secret trimmed to its certificate and key, and the client CA and CRLs of such a
+//!   Secret or of a `<credentialName>-cacert` one ([`trim::secret`]; an `Opaque` one
 //!   without them keeps only its name). No other type is listed. They do not block
 //!   readiness either (a Secret that arrives later is pushed like any change).
 

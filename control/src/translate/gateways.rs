@@ -4,13 +4,19 @@
 //! cannot be served one server at a time ([`Diagnostic`] on the Gateway, the server
 //! skipped, the rest kept): a port number out of range, a protocol other than `HTTP`,
 //! `HTTP2`, `GRPC`, `GRPC-WEB`, `HTTPS`, `TLS`, `TCP`, `MONGO`, `REDIS`, `MYSQL` (any
-//! case), `HTTPS`/`TLS` without `tls`, `tls.mode` `MUTUAL`,
-//! `ISTIO_MUTUAL`, `AUTO_PASSTHROUGH`, `OPTIONAL_MUTUAL`, `SIMPLE` without
-//! `credentialName` (file-path certificates are not supported), `SIMPLE` on a `TLS`
-//! server (terminated TLS routed by `tcp[]`), no usable host. Hosts are `host` or
-//! `*/host` (any namespace's VirtualServices), `./host` (the Gateway's namespace) or
-//! `<namespace>/host`, lower-cased; `bind` and `defaultEndpoint` are reported and
-//! ignored. `tls.mode` unset is `PASSTHROUGH`, the API's default.
+//! case), `HTTPS`/`TLS` without `tls`, `tls.mode` `ISTIO_MUTUAL`, `AUTO_PASSTHROUGH`,
+//! `SIMPLE`, `MUTUAL` or `OPTIONAL_MUTUAL` without `credentialName` (file-path
+//! certificates are not supported) or on a `TLS` server (terminated TLS routed by
+//! `tcp[]`), a mutual server with `verifyCertificateSpki`, `caCrl` (a file path),
+//! `caCertCredentialName`, a `verifyCertificateHash` entry that is not 64 hex digits (once
+//! `:` are dropped) or only empty `subjectAltNames` (each of which would let clients in
+//! that the user meant to refuse), no usable host. Reported and ignored: a mutual
+//! server's `caCertificates` (a file path: the credential's CA is used, as istiod does),
+//! empty `subjectAltNames` entries, and on `SIMPLE` every client certificate field (it
+//! asks for none). Hosts are `host` or `*/host` (any namespace's VirtualServices),
+//! `./host` (the Gateway's namespace) or `<namespace>/host`, lower-cased; `bind` and
+//! `defaultEndpoint` are reported and ignored. `tls.mode` unset is `PASSTHROUGH`, the
+//! API's default.
 //!
 //! Per gateway pod ([`Snapshot::gateway`]), as istiod's `mergeGateways`:
 //! - every Gateway (any namespace) whose `selector` is a subset of the pod's labels
@@ -31,7 +37,7 @@
 //!   the Gateway and the server's port number (`routes::tcp_port_route`): every
 //!   connection to one of its destinations by weight, bytes untouched.
 //!
-//! Virtual hosts (plaintext, and after `SIMPLE` termination, per server): for each
+//! Virtual hosts (plaintext, and after `SIMPLE` / mutual termination, per server): for each
 //! VirtualService bound to the server's Gateway (`spec.gateways`, see
 //! `routes::resolve_gateway_name`), visible to the gateway pod's namespace (`exportTo`),
 //! oldest first, each of its hosts intersected with each server host its namespace may
@@ -59,15 +65,26 @@
 //! certificate is the pod's own SPIFFE id ([`ProxyNode::identity`]); else the
 //! certificate is left out and `why` says why.
 //!
+//! `MUTUAL` (a client certificate required) and `OPTIONAL_MUTUAL` (asked for, checked
+//! when sent) are `SIMPLE` servers with client checks: the CA as istiod's `GetCaCert`
+//! finds it, Secret `<credentialName>-cacert` of the same namespace if it exists, else
+//! the credential's own Secret; in it `cacert` (CRL `crl`), else `ca.crt` (CRL `ca.crl`),
+//! PEM, checked as the proxy loads them. `subjectAltNames` (trimmed) and
+//! `verifyCertificateHash` (lowercase hex, no `:`) go along. The CA is sent only with the
+//! certificate (the same stream checks); a missing or bad CA withholds the certificate
+//! too (`why` names the Secrets and keys looked for), so the server's handshakes fail
+//! rather than skip the client check.
+//!
 //! Cost: `resolve` walks the Gateways once (a label check each), then only the selected
 //! Gateways' servers and the VirtualServices bound to them.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use mesh_common::identity::spiffe_id;
 use mesh_config::gateway::{
-    Certificate, Gateway as OutGateway, GatewayListener, TlsRoute, TlsServer, TlsServerMode,
-    VirtualHost, host_matches, match_rank, valid_pattern,
+    Certificate, ClientCertificates, Gateway as OutGateway, GatewayListener, TlsRoute, TlsServer,
+    TlsServerMode, VirtualHost, host_matches, match_rank, valid_pattern,
 };
 use mesh_config::route::{HttpRoute, RequestMatch, StringMatch};
 use mesh_config::{Cluster, Resource};
@@ -137,13 +154,42 @@ impl ServerHost {
 pub enum ServerKind {
     /// Plaintext HTTP (`HTTP`, `HTTP2`, `GRPC`, `GRPC-WEB`).
     Http { https_redirect: bool },
-    /// `HTTPS` with `tls.mode: SIMPLE`: terminated with the Secret, then HTTP.
-    Simple { credential_name: String },
+    /// `HTTPS` with `tls.mode: SIMPLE`, `MUTUAL` or `OPTIONAL_MUTUAL`: terminated with
+    /// the Secret, then HTTP.
+    Simple {
+        credential_name: String,
+        /// `MUTUAL` / `OPTIONAL_MUTUAL`: how client certificates are checked. `None`:
+        /// `SIMPLE`.
+        client: Option<ClientAuth>,
+    },
     /// `HTTPS` or `TLS` with `tls.mode: PASSTHROUGH`: by SNI, not terminated.
     Passthrough,
     /// `TCP` (and `MONGO`, `REDIS`, `MYSQL`): opaque, routed by the VirtualServices'
     /// `tcp[]`; alone on its port.
     Tcp,
+}
+
+/// A mutual server's checks of client certificates (the CA is the Secret's, looked up per
+/// gateway pod).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientAuth {
+    /// `MUTUAL`: a client without a certificate is refused; `OPTIONAL_MUTUAL`: served.
+    pub required: bool,
+    /// `subjectAltNames`, trimmed, without empty entries.
+    pub subject_alt_names: Vec<String>,
+    /// `verifyCertificateHash`, lowercase hex without `:`, each 64 digits.
+    pub certificate_hashes: Vec<String>,
+}
+
+impl ClientAuth {
+    /// The `tls.mode` it was made from, for messages.
+    pub fn mode(&self) -> &'static str {
+        if self.required {
+            "MUTUAL"
+        } else {
+            "OPTIONAL_MUTUAL"
+        }
+    }
 }
 
 /// One usable server.
@@ -366,32 +412,48 @@ fn prepare_server(
                 }
                 ServerKind::Passthrough
             }
-            "SIMPLE" if protocol == "TLS" => {
+            "SIMPLE" | "MUTUAL" | "OPTIONAL_MUTUAL" if protocol == "TLS" => {
                 report(
                     format!("{f}.tls.mode"),
-                    skipped(
-                        "SIMPLE on a TLS server (terminated, then routed by the \
-                         VirtualServices' tcp[]) is not supported yet; use protocol HTTPS",
-                    ),
+                    skipped(&format!(
+                        "{mode} on a TLS server (terminated, then routed by the \
+                         VirtualServices' tcp[]) is not supported yet; use protocol HTTPS"
+                    )),
                 );
                 return None;
             }
-            "SIMPLE" => {
+            "SIMPLE" | "MUTUAL" | "OPTIONAL_MUTUAL" => {
+                let mutual = mode != "SIMPLE";
                 if credential.is_empty() {
-                    let why = if !t.server_certificate.is_empty() || !t.private_key.is_empty() {
+                    let files = !t.server_certificate.is_empty()
+                        || !t.private_key.is_empty()
+                        || (mutual && !t.ca_certificates.is_empty());
+                    let why = if !files {
+                        format!("tls.mode {mode} needs credentialName")
+                    } else if mutual {
+                        "file-path certificates (serverCertificate, privateKey, \
+                         caCertificates) are not supported: name a Secret with credentialName"
+                            .to_owned()
+                    } else {
                         "file-path certificates (serverCertificate, privateKey) are not \
                          supported: name a Secret with credentialName"
-                    } else {
-                        "tls.mode SIMPLE needs credentialName"
+                            .to_owned()
                     };
-                    report(format!("{f}.tls.credentialName"), skipped(why));
+                    report(format!("{f}.tls.credentialName"), skipped(&why));
                     return None;
                 }
+                let client = if mutual {
+                    Some(client_auth(&f, t, mode, &credential, report)?)
+                } else {
+                    simple_ignores(&f, t, report);
+                    None
+                };
                 ServerKind::Simple {
                     credential_name: credential,
+                    client,
                 }
             }
-            "MUTUAL" | "ISTIO_MUTUAL" | "AUTO_PASSTHROUGH" | "OPTIONAL_MUTUAL" => {
+            "ISTIO_MUTUAL" | "AUTO_PASSTHROUGH" => {
                 report(
                     format!("{f}.tls.mode"),
                     skipped(&format!("tls.mode {mode} is not supported yet")),
@@ -419,6 +481,149 @@ fn prepare_server(
         kind,
         hosts,
     })
+}
+
+/// The client checks of a `MUTUAL` / `OPTIONAL_MUTUAL` server with a credential; `None`:
+/// the server is skipped (every problem reported first).
+fn client_auth(
+    f: &str,
+    t: &gateway::ServerTls,
+    mode: &str,
+    credential: &str,
+    report: &mut dyn FnMut(String, String),
+) -> Option<ClientAuth> {
+    let skipped = |why: &str| format!("{why}; server skipped");
+    let mut usable = true;
+    if !t.ca_certificates.is_empty() {
+        report(
+            format!("{f}.tls.caCertificates"),
+            format!(
+                "a file path (not supported); with credentialName the client CA comes from \
+                 Secret {credential}-cacert, else {credential} (cacert or ca.crt), as istiod \
+                 takes it; ignored"
+            ),
+        );
+    }
+    if !t.ca_crl.is_empty() {
+        report(
+            format!("{f}.tls.caCrl"),
+            skipped(
+                "a file path, which is not supported (Istio refuses it with credentialName): \
+                 put the CRL in the Secret beside the client CA (crl with cacert, ca.crl with \
+                 ca.crt)",
+            ),
+        );
+        usable = false;
+    }
+    if !t.ca_cert_credential_name.is_empty() {
+        report(
+            format!("{f}.tls.caCertCredentialName"),
+            skipped(&format!(
+                "not supported yet: put the client CA in Secret {credential}-cacert (cacert) or \
+                 in {credential} itself (ca.crt)"
+            )),
+        );
+        usable = false;
+    }
+    if !t.verify_certificate_spki.is_empty() {
+        report(
+            format!("{f}.tls.verifyCertificateSpki"),
+            skipped(
+                "not supported yet (ignoring it would accept client certificates it is meant \
+                 to refuse)",
+            ),
+        );
+        usable = false;
+    }
+    let mut certificate_hashes: Vec<String> = Vec::new();
+    for (j, h) in t.verify_certificate_hash.iter().enumerate() {
+        match certificate_hash(h) {
+            Some(hash) => {
+                if !certificate_hashes.contains(&hash) {
+                    certificate_hashes.push(hash);
+                }
+            }
+            None => {
+                report(
+                    format!("{f}.tls.verifyCertificateHash[{j}]"),
+                    skipped(&format!(
+                        "{h:?} is not a SHA-256 hash (64 hex digits, colons allowed)"
+                    )),
+                );
+                usable = false;
+            }
+        }
+    }
+    let mut subject_alt_names: Vec<String> = Vec::new();
+    for (j, n) in t.subject_alt_names.iter().enumerate() {
+        let n = n.trim();
+        if n.is_empty() {
+            report(
+                format!("{f}.tls.subjectAltNames[{j}]"),
+                "empty; ignored".into(),
+            );
+        } else if !subject_alt_names.iter().any(|s| s == n) {
+            subject_alt_names.push(n.to_owned());
+        }
+    }
+    if subject_alt_names.is_empty() && !t.subject_alt_names.is_empty() {
+        report(
+            format!("{f}.tls.subjectAltNames"),
+            skipped(
+                "no name left (without one, any client certificate of the CA would be \
+                 accepted)",
+            ),
+        );
+        usable = false;
+    }
+    usable.then(|| ClientAuth {
+        required: mode == "MUTUAL",
+        subject_alt_names,
+        certificate_hashes,
+    })
+}
+
+/// Reports what a `SIMPLE` server ignores: the client certificate settings.
+fn simple_ignores(f: &str, t: &gateway::ServerTls, report: &mut dyn FnMut(String, String)) {
+    let fields = [
+        ("caCertificates", !t.ca_certificates.is_empty()),
+        ("caCrl", !t.ca_crl.is_empty()),
+        (
+            "caCertCredentialName",
+            !t.ca_cert_credential_name.is_empty(),
+        ),
+        ("subjectAltNames", !t.subject_alt_names.is_empty()),
+        (
+            "verifyCertificateHash",
+            !t.verify_certificate_hash.is_empty(),
+        ),
+        (
+            "verifyCertificateSpki",
+            !t.verify_certificate_spki.is_empty(),
+        ),
+    ];
+    for (field, set) in fields {
+        if set {
+            report(
+                format!("{f}.tls.{field}"),
+                "only applies with client certificates (tls.mode MUTUAL or OPTIONAL_MUTUAL), \
+                 and SIMPLE asks for none; ignored"
+                    .into(),
+            );
+        }
+    }
+}
+
+/// A `verifyCertificateHash` entry as lowercase hex without `:` (Envoy takes either
+/// form, any case), if it is 64 hex digits.
+fn certificate_hash(h: &str) -> Option<String> {
+    let hex: String = h
+        .trim()
+        .chars()
+        .filter(|c| *c != ':')
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some(hex)
 }
 
 /// Every Gateway and every VirtualService bound to one.
@@ -866,6 +1071,14 @@ fn least_specific(hosts: &[String]) -> usize {
 /// `kubernetes.io/tls`'s `tls.crt` / `tls.key`.
 pub const SECRET_KEYS: [(&str, &str); 2] = [("cert", "key"), ("tls.crt", "tls.key")];
 
+/// A Secret's client CA and the CRL that goes with it: Istio's generic `cacert` / `crl`
+/// first, then `kubernetes.io/tls`'s `ca.crt` / `ca.crl`.
+pub const CA_KEYS: [(&str, &str); 2] = [("cacert", "crl"), ("ca.crt", "ca.crl")];
+
+/// The suffix of the Secret that holds a credential's client CA apart from it
+/// (`<credentialName>-cacert`, Istio's).
+pub const CA_SECRET_SUFFIX: &str = "-cacert";
+
 impl Snapshot {
     /// What gateway pod `node` serves (`Key::Gateway`): `NotFound` when no Gateway selects
     /// it (or the pod is unknown).
@@ -910,15 +1123,19 @@ impl Snapshot {
             } else {
                 for (g, s) in &l.servers {
                     let mode = match &s.kind {
-                        ServerKind::Simple { credential_name } => {
+                        ServerKind::Simple {
+                            credential_name,
+                            client,
+                        } => {
                             let mut vh = Vhosts::default();
                             self.server_vhosts(g, s, pod, &mut vh, &mut needed);
-                            let (certificate, why) = self.credential(node, pod, credential_name);
+                            let (certificate, why, client_certificates) =
+                                self.tls_material(node, pod, credential_name, client.as_ref());
                             TlsServerMode::Simple {
                                 credential_name: credential_name.clone(),
                                 certificate,
                                 why,
-                                client_certificates: None,
+                                client_certificates,
                                 virtual_hosts: vh.finish(),
                             }
                         }
@@ -1190,6 +1407,98 @@ impl Snapshot {
         (Some(Certificate { chain_pem, key_pem }), String::new())
     }
 
+    /// A terminating server's certificate (Secret `name`, [`Self::credential`]), why it
+    /// has none, and for the mutual modes (`client`) its client checks with the CA
+    /// ([`Self::client_ca`]). The CA is looked up only once the certificate may be sent
+    /// (the same stream checks), and a certificate whose CA is missing or bad is not sent
+    /// either: the server's handshakes fail rather than skip the check.
+    fn tls_material(
+        &self,
+        node: &ProxyNode,
+        pod: &PodRec,
+        name: &str,
+        client: Option<&ClientAuth>,
+    ) -> (Option<Certificate>, String, Option<ClientCertificates>) {
+        let (mut certificate, mut why) = self.credential(node, pod, name);
+        let Some(c) = client else {
+            return (certificate, why, None);
+        };
+        let mut cc = ClientCertificates {
+            required: c.required,
+            ca_pem: String::new(),
+            crl_pem: String::new(),
+            subject_alt_names: c.subject_alt_names.clone(),
+            certificate_hashes: c.certificate_hashes.clone(),
+        };
+        if certificate.is_some() {
+            match self.client_ca(&pod.namespace, name, c.mode()) {
+                Ok((ca, crl)) => {
+                    cc.ca_pem = ca;
+                    cc.crl_pem = crl;
+                }
+                Err(e) => {
+                    certificate = None;
+                    why = e;
+                }
+            }
+        }
+        (certificate, why, Some(cc))
+    }
+
+    /// The client CA (PEM) and CRLs (PEM, maybe empty) of credential `name` in namespace
+    /// `ns`, as istiod's `GetCaCert` finds them: Secret `<name>-cacert` if it exists, else
+    /// Secret `name`; in it `cacert` (with CRL `crl`), else `ca.crt` (with `ca.crl`), an
+    /// empty value counting as none. Both are checked as the proxy loads them (a CA or CRL
+    /// it refuses would fail its whole config). Else why not (`mode` names the server's).
+    fn client_ca(&self, ns: &str, name: &str, mode: &str) -> Result<(String, String), String> {
+        let cacert = format!("{name}{CA_SECRET_SUFFIX}");
+        let (chosen, secret) = match self.secrets.get(&(ns.to_owned(), cacert.clone())) {
+            Some(s) => (cacert.clone(), s),
+            None => match self.secrets.get(&(ns.to_owned(), name.to_owned())) {
+                Some(s) => (name.to_owned(), s),
+                None => {
+                    return Err(format!(
+                        "{mode} needs the client CA: neither Secret {ns}/{cacert} nor Secret \
+                         {ns}/{name} found"
+                    ));
+                }
+            },
+        };
+        let data = secret.data.as_ref();
+        let get = |k: &str| {
+            data.and_then(|d| d.get(k))
+                .map(|b| b.0.as_slice())
+                .filter(|b| !b.is_empty())
+        };
+        let Some((ca_key, crl_key, ca)) = CA_KEYS.iter().find_map(|(c, r)| Some((*c, *r, get(c)?)))
+        else {
+            let (c0, c1) = (CA_KEYS[0].0, CA_KEYS[1].0);
+            return Err(if chosen == name {
+                format!(
+                    "{mode} needs the client CA: Secret {ns}/{cacert} not found and Secret \
+                     {ns}/{name} has no {c0} or {c1}"
+                )
+            } else {
+                format!("{mode} needs the client CA: Secret {ns}/{chosen} has no {c0} or {c1}")
+            });
+        };
+        let ca_pem = pem_text(ca, "CERTIFICATE").map_err(|e| {
+            format!("{mode} needs the client CA: Secret {ns}/{chosen}: {ca_key} {e}")
+        })?;
+        let crl_pem = match get(crl_key) {
+            None => String::new(),
+            Some(crl) => pem_text(crl, "X509 CRL")
+                .map_err(|e| format!("{mode}: Secret {ns}/{chosen}: {crl_key} {e}"))?,
+        };
+        client_verifier_accepts(&ca_pem, &crl_pem).map_err(|e| match e {
+            VerifierRefusal::Ca(e) => {
+                format!("{mode} needs the client CA: Secret {ns}/{chosen}: {ca_key}: {e}")
+            }
+            VerifierRefusal::Crl(e) => format!("{mode}: Secret {ns}/{chosen}: {crl_key}: {e}"),
+        })?;
+        Ok((ca_pem, crl_pem))
+    }
+
     /// The verified SPIFFE id the pod `node` names would have (its ServiceAccount's), if
     /// the pod is known.
     pub fn pod_identity(&self, node: &ProxyNode) -> Option<String> {
@@ -1223,6 +1532,45 @@ fn vs_hosts_on(vs: &PreparedVs, s: &PreparedServer) -> Vec<String> {
         }
     }
     out
+}
+
+/// What a proxy refuses of a client CA bundle and CRLs.
+enum VerifierRefusal {
+    Ca(String),
+    Crl(String),
+}
+
+/// Whether the proxy's client verifier takes `ca_pem` and `crl_pem` (as it loads them:
+/// every `CERTIFICATE` block a trust anchor, at least one; every `X509 CRL` block a CRL).
+fn client_verifier_accepts(ca_pem: &str, crl_pem: &str) -> Result<(), VerifierRefusal> {
+    use rustls_pki_types::pem::PemObject as _;
+    use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for (i, der) in CertificateDer::pem_slice_iter(ca_pem.as_bytes()).enumerate() {
+        let der = der.map_err(|e| VerifierRefusal::Ca(format!("does not parse: {e}")))?;
+        roots.add(der).map_err(|e| {
+            VerifierRefusal::Ca(format!("certificate {} does not load as a CA: {e}", i + 1))
+        })?;
+    }
+    if roots.is_empty() {
+        return Err(VerifierRefusal::Ca("holds no PEM CERTIFICATE".into()));
+    }
+    let crls = CertificateRevocationListDer::pem_slice_iter(crl_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| VerifierRefusal::Crl(format!("does not parse: {e}")))?;
+    let has_crls = !crls.is_empty();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .with_crls(crls)
+        .build()
+        .map(|_| ())
+        .map_err(|e| {
+            if has_crls {
+                VerifierRefusal::Crl(e.to_string())
+            } else {
+                VerifierRefusal::Ca(e.to_string())
+            }
+        })
 }
 
 /// `bytes` as PEM text with at least one block whose tag ends with `tag`.

@@ -55,7 +55,7 @@ use mesh_config::{
 use crate::istio::{self, DestinationRule, ParseError, VirtualService};
 use authz::ApIndex;
 use gateways::GatewayIndex;
-pub use gateways::{NOT_AUTHENTICATED, SECRET_KEYS};
+pub use gateways::{CA_KEYS, CA_SECRET_SUFFIX, NOT_AUTHENTICATED, SECRET_KEYS};
 use hosts::{HostPattern, labels_match, search_names};
 use policy::{DrIndex, PreparedDr};
 use routes::{
@@ -83,8 +83,9 @@ pub struct Objects {
     pub authorization_policies: Vec<serde_json::Value>,
     /// `networking.istio.io` Gateways, as JSON.
     pub gateways: Vec<serde_json::Value>,
-    /// The Secrets a Gateway's `credentialName` may name (the watchers keep
-    /// `kubernetes.io/tls` and `Opaque` ones, each trimmed to its certificate and key).
+    /// The Secrets a Gateway's `credentialName` may name, and their `-cacert` companions
+    /// (the watchers keep `kubernetes.io/tls` and `Opaque` ones, each trimmed to its
+    /// certificate and key and its client CA and CRLs).
     pub secrets: Vec<Arc<Secret>>,
 }
 
