@@ -19,6 +19,15 @@
 //!   Secret or of a `<credentialName>-cacert` one ([`trim::secret`]; an `Opaque` one
 //!   without them keeps only its name). No other type is listed. They do not block
 //!   readiness either (a Secret that arrives later is pushed like any change).
+//!
+//! [`Watchers::synced`] (what the first snapshot, and so readiness and every stream,
+//! waits for): the core kinds listed once, then, for up to [`FULL_SYNC_WAIT`], the first
+//! discovery round of the Istio groups and a first list of every Istio kind it found
+//! served and of the Secrets. A proxy that reconnects to a replica just started must not
+//! get a config without its VirtualServices, PeerAuthentications or
+//! AuthorizationPolicies (a moment of routing ignored, of mTLS not required, of denied
+//! callers let in); a kind whose list keeps failing (RBAC) delays readiness by that
+//! bound, not forever, and is pushed when it comes.
 
 use std::fmt::Debug;
 use std::hash::Hash;
@@ -41,6 +50,10 @@ use crate::serve::discovery::{self, ISTIO_VERSIONS, SLICE_VERSIONS};
 use crate::serve::slices::V1beta1Slice;
 use crate::serve::trim;
 use crate::translate::Objects;
+
+/// How long [`Watchers::synced`] waits for the Istio kinds and Secrets once the core
+/// kinds are listed.
+pub const FULL_SYNC_WAIT: Duration = Duration::from_secs(30);
 
 pub const ISTIO_GROUP: &str = "networking.istio.io";
 pub const ISTIO_SECURITY_GROUP: &str = "security.istio.io";
@@ -81,6 +94,11 @@ impl IstioKind {
     /// The version watched now, if the kind is served.
     pub fn version(&self) -> Option<String> {
         self.read(|w| w.map(|w| w.version.clone()))
+    }
+
+    /// The store of the version watched now, if the kind is served.
+    fn store(&self) -> Option<Store<DynamicObject>> {
+        self.read(|w| w.map(|w| w.store.clone()))
     }
 
     fn read<T>(&self, f: impl FnOnce(Option<&Watched>) -> T) -> T {
@@ -174,6 +192,9 @@ pub struct Watchers {
     pub gateways: Arc<IstioKind>,
     /// `type=kubernetes.io/tls` and `type=Opaque`.
     secrets: [Store<Secret>; 2],
+    /// Turns true once the discovery loop has asked about both Istio groups (answered or
+    /// not) and switched their kinds.
+    discovered: tokio::sync::watch::Receiver<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -186,6 +207,18 @@ impl Drop for Watchers {
             t.abort();
         }
     }
+}
+
+/// Whether `store` has had its first list (without waiting).
+fn ready_now<K>(store: &Store<K>) -> bool
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + Hash + Clone,
+{
+    use std::future::Future as _;
+    let fut = std::pin::pin!(store.wait_until_ready());
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    fut.poll(&mut cx).is_ready()
 }
 
 /// Orders by namespace, then name (without copying either).
@@ -345,6 +378,7 @@ impl Watchers {
             peer_authentications.clone(),
             authorization_policies.clone(),
         ];
+        let (discovered_tx, discovered) = tokio::sync::watch::channel(false);
         tasks.push(tokio::spawn(async move {
             let mut warned = [false; 2];
             loop {
@@ -363,6 +397,7 @@ impl Watchers {
                         Err(_) => {}
                     }
                 }
+                discovered_tx.send_if_modified(|d| !std::mem::replace(d, true));
                 tokio::time::sleep(crd_interval).await;
             }
         }));
@@ -377,13 +412,71 @@ impl Watchers {
             authorization_policies,
             gateways,
             secrets,
+            discovered,
             tasks,
         }
     }
 
     /// Resolves once the core kinds (Services, EndpointSlices, Pods, Namespaces) have been
-    /// listed once.
+    /// listed once, and then the Istio kinds served and the Secrets too, or
+    /// [`FULL_SYNC_WAIT`] has passed (see the module's documentation).
     pub async fn synced(&self) {
+        self.core_synced().await;
+        if tokio::time::timeout(FULL_SYNC_WAIT, self.rest_synced())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                waited = ?FULL_SYNC_WAIT,
+                pending = ?self.pending(),
+                "the Istio kinds or Secrets are not listed yet; serving without them until they are"
+            );
+        }
+    }
+
+    /// The Istio kinds: the first discovery round, then a first list of each kind it
+    /// found; the Secrets' first lists.
+    async fn rest_synced(&self) {
+        let mut discovered = self.discovered.clone();
+        let _ = discovered.wait_for(|d| *d).await;
+        for kind in self.istio_kinds() {
+            if let Some(store) = kind.store() {
+                let _ = store.wait_until_ready().await;
+            }
+        }
+        for s in &self.secrets {
+            let _ = s.wait_until_ready().await;
+        }
+    }
+
+    /// What [`Self::rest_synced`] still waits for, for the log.
+    fn pending(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if !*self.discovered.borrow() {
+            out.push("discovery of the Istio groups");
+        }
+        for kind in self.istio_kinds() {
+            if kind.store().is_some_and(|s| !ready_now(&s)) {
+                out.push(kind.kind);
+            }
+        }
+        if self.secrets.iter().any(|s| !ready_now(s)) {
+            out.push("Secret");
+        }
+        out
+    }
+
+    fn istio_kinds(&self) -> [&IstioKind; 5] {
+        [
+            &self.virtual_services,
+            &self.destination_rules,
+            &self.gateways,
+            &self.peer_authentications,
+            &self.authorization_policies,
+        ]
+    }
+
+    async fn core_synced(&self) {
         let slices = async {
             match &self.slices {
                 Slices::V1(s) => s.wait_until_ready().await,
