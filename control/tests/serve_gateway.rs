@@ -5,7 +5,10 @@
 //! workload certificate from the CA, opens the config stream on the TLS port with it, and
 //! gets its listener with the Secret's certificate and key; the same pod on the plaintext
 //! port gets the listener without the key (and why); a new Secret is pushed to the
-//! authenticated stream; `/debug/config` shows the certificate and hides the key.
+//! authenticated stream; `/debug/config` shows the certificate and hides the key. Then
+//! `MUTUAL`: the client CA from Secret `web-cert-cacert` reaches the authenticated stream
+//! with the certificate, not the plaintext one; with that Secret deleted the certificate
+//! is withheld and `why` names what was looked for.
 //!
 //! The CA authenticates callers with a fake reviewer (token `good:<sa>` is `<sa>` of the
 //! test's namespace; `ca_tokens.rs` tests the real TokenReview). The gateway pod has labels
@@ -23,7 +26,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use mesh_config::Resource;
 use mesh_config::ca::{CREATE_CERTIFICATE_PATH, IstioCertificateRequest, IstioCertificateResponse};
-use mesh_config::gateway::{Certificate, Gateway, TlsServerMode};
+use mesh_config::gateway::{Certificate, ClientCertificates, Gateway, TlsServerMode};
 use mesh_config::wire::{Node, STREAM_PATH, StreamRequest, StreamResponse};
 
 use mesh_control::ca::rootcert;
@@ -270,6 +273,51 @@ fn simple(g: &Gateway) -> Option<(Option<&Certificate>, &str)> {
     })
 }
 
+/// A listener-443 `MUTUAL` / `OPTIONAL_MUTUAL` server with routes: its certificate, its
+/// client checks and why it has no certificate.
+fn mutual(g: &Gateway) -> Option<(Option<&Certificate>, &ClientCertificates, &str)> {
+    let l = g.listeners.iter().find(|l| l.number == 443)?;
+    l.tls.iter().find_map(|s| match &s.mode {
+        TlsServerMode::Simple {
+            certificate,
+            why,
+            client_certificates: Some(cc),
+            virtual_hosts,
+            ..
+        } if !virtual_hosts.is_empty() => Some((certificate.as_ref(), cc, why.as_str())),
+        _ => None,
+    })
+}
+
+/// A self-signed CA certificate named `cn`, PEM.
+fn ca_cert(cn: &str) -> String {
+    let mut params = CertificateParams::new(Vec::new()).unwrap();
+    params.distinguished_name = DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let key = KeyPair::generate().unwrap();
+    params.self_signed(&key).unwrap().pem()
+}
+
+/// The Gateway of the test, its server on 443 in `mode` with `credentialName: web-cert`.
+fn gateway_yaml(n: &str, mode: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1beta1
+kind: Gateway
+metadata:
+  name: web-gateway
+spec:
+  selector: {{istio: gw-{n}}}
+  servers:
+  - port: {{number: 443, name: https, protocol: HTTPS}}
+    hosts: [web.example.com]
+    tls: {{mode: {mode}, credentialName: web-cert}}
+"
+    )
+}
+
 /// A self-signed certificate for `host`: (chain, key), PEM.
 fn tls_cert(host: &str) -> (String, String) {
     let c = rcgen::generate_simple_self_signed(vec![host.to_owned()]).unwrap();
@@ -364,17 +412,7 @@ endpoints:
 - addresses: [10.1.0.7]
   conditions: {{ready: true}}
 ---
-apiVersion: networking.istio.io/v1beta1
-kind: Gateway
-metadata:
-  name: web-gateway
-spec:
-  selector: {{istio: gw-{n}}}
-  servers:
-  - port: {{number: 443, name: https, protocol: HTTPS}}
-    hosts: [web.example.com]
-    tls: {{mode: SIMPLE, credentialName: web-cert}}
----
+{}---
 apiVersion: networking.istio.io/v1alpha3
 kind: VirtualService
 metadata:
@@ -385,7 +423,8 @@ spec:
   http:
   - route:
     - destination: {{host: web}}
-"
+",
+        gateway_yaml(&n, "SIMPLE")
     ));
     let (chain1, key1) = tls_cert("web.example.com");
     apply_secret(&ns, &chain1, &key1);
@@ -468,4 +507,52 @@ spec:
     assert_eq!(st, 200, "{body}");
     assert!(body.contains("\"keyPem\":\"<redacted>\""), "{body}");
     assert!(!body.contains("PRIVATE KEY"), "{body}");
+
+    // MUTUAL, its client CA in Secret web-cert-cacert (Istio's layout, made as Istio's
+    // task does): sent with the certificate to the authenticated stream.
+    let client_ca = ca_cert("clients.example.com");
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("clients.crt");
+    std::fs::write(&ca_file, &client_ca).unwrap();
+    let yaml = ns.kubectl(&[
+        "create",
+        "secret",
+        "generic",
+        "web-cert-cacert",
+        &format!("--from-file=cacert={}", ca_file.display()),
+        "--dry-run=client",
+        "-o",
+        "yaml",
+    ]);
+    ns.apply(&yaml);
+    ns.apply(&gateway_yaml(&n, "MUTUAL"));
+    let g = authed
+        .until("the MUTUAL server and its client CA", |g| {
+            mutual(g).is_some_and(|(c, cc, _)| c.is_some() && cc.ca_pem.trim() == client_ca.trim())
+        })
+        .await;
+    let (cert, cc, why) = mutual(&g).unwrap();
+    assert_eq!(cert.unwrap().key_pem, key2);
+    assert!(cc.required, "{cc:?}");
+    assert_eq!(why, "");
+    // The plaintext stream: the client checks, but neither key nor CA.
+    let g = anonymous
+        .until("the plaintext MUTUAL answer", |g| mutual(g).is_some())
+        .await;
+    let (cert, cc, why) = mutual(&g).unwrap();
+    assert!(cert.is_none() && cc.ca_pem.is_empty(), "{g:?}");
+    assert_eq!(why, NOT_AUTHENTICATED);
+    // The CA's Secret gone, and web-cert (kubernetes.io/tls) without ca.crt: no client CA,
+    // so no certificate either (handshakes fail rather than let any client in), and why.
+    ns.kubectl(&["delete", "secret", "web-cert-cacert"]);
+    let g = authed
+        .until("the certificate withheld without a CA", |g| {
+            mutual(g).is_some_and(|(c, _, _)| c.is_none())
+        })
+        .await;
+    let (_, _, why) = mutual(&g).unwrap();
+    assert!(
+        why.contains(&format!("{n}/web-cert-cacert")) && why.contains("ca.crt"),
+        "{why}"
+    );
 }
