@@ -154,6 +154,8 @@ pub struct AdminState {
     pub terminating: AtomicBool,
     /// The workload identity (`--root-cert`): not ready until it holds a certificate.
     pub identity: Option<Arc<crate::identity::IdentityStore>>,
+    /// The DNS proxy's counters (`--dns-capture`).
+    pub dns: Option<Arc<crate::dns::DnsMetrics>>,
 }
 
 impl AdminState {
@@ -218,6 +220,9 @@ pub fn route(endpoint: Endpoint, req: &Request, state: &AdminState) -> Response 
                     state.lb.render_clusters(&mut body);
                     if let Some(id) = &state.identity {
                         id.render_metrics(&mut body);
+                    }
+                    if let Some(dns) = &state.dns {
+                        dns.render(&mut body);
                     }
                     body
                 },
@@ -310,6 +315,7 @@ mod tests {
             drain: watch::channel(false).0,
             terminating: AtomicBool::new(false),
             identity: None,
+            dns: None,
         }
     }
 

@@ -334,6 +334,7 @@ impl Proxy {
             drain: drain_tx,
             terminating: Default::default(),
             identity: workload_identity.clone(),
+            dns: dns.as_ref().map(dns::DnsServer::metrics),
         });
         let tracker = Arc::new(ConnTracker::default());
         let stop = watch::channel(false).0;
