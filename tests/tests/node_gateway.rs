@@ -22,7 +22,10 @@
 //! What it proves: `/productpage` and bookinfo's other paths reach productpage, `/static/x`
 //! by prefix, anything else 404; HTTPS (`tls.mode: SIMPLE`, `credentialName`) with the
 //! Secret's certificate, verified by the client; the Secret replaced → the new certificate
-//! served by both pods within a bound, no pod restarted; `httpsRedirect` → 301 to
+//! served by both pods within a bound, no pod restarted; the same server as `MUTUAL`, its
+//! client CA in Secret `bookstore-credential-cacert`: a client without a certificate or
+//! with one from another CA refused, one from the CA served, productpage seeing it in
+//! `x-forwarded-client-cert` (`Hash`, `Cert`, `Subject`, `URI`); `httpsRedirect` → 301 to
 //! `https://`; a host no server names → 404; the gateway's `istio_requests_total`
 //! (reporter source, summed over both pods) counts exactly the requests sent, with
 //! `source_workload="istio-ingressgateway"`, `destination_service_name="productpage"` for
@@ -229,6 +232,18 @@ fn https(
     ca: &Path,
     host_header: Option<&str>,
 ) -> Result<Tls, String> {
+    https_as(ip, port, path, ca, host_header, None)
+}
+
+/// [`https`], presenting `client`'s certificate and key when given.
+fn https_as(
+    ip: &str,
+    port: u16,
+    path: &str,
+    ca: &Path,
+    host_header: Option<&str>,
+    client: Option<&CertFiles>,
+) -> Result<Tls, String> {
     let mut cmd = Command::new("curl");
     cmd.args([
         "-q",
@@ -246,6 +261,9 @@ fn https(
     .args(["-w", &format!("{CURL_MARK}%{{http_code}}\n%{{certs}}")]);
     if let Some(h) = host_header {
         cmd.args(["-H", &format!("Host: {h}")]);
+    }
+    if let Some(c) = client {
+        cmd.arg("--cert").arg(&c.crt).arg("--key").arg(&c.key);
     }
     cmd.arg(format!("https://{HOST}:{port}{path}"));
     let r = run_with_timeout(cmd, None, Duration::from_secs(20));
@@ -377,6 +395,51 @@ impl Pki {
 
     /// A server certificate for [`HOST`] signed by `ca`, with a fresh key and `serial`.
     fn server(&self, name: &str, ca: &CertFiles, serial: u64) -> CertFiles {
+        self.leaf(
+            name,
+            ca,
+            serial,
+            HOST,
+            &format!("subjectAltName=DNS:{HOST}\nextendedKeyUsage=serverAuth\n"),
+        )
+    }
+
+    /// A client certificate (`CN=cn`, URI SAN `uri`) signed by `ca`.
+    fn client(&self, name: &str, ca: &CertFiles, serial: u64, cn: &str, uri: &str) -> CertFiles {
+        self.leaf(
+            name,
+            ca,
+            serial,
+            cn,
+            &format!("subjectAltName=URI:{uri}\nextendedKeyUsage=clientAuth\n"),
+        )
+    }
+
+    /// The SHA-256 of `cert`'s DER, lower-case hex (what `Hash=` in
+    /// x-forwarded-client-cert carries).
+    fn sha256(&self, cert: &CertFiles) -> String {
+        let mut cmd = Command::new("openssl");
+        cmd.args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+            .arg(&cert.crt);
+        let r = run_with_timeout(cmd, None, Duration::from_secs(30));
+        assert!(r.ok, "openssl x509 -fingerprint: {}{}", r.stdout, r.stderr);
+        let (_, hex) = r.stdout.trim().split_once('=').expect("a fingerprint line");
+        hex.chars()
+            .filter(char::is_ascii_hexdigit)
+            .map(|c| c.to_ascii_lowercase())
+            .collect()
+    }
+
+    /// A leaf certificate `CN=cn` signed by `ca`, a fresh P-256 key, `serial`, and the
+    /// extensions `sans_and_eku` (subjectAltName and extendedKeyUsage lines).
+    fn leaf(
+        &self,
+        name: &str,
+        ca: &CertFiles,
+        serial: u64,
+        cn: &str,
+        sans_and_eku: &str,
+    ) -> CertFiles {
         let (crt, key, csr, ext) = (
             format!("{name}.crt"),
             format!("{name}.key"),
@@ -386,8 +449,8 @@ impl Pki {
         std::fs::write(
             self.dir.join(&ext),
             format!(
-                "subjectAltName=DNS:{HOST}\nextendedKeyUsage=serverAuth\n\
-                 basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+                "{sans_and_eku}basicConstraints=critical,CA:FALSE\n\
+                 keyUsage=critical,digitalSignature\n"
             ),
         )
         .unwrap();
@@ -404,7 +467,7 @@ impl Pki {
                 "-out",
                 &csr,
                 "-subj",
-                &format!("/CN={HOST}"),
+                &format!("/CN={cn}"),
             ],
             &self.dir,
         );
@@ -1115,6 +1178,119 @@ fn ingress_gateway_routes_terminates_tls_rotates_redirects_and_counts() {
         restarts_after, restarts_before,
         "the gateway pods were restarted (or replaced) by the certificate rotation"
     );
+
+    // ---- tls.mode MUTUAL (Istio's "mutual TLS ingress gateway" task): the client CA in
+    // Secret bookstore-credential-cacert; a client with a certificate from it gets
+    // productpage, which sees who called in x-forwarded-client-cert; one without, or with
+    // a certificate from another CA, is refused in the handshake.
+    let client_ca = pki.ca("client-ca");
+    let client_uri = "spiffe://example.com/ns/outside/sa/curl";
+    let client = pki.client("client1", &client_ca, base + 2, "curl-client", client_uri);
+    let stranger = pki.client("client2", &other_ca, base + 3, "stranger", client_uri);
+    let client_hash = pki.sha256(&client);
+    let ca_secret = format!("{CREDENTIAL}-cacert");
+    let yaml = node.kubectl_ok(&[
+        "-n",
+        GW_NS,
+        "create",
+        "secret",
+        "generic",
+        &ca_secret,
+        &format!("--from-file=cacert={}", client_ca.crt.display()),
+        "--dry-run=client",
+        "-o",
+        "yaml",
+    ]);
+    node.apply(&["-n", GW_NS], &yaml);
+    let _ca_secret = DeleteOnDrop::new(node, &["-n", GW_NS, "secret", &ca_secret]);
+    let https_yaml = example("bookstore-https-gateway.yaml");
+    assert!(https_yaml.contains("mode: SIMPLE"), "{https_yaml}");
+    let t0 = Instant::now();
+    node.apply(
+        &["-n", &app.name],
+        &https_yaml.replace("mode: SIMPLE", "mode: MUTUAL"),
+    );
+    let mut xfcc = String::new();
+    for p in &gw_pods {
+        until_served(
+            node,
+            p,
+            &format!(
+                "gateway pod {} refusing a client without a certificate and serving one with",
+                p.name
+            ),
+            CONFIG,
+            || {
+                if let Ok(t) = https(&p.ip, GW_HTTPS_PORT, "/productpage", &ca.crt, None) {
+                    return Err(format!("no client certificate, yet {}", t.status));
+                }
+                let t = https_as(
+                    &p.ip,
+                    GW_HTTPS_PORT,
+                    "/productpage",
+                    &ca.crt,
+                    None,
+                    Some(&client),
+                )?;
+                tls_productpage(&t, "/productpage", &cert2.serial)?;
+                let app: Value = serde_json::from_str(t.body.trim()).map_err(|e| e.to_string())?;
+                xfcc = app["headers"]["x-forwarded-client-cert"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                Ok(())
+            },
+        );
+        // Two elements: the gateway's (SANITIZE_SET: ours alone, with the certificate),
+        // then, appended by productpage's sidecar (APPEND_FORWARD), the mTLS hop's: By
+        // productpage's identity, URI the gateway's.
+        let (from_gateway, from_sidecar) = xfcc.split_once(",By=").unwrap_or((&xfcc, ""));
+        assert!(
+            from_gateway.starts_with(&format!(
+                "Hash={client_hash};Cert=\"-----BEGIN%20CERTIFICATE-----"
+            )) && from_gateway.ends_with(&format!(";Subject=\"CN=curl-client\";URI={client_uri}"))
+                && from_sidecar.starts_with(&format!(
+                    "spiffe://cluster.local/ns/{}/sa/bookstore-productpage;Hash=",
+                    app.name
+                ))
+                && from_sidecar.ends_with(&format!(
+                    ";URI=spiffe://cluster.local/ns/{GW_NS}/sa/{GW_NAME}"
+                )),
+            "x-forwarded-client-cert productpage saw through gateway pod {}: {xfcc:?}",
+            p.name
+        );
+        let e = https_as(
+            &p.ip,
+            GW_HTTPS_PORT,
+            "/productpage",
+            &ca.crt,
+            None,
+            Some(&stranger),
+        )
+        .map(|t| t.status)
+        .expect_err("the gateway took a client certificate from another CA");
+        assert!(!e.is_empty());
+    }
+    report(&format!(
+        "bookstore-https-gateway as MUTUAL -> no client certificate and another CA's refused, \
+         ours 200 with x-forwarded-client-cert Hash/Cert/Subject/URI, from both gateway pods \
+         in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    ));
+    // Back to SIMPLE for what follows.
+    node.apply(&["-n", &app.name], &https_yaml);
+    for p in &gw_pods {
+        until_served(
+            node,
+            p,
+            &format!("gateway pod {} back to SIMPLE", p.name),
+            CONFIG,
+            || {
+                let t = https(&p.ip, GW_HTTPS_PORT, "/productpage", &ca.crt, None)?;
+                tls_productpage(&t, "/productpage", &cert2.serial)
+            },
+        );
+    }
 
     // ---- bookinfo-gateway deleted: port 80 only has bookstore.example.com, any other host
     // is 404 NR.
