@@ -386,7 +386,9 @@ pub fn http_load(
                         }
                     }
                     let t = Instant::now();
-                    if t >= end {
+                    // At a fixed rate every send scheduled before the end is made, late
+                    // or not (the lag says how late); unbounded, none starts after it.
+                    if interval.is_none() && t >= end {
                         break;
                     }
                     if interval.is_some() {
