@@ -257,6 +257,31 @@ def rss_split_kb(pid):
     return got.get("RssAnon", 0), got.get("RssFile", 0)
 
 
+def resident_pages(pid):
+    """Which pages of each of a process's mappings are resident, from /proc/PID/pagemap
+    (root): one entry per mapping, with its file offset and the resident pages as
+    [page index, 1 if private/anonymous (bit 61 clear: copied on write, or anonymous)].
+    proxy/link/resident.py attributes them to the binary's sections and crates."""
+    out = []
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/pagemap", "rb") as pm:
+        for line in maps:
+            f = line.split()
+            lo, hi = (int(x, 16) for x in f[0].split("-"))
+            path = f[5] if len(f) > 5 else ""
+            if path == "[vsyscall]":
+                continue
+            pm.seek(lo // 4096 * 8)
+            raw = pm.read((hi - lo) // 4096 * 8)
+            pages = []
+            for i in range(len(raw) // 8):
+                e = int.from_bytes(raw[8 * i:8 * i + 8], "little")
+                if e >> 63:
+                    pages.append([i, 0 if (e >> 61) & 1 else 1])
+            out.append({"start": lo, "end": hi, "perms": f[1], "offset": int(f[2], 16),
+                        "path": path, "pages": pages})
+    return out
+
+
 def binary_id(path):
     """Size and a short sha256 of a binary: the target dir is shared, say what ran."""
     import hashlib
@@ -1698,6 +1723,8 @@ def run_main(argv):
                     with open(f"/proc/{p.p.pid}/smaps") as src, \
                             open(os.path.join(os.environ["BENCH_SMAPS"], f"{m}-{k}.smaps"), "w") as dst:
                         dst.write(src.read())
+                    with open(os.path.join(os.environ["BENCH_SMAPS"], f"{m}-{k}.pages.json"), "w") as dst:
+                        json.dump(resident_pages(p.p.pid), dst)
         cpu0 = {m: {k: p.cpu() for k, p in pr.items()} for m, pr in b.proxies.items()}
         time.sleep(IDLE_CPU_WINDOW)
         idle_cpu = {m: {k: p.cpu() - cpu0[m][k] for k, p in pr.items()}
