@@ -29,6 +29,11 @@ pub struct Cluster {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subset: Option<String>,
     pub load_balancer: LoadBalancer,
+    /// `loadBalancer.consistentHash`: a request (or connection) with this key goes to
+    /// the endpoint its hash picks (the same while the endpoints stay); one without the
+    /// key is balanced by `load_balancer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistent_hash: Option<HashKey>,
     /// Ready endpoints first; only `serving` ones get new requests.
     pub endpoints: Vec<Endpoint>,
     /// `trafficPolicy.connectionPool` (empty: no limits).
@@ -58,6 +63,28 @@ pub enum LoadBalancer {
     Random,
     /// Istio's `PASSTHROUGH`: to the address the client dialled.
     Passthrough,
+}
+
+/// What a request is hashed by (`loadBalancer.consistentHash`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum HashKey {
+    /// `httpHeaderName`, lower case.
+    Header(String),
+    /// `httpCookie`: with `ttl_ms`, a request without the cookie gets one made up,
+    /// sent back in `Set-Cookie` (`Max-Age`, `0`: a session cookie), and is hashed by it.
+    #[serde(rename_all = "camelCase")]
+    Cookie {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ttl_ms: Option<u64>,
+    },
+    /// `useSourceIp`: the client's address (HTTP and TCP).
+    SourceIp,
+    /// `httpQueryParameterName`.
+    QueryParameter(String),
 }
 
 /// One endpoint: a pod IP and the port its container listens on.

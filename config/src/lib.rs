@@ -32,7 +32,7 @@ pub mod wire;
 pub mod workload;
 
 pub use authz::Authorization;
-pub use cluster::{Cluster, Endpoint, LoadBalancer};
+pub use cluster::{Cluster, Endpoint, HashKey, LoadBalancer};
 pub use gateway::{
     Certificate, ClientCertificates, GatewayListener, TlsRoute, TlsServer, TlsServerMode,
     VirtualHost,
@@ -41,8 +41,8 @@ pub use key::{Key, KeyError};
 pub use resilience::{ConnectionPool, OutlierDetection, RetryOn, RetryPolicy};
 pub use resource::{Resource, ValidationError};
 pub use route::{
-    Fault, FaultAbort, FaultDelay, HeaderEdit, HeaderMatch, HttpRoute, Redirect, RequestMatch,
-    Rewrite, RouteAction, StringMatch, WeightedCluster,
+    Fault, FaultAbort, FaultDelay, HeaderEdit, HeaderMatch, HttpRoute, Mirror, Redirect,
+    RequestMatch, Rewrite, RouteAction, StringMatch, WeightedCluster,
 };
 pub use security::{ClusterTls, ClusterTlsMode, InboundTls, MtlsMode};
 pub use service::{Protocol, Service, ServicePort, TcpCluster, TcpRoute};

@@ -88,6 +88,10 @@ pub struct RetryPolicy {
     /// Retry on another endpoint than those already tried, when there is one
     /// (Envoy's `previous_hosts`; Istio's `retryIgnorePreviousHosts`, default true).
     pub avoid_previous_hosts: bool,
+    /// `backoff`: the base of the jittered exponential pause between tries (at most ten
+    /// times it); `None`: Envoy's 25 ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_ms: Option<u64>,
 }
 
 /// `trafficPolicy.connectionPool` for one cluster, per client proxy. `None`: no limit.

@@ -223,6 +223,27 @@ fn validate_service(svc: &Service) -> Result<(), ValidationError> {
                 "a cluster without a name or host".into(),
             ));
         }
+        if let Some(key) = &c.consistent_hash {
+            let what = || format!("service {}, cluster {}", svc.host, c.name);
+            match key {
+                crate::HashKey::Header(n) if !is_token(n) => {
+                    return Err(err(
+                        what(),
+                        format!("hash header {n:?} is not a header name"),
+                    ));
+                }
+                crate::HashKey::Cookie { name, .. } if !is_token(name) => {
+                    return Err(err(
+                        what(),
+                        format!("hash cookie {name:?} is not a cookie name"),
+                    ));
+                }
+                crate::HashKey::QueryParameter(n) if n.is_empty() => {
+                    return Err(err(what(), "an empty hash query parameter".into()));
+                }
+                _ => {}
+            }
+        }
     }
     for p in &svc.ports {
         let Some(t) = &p.tcp_route else { continue };
@@ -271,6 +292,26 @@ fn validate_service(svc: &Service) -> Result<(), ValidationError> {
                 }
             }
         }
+        if !r.mirrors.is_empty() && !matches!(r.action, RouteAction::Route(_)) {
+            return Err(err(
+                what(),
+                "mirrors on a route that does not forward".into(),
+            ));
+        }
+        for m in &r.mirrors {
+            if svc.cluster(&m.cluster).is_none() {
+                return Err(err(what(), format!("unknown mirror cluster {}", m.cluster)));
+            }
+            if !(0.0..=100.0).contains(&m.percentage) {
+                return Err(err(
+                    what(),
+                    format!(
+                        "mirror {} percentage {} is not within 0-100",
+                        m.cluster, m.percentage
+                    ),
+                ));
+            }
+        }
         if let Some(f) = &r.fault {
             for (kind, p) in [
                 ("delay", f.delay.as_ref().map(|d| d.percentage)),
@@ -311,9 +352,28 @@ fn validate_service(svc: &Service) -> Result<(), ValidationError> {
                     return Err(err(what(), "a header or query match without a name".into()));
                 }
             }
+            for h in m.headers.iter().chain(&m.without_headers) {
+                let pseudo = matches!(
+                    h.name.as_str(),
+                    ":authority" | ":method" | ":path" | ":scheme"
+                );
+                if !pseudo && !is_token(&h.name) {
+                    return Err(err(
+                        what(),
+                        format!("{:?} is not a valid header name", h.name),
+                    ));
+                }
+            }
         }
     }
     Ok(())
+}
+
+/// An RFC 9110 `token`: what a header (and a cookie) name is.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// The regexes of `routes`, each with where it is: `<owner> port <port>, route <i>`.

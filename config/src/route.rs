@@ -36,6 +36,21 @@ pub struct HttpRoute {
     /// at all (`attempts: 0`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryPolicy>,
+    /// `mirror` / `mirrors`: a forwarded request is also sent to each of these clusters
+    /// (with the chosen share of requests), best effort, its answer thrown away. Only
+    /// with [`RouteAction::Route`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<Mirror>,
+}
+
+/// One mirror of a route.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Mirror {
+    /// A name in [`crate::Service::clusters`].
+    pub cluster: String,
+    /// The share of the route's forwarded requests mirrored, 0-100.
+    pub percentage: f64,
 }
 
 /// One `match[]` entry: every condition set must hold (AND).

@@ -90,6 +90,7 @@ fn cluster(name: &str, addr: SocketAddr) -> Cluster {
         port: 9080,
         subset: None,
         load_balancer: LoadBalancer::RoundRobin,
+        consistent_hash: None,
         endpoints: vec![Endpoint {
             addr,
             serving: true,
@@ -128,6 +129,7 @@ fn route(name: &str, uri: StringMatch, c: &Cluster) -> HttpRoute {
         rewrite: None,
         timeout_ms: None,
         retry: None,
+        mirrors: Vec::new(),
     }
 }
 

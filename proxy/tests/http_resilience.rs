@@ -19,6 +19,7 @@ fn retry(attempts: u32, on: &[RetryOn]) -> RetryPolicy {
         retry_on: on.to_vec(),
         retriable_status_codes: vec![],
         avoid_previous_hosts: true,
+        backoff_ms: None,
     }
 }
 

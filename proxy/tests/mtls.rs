@@ -216,6 +216,7 @@ fn world(
             port: PORT,
             subset: None,
             load_balancer: LoadBalancer::RoundRobin,
+            consistent_hash: None,
             endpoints: vec![Endpoint {
                 addr: endpoint,
                 serving: true,

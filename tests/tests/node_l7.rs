@@ -277,6 +277,45 @@ fn bookstore_routing_shifting_faults_and_metrics() {
         );
     }
 
+    // Mirroring (Istio's task): everything to v1, and a copy of each request to v2,
+    // whose answers nobody sees. v2's proxy counts the copies as the destination
+    // reporter, from the client; the client's proxy counts only what it was answered.
+    app.apply(&networking("virtual-service-reviews-mirror-v2"));
+    let mirrored = |before: &str| {
+        let labels = [
+            r#"reporter="destination""#,
+            r#"source_workload="client""#,
+            ns.as_str(),
+            r#"destination_version="v2""#,
+            r#"response_code="200""#,
+        ];
+        metric_sum(&server("v2"), REQUESTS, &labels) - metric_sum(before, REQUESTS, &labels)
+    };
+    let v2_before = server("v2");
+    app.until("copies reach v2", &["--count", "20"], |l| {
+        l.version("v1") == 20 && mirrored(&v2_before) > 0
+    });
+    let (client_before, v2_before) = (app.client_metrics(), server("v2"));
+    let l = app.load(&["--count", "200", "--concurrency", "4"]);
+    assert_eq!((l.version("v1"), l.errors), (200, 0), "{:?}", l.raw);
+    // The copies are sent as the requests go out; the last ones may still be on their
+    // way to v2 when the client is done.
+    let t0 = Instant::now();
+    while mirrored(&v2_before) < 200 && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let copies = mirrored(&v2_before);
+    let source_v2 = {
+        let labels = [r#"reporter="source""#, r#"destination_version="v2""#];
+        metric_sum(&app.client_metrics(), REQUESTS, &labels)
+            - metric_sum(&client_before, REQUESTS, &labels)
+    };
+    report(&format!(
+        "mirror to v2: 200 requests answered by v1, {copies} copies counted by v2's proxy, \
+         {source_v2} v2 requests at the client's"
+    ));
+    assert_eq!((copies, source_v2), (200, 0));
+
     // Delay 7 s for jason only.
     app.apply(&networking("virtual-service-reviews-jason-delay"));
     app.until(

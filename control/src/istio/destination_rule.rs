@@ -1,7 +1,7 @@
 //! `DestinationRule`: `host`, `exportTo`, `workloadSelector`, `subsets[]` and, in each
 //! `trafficPolicy` (top level, per port, per subset and per port of a subset), the load
 //! balancer, `connectionPool`, `outlierDetection` and `tls`. The other policy fields
-//! (`loadBalancer.consistentHash`, `tunnel`, `proxyProtocol`, `retryBudget`,
+//! (`loadBalancer.localityLbSetting`, `tunnel`, `proxyProtocol`, `retryBudget`,
 //! `connectionPool.http.http2KeepAlive`, ...) are not declared, so they parse and are
 //! ignored. Numbers are kept as `i64` and durations as text: their ranges are checked by
 //! the translation.
@@ -164,12 +164,59 @@ pub struct OutlierDetection {
     pub min_health_percent: i64,
 }
 
-/// `loadBalancer`: only `simple` is read.
+/// `loadBalancer`: `simple` or `consistentHash`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct LoadBalancerSettings {
     /// `LEAST_REQUEST`, `LEAST_CONN`, `ROUND_ROBIN`, `RANDOM`, `PASSTHROUGH`, `UNSPECIFIED`.
     pub simple: Option<String>,
+    pub consistent_hash: Option<ConsistentHashLb>,
+}
+
+/// `loadBalancer.consistentHash`: one hash key, and the ring's size.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ConsistentHashLb {
+    pub http_header_name: Option<String>,
+    pub http_cookie: Option<HttpCookie>,
+    pub use_source_ip: Option<bool>,
+    pub http_query_parameter_name: Option<String>,
+    pub ring_hash: Option<RingHash>,
+    pub maglev: Option<Maglev>,
+    /// Deprecated: `ringHash.minimumRingSize`.
+    #[serde(deserialize_with = "opt_int")]
+    pub minimum_ring_size: Option<i64>,
+}
+
+/// `consistentHash.httpCookie`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HttpCookie {
+    #[serde(deserialize_with = "nullable")]
+    pub name: String,
+    #[serde(deserialize_with = "nullable")]
+    pub path: String,
+    /// A duration; with it a missing cookie is made up (`0s`: a session cookie).
+    pub ttl: Option<String>,
+    /// Only checked for presence: not supported.
+    #[serde(deserialize_with = "nullable")]
+    pub attributes: Vec<serde_json::Value>,
+}
+
+/// `consistentHash.ringHash`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RingHash {
+    #[serde(deserialize_with = "opt_int")]
+    pub minimum_ring_size: Option<i64>,
+}
+
+/// `consistentHash.maglev`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Maglev {
+    #[serde(deserialize_with = "opt_int")]
+    pub table_size: Option<i64>,
 }
 
 /// `subsets[]`.

@@ -1,8 +1,8 @@
 //! `VirtualService`: the fields of `spec` the translation reads (`hosts`, `gateways`,
 //! `exportTo`, `http[]`, with each rule's `timeout` and `retries`, `tls[]`, which
 //! only gateways use: SNI routes for `PASSTHROUGH` servers, and `tcp[]`, the L4 routes of
-//! sidecars). The `http[]` fields of later issues (`mirror*`, `corsPolicy`, `retries.backoff`, ...) are not
-//! declared, so they parse and are ignored; see `translate::routes` for the list.
+//! sidecars). The `http[]` fields not translated (`corsPolicy`, `retries.backoff`, ...) are
+//! not declared, so they parse; `translate::routes` reports them.
 
 use std::collections::BTreeMap;
 
@@ -132,6 +132,27 @@ pub struct HttpRoute {
     /// no timeout.
     pub timeout: Option<String>,
     pub retries: Option<HttpRetry>,
+    /// A destination each forwarded request is copied to.
+    pub mirror: Option<Destination>,
+    /// The share of requests `mirror` gets; absent: all.
+    pub mirror_percentage: Option<Percent>,
+    /// The deprecated integer share, used when `mirrorPercentage` is absent.
+    #[serde(alias = "mirror_percent")]
+    pub mirror_percent: Option<i64>,
+    /// Several mirrors (not beside `mirror`).
+    #[serde(deserialize_with = "nullable")]
+    pub mirrors: Vec<HttpMirrorPolicy>,
+    /// Only checked for presence: not supported.
+    pub cors_policy: Option<Value>,
+}
+
+/// `http[].mirrors[]`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HttpMirrorPolicy {
+    pub destination: Option<Destination>,
+    /// Absent: all requests.
+    pub percentage: Option<Percent>,
 }
 
 /// `http[].retries` (`HTTPRetry`).
@@ -150,6 +171,8 @@ pub struct HttpRetry {
     pub retry_remote_localities: Option<bool>,
     /// Unset: true (retry on another endpoint than the ones tried).
     pub retry_ignore_previous_hosts: Option<bool>,
+    /// A duration, at least 1 ms: the base interval of the back-off between tries.
+    pub backoff: Option<String>,
 }
 
 /// `http[].match[]`.
@@ -274,6 +297,8 @@ pub struct HttpRewrite {
     pub uri: String,
     #[serde(deserialize_with = "nullable")]
     pub authority: String,
+    /// Only checked for presence: not supported.
+    pub uri_regex_rewrite: Option<Value>,
 }
 
 /// `fault`.
@@ -387,7 +412,7 @@ mod tests {
             "spec": {"hosts": ["r"], "http": [
                 {"retries": {"attempts": "2", "perTryTimeout": "0.5s", "retryOn": "5xx,503",
                              "retryRemoteLocalities": true,
-                             "retryIgnorePreviousHosts": false}},
+                             "retryIgnorePreviousHosts": false, "backoff": "100ms"}},
                 {"retries": {}},
                 {"retries": {"attempts": null, "retryOn": null}}
             ]}
@@ -402,6 +427,7 @@ mod tests {
                 retry_on: "5xx,503".into(),
                 retry_remote_localities: Some(true),
                 retry_ignore_previous_hosts: Some(false),
+                backoff: Some("100ms".into()),
             }
         );
         assert_eq!(r(1), HttpRetry::default());

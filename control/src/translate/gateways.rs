@@ -1648,6 +1648,7 @@ mod tests {
             rewrite: None,
             timeout_ms: None,
             retry: None,
+            mirrors: Vec::new(),
         };
         let prefix = |p: &str| RequestMatch {
             uri: Some(StringMatch::Prefix(p.into())),

@@ -575,6 +575,11 @@ impl Snapshot {
             port,
             subset: subset.map(str::to_owned),
             load_balancer,
+            consistent_hash: if svc.headless() {
+                None
+            } else {
+                policy.consistent_hash
+            },
             endpoints,
             connection_pool: policy.connection_pool,
             outlier_detection: policy.outlier_detection,

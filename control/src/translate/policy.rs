@@ -27,10 +27,16 @@
 //! field by field. Defaults: `LEAST_REQUEST`, no connection limits, no outlier detection.
 //!
 //! `loadBalancer.simple`: `LEAST_REQUEST` (default, also `UNSPECIFIED` and `LEAST_CONN`,
-//! its deprecated alias), `ROUND_ROBIN`, `RANDOM`, `PASSTHROUGH`. A `loadBalancer` without
-//! `simple` (`consistentHash`, `localityLbSetting`) is the default: not translated yet,
-//! like `tunnel`, `proxyProtocol` and `retryBudget`, which are ignored without a
-//! diagnostic. `tls` is the fourth block, merged like the others: `ISTIO_MUTUAL` (with
+//! its deprecated alias), `ROUND_ROBIN`, `RANDOM`, `PASSTHROUGH`.
+//! `loadBalancer.consistentHash` ([`lb_block`]): exactly one key of `httpHeaderName`
+//! (lower-cased), `httpCookie` (`name`, `path`, `ttl`), `useSourceIp`,
+//! `httpQueryParameterName`, sent as the cluster's `consistentHash` with `LEAST_REQUEST`
+//! for requests without the key; `ringHash.minimumRingSize`, `maglev.tableSize` and the
+//! deprecated `minimumRingSize` are range-checked and not sent (the proxy's rendezvous
+//! hashing has no table). No key, several, a cookie without a name, a bad `ttl` or
+//! size: reported, `LEAST_REQUEST`. Beside `simple`: reported, the hash wins. A headless
+//! Service's clusters stay `PASSTHROUGH`, unhashed. `localityLbSetting`, `tunnel`,
+//! `proxyProtocol` and `retryBudget` are ignored without a diagnostic. `tls` is the fourth block, merged like the others: `ISTIO_MUTUAL` (with
 //! its `subjectAltNames` and `sni`) and `DISABLE` override auto mTLS; `SIMPLE` and
 //! `MUTUAL` are reported and the block ignored (auto mTLS stays); an unknown mode refuses
 //! the rule. `connectionPool` and `outlierDetection` are converted by `resilience`; a
@@ -41,15 +47,15 @@
 use std::collections::{BTreeMap, HashMap};
 
 use mesh_config::resilience::{ConnectionPool, OutlierDetection};
-use mesh_config::{ClusterTlsMode, LoadBalancer};
+use mesh_config::{ClusterTlsMode, HashKey, LoadBalancer};
 use serde_json::Value;
 
 use super::Diagnostic;
 use super::hosts::{HostPattern, Visibility, labels_match, resolve_config_host};
 use super::resilience::{self, Bad, Note};
 use crate::istio::destination_rule::{
-    self, ClientTlsSettings, ConnectionPoolSettings, DestinationRule, LoadBalancerSettings,
-    OutlierDetection as IOutlier, TrafficPolicy,
+    self, ClientTlsSettings, ConnectionPoolSettings, ConsistentHashLb, DestinationRule,
+    LoadBalancerSettings, OutlierDetection as IOutlier, TrafficPolicy,
 };
 use crate::istio::{Labels, Meta};
 
@@ -75,10 +81,17 @@ pub struct SubsetRec {
 /// translation applies; `None`: the block is not set.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Blocks {
-    pub lb: Option<LoadBalancer>,
+    pub lb: Option<LbBlock>,
     pub pool: Option<ConnectionPool>,
     pub outlier: Option<OutlierDetection>,
     pub tls: Option<TlsBlock>,
+}
+
+/// A `loadBalancer` block: the simple balancer, or a consistent hash.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LbBlock {
+    pub simple: LoadBalancer,
+    pub hash: Option<HashKey>,
 }
 
 /// A `tls` block the mesh applies.
@@ -109,6 +122,7 @@ impl Policy {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ClusterPolicy {
     pub load_balancer: LoadBalancer,
+    pub consistent_hash: Option<HashKey>,
     pub connection_pool: ConnectionPool,
     pub outlier_detection: Option<OutlierDetection>,
     /// `None`: auto mTLS.
@@ -125,14 +139,113 @@ fn diag(meta: &Meta, field: String, message: String) -> Diagnostic {
     }
 }
 
-fn simple_lb(
+/// A `loadBalancer` block at `field`. `consistentHash` beside `simple` wins (reported:
+/// Istio's schema has them as a oneof); a hash that cannot be applied (no key or more
+/// than one, a cookie without a name, a bad `ttl`, a ring size of 0 or over Envoy's
+/// maximum) is reported and the block is `LEAST_REQUEST`, as it would be without it.
+fn lb_block(
     lb: Option<&LoadBalancerSettings>,
     meta: &Meta,
     field: &str,
     diags: &mut Vec<Diagnostic>,
-) -> Option<LoadBalancer> {
+) -> Option<LbBlock> {
     let lb = lb?;
-    Some(match lb.simple.as_deref() {
+    let Some(ch) = &lb.consistent_hash else {
+        return Some(LbBlock {
+            simple: simple_lb(lb, meta, field, diags),
+            hash: None,
+        });
+    };
+    let f = format!("{field}.consistentHash");
+    if lb.simple.is_some() {
+        diags.push(diag(
+            meta,
+            format!("{field}.simple"),
+            "simple and consistentHash are both set (one of them only, in Istio's API); \
+             consistentHash used"
+                .into(),
+        ));
+    }
+    match consistent_hash(ch, &f) {
+        Ok(hash) => Some(LbBlock {
+            simple: LoadBalancer::LeastRequest,
+            hash: Some(hash),
+        }),
+        Err((field, why)) => {
+            diags.push(diag(meta, field, format!("{why}; LEAST_REQUEST used")));
+            Some(LbBlock::default())
+        }
+    }
+}
+
+fn consistent_hash(ch: &ConsistentHashLb, f: &str) -> Result<HashKey, Bad> {
+    fn nonempty(s: &Option<String>) -> Option<&str> {
+        s.as_deref().map(str::trim).filter(|s| !s.is_empty())
+    }
+    let mut keys = Vec::new();
+    if let Some(h) = nonempty(&ch.http_header_name) {
+        keys.push(HashKey::Header(h.to_ascii_lowercase()));
+    }
+    if let Some(c) = &ch.http_cookie {
+        let name = c.name.trim();
+        if name.is_empty() {
+            return Err((format!("{f}.httpCookie.name"), "missing".into()));
+        }
+        let ttl_ms = match c.ttl.as_deref() {
+            None => None,
+            Some(t) => Some(
+                mesh_common::duration::parse(t)
+                    .map_err(|e| (format!("{f}.httpCookie.ttl"), e.to_string()))?
+                    .as_millis()
+                    .try_into()
+                    .unwrap_or(u64::MAX),
+            ),
+        };
+        keys.push(HashKey::Cookie {
+            name: name.to_owned(),
+            path: Some(c.path.trim().to_owned()).filter(|p| !p.is_empty()),
+            ttl_ms,
+        });
+    }
+    if ch.use_source_ip == Some(true) {
+        keys.push(HashKey::SourceIp);
+    }
+    if let Some(q) = nonempty(&ch.http_query_parameter_name) {
+        keys.push(HashKey::QueryParameter(q.to_owned()));
+    }
+    if keys.len() != 1 {
+        return Err((
+            f.to_owned(),
+            format!(
+                "{} hash keys (exactly one of httpHeaderName, httpCookie, useSourceIp, \
+                 httpQueryParameterName is needed)",
+                keys.len()
+            ),
+        ));
+    }
+    let (size, size_field) = match (&ch.ring_hash, &ch.maglev, ch.minimum_ring_size) {
+        (Some(r), _, _) => (r.minimum_ring_size, format!("{f}.ringHash.minimumRingSize")),
+        (None, Some(m), _) => (m.table_size, format!("{f}.maglev.tableSize")),
+        (None, None, s) => (s, format!("{f}.minimumRingSize")),
+    };
+    // Checked as Istio's validation does, then not needed: the proxy's consistent hash
+    // has no table to size (rendezvous hashing).
+    if let Some(n) = size.filter(|n| !(0..=i64::from(MAX_RING_SIZE)).contains(n)) {
+        return Err((size_field, format!("{n} is not within 0-{MAX_RING_SIZE}")));
+    }
+    Ok(keys.remove(0))
+}
+
+/// The largest ring or table size taken (Envoy's `maximum_ring_size` default).
+const MAX_RING_SIZE: u32 = 8 << 20;
+
+fn simple_lb(
+    lb: &LoadBalancerSettings,
+    meta: &Meta,
+    field: &str,
+    diags: &mut Vec<Diagnostic>,
+) -> LoadBalancer {
+    match lb.simple.as_deref() {
         None | Some("UNSPECIFIED" | "LEAST_REQUEST" | "LEAST_CONN") => LoadBalancer::LeastRequest,
         Some("ROUND_ROBIN") => LoadBalancer::RoundRobin,
         Some("RANDOM") => LoadBalancer::Random,
@@ -145,7 +258,7 @@ fn simple_lb(
             ));
             LoadBalancer::LeastRequest
         }
-    })
+    }
 }
 
 /// `tls` at `field`: `Ok(None)` when absent or not applied (reported).
@@ -218,7 +331,7 @@ fn blocks(
 ) -> Result<Blocks, Bad> {
     Ok(Blocks {
         tls: tls_block(tls, meta, &format!("{field}.tls"), diags)?,
-        lb: simple_lb(lb, meta, &format!("{field}.loadBalancer"), diags),
+        lb: lb_block(lb, meta, &format!("{field}.loadBalancer"), diags),
         pool: pool
             .map(|p| resilience::connection_pool(p, &format!("{field}.connectionPool")))
             .transpose()?,
@@ -406,7 +519,7 @@ impl<'a> Merged<'a> {
                 None => {
                     let t = &p.top;
                     if t.lb.is_some() {
-                        b.lb = t.lb;
+                        b.lb.clone_from(&t.lb);
                     }
                     if t.pool.is_some() {
                         b.pool.clone_from(&t.pool);
@@ -428,7 +541,8 @@ impl<'a> Merged<'a> {
     pub fn cluster_policy(&self, port: u16, subset: Option<&SubsetRec>) -> ClusterPolicy {
         let b = self.blocks(port, subset);
         ClusterPolicy {
-            load_balancer: b.lb.unwrap_or_default(),
+            load_balancer: b.lb.as_ref().map(|l| l.simple).unwrap_or_default(),
+            consistent_hash: b.lb.and_then(|l| l.hash),
             connection_pool: b.pool.unwrap_or_default(),
             outlier_detection: b.outlier,
             tls: b.tls,
@@ -751,6 +865,7 @@ mod tests {
             p(9080, None),
             ClusterPolicy {
                 load_balancer: LoadBalancer::Random,
+                consistent_hash: None,
                 connection_pool: top_pool.clone(),
                 outlier_detection: Some(top_outlier.clone()),
                 tls: None,

@@ -83,6 +83,7 @@ pub fn default_retry(compat: Option<CompatibilityVersion>) -> RetryPolicy {
         retry_on,
         retriable_status_codes: if with_503 { vec![503] } else { Vec::new() },
         avoid_previous_hosts: true,
+        backoff_ms: None,
     }
 }
 
@@ -257,16 +258,18 @@ pub fn retry_policy(
     let attempts = int32(r.attempts, &format!("{f}.attempts"))?;
     let per_try_timeout_ms =
         opt_duration_ms(r.per_try_timeout.as_deref(), &format!("{f}.perTryTimeout"))?;
+    let backoff_ms = opt_duration_ms(r.backoff.as_deref(), &format!("{f}.backoff"))?;
     if attempts == 0 {
         if per_try_timeout_ms.is_some()
             || !r.retry_on.is_empty()
             || r.retry_remote_localities.is_some()
+            || backoff_ms.is_some()
         {
             notes.push((
                 format!("{f}.attempts"),
-                "0 or unset: the rule has no retries, and its perTryTimeout, retryOn and \
-                 retryRemoteLocalities are ignored (Istio's validation refuses them with 0 \
-                 attempts)"
+                "0 or unset: the rule has no retries, and its perTryTimeout, retryOn, \
+                 retryRemoteLocalities and backoff are ignored (Istio's validation refuses \
+                 them with 0 attempts)"
                     .into(),
             ));
         }
@@ -286,6 +289,7 @@ pub fn retry_policy(
         retry_on,
         retriable_status_codes,
         avoid_previous_hosts: r.retry_ignore_previous_hosts.unwrap_or(true),
+        backoff_ms,
     }))
 }
 

@@ -28,13 +28,22 @@
 //! unknown `retryOn` condition, or retry fields next to `attempts: 0`, are reported and
 //! the rule kept.
 //!
-//! Not translated yet (parsed and ignored, no diagnostic): `retries.backoff`,
-//! `retries.retryRemoteLocalities`, `mirror`, `mirrors`, `mirrorPercentage`,
-//! `corsPolicy`, `rewrite.uriRegexRewrite`, `match[].statPrefix`, JWT-claim header
-//! matches (`@request.auth.claims...`, taken as plain header names), an `authority`
-//! rewrite in a weighted destination's headers (route-level and single-destination ones
-//! are the rewrite's authority). `delegate` and
-//! `directResponse.body.bytes` are reported and their rule skipped.
+//! `mirror` (+ `mirrorPercentage`, or the deprecated `mirrorPercent`) and `mirrors[]`
+//! ([`prepare_mirrors`]): each destination resolved as a `route[]` one, a bad one
+//! reported and left out; both fields, or a share outside 0-100, skip the rule; on a
+//! rule that does not forward they are reported and ignored. Per port they resolve as
+//! a lone destination does ([`weighted_clusters`]).
+//!
+//! Reported and ignored, the rule kept: `corsPolicy`, `rewrite.uriRegexRewrite`; a
+//! header condition on a JWT claim (`@request.auth.claims...`, which needs the
+//! unsupported RequestAuthentication) never holds, so its entry is left out (as
+//! `withoutHeaders`, it always holds: the condition is dropped). A header name that is
+//! not a token (nor `:authority`, `:method`, `:path`, `:scheme`) skips the rule.
+//! Parsed and ignored, no diagnostic: `retries.retryRemoteLocalities`,
+//! `match[].statPrefix` (stat names), an `authority` rewrite in a weighted
+//! destination's headers (route-level and single-destination ones are the rewrite's
+//! authority). `delegate` and `directResponse.body.bytes` are reported and their rule
+//! skipped.
 //!
 //! `tcp[]` ([`tcp_port_route`]) gives a sidecar's L4 connections to a `tcp` (or sniffed,
 //! not HTTP) port: every condition of its `match[]` entries is known at config time
@@ -54,8 +63,8 @@ use std::collections::{BTreeSet, HashMap};
 
 use mesh_config::resilience::RetryPolicy;
 use mesh_config::route::{
-    Fault, FaultAbort, FaultDelay, HeaderEdit, HeaderMatch, HttpRoute, Redirect, RequestMatch,
-    Rewrite, RouteAction, StringMatch, WeightedCluster,
+    Fault, FaultAbort, FaultDelay, HeaderEdit, HeaderMatch, HttpRoute, Mirror, Redirect,
+    RequestMatch, Rewrite, RouteAction, StringMatch, WeightedCluster,
 };
 use mesh_config::{Protocol, TcpCluster, TcpRoute, cluster::cluster_name};
 
@@ -176,6 +185,15 @@ pub struct Rule {
     pub timeout_ms: Option<u64>,
     /// `retries` (or the default policy); `None`: no retries.
     pub retry: Option<RetryPolicy>,
+    /// `mirror` / `mirrors` (forwarding rules only).
+    pub mirrors: Vec<MirrorDest>,
+}
+
+/// One mirror of a rule: where copies go, and the share of requests copied.
+#[derive(Debug, Clone)]
+pub struct MirrorDest {
+    pub dest: Dest,
+    pub percentage: f64,
 }
 
 /// One `match[]` entry that may apply to the proxies prepared for.
@@ -523,16 +541,24 @@ fn prepare_rule(
     if http.delegate.is_some() {
         return Err(skip(format!("{f}.delegate"), "delegation is not supported"));
     }
+    let mut notes = Vec::new();
     let matches = if http.matches.is_empty() {
         None
     } else {
         let mut entries = Vec::new();
         for (j, m) in http.matches.iter().enumerate() {
-            if let Some(e) = prepare_entry(m, &format!("{f}.match[{j}]"), side, &meta.namespace)? {
+            let mf = format!("{f}.match[{j}]");
+            claim_notes(m, &mf, &mut notes);
+            if let Some(e) = prepare_entry(m, &mf, side, &meta.namespace)? {
                 entries.push(e);
             }
         }
         if entries.is_empty() {
+            diags.extend(
+                notes
+                    .into_iter()
+                    .map(|(field, message)| vs_diag(meta, field, message)),
+            );
             return Ok(None);
         }
         Some(entries)
@@ -544,7 +570,6 @@ fn prepare_rule(
     let fault = prepare_fault(http, &f)?;
     let timeout_ms = resilience::route_timeout(http.timeout.as_deref(), &format!("{f}.timeout"))
         .map_err(|(field, why)| skip(field, why))?;
-    let mut notes = Vec::new();
     let retry = resilience::retry_policy(http.retries.as_ref(), cat.default_retry, &f, &mut notes)
         .map_err(|(field, why)| skip(field, why))?;
     let mut rewrite = None;
@@ -643,6 +668,27 @@ fn prepare_rule(
             single,
         }
     };
+    let mirrors = prepare_mirrors(http, &f, &action, meta, cat, &mut notes)?;
+    if http.cors_policy.is_some() {
+        notes.push((
+            format!("{f}.corsPolicy"),
+            "not supported yet; ignored (requests, preflights included, reach the \
+             destination unchanged, and responses get no CORS headers from the proxy)"
+                .into(),
+        ));
+    }
+    if http
+        .rewrite
+        .as_ref()
+        .is_some_and(|r| r.uri_regex_rewrite.is_some())
+    {
+        notes.push((
+            format!("{f}.rewrite.uriRegexRewrite"),
+            "not supported yet; ignored (the path goes upstream as the client sent it, \
+             or as rewrite.uri says)"
+                .into(),
+        ));
+    }
     diags.extend(
         notes
             .into_iter()
@@ -663,7 +709,124 @@ fn prepare_rule(
         rewrite,
         timeout_ms,
         retry,
+        mirrors,
     }))
+}
+
+/// `mirror` (with `mirrorPercentage`, or the deprecated `mirrorPercent`) or `mirrors[]`
+/// of a rule: each destination resolved as a `route[]` one (a bad one is reported in
+/// `notes` and left out, the rule keeps routing); a share outside 0-100, or both
+/// `mirror` and `mirrors`, skip the rule (Istio's validation refuses them). A rule that
+/// does not forward (redirect, direct response) mirrors nothing: reported.
+fn prepare_mirrors(
+    http: &IHttpRoute,
+    f: &str,
+    action: &Action,
+    meta: &Meta,
+    cat: &Catalog<'_>,
+    notes: &mut Vec<(String, String)>,
+) -> Result<Vec<MirrorDest>, Skip> {
+    if http.mirror.is_some() && !http.mirrors.is_empty() {
+        return Err(skip(
+            format!("{f}.mirrors"),
+            "mirror and mirrors are both set (Istio refuses that)",
+        ));
+    }
+    let mut specs: Vec<(String, Option<&virtual_service::Destination>, f64)> = Vec::new();
+    if let Some(m) = &http.mirror {
+        let pct = match (&http.mirror_percentage, http.mirror_percent) {
+            (Some(p), _) => percentage(p.value, format!("{f}.mirrorPercentage.value"))?,
+            (None, Some(p)) => percentage(p as f64, format!("{f}.mirrorPercent"))?,
+            (None, None) => 100.0,
+        };
+        specs.push((format!("{f}.mirror"), Some(m), pct));
+    }
+    for (j, m) in http.mirrors.iter().enumerate() {
+        let mf = format!("{f}.mirrors[{j}]");
+        let pct = match &m.percentage {
+            Some(p) => percentage(p.value, format!("{mf}.percentage.value"))?,
+            None => 100.0,
+        };
+        specs.push((format!("{mf}.destination"), m.destination.as_ref(), pct));
+    }
+    if specs.is_empty() {
+        return Ok(Vec::new());
+    }
+    if !matches!(action, Action::Route { .. }) {
+        let (field, _, _) = &specs[0];
+        notes.push((
+            field.clone(),
+            "a rule that redirects or answers directly forwards nothing to mirror; \
+             mirrors ignored"
+                .into(),
+        ));
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for (field, dst, pct) in specs {
+        match resolve_destination(dst, meta, cat) {
+            Ok((svc, port, subset)) => out.push(MirrorDest {
+                dest: Dest {
+                    field,
+                    svc,
+                    subset,
+                    port,
+                    weight: 100,
+                    request_headers: HeaderEdit::default(),
+                    response_headers: HeaderEdit::default(),
+                },
+                percentage: pct,
+            }),
+            Err((sub, why)) => {
+                notes.push((format!("{field}{sub}"), format!("{why}; mirror dropped")))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A resolved `Destination`: the Service (index), port and subset.
+type Resolved = (usize, Option<u16>, Option<String>);
+
+/// A `Destination`'s Service, port and subset, or what is wrong with it: (the field
+/// under the destination, `.host` ..., and why).
+fn resolve_destination(
+    dst: Option<&virtual_service::Destination>,
+    meta: &Meta,
+    cat: &Catalog<'_>,
+) -> Result<Resolved, (&'static str, String)> {
+    let Some(dst) = dst.filter(|d| !d.host.trim().is_empty()) else {
+        return Err((".host", "missing".into()));
+    };
+    let fqdn = resolve_config_host(&dst.host, &meta.namespace, cat.domain);
+    let Some(&svc) = cat.by_fqdn.get(&fqdn) else {
+        return Err((
+            ".host",
+            format!("host {:?} ({fqdn}) is not a Service", dst.host),
+        ));
+    };
+    let port = match &dst.port {
+        None => None,
+        Some(p) => match u16::try_from(p.number).ok().filter(|n| *n != 0) {
+            Some(n) if cat.services[svc].port(n).is_some() => Some(n),
+            _ => {
+                return Err((
+                    ".port.number",
+                    format!("Service {fqdn} has no port {}", p.number),
+                ));
+            }
+        },
+    };
+    let subset = (!dst.subset.is_empty()).then(|| dst.subset.clone());
+    if let Some(s) = &subset
+        && !cat.drs.any_defines(&fqdn, s)
+    {
+        return Err((
+            ".subset",
+            format!("no DestinationRule for {fqdn} defines subset {s:?}"),
+        ));
+    }
+    Ok((svc, port, subset))
 }
 
 /// One `route[]` entry of an `http[]` or `tls[]` rule.
@@ -717,47 +880,17 @@ fn prepare_dests(
         if several && d.weight == 0 {
             continue;
         }
-        let dropped = |field: String, why: String| {
-            vs_diag(meta, field, format!("{why}; destination dropped"))
-        };
-        let Some(dst) = d.destination.filter(|d| !d.host.trim().is_empty()) else {
-            diags.push(dropped(format!("{df}.destination.host"), "missing".into()));
-            continue;
-        };
-        let fqdn = resolve_config_host(&dst.host, &meta.namespace, cat.domain);
-        let Some(&svc) = cat.by_fqdn.get(&fqdn) else {
-            diags.push(dropped(
-                format!("{df}.destination.host"),
-                format!("host {:?} ({fqdn}) is not a Service", dst.host),
-            ));
-            continue;
-        };
-        let port = match &dst.port {
-            None => None,
-            Some(p) => {
-                let n = u16::try_from(p.number).ok().filter(|n| *n != 0);
-                match n {
-                    Some(n) if cat.services[svc].port(n).is_some() => Some(n),
-                    _ => {
-                        diags.push(dropped(
-                            format!("{df}.destination.port.number"),
-                            format!("Service {fqdn} has no port {}", p.number),
-                        ));
-                        continue;
-                    }
-                }
+        let (svc, port, subset) = match resolve_destination(d.destination, meta, cat) {
+            Ok(r) => r,
+            Err((sub, why)) => {
+                diags.push(vs_diag(
+                    meta,
+                    format!("{df}.destination{sub}"),
+                    format!("{why}; destination dropped"),
+                ));
+                continue;
             }
         };
-        let subset = (!dst.subset.is_empty()).then(|| dst.subset.clone());
-        if let Some(s) = &subset
-            && !cat.drs.any_defines(&fqdn, s)
-        {
-            diags.push(dropped(
-                format!("{df}.destination.subset"),
-                format!("no DestinationRule for {fqdn} defines subset {s:?}"),
-            ));
-            continue;
-        }
         let (mut request_headers, authority) =
             header_edit(d.headers.and_then(|h| h.request.as_ref()));
         let (mut response_headers, _) = header_edit(d.headers.and_then(|h| h.response.as_ref()));
@@ -860,13 +993,73 @@ fn header_matches(
     Ok(out)
 }
 
-/// `Ok(None)`: the entry is for gateways only (and `side` is [`Side::Mesh`]).
+/// Header conditions on JWT claims (`@request.auth.claims.<name>`) need Istio's
+/// `RequestAuthentication`, which is not supported: no request has such a header (its
+/// name is not a valid header name), so the condition never holds. Reported.
+fn claim_notes(m: &HttpMatchRequest, f: &str, notes: &mut Vec<(String, String)>) {
+    for (field, map) in [
+        ("headers", &m.headers),
+        ("withoutHeaders", &m.without_headers),
+    ] {
+        for name in map.keys().filter(|n| is_claim(n)) {
+            let then = if field == "headers" {
+                "never holds: the entry is left out"
+            } else {
+                "always holds"
+            };
+            notes.push((
+                format!("{f}.{field}.{name}"),
+                format!(
+                    "a JWT claim needs RequestAuthentication, which is not supported: the \
+                     condition {then}"
+                ),
+            ));
+        }
+    }
+}
+
+fn is_claim(name: &str) -> bool {
+    name.starts_with("@request.auth.")
+}
+
+/// A name a header condition may take: an HTTP field name (RFC 9110 `token`), or one of
+/// the pseudo-headers Istio matches (`:authority`, `:method`, `:path`, `:scheme`).
+fn valid_header_name(name: &str) -> bool {
+    matches!(name, ":authority" | ":method" | ":path" | ":scheme")
+        || !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// `Ok(None)`: the entry is for gateways only (and `side` is [`Side::Mesh`]), or never
+/// matches (a JWT claim condition, see [`claim_notes`]).
 fn prepare_entry(
     m: &HttpMatchRequest,
     f: &str,
     side: Side,
     vs_namespace: &str,
 ) -> Result<Option<Entry>, Skip> {
+    if m.headers.keys().any(|n| is_claim(n)) {
+        return Ok(None);
+    }
+    for (field, map) in [
+        ("headers", &m.headers),
+        ("withoutHeaders", &m.without_headers),
+    ] {
+        if let Some(bad) = map.keys().find(|n| !is_claim(n) && !valid_header_name(n)) {
+            return Err(skip(
+                format!("{f}.{field}.{bad}"),
+                format!("{bad:?} is not a valid header name"),
+            ));
+        }
+    }
+    let without_headers: std::collections::BTreeMap<_, _> = m
+        .without_headers
+        .iter()
+        .filter(|(n, _)| !is_claim(n))
+        .map(|(n, v)| (n.clone(), v.clone()))
+        .collect();
     if side == Side::Mesh && !m.gateways.is_empty() && !m.gateways.iter().any(|g| g == MESH) {
         return Ok(None);
     }
@@ -884,7 +1077,7 @@ fn prepare_entry(
         method: opt(&m.method, "method")?,
         authority: opt(&m.authority, "authority")?,
         headers: header_matches(&m.headers, &format!("{f}.headers"), true)?,
-        without_headers: header_matches(&m.without_headers, &format!("{f}.withoutHeaders"), true)?,
+        without_headers: header_matches(&without_headers, &format!("{f}.withoutHeaders"), true)?,
         query_params: header_matches(&m.query_params, &format!("{f}.queryParams"), false)?,
         ignore_uri_case: m.ignore_uri_case,
     };
@@ -1213,6 +1406,18 @@ pub fn port_routes(
             },
         };
         let routed = matches!(action, RouteAction::Route(_));
+        let mut mirrors = Vec::new();
+        if routed {
+            for m in &rule.mirrors {
+                let one = std::slice::from_ref(&m.dest);
+                for w in weighted_clusters(one, true, port, services, client, needed, report) {
+                    mirrors.push(Mirror {
+                        cluster: w.cluster,
+                        percentage: m.percentage,
+                    });
+                }
+            }
+        }
         out.push(HttpRoute {
             name: rule.name.clone(),
             virtual_service: vs.id.clone(),
@@ -1224,6 +1429,7 @@ pub fn port_routes(
             rewrite: if routed { rule.rewrite.clone() } else { None },
             timeout_ms: if routed { rule.timeout_ms } else { None },
             retry: if routed { rule.retry.clone() } else { None },
+            mirrors,
         });
         if catch_all {
             break;

@@ -329,6 +329,7 @@ mod tests {
                 port: 9080,
                 subset: None,
                 load_balancer: LoadBalancer::LeastRequest,
+                consistent_hash: None,
                 endpoints: Vec::new(),
                 connection_pool: Default::default(),
                 outlier_detection: None,
@@ -429,6 +430,7 @@ mod tests {
             rewrite: None,
             timeout_ms: None,
             retry: None,
+            mirrors: Vec::new(),
         });
         let e = store
             .apply(

@@ -129,13 +129,29 @@ fn tcp_cluster_name(raw: &mesh_config::Service, port: u16, rng: &mut fastrand::R
         .map_or_else(|| raw.default_cluster(port), |c| c.cluster.clone())
 }
 
-/// An L4 connection to a Service port: see [`TcpUpstream`].
-pub fn tcp_upstream(svc: &CompiledService, orig: OrigDstAddr) -> TcpUpstream {
+/// An L4 connection to a Service port: see [`TcpUpstream`]. `client`: who connected,
+/// for a cluster that hashes by `useSourceIp` (the other keys are HTTP's: such a
+/// connection is balanced by the cluster's simple balancer).
+pub fn tcp_upstream(
+    svc: &CompiledService,
+    orig: OrigDstAddr,
+    client: Option<std::net::IpAddr>,
+) -> TcpUpstream {
     let raw = svc.service();
     let mut rng = fastrand::Rng::new();
     let cluster_name = tcp_cluster_name(raw, orig.port(), &mut rng);
     let cluster = svc.cluster(&cluster_name);
-    let picked = cluster.and_then(|c| c.pick(&mut rng, &[])).map(|e| e.addr);
+    let picked = cluster
+        .and_then(|c| {
+            let hashed = match (&c.hash_key, client) {
+                (Some(mesh_config::HashKey::SourceIp), Some(ip)) => {
+                    c.pick_hashed(crate::http::lb::hash_key(ip.to_string().as_bytes()))
+                }
+                _ => None,
+            };
+            hashed.or_else(|| c.pick(&mut rng, &[]))
+        })
+        .map(|e| e.addr);
     let slot = match cluster {
         None => Ok(None),
         Some(c) => match c.state.connection(&c.limits) {
@@ -347,7 +363,7 @@ mod tests {
             let compiled = CompiledService::compile(svc).unwrap();
             let mut by_ip = std::collections::BTreeMap::<String, u32>::new();
             for _ in 0..2000 {
-                let up = tcp_upstream(&compiled, orig);
+                let up = tcp_upstream(&compiled, orig, None);
                 *by_ip
                     .entry(up.endpoint.unwrap().ip().to_string())
                     .or_default() += 1;
@@ -386,7 +402,7 @@ mod tests {
         let states = LbStates::default();
         let compiled = CompiledService::compile_in(&svc, &states).unwrap();
         let orig = OrigDstAddr("10.96.0.12:9080".parse().unwrap());
-        let first = tcp_upstream(&compiled, orig);
+        let first = tcp_upstream(&compiled, orig, None);
         assert!(matches!(first.slot, Ok(Some(_))));
         assert!(first.endpoint.is_some());
         assert_eq!(
@@ -394,11 +410,14 @@ mod tests {
             Some(std::time::Duration::from_millis(250))
         );
         assert!(
-            tcp_upstream(&compiled, orig).slot.is_err(),
+            tcp_upstream(&compiled, orig, None).slot.is_err(),
             "over the limit"
         );
         drop(first);
-        assert!(matches!(tcp_upstream(&compiled, orig).slot, Ok(Some(_))));
+        assert!(matches!(
+            tcp_upstream(&compiled, orig, None).slot,
+            Ok(Some(_))
+        ));
         let mut out = String::new();
         states.render_clusters(&mut out);
         assert!(

@@ -48,7 +48,10 @@ pub(super) async fn handle(
         // For a Service port the endpoint is picked first, so that a sniffed connection
         // that is not HTTP goes where an L4 one would (and gets its mTLS).
         let up = match (&svc, plan) {
-            (Some(svc), Plan::Sniff | Plan::Tcp) => Some(tcp_upstream(svc, orig)),
+            (Some(svc), Plan::Sniff | Plan::Tcp) => {
+                let from = client.peer_addr().ok().map(|a| a.ip());
+                Some(tcp_upstream(svc, orig, from))
+            }
             _ => None,
         };
         // A sniffed port whose endpoint takes mTLS: the mTLS connection is made while the

@@ -13,13 +13,13 @@ use hyper::body::Bytes;
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::http::uri::{Authority, PathAndQuery};
 use mesh_config::{
-    ClusterTlsMode, Fault, HeaderEdit, HeaderMatch, LoadBalancer, Protocol, Redirect, RequestMatch,
-    Resource, RouteAction, Service, StringMatch, ValidationError,
+    ClusterTlsMode, Fault, HashKey, HeaderEdit, HeaderMatch, LoadBalancer, Protocol, Redirect,
+    RequestMatch, Resource, RouteAction, Service, StringMatch, ValidationError,
 };
 use regex::{Regex, RegexBuilder};
 
 use super::TlsTarget;
-use super::lb::LbStates;
+use super::lb::{HashRing, LbStates};
 use super::metrics::{PeerLabels, ServiceLabels};
 use super::resilience::{ClusterState, EndpointHealth, Limits, Outlier, RetryRule};
 
@@ -173,6 +173,8 @@ pub(crate) struct CompiledRoute {
     /// `timeout`: until the response head, retries included.
     pub(crate) timeout: Option<std::time::Duration>,
     pub(crate) retry: Option<RetryRule>,
+    /// `mirror` / `mirrors`: (cluster index, share of requests 0-100).
+    pub(crate) mirrors: Vec<(usize, f64)>,
 }
 
 /// One Service port.
@@ -233,6 +235,9 @@ pub struct CompiledCluster {
     pub(crate) state: Arc<ClusterState>,
     /// With `tcp.maxConnections`: the pool every worker uses for this cluster.
     pub(crate) shared_pools: Option<Arc<super::pool::Pools>>,
+    /// `consistentHash`: what a request is hashed by, and the ring over the candidates.
+    pub hash_key: Option<HashKey>,
+    pub(crate) ring: Option<HashRing>,
 }
 
 /// A Service ready for requests. See the module docs.
@@ -305,7 +310,17 @@ impl CompiledService {
                 let addrs = addrs();
                 super::pool::retire_idle(|k| k.tls == old && addrs.contains(&k.addr));
             }
+            let ring = c.consistent_hash.as_ref().map(|_| {
+                let candidates = if preferred.is_empty() {
+                    &fallback
+                } else {
+                    &preferred
+                };
+                HashRing::new(&endpoints, candidates)
+            });
             clusters.push(CompiledCluster {
+                hash_key: c.consistent_hash.clone(),
+                ring,
                 name: c.name.clone(),
                 subset: c.subset.clone(),
                 port: c.port,
@@ -408,6 +423,13 @@ impl CompiledService {
                         rewrite_authority = Some(a.clone());
                     }
                 }
+                let mut mirrors = Vec::with_capacity(r.mirrors.len());
+                for m in &r.mirrors {
+                    let cluster = cluster_index(&m.cluster).ok_or_else(|| {
+                        err(what(), format!("unknown mirror cluster {}", m.cluster))
+                    })?;
+                    mirrors.push((cluster, m.percentage));
+                }
                 routes.push(CompiledRoute {
                     name: r.name.clone(),
                     virtual_service: r.virtual_service.clone(),
@@ -423,6 +445,7 @@ impl CompiledService {
                     rewrite_authority,
                     timeout: r.timeout_ms.map(std::time::Duration::from_millis),
                     retry: r.retry.as_ref().map(RetryRule::compile),
+                    mirrors,
                 });
             }
             ports.push(CompiledPort {
@@ -553,6 +576,7 @@ pub(crate) mod tests {
             port: 9080,
             subset: subset.map(str::to_owned),
             load_balancer: LoadBalancer::RoundRobin,
+            consistent_hash: None,
             endpoints: addrs
                 .iter()
                 .map(|a| Endpoint {
@@ -582,6 +606,7 @@ pub(crate) mod tests {
             rewrite: None,
             timeout_ms: None,
             retry: None,
+            mirrors: Vec::new(),
         }
     }
 

@@ -6,6 +6,16 @@
 //! endpoints' in-flight counts, `ROUND_ROBIN` a cursor per cluster, `RANDOM` uniform.
 //! `PASSTHROUGH` picks no endpoint: the request goes to the original destination.
 //!
+//! `consistentHash` ([`HashRing`]): rendezvous hashing. A request's key is hashed
+//! ([`hash_key`]: FNV-1a then a 64-bit finalizer, the same in every proxy and version),
+//! mixed with each candidate's address hash, and the candidate in rotation with the
+//! highest score takes it. A key stays on its endpoint while that endpoint stays: an
+//! endpoint that goes moves only its own keys (each to the next best), one that comes
+//! takes its fair share from all, and an endpoint ejected by outlier detection hands
+//! its keys to their next best until it is back. There is no ring to size:
+//! `ringHash.minimumRingSize` and `maglev.tableSize` do not apply.
+//! A request without the key is balanced as the cluster's simple balancer says.
+//!
 //! In-flight counters and cursors are atomics shared by every worker thread. They live
 //! in the compiled cluster, and [`LbStates`] hands the same ones to the next
 //! compilation of a cluster of the same name (and endpoint of the same address), so a
@@ -13,12 +23,14 @@
 //! goes away with the last request or config that used it.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use fastrand::Rng;
-use mesh_config::LoadBalancer;
+use hyper::HeaderMap;
+use hyper::header::HeaderValue;
+use mesh_config::{HashKey, LoadBalancer};
 
 use super::compile::{CompiledCluster, CompiledEndpoint};
 use super::pool::Pools;
@@ -45,6 +57,132 @@ pub(crate) fn by_weight<'a, T>(
         at -= w;
     }
     items.last()
+}
+
+/// A 64-bit hash of `bytes`, stable across processes and builds (FNV-1a, then
+/// SplitMix64's finalizer).
+pub(crate) fn hash_key(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    mix(h)
+}
+
+/// A request's consistent-hash key, hashed: the header's (first) value, the cookie's,
+/// the query parameter's (as sent, not decoded), or the client's address. `None`: the
+/// request has no such key. A cookie key with a `ttl` that the request lacks is made
+/// up: the second value is the `Set-Cookie` to answer with (Envoy's form: the value
+/// quoted, `Max-Age` in seconds unless the ttl is 0, `Path` when given, `HttpOnly`).
+pub(crate) fn request_hash(
+    key: &HashKey,
+    headers: &HeaderMap,
+    uri: &hyper::Uri,
+    client: IpAddr,
+    rng: &mut Rng,
+) -> (Option<u64>, Option<HeaderValue>) {
+    match key {
+        HashKey::Header(name) => (
+            headers.get(name.as_str()).map(|v| hash_key(v.as_bytes())),
+            None,
+        ),
+        HashKey::SourceIp => (Some(hash_key(client.to_string().as_bytes())), None),
+        HashKey::QueryParameter(name) => {
+            let value = uri.query().and_then(|q| {
+                q.split('&').find_map(|kv| {
+                    let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                    (k == name).then_some(v)
+                })
+            });
+            (value.map(|v| hash_key(v.as_bytes())), None)
+        }
+        HashKey::Cookie { name, path, ttl_ms } => {
+            if let Some(v) = cookie(headers, name) {
+                return (Some(hash_key(v.as_bytes())), None);
+            }
+            let Some(ttl) = ttl_ms else {
+                return (None, None);
+            };
+            let value = format!("{:016x}", rng.u64(..));
+            let mut set = format!("{name}=\"{value}\"");
+            if *ttl > 0 {
+                set.push_str(&format!("; Max-Age={}", ttl.div_ceil(1000)));
+            }
+            if let Some(p) = path {
+                set.push_str(&format!("; Path={p}"));
+            }
+            set.push_str("; HttpOnly");
+            (
+                Some(hash_key(value.as_bytes())),
+                HeaderValue::from_str(&set).ok(),
+            )
+        }
+    }
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers, quotes removed.
+fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(hyper::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k == name).then(|| v.trim_matches('"'))
+        })
+}
+
+/// A cluster's consistent hash (rendezvous hashing): each candidate's address hash; a
+/// key goes to the candidate in rotation whose mix with the key scores highest.
+#[derive(Debug, Default)]
+pub struct HashRing {
+    /// (hash of the endpoint's address, endpoint index).
+    nodes: Vec<(u64, u32)>,
+}
+
+impl HashRing {
+    /// Over `candidates` (indexes into the cluster's endpoints).
+    pub(crate) fn new(endpoints: &[CompiledEndpoint], candidates: &[usize]) -> HashRing {
+        let nodes = candidates
+            .iter()
+            .filter_map(|&i| {
+                let e = endpoints.get(i)?;
+                Some((
+                    hash_key(e.addr.to_string().as_bytes()),
+                    u32::try_from(i).ok()?,
+                ))
+            })
+            .collect();
+        HashRing { nodes }
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// The endpoint index that scores highest for `hash` among those `ok` takes.
+    fn best(&self, hash: u64, ok: impl Fn(usize) -> bool) -> Option<usize> {
+        self.nodes
+            .iter()
+            .filter(|(_, i)| ok(*i as usize))
+            .max_by_key(|(h, _)| mix(hash ^ h))
+            .map(|(_, i)| *i as usize)
+    }
+}
+
+/// SplitMix64's finalizer.
+fn mix(mut h: u64) -> u64 {
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
 }
 
 /// State shared by key and held weakly: whoever asks for a key gets the live value, or
@@ -288,6 +426,23 @@ impl CompiledCluster {
         true
     }
 
+    /// The endpoint for a request whose key hashed to `hash` (see the module docs): the
+    /// candidate in rotation that scores highest. `None`: the cluster does not hash, or
+    /// no candidate is in rotation.
+    pub fn pick_hashed(&self, hash: u64) -> Option<&CompiledEndpoint> {
+        let ring = self.ring.as_ref()?;
+        let now = now_ms();
+        let ejections = self.outlier.is_some() && self.ejections_apply(now);
+        let i = ring.best(hash, |i| {
+            !ejections
+                || self
+                    .endpoints
+                    .get(i)
+                    .is_some_and(|e| !self.out_of_rotation(e, now))
+        })?;
+        self.endpoints.get(i)
+    }
+
     /// Picks an endpoint for a request, avoiding those in `avoid` (endpoints that
     /// already failed this request) while others remain. `None`: no healthy endpoint,
     /// or a `PASSTHROUGH` cluster.
@@ -490,5 +645,175 @@ mod tests {
         let c = default_cluster(&s);
         assert!(c.has_healthy());
         assert!(c.pick(&mut Rng::with_seed(1), &[]).is_none());
+    }
+
+    fn hashed(addrs: &[&str], states: &LbStates) -> CompiledService {
+        let mut svc = reviews(vec![]);
+        svc.clusters = vec![cluster(None, addrs)];
+        svc.clusters[0].consistent_hash = Some(HashKey::Header("x-user".into()));
+        CompiledService::compile_in(&svc, states).unwrap()
+    }
+
+    fn users() -> Vec<u64> {
+        (0..2000)
+            .map(|u| hash_key(format!("user-{u}").as_bytes()))
+            .collect()
+    }
+
+    #[test]
+    fn a_key_stays_on_its_endpoint_and_keys_spread() {
+        let addrs = ["10.0.0.1:9080", "10.0.0.2:9080", "10.0.0.3:9080"];
+        let s = hashed(&addrs, &LbStates::default());
+        let c = default_cluster(&s);
+        assert_eq!(c.ring.as_ref().unwrap().len(), 3);
+        let mut per: HashMap<SocketAddr, usize> = HashMap::new();
+        for h in users() {
+            let a = c.pick_hashed(h).unwrap().addr;
+            for _ in 0..3 {
+                assert_eq!(c.pick_hashed(h).unwrap().addr, a);
+            }
+            *per.entry(a).or_default() += 1;
+        }
+        // 2000 keys over 3 endpoints: each within a third ± 8 % (beyond 7 standard
+        // deviations).
+        assert_eq!(per.len(), 3, "{per:?}");
+        for n in per.values() {
+            assert!((507..=827).contains(n), "{per:?}");
+        }
+    }
+
+    #[test]
+    fn only_the_keys_of_an_endpoint_that_goes_move() {
+        let states = LbStates::default();
+        let before = hashed(
+            &["10.0.0.1:9080", "10.0.0.2:9080", "10.0.0.3:9080"],
+            &states,
+        );
+        let after = hashed(&["10.0.0.1:9080", "10.0.0.3:9080"], &states);
+        let gone: SocketAddr = "10.0.0.2:9080".parse().unwrap();
+        let (b, a) = (default_cluster(&before), default_cluster(&after));
+        let mut moved = 0;
+        for h in users() {
+            let (x, y) = (
+                b.pick_hashed(h).unwrap().addr,
+                a.pick_hashed(h).unwrap().addr,
+            );
+            if x != gone {
+                assert_eq!(x, y, "a key of a staying endpoint moved");
+            } else {
+                moved += 1;
+            }
+        }
+        assert!(moved > 400, "{moved}");
+        // The ring is over the endpoints, not the order they come in.
+        let reordered = hashed(
+            &["10.0.0.3:9080", "10.0.0.1:9080", "10.0.0.2:9080"],
+            &states,
+        );
+        for h in users().into_iter().take(200) {
+            assert_eq!(
+                b.pick_hashed(h).unwrap().addr,
+                default_cluster(&reordered).pick_hashed(h).unwrap().addr
+            );
+        }
+    }
+
+    #[test]
+    fn an_ejected_endpoint_lends_its_keys_until_it_is_back() {
+        let mut svc = reviews(vec![]);
+        svc.clusters = vec![cluster(
+            None,
+            &["10.0.0.1:9080", "10.0.0.2:9080", "10.0.0.3:9080"],
+        )];
+        svc.clusters[0].consistent_hash = Some(HashKey::Header("x-user".into()));
+        svc.clusters[0].outlier_detection = Some(mesh_config::resilience::OutlierDetection {
+            consecutive_5xx_errors: 1,
+            interval_ms: 1000,
+            base_ejection_time_ms: 60_000,
+            max_ejection_percent: 100,
+            ..Default::default()
+        });
+        let s = CompiledService::compile_in(&svc, &LbStates::default()).unwrap();
+        let c = default_cluster(&s);
+        let before: Vec<SocketAddr> = users()
+            .iter()
+            .map(|&h| c.pick_hashed(h).unwrap().addr)
+            .collect();
+        let victim = c.endpoints.iter().find(|e| e.addr == before[0]).unwrap();
+        assert!(c.record_outcome(victim, crate::http::resilience::Outcome::Status(503)));
+        for (h, was) in users().iter().zip(&before) {
+            let now = c.pick_hashed(*h).unwrap().addr;
+            if *was == victim.addr {
+                assert_ne!(now, victim.addr);
+            } else {
+                assert_eq!(now, *was, "only the ejected endpoint's keys move");
+            }
+        }
+    }
+
+    #[test]
+    fn request_keys() {
+        let mut rng = Rng::with_seed(7);
+        let ip: IpAddr = "10.1.2.3".parse().unwrap();
+        let uri: hyper::Uri = "/shop?cart=abc&user=bob&x".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("x-user", HeaderValue::from_static("jason"));
+        h.append(
+            hyper::header::COOKIE,
+            HeaderValue::from_static("a=1; session=\"s-42\""),
+        );
+        let key = |k: HashKey, h: &HeaderMap, rng: &mut Rng| request_hash(&k, h, &uri, ip, rng);
+        assert_eq!(
+            key(HashKey::Header("x-user".into()), &h, &mut rng),
+            (Some(hash_key(b"jason")), None)
+        );
+        assert_eq!(key(HashKey::Header("x-none".into()), &h, &mut rng).0, None);
+        assert_eq!(
+            key(HashKey::QueryParameter("user".into()), &h, &mut rng).0,
+            Some(hash_key(b"bob"))
+        );
+        assert_eq!(
+            key(HashKey::QueryParameter("x".into()), &h, &mut rng).0,
+            Some(hash_key(b""))
+        );
+        assert_eq!(
+            key(HashKey::QueryParameter("y".into()), &h, &mut rng).0,
+            None
+        );
+        assert_eq!(
+            key(HashKey::SourceIp, &h, &mut rng).0,
+            Some(hash_key(b"10.1.2.3"))
+        );
+        let cookie = |ttl_ms, path: Option<&str>| HashKey::Cookie {
+            name: "session".into(),
+            path: path.map(str::to_owned),
+            ttl_ms,
+        };
+        assert_eq!(
+            key(cookie(Some(60_000), None), &h, &mut rng),
+            (Some(hash_key(b"s-42")), None)
+        );
+        // Without the cookie: none without a ttl; made up with one, and sent back.
+        let empty = HeaderMap::new();
+        assert_eq!(key(cookie(None, None), &empty, &mut rng), (None, None));
+        let (hash, set) = key(cookie(Some(60_500), Some("/shop")), &empty, &mut rng);
+        let set = set.unwrap();
+        let set = set.to_str().unwrap();
+        let value = set
+            .strip_prefix("session=\"")
+            .and_then(|r| r.split_once('"'))
+            .map(|(v, _)| v)
+            .unwrap();
+        assert_eq!(value.len(), 16);
+        assert_eq!(hash, Some(hash_key(value.as_bytes())));
+        assert!(
+            set.ends_with("\"; Max-Age=61; Path=/shop; HttpOnly"),
+            "{set}"
+        );
+        let (_, session) = key(cookie(Some(0), None), &empty, &mut rng);
+        assert!(
+            session.unwrap().to_str().unwrap().ends_with("\"; HttpOnly"),
+            "a session cookie has no Max-Age"
+        );
     }
 }

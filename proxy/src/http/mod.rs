@@ -53,7 +53,9 @@
 //! `content-length`). The route's `timeout` covers every try: 504 `UT`; retries run
 //! out: the last answer, with `URX` (`UF,URX` when none connected). An upstream that
 //! breaks off before its response head: 503 `UC`. No route: 404 `NR`. Without a
-//! Service (passthrough) a request that could not be sent is tried twice more.
+//! Service (passthrough) a request that could not be sent is tried twice more. A route
+//! with mirrors copies each forwarded request, for each mirror's share, to that cluster
+//! ([`mirror`]: its own task, the answer dropped, not in the request metrics).
 //!
 //! A gateway (`--role gateway`, [`serve_gateway`]): the request's virtual host is
 //! chosen by its authority among the listener's (or the TLS server's)
@@ -103,7 +105,7 @@
 //! [`metrics`] (label sets, flags, the registry) → [`resilience`] (limits, ejections,
 //! retry rules) → [`body`] → [`pool`] → [`compile`] → [`lb`] → [`gateway`] (an
 //! ingress gateway's virtual hosts) → [`select`] → [`headers`] → [`prefixed`] →
-//! [`log`] → [`exchange`] → [`serve`]. Nothing here depends on `flow`; `flow` calls in. Of the rest of the crate
+//! [`log`] → [`exchange`] → [`mirror`] → [`serve`]. Nothing here depends on `flow`; `flow` calls in. Of the rest of the crate
 //! it uses `identity::mesh` (TLS origination), `authz`, `config` and `direction`.
 
 pub mod body;
@@ -114,6 +116,7 @@ pub mod headers;
 pub mod lb;
 pub mod log;
 pub mod metrics;
+pub mod mirror;
 pub mod pool;
 pub mod prefixed;
 pub mod resilience;

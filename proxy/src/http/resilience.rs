@@ -30,9 +30,9 @@ use tokio::sync::Notify;
 
 /// Envoy's cap on one ejection.
 const MAX_EJECTION: Duration = Duration::from_secs(300);
-/// Envoy's retry back-off: base, and the cap (10 × base).
+/// Envoy's retry back-off base where the route gives none (`retries.backoff`); the
+/// cap is 10 × base.
 const RETRY_BASE: Duration = Duration::from_millis(25);
-const RETRY_MAX: Duration = Duration::from_millis(250);
 
 /// Milliseconds since the process's first use of this clock (monotonic).
 pub(crate) fn now_ms() -> u64 {
@@ -443,6 +443,8 @@ pub struct RetryRule {
     on: u16,
     codes: Vec<u16>,
     pub avoid_previous_hosts: bool,
+    /// The back-off's base interval.
+    backoff: Duration,
 }
 
 fn bit(r: RetryOn) -> u16 {
@@ -466,6 +468,7 @@ impl RetryRule {
             on: p.retry_on.iter().fold(0, |acc, r| acc | bit(*r)),
             codes: p.retriable_status_codes.clone(),
             avoid_previous_hosts: p.avoid_previous_hosts,
+            backoff: p.backoff_ms.map_or(RETRY_BASE, Duration::from_millis),
         }
     }
 
@@ -478,6 +481,7 @@ impl RetryRule {
             on: bit(RetryOn::ConnectFailure),
             codes: Vec::new(),
             avoid_previous_hosts: true,
+            backoff: RETRY_BASE,
         }
     }
 
@@ -549,15 +553,14 @@ impl RetryRule {
         }
     }
 
-    /// The pause before retry number `n` (1-based): uniform in [0, min(25 ms × 2^(n-1),
-    /// 250 ms)].
-    pub(crate) fn backoff(n: u32, rng: &mut Rng) -> Duration {
-        let base = u64::try_from(RETRY_BASE.as_millis()).unwrap_or(25);
-        let cap = u64::try_from(RETRY_MAX.as_millis()).unwrap_or(250);
+    /// The pause before retry number `n` (1-based), as Envoy's: uniform in
+    /// [0, min(base × 2^(n-1), 10 × base)], base `retries.backoff` (25 ms by default).
+    pub(crate) fn backoff(&self, n: u32, rng: &mut Rng) -> Duration {
+        let base = u64::try_from(self.backoff.as_micros()).unwrap_or(u64::MAX);
         let max = base
             .saturating_mul(1u64 << n.saturating_sub(1).min(16))
-            .min(cap);
-        Duration::from_millis(rng.u64(0..=max))
+            .min(base.saturating_mul(10));
+        Duration::from_micros(rng.u64(0..=max))
     }
 }
 
@@ -573,6 +576,7 @@ mod tests {
             retry_on: on.to_vec(),
             retriable_status_codes: codes.to_vec(),
             avoid_previous_hosts: true,
+            backoff_ms: None,
         })
     }
 
@@ -607,11 +611,24 @@ mod tests {
     #[test]
     fn backoff_is_jittered_and_capped() {
         let mut rng = Rng::with_seed(5);
-        for n in 1..10 {
-            for _ in 0..50 {
-                let d = RetryRule::backoff(n, &mut rng);
-                let cap = (25u64 << (n - 1)).min(250);
-                assert!(d <= Duration::from_millis(cap), "{n}: {d:?}");
+        let default = rule(&[RetryOn::Reset], &[]);
+        let mut slow = default.clone();
+        slow.backoff = Duration::from_millis(400);
+        for (r, base) in [(&default, 25u64), (&slow, 400)] {
+            for n in 1..10 {
+                let mut longest = Duration::ZERO;
+                for _ in 0..200 {
+                    let d = r.backoff(n, &mut rng);
+                    let cap = (base << (n - 1)).min(10 * base);
+                    assert!(d <= Duration::from_millis(cap), "{base} {n}: {d:?}");
+                    longest = longest.max(d);
+                }
+                // Jittered over the whole range: the longest of 200 is near the cap.
+                let cap = (base << (n - 1)).min(10 * base);
+                assert!(
+                    longest >= Duration::from_millis(cap / 2),
+                    "{base} {n}: {longest:?}"
+                );
             }
         }
     }

@@ -32,8 +32,9 @@ use super::exchange::{
 };
 use super::gateway::{GatewayRoutes, VirtualHosts};
 use super::headers::{self, X_ENVOY_OVERLOADED, X_FORWARDED_PROTO};
-use super::lb::InFlight;
+use super::lb::{self, InFlight};
 use super::metrics::{Flags, PeerLabels, Principals, ServiceLabels};
+use super::mirror;
 use super::pool::{PoolKey, SendError, SendOpts, Sent};
 use super::prefixed::Prefixed;
 use super::resilience::{ClusterState, Limits, Outcome, RetryRule, SlotGuard, TryFailure};
@@ -346,6 +347,7 @@ async fn inbound(
         rewrite_authority: None,
         retry: None,
         timeout: None,
+        mirror_from: None,
     };
     forward(st, req, ex, target, rng).await
 }
@@ -454,6 +456,7 @@ async fn outbound(
             rewrite_authority: None,
             retry: Some(passthrough_retry()),
             timeout: None,
+            mirror_from: None,
         };
         return forward(st, req, ex, target, rng).await;
     };
@@ -527,6 +530,7 @@ async fn outbound(
                 rewrite_authority: sel.rewrite_authority,
                 retry,
                 timeout: route.and_then(|r| r.timeout),
+                mirror_from: Some(&svc),
             };
             forward(st, req, ex, target, rng).await
         }
@@ -545,6 +549,8 @@ struct Target<'s> {
     retry: Option<&'s RetryRule>,
     /// The route's timeout, over every try.
     timeout: Option<Duration>,
+    /// The Service whose clusters the route's mirrors name.
+    mirror_from: Option<&'s Arc<CompiledService>>,
 }
 
 /// The request line and headers as they go upstream.
@@ -642,28 +648,46 @@ async fn forward(
             return exchange::local_reply(ex, 400, "bad request", None);
         }
     };
-    // A request that may be retried after it was sent is held whole when it is short.
+    // A request that may be retried after it was sent, or is mirrored, is held whole
+    // when it is short.
     let idempotent = is_idempotent(up.method());
-    let held = match t.retry {
-        Some(r)
-            if r.attempts > 0 && !upgrade && (idempotent || r.may_retry_sent(ex.grpc, t.h2)) =>
-        {
-            match up.body_mut().hold().await {
-                Ok(h) => h,
-                Err(e) => {
-                    debug!(error = %e, "the client broke off its request body");
-                    ex.flags |= Flags::DC;
-                    return exchange::local_reply(ex, 400, "bad request", None);
-                }
+    let retried = t.retry.is_some_and(|r| {
+        r.attempts > 0 && !upgrade && (idempotent || r.may_retry_sent(ex.grpc, t.h2))
+    });
+    let mirrors = match (t.route, t.mirror_from) {
+        (Some(r), Some(svc)) if !upgrade && !r.mirrors.is_empty() => Some((r, svc)),
+        _ => None,
+    };
+    let held = if retried || mirrors.is_some() {
+        match up.body_mut().hold().await {
+            Ok(h) => h,
+            Err(e) => {
+                debug!(error = %e, "the client broke off its request body");
+                ex.flags |= Flags::DC;
+                return exchange::local_reply(ex, 400, "bad request", None);
             }
         }
-        _ => None,
+    } else {
+        None
+    };
+    if let Some((route, svc)) = mirrors {
+        send_mirrors(st, &up, held.as_ref(), route, svc, &t, rng);
+    }
+    // Held for a mirror only: sent once, as it would have been streamed.
+    let held = if retried { held } else { None };
+    // consistentHash: the request's key, and the cookie made up for it.
+    let (hash, set_cookie) = match t.cluster.and_then(|c| c.hash_key.as_ref()) {
+        Some(k) => lb::request_hash(k, up.headers(), up.uri(), st.ctx.client.ip(), rng),
+        None => (None, None),
     };
     let mut last: Option<&CompiledEndpoint> = None;
     let sent = match t.timeout {
         Some(d) => {
-            match tokio::time::timeout(d, send(st, up, held.as_ref(), &mut ex, &t, rng, &mut last))
-                .await
+            match tokio::time::timeout(
+                d,
+                send(st, up, held.as_ref(), hash, &mut ex, &t, rng, &mut last),
+            )
+            .await
             {
                 Ok(r) => r,
                 Err(_) => {
@@ -674,7 +698,7 @@ async fn forward(
                 }
             }
         }
-        None => send(st, up, held.as_ref(), &mut ex, &t, rng, &mut last).await,
+        None => send(st, up, held.as_ref(), hash, &mut ex, &t, rng, &mut last).await,
     };
     let mut resp = match sent {
         Ok(r) => r,
@@ -730,8 +754,44 @@ async fn forward(
     if let Some(r) = t.route {
         headers::apply_edit(&mut parts.headers, &r.response_headers);
     }
+    if let Some(c) = set_cookie {
+        parts.headers.append(header::SET_COOKIE, c);
+    }
     parts.version = Version::HTTP_11;
     Response::from_parts(parts, ResponseBody::upstream(body, ex))
+}
+
+/// Spawns the copies of `up` for `route`'s mirrors (see [`mirror`]), each for its
+/// share of requests; a body not held (too long, or of unknown length) is not mirrored.
+fn send_mirrors(
+    st: &ConnState,
+    up: &Request<RequestBody>,
+    held: Option<&HeldBody>,
+    route: &CompiledRoute,
+    svc: &Arc<CompiledService>,
+    t: &Target<'_>,
+    rng: &mut Rng,
+) {
+    for &(cluster, pct) in &route.mirrors {
+        if rng.f64() * 100.0 >= pct {
+            continue;
+        }
+        let Some(held) = held else {
+            debug!(route = %route.name, "request body too long to mirror");
+            return;
+        };
+        mirror::spawn(mirror::Shadow {
+            svc: svc.clone(),
+            cluster,
+            req: RequestHead::of(up).request(held.body()),
+            h2: t.h2,
+            direction: st.direction,
+            connector: st.ctx.connector.clone(),
+            pools: st.ctx.engine.pools.clone(),
+            timeout: t.timeout,
+            seed: rng.u64(..),
+        });
+    }
 }
 
 /// Methods safe to send twice: a held request with one of them may be tried again when
@@ -825,6 +885,7 @@ async fn send<'t>(
     st: &ConnState,
     req: Request<RequestBody>,
     held: Option<&HeldBody>,
+    hash: Option<u64>,
     ex: &mut Exchange,
     t: &Target<'t>,
     rng: &mut Rng,
@@ -833,7 +894,9 @@ async fn send<'t>(
     let head = held.map(|_| RequestHead::of(&req));
     let retry = t.retry;
     let attempts = retry.map_or(0, |r| r.attempts);
-    let avoid_previous = retry.is_some_and(|r| r.avoid_previous_hosts);
+    // A hashed request goes where its key says, tries again included (Istio drops the
+    // previous-hosts predicate for a consistent-hash destination).
+    let avoid_previous = hash.is_none() && retry.is_some_and(|r| r.avoid_previous_hosts);
     let idempotent = is_idempotent(req.method());
     let no_limits = Limits::default();
     let (state, limits) = match t.cluster {
@@ -857,7 +920,11 @@ async fn send<'t>(
         let (addr, endpoint, tls) = match t.cluster {
             Some(c) if c.load_balancer != LoadBalancer::Passthrough => {
                 let avoid: &[SocketAddr] = if avoid_previous { &tried } else { &[] };
-                let Some(e) = c.pick(rng, avoid) else {
+                let picked = match hash {
+                    Some(h) => c.pick_hashed(h).or_else(|| c.pick(rng, avoid)),
+                    None => c.pick(rng, avoid),
+                };
+                let Some(e) = picked else {
                     return Err(Failure::NoHealthy);
                 };
                 ex.in_flight = Some(InFlight::new(e));
@@ -984,7 +1051,8 @@ async fn send<'t>(
             next = next_request(None, head.as_ref(), held);
         }
         retries_done += 1;
-        tokio::time::sleep(RetryRule::backoff(retries_done, rng)).await;
+        let pause = retry.map_or(Duration::ZERO, |r| r.backoff(retries_done, rng));
+        tokio::time::sleep(pause).await;
     }
 }
 

@@ -344,6 +344,7 @@ pub fn cluster(subset: Option<&str>, endpoints: &[(SocketAddr, Option<PeerMeta>)
         port: PORT,
         subset: subset.map(str::to_owned),
         load_balancer: LoadBalancer::RoundRobin,
+        consistent_hash: None,
         endpoints: endpoints
             .iter()
             .map(|(addr, peer)| Endpoint {
@@ -386,6 +387,7 @@ pub fn route(
         rewrite: None,
         timeout_ms: None,
         retry: None,
+        mirrors: Vec::new(),
     }
 }
 
@@ -430,6 +432,7 @@ pub fn istio_default_retry() -> mesh_config::RetryPolicy {
         retry_on: vec![ConnectFailure, RefusedStream, Unavailable, Cancelled],
         retriable_status_codes: vec![],
         avoid_previous_hosts: true,
+        backoff_ms: None,
     }
 }
 
