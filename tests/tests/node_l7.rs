@@ -316,6 +316,33 @@ fn bookstore_routing_shifting_faults_and_metrics() {
     ));
     assert_eq!((copies, source_v2), (200, 0));
 
+    // Sticky sessions: no VirtualService (every version), the DestinationRule hashing
+    // by end-user. Each user's requests all reach one version, and users spread.
+    app.node
+        .kubectl_ok(&["-n", &app.ns.name, "delete", "virtualservice", "reviews"]);
+    app.apply(&networking("destination-rule-reviews-sticky"));
+    app.until(
+        "sticky by end-user",
+        &["--count", "20", "--header", "end-user: alice"],
+        |l| ["v1", "v2", "v3"].iter().any(|v| l.version(v) == 20),
+    );
+    let mut homes = Vec::new();
+    for u in 0..9 {
+        let header = format!("end-user: user-{u}");
+        let l = app.load(&["--count", "30", "--concurrency", "2", "--header", &header]);
+        let home = ["v1", "v2", "v3"]
+            .into_iter()
+            .find(|v| l.version(v) == 30)
+            .unwrap_or_else(|| panic!("user-{u} was not kept on one version: {:?}", l.raw));
+        homes.push(home);
+    }
+    let distinct: std::collections::BTreeSet<_> = homes.iter().collect();
+    report(&format!(
+        "consistentHash by end-user: 9 users x 30 requests, each on one version: {homes:?}"
+    ));
+    assert!(distinct.len() >= 2, "9 users all on {distinct:?}");
+    app.apply(&networking("destination-rule-all"));
+
     // Delay 7 s for jason only.
     app.apply(&networking("virtual-service-reviews-jason-delay"));
     app.until(
