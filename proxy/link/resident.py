@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-"""Where a running mesh-proxy's resident pages are: by section of its binary, by crate
+r"""Where a running mesh-proxy's resident pages are: by section of its binary, by crate
 inside the code and read-only data, and the anonymous mappings.
 
     proxy/link/resident.py BINARY PAGES.json [BASE.json]
+    proxy/link/resident.py target/x86_64-unknown-linux-musl/release/mesh-proxy \
+        /tmp/smaps/mesh-mtls-out.pages.json /tmp/smaps/mesh-out.pages.json
 
 PAGES.json is what bench/http writes for each proxy at its idle point with
-BENCH_SMAPS=/dir (`<mode>-<c|s>.pages.json`: every mapping with its resident pages, from
+BENCH_SMAPS=/dir (`<mode>-<out|in>.pages.json`: every mapping with its resident pages, from
 /proc/PID/pagemap). BINARY is the build that ran (bench.py prints its sha256; with
 MESH_PROXY_BIN it is that file). With BASE.json (another proxy of the same binary, e.g.
 the plaintext sidecar against the mTLS one) the table gets a column of the difference.
