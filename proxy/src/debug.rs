@@ -7,8 +7,9 @@
 //!   fingerprints, the last failed certificate request.
 //! - `GET /debug/route?host=H[&port=P][&path=/p][&method=GET][&header=k:v]...`: JSON of
 //!   where such a request would go: the Service, the matched rule and VirtualService,
-//!   the cluster and subset, the endpoint a pick chose now, and the faults, rewrites or
-//!   redirect that apply. `host` may carry the port (`reviews:9080`); without one, the
+//!   the cluster and subset, the endpoint a pick chose now (for a `consistentHash`
+//!   cluster, the one the request's key picks, and the key), the route's mirrors, and
+//!   the faults, rewrites or redirect that apply. `host` may carry the port (`reviews:9080`); without one, the
 //!   Service's only (or first HTTP) port.
 //!
 //! Same tiny HTTP/1.1 responder as the admin port ([`crate::admin`]): one request per

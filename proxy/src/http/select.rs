@@ -436,6 +436,10 @@ pub struct RouteExplanation {
     pub cluster: Option<String>,
     pub subset: Option<String>,
     pub load_balancer: Option<String>,
+    /// The cluster's `consistentHash` key, when it hashes; the endpoint is then the
+    /// one the request's key picks (a `useSourceIp` key hashes the debug client's
+    /// address, not a pod's).
+    pub consistent_hash: Option<mesh_config::HashKey>,
     /// The endpoint this pick chose (`None` for `PASSTHROUGH`: the original
     /// destination).
     pub endpoint: Option<String>,
@@ -453,6 +457,8 @@ pub struct RouteExplanation {
     pub retry: Option<mesh_config::RetryPolicy>,
     /// The cluster's limits, state and ejections.
     pub circuit: Option<CircuitExplanation>,
+    /// The route's mirrors: (cluster, percentage).
+    pub mirrors: Vec<(String, f64)>,
 }
 
 /// A cluster's `connectionPool` and `outlierDetection`, and where it stands.
@@ -583,6 +589,17 @@ pub fn explain(
         timeout_ms: None,
         retry: None,
         circuit: None,
+        consistent_hash: None,
+        mirrors: sel
+            .route
+            .map(|m| {
+                m.route
+                    .mirrors
+                    .iter()
+                    .filter_map(|&(c, p)| Some((svc.clusters.get(c)?.name.clone(), p)))
+                    .collect()
+            })
+            .unwrap_or_default(),
     };
     let port_cfg = svc.service().port(port);
     match sel.route {
@@ -605,7 +622,18 @@ pub fn explain(
             out.load_balancer = serde_json::to_value(cluster.load_balancer)
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_owned));
-            if let Some(e) = cluster.pick(rng, &[]) {
+            out.consistent_hash.clone_from(&cluster.hash_key);
+            let hashed = cluster.hash_key.as_ref().and_then(|k| {
+                let uri = match req.query {
+                    Some(q) => format!("{}?{q}", req.path),
+                    None => req.path.to_owned(),
+                };
+                let uri: hyper::Uri = uri.parse().ok()?;
+                let client = std::net::IpAddr::from([127, 0, 0, 1]);
+                let (h, _) = super::lb::request_hash(k, req.headers, &uri, client, rng);
+                cluster.pick_hashed(h?)
+            });
+            if let Some(e) = hashed.or_else(|| cluster.pick(rng, &[])) {
                 out.endpoint = Some(e.addr.to_string());
                 out.endpoint_workload = Some(e.peer.workload.clone());
             }
@@ -1113,6 +1141,41 @@ mod tests {
         let e = explain(&svc, 9080, &req("/").view(), &mut rng);
         assert_eq!(e.outcome, "no_route");
         assert_eq!(e.response_flags, "NR");
+    }
+
+    #[test]
+    fn explanation_follows_the_hash_and_names_the_mirrors() {
+        let all =
+            mesh_config::cluster::cluster_name(9080, None, "reviews.default.svc.cluster.local");
+        let mut r = route("all", vec![], RouteAction::Route(vec![to(&all, 1)]));
+        r.mirrors = vec![mesh_config::Mirror {
+            cluster: subset("v2"),
+            percentage: 25.0,
+        }];
+        let mut raw = reviews(vec![r]);
+        raw.clusters[0].consistent_hash = Some(mesh_config::HashKey::Header("x-user".into()));
+        let svc = CompiledService::compile(&raw).unwrap();
+        let want = svc.clusters[0]
+            .pick_hashed(crate::http::lb::hash_key(b"alice"))
+            .unwrap()
+            .addr
+            .to_string();
+        for seed in 0..5 {
+            let mut rng = Rng::with_seed(seed);
+            let e = explain(
+                &svc,
+                9080,
+                &req("/").header("x-user", "alice").view(),
+                &mut rng,
+            );
+            assert_eq!(e.endpoint.as_deref(), Some(want.as_str()));
+            let json = serde_json::to_value(&e).unwrap();
+            assert_eq!(
+                json["consistent_hash"],
+                serde_json::json!({"header": "x-user"})
+            );
+            assert_eq!(json["mirrors"], serde_json::json!([[subset("v2"), 25.0]]));
+        }
     }
 
     #[test]
