@@ -353,11 +353,7 @@ fn validate_service(svc: &Service) -> Result<(), ValidationError> {
                 }
             }
             for h in m.headers.iter().chain(&m.without_headers) {
-                let pseudo = matches!(
-                    h.name.as_str(),
-                    ":authority" | ":method" | ":path" | ":scheme"
-                );
-                if !pseudo && !is_token(&h.name) {
+                if !is_header_match_name(&h.name) {
                     return Err(err(
                         what(),
                         format!("{:?} is not a valid header name", h.name),
@@ -367,6 +363,12 @@ fn validate_service(svc: &Service) -> Result<(), ValidationError> {
         }
     }
     Ok(())
+}
+
+/// A name a header condition may take: an HTTP field name (an RFC 9110 `token`), or one
+/// of the pseudo-headers Istio matches (`:authority`, `:method`, `:path`, `:scheme`).
+pub fn is_header_match_name(name: &str) -> bool {
+    matches!(name, ":authority" | ":method" | ":path" | ":scheme") || is_token(name)
 }
 
 /// An RFC 9110 `token`: what a header (and a cookie) name is.

@@ -1022,16 +1022,6 @@ fn is_claim(name: &str) -> bool {
     name.starts_with("@request.auth.")
 }
 
-/// A name a header condition may take: an HTTP field name (RFC 9110 `token`), or one of
-/// the pseudo-headers Istio matches (`:authority`, `:method`, `:path`, `:scheme`).
-fn valid_header_name(name: &str) -> bool {
-    matches!(name, ":authority" | ":method" | ":path" | ":scheme")
-        || !name.is_empty()
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
 /// `Ok(None)`: the entry is for gateways only (and `side` is [`Side::Mesh`]), or never
 /// matches (a JWT claim condition, see [`claim_notes`]).
 fn prepare_entry(
@@ -1047,7 +1037,10 @@ fn prepare_entry(
         ("headers", &m.headers),
         ("withoutHeaders", &m.without_headers),
     ] {
-        if let Some(bad) = map.keys().find(|n| !is_claim(n) && !valid_header_name(n)) {
+        if let Some(bad) = map
+            .keys()
+            .find(|n| !is_claim(n) && !mesh_config::resource::is_header_match_name(n))
+        {
             return Err(skip(
                 format!("{f}.{field}.{bad}"),
                 format!("{bad:?} is not a valid header name"),
