@@ -41,8 +41,8 @@ pub use key::{Key, KeyError};
 pub use resilience::{ConnectionPool, OutlierDetection, RetryOn, RetryPolicy};
 pub use resource::{Resource, ValidationError};
 pub use route::{
-    Fault, FaultAbort, FaultDelay, HeaderEdit, HeaderMatch, HttpRoute, Mirror, Redirect,
-    RequestMatch, Rewrite, RouteAction, StringMatch, WeightedCluster,
+    CorsPolicy, Fault, FaultAbort, FaultDelay, HeaderEdit, HeaderMatch, HttpRoute, Mirror,
+    Redirect, RegexRewrite, RequestMatch, Rewrite, RouteAction, StringMatch, WeightedCluster,
 };
 pub use security::{ClusterTls, ClusterTlsMode, InboundTls, MtlsMode};
 pub use service::{Protocol, Service, ServicePort, TcpCluster, TcpRoute};

@@ -341,6 +341,28 @@ fn validate_service(svc: &Service) -> Result<(), ValidationError> {
                 }
             }
         }
+        if let Some(c) = &r.cors {
+            for (field, names) in [
+                ("allowMethods", &c.allow_methods),
+                ("allowHeaders", &c.allow_headers),
+                ("exposeHeaders", &c.expose_headers),
+            ] {
+                if let Some(n) = names.iter().find(|n| !is_token(n)) {
+                    return Err(err(what(), format!("cors {field}: {n:?} is not a token")));
+                }
+            }
+        }
+        if let Some(rw) = &r.rewrite
+            && let Some(rx) = &rw.uri_regex
+        {
+            if rw.uri.is_some() {
+                return Err(err(what(), "rewrite of both uri and uriRegex".into()));
+            }
+            if rx.pattern.is_empty() {
+                return Err(err(what(), "uriRegex rewrite with an empty pattern".into()));
+            }
+            substitution_groups(&rx.substitution).map_err(|why| err(what(), why))?;
+        }
         for m in &r.matches {
             for h in m
                 .headers
@@ -365,6 +387,29 @@ fn validate_service(svc: &Service) -> Result<(), ValidationError> {
     Ok(())
 }
 
+/// The highest group a `uriRegexRewrite` substitution names (`\0`-`\9`; `\\` is a
+/// backslash), or why it is not one (RE2's rule: a backslash starts one of those).
+pub fn substitution_groups(sub: &str) -> Result<u8, String> {
+    let mut max = 0;
+    let mut chars = sub.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            continue;
+        }
+        match chars.next() {
+            Some('\\') => {}
+            Some(d @ '0'..='9') => max = max.max(d as u8 - b'0'),
+            Some(other) => {
+                return Err(format!(
+                    "substitution {sub:?}: \\{other} is not \\0-\\9 or \\\\"
+                ));
+            }
+            None => return Err(format!("substitution {sub:?} ends with a lone \\")),
+        }
+    }
+    Ok(max)
+}
+
 /// A name a header condition may take: an HTTP field name (an RFC 9110 `token`), or one
 /// of the pseudo-headers Istio matches (`:authority`, `:method`, `:path`, `:scheme`).
 pub fn is_header_match_name(name: &str) -> bool {
@@ -385,6 +430,26 @@ fn route_regexes<'a>(
     out: &mut Vec<(String, &'a str)>,
 ) {
     for (port, i, r) in routes {
+        if let Some(rx) = r.rewrite.as_ref().and_then(|rw| rw.uri_regex.as_ref()) {
+            out.push((
+                format!(
+                    "{owner} port {port}, route {i} ({}), rewrite uriRegex",
+                    r.virtual_service
+                ),
+                rx.pattern.as_str(),
+            ));
+        }
+        for o in r.cors.iter().flat_map(|c| &c.allow_origins) {
+            if let StringMatch::Regex(re) = o {
+                out.push((
+                    format!(
+                        "{owner} port {port}, route {i} ({}), cors allowOrigins",
+                        r.virtual_service
+                    ),
+                    re.as_str(),
+                ));
+            }
+        }
         for m in &r.matches {
             let fields = [
                 ("uri", m.uri.as_ref()),
@@ -424,4 +489,23 @@ fn routes(svc: &Service) -> impl Iterator<Item = (u16, usize, &crate::route::Htt
             .enumerate()
             .map(move |(i, r)| (p.port, i, r))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::substitution_groups;
+
+    #[test]
+    fn substitution_groups_and_escapes() {
+        assert_eq!(substitution_groups("/v2/"), Ok(0));
+        assert_eq!(substitution_groups(r"\2/instance/\1"), Ok(2));
+        assert_eq!(substitution_groups(r"/a\\b\0"), Ok(0));
+        assert_eq!(substitution_groups(r"\9"), Ok(9));
+        let e = substitution_groups(r"/x\n").unwrap_err();
+        assert!(e.contains(r"\n is not"), "{e}");
+        let e = substitution_groups(r"/x\").unwrap_err();
+        assert!(e.contains("lone"), "{e}");
+        // `$1` is Rust's and PCRE's syntax, not RE2's: taken literally.
+        assert_eq!(substitution_groups("/$1"), Ok(0));
+    }
 }

@@ -41,6 +41,39 @@ pub struct HttpRoute {
     /// with [`RouteAction::Route`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mirrors: Vec<Mirror>,
+    /// `corsPolicy`: applied by the proxy that routes the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<CorsPolicy>,
+}
+
+/// `corsPolicy`, as Envoy's CORS filter applies it. A request with an `Origin` the
+/// policy allows gets `Access-Control-Allow-Origin` (that origin) on its response, with
+/// `-Allow-Credentials` and `-Expose-Headers` when set; such a preflight (`OPTIONS` with
+/// `Access-Control-Request-Method`) is answered by the proxy, 200 with the allowed
+/// methods, headers and max age, and goes no further. A preflight from an origin not
+/// allowed goes upstream, unless [`CorsPolicy::answer_unmatched_preflights`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CorsPolicy {
+    /// Matched against the whole `Origin` value, case-sensitive; none: no origin is
+    /// allowed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_origins: Vec<StringMatch>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_methods: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_headers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expose_headers: Vec<String>,
+    /// `Access-Control-Max-Age`, seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age_s: Option<u64>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_credentials: bool,
+    /// `unmatchedPreflights: IGNORE`: a preflight from an origin not allowed is answered
+    /// 200 without CORS headers instead of forwarded.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub answer_unmatched_preflights: bool,
 }
 
 /// One mirror of a route.
@@ -188,6 +221,20 @@ pub struct Rewrite {
     pub uri: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authority: Option<String>,
+    /// `uriRegexRewrite`: the path (query excluded) with every match of the pattern
+    /// replaced. Never with [`Rewrite::uri`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri_regex: Option<RegexRewrite>,
+}
+
+/// `rewrite.uriRegexRewrite`, as Envoy's `regex_rewrite`: every non-overlapping match
+/// of `pattern` (RE2, not anchored) in the path is replaced by `substitution`, in which
+/// `\0` is the whole match, `\1`..`\9` the pattern's groups and `\\` a backslash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegexRewrite {
+    pub pattern: String,
+    pub substitution: String,
 }
 
 /// `redirect`.

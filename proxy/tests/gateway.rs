@@ -130,6 +130,7 @@ fn route(name: &str, uri: StringMatch, c: &Cluster) -> HttpRoute {
         timeout_ms: None,
         retry: None,
         mirrors: Vec::new(),
+        cors: None,
     }
 }
 

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use http_support::*;
 use mesh_config::{
-    Fault, FaultAbort, FaultDelay, HeaderMatch, Protocol, Redirect, RequestMatch, Rewrite,
-    RouteAction, StringMatch,
+    CorsPolicy, Fault, FaultAbort, FaultDelay, HeaderMatch, Protocol, Redirect, RequestMatch,
+    Rewrite, RouteAction, StringMatch,
 };
 
 fn header_is(name: &str, v: &str) -> RequestMatch {
@@ -219,6 +219,7 @@ async fn rewrites_header_edits_redirects_and_direct_responses() {
     rw.rewrite = Some(Rewrite {
         uri: Some("/new".into()),
         authority: Some("ratings:9080".into()),
+        uri_regex: None,
     });
     rw.request_headers.set = vec![("x-dest".into(), "route".into())];
     rw.request_headers.add = vec![("x-added".into(), "1".into())];
@@ -250,7 +251,23 @@ async fn rewrites_header_edits_redirects_and_direct_responses() {
             body: "ok".into(),
         },
     );
-    let svc = reviews(&[&v1], Protocol::Http, vec![rw, rd, dr]);
+    let mut rx = route(
+        "regex-rewrite",
+        vec![RequestMatch {
+            uri: Some(StringMatch::Prefix("/service/".into())),
+            ..Default::default()
+        }],
+        RouteAction::Route(vec![to("v1", 1)]),
+    );
+    rx.rewrite = Some(Rewrite {
+        uri: None,
+        authority: None,
+        uri_regex: Some(mesh_config::RegexRewrite {
+            pattern: "^/service/([^/]+)(/.*)$".into(),
+            substitution: r"\2/instance/\1".into(),
+        }),
+    });
+    let svc = reviews(&[&v1], Protocol::Http, vec![rw, rd, dr, rx]);
     let p = proxy(StaticResolver::with(&svc), cluster_ip(), Side::Outbound).await;
     let mut c = H1Client::connect(p.addr).await;
     let (s, h, b) = c
@@ -272,6 +289,7 @@ async fn rewrites_header_edits_redirects_and_direct_responses() {
     assert_eq!((s.as_u16(), b.as_str()), (200, "v1"));
     let (_, path, seen) = v1.seen_last();
     assert_eq!(path, "/new/page?q=1");
+    assert_eq!(seen["x-envoy-original-path"], "/old/page?q=1");
     assert_eq!(seen["host"], "ratings:9080");
     assert_eq!(
         seen["x-dest"], "route",
@@ -308,6 +326,23 @@ async fn rewrites_header_edits_redirects_and_direct_responses() {
     assert_eq!(h["content-type"], "text/plain");
     assert_eq!(v1.seen.lock().unwrap().len(), 2);
     assert_eq!(p.wait_requests(&["response_code=\"302\""], 1).await, 1);
+
+    let (s, _, b) = c
+        .get("reviews", "/service/ratings/v2/stars?id=7", &[])
+        .await;
+    assert_eq!((s.as_u16(), b.as_str()), (200, "v1"));
+    let (_, path, seen) = v1.seen_last();
+    assert_eq!(path, "/v2/stars/instance/ratings?id=7");
+    assert_eq!(
+        seen["x-envoy-original-path"],
+        "/service/ratings/v2/stars?id=7"
+    );
+    // The route taken, the pattern not matched: the path goes as it came.
+    let (s, _, _) = c.get("reviews", "/service/only", &[]).await;
+    assert_eq!(s, 200);
+    let (_, path, seen) = v1.seen_last();
+    assert_eq!(path, "/service/only");
+    assert!(seen.get("x-envoy-original-path").is_none());
 }
 
 #[tokio::test]
@@ -341,4 +376,115 @@ async fn grpc_abort_is_a_trailers_only_grpc_status() {
     ];
     assert_eq!(p.wait_requests(&want, 1).await, 1);
     assert_eq!(v1.seen.lock().unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn cors_preflights_are_answered_and_responses_decorated() {
+    let v1 = upstream("v1", Proto::H1).await;
+    let mut api = route(
+        "api",
+        vec![RequestMatch {
+            uri: Some(StringMatch::Prefix("/api".into())),
+            ..Default::default()
+        }],
+        RouteAction::Route(vec![to("v1", 1)]),
+    );
+    api.cors = Some(CorsPolicy {
+        allow_origins: vec![StringMatch::Exact("https://example.com".into())],
+        allow_methods: vec!["POST".into(), "GET".into()],
+        allow_headers: vec!["X-Foo-Bar".into()],
+        expose_headers: vec!["x-trace-id".into()],
+        max_age_s: Some(86400),
+        allow_credentials: true,
+        answer_unmatched_preflights: false,
+    });
+    // The same policy on a route that aborts: the proxy's own answer is decorated too.
+    let mut aborted = route(
+        "aborted",
+        vec![RequestMatch {
+            uri: Some(StringMatch::Prefix("/broken".into())),
+            ..Default::default()
+        }],
+        RouteAction::Route(vec![to("v1", 1)]),
+    );
+    aborted.cors = api.cors.clone();
+    aborted.fault = Some(Fault {
+        delay: None,
+        abort: Some(FaultAbort {
+            http_status: Some(503),
+            grpc_status: None,
+            percentage: 100.0,
+        }),
+    });
+    let svc = reviews(&[&v1], Protocol::Http, vec![api, aborted]);
+    let p = proxy(StaticResolver::with(&svc), cluster_ip(), Side::Outbound).await;
+    let mut c = H1Client::connect(p.addr).await;
+    let preflight = |origin: &str| {
+        hyper::Request::options("/api/items")
+            .header("host", "reviews:9080")
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "x-foo-bar")
+            .body(empty())
+            .unwrap()
+    };
+
+    let (s, h, b) = read(c.send(preflight("https://example.com")).await).await;
+    assert_eq!((s.as_u16(), b.as_str()), (200, ""));
+    assert_eq!(h["access-control-allow-origin"], "https://example.com");
+    assert_eq!(h["access-control-allow-methods"], "POST,GET");
+    assert_eq!(h["access-control-allow-headers"], "X-Foo-Bar");
+    assert_eq!(h["access-control-max-age"], "86400");
+    assert_eq!(h["access-control-allow-credentials"], "true");
+    assert!(
+        v1.seen.lock().unwrap().is_empty(),
+        "an allowed preflight never reaches the app"
+    );
+
+    // From another origin the preflight is the app's business.
+    let (s, h, b) = read(c.send(preflight("https://evil.example")).await).await;
+    assert_eq!((s.as_u16(), b.as_str()), (200, "v1"));
+    assert!(h.get("access-control-allow-origin").is_none());
+    assert_eq!(v1.seen.lock().unwrap().len(), 1);
+
+    let (s, h, _) = c
+        .get(
+            "reviews:9080",
+            "/api/items",
+            &[("origin", "https://example.com")],
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(h["access-control-allow-origin"], "https://example.com");
+    assert_eq!(h["access-control-expose-headers"], "x-trace-id");
+    assert_eq!(h["access-control-allow-credentials"], "true");
+    assert!(h.get("access-control-allow-methods").is_none());
+    let (_, h, _) = c.get("reviews:9080", "/api/items", &[]).await;
+    assert!(h.get("access-control-allow-origin").is_none(), "no Origin");
+
+    let (s, h, b) = c
+        .get(
+            "reviews:9080",
+            "/broken",
+            &[("origin", "https://example.com")],
+        )
+        .await;
+    assert_eq!((s.as_u16(), b.as_str()), (503, "fault filter abort"));
+    assert_eq!(h["access-control-allow-origin"], "https://example.com");
+    // A preflight on the aborting route is answered before the fault, as Envoy's
+    // filter order has it.
+    let mut pf = preflight("https://example.com");
+    *pf.uri_mut() = "/broken".parse().unwrap();
+    let (s, _, _) = read(c.send(pf).await).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        p.wait_requests(&["response_code=\"200\"", "response_flags=\"-\""], 5)
+            .await,
+        5,
+        "the two answered preflights are counted with the three forwarded requests"
+    );
+    assert_eq!(
+        p.requests(&["response_code=\"503\"", "response_flags=\"FI\""]),
+        1
+    );
 }

@@ -1,8 +1,8 @@
 //! `VirtualService`: the fields of `spec` the translation reads (`hosts`, `gateways`,
 //! `exportTo`, `http[]`, with each rule's `timeout` and `retries`, `tls[]`, which
 //! only gateways use: SNI routes for `PASSTHROUGH` servers, and `tcp[]`, the L4 routes of
-//! sidecars). The `http[]` fields not translated (`corsPolicy`, `retries.backoff`, ...) are
-//! not declared, so they parse; `translate::routes` reports them.
+//! sidecars). The `http[]` fields not translated (`delegate`, ...) are declared as
+//! untyped values or not at all, so they parse; `translate::routes` reports them.
 
 use std::collections::BTreeMap;
 
@@ -142,8 +142,7 @@ pub struct HttpRoute {
     /// Several mirrors (not beside `mirror`).
     #[serde(deserialize_with = "nullable")]
     pub mirrors: Vec<HttpMirrorPolicy>,
-    /// Only checked for presence: not supported.
-    pub cors_policy: Option<Value>,
+    pub cors_policy: Option<CorsPolicy>,
 }
 
 /// `http[].mirrors[]`.
@@ -297,8 +296,39 @@ pub struct HttpRewrite {
     pub uri: String,
     #[serde(deserialize_with = "nullable")]
     pub authority: String,
-    /// Only checked for presence: not supported.
-    pub uri_regex_rewrite: Option<Value>,
+    pub uri_regex_rewrite: Option<RegexRewrite>,
+}
+
+/// `corsPolicy`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct CorsPolicy {
+    #[serde(deserialize_with = "nullable")]
+    pub allow_origins: Vec<StringMatch>,
+    /// Deprecated: exact origins, `*` for any.
+    #[serde(deserialize_with = "nullable")]
+    pub allow_origin: Vec<String>,
+    #[serde(deserialize_with = "nullable")]
+    pub allow_methods: Vec<String>,
+    #[serde(deserialize_with = "nullable")]
+    pub allow_headers: Vec<String>,
+    #[serde(deserialize_with = "nullable")]
+    pub expose_headers: Vec<String>,
+    /// A protobuf duration, whole seconds.
+    pub max_age: Option<String>,
+    pub allow_credentials: Option<bool>,
+    /// `UNSPECIFIED`, `FORWARD` or `IGNORE`.
+    pub unmatched_preflights: Option<String>,
+}
+
+/// `rewrite.uriRegexRewrite`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct RegexRewrite {
+    #[serde(rename = "match", deserialize_with = "nullable")]
+    pub pattern: String,
+    #[serde(deserialize_with = "nullable")]
+    pub rewrite: String,
 }
 
 /// `fault`.

@@ -1649,6 +1649,7 @@ mod tests {
             timeout_ms: None,
             retry: None,
             mirrors: Vec::new(),
+            cors: None,
         };
         let prefix = |p: &str| RequestMatch {
             uri: Some(StringMatch::Prefix(p.into())),

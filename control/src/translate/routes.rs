@@ -34,8 +34,13 @@
 //! rule that does not forward they are reported and ignored. Per port they resolve as
 //! a lone destination does ([`weighted_clusters`]).
 //!
-//! Reported and ignored, the rule kept: `corsPolicy`, `rewrite.uriRegexRewrite`; a
-//! header condition on a JWT claim (`@request.auth.claims...`, which needs the
+//! `rewrite.uriRegexRewrite` is checked as Istio's validation does (both fields, a regex
+//! that compiles, groups it has, not beside `rewrite.uri`), else its rule is skipped.
+//!
+//! `corsPolicy` ([`prepare_cors`]) goes with its rule, whatever the rule's action; what
+//! Istio's validation refuses in it skips the rule.
+//!
+//! Reported and ignored, the rule kept: a header condition on a JWT claim (`@request.auth.claims...`, which needs the
 //! unsupported RequestAuthentication) never holds, so its entry is left out (as
 //! `withoutHeaders`, it always holds: the condition is dropped). A header name that is
 //! not a token (nor `:authority`, `:method`, `:path`, `:scheme`) skips the rule.
@@ -63,8 +68,8 @@ use std::collections::{BTreeSet, HashMap};
 
 use mesh_config::resilience::RetryPolicy;
 use mesh_config::route::{
-    Fault, FaultAbort, FaultDelay, HeaderEdit, HeaderMatch, HttpRoute, Mirror, Redirect,
-    RequestMatch, Rewrite, RouteAction, StringMatch, WeightedCluster,
+    CorsPolicy, Fault, FaultAbort, FaultDelay, HeaderEdit, HeaderMatch, HttpRoute, Mirror,
+    Redirect, RequestMatch, Rewrite, RouteAction, StringMatch, WeightedCluster,
 };
 use mesh_config::{Protocol, TcpCluster, TcpRoute, cluster::cluster_name};
 
@@ -74,8 +79,9 @@ use super::policy::DrIndex;
 use super::resilience;
 use super::services::SvcRec;
 use crate::istio::virtual_service::{
-    self, FaultAbort as IFaultAbort, FaultDelay as IFaultDelay, GrpcStatus, HeaderOperations,
-    HttpMatchRequest, HttpRoute as IHttpRoute, StringMatch as IStringMatch, VirtualService,
+    self, CorsPolicy as ICorsPolicy, FaultAbort as IFaultAbort, FaultDelay as IFaultDelay,
+    GrpcStatus, HeaderOperations, HttpMatchRequest, HttpRoute as IHttpRoute,
+    StringMatch as IStringMatch, VirtualService,
 };
 use crate::istio::{Labels, Meta};
 
@@ -187,6 +193,7 @@ pub struct Rule {
     pub retry: Option<RetryPolicy>,
     /// `mirror` / `mirrors` (forwarding rules only).
     pub mirrors: Vec<MirrorDest>,
+    pub cors: Option<CorsPolicy>,
 }
 
 /// One mirror of a rule: where copies go, and the share of requests copied.
@@ -660,8 +667,13 @@ fn prepare_rule(
             .as_ref()
             .map(|r| r.uri.clone())
             .filter(|u| !u.is_empty());
-        if uri.is_some() || authority.is_some() {
-            rewrite = Some(Rewrite { uri, authority });
+        let uri_regex = prepare_regex_rewrite(http, &f, uri.is_some())?;
+        if uri.is_some() || authority.is_some() || uri_regex.is_some() {
+            rewrite = Some(Rewrite {
+                uri,
+                authority,
+                uri_regex,
+            });
         }
         Action::Route {
             dests: dests.0,
@@ -669,26 +681,10 @@ fn prepare_rule(
         }
     };
     let mirrors = prepare_mirrors(http, &f, &action, meta, cat, &mut notes)?;
-    if http.cors_policy.is_some() {
-        notes.push((
-            format!("{f}.corsPolicy"),
-            "not supported yet; ignored (requests, preflights included, reach the \
-             destination unchanged, and responses get no CORS headers from the proxy)"
-                .into(),
-        ));
-    }
-    if http
-        .rewrite
-        .as_ref()
-        .is_some_and(|r| r.uri_regex_rewrite.is_some())
-    {
-        notes.push((
-            format!("{f}.rewrite.uriRegexRewrite"),
-            "not supported yet; ignored (the path goes upstream as the client sent it, \
-             or as rewrite.uri says)"
-                .into(),
-        ));
-    }
+    let cors = match &http.cors_policy {
+        Some(c) => Some(prepare_cors(c, &format!("{f}.corsPolicy"))?),
+        None => None,
+    };
     diags.extend(
         notes
             .into_iter()
@@ -710,6 +706,139 @@ fn prepare_rule(
         timeout_ms,
         retry,
         mirrors,
+        cors,
+    }))
+}
+
+/// `corsPolicy`, checked as Istio's validation does (each origin match has one kind and
+/// compiles, methods are HTTP methods, header names are tokens, `maxAge` is a duration
+/// in whole seconds): anything else skips the rule. `allowOrigins` wins over the
+/// deprecated `allowOrigin` (whose `*` is any origin), as in Istio.
+fn prepare_cors(c: &ICorsPolicy, f: &str) -> Result<CorsPolicy, Skip> {
+    let mut allow_origins = Vec::new();
+    if c.allow_origins.is_empty() {
+        for o in &c.allow_origin {
+            allow_origins.push(if o == "*" {
+                StringMatch::Regex(".*".into())
+            } else {
+                StringMatch::Exact(o.clone())
+            });
+        }
+    } else {
+        for (j, m) in c.allow_origins.iter().enumerate() {
+            let field = format!("{f}.allowOrigins[{j}]");
+            match string_match(m, &field, false)? {
+                Some(m) => allow_origins.push(m),
+                None => return Err(skip(field, "an origin match needs exact, prefix or regex")),
+            }
+        }
+    }
+    const METHODS: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
+    if let Some(m) = c
+        .allow_methods
+        .iter()
+        .find(|m| !METHODS.contains(&m.as_str()))
+    {
+        return Err(skip(
+            format!("{f}.allowMethods"),
+            format!("{m:?} is not an HTTP method"),
+        ));
+    }
+    for (name, list) in [
+        ("allowHeaders", &c.allow_headers),
+        ("exposeHeaders", &c.expose_headers),
+    ] {
+        if let Some(h) = list
+            .iter()
+            .find(|h| !mesh_config::resource::is_header_match_name(h) || h.starts_with(':'))
+        {
+            return Err(skip(
+                format!("{f}.{name}"),
+                format!("{h:?} is not a header name"),
+            ));
+        }
+    }
+    let max_age_s = match c.max_age.as_deref() {
+        None => None,
+        Some(text) => {
+            let field = format!("{f}.maxAge");
+            let d = mesh_common::duration::parse(text).map_err(|e| skip(field.clone(), e))?;
+            if d.subsec_nanos() != 0 {
+                return Err(skip(field, format!("{text:?}: only whole seconds")));
+            }
+            Some(d.as_secs())
+        }
+    };
+    let answer_unmatched_preflights = match c.unmatched_preflights.as_deref() {
+        None | Some("UNSPECIFIED" | "FORWARD") => false,
+        Some("IGNORE") => true,
+        Some(other) => {
+            return Err(skip(
+                format!("{f}.unmatchedPreflights"),
+                format!("{other:?} is not UNSPECIFIED, FORWARD or IGNORE"),
+            ));
+        }
+    };
+    Ok(CorsPolicy {
+        allow_origins,
+        allow_methods: c.allow_methods.clone(),
+        allow_headers: c.allow_headers.clone(),
+        expose_headers: c.expose_headers.clone(),
+        max_age_s,
+        allow_credentials: c.allow_credentials.unwrap_or(false),
+        answer_unmatched_preflights,
+    })
+}
+
+/// `rewrite.uriRegexRewrite`, checked as Istio's validation does: `match` and
+/// `rewrite` both set, the regex compiles, the substitution's `\N` name groups the
+/// regex has; never beside `rewrite.uri`. Any of those skips the rule.
+fn prepare_regex_rewrite(
+    http: &IHttpRoute,
+    f: &str,
+    has_uri: bool,
+) -> Result<Option<mesh_config::RegexRewrite>, Skip> {
+    let Some(rx) = http
+        .rewrite
+        .as_ref()
+        .and_then(|r| r.uri_regex_rewrite.as_ref())
+    else {
+        return Ok(None);
+    };
+    let field = format!("{f}.rewrite.uriRegexRewrite");
+    if has_uri {
+        return Err(skip(
+            field,
+            "only one of uri and uriRegexRewrite may be set",
+        ));
+    }
+    if rx.pattern.is_empty() || rx.rewrite.is_empty() {
+        return Err(skip(field, "needs both match and rewrite"));
+    }
+    let re = regex::Regex::new(&rx.pattern).map_err(|e| {
+        skip(
+            format!("{field}.match"),
+            format!("invalid regex {:?}: {}", rx.pattern, one_line(&e)),
+        )
+    })?;
+    let max = mesh_config::resource::substitution_groups(&rx.rewrite)
+        .map_err(|why| skip(format!("{field}.rewrite"), why))?;
+    if usize::from(max) >= re.captures_len() {
+        return Err(skip(
+            format!("{field}.rewrite"),
+            format!(
+                "substitution {:?} names group {max}, and {:?} has {}",
+                rx.rewrite,
+                rx.pattern,
+                re.captures_len() - 1
+            ),
+        ));
+    }
+    Ok(Some(mesh_config::RegexRewrite {
+        pattern: rx.pattern.clone(),
+        substitution: rx.rewrite.clone(),
     }))
 }
 
@@ -1423,6 +1552,7 @@ pub fn port_routes(
             timeout_ms: if routed { rule.timeout_ms } else { None },
             retry: if routed { rule.retry.clone() } else { None },
             mirrors,
+            cors: rule.cors.clone(),
         });
         if catch_all {
             break;

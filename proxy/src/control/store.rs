@@ -431,6 +431,7 @@ mod tests {
             timeout_ms: None,
             retry: None,
             mirrors: Vec::new(),
+            cors: None,
         });
         let e = store
             .apply(

@@ -19,6 +19,7 @@ use mesh_config::{
 use regex::{Regex, RegexBuilder};
 
 use super::TlsTarget;
+use super::cors::CompiledCors;
 use super::lb::{HashRing, LbStates};
 use super::metrics::{PeerLabels, ServiceLabels};
 use super::resilience::{ClusterState, EndpointHealth, Limits, Outlier, RetryRule};
@@ -36,7 +37,7 @@ pub(crate) enum Matcher {
 }
 
 impl Matcher {
-    fn compile(m: &StringMatch, ignore_case: bool) -> Result<Matcher, String> {
+    pub(crate) fn compile(m: &StringMatch, ignore_case: bool) -> Result<Matcher, String> {
         Ok(match m {
             StringMatch::Exact(s) => Matcher::Exact(s.clone()),
             StringMatch::Prefix(s) => Matcher::Prefix(s.clone()),
@@ -63,6 +64,86 @@ impl Matcher {
             Matcher::Prefix(p) => v.starts_with(p.as_str()),
             Matcher::Regex(re) => re.is_match(v),
         }
+    }
+}
+
+/// A compiled `uriRegexRewrite`: the pattern unanchored, the substitution split into
+/// literal text and group references.
+#[derive(Debug)]
+pub(crate) struct RegexRewriter {
+    pattern: Regex,
+    parts: Vec<SubPart>,
+}
+
+#[derive(Debug, PartialEq)]
+enum SubPart {
+    Text(String),
+    Group(usize),
+}
+
+impl RegexRewriter {
+    fn compile(pattern: &str, substitution: &str) -> Result<RegexRewriter, String> {
+        let max = mesh_config::resource::substitution_groups(substitution)?;
+        let re = RegexBuilder::new(pattern)
+            .size_limit(REGEX_SIZE_LIMIT)
+            .dfa_size_limit(REGEX_DFA_LIMIT)
+            .build()
+            .map_err(|e| format!("rewrite regex {pattern:?} does not compile: {e}"))?;
+        // `captures_len` counts the whole match as group 0.
+        if usize::from(max) >= re.captures_len() {
+            return Err(format!(
+                "substitution {substitution:?} names group {max}, and {pattern:?} has {}",
+                re.captures_len() - 1
+            ));
+        }
+        let mut parts = Vec::new();
+        let mut text = String::new();
+        let mut chars = substitution.chars();
+        while let Some(c) = chars.next() {
+            if c != '\\' {
+                text.push(c);
+                continue;
+            }
+            // substitution_groups checked that a digit or a backslash follows.
+            match chars.next() {
+                Some(d @ '0'..='9') => {
+                    if !text.is_empty() {
+                        parts.push(SubPart::Text(std::mem::take(&mut text)));
+                    }
+                    parts.push(SubPart::Group(usize::from(d as u8 - b'0')));
+                }
+                Some(other) => text.push(other),
+                None => {}
+            }
+        }
+        if !text.is_empty() {
+            parts.push(SubPart::Text(text));
+        }
+        Ok(RegexRewriter { pattern: re, parts })
+    }
+
+    /// `path` with every non-overlapping match replaced (a group that took no part in
+    /// the match is empty); `None` when nothing matched.
+    pub(crate) fn rewrite(&self, path: &str) -> Option<String> {
+        let mut out = String::new();
+        let (mut last, mut matched) = (0, false);
+        for caps in self.pattern.captures_iter(path) {
+            let Some(whole) = caps.get(0) else { continue };
+            matched = true;
+            out.push_str(path.get(last..whole.start()).unwrap_or_default());
+            for p in &self.parts {
+                match p {
+                    SubPart::Text(t) => out.push_str(t),
+                    SubPart::Group(g) => out.push_str(caps.get(*g).map_or("", |m| m.as_str())),
+                }
+            }
+            last = whole.end();
+        }
+        if !matched {
+            return None;
+        }
+        out.push_str(path.get(last..).unwrap_or_default());
+        Some(out)
     }
 }
 
@@ -169,12 +250,14 @@ pub(crate) struct CompiledRoute {
     pub(crate) request_headers: CompiledEdit,
     pub(crate) response_headers: CompiledEdit,
     pub(crate) rewrite_uri: Option<String>,
+    pub(crate) rewrite_regex: Option<RegexRewriter>,
     pub(crate) rewrite_authority: Option<String>,
     /// `timeout`: until the response head, retries included.
     pub(crate) timeout: Option<std::time::Duration>,
     pub(crate) retry: Option<RetryRule>,
     /// `mirror` / `mirrors`: (cluster index, share of requests 0-100).
     pub(crate) mirrors: Vec<(usize, f64)>,
+    pub(crate) cors: Option<CompiledCors>,
 }
 
 /// One Service port.
@@ -410,11 +493,18 @@ impl CompiledService {
                 for m in &r.matches {
                     matches.push(compile_match(m).map_err(|w| err(what(), w))?);
                 }
-                let (mut rewrite_uri, mut rewrite_authority) = (None, None);
+                let (mut rewrite_uri, mut rewrite_regex, mut rewrite_authority) =
+                    (None, None, None);
                 if let Some(rw) = &r.rewrite {
                     if let Some(u) = &rw.uri {
                         check_path(u).map_err(|w| err(what(), w))?;
                         rewrite_uri = Some(u.clone());
+                    }
+                    if let Some(rx) = &rw.uri_regex {
+                        rewrite_regex = Some(
+                            RegexRewriter::compile(&rx.pattern, &rx.substitution)
+                                .map_err(|w| err(what(), w))?,
+                        );
                     }
                     if let Some(a) = &rw.authority {
                         Authority::try_from(a.as_str()).map_err(|_| {
@@ -442,10 +532,17 @@ impl CompiledService {
                     response_headers: CompiledEdit::compile(&r.response_headers)
                         .map_err(|w| err(what(), w))?,
                     rewrite_uri,
+                    rewrite_regex,
                     rewrite_authority,
                     timeout: r.timeout_ms.map(std::time::Duration::from_millis),
                     retry: r.retry.as_ref().map(RetryRule::compile),
                     mirrors,
+                    cors: r
+                        .cors
+                        .as_ref()
+                        .map(CompiledCors::compile)
+                        .transpose()
+                        .map_err(|w| err(what(), w))?,
                 });
             }
             ports.push(CompiledPort {
@@ -607,6 +704,7 @@ pub(crate) mod tests {
             timeout_ms: None,
             retry: None,
             mirrors: Vec::new(),
+            cors: None,
         }
     }
 
@@ -761,6 +859,7 @@ pub(crate) mod tests {
         r.rewrite = Some(Rewrite {
             uri: Some("no-slash".into()),
             authority: None,
+            uri_regex: None,
         });
         let e = CompiledService::compile(&reviews(vec![r])).unwrap_err();
         assert!(e.why.contains("does not start with /"), "{e}");
@@ -772,6 +871,33 @@ pub(crate) mod tests {
         r.request_headers.set = vec![("bad header".into(), "x".into())];
         let e = CompiledService::compile(&reviews(vec![r])).unwrap_err();
         assert!(e.why.contains("bad header name"), "{e}");
+    }
+
+    #[test]
+    fn regex_rewriter() {
+        let rw = RegexRewriter::compile("/v[0-9]+/", "/latest/").unwrap();
+        assert_eq!(
+            rw.rewrite("/v1/a/v22/b").as_deref(),
+            Some("/latest/a/latest/b"),
+            "every match is replaced, not only the first"
+        );
+        assert_eq!(rw.rewrite("/a/b"), None);
+        let rw = RegexRewriter::compile("^/(a)|(b)$", r"[\1\2]\\\0").unwrap();
+        assert_eq!(
+            rw.rewrite("/a/b").as_deref(),
+            Some(r"[a]\/a/[b]\b"),
+            "a group that did not take part is empty; \\\\ is one backslash"
+        );
+        let e = RegexRewriter::compile("/(x)", r"\2").unwrap_err();
+        assert!(e.contains("names group 2"), "{e}");
+        let e = RegexRewriter::compile("/(x", "/").unwrap_err();
+        assert!(e.contains("does not compile"), "{e}");
+        let e = RegexRewriter::compile("/x", r"\q").unwrap_err();
+        assert!(e.contains(r"\q is not"), "{e}");
+        assert_eq!(
+            RegexRewriter::compile("/", r"a\1").map(|_| ()).unwrap_err(),
+            r#"substitution "a\\1" names group 1, and "/" has 0"#
+        );
     }
 
     #[test]

@@ -12,6 +12,9 @@ pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-
 pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// Set on a 503 a circuit breaker made (Envoy's).
 pub(crate) static X_ENVOY_OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
+/// The path a request had before its route rewrote it (`rewrite.uri`, `uriRegexRewrite`).
+pub(crate) static X_ENVOY_ORIGINAL_PATH: HeaderName =
+    HeaderName::from_static("x-envoy-original-path");
 pub(crate) static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 pub(crate) static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");

@@ -110,6 +110,7 @@
 
 pub mod body;
 pub mod compile;
+pub mod cors;
 pub mod exchange;
 pub mod gateway;
 pub mod headers;

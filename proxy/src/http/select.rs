@@ -360,13 +360,22 @@ fn percent_decode(s: &str) -> Cow<'_, str> {
 /// The path and query sent upstream after `rewrite.uri`: a matched `uri.prefix` is
 /// replaced; an exact or regex match has the whole path replaced; a route (or match
 /// entry) without a `uri` condition behaves as Istio's generated `prefix: /`, so only
-/// the leading `/` is replaced (Envoy's `prefix_rewrite`, quirks included). The query
-/// string is kept.
+/// the leading `/` is replaced (Envoy's `prefix_rewrite`, quirks included). After
+/// `rewrite.uriRegexRewrite`: the path with the pattern's matches replaced (`None`
+/// when it has none). The query string is kept.
 fn rewritten_path(
     route: &CompiledRoute,
     match_index: Option<usize>,
     req: &RequestView<'_>,
 ) -> Option<String> {
+    if let Some(rx) = &route.rewrite_regex {
+        let mut out = rx.rewrite(req.path)?;
+        if let Some(q) = req.query {
+            out.push('?');
+            out.push_str(q);
+        }
+        return Some(out);
+    }
     let new = route.rewrite_uri.as_deref()?;
     let uri = match_index
         .and_then(|k| route.matches.get(k))
@@ -1048,11 +1057,13 @@ mod tests {
         r.rewrite = Some(Rewrite {
             uri: Some("/new".into()),
             authority: Some("ratings:9080".into()),
+            uri_regex: None,
         });
         let mut all = route("all", vec![], fwd("v2"));
         all.rewrite = Some(Rewrite {
             uri: Some("/v2/".into()),
             authority: None,
+            uri_regex: None,
         });
         let svc = compile(vec![r, all]);
         let mut rng = Rng::with_seed(1);
@@ -1065,6 +1076,34 @@ mod tests {
         let s = select(&svc, 9080, &req("/other").view(), &mut rng);
         assert_eq!(s.rewrite_path.as_deref(), Some("/v2/other"));
         assert_eq!(s.rewrite_authority, None);
+    }
+
+    #[test]
+    fn regex_rewrites() {
+        let mut r = route("rx", vec![], fwd("v1"));
+        r.rewrite = Some(Rewrite {
+            uri: None,
+            authority: None,
+            uri_regex: Some(mesh_config::RegexRewrite {
+                pattern: "^/service/([^/]+)(/.*)$".into(),
+                substitution: r"\2/instance/\1".into(),
+            }),
+        });
+        let svc = compile(vec![r]);
+        let mut rng = Rng::with_seed(1);
+        let s = select(
+            &svc,
+            9080,
+            &req("/service/foo/v1/api?q=/service/x/y").view(),
+            &mut rng,
+        );
+        assert_eq!(
+            s.rewrite_path.as_deref(),
+            Some("/v1/api/instance/foo?q=/service/x/y"),
+            "the query is neither matched nor rewritten"
+        );
+        let s = select(&svc, 9080, &req("/other").view(), &mut rng);
+        assert_eq!(s.rewrite_path, None, "no match: the path goes as it came");
     }
 
     #[test]

@@ -27,11 +27,12 @@ use super::body::HeldBody;
 use super::body::RequestBody;
 use super::compile::CompiledEndpoint;
 use super::compile::{CompiledCluster, CompiledDest, CompiledRoute, CompiledService};
+use super::cors::Cors;
 use super::exchange::{
     self, Exchange, FAULT_BODY, NC_BODY, ResponseBody, UC_BODY, UF_BODY, UH_BODY, UO_BODY, UT_BODY,
 };
 use super::gateway::{GatewayRoutes, VirtualHosts};
-use super::headers::{self, X_ENVOY_OVERLOADED, X_FORWARDED_PROTO};
+use super::headers::{self, X_ENVOY_ORIGINAL_PATH, X_ENVOY_OVERLOADED, X_FORWARDED_PROTO};
 use super::lb::{self, InFlight};
 use super::metrics::{Flags, PeerLabels, Principals, ServiceLabels};
 use super::mirror;
@@ -465,15 +466,46 @@ async fn outbound(
         ex.service = svc.labels.clone();
     }
     let sel = select::select(&svc, port, &RequestView::of(&req), rng);
+    let route = sel.route.map(|m| m.route);
+    if let Some(l) = ex.log.as_mut() {
+        l.route_name = sel.route.map(|r| r.name().to_owned());
+    }
+    // CORS comes before faults, as Istio orders Envoy's filters.
+    let cors = route.and_then(|r| r.cors.as_ref());
+    let origin = match cors.map(|c| c.check(&req)) {
+        None | Some(Cors::Pass) => None,
+        Some(Cors::Answer(h)) => {
+            let mut resp = exchange::configured_reply(ex, 200, Bytes::new(), None);
+            resp.headers_mut().extend(h);
+            return resp;
+        }
+        Some(Cors::Decorate(origin)) => Some(origin),
+    };
+    let mut resp = routed(st, req, ex, rng, &svc, port, sel, route).await;
+    if let (Some(c), Some(o)) = (cors, origin) {
+        c.decorate(o, resp.headers_mut());
+    }
+    resp
+}
+
+/// The rest of [`outbound`] once the route is chosen: faults, then the route's action.
+#[allow(clippy::too_many_arguments)]
+async fn routed(
+    st: &ConnState,
+    req: Request<Incoming>,
+    mut ex: Box<Exchange>,
+    rng: &mut Rng,
+    svc: &Arc<CompiledService>,
+    port: u16,
+    sel: select::Selection<'_>,
+    route: Option<&CompiledRoute>,
+) -> Response<ResponseBody> {
+    let is_gateway = st.gateway.is_some();
     if sel.delay.is_some() {
         ex.flags |= Flags::DI;
     }
     if sel.abort.is_some() {
         ex.flags |= Flags::FI;
-    }
-    let route = sel.route.map(|m| m.route);
-    if let Some(l) = ex.log.as_mut() {
-        l.route_name = sel.route.map(|r| r.name().to_owned());
     }
     if let Some(d) = sel.delay {
         tokio::time::sleep(d).await;
@@ -530,7 +562,7 @@ async fn outbound(
                 rewrite_authority: sel.rewrite_authority,
                 retry,
                 timeout: route.and_then(|r| r.timeout),
-                mirror_from: Some(&svc),
+                mirror_from: Some(svc),
             };
             forward(st, req, ex, target, rng).await
         }
@@ -580,6 +612,13 @@ fn upstream_request(
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/")),
     };
+    if t.rewrite_path.is_some()
+        && let Some(orig) = req.uri().path_and_query()
+        && let Ok(v) = HeaderValue::from_str(orig.as_str())
+    {
+        // As Envoy: the path before a prefix or regex rewrite, for the app's logs.
+        req.headers_mut().insert(X_ENVOY_ORIGINAL_PATH.clone(), v);
+    }
     let h = req.headers_mut();
     headers::strip_hop_by_hop(h, upgrade);
     if let Some(d) = t.dest {

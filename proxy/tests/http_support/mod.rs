@@ -388,6 +388,7 @@ pub fn route(
         timeout_ms: None,
         retry: None,
         mirrors: Vec::new(),
+        cors: None,
     }
 }
 
