@@ -12,11 +12,13 @@
 //! cluster's `http2MaxRequests` (over it: not sent), with the route's `timeout` and no
 //! retries; its answer counts for the cluster's outlier detection. It is not in the
 //! source proxy's request metrics (Envoy's shadows are not either): the mirror's
-//! sidecar reports it as `reporter="destination"`.
+//! sidecar reports it as `reporter="destination"`. At most [`MAX_IN_FLIGHT`] copies
+//! are in flight in the process; past that a copy is not sent.
 
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use fastrand::Rng;
@@ -112,9 +114,46 @@ pub(crate) struct Shadow {
     pub seed: u64,
 }
 
-/// Sends the copy on a task of its own.
+/// At most this many copies in flight in the process: beyond it, a copy is not sent.
+/// A mirror that answers slowly or never (and no route `timeout`) would otherwise hold
+/// a task and a request, body included, per mirrored request.
+pub(crate) const MAX_IN_FLIGHT: usize = 1024;
+
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// One copy in flight, counted in [`IN_FLIGHT`] until dropped.
+struct Flying;
+
+impl Flying {
+    fn take() -> Option<Flying> {
+        IN_FLIGHT
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_IN_FLIGHT).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Flying)
+    }
+}
+
+impl Drop for Flying {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Sends the copy on a task of its own, unless [`MAX_IN_FLIGHT`] copies are in flight.
 pub(crate) fn spawn(s: Shadow) {
-    tokio::spawn(run(s));
+    let Some(flying) = Flying::take() else {
+        debug!(
+            max = MAX_IN_FLIGHT,
+            "mirror: too many copies in flight; not mirrored"
+        );
+        return;
+    };
+    tokio::spawn(async move {
+        run(s).await;
+        drop(flying);
+    });
 }
 
 async fn run(s: Shadow) {
@@ -201,6 +240,23 @@ async fn run(s: Shadow) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copies_in_flight_are_bounded() {
+        // The only test of this binary that takes copies (the counter is the process's).
+        let held: Vec<Flying> = std::iter::from_fn(Flying::take)
+            .take(MAX_IN_FLIGHT + 5)
+            .collect();
+        assert_eq!(held.len(), MAX_IN_FLIGHT);
+        assert!(Flying::take().is_none(), "over the bound: not sent");
+        drop(held);
+        assert_eq!(
+            IN_FLIGHT.load(Ordering::Acquire),
+            0,
+            "each copy gave its place back"
+        );
+        assert!(Flying::take().is_some());
+    }
 
     #[test]
     fn shadow_authorities() {
