@@ -727,14 +727,24 @@ fn prepare_cors(c: &ICorsPolicy, f: &str) -> Result<CorsPolicy, Skip> {
     } else {
         for (j, m) in c.allow_origins.iter().enumerate() {
             let field = format!("{f}.allowOrigins[{j}]");
-            match string_match(m, &field, false)? {
-                Some(m) => allow_origins.push(m),
-                None => return Err(skip(field, "an origin match needs exact, prefix or regex")),
+            let m = string_match(m, &field, false)?;
+            let value = match &m {
+                Some(StringMatch::Exact(v) | StringMatch::Prefix(v) | StringMatch::Regex(v)) => v,
+                None => "",
+            };
+            match m {
+                Some(m) if !value.is_empty() => allow_origins.push(m),
+                _ => {
+                    return Err(skip(
+                        field,
+                        "an origin match needs a non-empty exact, prefix or regex",
+                    ));
+                }
             }
         }
     }
-    const METHODS: [&str; 9] = [
-        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    const METHODS: [&str; 10] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "*",
     ];
     if let Some(m) = c
         .allow_methods

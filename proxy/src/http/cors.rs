@@ -4,10 +4,11 @@
 //! - No `Origin` (or an empty one): not a CORS request, nothing happens.
 //! - A preflight (`OPTIONS` with a non-empty `Access-Control-Request-Method`) from an
 //!   allowed origin is answered here: 200, `Access-Control-Allow-Origin: <that origin>`,
-//!   `-Allow-Credentials: true` when allowed, `-Allow-Methods`, `-Allow-Headers`,
-//!   `-Max-Age` when the policy has them. From an origin not allowed it goes upstream
-//!   like any request, or, with `unmatchedPreflights: IGNORE`, is answered 200 without
-//!   CORS headers.
+//!   `-Allow-Credentials: true` when allowed, `-Allow-Methods`, `-Allow-Headers` (a
+//!   `*` list: what the preflight asked for), `-Max-Age` when the policy has them. From
+//!   an origin not allowed it goes upstream like any request, or, with
+//!   `unmatchedPreflights: IGNORE`, is answered 200 the same way but without
+//!   `-Allow-Origin`. A matcher that takes the literal `*` allows every origin.
 //! - Any other request from an allowed origin is routed as usual, and its response
 //!   (upstream's, or the proxy's own: a fault, a 503) gets
 //!   `Access-Control-Allow-Origin`, `-Allow-Credentials`, `-Expose-Headers`.
@@ -69,10 +70,14 @@ impl CompiledCors {
         })
     }
 
+    /// As Envoy: a matcher that takes the literal `*` (`exact: "*"`, `regex: ".*"`)
+    /// allows every origin.
     fn allows(&self, origin: &HeaderValue) -> bool {
-        origin
-            .to_str()
-            .is_ok_and(|o| self.origins.iter().any(|m| m.matches(o, false)))
+        origin.to_str().is_ok_and(|o| {
+            self.origins
+                .iter()
+                .any(|m| m.matches("*", false) || m.matches(o, false))
+        })
     }
 
     /// What this request gets (see the module's documentation).
@@ -86,30 +91,58 @@ impl CompiledCors {
                 .is_some_and(|m| !m.is_empty());
         let allowed = self.allows(origin);
         match (preflight, allowed) {
-            (true, true) => {
-                let mut out = HeaderMap::new();
-                out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
-                if self.allow_credentials {
-                    out.insert(
-                        header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
-                        HeaderValue::from_static("true"),
-                    );
-                }
-                for (name, v) in [
-                    (header::ACCESS_CONTROL_ALLOW_METHODS, &self.allow_methods),
-                    (header::ACCESS_CONTROL_ALLOW_HEADERS, &self.allow_headers),
-                    (header::ACCESS_CONTROL_MAX_AGE, &self.max_age),
-                ] {
-                    if let Some(v) = v {
-                        out.insert(name, v.clone());
-                    }
-                }
-                Cors::Answer(out)
+            (true, true) => Cors::Answer(self.preflight_answer(h, Some(origin))),
+            (true, false) if self.answer_unmatched_preflights => {
+                Cors::Answer(self.preflight_answer(h, None))
             }
-            (true, false) if self.answer_unmatched_preflights => Cors::Answer(HeaderMap::new()),
             (_, true) => Cors::Decorate(origin.clone()),
             (_, false) => Cors::Pass,
         }
+    }
+
+    /// The headers of a preflight's answer: the origin when it is allowed, and the
+    /// policy's credentials, methods, headers and max age in any case (Envoy answers an
+    /// origin not allowed so, under `unmatchedPreflights: IGNORE`). A `*` list answers
+    /// with what the preflight asked for.
+    fn preflight_answer(&self, req: &HeaderMap, origin: Option<&HeaderValue>) -> HeaderMap {
+        let mut out = HeaderMap::new();
+        if let Some(o) = origin {
+            out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o.clone());
+        }
+        if self.allow_credentials {
+            out.insert(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
+        }
+        for (name, v, asked) in [
+            (
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                &self.allow_methods,
+                header::ACCESS_CONTROL_REQUEST_METHOD,
+            ),
+            (
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                &self.allow_headers,
+                header::ACCESS_CONTROL_REQUEST_HEADERS,
+            ),
+        ] {
+            match v {
+                Some(v) if v == "*" => {
+                    if let Some(a) = req.get(&asked) {
+                        out.insert(name, a.clone());
+                    }
+                }
+                Some(v) => {
+                    out.insert(name, v.clone());
+                }
+                None => {}
+            }
+        }
+        if let Some(v) = &self.max_age {
+            out.insert(header::ACCESS_CONTROL_MAX_AGE, v.clone());
+        }
+        out
     }
 
     /// Adds the response headers for an allowed `origin` ([`Cors::Decorate`]).
@@ -234,6 +267,34 @@ mod tests {
             panic!("not answered");
         };
         assert!(h.is_empty(), "no CORS headers for an origin not allowed");
+        // Envoy still sends the policy's lists, never the origin; `*` echoes the ask.
+        c.allow_methods = vec!["*".into()];
+        c.allow_headers = vec!["*".into()];
+        c.allow_credentials = true;
+        let p = CompiledCors::compile(&c).unwrap();
+        let r = req(
+            Method::OPTIONS,
+            &[
+                ("origin", "http://plain.example"),
+                ("access-control-request-method", "PUT"),
+                ("access-control-request-headers", "x-a, x-b"),
+            ],
+        );
+        let Cors::Answer(h) = p.check(&r) else {
+            panic!("not answered");
+        };
+        assert!(h.get("access-control-allow-origin").is_none());
+        assert_eq!(h["access-control-allow-methods"], "PUT");
+        assert_eq!(h["access-control-allow-headers"], "x-a, x-b");
+        assert_eq!(h["access-control-allow-credentials"], "true");
+        // A matcher that takes `*` itself allows any origin.
+        let any = CompiledCors::compile(&CorsPolicy {
+            allow_origins: vec![StringMatch::Exact("*".into())],
+            ..Default::default()
+        })
+        .unwrap();
+        let r = req(Method::GET, &[("origin", "https://anyone.example")]);
+        assert!(matches!(any.check(&r), Cors::Decorate(_)));
         c.allow_origins.clear();
         let p = CompiledCors::compile(&c).unwrap();
         let r = req(Method::GET, &[("origin", "https://x")]);
