@@ -947,6 +947,9 @@ metadata:
         if p.returncode != 0:
             raise RuntimeError(f"{mode} load failed: {err.strip()[-500:]}")
         r = json.loads(out.strip().splitlines()[-1])
+        if not r.get("requests"):
+            raise RuntimeError(f"{mode}: no request was answered in {seconds} s of load "
+                               f"(the client said: {err.strip()[-300:]})")
         r["loadavg"] = float(open("/proc/loadavg").read().split()[0])
         # Over the client's whole life (its warm-up included), so a lower bound.
         r["machine_busy"] = (busy_cpu_seconds() - m0) / ((os.cpu_count() or 1)
