@@ -34,6 +34,11 @@
 //! rule that does not forward they are reported and ignored. Per port they resolve as
 //! a lone destination does ([`weighted_clusters`]).
 //!
+//! A rule shape Istio's validation refuses is skipped with a diagnostic
+//! ([`check_conflicts`]): a `redirect` or `directResponse` beside `route`, `fault` or
+//! `rewrite`, a redirect or rewrite that sets nothing, a redirect scheme other than
+//! `http`/`https`.
+//!
 //! `rewrite.uriRegexRewrite` is checked as Istio's validation does (both fields, a regex
 //! that compiles, groups it has, not beside `rewrite.uri`), else its rule is skipped.
 //!
@@ -579,6 +584,7 @@ fn prepare_rule(
         .map_err(|(field, why)| skip(field, why))?;
     let retry = resilience::retry_policy(http.retries.as_ref(), cat.default_retry, &f, &mut notes)
         .map_err(|(field, why)| skip(field, why))?;
+    check_conflicts(http, &f)?;
     let mut rewrite = None;
     let action = if let Some(rd) = &http.redirect {
         let code = match rd.redirect_code {
@@ -800,6 +806,61 @@ fn prepare_cors(c: &ICorsPolicy, f: &str) -> Result<CorsPolicy, Skip> {
         allow_credentials: c.allow_credentials.unwrap_or(false),
         answer_unmatched_preflights,
     })
+}
+
+/// What Istio's validation refuses in a rule's shape, each skipping the rule: a
+/// `redirect` or `directResponse` beside `route`, `fault` or `rewrite`; a redirect that
+/// sets nothing, or whose scheme is not `http`/`https`; a rewrite that sets nothing.
+fn check_conflicts(http: &IHttpRoute, f: &str) -> Result<(), Skip> {
+    let answer = match (&http.redirect, &http.direct_response) {
+        (Some(_), _) => Some("redirect"),
+        (None, Some(_)) => Some("directResponse"),
+        (None, None) => None,
+    };
+    if let Some(kind) = answer {
+        for (field, set) in [
+            ("route", !http.route.is_empty()),
+            ("fault", http.fault.is_some()),
+            ("rewrite", http.rewrite.is_some()),
+        ] {
+            if set {
+                return Err(skip(
+                    format!("{f}.{field}"),
+                    format!("{field} beside {kind} (Istio refuses the rule)"),
+                ));
+            }
+        }
+    }
+    if let Some(rd) = &http.redirect {
+        if rd.uri.is_empty()
+            && rd.authority.is_empty()
+            && rd.scheme.is_empty()
+            && rd.port.is_none()
+            && rd.derive_port.is_none()
+        {
+            return Err(skip(
+                format!("{f}.redirect"),
+                "a redirect needs uri, authority, scheme or port",
+            ));
+        }
+        if !matches!(rd.scheme.as_str(), "" | "http" | "https") {
+            return Err(skip(
+                format!("{f}.redirect.scheme"),
+                format!("scheme {:?} is not http or https", rd.scheme),
+            ));
+        }
+    }
+    if let Some(rw) = &http.rewrite
+        && rw.uri.is_empty()
+        && rw.authority.is_empty()
+        && rw.uri_regex_rewrite.is_none()
+    {
+        return Err(skip(
+            format!("{f}.rewrite"),
+            "a rewrite needs uri, uriRegexRewrite or authority",
+        ));
+    }
+    Ok(())
 }
 
 /// `rewrite.uriRegexRewrite`, checked as Istio's validation does: `match` and

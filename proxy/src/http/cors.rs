@@ -82,11 +82,15 @@ impl CompiledCors {
 
     /// What this request gets (see the module's documentation).
     pub(crate) fn check<B>(&self, req: &Request<B>) -> Cors {
-        let h = req.headers();
+        self.check_parts(req.method().as_str(), req.headers())
+    }
+
+    /// [`CompiledCors::check`] on a request's method and headers.
+    pub(crate) fn check_parts(&self, method: &str, h: &HeaderMap) -> Cors {
         let Some(origin) = h.get(header::ORIGIN).filter(|o| !o.is_empty()) else {
             return Cors::Pass;
         };
-        let preflight = req.method() == Method::OPTIONS
+        let preflight = method == Method::OPTIONS.as_str()
             && h.get(header::ACCESS_CONTROL_REQUEST_METHOD)
                 .is_some_and(|m| !m.is_empty());
         let allowed = self.allows(origin);
@@ -143,6 +147,23 @@ impl CompiledCors {
             out.insert(header::ACCESS_CONTROL_MAX_AGE, v.clone());
         }
         out
+    }
+
+    /// For `/debug/route`: what the policy does with a request with this method and
+    /// these headers; `None` when it does nothing (no `Origin`, or not allowed and
+    /// not a preflight the proxy answers).
+    pub(crate) fn verdict(&self, method: &str, h: &HeaderMap) -> Option<&'static str> {
+        match self.check_parts(method, h) {
+            Cors::Pass if h.get(header::ORIGIN).is_some_and(|o| !o.is_empty()) => {
+                Some("origin_not_allowed")
+            }
+            Cors::Pass => None,
+            Cors::Answer(a) if a.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) => {
+                Some("preflight_answered")
+            }
+            Cors::Answer(_) => Some("preflight_answered_origin_not_allowed"),
+            Cors::Decorate(_) => Some("origin_allowed"),
+        }
     }
 
     /// Adds the response headers for an allowed `origin` ([`Cors::Decorate`]).

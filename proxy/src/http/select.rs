@@ -468,6 +468,11 @@ pub struct RouteExplanation {
     pub circuit: Option<CircuitExplanation>,
     /// The route's mirrors: (cluster, percentage).
     pub mirrors: Vec<(String, f64)>,
+    /// What the route's `corsPolicy` does with the request: `preflight_answered` (by
+    /// the proxy, outcome `cors_preflight`), `preflight_answered_origin_not_allowed`,
+    /// `origin_allowed` (CORS headers added to the response), `origin_not_allowed`;
+    /// none without a policy or an `Origin`.
+    pub cors: Option<&'static str>,
 }
 
 /// A cluster's `connectionPool` and `outlierDetection`, and where it stands.
@@ -609,6 +614,10 @@ pub fn explain(
                     .collect()
             })
             .unwrap_or_default(),
+        cors: sel
+            .route
+            .and_then(|m| m.route.cors.as_ref())
+            .and_then(|c| c.verdict(req.method, req.headers)),
     };
     let port_cfg = svc.service().port(port);
     match sel.route {
@@ -662,6 +671,13 @@ pub fn explain(
     }
     if sel.abort.is_some() {
         out.outcome = "fault_abort";
+    }
+    if out
+        .cors
+        .is_some_and(|v| v.starts_with("preflight_answered"))
+    {
+        // Answered before faults and the route's action.
+        out.outcome = "cors_preflight";
     }
     out
 }
@@ -1215,6 +1231,33 @@ mod tests {
             );
             assert_eq!(json["mirrors"], serde_json::json!([[subset("v2"), 25.0]]));
         }
+    }
+
+    #[test]
+    fn explanation_says_what_cors_does() {
+        let mut r = route("all", vec![], fwd("v1"));
+        r.cors = Some(mesh_config::CorsPolicy {
+            allow_origins: vec![StringMatch::Exact("https://example.com".into())],
+            ..Default::default()
+        });
+        let svc = compile(vec![r]);
+        let mut rng = Rng::with_seed(1);
+        let mut pre = req("/")
+            .header("origin", "https://example.com")
+            .header("access-control-request-method", "GET");
+        pre.method = "OPTIONS";
+        let e = explain(&svc, 9080, &pre.view(), &mut rng);
+        assert_eq!(
+            (e.outcome, e.cors),
+            ("cors_preflight", Some("preflight_answered"))
+        );
+        let get = req("/").header("origin", "https://example.com");
+        let e = explain(&svc, 9080, &get.view(), &mut rng);
+        assert_eq!((e.outcome, e.cors), ("forward", Some("origin_allowed")));
+        let other = req("/").header("origin", "https://other.example");
+        let e = explain(&svc, 9080, &other.view(), &mut rng);
+        assert_eq!(e.cors, Some("origin_not_allowed"));
+        assert_eq!(explain(&svc, 9080, &req("/").view(), &mut rng).cors, None);
     }
 
     #[test]
