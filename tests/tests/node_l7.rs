@@ -295,6 +295,18 @@ fn bookstore_routing_shifting_faults_and_metrics() {
     app.until("copies reach v2", &["--count", "20"], |l| {
         l.version("v1") == 20 && mirrored(&v2_before) > 0
     });
+    // The copies of those probes may still be on their way: wait until v2's count stops
+    // moving, so that none of them is counted with the measured requests below.
+    let mut settled = server("v2");
+    let t0 = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = server("v2");
+        if mirrored(&settled) == 0 || t0.elapsed() > Duration::from_secs(10) {
+            break;
+        }
+        settled = now;
+    }
     let (client_before, v2_before) = (app.client_metrics(), server("v2"));
     let l = app.load(&["--count", "200", "--concurrency", "4"]);
     assert_eq!((l.version("v1"), l.errors), (200, 0), "{:?}", l.raw);
