@@ -45,9 +45,10 @@
 //! `corsPolicy` ([`prepare_cors`]) goes with its rule, whatever the rule's action; what
 //! Istio's validation refuses in it skips the rule.
 //!
-//! Reported and ignored, the rule kept: a header condition on a JWT claim (`@request.auth.claims...`, which needs the
-//! unsupported RequestAuthentication) never holds, so its entry is left out (as
-//! `withoutHeaders`, it always holds: the condition is dropped). A header name that is
+//! Reported and ignored, the rule kept: a header condition on a JWT claim
+//! (`@request.auth.claims...`, which needs the unsupported RequestAuthentication) never
+//! holds, so its entry is left out (as `withoutHeaders`, it always holds: the condition
+//! is dropped). A header name that is
 //! not a token (nor `:authority`, `:method`, `:path`, `:scheme`) skips the rule.
 //! Parsed and ignored, no diagnostic: `retries.retryRemoteLocalities`,
 //! `match[].statPrefix` (stat names), an `authority` rewrite in a weighted
