@@ -150,8 +150,7 @@ impl CompiledCors {
     }
 
     /// For `/debug/route`: what the policy does with a request with this method and
-    /// these headers; `None` when it does nothing (no `Origin`, or not allowed and
-    /// not a preflight the proxy answers).
+    /// these headers; `None` when the request has no `Origin` (not a CORS request).
     pub(crate) fn verdict(&self, method: &str, h: &HeaderMap) -> Option<&'static str> {
         match self.check_parts(method, h) {
             Cors::Pass if h.get(header::ORIGIN).is_some_and(|o| !o.is_empty()) => {
