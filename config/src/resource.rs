@@ -387,18 +387,34 @@ fn validate_service(svc: &Service) -> Result<(), ValidationError> {
     Ok(())
 }
 
-/// The highest group a `uriRegexRewrite` substitution names (`\0`-`\9`; `\\` is a
-/// backslash), or why it is not one (RE2's rule: a backslash starts one of those).
-pub fn substitution_groups(sub: &str) -> Result<u8, String> {
-    let mut max = 0;
+/// One piece of a `uriRegexRewrite` substitution.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubstitutionPart {
+    Text(String),
+    /// `\0` (the whole match) to `\9`.
+    Group(usize),
+}
+
+/// A `uriRegexRewrite` substitution split into text and group references (`\0`-`\9`;
+/// `\\` is a backslash), or why it is not one (RE2's rule: a backslash starts one of
+/// those).
+pub fn substitution_parts(sub: &str) -> Result<Vec<SubstitutionPart>, String> {
+    let mut parts = Vec::new();
+    let mut text = String::new();
     let mut chars = sub.chars();
     while let Some(c) = chars.next() {
         if c != '\\' {
+            text.push(c);
             continue;
         }
         match chars.next() {
-            Some('\\') => {}
-            Some(d @ '0'..='9') => max = max.max(d as u8 - b'0'),
+            Some('\\') => text.push('\\'),
+            Some(d @ '0'..='9') => {
+                if !text.is_empty() {
+                    parts.push(SubstitutionPart::Text(std::mem::take(&mut text)));
+                }
+                parts.push(SubstitutionPart::Group(usize::from(d as u8 - b'0')));
+            }
             Some(other) => {
                 return Err(format!(
                     "substitution {sub:?}: \\{other} is not \\0-\\9 or \\\\"
@@ -407,7 +423,28 @@ pub fn substitution_groups(sub: &str) -> Result<u8, String> {
             None => return Err(format!("substitution {sub:?} ends with a lone \\")),
         }
     }
-    Ok(max)
+    if !text.is_empty() {
+        parts.push(SubstitutionPart::Text(text));
+    }
+    Ok(parts)
+}
+
+/// The highest group these parts name (0 when none does).
+pub fn max_group(parts: &[SubstitutionPart]) -> usize {
+    parts
+        .iter()
+        .filter_map(|p| match p {
+            SubstitutionPart::Group(g) => Some(*g),
+            SubstitutionPart::Text(_) => None,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// The highest group a `uriRegexRewrite` substitution names (see
+/// [`substitution_parts`]), or why it is not one.
+pub fn substitution_groups(sub: &str) -> Result<usize, String> {
+    Ok(max_group(&substitution_parts(sub)?))
 }
 
 /// A name a header condition may take: an HTTP field name (an RFC 9110 `token`), or one
@@ -417,7 +454,7 @@ pub fn is_header_match_name(name: &str) -> bool {
 }
 
 /// An RFC 9110 `token`: what a header (and a cookie) name is.
-fn is_token(s: &str) -> bool {
+pub fn is_token(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
@@ -493,7 +530,7 @@ fn routes(svc: &Service) -> impl Iterator<Item = (u16, usize, &crate::route::Htt
 
 #[cfg(test)]
 mod tests {
-    use super::substitution_groups;
+    use super::{SubstitutionPart, substitution_groups, substitution_parts};
 
     #[test]
     fn substitution_groups_and_escapes() {
@@ -507,5 +544,13 @@ mod tests {
         assert!(e.contains("lone"), "{e}");
         // `$1` is Rust's and PCRE's syntax, not RE2's: taken literally.
         assert_eq!(substitution_groups("/$1"), Ok(0));
+        assert_eq!(
+            substitution_parts(r"\2/a\\b/\1"),
+            Ok(vec![
+                SubstitutionPart::Group(2),
+                SubstitutionPart::Text(r"/a\b/".into()),
+                SubstitutionPart::Group(1),
+            ])
+        );
     }
 }

@@ -734,20 +734,17 @@ fn prepare_cors(c: &ICorsPolicy, f: &str) -> Result<CorsPolicy, Skip> {
     } else {
         for (j, m) in c.allow_origins.iter().enumerate() {
             let field = format!("{f}.allowOrigins[{j}]");
-            let m = string_match(m, &field, false)?;
-            let value = match &m {
-                Some(StringMatch::Exact(v) | StringMatch::Prefix(v) | StringMatch::Regex(v)) => v,
-                None => "",
+            let m = string_match(m, &field, false)?.filter(|m| {
+                let (StringMatch::Exact(v) | StringMatch::Prefix(v) | StringMatch::Regex(v)) = m;
+                !v.is_empty()
+            });
+            let Some(m) = m else {
+                return Err(skip(
+                    field,
+                    "an origin match needs a non-empty exact, prefix or regex",
+                ));
             };
-            match m {
-                Some(m) if !value.is_empty() => allow_origins.push(m),
-                _ => {
-                    return Err(skip(
-                        field,
-                        "an origin match needs a non-empty exact, prefix or regex",
-                    ));
-                }
-            }
+            allow_origins.push(m);
         }
     }
     const METHODS: [&str; 10] = [
@@ -767,10 +764,7 @@ fn prepare_cors(c: &ICorsPolicy, f: &str) -> Result<CorsPolicy, Skip> {
         ("allowHeaders", &c.allow_headers),
         ("exposeHeaders", &c.expose_headers),
     ] {
-        if let Some(h) = list
-            .iter()
-            .find(|h| !mesh_config::resource::is_header_match_name(h) || h.starts_with(':'))
-        {
+        if let Some(h) = list.iter().find(|h| !mesh_config::resource::is_token(h)) {
             return Err(skip(
                 format!("{f}.{name}"),
                 format!("{h:?} is not a header name"),
@@ -897,7 +891,7 @@ fn prepare_regex_rewrite(
     })?;
     let max = mesh_config::resource::substitution_groups(&rx.rewrite)
         .map_err(|why| skip(format!("{field}.rewrite"), why))?;
-    if usize::from(max) >= re.captures_len() {
+    if max >= re.captures_len() {
         return Err(skip(
             format!("{field}.rewrite"),
             format!(

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU32, AtomicUsize};
 use hyper::body::Bytes;
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::http::uri::{Authority, PathAndQuery};
+use mesh_config::resource::SubstitutionPart;
 use mesh_config::{
     ClusterTlsMode, Fault, HashKey, HeaderEdit, HeaderMatch, LoadBalancer, Protocol, Redirect,
     RequestMatch, Resource, RouteAction, Service, StringMatch, ValidationError,
@@ -72,52 +73,24 @@ impl Matcher {
 #[derive(Debug)]
 pub(crate) struct RegexRewriter {
     pattern: Regex,
-    parts: Vec<SubPart>,
-}
-
-#[derive(Debug, PartialEq)]
-enum SubPart {
-    Text(String),
-    Group(usize),
+    parts: Vec<SubstitutionPart>,
 }
 
 impl RegexRewriter {
     fn compile(pattern: &str, substitution: &str) -> Result<RegexRewriter, String> {
-        let max = mesh_config::resource::substitution_groups(substitution)?;
+        let parts = mesh_config::resource::substitution_parts(substitution)?;
         let re = RegexBuilder::new(pattern)
             .size_limit(REGEX_SIZE_LIMIT)
             .dfa_size_limit(REGEX_DFA_LIMIT)
             .build()
             .map_err(|e| format!("rewrite regex {pattern:?} does not compile: {e}"))?;
         // `captures_len` counts the whole match as group 0.
-        if usize::from(max) >= re.captures_len() {
+        let max = mesh_config::resource::max_group(&parts);
+        if max >= re.captures_len() {
             return Err(format!(
                 "substitution {substitution:?} names group {max}, and {pattern:?} has {}",
                 re.captures_len() - 1
             ));
-        }
-        let mut parts = Vec::new();
-        let mut text = String::new();
-        let mut chars = substitution.chars();
-        while let Some(c) = chars.next() {
-            if c != '\\' {
-                text.push(c);
-                continue;
-            }
-            // substitution_groups checked that a digit or a backslash follows.
-            match chars.next() {
-                Some(d @ '0'..='9') => {
-                    if !text.is_empty() {
-                        parts.push(SubPart::Text(std::mem::take(&mut text)));
-                    }
-                    parts.push(SubPart::Group(usize::from(d as u8 - b'0')));
-                }
-                Some(other) => text.push(other),
-                None => {}
-            }
-        }
-        if !text.is_empty() {
-            parts.push(SubPart::Text(text));
         }
         Ok(RegexRewriter { pattern: re, parts })
     }
@@ -133,8 +106,10 @@ impl RegexRewriter {
             out.push_str(path.get(last..whole.start()).unwrap_or_default());
             for p in &self.parts {
                 match p {
-                    SubPart::Text(t) => out.push_str(t),
-                    SubPart::Group(g) => out.push_str(caps.get(*g).map_or("", |m| m.as_str())),
+                    SubstitutionPart::Text(t) => out.push_str(t),
+                    SubstitutionPart::Group(g) => {
+                        out.push_str(caps.get(*g).map_or("", |m| m.as_str()));
+                    }
                 }
             }
             last = whole.end();

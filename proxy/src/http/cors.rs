@@ -23,6 +23,9 @@ use super::compile::Matcher;
 #[derive(Debug)]
 pub(crate) struct CompiledCors {
     origins: Vec<Matcher>,
+    /// A matcher takes the literal `*` (`exact: "*"`, `regex: ".*"`): as Envoy, every
+    /// origin is allowed.
+    any_origin: bool,
     allow_methods: Option<HeaderValue>,
     allow_headers: Option<HeaderValue>,
     expose_headers: Option<HeaderValue>,
@@ -60,6 +63,7 @@ impl CompiledCors {
                 .map_err(|_| format!("cors {field} {v:?} is not a header value"))
         };
         Ok(CompiledCors {
+            any_origin: origins.iter().any(|m| m.matches("*", false)),
             origins,
             allow_methods: list("allowMethods", &p.allow_methods)?,
             allow_headers: list("allowHeaders", &p.allow_headers)?,
@@ -70,14 +74,10 @@ impl CompiledCors {
         })
     }
 
-    /// As Envoy: a matcher that takes the literal `*` (`exact: "*"`, `regex: ".*"`)
-    /// allows every origin.
     fn allows(&self, origin: &HeaderValue) -> bool {
-        origin.to_str().is_ok_and(|o| {
-            self.origins
-                .iter()
-                .any(|m| m.matches("*", false) || m.matches(o, false))
-        })
+        origin
+            .to_str()
+            .is_ok_and(|o| self.any_origin || self.origins.iter().any(|m| m.matches(o, false)))
     }
 
     /// What this request gets (see the module's documentation).

@@ -368,26 +368,23 @@ fn rewritten_path(
     match_index: Option<usize>,
     req: &RequestView<'_>,
 ) -> Option<String> {
-    if let Some(rx) = &route.rewrite_regex {
-        let mut out = rx.rewrite(req.path)?;
-        if let Some(q) = req.query {
-            out.push('?');
-            out.push_str(q);
-        }
-        return Some(out);
-    }
-    let new = route.rewrite_uri.as_deref()?;
-    let uri = match_index
-        .and_then(|k| route.matches.get(k))
-        .and_then(|m| m.uri.as_ref());
-    let rest = match uri {
-        Some(Matcher::Prefix(p)) => req.path.get(p.len()..).unwrap_or(""),
-        Some(_) => "",
-        None => req.path.get(1..).unwrap_or(""),
+    let mut out = if let Some(rx) = &route.rewrite_regex {
+        rx.rewrite(req.path)?
+    } else {
+        let new = route.rewrite_uri.as_deref()?;
+        let uri = match_index
+            .and_then(|k| route.matches.get(k))
+            .and_then(|m| m.uri.as_ref());
+        let rest = match uri {
+            Some(Matcher::Prefix(p)) => req.path.get(p.len()..).unwrap_or(""),
+            Some(_) => "",
+            None => req.path.get(1..).unwrap_or(""),
+        };
+        let mut out = String::with_capacity(new.len() + rest.len() + 1);
+        out.push_str(new);
+        out.push_str(rest);
+        out
     };
-    let mut out = String::with_capacity(new.len() + rest.len() + 1);
-    out.push_str(new);
-    out.push_str(rest);
     if let Some(q) = req.query {
         out.push('?');
         out.push_str(q);
