@@ -9,12 +9,22 @@ use mesh_control::translate::MeshSettings;
 fn main() -> anyhow::Result<()> {
     let Command::Serve(args) = Cli::parse().command;
     init_log(&args)?;
-    tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("tokio runtime")?
-        .block_on(serve(args))
+        .context("tokio runtime")?;
+    let result = runtime.block_on(serve(args));
+    // Dropping a runtime waits for every blocking task to return, however long that
+    // takes; a pod being stopped must not sit out its grace period on one.
+    runtime.shutdown_timeout(EXIT_GRACE);
+    if result.is_ok() {
+        tracing::info!("stopped");
+    }
+    result
 }
+
+/// How long the blocking tasks still running at exit get (a signature, a translation).
+const EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn init_log(args: &ServeArgs) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log)

@@ -423,6 +423,64 @@ impl ControlOutage {
         guard
     }
 
+    /// Waits until every mesh-control process has ended: its pod gone, or its container
+    /// terminated (the pod object can outlive the process by seconds while the node tears
+    /// it down). Each must have exited 0 on SIGTERM, not been killed at the end of its
+    /// grace period. Returns how each ended.
+    fn wait_exited(&self) -> Vec<String> {
+        let mut ended: std::collections::BTreeMap<String, String> = Default::default();
+        eventually(
+            "mesh-control's processes ended after scaling to 0",
+            Duration::from_secs(90),
+            || {
+                let out = self.node.kubectl_ok(&[
+                    "-n",
+                    CONTROL_NS,
+                    "get",
+                    "pods",
+                    "-l",
+                    CONTROL_SELECTOR,
+                    "-o",
+                    "jsonpath={range .items[*]}{.metadata.name}|\
+                     {.status.containerStatuses[0].state.terminated.exitCode}|\
+                     {.status.containerStatuses[0].state.terminated.reason}{\"\\n\"}{end}",
+                ]);
+                let mut running = Vec::new();
+                for line in out.lines().filter(|l| !l.trim().is_empty()) {
+                    let f: Vec<&str> = line.splitn(3, '|').collect();
+                    let (name, code, reason) = (f[0], f.get(1).copied(), f.get(2).copied());
+                    match code.filter(|c| !c.is_empty()) {
+                        None => running.push(name.to_owned()),
+                        Some(code) if !ended.contains_key(name) => {
+                            let log = self
+                                .node
+                                .kubectl(&["-n", CONTROL_NS, "logs", name, "--tail", "5"]);
+                            assert_eq!(
+                                code,
+                                "0",
+                                "{name} did not exit on SIGTERM ({}); its last lines:\n{}{}",
+                                reason.unwrap_or(""),
+                                log.stdout,
+                                log.stderr
+                            );
+                            ended.insert(name.to_owned(), format!("exit {code}"));
+                        }
+                        Some(_) => {}
+                    }
+                }
+                if running.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("still running: {running:?}"))
+                }
+            },
+        );
+        ended
+            .into_iter()
+            .map(|(n, how)| format!("{n}: {how}"))
+            .collect()
+    }
+
     fn wait_gone(&self) {
         eventually(
             "mesh-control's pods gone after scaling to 0",
@@ -773,8 +831,10 @@ fn a_held_connection_and_new_ones_outlive_two_rotations_and_the_ca_until_expiry(
     // ---- the CA stopped: serving until expiry --------------------------------------------
     let t_stop = now_unix();
     let mut control = ControlOutage::stop(node);
-    control.wait_gone();
+    let exits = control.wait_exited();
     let t_gone = now_unix();
+    control.wait_gone();
+    let t_removed = now_unix();
     let (held_certs, expiry, last_expiry) = {
         let s = lock(&seen);
         let held: Vec<Cert> = (0..2).map(|i| s.current(i).clone()).collect();
@@ -788,11 +848,13 @@ fn a_held_connection_and_new_ones_outlive_two_rotations_and_the_ca_until_expiry(
         expiry - t_gone
     );
     report(&format!(
-        "rotation: mesh-control scaled to 0 at t+{:.1} s, its pods gone {:.1} s later; \
-         certificates held expire at t+{:.1} s (client {}) and t+{:.1} s (echo {}): \
-         {:.1} s from CA stop to the first expiry",
+        "rotation: mesh-control scaled to 0 at t+{:.1} s, its processes ended {:.1} s later \
+         ({}), the pods gone after {:.1} s; certificates held expire at t+{:.1} s (client {}) \
+         and t+{:.1} s (echo {}): {:.1} s from CA stop to the first expiry",
         t_stop - t0,
         t_gone - t_stop,
+        exits.join(", "),
+        t_removed - t_stop,
         held_certs[0].expires_at - t0,
         short(&held_certs[0].serial),
         held_certs[1].expires_at - t0,
