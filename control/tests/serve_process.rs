@@ -1,9 +1,6 @@
 //! The `mesh-control` binary against a real API server (kube-local through KUBECONFIG;
 //! fails without it), with the real translation: readiness, metrics, the stream, debug
 //! endpoints, SIGTERM, and a restart that a reconnecting proxy does not notice.
-//!
-//! `translation_end_to_end` waits for the translation (`Snapshot::build`/`resolve` are
-//! stubs today) and is ignored until it lands.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -170,7 +167,7 @@ async fn a_restarted_control_plane_gives_a_reconnecting_proxy_the_same_content()
     assert_eq!(contents(&after), contents(&before));
 }
 
-/// Waits for the translation: a Service, its pod and EndpointSlice, a VirtualService and a
+/// The translation end to end: a Service, its pod and EndpointSlice, a VirtualService and a
 /// DestinationRule in the shared API server (our CRDs applied, as `kubectl apply -k
 /// deploy/` does), the real binary: the proxy gets the routes, an edit of the VirtualService
 /// is pushed within a second as that key alone, and a bad VirtualService is reported as an
