@@ -68,6 +68,37 @@ impl Load {
     }
 }
 
+/// One answer as `mesh-bookstore get --include` printed it.
+#[derive(Debug)]
+struct Got {
+    status: u16,
+    /// The status line and the header lines.
+    head: Vec<String>,
+    body: String,
+}
+
+impl Got {
+    fn parse(out: &str) -> Option<Got> {
+        let (head, body) = out.split_once("\n\n")?;
+        let head: Vec<String> = head.lines().map(str::to_owned).collect();
+        let status = head.first()?.split_whitespace().nth(1)?.parse().ok()?;
+        Some(Got {
+            status,
+            head,
+            body: body.to_owned(),
+        })
+    }
+
+    /// The value of header `name` (lowercase), `""` when absent.
+    fn header(&self, name: &str) -> &str {
+        self.head[1..]
+            .iter()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+            .map_or("", |(_, v)| v.trim())
+    }
+}
+
 impl App {
     fn start() -> App {
         App::start_in("l7")
@@ -156,6 +187,32 @@ impl App {
                 t0.elapsed() < Duration::from_secs(15),
                 "{what}: still {:?}",
                 l.raw
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// `mesh-bookstore get --include URL ARGS` in the client pod (any status).
+    fn get(&self, url: &str, args: &[&str]) -> Got {
+        let mut cmd = vec!["/mesh-bookstore", "get", url, "--include"];
+        cmd.extend_from_slice(args);
+        let r = self.node.exec(&self.ns.name, &self.client, "client", &cmd);
+        Got::parse(&r.stdout)
+            .unwrap_or_else(|| panic!("mesh-bookstore get {args:?}: {}{}", r.stdout, r.stderr))
+    }
+
+    /// [`App::get`] until `ok` holds (the config reached the client's proxy), for up to
+    /// 15 s.
+    fn get_until(&self, what: &str, url: &str, args: &[&str], ok: impl Fn(&Got) -> bool) -> Got {
+        let t0 = Instant::now();
+        loop {
+            let g = self.get(url, args);
+            if ok(&g) {
+                return g;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(15),
+                "{what}: still {g:?}"
             );
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -354,6 +411,97 @@ fn bookstore_routing_shifting_faults_and_metrics() {
     ));
     assert!(distinct.len() >= 2, "9 users all on {distinct:?}");
     app.apply(&networking("destination-rule-all"));
+
+    // CORS and a regex rewrite (virtual-service-reviews-cors-rewrite): the client's
+    // proxy answers an allowed origin's preflight itself, decorates that origin's other
+    // answers, forwards other origins' preflights to the app; /books/<id>/reviews
+    // reaches the app as /reviews/<id>.
+    app.apply(&networking("virtual-service-reviews-cors-rewrite"));
+    const SHOP: &str = "Origin: https://shop.example";
+    let rewritten = app.get_until(
+        "the regex rewrite",
+        "http://reviews:9080/books/42/reviews?page=2",
+        &[],
+        |r| r.body.contains(r#""path":"/reviews/42?page=2""#),
+    );
+    assert_eq!(rewritten.header("x-version"), "v1", "{rewritten:?}");
+    assert!(
+        rewritten
+            .body
+            .contains(r#""x-envoy-original-path":"/books/42/reviews?page=2""#),
+        "{rewritten:?}"
+    );
+    let preflight = app.get_until(
+        "the CORS policy",
+        URL,
+        &[
+            "--method",
+            "OPTIONS",
+            "--header",
+            SHOP,
+            "--header",
+            "Access-Control-Request-Method: POST",
+        ],
+        |r| !r.header("access-control-allow-origin").is_empty(),
+    );
+    // Answered by the client's sidecar: the app never saw it (no X-Version, no body).
+    assert_eq!(preflight.status, 200, "{preflight:?}");
+    assert_eq!(preflight.header("x-version"), "", "{preflight:?}");
+    assert_eq!(preflight.body, "", "{preflight:?}");
+    for (name, want) in [
+        ("access-control-allow-origin", "https://shop.example"),
+        ("access-control-allow-methods", "GET,POST"),
+        ("access-control-allow-headers", "x-shop-token"),
+        ("access-control-allow-credentials", "true"),
+        ("access-control-max-age", "86400"),
+    ] {
+        assert_eq!(preflight.header(name), want, "{name}: {preflight:?}");
+    }
+    let actual = app.get(URL, &["--header", SHOP]);
+    assert_eq!(
+        (
+            actual.status,
+            actual.header("x-version"),
+            actual.header("access-control-allow-origin"),
+            actual.header("access-control-expose-headers"),
+            actual.header("access-control-allow-credentials"),
+        ),
+        (200, "v1", "https://shop.example", "x-version", "true"),
+        "{actual:?}"
+    );
+    let other = app.get(
+        URL,
+        &[
+            "--method",
+            "OPTIONS",
+            "--header",
+            "Origin: https://elsewhere.example",
+            "--header",
+            "Access-Control-Request-Method: POST",
+        ],
+    );
+    assert_eq!(
+        (
+            other.status,
+            other.header("x-version"),
+            other.header("access-control-allow-origin")
+        ),
+        (200, "v1", ""),
+        "{other:?}"
+    );
+    assert!(other.body.contains(r#""method":"OPTIONS""#), "{other:?}");
+    report(&format!(
+        "CORS: preflight from https://shop.example answered by the client's proxy ({}); \
+         from another origin forwarded to {}; regex rewrite /books/42/reviews -> {}",
+        preflight.head.join(" | "),
+        other.header("x-version"),
+        rewritten
+            .body
+            .split(r#""path":"#)
+            .nth(1)
+            .and_then(|p| p.split(',').next())
+            .unwrap_or("?")
+    ));
 
     // Delay 7 s for jason only.
     app.apply(&networking("virtual-service-reviews-jason-delay"));

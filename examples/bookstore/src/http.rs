@@ -127,6 +127,8 @@ pub struct Response {
     /// The response carried `x-envoy-overloaded` (any value): the client's sidecar
     /// refused it at a connection-pool limit.
     pub overloaded: bool,
+    /// The status line and the header lines, as received (without line ends).
+    pub head: Vec<String>,
     pub body: Vec<u8>,
 }
 
@@ -143,7 +145,18 @@ impl Client {
     /// One `GET` on the kept-alive connection (made anew when there is none). Any error
     /// drops the connection, so the next request makes a new one.
     pub fn get(&mut self, t: &Target, headers: &[String], timeout: Duration) -> Result<Response> {
-        let r = self.exchange(t, headers, timeout);
+        self.request("GET", t, headers, timeout)
+    }
+
+    /// One request with `method` and no body, as [`Client::get`].
+    pub fn request(
+        &mut self,
+        method: &str,
+        t: &Target,
+        headers: &[String],
+        timeout: Duration,
+    ) -> Result<Response> {
+        let r = self.exchange(method, t, headers, timeout);
         if r.is_err() {
             self.conn = None;
         }
@@ -165,7 +178,13 @@ impl Client {
         })
     }
 
-    fn exchange(&mut self, t: &Target, headers: &[String], timeout: Duration) -> Result<Response> {
+    fn exchange(
+        &mut self,
+        method: &str,
+        t: &Target,
+        headers: &[String],
+        timeout: Duration,
+    ) -> Result<Response> {
         if self.conn.is_none() {
             let addr = (t.host.trim_start_matches('[').trim_end_matches(']'), t.port)
                 .to_socket_addrs()
@@ -183,7 +202,10 @@ impl Client {
         let Some(r) = self.conn.as_mut() else {
             bail!("no connection")
         };
-        let mut req = format!("GET {} HTTP/1.1\r\nHost: {}:{}\r\n", t.path, t.host, t.port);
+        let mut req = format!(
+            "{method} {} HTTP/1.1\r\nHost: {}:{}\r\n",
+            t.path, t.host, t.port
+        );
         for h in headers {
             req.push_str(h);
             req.push_str("\r\n");
@@ -203,6 +225,7 @@ impl Client {
             status,
             version: "-".to_owned(),
             pod: "-".to_owned(),
+            head: vec![line.trim_end().to_owned()],
             ..Response::default()
         };
         let (mut len, mut chunked, mut close) = (None, false, false);
@@ -215,6 +238,7 @@ impl Client {
             if l.is_empty() {
                 break;
             }
+            resp.head.push(l.to_owned());
             if let Some((k, v)) = l.split_once(':') {
                 let v = v.trim();
                 match k.trim().to_ascii_lowercase().as_str() {

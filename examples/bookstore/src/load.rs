@@ -314,10 +314,32 @@ fn render(t: &mut Tally, elapsed: Duration, trace: bool) -> String {
 /// `mesh-bookstore get URL`: one request; the body on stdout, and an error (exit 1) when
 /// the status is 400 or more (the body is printed all the same).
 pub fn get(url: &str, flags: Vec<(String, String)>) -> Result<()> {
-    let o = Options::parse(url, flags)?;
-    let r = Client::default().get(&o.target, &o.headers, o.timeout)?;
+    let mut method = "GET".to_owned();
+    let mut include = false;
+    let mut rest = Vec::new();
+    for (k, v) in flags {
+        match k.as_str() {
+            "method" => {
+                if v.is_empty() || !v.bytes().all(|b| b.is_ascii_uppercase()) {
+                    bail!("--method {v:?}: not an HTTP method (GET, OPTIONS, ...)");
+                }
+                method = v;
+            }
+            "include" => include = true,
+            _ => rest.push((k, v)),
+        }
+    }
+    let o = Options::parse(url, rest)?;
+    let r = Client::default().request(&method, &o.target, &o.headers, o.timeout)?;
     use std::io::Write;
     let mut out = std::io::stdout().lock();
+    if include {
+        // As `curl -i`: the status line and the headers, a blank line, the body.
+        for l in &r.head {
+            writeln!(out, "{l}")?;
+        }
+        writeln!(out)?;
+    }
     out.write_all(&r.body)?;
     out.flush()?;
     if r.status >= 400 {

@@ -17,7 +17,8 @@
 //!                         [--header 'K: V']... [--timeout 10s] [--trace]
 //!     {"sent":N,"ok":..,"errors":..,"versions":{"v1":..},"statuses":{"200":..},"by":{"v1 200":..},
 //!      "overloaded":..,"p50_ms":..,"p90_ms":..,"p99_ms":..,"max_ms":..,"error_samples":[..],...}
-//! mesh-bookstore get URL [--header 'K: V']... [--timeout 10s]
+//! mesh-bookstore get URL [--method GET] [--include] [--header 'K: V']... [--timeout 10s]
+//!     the answer's body; with --include the status line and headers first (curl -i)
 //! ```
 //! Service, version and pod also come from `SERVICE_NAME`, `VERSION` and `POD_NAME`; the
 //! fail rate, fail status and shutdown delay from `FAIL_RATE`, `FAIL_STATUS` and
@@ -33,10 +34,10 @@ use anyhow::{Context, Result, bail};
 const USAGE: &str = "usage:
   mesh-bookstore serve [--port 9080] [--service NAME] [--version V] [--fail-rate 0..1] [--fail-status 503] [--shutdown-delay SECONDS]
   mesh-bookstore load URL [--count N | --duration SECONDS] [--concurrency C] [--rate PER_SECOND] [--header 'K: V']... [--timeout SECONDS] [--trace]
-  mesh-bookstore get URL [--header 'K: V']... [--timeout SECONDS]";
+  mesh-bookstore get URL [--method M] [--include] [--header 'K: V']... [--timeout SECONDS]";
 
 /// Flags that take no value.
-const SWITCHES: &[&str] = &["trace"];
+const SWITCHES: &[&str] = &["trace", "include"];
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
