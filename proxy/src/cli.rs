@@ -190,7 +190,9 @@ Options:
       --log-level <FILTER>       A level (trace, debug, info, warn|warning, error|critical,
                                  off), optionally with target=level directives, e.g.
                                  warn,mesh_proxy=debug; at info every connection gets a
-                                 tracing span [env: MESH_PROXY_LOG] [default: warn]
+                                 tracing span; release builds have no trace-level events
+                                 (debug is the most detailed) [env: MESH_PROXY_LOG]
+                                 [default: warn]
       --pod-name <NAME>          Pod name [env: POD_NAME]
       --pod-namespace <NS>       Pod namespace [env: POD_NAMESPACE]
       --instance-ip <IP>         Pod IP; empty means unset [env: INSTANCE_IP]
