@@ -833,8 +833,6 @@ fn a_held_connection_and_new_ones_outlive_two_rotations_and_the_ca_until_expiry(
     let mut control = ControlOutage::stop(node);
     let exits = control.wait_exited();
     let t_gone = now_unix();
-    control.wait_gone();
-    let t_removed = now_unix();
     let (held_certs, expiry, last_expiry) = {
         let s = lock(&seen);
         let held: Vec<Cert> = (0..2).map(|i| s.current(i).clone()).collect();
@@ -842,6 +840,8 @@ fn a_held_connection_and_new_ones_outlive_two_rotations_and_the_ca_until_expiry(
         let last = held[0].expires_at.max(held[1].expires_at);
         (held, first, last)
     };
+    control.wait_gone();
+    let t_removed = now_unix();
     assert!(
         expiry - EXPIRY_MARGIN > t_gone + 5.0,
         "mesh-control took until {:.1} s before the first expiry to go: nothing left to show",
