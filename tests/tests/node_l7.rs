@@ -15,7 +15,7 @@
 use std::time::{Duration, Instant};
 
 use mesh_tests::kube_node::{
-    KubeNode, TestNamespace, install_mesh, metric_sum, proxy_metrics, repo_file, report,
+    KubeNode, TestNamespace, eventually, install_mesh, metric_sum, proxy_metrics, repo_file, report,
 };
 use serde_json::Value;
 
@@ -204,18 +204,10 @@ impl App {
     /// [`App::get`] until `ok` holds (the config reached the client's proxy), for up to
     /// 15 s.
     fn get_until(&self, what: &str, url: &str, args: &[&str], ok: impl Fn(&Got) -> bool) -> Got {
-        let t0 = Instant::now();
-        loop {
+        eventually(what, Duration::from_secs(15), || {
             let g = self.get(url, args);
-            if ok(&g) {
-                return g;
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(15),
-                "{what}: still {g:?}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+            if ok(&g) { Ok(g) } else { Err(format!("{g:?}")) }
+        })
     }
 
     fn client_metrics(&self) -> String {
