@@ -68,6 +68,8 @@ import time
 
 APP_PORT = 8080
 CONNS = int(os.environ.get("BENCH_CONNS", "16"))
+# The answer's body, bytes (the workload: 1 KB).
+BODY = int(os.environ.get("BENCH_BODY_BYTES", "1024"))
 RATE = float(os.environ.get("BENCH_RATE", "1000"))
 SERVICES_SMALL = 10
 IDLE_CPU_WINDOW = 3.0
@@ -433,7 +435,7 @@ class Bench:
             if base(mode) != mode:
                 continue
             p = self.spawn(f"server-{mode}", self.pod(mode, "s"),
-                           [self.bins["loadgen"], "http-server", str(APP_PORT)],
+                           [self.bins["loadgen"], "http-server", str(APP_PORT), str(BODY)],
                            stdout=subprocess.PIPE)
             if p.p.stdout.readline().strip() != "ready":
                 raise RuntimeError(f"HTTP server in {mode} did not start")
@@ -1132,7 +1134,7 @@ spec:
         before = {s: self.mesh_requests(s, mode)[0] for s in sides}
         r = self.http_get(mode)
         h = r["headers"]
-        ok, why = r["status"] == 200 and r["body_len"] == 1024, []
+        ok, why = r["status"] == 200 and r["body_len"] == BODY, []
         peer_ip = h.get("x-peer", ":").rsplit(":", 1)[0]
         ok &= h.get("x-local", "") == f"{self.ip(mode, 's')}:{APP_PORT}"
         ok &= peer_ip == (self.ip("gateway", "g") if mode == "gateway" else "127.0.0.6")
@@ -1189,7 +1191,7 @@ spec:
                   if is_mesh(mode) else {})
         r = self.http_get(mode)
         h = r["headers"]
-        ok, why = r["status"] == 200 and r["body_len"] == 1024, []
+        ok, why = r["status"] == 200 and r["body_len"] == BODY, []
         peer_ip = h.get("x-peer", ":").rsplit(":", 1)[0]
         local = h.get("x-local", "")
         client_port = r["client_local"].rsplit(":", 1)[1]
@@ -1463,7 +1465,7 @@ def summarize(res, idle, ready, idle_cpu):
 def report(s, scale, paths, meta):
     out = []
     out.append(f"HTTP/1.1 benchmark: {meta['reps']} interleaved repetitions; {CONNS} keep-alive "
-               f"connections, 1 KB answers; {meta['seconds']:g} s at {RATE:g} req/s and "
+               f"connections, {BODY} B answers; {meta['seconds']:g} s at {RATE:g} req/s and "
                f"{meta['useconds']:g} s unbounded per repetition; medians of the repetitions.")
     out.append(f"{meta['date']}, {meta['cpus']} CPUs, commit {meta['commit']}")
     out.append(f"mesh-proxy {meta['proxy_bin']}; mesh-control {meta['control_bin']}")
@@ -1744,6 +1746,7 @@ def run_main(argv):
             if m in s:
                 s[m]["rss_idle_anon_file"] = split[m]
         meta = {"reps": b.reps, "seconds": b.seconds, "useconds": b.useconds, "kns": b.kns,
+                "body_bytes": BODY, "conns": CONNS, "rate": RATE,
                 "cluster_ip": b.cluster_ip,
                 "gw_ns": b.gw_ns if "gateway" in b.modes else None,
                 "loadavg": [load0, open("/proc/loadavg").read().split()[0]],
