@@ -69,6 +69,8 @@ pub mod chains {
     pub const REDIRECT: &str = "ISTIO_REDIRECT";
     pub const INBOUND: &str = "ISTIO_INBOUND";
     pub const IN_REDIRECT: &str = "ISTIO_IN_REDIRECT";
+    /// In the raw table (with DNS capture): the conntrack zones of DNS over UDP.
+    pub const OUTPUT_DNS: &str = "ISTIO_OUTPUT_DNS";
 }
 
 /// Container names the injector adds.

@@ -99,6 +99,9 @@ fn matches(m: &Match, p: &Packet) -> bool {
         Match::Udp => p.proto == Proto::Udp,
         Match::DPort(port) => p.dst.port() == *port,
         Match::NotDPort(port) => p.dst.port() != *port,
+        // An explained connection comes from an ephemeral port; only the raw table's
+        // zone rules (never walked here) match a source port.
+        Match::SPort(_) => false,
         // The owner match needs a local socket: it never matches in PREROUTING.
         Match::Uid(u) => matches!(p.direction, Direction::Outbound { uid, .. } if uid == *u),
         Match::NotUid(u) => matches!(p.direction, Direction::Outbound { uid, .. } if uid != *u),
@@ -142,6 +145,8 @@ fn walk<'a>(
         match rule.target {
             Target::Redirect(port) => return Walk::Done(Outcome::Redirect(port), vec![hit]),
             Target::Return => return Walk::Returned(Some(hit)),
+            // Not terminating (and only in the raw table, which is not walked here).
+            Target::CtZone(_) => continue,
             Target::Jump(sub) => match walk(rs, sub, rs.chain(sub), false, p, path) {
                 Walk::Done(o, mut hits) => {
                     hits.insert(0, hit);

@@ -52,15 +52,21 @@ pub fn dry_run_header(family: Family) -> &'static str {
     }
 }
 
-/// `--dry-run` output: each family's transaction for a pod with nothing installed yet.
+/// `--dry-run` output: each family's transactions for a pod with nothing installed yet
+/// (nat, then raw with DNS capture); for `--cleanup`, those that remove ours from both
+/// tables.
 pub fn dry_run_text(settings: &Settings, families: &[Family], cleanup: bool) -> String {
     let mut s = String::new();
     for &family in families {
         s.push_str(dry_run_header(family));
         if cleanup {
-            s.push_str(&render::cleanup(&[]));
+            s.push_str(&render::cleanup(model::Table::Raw, &[]));
+            s.push_str(&render::cleanup(model::Table::Nat, &[]));
         } else {
             s.push_str(&render::install(&settings.ruleset(family), &[]));
+            if let Some(zones) = settings.zone_ruleset(family) {
+                s.push_str(&render::install(&zones, &[]));
+            }
         }
     }
     s

@@ -19,11 +19,11 @@ pub fn legacy_table_names_path(family: Family) -> &'static str {
     }
 }
 
-/// Whether a `/proc/net/ip*_tables_names`-style file lists the nat table; `None` when
+/// Whether a `/proc/net/ip*_tables_names`-style file lists `table`; `None` when
 /// the file cannot be read (no legacy x_tables in this kernel, or no `/proc`).
-pub fn legacy_nat_loaded(names_path: &Path) -> Option<bool> {
+pub fn legacy_table_loaded(names_path: &Path, table: &str) -> Option<bool> {
     let list = std::fs::read_to_string(names_path).ok()?;
-    Some(list.lines().any(|t| t.trim() == "nat"))
+    Some(list.lines().any(|t| t.trim() == table))
 }
 
 /// Whether a `/proc/net/ip*_tables_names`-style file lists any table at all.
@@ -126,14 +126,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let names = dir.path().join("names");
         std::fs::write(&names, "filter\nnat\n").unwrap();
-        assert_eq!(legacy_nat_loaded(&names), Some(true));
+        assert_eq!(legacy_table_loaded(&names, "nat"), Some(true));
+        assert_eq!(legacy_table_loaded(&names, "raw"), Some(false));
         assert!(legacy_tables_loaded(&names));
         std::fs::write(&names, "filter\n").unwrap();
-        assert_eq!(legacy_nat_loaded(&names), Some(false));
+        assert_eq!(legacy_table_loaded(&names, "nat"), Some(false));
         std::fs::write(&names, "").unwrap();
         assert!(!legacy_tables_loaded(&names));
         let missing = dir.path().join("missing");
-        assert_eq!(legacy_nat_loaded(&missing), None);
+        assert_eq!(legacy_table_loaded(&missing, "nat"), None);
         assert!(!legacy_tables_loaded(&missing));
     }
 }

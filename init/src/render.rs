@@ -1,15 +1,16 @@
 //! Pure rendering: a [`Ruleset`] (plus what is installed now) -> `iptables-restore` input.
 //!
-//! Every transaction is meant for `iptables-restore --noflush`: it declares our four
-//! chains (which creates them, or flushes them if they exist), deletes our previous
-//! rules from the built-in chains, and adds the new ones, all in one commit. So a re-run
-//! yields the same ruleset, a failure changes nothing, and rules that other tools put in
-//! the nat table are never touched. Rules are written in the order and spelling
+//! Every transaction is meant for `iptables-restore --noflush` and holds one table (nat,
+//! or raw for DNS capture's conntrack zones): it declares our chains of that table
+//! (which creates them, or flushes them if they exist), deletes our previous rules from
+//! the built-in chains, and adds the new ones, all in one commit. So a re-run yields the
+//! same ruleset, a failure changes nothing, and rules that other tools put in the table
+//! are never touched. Rules are written in the order and spelling
 //! `iptables-save` prints them, so saved and rendered text can be compared line by line.
 
 use std::fmt::Write as _;
 
-use crate::model::{Match, OUR_CHAINS, RULE_COMMENT, Rule, Ruleset, Target};
+use crate::model::{Match, RULE_COMMENT, Rule, Ruleset, Table, Target};
 
 /// Text of one rule after `-A CHAIN` / `-I CHAIN N` (matches in `iptables-save` order).
 pub fn rule_spec(rule: &Rule, builtin: bool) -> String {
@@ -60,6 +61,9 @@ pub fn rule_spec(rule: &Rule, builtin: bool) -> String {
             Match::NotDPort(p) => {
                 let _ = write!(s, " -m {} ! --dport {p}", proto.unwrap_or("tcp"));
             }
+            Match::SPort(p) => {
+                let _ = write!(s, " -m {} --sport {p}", proto.unwrap_or("tcp"));
+            }
             _ => {}
         }
     }
@@ -91,23 +95,26 @@ pub fn rule_spec(rule: &Rule, builtin: bool) -> String {
         Target::Redirect(p) => {
             let _ = write!(s, " -j REDIRECT --to-ports {p}");
         }
+        Target::CtZone(z) => {
+            let _ = write!(s, " -j CT --zone {z}");
+        }
     }
     s
 }
 
-/// Our rules in the built-in chains of a nat-table `iptables-save` dump: the ones with
-/// our comment, and any jump into an `ISTIO_*` chain we own (so rules left by
+/// Our rules in the built-in chains of `table` in an `iptables-save` dump: the ones
+/// with our comment, and any jump into an `ISTIO_*` chain we own there (so rules left by
 /// istio-iptables itself are replaced too, never duplicated).
-pub fn our_builtin_rules(save: &str) -> Vec<String> {
-    let mut in_nat = false;
+pub fn our_builtin_rules(save: &str, table: Table) -> Vec<String> {
+    let mut in_table = false;
     let mut out = Vec::new();
     for line in save.lines() {
         let line = line.trim_end();
-        if let Some(table) = line.strip_prefix('*') {
-            in_nat = table == "nat";
+        if let Some(name) = line.strip_prefix('*') {
+            in_table = name == table.name();
             continue;
         }
-        if !in_nat {
+        if !in_table {
             continue;
         }
         let builtin = ["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"]
@@ -118,7 +125,8 @@ pub fn our_builtin_rules(save: &str) -> Vec<String> {
         }
         let ours = line.contains(&format!("--comment {RULE_COMMENT} "))
             || line.contains(&format!("--comment \"{RULE_COMMENT}\""))
-            || OUR_CHAINS
+            || table
+                .our_chains()
                 .iter()
                 .any(|c| line.ends_with(&format!(" -j {c}")));
         if ours {
@@ -128,17 +136,28 @@ pub fn our_builtin_rules(save: &str) -> Vec<String> {
     out
 }
 
-/// Whether a nat-table dump holds anything of ours (a chain or a built-in rule).
-pub fn has_ours(save: &str) -> bool {
-    !our_builtin_rules(save).is_empty()
-        || save
-            .lines()
-            .any(|l| OUR_CHAINS.iter().any(|c| l.starts_with(&format!(":{c} "))))
+/// Whether `table` in a dump holds anything of ours (a chain or a built-in rule).
+pub fn has_ours(save: &str, table: Table) -> bool {
+    if !our_builtin_rules(save, table).is_empty() {
+        return true;
+    }
+    let mut in_table = false;
+    save.lines().any(|l| {
+        if let Some(name) = l.strip_prefix('*') {
+            in_table = name.trim_end() == table.name();
+            return false;
+        }
+        in_table
+            && table
+                .our_chains()
+                .iter()
+                .any(|c| l.starts_with(&format!(":{c} ")))
+    })
 }
 
-fn header(s: &mut String, existing: &[String]) {
-    s.push_str("*nat\n");
-    for c in OUR_CHAINS {
+fn header(s: &mut String, table: Table, existing: &[String]) {
+    let _ = writeln!(s, "*{table}");
+    for c in table.our_chains() {
         let _ = writeln!(s, ":{c} - [0:0]");
     }
     for line in existing {
@@ -148,11 +167,12 @@ fn header(s: &mut String, existing: &[String]) {
     }
 }
 
-/// The install transaction. `existing` are our current built-in rules
-/// ([`our_builtin_rules`] of a fresh dump); empty for a fresh pod and for `--dry-run`.
+/// The install transaction of `rs`'s table. `existing` are our current built-in rules
+/// there ([`our_builtin_rules`] of a fresh dump); empty for a fresh pod and for
+/// `--dry-run`.
 pub fn install(rs: &Ruleset, existing: &[String]) -> String {
     let mut s = String::new();
-    header(&mut s, existing);
+    header(&mut s, rs.table, existing);
     for (chain, rules) in &rs.chains {
         for r in rules {
             let _ = writeln!(s, "-A {chain}{}", rule_spec(r, false));
@@ -172,20 +192,20 @@ pub fn install(rs: &Ruleset, existing: &[String]) -> String {
     s
 }
 
-/// The cleanup transaction: our built-in rules go, our chains are flushed and deleted,
-/// nothing else changes. Declaring a chain that does not exist creates it just before
-/// it is deleted, so this works whatever is installed now.
-pub fn cleanup(existing: &[String]) -> String {
+/// The cleanup transaction of `table`: our built-in rules go, our chains are flushed and
+/// deleted, nothing else changes. Declaring a chain that does not exist creates it just
+/// before it is deleted, so this works whatever is installed now.
+pub fn cleanup(table: Table, existing: &[String]) -> String {
     let mut s = String::new();
-    header(&mut s, existing);
-    for c in OUR_CHAINS {
+    header(&mut s, table, existing);
+    for c in table.our_chains() {
         let _ = writeln!(s, "-X {c}");
     }
     s.push_str("COMMIT\n");
     s
 }
 
-/// What `iptables-save -t nat` would show of our rules once `rs` is installed, in
+/// What `iptables-save -t <table>` would show of our rules once `rs` is installed, in
 /// dump order: chain declarations aside, our chains' rules, then our built-in rules.
 /// Used to check that the kernel holds exactly what we rendered.
 pub fn expected_saved_rules(rs: &Ruleset) -> Vec<String> {
@@ -222,7 +242,7 @@ mod tests {
                 .map(|l| format!("{l}\n"))
                 .collect::<String>()
         );
-        let existing = our_builtin_rules(&save);
+        let existing = our_builtin_rules(&save, Table::Nat);
         assert_eq!(existing.len(), 2, "{existing:?}");
         let again = install(&rs, &existing);
         assert!(
@@ -231,21 +251,32 @@ mod tests {
         );
         assert!(again.contains("-D OUTPUT -m comment --comment mesh-init -j ISTIO_OUTPUT\n"));
         assert!(!again.contains("10.0.0.1"), "foreign rules are never named");
-        assert!(has_ours(&save));
+        assert!(has_ours(&save, Table::Nat));
+        assert!(
+            !has_ours(&save, Table::Raw),
+            "the nat dump's chains are not raw's"
+        );
         assert!(!has_ours(
-            "*nat\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -j KUBE\nCOMMIT\n"
+            "*nat\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -j KUBE\nCOMMIT\n",
+            Table::Nat
         ));
     }
 
     #[test]
     fn istio_leftover_jumps_are_ours_too() {
         let save = "*nat\n-A OUTPUT -j ISTIO_OUTPUT\n-A OUTPUT -j ISTIO_OUTPUTX\n-A POSTROUTING -j MASQUERADE\nCOMMIT\n";
-        assert_eq!(our_builtin_rules(save), vec!["-A OUTPUT -j ISTIO_OUTPUT"]);
+        assert_eq!(
+            our_builtin_rules(save, Table::Nat),
+            vec!["-A OUTPUT -j ISTIO_OUTPUT"]
+        );
     }
 
     #[test]
     fn cleanup_deletes_chains_last() {
-        let text = cleanup(&["-A OUTPUT -m comment --comment mesh-init -j ISTIO_OUTPUT".into()]);
+        let text = cleanup(
+            Table::Nat,
+            &["-A OUTPUT -m comment --comment mesh-init -j ISTIO_OUTPUT".into()],
+        );
         let d = text.find("-D OUTPUT").unwrap();
         let x = text.find("-X ISTIO_OUTPUT").unwrap();
         assert!(d < x);

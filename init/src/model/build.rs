@@ -9,15 +9,29 @@
 //! too except from the proxy's uids/gids (already returned above, repeated as Istio does);
 //! the first uid rule (proxy to its own pod IP) skips port 53 and the lo returns are TCP
 //! and not port 53, so the app's DNS to a server on the pod's loopback is captured too.
-//! Not built: the raw-table conntrack zones Istio adds for UDP DNS (`CT --zone 1/2`,
-//! against a port-reuse race between the app's redirected query and the proxy's upstream
-//! one), Istio's inbound tunnel port (15008, HBONE) exceptions, TPROXY, owner-group
-//! filters, `--exclude-interfaces` (mesh-proxy has no use for them yet).
+//!
+//! With DNS capture there are also istio-iptables' raw-table rules
+//! ([`Settings::zone_ruleset`]): DNS over UDP is tracked in two conntrack zones, the
+//! proxy's own queries to the real servers (and their answers) in zone 1, the app's
+//! queries (and the proxy's answers to them) in zone 2. Without them the two flows share
+//! one table of 5-tuples: the proxy's upstream query from source port Q leaves an entry
+//! `pod:Q -> server:53` that is not redirected, and an app query that picks Q as its own
+//! source port in the next 30 s follows that entry to the real server instead of the
+//! proxy, retries included (the app's lookup times out); the other way round, an app
+//! entry can catch the proxy's upstream query and send it back to the proxy.
+//!
+//! Not built: Istio's inbound tunnel port (15008, HBONE) exceptions, TPROXY,
+//! owner-group filters, `--exclude-interfaces` (mesh-proxy has no use for them yet).
 
 use ipnet::IpNet;
 use mesh_common::{DNS_CAPTURE_PORT, DNS_PORT, PROXY_ADMIN_PORT, PROXY_METRICS_PORT, chains};
 
-use super::rules::{Family, Match, Rule, Ruleset, Target};
+/// The conntrack zone of the proxy's own DNS flows to the real servers (Istio's).
+pub const DNS_ZONE_UPSTREAM: u16 = 1;
+/// The conntrack zone of the app's DNS flows, redirected to the proxy (Istio's).
+pub const DNS_ZONE_APP: u16 = 2;
+
+use super::rules::{Family, Match, Rule, Ruleset, Table, Target};
 use super::settings::{CidrSet, PortSet, Settings, dedup};
 
 impl Settings {
@@ -43,6 +57,7 @@ impl Settings {
         let prerouting = self.prerouting(include.as_deref());
         Ruleset {
             family,
+            table: Table::Nat,
             prerouting_inserted: prerouting.len() - usize::from(self.inbound != PortSet::None),
             prerouting,
             output: vec![Rule::new(
@@ -183,6 +198,63 @@ impl Settings {
             }
         }
         out
+    }
+
+    /// The raw-table rules for one family: with `--dns-capture`, istio-iptables'
+    /// conntrack zones for DNS over UDP (`--capture-all-dns`), in its order: for each
+    /// proxy uid, then each gid, its queries to port 53 into zone 1 and its answers from
+    /// the DNS port into zone 2; then every other query to port 53 (the app's) into zone
+    /// 2; in PREROUTING, answers from port 53 (the real servers') into zone 1. A packet
+    /// keeps the first zone it is given, so the owner rules come first. `None` without
+    /// DNS capture: the raw table is left alone (but for our own leftovers).
+    pub fn zone_ruleset(&self, family: Family) -> Option<Ruleset> {
+        if !self.dns_capture {
+            return None;
+        }
+        let owners = self
+            .proxy_uids
+            .iter()
+            .map(|u| Match::Uid(*u))
+            .chain(self.proxy_gids.iter().map(|g| Match::Gid(*g)));
+        let mut output = Vec::new();
+        for owner in owners {
+            output.push(Rule::new(
+                vec![Match::Udp, Match::DPort(DNS_PORT), owner.clone()],
+                Target::CtZone(DNS_ZONE_UPSTREAM),
+                "the proxy's own DNS queries to the real servers: conntrack zone 1",
+            ));
+            output.push(Rule::new(
+                vec![Match::Udp, Match::SPort(DNS_CAPTURE_PORT), owner],
+                Target::CtZone(DNS_ZONE_APP),
+                "the proxy's DNS answers to the app: conntrack zone 2, with the app's queries",
+            ));
+        }
+        output.push(Rule::new(
+            vec![Match::Udp, Match::DPort(DNS_PORT)],
+            Target::CtZone(DNS_ZONE_APP),
+            "the app's DNS queries: conntrack zone 2, apart from the proxy's upstream queries",
+        ));
+        let inbound = vec![Rule::new(
+            vec![Match::Udp, Match::SPort(DNS_PORT)],
+            Target::CtZone(DNS_ZONE_UPSTREAM),
+            "answers from the real DNS servers: conntrack zone 1, the proxy's upstream queries'",
+        )];
+        Some(Ruleset {
+            family,
+            table: Table::Raw,
+            prerouting: vec![Rule::new(
+                vec![],
+                Target::Jump(chains::INBOUND),
+                "received packets enter the raw ISTIO_INBOUND (DNS answers' zone)",
+            )],
+            prerouting_inserted: 0,
+            output: vec![Rule::new(
+                vec![],
+                Target::Jump(chains::OUTPUT_DNS),
+                "locally generated packets enter ISTIO_OUTPUT_DNS (DNS queries' zones)",
+            )],
+            chains: vec![(chains::OUTPUT_DNS, output), (chains::INBOUND, inbound)],
+        })
     }
 
     /// `--dns-capture`: istio-iptables' ISTIO_OUTPUT_DNS rules for `--capture-all-dns`, in
@@ -326,6 +398,33 @@ mod tests {
                 .iter()
                 .any(|r| r.target == Target::Jump(chains::REDIRECT))
         );
+    }
+
+    #[test]
+    fn conntrack_zones_only_with_dns_capture() {
+        assert_eq!(flags(|_| {}).zone_ruleset(Family::V4), None);
+        let s = flags(|f| f.dns_capture = true);
+        for family in Family::ALL {
+            let z = s.zone_ruleset(family).unwrap();
+            assert_eq!(z.table, Table::Raw);
+            let out = z.chain(chains::OUTPUT_DNS);
+            // The proxy's flows first (a packet keeps the first zone it is given), the
+            // app's catch-all last.
+            assert_eq!(
+                out.last().unwrap().matches,
+                vec![Match::Udp, Match::DPort(DNS_PORT)]
+            );
+            assert_eq!(out.last().unwrap().target, Target::CtZone(DNS_ZONE_APP));
+            assert_eq!(
+                out.len(),
+                5,
+                "uid and gid 1337, two rules each, then the app's"
+            );
+            assert_eq!(
+                z.chain(chains::INBOUND)[0].target,
+                Target::CtZone(DNS_ZONE_UPSTREAM)
+            );
+        }
     }
 
     #[test]

@@ -13,5 +13,7 @@ mod build;
 pub mod rules;
 pub mod settings;
 
-pub use rules::{Family, Match, OUR_CHAINS, RULE_COMMENT, Rule, Ruleset, Target};
+pub use rules::{
+    Family, Match, OUR_CHAINS, OUR_RAW_CHAINS, RULE_COMMENT, Rule, Ruleset, Table, Target,
+};
 pub use settings::{CidrSet, FlagName, Flags, ModelError, PortSet, Settings};

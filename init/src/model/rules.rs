@@ -12,13 +12,50 @@ use mesh_common::{INBOUND_PASSTHROUGH_V4, INBOUND_PASSTHROUGH_V6, chains};
 /// finds exactly our rules among those of a CNI or other tools.
 pub const RULE_COMMENT: &str = "mesh-init";
 
-/// Names of every chain we own, in creation order.
+/// Names of every chain we own in the nat table, in creation order.
 pub const OUR_CHAINS: [&str; 4] = [
     chains::INBOUND,
     chains::REDIRECT,
     chains::IN_REDIRECT,
     chains::OUTPUT,
 ];
+
+/// Names of every chain we own in the raw table (as istio-iptables names them there),
+/// in creation order.
+pub const OUR_RAW_CHAINS: [&str; 2] = [chains::OUTPUT_DNS, chains::INBOUND];
+
+/// The netfilter table a [`Ruleset`] goes into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Table {
+    /// The capture: every redirect.
+    Nat,
+    /// Conntrack zones for DNS over UDP (`--dns-capture` only).
+    Raw,
+}
+
+impl Table {
+    /// The name `iptables -t` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Nat => "nat",
+            Table::Raw => "raw",
+        }
+    }
+
+    /// The chains we own in this table, in creation order.
+    pub fn our_chains(self) -> &'static [&'static str] {
+        match self {
+            Table::Nat => &OUR_CHAINS,
+            Table::Raw => &OUR_RAW_CHAINS,
+        }
+    }
+}
+
+impl fmt::Display for Table {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// Address family: one `iptables-restore` transaction each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -84,6 +121,9 @@ pub enum Match {
     /// `-p udp` (a [`Match::DPort`] in the same rule is then `-m udp --dport`).
     Udp,
     DPort(u16),
+    /// `--sport` (with the rule's protocol, as [`Match::DPort`]; never in the same rule
+    /// as a destination port).
+    SPort(u16),
     /// `! --dport` (with the rule's protocol, as [`Match::DPort`]).
     NotDPort(u16),
     /// `-m owner --uid-owner`.
@@ -102,6 +142,10 @@ pub enum Target {
     Return,
     Jump(&'static str),
     Redirect(u16),
+    /// `-j CT --zone N` (raw table): the packet's connection is tracked in zone N. Not
+    /// terminating: the walk goes on, but the first zone given to a packet is the one
+    /// it keeps.
+    CtZone(u16),
 }
 
 /// A rule: all matches must hold; `why` is what `explain` tells an operator.
@@ -122,18 +166,19 @@ impl Rule {
     }
 }
 
-/// Everything we install for one family.
+/// Everything we install in one table for one family.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ruleset {
     pub family: Family,
+    pub table: Table,
     /// Our rules in PREROUTING, top to bottom.
     pub prerouting: Vec<Rule>,
     /// How many of `prerouting` are inserted at the top (`-k`); the rest are appended.
     pub prerouting_inserted: usize,
     /// Our rules in OUTPUT (appended).
     pub output: Vec<Rule>,
-    /// Our chains, always all four (so a re-run with other flags replaces them cleanly),
-    /// in creation order.
+    /// Our chains, always all of the table's (so a re-run with other flags replaces them
+    /// cleanly), in creation order.
     pub chains: Vec<(&'static str, Vec<Rule>)>,
 }
 
