@@ -121,7 +121,7 @@ fn start_proxy(pod: &Netns) -> ChildGuard {
 /// The scenario with mesh-init's `backend` (`legacy` or `nft`).
 fn app_query_from_the_proxys_upstream_port(backend: &str) {
     let save = format!("iptables-{backend}-save");
-    require_root_and_tools(&["ip", "sysctl", "setpriv", &save]);
+    require_root_and_tools(&["ip", "setpriv", &save]);
     let pod = Netns::new("pdns");
     let _etc = EtcNetns::resolv_conf(&pod, "nameserver 127.0.0.1\nnameserver ::1\n");
     // The pod's link, with both families (mesh-init writes IPv6 rules where the pod has
@@ -133,8 +133,14 @@ fn app_query_from_the_proxys_upstream_port(backend: &str) {
         &world,
         &["198.18.0.1/24", "fd00:198:18::1/64"],
     );
-    let range = format!("net.ipv4.ip_local_port_range={EPHEMERAL} {EPHEMERAL}");
-    pod.output_ok("sysctl", &["-qw", &range]);
+    // /proc/sys/net is the opener's namespace's.
+    pod.run(|| {
+        std::fs::write(
+            "/proc/sys/net/ipv4/ip_local_port_range",
+            format!("{EPHEMERAL} {EPHEMERAL}"),
+        )
+    })
+    .expect("set the pod's ephemeral port range");
     let mut init_args: Vec<&str> = mesh_common::DEFAULT_INIT_ARGS.to_vec();
     init_args.extend(["--dns-capture", "--backend", backend]);
     pod.output_ok(bin("mesh-init"), &init_args);
