@@ -326,6 +326,37 @@ class Proc:
     def rss(self):
         return sum(vmrss_kb(pid) for pid in self.pids())
 
+    def events(self):
+        """Minor and major page faults (/proc/PID/stat) and voluntary and involuntary
+        context switches summed over every thread (/proc/PID/task/*/status), for the
+        process and, with `tree`, its children."""
+        got = {"minflt": 0, "majflt": 0, "vcsw": 0, "ivcsw": 0}
+        for pid in self.pids():
+            try:
+                f = proc_stat(pid)
+                got["minflt"] += int(f[7])
+                got["majflt"] += int(f[9])
+                for t in os.listdir(f"/proc/{pid}/task"):
+                    with open(f"/proc/{pid}/task/{t}/status") as st:
+                        for line in st:
+                            if line.startswith("voluntary_ctxt_switches:"):
+                                got["vcsw"] += int(line.split()[1])
+                            elif line.startswith("nonvoluntary_ctxt_switches:"):
+                                got["ivcsw"] += int(line.split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+        # TCP segments sent in the process's network namespace (its pod: the app's
+        # segments too, the same in every mode), from /proc/PID/net/snmp.
+        got["tcp_out_segs"] = 0
+        for pid in self.pids()[:1]:
+            try:
+                with open(f"/proc/{pid}/net/snmp") as f:
+                    rows = [line.split() for line in f if line.startswith("Tcp:")]
+                got["tcp_out_segs"] = int(rows[1][rows[0].index("OutSegs")])
+            except (OSError, IndexError, ValueError):
+                pass
+        return got
+
     def alive(self):
         return self.p.poll() is None
 
@@ -935,6 +966,7 @@ metadata:
             self.policy(True)
         gw_before = self.mesh_series("gw", mode)[0] if is_gateway(mode) else None
         cpu0 = {k: p.cpu_split() for k, p in procs.items()}
+        ev0 = {k: p.events() for k, p in procs.items()}
         m0, w0 = busy_cpu_seconds(), time.monotonic()
         cmd = self.ns_exec(self.pod(mode, "c"), self.bins["loadgen"], "client", "http", host,
                            str(port), auth, str(CONNS), f"{rate:g}", f"{seconds:g}")
@@ -960,6 +992,10 @@ metadata:
         r["cpu_user_sys_s"] = split
         r["cpu_s"] = {k: sum(v) for k, v in split.items()}
         r["cpu_s_per_1k"] = {k: v / (r["requests"] / 1000) for k, v in r["cpu_s"].items()}
+        # Per request, over the client's whole life (warm-up included), like the CPU.
+        r["events_per_req"] = {k: {e: (n - ev0[k][e]) / r["requests"]
+                                   for e, n in p.events().items()}
+                               for k, p in procs.items()}
         if sample_rss:
             r["rss_peak_kb"] = peak
         if gw_before is not None:
@@ -1444,6 +1480,10 @@ def summarize(res, idle, ready, idle_cpu):
         row["u_busy"] = med([x["machine_busy"] for x in u])
         row["cpu_1k"] = {k: med([x["cpu_s_per_1k"][k] for x in f]) for k in sides}
         row["cpu_1k_u"] = {k: med([x["cpu_s_per_1k"][k] for x in u]) for k in sides}
+        row["events_fixed"] = {k: {e: med([x["events_per_req"][k][e] for x in f])
+                                   for e in ("minflt", "majflt", "vcsw", "ivcsw",
+                                             "tcp_out_segs")}
+                               for k in sides if all(k in x.get("events_per_req", {}) for x in f)}
         row["rss_idle"] = idle.get(mode, {})
         row["rss_ready"] = ready.get(mode, {})
         row["idle_cpu_s"] = idle_cpu.get(mode, {})
@@ -1532,6 +1572,15 @@ def report(s, scale, paths, meta):
             sd = sides_of(mode)
             out.append(f"  {mode:8s} ready {' / '.join(str(r['rss_ready'][k]) for k in sd)}   "
                        f"idle CPU {' / '.join(format(r['idle_cpu_s'][k], '.2f') for k in sd)} s")
+    out.append("per request at the fixed rate, per proxy (out / in; median of repetitions): "
+               "minor / major page faults, voluntary / involuntary context switches, "
+               "TCP segments sent in its pod:")
+    for mode, r in s.items():
+        if r.get("events_fixed"):
+            out.append(f"  {mode:8s} " + "   ".join(
+                f"{k} {e['minflt']:.3f} / {e['majflt']:.3f}, {e['vcsw']:.2f} / {e['ivcsw']:.2f}, "
+                f"{e['tcp_out_segs']:.2f}"
+                for k, e in r["events_fixed"].items()))
     out.append("")
     out.append(f"unbounded ({CONNS} connections as fast as they go; the whole machine's busy share):")
     out.append("")
