@@ -17,8 +17,14 @@ pub(crate) static X_ENVOY_ORIGINAL_PATH: HeaderName =
     HeaderName::from_static("x-envoy-original-path");
 pub(crate) static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 pub(crate) static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+/// The hop-by-hop headers removed whatever `Connection` names and whether the message
+/// is an upgrade (`Upgrade` and `TE` have rules of their own).
+static ALWAYS_HOP_BY_HOP: [HeaderName; 4] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+];
 
 /// Removes the hop-by-hop headers: `Connection` and every header it names,
 /// `Keep-Alive`, `Proxy-Connection`, `Transfer-Encoding`, `Upgrade` (unless this is an
@@ -41,10 +47,9 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     for n in named {
         h.remove(n);
     }
-    h.remove(header::CONNECTION);
-    h.remove(&KEEP_ALIVE);
-    h.remove(&PROXY_CONNECTION);
-    h.remove(header::TRANSFER_ENCODING);
+    for n in &ALWAYS_HOP_BY_HOP {
+        h.remove(n);
+    }
     if keep_upgrade {
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     } else {
@@ -64,12 +69,7 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
 
 /// A header that [`strip_hop_by_hop`] removes (or rewrites) whatever `Connection` says.
 fn is_hop_by_hop(n: &HeaderName) -> bool {
-    n == header::CONNECTION
-        || n == header::TRANSFER_ENCODING
-        || n == header::UPGRADE
-        || n == header::TE
-        || n == KEEP_ALIVE
-        || n == PROXY_CONNECTION
+    n == header::UPGRADE || n == header::TE || ALWAYS_HOP_BY_HOP.contains(n)
 }
 
 /// Istio's HTTP metadata exchange: the peer's node metadata (a protobuf `Struct` in
