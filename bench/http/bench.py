@@ -234,29 +234,29 @@ def children(pid):
     return out
 
 
-def vmrss_kb(pid):
+def status_fields(path, *keys):
+    """The first number of each of `keys` in a `/proc/.../status` file (0 when absent
+    or the file is gone)."""
+    got = dict.fromkeys(keys, 0)
     try:
-        with open(f"/proc/{pid}/status") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
+                k = line.split(":", 1)[0]
+                if k in got:
+                    got[k] = int(line.split()[1])
     except OSError:
         pass
-    return 0
+    return got
+
+
+def vmrss_kb(pid):
+    return status_fields(f"/proc/{pid}/status", "VmRSS")["VmRSS"]
 
 
 def rss_split_kb(pid):
     """(RssAnon, RssFile) from /proc/PID/status."""
-    got = {}
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                k = line.split(":", 1)[0]
-                if k in ("RssAnon", "RssFile"):
-                    got[k] = int(line.split()[1])
-    except OSError:
-        pass
-    return got.get("RssAnon", 0), got.get("RssFile", 0)
+    got = status_fields(f"/proc/{pid}/status", "RssAnon", "RssFile")
+    return got["RssAnon"], got["RssFile"]
 
 
 def resident_pages(pid):
@@ -331,30 +331,29 @@ class Proc:
         context switches summed over every thread (/proc/PID/task/*/status), for the
         process and, with `tree`, its children."""
         got = {"minflt": 0, "majflt": 0, "vcsw": 0, "ivcsw": 0}
-        for pid in self.pids():
+        pids = self.pids()
+        for pid in pids:
             try:
                 f = proc_stat(pid)
                 got["minflt"] += int(f[7])
                 got["majflt"] += int(f[9])
-                for t in os.listdir(f"/proc/{pid}/task"):
-                    with open(f"/proc/{pid}/task/{t}/status") as st:
-                        for line in st:
-                            if line.startswith("voluntary_ctxt_switches:"):
-                                got["vcsw"] += int(line.split()[1])
-                            elif line.startswith("nonvoluntary_ctxt_switches:"):
-                                got["ivcsw"] += int(line.split()[1])
+                tasks = os.listdir(f"/proc/{pid}/task")
             except (OSError, IndexError, ValueError):
-                pass
+                continue
+            for t in tasks:
+                sw = status_fields(f"/proc/{pid}/task/{t}/status",
+                                   "voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")
+                got["vcsw"] += sw["voluntary_ctxt_switches"]
+                got["ivcsw"] += sw["nonvoluntary_ctxt_switches"]
         # TCP segments sent in the process's network namespace (its pod: the app's
         # segments too, the same in every mode), from /proc/PID/net/snmp.
         got["tcp_out_segs"] = 0
-        for pid in self.pids()[:1]:
-            try:
-                with open(f"/proc/{pid}/net/snmp") as f:
-                    rows = [line.split() for line in f if line.startswith("Tcp:")]
-                got["tcp_out_segs"] = int(rows[1][rows[0].index("OutSegs")])
-            except (OSError, IndexError, ValueError):
-                pass
+        try:
+            with open(f"/proc/{pids[0]}/net/snmp") as f:
+                rows = [line.split() for line in f if line.startswith("Tcp:")]
+            got["tcp_out_segs"] = int(rows[1][rows[0].index("OutSegs")])
+        except (OSError, IndexError, ValueError):
+            pass
         return got
 
     def alive(self):
