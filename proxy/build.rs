@@ -48,17 +48,22 @@ fn main() {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
+        // Mangled names, archive and object names, and a file's path glob (`/`).
         if let Some(bad) = line
             .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || "_$.*:-".contains(*c)))
+            .find(|c| !(c.is_ascii_alphanumeric() || "_$.*:-/".contains(*c)))
         {
-            panic!("link/hot.txt: {line:?}: {bad:?} is not in a mangled symbol name");
+            panic!("link/hot.txt: {line:?}: {bad:?} is not in a symbol or file name");
         }
         if let Some((archive, member)) =
             line.strip_prefix("object:").and_then(|l| l.split_once(':'))
         {
             // An assembly object (ring's): one `.text` for all its functions.
             let _ = writeln!(script, "    *{archive}:{member}(.text)");
+        } else if let Some(file) = line.strip_prefix("file:") {
+            // An object given to the linker by its path (the C runtime's start file,
+            // `rcrt1.o`: `_start` is in its `.text`).
+            let _ = writeln!(script, "    {file}(.text)");
         } else if let Some(archive) = line.strip_prefix("archive:") {
             // Every object of that archive the link takes (musl's libc.a: a `.text`
             // per object, not per function).
@@ -71,6 +76,21 @@ fn main() {
         n += 1;
     }
     script.push_str("  }\n}\nINSERT BEFORE .text;\n");
+    // Read-only data a plaintext sidecar does not read, in an output section after
+    // `.rodata`: ring's precomputed curve tables (P-256's 148 KB and X25519's 24 KB, read
+    // by certificate work and handshakes: an mTLS sidecar reads all of them), then
+    // regex-syntax's Unicode tables (254 KB, read when a config's regex is compiled).
+    // Spread among the rest, their fault-around blocks kept a plaintext sidecar 113 KB
+    // larger for the few bytes of other data sharing them. The Unicode tables start on a
+    // 64 KB boundary (file padding), so that reading the curve tables maps none of them.
+    script.push_str(concat!(
+        "SECTIONS\n{\n  .rodata.cold :\n  {\n",
+        "    *(.rodata.ecp_nistz256_precomputed .rodata.*k25519Precomp)\n",
+        "    . = ALIGN(0x10000);\n",
+        "    *.regex_syntax-*(.rodata .rodata.*)\n",
+        "    *libregex_syntax-*.rlib:*(.rodata .rodata.*)\n",
+        "  }\n}\nINSERT AFTER .rodata;\n",
+    ));
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let path = out.join("hot-text.ld");
     fs::write(&path, script).expect("writing the linker script to OUT_DIR");
