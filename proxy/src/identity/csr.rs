@@ -26,26 +26,125 @@ impl std::fmt::Debug for KeyAndCsr {
 /// Making the key or the request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CsrError {
-    #[error("`{0}` cannot be a URI subjectAltName")]
+    #[error("`{0}` cannot be a URI subjectAltName (an IA5String: ASCII only)")]
     BadUri(String),
-    #[error("cannot make the key or the request: {0}")]
-    Rcgen(#[from] rcgen::Error),
+    #[error("cannot make the key or sign the request: {0}")]
+    Crypto(String),
+}
+
+// DER of the object identifiers the request names.
+/// id-ecPublicKey (1.2.840.10045.2.1).
+const OID_EC_PUBLIC_KEY: &[u8] = &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+/// prime256v1, P-256 (1.2.840.10045.3.1.7).
+const OID_P256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+/// ecdsa-with-SHA256 (1.2.840.10045.4.3.2).
+const OID_ECDSA_SHA256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02];
+/// PKCS #9 extensionRequest (1.2.840.113549.1.9.14).
+const OID_EXTENSION_REQUEST: &[u8] = &[
+    0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x0e,
+];
+/// id-ce-subjectAltName (2.5.29.17).
+const OID_SUBJECT_ALT_NAME: &[u8] = &[0x06, 0x03, 0x55, 0x1d, 0x11];
+
+const SEQUENCE: u8 = 0x30;
+const SET: u8 = 0x31;
+const INTEGER: u8 = 0x02;
+const BOOLEAN: u8 = 0x01;
+const BIT_STRING: u8 = 0x03;
+const OCTET_STRING: u8 = 0x04;
+/// `[0] IMPLICIT`, constructed: the request's attributes.
+const ATTRIBUTES: u8 = 0xa0;
+/// `[6] IMPLICIT IA5String`: a GeneralName's uniformResourceIdentifier.
+const URI_NAME: u8 = 0x86;
+
+/// One DER element: `tag`, the definite length of `parts` together, then `parts`.
+fn tlv(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let mut out = Vec::with_capacity(len + 6);
+    out.push(tag);
+    if let Ok(short) = u8::try_from(len)
+        && short < 0x80
+    {
+        out.push(short);
+    } else {
+        // Long form: 0x80 | the number of length bytes, then the length, big-endian.
+        let bytes = len.to_be_bytes();
+        let skip = bytes.iter().take_while(|b| **b == 0).count();
+        let n = bytes.len() - skip;
+        out.push(0x80 | u8::try_from(n).unwrap_or(0x7f));
+        out.extend_from_slice(&bytes[skip..]);
+    }
+    for p in parts {
+        out.extend_from_slice(p);
+    }
+    out
+}
+
+/// A BIT STRING of whole bytes (no unused bits).
+fn bit_string(bytes: &[u8]) -> Vec<u8> {
+    tlv(BIT_STRING, &[&[0], bytes])
+}
+
+/// The SubjectPublicKeyInfo of an uncompressed P-256 point (RFC 5480).
+fn spki(point: &[u8]) -> Vec<u8> {
+    let algorithm = tlv(SEQUENCE, &[OID_EC_PUBLIC_KEY, OID_P256]);
+    tlv(SEQUENCE, &[&algorithm, &bit_string(point)])
+}
+
+/// The CertificationRequestInfo (RFC 2986 §4.1): version 0, an empty subject, the key,
+/// and one extensionRequest attribute holding one extension, subjectAltName with the
+/// URI alone, critical as RFC 5280 §4.2.1.6 wants it when the subject is empty.
+fn request_info(spki: &[u8], uri: &str) -> Vec<u8> {
+    let names = tlv(SEQUENCE, &[&tlv(URI_NAME, &[uri.as_bytes()])]);
+    let san = tlv(
+        SEQUENCE,
+        &[
+            OID_SUBJECT_ALT_NAME,
+            &[BOOLEAN, 1, 0xff],
+            &tlv(OCTET_STRING, &[&names]),
+        ],
+    );
+    let extensions = tlv(SEQUENCE, &[&san]);
+    let attribute = tlv(
+        SEQUENCE,
+        &[OID_EXTENSION_REQUEST, &tlv(SET, &[&extensions])],
+    );
+    tlv(
+        SEQUENCE,
+        &[
+            &[INTEGER, 1, 0],
+            &[SEQUENCE, 0],
+            spki,
+            &tlv(ATTRIBUTES, &[&attribute]),
+        ],
+    )
 }
 
 /// A new P-256 key and a request for a certificate naming `spiffe_id`.
 pub fn generate(spiffe_id: &str) -> Result<KeyAndCsr, CsrError> {
-    use rcgen::PublicKeyData as _;
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-    let uri = rcgen::string::Ia5String::try_from(spiffe_id)
-        .map_err(|_| CsrError::BadUri(spiffe_id.to_owned()))?;
-    let mut params = rcgen::CertificateParams::default();
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params.subject_alt_names = vec![rcgen::SanType::URI(uri)];
-    let csr = params.serialize_request(&key)?;
+    use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair as _};
+    if !spiffe_id.is_ascii() {
+        return Err(CsrError::BadUri(spiffe_id.to_owned()));
+    }
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
+        .map_err(|_| CsrError::Crypto("no P-256 key from the system's random source".into()))?;
+    let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng)
+        .map_err(|e| CsrError::Crypto(format!("the new key does not load: {e}")))?;
+    let spki = spki(key.public_key().as_ref());
+    let info = request_info(&spki, spiffe_id);
+    let signature = key
+        .sign(&rng, &info)
+        .map_err(|_| CsrError::Crypto("signing the request failed".into()))?;
+    let algorithm = tlv(SEQUENCE, &[OID_ECDSA_SHA256]);
+    let csr = tlv(
+        SEQUENCE,
+        &[&info, &algorithm, &bit_string(signature.as_ref())],
+    );
     Ok(KeyAndCsr {
-        key: PrivatePkcs8KeyDer::from(key.serialize_der()),
-        spki: key.subject_public_key_info(),
-        csr_pem: pem("CERTIFICATE REQUEST", csr.der()),
+        key: PrivatePkcs8KeyDer::from(pkcs8.as_ref().to_vec()),
+        spki,
+        csr_pem: pem("CERTIFICATE REQUEST", &csr),
     })
 }
 
@@ -140,6 +239,62 @@ mod tests {
             .key_provider
             .load_private_key(k.key.clone_key().into())
             .unwrap();
+    }
+
+    /// The first element inside the outer SEQUENCE of `der` (the request's info).
+    fn first_inner(der: &[u8]) -> &[u8] {
+        fn header(b: &[u8]) -> (usize, usize) {
+            // (header length, content length) of the element at the start of `b`.
+            if b[1] < 0x80 {
+                return (2, usize::from(b[1]));
+            }
+            let n = usize::from(b[1] & 0x7f);
+            let len = b[2..2 + n]
+                .iter()
+                .fold(0, |a, x| (a << 8) | usize::from(*x));
+            (2 + n, len)
+        }
+        let (outer, _) = header(der);
+        let (h, len) = header(&der[outer..]);
+        &der[outer..outer + h + len]
+    }
+
+    #[test]
+    fn request_info_is_byte_for_byte_what_rcgen_writes_for_the_same_key() {
+        // An independent encoder of the same request (empty subject, the SPIFFE URI as
+        // the only, critical, subjectAltName): the signed part must be the same bytes.
+        use rcgen::PublicKeyData as _;
+        for id in [
+            "spiffe://cluster.local/ns/shop/sa/web",
+            // Past 127 and 255 bytes: long-form lengths at several levels.
+            &format!(
+                "spiffe://cluster.local/ns/{}/sa/{}",
+                "n".repeat(63),
+                "s".repeat(120)
+            ),
+            &format!("spiffe://cluster.local/ns/shop/sa/{}", "x".repeat(300)),
+        ] {
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+            let mut params = rcgen::CertificateParams::default();
+            params.distinguished_name = rcgen::DistinguishedName::new();
+            params.subject_alt_names = vec![rcgen::SanType::URI(
+                rcgen::string::Ia5String::try_from(id.to_owned()).unwrap(),
+            )];
+            let theirs = params.serialize_request(&key).unwrap();
+            let ours = request_info(&key.subject_public_key_info(), id);
+            assert_eq!(first_inner(theirs.der()), &ours[..], "{id}");
+        }
+    }
+
+    #[test]
+    fn lengths_take_the_short_and_the_long_form() {
+        assert_eq!(tlv(0x04, &[&[7; 3]]), [0x04, 3, 7, 7, 7]);
+        assert_eq!(tlv(0x04, &[&[0; 127]])[..2], [0x04, 127]);
+        assert_eq!(tlv(0x04, &[&[0; 128]])[..3], [0x04, 0x81, 128]);
+        assert_eq!(tlv(0x04, &[&[0; 255], &[0]])[..4], [0x04, 0x82, 1, 0]);
+        let big = tlv(0x04, &[&vec![0; 70_000]]);
+        assert_eq!(big[..5], [0x04, 0x83, 0x01, 0x11, 0x70]);
+        assert_eq!(big.len(), 5 + 70_000);
     }
 
     #[test]
