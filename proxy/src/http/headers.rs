@@ -219,30 +219,37 @@ pub fn apply_edit(h: &mut HeaderMap, e: &CompiledEdit) {
 
 /// A version 4 UUID, as text (`xxxxxxxx-xxxx-4xxx-Nxxx-xxxxxxxxxxxx`), from a fast,
 /// non-cryptographic generator (request ids are for correlation, as Envoy's are).
-pub fn uuid_v4(rng: &mut fastrand::Rng) -> String {
+pub fn uuid_v4(rng: &mut fastrand::Rng) -> [u8; 36] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut b = rng.u128(..).to_be_bytes();
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let mut s = String::with_capacity(36);
+    let mut out = [b'-'; 36];
+    let mut at = 0;
     for (i, byte) in b.iter().enumerate() {
         if matches!(i, 4 | 6 | 8 | 10) {
-            s.push('-');
+            at += 1; // the '-' already there
         }
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        s.push(HEX[(byte >> 4) as usize] as char);
-        s.push(HEX[(byte & 0xf) as usize] as char);
+        out[at] = HEX[usize::from(byte >> 4)];
+        out[at + 1] = HEX[usize::from(byte & 0xf)];
+        at += 2;
     }
-    s
+    out
 }
 
-/// Adds `x-request-id` when the request has none; returns the request's id.
-pub fn ensure_request_id(h: &mut HeaderMap, rng: &mut fastrand::Rng) -> HeaderValue {
-    if let Some(v) = h.get(&X_REQUEST_ID) {
-        return v.clone();
+/// Adds `x-request-id` when the request has none (one lookup of the name: this runs on
+/// every request).
+pub fn ensure_request_id(h: &mut HeaderMap, rng: &mut fastrand::Rng) {
+    if let header::Entry::Vacant(e) = h.entry(&X_REQUEST_ID) {
+        e.insert(HeaderValue::from_bytes(&uuid_v4(rng)).unwrap_or(HeaderValue::from_static("-")));
     }
-    let v = HeaderValue::from_str(&uuid_v4(rng)).unwrap_or(HeaderValue::from_static("-"));
-    h.insert(X_REQUEST_ID.clone(), v.clone());
-    v
+}
+
+/// The request's id (`x-request-id`, the first when there are several), as text.
+pub fn request_id(h: &HeaderMap) -> &str {
+    h.get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
 }
 
 /// A gRPC request (`content-type: application/grpc[+proto|...]`).
@@ -411,7 +418,12 @@ mod tests {
     #[test]
     fn request_ids_are_uuid_v4_and_kept_when_present() {
         let mut rng = fastrand::Rng::with_seed(1);
-        let id = uuid_v4(&mut rng);
+        let text = uuid_v4(&mut rng);
+        let id = std::str::from_utf8(&text).unwrap();
+        assert!(
+            id.bytes()
+                .all(|b| b == b'-' || b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
         assert_eq!(id.len(), 36);
         let parts: Vec<_> = id.split('-').collect();
         assert_eq!(
@@ -420,12 +432,25 @@ mod tests {
         );
         assert!(parts[2].starts_with('4'));
         assert!(matches!(parts[3].as_bytes()[0], b'8' | b'9' | b'a' | b'b'));
-        assert_ne!(uuid_v4(&mut rng), id);
+        assert_ne!(uuid_v4(&mut rng), text);
         let mut h = map(&[("x-request-id", "abc")]);
-        assert_eq!(ensure_request_id(&mut h, &mut rng), "abc");
+        ensure_request_id(&mut h, &mut rng);
+        assert_eq!(
+            h.get_all("x-request-id").iter().collect::<Vec<_>>(),
+            ["abc"]
+        );
+        assert_eq!(request_id(&h), "abc");
         let mut h = HeaderMap::new();
-        let v = ensure_request_id(&mut h, &mut rng);
-        assert_eq!(h["x-request-id"], v);
+        ensure_request_id(&mut h, &mut rng);
+        let v = request_id(&h);
+        assert_eq!(v.len(), 36);
+        assert_eq!(v.as_bytes()[14], b'4');
+        // Present more than once: the first is the request's id, and none is added.
+        let mut h = map(&[("x-request-id", "first"), ("x-request-id", "second")]);
+        ensure_request_id(&mut h, &mut rng);
+        assert_eq!(request_id(&h), "first");
+        assert_eq!(h.get_all("x-request-id").iter().count(), 2);
+        assert_eq!(request_id(&HeaderMap::new()), "");
     }
 
     #[test]

@@ -237,7 +237,7 @@ async fn handle(st: Arc<ConnState>, mut req: Request<Incoming>) -> Response<Resp
     ));
     let mut rng = Rng::new();
     ex.grpc = headers::is_grpc(req.headers());
-    let request_id = headers::ensure_request_id(req.headers_mut(), &mut rng);
+    headers::ensure_request_id(req.headers_mut(), &mut rng);
     headers::forward_client_cert(
         req.headers_mut(),
         st.ctx.client_cert.as_deref(),
@@ -252,9 +252,8 @@ async fn handle(st: Arc<ConnState>, mut req: Request<Incoming>) -> Response<Resp
             HeaderValue::from_static(if https { "https" } else { "http" }),
         );
         headers::append_forwarded_for(req.headers_mut(), st.ctx.client.ip());
-    } else if !req.headers().contains_key(&X_FORWARDED_PROTO) {
-        req.headers_mut()
-            .insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    } else if let header::Entry::Vacant(e) = req.headers_mut().entry(&X_FORWARDED_PROTO) {
+        e.insert(HeaderValue::from_static("http"));
     }
     if let Some(l) = ex.log.as_mut() {
         let v = RequestView::of(&req);
@@ -269,7 +268,7 @@ async fn handle(st: Arc<ConnState>, mut req: Request<Incoming>) -> Response<Resp
             "HTTP/1.1"
         };
         l.authority = v.authority.to_owned();
-        l.request_id = request_id.to_str().unwrap_or("").to_owned();
+        l.request_id = headers::request_id(req.headers()).to_owned();
         l.user_agent = req
             .headers()
             .get(header::USER_AGENT)
@@ -365,6 +364,14 @@ fn split_authority(a: &str) -> (&str, Option<u16>) {
     }
 }
 
+/// `host` as an IP address, when it is one. A host name (what nearly every request
+/// carries) is told apart by its first byte without a parse: an IPv4 address starts
+/// with a digit, an IPv6 one has a colon.
+fn ip_literal(host: &str) -> Option<IpAddr> {
+    let maybe = host.as_bytes().first().is_some_and(u8::is_ascii_digit) || host.contains(':');
+    maybe.then(|| host.parse().ok()).flatten()
+}
+
 /// The Service an outbound request is for (see the module docs of [`super`]).
 async fn find_service(st: &ConnState, authority: &str) -> Option<Arc<CompiledService>> {
     let orig = st.ctx.orig_dst;
@@ -372,9 +379,9 @@ async fn find_service(st: &ConnState, authority: &str) -> Option<Arc<CompiledSer
     let (host, port) = split_authority(authority);
     let host = mesh_config::key::normalize_host(host);
     if !host.is_empty() && port.is_none_or(|p| p == orig.port()) {
-        let found = match host.parse::<IpAddr>() {
-            Ok(ip) => resolver.service_for_addr(ip).await,
-            Err(_) => resolver.service_for_host(&host).await,
+        let found = match ip_literal(&host) {
+            Some(ip) => resolver.service_for_addr(ip).await,
+            None => resolver.service_for_host(&host).await,
         };
         if let Some(s) = found
             && s.port(orig.port()).is_some()
@@ -1131,6 +1138,31 @@ mod tests {
         assert_eq!(split_authority("[fd00::1]:80"), ("fd00::1", Some(80)));
         assert_eq!(split_authority("[fd00::1]"), ("fd00::1", None));
         assert_eq!(split_authority("fd00::1"), ("fd00::1", None));
+    }
+
+    #[test]
+    fn ip_literals_and_host_names() {
+        let ip = |s: &str| s.parse::<IpAddr>().ok();
+        for host in [
+            "10.96.0.10",
+            "198.18.3.2",
+            "fd00::1",
+            "::1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert_eq!(ip_literal(host), ip(host), "{host}");
+            assert!(ip_literal(host).is_some(), "{host}");
+        }
+        // Names, also ones that start with a digit: never an address.
+        for host in [
+            "reviews",
+            "reviews.shop.svc.cluster.local",
+            "1password.com",
+            "10.0.0",
+            "",
+        ] {
+            assert_eq!(ip_literal(host), None, "{host}");
+        }
     }
 
     #[tokio::test]
