@@ -5,6 +5,8 @@
 
 use rustls::pki_types::PrivatePkcs8KeyDer;
 
+use super::der::{BIT_STRING, BOOLEAN, CONTEXT_0, INTEGER, OCTET_STRING, SEQUENCE, SET};
+
 /// A key pair and the request for its certificate.
 pub struct KeyAndCsr {
     /// The private key, PKCS#8 DER (never logged, never written to disk).
@@ -46,14 +48,6 @@ const OID_EXTENSION_REQUEST: &[u8] = &[
 /// id-ce-subjectAltName (2.5.29.17).
 const OID_SUBJECT_ALT_NAME: &[u8] = &[0x06, 0x03, 0x55, 0x1d, 0x11];
 
-const SEQUENCE: u8 = 0x30;
-const SET: u8 = 0x31;
-const INTEGER: u8 = 0x02;
-const BOOLEAN: u8 = 0x01;
-const BIT_STRING: u8 = 0x03;
-const OCTET_STRING: u8 = 0x04;
-/// `[0] IMPLICIT`, constructed: the request's attributes.
-const ATTRIBUTES: u8 = 0xa0;
 /// `[6] IMPLICIT IA5String`: a GeneralName's uniformResourceIdentifier.
 const URI_NAME: u8 = 0x86;
 
@@ -115,7 +109,7 @@ fn request_info(spki: &[u8], uri: &str) -> Vec<u8> {
             &[INTEGER, 1, 0],
             &[SEQUENCE, 0],
             spki,
-            &tlv(ATTRIBUTES, &[&attribute]),
+            &tlv(CONTEXT_0, &[&attribute]),
         ],
     )
 }

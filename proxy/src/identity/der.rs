@@ -41,13 +41,18 @@ pub enum DerError {
     Oid,
 }
 
-const SEQUENCE: u8 = 0x30;
-const SET: u8 = 0x31;
-const INTEGER: u8 = 0x02;
+// DER tags, read here and written by `csr`.
+pub(super) const BOOLEAN: u8 = 0x01;
+pub(super) const INTEGER: u8 = 0x02;
+pub(super) const BIT_STRING: u8 = 0x03;
+pub(super) const OCTET_STRING: u8 = 0x04;
 const OID: u8 = 0x06;
 const UTC_TIME: u8 = 0x17;
 const GENERALIZED_TIME: u8 = 0x18;
-const EXPLICIT_0: u8 = 0xa0;
+pub(super) const SEQUENCE: u8 = 0x30;
+pub(super) const SET: u8 = 0x31;
+/// `[0]`, constructed (a certificate's version; a request's attributes).
+pub(super) const CONTEXT_0: u8 = 0xa0;
 
 /// A cursor over DER bytes.
 struct Reader<'a> {
@@ -144,7 +149,7 @@ fn fields(cert: &[u8]) -> Result<Fields<'_>, DerError> {
     }
     let mut c = Reader::new(certificate);
     let mut tbs = Reader::new(c.expect(SEQUENCE, "TBSCertificate")?);
-    if tbs.peek() == Some(EXPLICIT_0) {
+    if tbs.peek() == Some(CONTEXT_0) {
         tbs.next()?; // version
     }
     let serial = tbs.expect(INTEGER, "serialNumber")?;
