@@ -153,6 +153,8 @@ pub(super) async fn handle(
                 .and_then(|c| c.first())
                 .map(|leaf| Arc::from(crate::identity::xfcc::element(own_uris, leaf, true)));
             let name = server.name.clone();
+            // Boxed, as the inbound side's: the connection's futures stay small.
+            let stream = Box::new(stream);
             serve_http(shared, l7, stream, record, local, Some(name), client_cert).await
         }
         CompiledTlsMode::Passthrough { clusters, .. } => {

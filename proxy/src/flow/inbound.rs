@@ -259,10 +259,13 @@ async fn serve_mtls(
     if http_alpn || plan == Plan::Http {
         drop(up);
         record.to_http(orig);
+        // The TLS stream boxed: rustls's connection state is about 6 KB, and held by
+        // value it made each of the connection's nested futures that much larger (12 KB
+        // for the outermost), built on the stack on their first poll.
         return Box::pin(http::serve(
             shared,
             l7,
-            stream,
+            Box::new(stream),
             record.client(),
             orig,
             true,
