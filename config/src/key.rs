@@ -46,6 +46,14 @@ pub fn normalize_host(name: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()
 }
 
+/// `host` as an IP address, when it is one. A host name (what nearly every request
+/// carries) is told apart by its first byte without a parse: an IPv4 address starts
+/// with a digit, an IPv6 one has a colon.
+pub fn ip_literal(host: &str) -> Option<IpAddr> {
+    let maybe = host.as_bytes().first().is_some_and(u8::is_ascii_digit) || host.contains(':');
+    maybe.then(|| host.parse().ok()).flatten()
+}
+
 /// `reviews:9080` → `reviews`; `[fd00::1]:80` → `fd00::1`; a bare IPv6 address stays whole.
 pub fn strip_port(authority: &str) -> &str {
     if let Some(rest) = authority.strip_prefix('[') {
@@ -124,6 +132,31 @@ impl From<Key> for String {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn ip_literals_and_host_names() {
+        let ip = |s: &str| s.parse::<IpAddr>().ok();
+        for host in [
+            "10.96.0.10",
+            "198.18.3.2",
+            "fd00::1",
+            "::1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert_eq!(ip_literal(host), ip(host), "{host}");
+            assert!(ip_literal(host).is_some(), "{host}");
+        }
+        // Names, also ones that start with a digit: never an address.
+        for host in [
+            "reviews",
+            "reviews.shop.svc.cluster.local",
+            "1password.com",
+            "10.0.0",
+            "",
+        ] {
+            assert_eq!(ip_literal(host), None, "{host}");
+        }
+    }
 
     #[test]
     fn round_trips_and_normalises() {

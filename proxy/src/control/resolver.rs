@@ -39,7 +39,7 @@ impl Resolver for StoreResolver {
                 return Some(svc);
             }
             // An IP authority names a ClusterIP, not a host key.
-            if let Ok(ip) = host.parse::<IpAddr>() {
+            if let Some(ip) = mesh_config::key::ip_literal(host) {
                 return match self.answer(Key::Address(ip)).await? {
                     Answer::Service(s) => Some(s),
                     _ => None,

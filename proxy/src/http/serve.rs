@@ -5,7 +5,7 @@
 
 use std::convert::Infallible;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -364,14 +364,6 @@ fn split_authority(a: &str) -> (&str, Option<u16>) {
     }
 }
 
-/// `host` as an IP address, when it is one. A host name (what nearly every request
-/// carries) is told apart by its first byte without a parse: an IPv4 address starts
-/// with a digit, an IPv6 one has a colon.
-fn ip_literal(host: &str) -> Option<IpAddr> {
-    let maybe = host.as_bytes().first().is_some_and(u8::is_ascii_digit) || host.contains(':');
-    maybe.then(|| host.parse().ok()).flatten()
-}
-
 /// The Service an outbound request is for (see the module docs of [`super`]).
 async fn find_service(st: &ConnState, authority: &str) -> Option<Arc<CompiledService>> {
     let orig = st.ctx.orig_dst;
@@ -379,7 +371,7 @@ async fn find_service(st: &ConnState, authority: &str) -> Option<Arc<CompiledSer
     let (host, port) = split_authority(authority);
     let host = mesh_config::key::normalize_host(host);
     if !host.is_empty() && port.is_none_or(|p| p == orig.port()) {
-        let found = match ip_literal(&host) {
+        let found = match mesh_config::key::ip_literal(&host) {
             Some(ip) => resolver.service_for_addr(ip).await,
             None => resolver.service_for_host(&host).await,
         };
@@ -1138,31 +1130,6 @@ mod tests {
         assert_eq!(split_authority("[fd00::1]:80"), ("fd00::1", Some(80)));
         assert_eq!(split_authority("[fd00::1]"), ("fd00::1", None));
         assert_eq!(split_authority("fd00::1"), ("fd00::1", None));
-    }
-
-    #[test]
-    fn ip_literals_and_host_names() {
-        let ip = |s: &str| s.parse::<IpAddr>().ok();
-        for host in [
-            "10.96.0.10",
-            "198.18.3.2",
-            "fd00::1",
-            "::1",
-            "::ffff:10.0.0.1",
-        ] {
-            assert_eq!(ip_literal(host), ip(host), "{host}");
-            assert!(ip_literal(host).is_some(), "{host}");
-        }
-        // Names, also ones that start with a digit: never an address.
-        for host in [
-            "reviews",
-            "reviews.shop.svc.cluster.local",
-            "1password.com",
-            "10.0.0",
-            "",
-        ] {
-            assert_eq!(ip_literal(host), None, "{host}");
-        }
     }
 
     #[tokio::test]
