@@ -60,7 +60,12 @@ pub fn counter_family<'a>(
 
 /// Escapes a label value: backslash, double quote and newline.
 pub fn escape_label_value(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
+    // Label values almost never need escaping (names, versions, SPIFFE ids): one scan,
+    // one copy.
+    if !v.bytes().any(|b| matches!(b, b'\\' | b'"' | b'\n')) {
+        return v.to_owned();
+    }
+    let mut out = String::with_capacity(v.len() + 2);
     for c in v.chars() {
         match c {
             '\\' => out.push_str("\\\\"),
@@ -217,5 +222,8 @@ mod tests {
     fn label_values_are_escaped() {
         assert_eq!(escape_label_value("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
         assert_eq!(escape_label_value("plain"), "plain");
+        assert_eq!(escape_label_value("grün"), "grün");
+        assert_eq!(escape_label_value("grün\n"), "grün\\n");
+        assert_eq!(escape_label_value("\""), "\\\"");
     }
 }
