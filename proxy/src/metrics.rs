@@ -6,6 +6,7 @@
 //! destination port; never from addresses.
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,6 +15,7 @@ use mesh_common::prom::{self, Histogram, Kind, Unit};
 
 use crate::config::{Identity, UNKNOWN};
 use crate::direction::Direction;
+use crate::http::metrics::{PeerLabels, ServiceLabels};
 
 /// Why connecting upstream failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -165,68 +167,108 @@ struct SeriesKey {
     peer: Option<Arc<TcpPeer>>,
 }
 
-/// What mesh-control says about a TCP connection's other side and its Service: the
-/// labels that say `unknown` without a control plane, rendered once per connection.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// What mesh-control says about a TCP connection's other side and its Service. The
+/// labels are the HTTP engine's, escaped once when the config is compiled and shared by
+/// every connection to the endpoint; their hash is computed once, so a connection finds
+/// its series without hashing or comparing label text, and the text is written only
+/// when `/metrics` is read.
+#[derive(Debug, Clone)]
 pub struct TcpPeer {
-    /// The other side's `source_*` (inbound) or `destination_*` (outbound) labels.
-    side: String,
+    hash: u64,
+    /// The other side's workload (`source_*` inbound, `destination_*` outbound).
+    peer: Arc<PeerLabels>,
     /// `destination_service`, `destination_service_name`, `destination_service_namespace`.
-    service: String,
-    /// Over mTLS: this proxy's own principal label value (the peer's is in `side`).
-    own_principal: Option<String>,
+    service: Arc<ServiceLabels>,
+    /// Over mTLS: the other side's principal (`unknown` when its certificate named
+    /// none) and this proxy's own, escaped.
+    mtls: Option<(String, String)>,
 }
 
 impl TcpPeer {
-    /// The peer of a `direction` connection: `peer` is the other side's pod (if known),
-    /// `service` the destination Service's host, name and namespace (if known).
-    pub fn new(
-        direction: Direction,
+    pub fn new(peer: Arc<PeerLabels>, service: Arc<ServiceLabels>) -> TcpPeer {
+        TcpPeer::with(peer, service, None)
+    }
+
+    fn with(
+        peer: Arc<PeerLabels>,
+        service: Arc<ServiceLabels>,
+        mtls: Option<(String, String)>,
+    ) -> TcpPeer {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (&peer, &service, &mtls).hash(&mut h);
+        TcpPeer {
+            hash: h.finish(),
+            peer,
+            service,
+            mtls,
+        }
+    }
+
+    /// The peer from what mesh-control said about it: `peer` is the other side's pod
+    /// (if known), `service` the destination Service's host, name and namespace (if
+    /// known).
+    pub fn of_meta(
         peer: Option<&mesh_config::PeerMeta>,
         service: Option<(&str, &str, &str)>,
     ) -> TcpPeer {
-        let side = match direction {
-            Direction::Outbound => "destination",
-            Direction::Inbound => "source",
-        };
-        let labels = peer.map_or_else(PeerLabels::unknown, PeerLabels::of_meta);
-        let e = prom::escape_label_value;
-        let service = match service {
-            Some((host, name, ns)) => format!(
-                "destination_service=\"{}\",destination_service_name=\"{}\",destination_service_namespace=\"{}\"",
-                e(host),
-                e(name),
-                e(ns)
+        TcpPeer::new(
+            Arc::new(peer.map_or_else(PeerLabels::unknown, PeerLabels::of_meta)),
+            Arc::new(
+                service.map_or_else(ServiceLabels::unknown, |(host, name, ns)| {
+                    ServiceLabels::new(host, name, ns)
+                }),
             ),
-            None => format!(
-                "destination_service=\"{UNKNOWN}\",destination_service_name=\"{UNKNOWN}\",destination_service_namespace=\"{UNKNOWN}\""
-            ),
-        };
-        TcpPeer {
-            side: labels.render(side, UNKNOWN),
-            service,
-            own_principal: None,
-        }
+        )
     }
 
     /// This peer, over mTLS: `peer_id` is the other side's verified SPIFFE id (when
     /// known), `own_id` this proxy's. The destination reporter then says
     /// `connection_security_policy="mutual_tls"`.
-    pub fn secured(&self, direction: Direction, peer_id: Option<&str>, own_id: &str) -> TcpPeer {
-        let side = match direction {
-            Direction::Outbound => "destination",
-            Direction::Inbound => "source",
-        };
-        let principal = prom::escape_label_value(peer_id.unwrap_or(UNKNOWN));
-        TcpPeer {
-            side: self.side.replacen(
-                &format!("{side}_principal=\"{UNKNOWN}\""),
-                &format!("{side}_principal=\"{principal}\""),
-                1,
-            ),
-            service: self.service.clone(),
-            own_principal: Some(prom::escape_label_value(own_id)),
-        }
+    pub fn secured(&self, peer_id: Option<&str>, own_id: &str) -> TcpPeer {
+        TcpPeer::with(
+            self.peer.clone(),
+            self.service.clone(),
+            Some((
+                prom::escape_label_value(peer_id.unwrap_or(UNKNOWN)),
+                prom::escape_label_value(own_id),
+            )),
+        )
+    }
+
+    /// The other side's labels, as `side_workload=...,...,side_canonical_revision=...`.
+    fn write_side(&self, out: &mut String, side: &str) {
+        let principal = self.mtls.as_ref().map(|(peer, _)| peer.as_str());
+        self.peer.write_head(out, side, principal);
+        out.push(',');
+        self.peer.write_canonical(out, side);
+    }
+
+    /// What `/metrics` lists series in the order of.
+    fn sort_key(&self) -> PeerSortKey<'_> {
+        let s = &self.service;
+        (
+            self.peer.fields(),
+            [&s.service, &s.name, &s.namespace],
+            self.mtls.as_ref(),
+        )
+    }
+}
+
+type PeerSortKey<'a> = ([&'a str; 7], [&'a str; 3], Option<&'a (String, String)>);
+
+impl PartialEq for TcpPeer {
+    fn eq(&self, o: &TcpPeer) -> bool {
+        // The labels' own `eq` compares their pointers, then their hashes, first.
+        self.hash == o.hash
+            && self.peer == o.peer
+            && self.service == o.service
+            && self.mtls == o.mtls
+    }
+}
+impl Eq for TcpPeer {}
+impl Hash for TcpPeer {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
     }
 }
 
@@ -248,7 +290,7 @@ pub struct Metrics {
     /// `destination_*` inbound), for series whose other side is known ([`TcpPeer`]).
     own_labels: [String; 2],
     /// This proxy's own labels, for series over mTLS (rendered with its principal).
-    own: PeerLabels,
+    own: SideLabels,
     series: Mutex<HashMap<SeriesKey, Arc<TcpSeries>>>,
     active: [AtomicU64; 2],
     connect_errors: [[AtomicU64; 6]; 2],
@@ -259,8 +301,8 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new(identity: Identity) -> Metrics {
-        let me = PeerLabels::of(&identity);
-        let unknown = PeerLabels::unknown();
+        let me = SideLabels::of(&identity);
+        let unknown = SideLabels::unknown();
         let peer_labels = Direction::ALL.map(|d| {
             let (src, dst) = match d {
                 Direction::Outbound => (&me, &unknown),
@@ -368,7 +410,9 @@ impl Metrics {
         };
         series.sort_by(|(a, _), (b, _)| {
             let key = |k: &SeriesKey| (k.direction as u8, k.port, k.flags as u8);
-            let peer = |k: &SeriesKey| k.peer.as_ref().map(|p| (p.side.clone(), p.service.clone()));
+            fn peer(k: &SeriesKey) -> Option<PeerSortKey<'_>> {
+                k.peer.as_ref().map(|p| p.sort_key())
+            }
             key(a).cmp(&key(b)).then_with(|| peer(a).cmp(&peer(b)))
         });
 
@@ -485,9 +529,9 @@ impl Metrics {
             );
         };
         let mtls_own;
-        let (own, security) = match &peer.own_principal {
+        let (own, security) = match &peer.mtls {
             None => (&self.own_labels[key.direction.index()], security),
-            Some(principal) => {
+            Some((_, principal)) => {
                 let side = match key.direction {
                     Direction::Outbound => "source",
                     Direction::Inbound => "destination",
@@ -500,18 +544,37 @@ impl Metrics {
                 (&mtls_own, security)
             }
         };
-        let (src, dst) = match key.direction {
-            Direction::Outbound => (own, &peer.side),
-            Direction::Inbound => (&peer.side, own),
-        };
-        format!(
-            "reporter=\"{}\",direction=\"{}\",{src},{dst},{},destination_port=\"{}\",request_protocol=\"tcp\",response_flags=\"{}\",connection_security_policy=\"{security}\"",
+        use std::fmt::Write as _;
+        let mut out = String::with_capacity(1024);
+        let _ = write!(
+            out,
+            "reporter=\"{}\",direction=\"{}\",",
             key.direction.reporter(),
-            key.direction,
-            peer.service,
+            key.direction
+        );
+        match key.direction {
+            Direction::Outbound => {
+                out.push_str(own);
+                out.push(',');
+                peer.write_side(&mut out, "destination");
+            }
+            Direction::Inbound => {
+                peer.write_side(&mut out, "source");
+                out.push(',');
+                out.push_str(own);
+            }
+        }
+        let svc = &peer.service;
+        let _ = write!(
+            out,
+            ",destination_service=\"{}\",destination_service_name=\"{}\",destination_service_namespace=\"{}\",destination_port=\"{}\",request_protocol=\"tcp\",response_flags=\"{}\",connection_security_policy=\"{security}\"",
+            svc.service,
+            svc.name,
+            svc.namespace,
             key.port,
             key.flags.as_str(),
-        )
+        );
+        out
     }
 }
 
@@ -519,7 +582,7 @@ impl Metrics {
 /// from what the injector told it, or `unknown` for the side it cannot know without a
 /// control plane.
 #[derive(Debug)]
-struct PeerLabels {
+struct SideLabels {
     workload: String,
     namespace: String,
     app: String,
@@ -528,11 +591,11 @@ struct PeerLabels {
     canonical_revision: String,
 }
 
-impl PeerLabels {
-    fn of(id: &Identity) -> PeerLabels {
+impl SideLabels {
+    fn of(id: &Identity) -> SideLabels {
         let or_unknown =
             |v: &Option<String>| prom::escape_label_value(v.as_deref().unwrap_or(UNKNOWN));
-        PeerLabels {
+        SideLabels {
             workload: prom::escape_label_value(&id.workload),
             namespace: prom::escape_label_value(&id.namespace),
             app: or_unknown(&id.app),
@@ -542,20 +605,8 @@ impl PeerLabels {
         }
     }
 
-    fn of_meta(m: &mesh_config::PeerMeta) -> PeerLabels {
-        let e = prom::escape_label_value;
-        PeerLabels {
-            workload: e(&m.workload),
-            namespace: e(&m.namespace),
-            app: e(&m.app),
-            version: e(&m.version),
-            canonical_service: e(&m.canonical_service),
-            canonical_revision: e(&m.canonical_revision),
-        }
-    }
-
-    fn unknown() -> PeerLabels {
-        PeerLabels {
+    fn unknown() -> SideLabels {
+        SideLabels {
             workload: UNKNOWN.to_owned(),
             namespace: UNKNOWN.to_owned(),
             app: UNKNOWN.to_owned(),
@@ -654,7 +705,7 @@ mod tests {
             sidecar: true,
         };
         let svc = ("reviews.shop.svc.cluster.local", "reviews", "shop");
-        let peer = Arc::new(TcpPeer::new(Direction::Outbound, Some(&meta), Some(svc)));
+        let peer = Arc::new(TcpPeer::of_meta(Some(&meta), Some(svc)));
         let s = m.tcp_series_with(
             Direction::Outbound,
             9080,
@@ -663,12 +714,12 @@ mod tests {
         );
         s.opened.fetch_add(1, Ordering::Relaxed);
         // The same labels made again (another connection) are the same series.
-        let again = Arc::new(TcpPeer::new(Direction::Outbound, Some(&meta), Some(svc)));
+        let again = Arc::new(TcpPeer::of_meta(Some(&meta), Some(svc)));
         assert!(Arc::ptr_eq(
             &s,
             &m.tcp_series_with(Direction::Outbound, 9080, ResponseFlags::None, Some(again))
         ));
-        let src = Arc::new(TcpPeer::new(Direction::Inbound, Some(&meta), Some(svc)));
+        let src = Arc::new(TcpPeer::of_meta(Some(&meta), Some(svc)));
         m.tcp_series_with(Direction::Inbound, 9080, ResponseFlags::None, Some(src))
             .opened
             .fetch_add(3, Ordering::Relaxed);
@@ -703,6 +754,57 @@ mod tests {
         );
         assert!(l.contains("destination_workload=\"web\""), "{l}");
         assert!(l.ends_with(" 3"), "{l}");
+    }
+
+    #[test]
+    fn an_mtls_series_has_every_label_in_istios_order() {
+        let m = Metrics::new(Identity {
+            workload: "web".into(),
+            namespace: "shop".into(),
+            app: Some("web".into()),
+            ..Identity::unknown()
+        });
+        // No `app` label on the client's pod: `unknown`, as for its HTTP requests.
+        let meta = mesh_config::PeerMeta {
+            workload: "client".into(),
+            namespace: "shop".into(),
+            canonical_service: "client".into(),
+            canonical_revision: "latest".into(),
+            app: String::new(),
+            version: String::new(),
+            service_account: "client".into(),
+            sidecar: true,
+        };
+        let plain = TcpPeer::of_meta(
+            Some(&meta),
+            Some(("web.shop.svc.cluster.local", "web", "shop")),
+        );
+        let secured = plain.secured(
+            Some("spiffe://cluster.local/ns/shop/sa/client"),
+            "spiffe://cluster.local/ns/shop/sa/web",
+        );
+        assert_ne!(plain, secured);
+        let s = m.tcp_series_with(
+            Direction::Inbound,
+            8080,
+            ResponseFlags::None,
+            Some(Arc::new(secured)),
+        );
+        s.opened.fetch_add(1, Ordering::Relaxed);
+        let text = m.render();
+        let want = "istio_tcp_connections_opened_total{reporter=\"destination\",direction=\"inbound\",\
+            source_workload=\"client\",source_workload_namespace=\"shop\",\
+            source_principal=\"spiffe://cluster.local/ns/shop/sa/client\",source_app=\"unknown\",\
+            source_version=\"unknown\",source_canonical_service=\"client\",\
+            source_canonical_revision=\"latest\",destination_workload=\"web\",\
+            destination_workload_namespace=\"shop\",\
+            destination_principal=\"spiffe://cluster.local/ns/shop/sa/web\",destination_app=\"web\",\
+            destination_version=\"unknown\",destination_canonical_service=\"unknown\",\
+            destination_canonical_revision=\"unknown\",\
+            destination_service=\"web.shop.svc.cluster.local\",destination_service_name=\"web\",\
+            destination_service_namespace=\"shop\",destination_port=\"8080\",\
+            request_protocol=\"tcp\",response_flags=\"-\",connection_security_policy=\"mutual_tls\"} 1";
+        assert!(text.lines().any(|l| l == want), "{want}\nnot in:\n{text}");
     }
 
     #[test]

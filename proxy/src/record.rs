@@ -199,8 +199,8 @@ impl<'a> ConnRecord<'a> {
         let base = self
             .peer
             .take()
-            .unwrap_or_else(|| Arc::new(TcpPeer::new(self.direction, None, None)));
-        self.peer = Some(Arc::new(base.secured(self.direction, peer_id, own_id)));
+            .unwrap_or_else(|| Arc::new(TcpPeer::of_meta(None, None)));
+        self.peer = Some(Arc::new(base.secured(peer_id, own_id)));
     }
 
     /// Handed to the HTTP engine, which counts and logs each request itself (Istio's

@@ -187,21 +187,7 @@ async fn to_route(
         info!(cluster = %cluster.name, "no healthy endpoint for an opaque gateway connection; closing");
         return refuse(record, client, (RefusalReason::NoServer, Some(local)));
     };
-    let raw = clusters.service().cluster(&cluster.name);
-    let meta = raw
-        .and_then(|c| c.endpoints.iter().find(|e| e.addr == endpoint.addr))
-        .and_then(|e| e.peer.as_ref());
-    record.set_peer(TcpPeer::new(
-        crate::direction::Direction::Outbound,
-        meta,
-        raw.map(|c| {
-            (
-                c.host.as_str(),
-                c.service_name.as_str(),
-                c.service_namespace.as_str(),
-            )
-        }),
-    ));
+    record.set_peer(TcpPeer::new(endpoint.peer.clone(), cluster.labels.clone()));
     let tls = endpoint.mtls.then_some(cluster.tls.as_ref()).flatten();
     passthrough(shared, l7, client, record, OrigDstAddr(endpoint.addr), tls).await;
 }

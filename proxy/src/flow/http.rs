@@ -15,8 +15,8 @@ use super::connect::{self, ConnectError};
 use super::detect::{SNIFF_LEN, Sniffed, classify};
 use crate::addrs::{ClientAddr, OrigDstAddr};
 use crate::control::{Answer, LOOKUP_WAIT, Store, StoreResolver};
-use crate::direction::Direction;
 use crate::http::CompiledService;
+use crate::http::metrics::PeerLabels;
 use crate::http::{ConnCtx, Connector, Engine, HttpMetrics, LogSink, TcpConnector};
 use crate::metrics::TcpPeer;
 
@@ -141,17 +141,15 @@ pub fn tcp_upstream(
     let mut rng = fastrand::Rng::new();
     let cluster_name = tcp_cluster_name(raw, orig.port(), &mut rng);
     let cluster = svc.cluster(&cluster_name);
-    let picked = cluster
-        .and_then(|c| {
-            let hashed = match (&c.hash_key, client) {
-                (Some(mesh_config::HashKey::SourceIp), Some(ip)) => {
-                    c.pick_hashed(crate::http::lb::hash_key(ip.to_string().as_bytes()))
-                }
-                _ => None,
-            };
-            hashed.or_else(|| c.pick(&mut rng, &[]))
-        })
-        .map(|e| e.addr);
+    let picked = cluster.and_then(|c| {
+        let hashed = match (&c.hash_key, client) {
+            (Some(mesh_config::HashKey::SourceIp), Some(ip)) => {
+                c.pick_hashed(crate::http::lb::hash_key(ip.to_string().as_bytes()))
+            }
+            _ => None,
+        };
+        hashed.or_else(|| c.pick(&mut rng, &[]))
+    });
     let slot = match cluster {
         None => Ok(None),
         Some(c) => match c.state.connection(&c.limits) {
@@ -165,23 +163,18 @@ pub fn tcp_upstream(
             }
         },
     };
-    let raw_cluster = raw.cluster(&cluster_name);
-    let raw_endpoint =
-        picked.and_then(|addr| raw_cluster?.endpoints.iter().find(|e| e.addr == addr));
-    let meta = raw_endpoint.and_then(|e| e.peer.as_ref());
-    let tls = match (raw_cluster, raw_endpoint) {
-        (Some(c), Some(e)) if c.tls.mtls_to(e) => {
-            Some(crate::identity::mesh::TlsTarget::for_cluster(c))
-        }
-        _ => None,
+    // The compiled endpoint's labels and mTLS choice (`ClusterTls::mtls_to`), made
+    // when the config came.
+    let (peer, tls) = match (cluster, picked) {
+        (Some(c), Some(e)) => (
+            TcpPeer::new(e.peer.clone(), c.labels.clone()),
+            if e.mtls { c.tls.clone() } else { None },
+        ),
+        (Some(c), None) => (TcpPeer::new(unknown_peer(), c.labels.clone()), None),
+        (None, _) => (TcpPeer::new(unknown_peer(), svc.labels.clone()), None),
     };
-    let peer = TcpPeer::new(
-        Direction::Outbound,
-        meta,
-        Some((&raw.host, &raw.name, &raw.namespace)),
-    );
     TcpUpstream {
-        endpoint: picked.map(OrigDstAddr),
+        endpoint: picked.map(|e| OrigDstAddr(e.addr)),
         peer,
         connect_timeout: cluster.and_then(|c| c.limits.connect_timeout),
         idle_timeout: cluster.and_then(|c| c.limits.tcp_idle_timeout),
@@ -190,14 +183,21 @@ pub fn tcp_upstream(
     }
 }
 
+/// The workload labels of an endpoint mesh-control did not describe (made once).
+fn unknown_peer() -> Arc<PeerLabels> {
+    static UNKNOWN: std::sync::OnceLock<Arc<PeerLabels>> = std::sync::OnceLock::new();
+    UNKNOWN
+        .get_or_init(|| Arc::new(PeerLabels::unknown()))
+        .clone()
+}
+
 /// An inbound L4 connection's labels: the source pod (when mesh-control knows its IP)
 /// and which of this pod's Services the port serves.
 pub async fn tcp_inbound_peer(l7: &L7, client: ClientAddr, orig: OrigDstAddr) -> TcpPeer {
     use crate::http::Resolver as _;
     let source = l7.resolver.peer(client.ip()).await;
     let service = l7.resolver.inbound_service(orig.port()).await;
-    TcpPeer::new(
-        Direction::Inbound,
+    TcpPeer::of_meta(
         source.as_ref(),
         service
             .as_ref()

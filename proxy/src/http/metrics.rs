@@ -215,7 +215,7 @@ impl PeerLabels {
 
     /// `side_workload=..,side_workload_namespace=..,side_principal=..,side_app=..,side_version=..`,
     /// the principal `principal` when the connection's mTLS says it, else ours.
-    fn write_head(&self, out: &mut String, side: &str, principal: Option<&str>) {
+    pub(crate) fn write_head(&self, out: &mut String, side: &str, principal: Option<&str>) {
         use std::fmt::Write;
         let _ = write!(
             out,
@@ -228,7 +228,7 @@ impl PeerLabels {
         );
     }
 
-    fn write_canonical(&self, out: &mut String, side: &str) {
+    pub(crate) fn write_canonical(&self, out: &mut String, side: &str) {
         use std::fmt::Write;
         let _ = write!(
             out,
@@ -237,7 +237,7 @@ impl PeerLabels {
         );
     }
 
-    fn fields(&self) -> [&str; 7] {
+    pub(crate) fn fields(&self) -> [&str; 7] {
         [
             &self.workload,
             &self.namespace,
