@@ -16,7 +16,6 @@ use super::detect::{SNIFF_LEN, Sniffed, classify};
 use crate::addrs::{ClientAddr, OrigDstAddr};
 use crate::control::{Answer, LOOKUP_WAIT, Store, StoreResolver};
 use crate::http::CompiledService;
-use crate::http::metrics::PeerLabels;
 use crate::http::{ConnCtx, Connector, Engine, HttpMetrics, LogSink, TcpConnector};
 use crate::metrics::TcpPeer;
 
@@ -131,11 +130,13 @@ fn tcp_cluster_name(raw: &mesh_config::Service, port: u16, rng: &mut fastrand::R
 
 /// An L4 connection to a Service port: see [`TcpUpstream`]. `client`: who connected,
 /// for a cluster that hashes by `useSourceIp` (the other keys are HTTP's: such a
-/// connection is balanced by the cluster's simple balancer).
+/// connection is balanced by the cluster's simple balancer). `metrics` gives the labels
+/// of a peer nobody knows, for a connection without an endpoint.
 pub fn tcp_upstream(
     svc: &CompiledService,
     orig: OrigDstAddr,
     client: Option<std::net::IpAddr>,
+    metrics: &HttpMetrics,
 ) -> TcpUpstream {
     let raw = svc.service();
     let mut rng = fastrand::Rng::new();
@@ -170,8 +171,11 @@ pub fn tcp_upstream(
             TcpPeer::new(e.peer.clone(), c.labels.clone()),
             if e.mtls { c.tls.clone() } else { None },
         ),
-        (Some(c), None) => (TcpPeer::new(unknown_peer(), c.labels.clone()), None),
-        (None, _) => (TcpPeer::new(unknown_peer(), svc.labels.clone()), None),
+        (Some(c), None) => (TcpPeer::new(metrics.unknown_peer(), c.labels.clone()), None),
+        (None, _) => (
+            TcpPeer::new(metrics.unknown_peer(), svc.labels.clone()),
+            None,
+        ),
     };
     TcpUpstream {
         endpoint: picked.map(|e| OrigDstAddr(e.addr)),
@@ -181,14 +185,6 @@ pub fn tcp_upstream(
         slot,
         tls,
     }
-}
-
-/// The workload labels of an endpoint mesh-control did not describe (made once).
-fn unknown_peer() -> Arc<PeerLabels> {
-    static UNKNOWN: std::sync::OnceLock<Arc<PeerLabels>> = std::sync::OnceLock::new();
-    UNKNOWN
-        .get_or_init(|| Arc::new(PeerLabels::unknown()))
-        .clone()
 }
 
 /// An inbound L4 connection's labels: the source pod (when mesh-control knows its IP)
@@ -359,11 +355,12 @@ mod tests {
         let mut svc = reviews(vec![]);
         svc.ports[0].protocol = Protocol::Tcp;
         let orig = OrigDstAddr("10.96.0.12:9080".parse().unwrap());
+        let metrics = HttpMetrics::new(&crate::config::Identity::unknown());
         let count = |svc: &mesh_config::Service| {
             let compiled = CompiledService::compile(svc).unwrap();
             let mut by_ip = std::collections::BTreeMap::<String, u32>::new();
             for _ in 0..2000 {
-                let up = tcp_upstream(&compiled, orig, None);
+                let up = tcp_upstream(&compiled, orig, None, &metrics);
                 *by_ip
                     .entry(up.endpoint.unwrap().ip().to_string())
                     .or_default() += 1;
@@ -402,7 +399,8 @@ mod tests {
         let states = LbStates::default();
         let compiled = CompiledService::compile_in(&svc, &states).unwrap();
         let orig = OrigDstAddr("10.96.0.12:9080".parse().unwrap());
-        let first = tcp_upstream(&compiled, orig, None);
+        let metrics = HttpMetrics::new(&crate::config::Identity::unknown());
+        let first = tcp_upstream(&compiled, orig, None, &metrics);
         assert!(matches!(first.slot, Ok(Some(_))));
         assert!(first.endpoint.is_some());
         assert_eq!(
@@ -410,12 +408,12 @@ mod tests {
             Some(std::time::Duration::from_millis(250))
         );
         assert!(
-            tcp_upstream(&compiled, orig, None).slot.is_err(),
+            tcp_upstream(&compiled, orig, None, &metrics).slot.is_err(),
             "over the limit"
         );
         drop(first);
         assert!(matches!(
-            tcp_upstream(&compiled, orig, None).slot,
+            tcp_upstream(&compiled, orig, None, &metrics).slot,
             Ok(Some(_))
         ));
         let mut out = String::new();

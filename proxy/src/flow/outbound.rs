@@ -50,7 +50,7 @@ pub(super) async fn handle(
         let up = match (&svc, plan) {
             (Some(svc), Plan::Sniff | Plan::Tcp) => {
                 let from = client.peer_addr().ok().map(|a| a.ip());
-                Some(tcp_upstream(svc, orig, from))
+                Some(tcp_upstream(svc, orig, from, &l7.metrics))
             }
             _ => None,
         };
